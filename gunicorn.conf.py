@@ -1,0 +1,58 @@
+"""Gunicorn settings for GPT Load Lab: one preloaded model shared copy-on-write by all workers.
+
+Run: ``gunicorn -c gunicorn.conf.py`` (``make serve``). Every value can be overridden on the
+command line (``--workers 3``, ``--bind 127.0.0.1:9000``) or with GUNICORN_CMD_ARGS.
+"""
+
+import gc
+import os
+
+# The app factory; the model is loaded when Gunicorn calls it.
+wsgi_app = "server:create_app()"
+
+# Load the app (and the multi-GB weights) once in the master, then fork: workers share
+# those pages copy-on-write instead of each holding its own copy.
+preload_app = True
+
+# Bind to loopback unless told otherwise; PORT follows the common PaaS convention.
+bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+
+# Two workers on this 2-core box: each gets one core's worth of torch threads, and a second
+# worker keeps serving while the other one is busy in a long batch.
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+# gthread: request threads wait on the worker's generation thread, which batches them.
+# threads >= MAX_BATCH_SIZE so a full batch can be waiting while the next one gathers.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+
+# Above the worst generation (REQUEST_TIMEOUT_S, default 120 s): the generation thread does
+# not block the worker's heartbeat, but a worker stuck in a C call for this long is dead.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "180"))
+
+# In-flight generations get this long to finish on SIGTERM before workers are killed.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
+
+# Keep connections from load generators open between requests.
+keepalive = 5
+
+# The PID file lets the load-test tooling find the master and sample its process tree.
+pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+
+# Access log to stderr; the per-request RAM record is the app's own REQUEST_LOG.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+
+
+def when_ready(server):
+    """Freeze the master's objects so the cycle collector does not touch (and un-share)
+    their pages in the children."""
+    gc.freeze()
+    server.log.info("model preloaded; gc frozen; forking %d workers", server.cfg.workers)
+
+
+def post_worker_init(worker):
+    """Start serving in this worker: torch threads (cores / workers), sampler, warm-up."""
+    service = worker.wsgi.extensions["model_service"]
+    configured = service.config["TORCH_THREADS"]
+    cores = len(os.sched_getaffinity(0))
+    service.start(configured or max(1, cores // worker.cfg.workers))

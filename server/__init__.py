@@ -1,0 +1,34 @@
+"""GPT Load Lab server: a causal LM behind Flask, built by the ``create_app`` factory.
+
+Imports stay inside the factory so ``python -m server.synthetic`` and tools that only need
+a submodule do not pay for Flask, torch and transformers at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
+    """Build the app: config (defaults < env < ``config``), model loaded, routes attached."""
+    import logging
+
+    from flask import Flask
+
+    from server import accounting
+    from server.config import load_config
+    from server.errors import register_error_handlers
+    from server.routes import bp
+    from server.service import ModelService
+
+    app = Flask(__name__)
+    app.config.update(load_config(config))
+    app.json.sort_keys = False
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s [%(process)d] %(name)s: %(message)s")
+    register_error_handlers(app)
+    ModelService().init_app(app)
+    accounting.init_app(app)
+    app.register_blueprint(bp)
+    return app

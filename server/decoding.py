@@ -1,0 +1,117 @@
+"""Batched autoregressive decoding with per-request lengths and sampling settings.
+
+Why not ``model.generate``: it applies one GenerationConfig (one max_new_tokens, one
+temperature, one global RNG) to the whole batch. Requests batched together here each keep
+their own ``max_new_tokens``, temperature, top_p and seed, a finished or cancelled request
+leaves the batch at once (its rows are dropped from the KV cache, so it costs no more
+compute), and a greedy request yields the same tokens alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt, already tokenized, and how to continue it."""
+
+    input_ids: Sequence[int]
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """What one request got: its new token ids and why it stopped (length|stop|cancelled)."""
+
+    token_ids: list[int]
+    finish_reason: str
+
+
+def _left_pad(requests: Sequence[GenerationRequest], pad_id: int):
+    width = max(len(r.input_ids) for r in requests)
+    ids = torch.full((len(requests), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.long)
+    for row, request in enumerate(requests):
+        n = len(request.input_ids)
+        ids[row, width - n :] = torch.tensor(request.input_ids, dtype=torch.long)
+        mask[row, width - n :] = 1
+    # Positions count real tokens only, so a left-padded row sees the positions it would alone.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail outside the smallest set of tokens whose mass reaches top_p."""
+    sorted_probs, order = probs.sort(descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+    sorted_probs[outside] = 0.0
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+
+
+def _choose(logits: torch.Tensor, request: GenerationRequest, rng: torch.Generator | None) -> int:
+    if request.temperature <= 0.0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / request.temperature, dim=-1)
+    if request.top_p < 1.0:
+        probs = _top_p_filter(probs, request.top_p)
+    return int(torch.multinomial(probs, 1, generator=rng))
+
+
+def _rng(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: torch.nn.Module,
+    requests: Sequence[GenerationRequest],
+    eos_id: int,
+    ignore_eos: bool = False,
+    cancelled: Callable[[int], bool] = lambda index: False,
+) -> list[Generation]:
+    """Continue every request together; return one Generation per request, in order."""
+    results = [Generation([], "length") for _ in requests]
+    rngs = [_rng(r.seed) for r in requests]
+    ids, mask, positions = _left_pad(requests, pad_id=eos_id)
+    live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]  # request index per row
+    cache = None
+    while live:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1, :].float()
+        keep, next_ids = [], []
+        for row, index in enumerate(live):
+            token = _choose(logits[row], requests[index], rngs[index])
+            results[index].token_ids.append(token)
+            done = len(results[index].token_ids) >= requests[index].max_new_tokens
+            if token == eos_id and not ignore_eos:
+                results[index].token_ids.pop()  # the stop token is not part of the text
+                results[index].finish_reason, done = "stop", True
+            if cancelled(index):
+                results[index].finish_reason, done = "cancelled", True
+            if not done:
+                keep.append(row)
+                next_ids.append(token)
+        if len(keep) < len(live):
+            if not keep:
+                break
+            rows = torch.tensor(keep)
+            cache.batch_select_indices(rows)  # drop finished rows from the KV cache
+            mask, positions = mask[rows], positions[rows]
+        live = [live[row] for row in keep]
+        ids = torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
+        positions = positions[:, -1:] + 1
+    return results

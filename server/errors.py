@@ -1,0 +1,88 @@
+"""One JSON error envelope for every failure: {"error": {"code", "message", "details"?}}."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error a view raises; rendered as the JSON envelope with its status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.retry_after_s = retry_after_s
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, retry_after_s: int | None = None
+) -> Response:
+    """Build the envelope response (used by handlers and by non-view refusals)."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    response = jsonify({"error": body})
+    response.status_code = status
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+# Werkzeug's HTTP errors mapped to stable machine-readable codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _handle_api_error(error: APIError) -> Response:
+    return error_response(
+        error.status, error.code, error.message, error.details, error.retry_after_s
+    )
+
+
+def _handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = _HTTP_CODES.get(status, "http_error")
+    message = error.description or error.name
+    if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+        message = f"Method not allowed; use one of: {', '.join(error.valid_methods)}"
+    return error_response(status, code, message)
+
+
+def _handle_unexpected(error: Exception) -> Response:
+    # Log the type and where it was raised, not the message or the trace: both can carry
+    # request data (and, in a bad day, a credential) into the log.
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f"{frame.filename}:{frame.lineno}" if frame else "?"
+    log.error("unhandled %s at %s", type(error).__name__, where)
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render APIError, HTTP errors and unexpected exceptions as the JSON envelope."""
+    app.register_error_handler(APIError, _handle_api_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(Exception, _handle_unexpected)

@@ -1,0 +1,46 @@
+"""Append one JSON line per request to a file shared by every worker, without tearing lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The per-request record (design.md "Per-request RAM record"), in this order.
+FIELDS = (
+    "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
+    "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
+    "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
+)
+
+
+class RequestLog:
+    """An O_APPEND file: each record is one write() of one line, so lines never interleave."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.write_errors = 0
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        # Opened lazily in the worker (after fork), not inherited from the master.
+        if self._fd is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` (only FIELDS, in order); count and log once on disk errors."""
+        if not self.path:
+            return
+        line = json.dumps({k: record.get(k) for k in FIELDS}, separators=(",", ":")) + "\n"
+        try:
+            os.write(self._open(), line.encode())
+        except OSError as error:
+            self.write_errors += 1
+            if self.write_errors == 1:  # once: a full disk must not flood the log too
+                log.error("request log %s not writable: %s", self.path, error.strerror)

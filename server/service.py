@@ -1,0 +1,81 @@
+"""The model holder: loaded once in the Gunicorn master, started in each worker after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from flask import Flask
+
+from server.batching import Batcher
+from server.decoding import Generation, GenerationRequest
+from server.memory import MemorySample, MemorySampler, read_process_memory
+from server.model import LoadedModel, load_model
+from server.requestlog import RequestLog
+
+log = logging.getLogger(__name__)
+
+
+class ModelService:
+    """Owns the model, the worker's batcher, memory sampler and request log.
+
+    ``init_app`` loads the weights (in the master under ``preload_app``, before fork, with
+    torch pinned to one thread so no OpenMP pool exists to be broken by fork).
+    ``start`` runs in each worker after fork: torch threads, sampler, generation thread,
+    warm-up; ``ready`` is set when the warm-up generation has finished.
+    """
+
+    def __init__(self) -> None:
+        self.loaded: LoadedModel | None = None
+        self.batcher: Batcher | None = None
+        self.sampler: MemorySampler | None = None
+        self.request_log: RequestLog | None = None
+        self.ready = threading.Event()
+        self.config: dict = {}
+        self._start_lock = threading.Lock()
+        self._started_pid: int | None = None
+
+    def init_app(self, app: Flask) -> None:
+        """Load the configured model and attach this service to ``app``."""
+        self.config = app.config
+        torch.set_num_threads(1)  # no multi-threaded torch op before fork (see docstring)
+        self.loaded = load_model(app.config["MODEL"], app.config["DTYPE"],
+                                 app.config["MODELS_DIR"])
+        self.batcher = Batcher(self._run_batch, app.config["MAX_BATCH_SIZE"],
+                               app.config["BATCH_WAIT_MS"], app.config["MAX_QUEUE"])
+        self.request_log = RequestLog(app.config["REQUEST_LOG"])
+        app.extensions["model_service"] = self
+
+    def start(self, torch_threads: int = 0) -> None:
+        """Start this process's serving threads once (idempotent; call after fork)."""
+        with self._start_lock:
+            if self._started_pid == os.getpid():
+                return
+            self._started_pid = os.getpid()
+        threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        self.sampler = MemorySampler(self.config["MEMORY_SAMPLE_S"])
+        self.sampler.start()
+        self.batcher.start(before_loop=self._warm_up)
+        log.info("worker %d serving with %d torch threads", os.getpid(), threads)
+
+    def _warm_up(self) -> None:
+        start = time.monotonic()
+        ids = self.loaded.tokenizer.encode("Warm-up: the quick brown fox")
+        request = GenerationRequest(ids, max_new_tokens=self.config["WARMUP_TOKENS"])
+        self.loaded.generate([request], ignore_eos=True)
+        self.ready.set()
+        log.info("worker %d warmed up in %.2f s", os.getpid(), time.monotonic() - start)
+
+    def _run_batch(
+        self, requests: Sequence[GenerationRequest], cancelled: Callable[[int], bool]
+    ) -> list[Generation]:
+        return self.loaded.generate(requests, self.config["IGNORE_EOS"], cancelled)
+
+    def memory(self) -> MemorySample:
+        """This worker's latest memory sample (a direct read before the sampler runs)."""
+        return self.sampler.latest if self.sampler else read_process_memory()

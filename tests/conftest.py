@@ -1,0 +1,59 @@
+"""Shared fixtures: the tiny synthetic model, apps built from a config mapping, clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from server import create_app, synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+# The tiny model is built once into the repo's models/ folder (.ci/run builds it first).
+MODELS_DIR = os.environ.get("TEST_MODELS_DIR", str(REPO / "models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """Folder of the synthetic:tiny build (built on first use)."""
+    return synthetic.build("tiny", MODELS_DIR)
+
+
+@pytest.fixture
+def request_log(tmp_path: Path) -> Path:
+    """Where the app under test appends its per-request JSON lines."""
+    return tmp_path / "server_requests.jsonl"
+
+
+@pytest.fixture
+def make_app(tiny_model: Path, request_log: Path) -> Callable[..., Flask]:
+    """Factory: an app serving synthetic:tiny with ``overrides`` on top of the test config."""
+
+    def factory(**overrides) -> Flask:
+        config = {
+            "MODEL": "synthetic:tiny",
+            "MODELS_DIR": MODELS_DIR,
+            "DTYPE": "float32",
+            "REQUEST_LOG": str(request_log),
+            "TORCH_THREADS": 1,
+            **overrides,
+        }
+        return create_app(config)
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """An app with the test config."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A Flask test client of ``app``."""
+    return app.test_client()

@@ -1,0 +1,87 @@
+"""Run real Gunicorn as a subprocess for end-to-end tests: start, wait for /ready, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GunicornServer:
+    """``with GunicornServer(tmp_path, env) as server:`` serves on ``server.url``."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2,
+                 extra_args: tuple[str, ...] = (), ready_timeout_s: float = 120.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pidfile = workdir / "gunicorn.pid"
+        self.log_path = workdir / "gunicorn.log"
+        self.env = {**os.environ, **env}
+        self.args = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
+                     "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+                     "--pid", str(self.pidfile), *extra_args]
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> GunicornServer:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        """Everything Gunicorn and the app printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        """Poll /ready until 200; fail fast with the log if the server died."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if requests.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"gunicorn not ready in {self.ready_timeout_s} s:\n{self.log_text()}")
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the master's current children (the workers)."""
+        master = int(self.pidfile.read_text())
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL if needed; return the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
