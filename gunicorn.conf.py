@@ -39,6 +39,10 @@ keepalive = 5
 # The PID file lets the load-test tooling find the master and sample its process tree.
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
 
+# No runtime control socket: its default path is per user, so several servers on one host
+# (tests, the benchmark matrix) would fight over it. Pass --control-socket PATH to enable.
+control_socket_disable = True
+
 # Access log to stderr; the per-request RAM record is the app's own REQUEST_LOG.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 

@@ -1,0 +1,205 @@
+"""The HTTP API on the Flask test client: bodies, headers, every error in the envelope."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from flask import Flask
+
+from server.service import ModelService
+
+ROUTES = [
+    ("/generate-text", {"prompt": "The weather today is", "max_new_tokens": 5}),
+    ("/summarize-text", {"text": "A long article about trains. " * 20, "max_new_tokens": 5}),
+    ("/answer-question", {"question": "Which colour?", "context": "The door is red.",
+                          "max_new_tokens": 5}),
+    ("/answer-question", {"question": "Why is the sky blue?", "max_new_tokens": 5}),
+]
+MEMORY_HEADERS = ["X-Request-ID", "X-Worker-PID", "X-Worker-RSS-MB", "X-Worker-USS-MB",
+                  "X-Worker-PSS-MB", "X-Queue-Ms", "X-Inference-Ms", "X-Batch-Size"]
+
+
+def _service(app: Flask) -> ModelService:
+    return app.extensions["model_service"]
+
+
+@pytest.mark.parametrize(("route", "body"), ROUTES)
+def test_task_route_returns_the_documented_body(client, route, body) -> None:
+    response = client.post(route, json=body)
+    assert response.status_code == 200, response.json
+    data = response.json
+    assert set(data) >= {"text", "model", "usage", "timings_ms"}
+    assert data["model"] == "synthetic:tiny"
+    assert data["usage"]["completion_tokens"] <= 5 and data["usage"]["prompt_tokens"] > 0
+    assert set(data["timings_ms"]) == {"queue", "inference", "total"}
+    for header in MEMORY_HEADERS:
+        assert header in response.headers
+    assert float(response.headers["X-Worker-PSS-MB"]) > 0
+    assert int(response.headers["X-Batch-Size"]) >= 1
+
+
+def test_summary_prompt_is_longer_than_its_text_by_the_tldr_cue(client) -> None:
+    short = client.post("/summarize-text", json={"text": "Trains.", "max_new_tokens": 1}).json
+    generated = client.post("/generate-text", json={"prompt": "Trains.", "max_new_tokens": 1}).json
+    assert short["usage"]["prompt_tokens"] > generated["usage"]["prompt_tokens"]
+
+
+def test_request_id_is_echoed_or_made(client) -> None:
+    given = client.post(ROUTES[0][0], json=ROUTES[0][1], headers={"X-Request-ID": "abc-1"})
+    assert given.headers["X-Request-ID"] == "abc-1"
+    unsafe = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert unsafe.headers["X-Request-ID"] != "bad id\twith spaces"
+    assert len(unsafe.headers["X-Request-ID"]) == 32
+
+
+def test_health_and_ready(client) -> None:
+    assert client.get("/health").json == {"status": "ok"}
+    deadline = time.monotonic() + 10
+    while (ready := client.get("/ready")).status_code == 503 and time.monotonic() < deadline:
+        assert ready.headers["Retry-After"]
+        time.sleep(0.05)
+    assert ready.status_code == 200 and ready.json["model"] == "synthetic:tiny"
+
+
+def _assert_envelope(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.json
+    error = response.json["error"]
+    assert error["code"] == code and error["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert "X-Worker-PSS-MB" in response.headers
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens"),
+        ({"prompt": "hi", "max_new_tokens": 257}, "max_new_tokens"),
+        ({"prompt": "hi", "max_new_tokens": "5"}, "max_new_tokens"),
+        ({"prompt": "hi", "temperature": -0.1}, "temperature"),
+        ({"prompt": "hi", "top_p": 1.5}, "top_p"),
+        ({"prompt": "hi", "seed": -1}, "seed"),
+        ({"prompt": "hi", "stream_it": True}, "stream_it"),
+        ({}, "prompt"),
+    ],
+)
+def test_invalid_fields_are_422_naming_the_field(client, body, field) -> None:
+    error = _assert_envelope(client.post("/generate-text", json=body), 422, "invalid_fields")
+    assert field in error["message"]
+    assert [d["field"] for d in error["details"]] == [field]
+
+
+def test_nan_is_rejected(client) -> None:
+    response = client.post("/generate-text", data='{"prompt": "hi", "temperature": NaN}',
+                           content_type="application/json")
+    assert _assert_envelope(response, 422, "invalid_fields")["details"][0]["field"] == "temperature"
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    [
+        ("{not json", "application/json", 400, "malformed_json"),
+        ("[1, 2]", "application/json", 400, "malformed_json"),
+        ("prompt=hi", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ],
+)
+def test_unreadable_bodies(client, data, content_type, status, code) -> None:
+    response = client.post("/generate-text", data=data, content_type=content_type)
+    _assert_envelope(response, status, code)
+
+
+def test_unknown_route_and_wrong_method_are_json(client) -> None:
+    _assert_envelope(client.get("/nope"), 404, "not_found")
+    error = _assert_envelope(client.get("/generate-text"), 405, "method_not_allowed")
+    assert "POST" in error["message"]
+
+
+def test_too_large_body_and_prompt_are_413(make_app) -> None:
+    client = make_app(MAX_CONTENT_LENGTH=1000, MAX_INPUT_CHARS=400).test_client()
+    _assert_envelope(client.post("/generate-text", json={"prompt": "x" * 2000}), 413,
+                     "payload_too_large")
+    error = _assert_envelope(client.post("/generate-text", json={"prompt": "x" * 500}), 413,
+                             "input_too_long")
+    assert error["details"][0]["field"] == "prompt"
+
+
+def test_prompt_over_the_context_window_is_413_with_counts(make_app) -> None:
+    client = make_app(MAX_INPUT_CHARS=100_000, MAX_CONTENT_LENGTH=10**6).test_client()
+    words = " ".join(f"w{i}" for i in range(2000))
+    error = _assert_envelope(
+        client.post("/generate-text", json={"prompt": words, "max_new_tokens": 8}),
+        413, "prompt_too_long")
+    assert error["details"]["prompt_tokens"] > 1000
+    assert error["details"]["max_new_tokens"] == 8 and error["details"]["context_window"] == 1024
+
+
+def _post_many(app: Flask, bodies: list[dict], route: str = "/generate-text") -> list:
+    def post(body):
+        return app.test_client().post(route, json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(post, bodies))
+
+
+def test_concurrent_requests_are_batched_and_keep_their_own_lengths(make_app) -> None:
+    app = make_app(IGNORE_EOS=True, BATCH_WAIT_MS=300)
+    bodies = [{"prompt": f"Request number {i} says", "max_new_tokens": 3 + i} for i in range(8)]
+    alone = [app.test_client().post("/generate-text", json=b).json["text"] for b in bodies]
+    responses = _post_many(app, bodies)
+    assert all(r.status_code == 200 for r in responses)
+    assert [r.json["usage"]["completion_tokens"] for r in responses] == [3 + i for i in range(8)]
+    assert max(int(r.headers["X-Batch-Size"]) for r in responses) > 1
+    assert [r.json["text"] for r in responses] == alone
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
+    app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000)
+    batcher = _service(app).batcher
+    long = {"prompt": "Go on", "max_new_tokens": 1000}
+    running = threading.Thread(target=_post_many, args=(app, [long]))
+    running.start()
+    _wait_for(lambda: batcher.running == 1)
+    waiting = threading.Thread(target=_post_many, args=(app, [long]))
+    waiting.start()
+    _wait_for(lambda: batcher.depth == 1)
+    started = time.monotonic()
+    response = app.test_client().post("/generate-text", json={"prompt": "one more"})
+    elapsed = time.monotonic() - started
+    _assert_envelope(response, 503, "overloaded")
+    assert response.headers["Retry-After"] == "2"
+    assert elapsed < 0.5
+    running.join(60)
+    waiting.join(60)
+
+
+def test_timeout_is_504_and_frees_the_slot(make_app) -> None:
+    app = make_app(REQUEST_TIMEOUT_S=0.3, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
+                   MAX_BATCH_SIZE=1)
+    _service(app).start()
+    _wait_for(_service(app).ready.is_set)
+    response = app.test_client().post("/generate-text",
+                                      json={"prompt": "Go on", "max_new_tokens": 1000})
+    _assert_envelope(response, 504, "generation_timeout")
+    _wait_for(lambda: _service(app).batcher.running == 0, timeout_s=2)
+    after = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
+    assert after.status_code == 200
+
+
+def test_bad_request_changes_nothing_and_is_logged(client, request_log) -> None:
+    client.post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
+    client.post("/generate-text", json={"prompt": ""})
+    client.get("/health")
+    lines = request_log.read_text().splitlines()
+    assert len(lines) == 2  # probes are not logged
+    assert '"status":200' in lines[0] and '"status":422' in lines[1]
