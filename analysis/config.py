@@ -1,0 +1,74 @@
+"""Analysis settings: defaults in one place, ANALYSIS_* environment on top, a mapping in tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Targets and thresholds the metrics, SLO verdicts and recommendation rules use."""
+
+    # SLO: 95th percentile latency of successful requests (ms). A heavy model on a small CPU
+    # box generates tens of tokens in seconds, so the default is generous; run.json "slo"
+    # and --slo-p95-ms override it.
+    slo_p95_ms: float = 10_000.0
+    # SLO: failed requests / all requests.
+    slo_error_rate: float = 0.01
+    # Seconds after the run start that the memory slope ignores (model warm-up, allocator
+    # growth while the first batches arrive).
+    warmup_s: float = 30.0
+    # Fewest memory samples after warm-up needed to fit a slope.
+    min_slope_samples: int = 10
+    # Width of the time bins for tokens/s over time (s).
+    bin_s: float = 5.0
+    # A plateau in the user count shorter than this is a ramp, not a sweep step (s).
+    min_step_s: float = 10.0
+    # Seconds at the start of each sweep step left out while the load settles.
+    step_settle_s: float = 5.0
+    # Knee: first step whose throughput gain per added user is below this fraction of the
+    # initial slope (throughput per user at the lightest step).
+    knee_fraction: float = 0.25
+    # Rule: queue time is "dominating" above this share of queue + inference time.
+    queue_share_high: float = 0.5
+    # Rule: preload sharing "works" when summed RSS / total PSS is at least this.
+    sharing_ratio_high: float = 1.25
+    # Rule: sharing "is not working" with >1 worker below this ratio.
+    sharing_ratio_low: float = 1.05
+    # Rule: a total-PSS slope above this after warm-up is a possible leak (MB/min).
+    leak_slope_mb_per_min: float = 1.0
+    # Rule: warn when system available memory fell below this fraction of host RAM.
+    low_headroom_fraction: float = 0.10
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> AnalysisConfig:
+        """Return a copy with the known keys of ``overrides`` applied (None values skipped)."""
+        known = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ValueError(f"unknown analysis settings {sorted(unknown)}; valid: {sorted(known)}")
+        values = {k: known[k](v) for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **values)
+
+    def for_run(self, settings: Mapping[str, Any]) -> AnalysisConfig:
+        """Return a copy with the SLO targets of run.json's "slo" object, where it has them."""
+        slo = settings.get("slo") or {}
+        return self.with_overrides(
+            {"slo_p95_ms": slo.get("p95_ms"), "slo_error_rate": slo.get("error_rate")}
+        )
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> AnalysisConfig:
+    """Return the defaults, updated by ANALYSIS_<NAME> environment variables, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    from_env = {
+        f.name: environ[f"ANALYSIS_{f.name.upper()}"]
+        for f in fields(AnalysisConfig)
+        if f"ANALYSIS_{f.name.upper()}" in environ
+    }
+    return AnalysisConfig().with_overrides(from_env).with_overrides(overrides or {})

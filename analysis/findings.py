@@ -1,0 +1,128 @@
+"""Turn a loaded run into Findings: every number the report and the rules use, and nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from analysis import locust_stats, memory, sweep, traffic
+from analysis.config import AnalysisConfig
+from analysis.rules import Recommendation, evaluate
+from analysis.run import RunData
+
+# run.json keys that describe when or where, not how: left out of the settings table.
+_NOT_SETTINGS = {"started_at", "ended_at"}
+
+
+@dataclass(frozen=True)
+class SloVerdict:
+    """One target, what was measured, and whether it held (None when not measured)."""
+
+    name: str
+    target: float
+    actual: float | None
+    passed: bool | None
+    unit: str
+
+
+@dataclass
+class Findings:
+    """All computed numbers of one run; None where the input file was missing or empty."""
+
+    label: str
+    settings: dict[str, Any]
+    config: AnalysisConfig
+    notes: list[str]
+    routes: list[traffic.RouteLatency]
+    traffic: traffic.Traffic | None
+    time_split: traffic.TimeSplit | None
+    memory: memory.MemorySummary | None
+    ram: memory.RamPerRequest | None
+    sweep: sweep.Sweep | None
+    worker_pids_seen: int
+    slo: list[SloVerdict] = field(default_factory=list)
+    recommendations: list[Recommendation] = field(default_factory=list)
+
+    @property
+    def overall(self) -> traffic.RouteLatency | None:
+        """The all-routes latency row."""
+        return next((r for r in self.routes if r.route == traffic.ALL_ROUTES), None)
+
+
+def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested run.json settings into dotted keys ("host.cores")."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if name in _NOT_SETTINGS:
+            continue
+        if isinstance(value, dict):
+            flat.update(flatten_settings(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def slo_verdicts(f: Findings) -> list[SloVerdict]:
+    """Check p95 latency (overall and per route) and the error rate against the targets."""
+    cfg = f.config
+
+    def check(name: str, target: float, actual: float | None, unit: str) -> SloVerdict:
+        measured = actual is not None and not np.isnan(actual)
+        return SloVerdict(
+            name,
+            target,
+            actual if measured else None,
+            (actual <= target) if measured else None,
+            unit,
+        )
+
+    verdicts = [
+        check(f"p95 latency, {r.route}", cfg.slo_p95_ms, r.p95_ms, "ms")
+        for r in sorted(f.routes, key=lambda r: r.route != traffic.ALL_ROUTES)
+    ]
+    error_rate = f.traffic.error_rate if f.traffic else None
+    verdicts.append(check("error rate", cfg.slo_error_rate, error_rate, "ratio"))
+    return verdicts
+
+
+def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
+    """Compute every metric of ``run`` under ``cfg``, then the SLO verdicts and the rules."""
+    notes = list(run.notes)
+    routes = traffic.route_latency(run.requests)
+    summary = traffic.traffic(run.requests)
+    if not routes and not run.stats.empty:
+        routes = locust_stats.route_latency_from_stats(run.stats)
+        summary = locust_stats.traffic_from_stats(run.stats, run.failures)
+        notes.append(
+            "Latency and counts come from `locust_stats.csv`: percentiles include "
+            "failed requests and are rounded by Locust; tokens/s is not available."
+        )
+    pids = run.requests["worker_pid"].dropna().nunique() if not run.requests.empty else 0
+    findings = Findings(
+        label=run.label,
+        settings=flatten_settings(run.settings),
+        config=cfg,
+        notes=notes,
+        routes=routes,
+        traffic=summary,
+        time_split=traffic.time_split(run.requests),
+        memory=memory.memory_summary(run.memory, cfg.warmup_s, cfg.min_slope_samples),
+        ram=memory.ram_per_request(run.server_log),
+        sweep=sweep.sweep(
+            run.requests,
+            run.history,
+            run.settings,
+            min_step_s=cfg.min_step_s,
+            settle_s=cfg.step_settle_s,
+            knee_fraction=cfg.knee_fraction,
+            slo_p95_ms=cfg.slo_p95_ms,
+            slo_error_rate=cfg.slo_error_rate,
+        ),
+        worker_pids_seen=int(pids),
+    )
+    findings.slo = slo_verdicts(findings)
+    findings.recommendations = evaluate(findings)
+    return findings

@@ -1,0 +1,136 @@
+"""Server memory from memory.csv (the process tree) and RAM per request from the server log.
+
+PSS splits each shared page between the processes that map it, so the sum of PSS over the
+tree is the tree's real footprint; RSS counts a shared page once per process, so summed RSS
+over-counts what preloading shares. USS is what each process holds alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class MemorySummary:
+    """Peak and mean of the process tree's memory, the sharing saving and the trend."""
+
+    samples: int
+    workers: int
+    peak_pss_mb: float
+    mean_pss_mb: float
+    peak_rss_mb: float
+    mean_rss_mb: float
+    peak_uss_mb: float
+    mean_uss_mb: float
+    sharing_saving_mb: float
+    sharing_saving_share: float
+    rss_to_pss_ratio: float
+    mean_worker_uss_mb: float
+    min_sys_available_mb: float
+    slope_mb_per_min: float | None
+    slope_window_s: float
+
+
+@dataclass(frozen=True)
+class RamPerRequest:
+    """How much a worker's memory moved while it served one request."""
+
+    requests: int
+    mean_rss_delta_mb: float
+    p95_rss_delta_mb: float
+    max_rss_delta_mb: float
+    mean_rss_peak_mb: float
+    max_rss_peak_mb: float
+    mean_peak_growth_mb: float
+    p95_peak_growth_mb: float
+
+
+def totals(memory: pd.DataFrame) -> pd.DataFrame:
+    """The per-sample "total" rows (sums over master and workers), in time order."""
+    if memory.empty:
+        return memory
+    return memory[memory["role"] == "total"].sort_values("elapsed_s", ignore_index=True)
+
+
+def memory_slope(
+    total: pd.DataFrame, warmup_s: float, min_samples: int
+) -> tuple[float | None, float]:
+    """Least-squares slope of total PSS after warm-up, in MB per minute, and its window (s).
+
+    Formula: slope_mb_per_min = least-squares slope of total pss_mb against elapsed minutes,
+    over samples with elapsed_s >= warmup_s (none when fewer than min_samples remain).
+    """
+    steady = total[total["elapsed_s"] >= warmup_s].dropna(subset=["pss_mb"])
+    if len(steady) < max(min_samples, 2):
+        return None, 0.0
+    window_s = float(steady["elapsed_s"].max() - steady["elapsed_s"].min())
+    if window_s <= 0:
+        return None, 0.0
+    slope, _ = np.polyfit(steady["elapsed_s"] / 60.0, steady["pss_mb"], 1)
+    return float(slope), window_s
+
+
+def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int) -> MemorySummary | None:
+    """Summarise memory.csv.
+
+    Formula: sharing_saving_mb = mean over samples of (summed RSS - total PSS);
+    sharing_saving_share = sharing_saving_mb / mean summed RSS; rss_to_pss_ratio = mean
+    summed RSS / mean total PSS; mean_worker_uss_mb = mean USS over worker rows.
+    """
+    total = totals(memory)
+    if total.empty:
+        return None
+    workers = memory[memory["role"] == "worker"]
+    mean_rss = float(total["rss_mb"].mean())
+    mean_pss = float(total["pss_mb"].mean())
+    saving = float((total["rss_mb"] - total["pss_mb"]).mean())
+    slope, window_s = memory_slope(total, warmup_s, min_samples)
+    return MemorySummary(
+        samples=len(total),
+        workers=int(workers["pid"].nunique()),
+        peak_pss_mb=float(total["pss_mb"].max()),
+        mean_pss_mb=mean_pss,
+        peak_rss_mb=float(total["rss_mb"].max()),
+        mean_rss_mb=mean_rss,
+        peak_uss_mb=float(total["uss_mb"].max()),
+        mean_uss_mb=float(total["uss_mb"].mean()),
+        sharing_saving_mb=saving,
+        sharing_saving_share=saving / mean_rss if mean_rss > 0 else np.nan,
+        rss_to_pss_ratio=mean_rss / mean_pss if mean_pss > 0 else np.nan,
+        mean_worker_uss_mb=float(workers["uss_mb"].mean()) if len(workers) else np.nan,
+        min_sys_available_mb=float(total["sys_available_mb"].min()),
+        slope_mb_per_min=slope,
+        slope_window_s=window_s,
+    )
+
+
+def ram_per_request(server_log: pd.DataFrame) -> RamPerRequest | None:
+    """RAM cost of a request as the serving worker saw it.
+
+    Formula: rss_delta_mb = worker RSS after the request - before it (from the server log);
+    reported as mean, 95th percentile and max over requests, with the mean and max of
+    rss_peak_mb (the worker's highest RSS while serving the request); peak_growth_mb =
+    rss_peak_mb - (rss_mb - rss_delta_mb), the peak above the RSS at the request's start,
+    floored at 0 (mean and 95th percentile).
+    """
+    if server_log.empty:
+        return None
+    delta = server_log["rss_delta_mb"].dropna()
+    peak = server_log["rss_peak_mb"].dropna()
+    start = server_log["rss_mb"] - server_log["rss_delta_mb"]
+    growth = (server_log["rss_peak_mb"] - start).clip(lower=0).dropna()
+    if delta.empty:
+        return None
+    return RamPerRequest(
+        requests=len(delta),
+        mean_rss_delta_mb=float(delta.mean()),
+        p95_rss_delta_mb=float(delta.quantile(0.95)),
+        max_rss_delta_mb=float(delta.max()),
+        mean_rss_peak_mb=float(peak.mean()) if len(peak) else np.nan,
+        max_rss_peak_mb=float(peak.max()) if len(peak) else np.nan,
+        mean_peak_growth_mb=float(growth.mean()) if len(growth) else np.nan,
+        p95_peak_growth_mb=float(growth.quantile(0.95)) if len(growth) else np.nan,
+    )

@@ -1,0 +1,129 @@
+"""Read each file of a run folder into a tidy DataFrame: one pandas chain per file.
+
+Every frame gets snake_case columns with units in their names and an ``elapsed_s`` column:
+seconds since ``start_ts`` (the run start), or since the file's own first row when no start
+is given. Locust writes "N/A" for values it has not got; those become NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+LOCUST_NA = ["N/A"]
+
+# requests.csv as written by the Locust hook (see the locustfiles README).
+REQUEST_COLUMNS = [
+    "timestamp", "user_class", "method", "route", "status_code", "response_time_ms",
+    "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
+    "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
+    "batch_size", "prompt_tokens", "completion_tokens",
+]  # fmt: skip
+MEMORY_COLUMNS = [
+    "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",
+]  # fmt: skip
+SERVER_LOG_COLUMNS = [
+    "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
+    "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
+    "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
+]  # fmt: skip
+
+
+def locust_column(name: str) -> str:
+    """Turn a Locust CSV header into snake_case with its unit: "95%" -> "p95_ms"."""
+    if name.endswith("%"):
+        return "p" + name[:-1].replace(".", "_") + "_ms"
+    snake = re.sub(r"[^0-9a-z]+", "_", name.lower().replace("/s", "_per_s")).strip("_")
+    if snake.endswith("response_time"):
+        return snake + "_ms"
+    if snake.endswith("content_size"):
+        return snake + "_bytes"
+    return snake
+
+
+def _elapsed(times: pd.Series, start_ts: float | None) -> pd.Series:
+    """Seconds since ``start_ts`` (or the first time in ``times``)."""
+    origin = times.min() if start_ts is None else start_ts
+    return times - origin
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """Read run.json: the settings of the run, as a plain dict."""
+    return json.loads(Path(path).read_text())
+
+
+def read_locust_stats(path: Path) -> pd.DataFrame:
+    """Read locust_stats.csv (one row per route plus the "Aggregated" row)."""
+    return (
+        pd.read_csv(path, na_values=LOCUST_NA)
+        .rename(columns=locust_column)
+        .assign(type=lambda d: d["type"].fillna("").astype(str))
+    )
+
+
+def read_locust_history(path: Path, start_ts: float | None = None) -> pd.DataFrame:
+    """Read locust_stats_history.csv (one row per second, per route with --csv-full-history)."""
+    return (
+        pd.read_csv(path, na_values=LOCUST_NA)
+        .rename(columns=locust_column)
+        .assign(
+            type=lambda d: d["type"].fillna("").astype(str),
+            timestamp=lambda d: d["timestamp"].astype(float),
+            elapsed_s=lambda d: _elapsed(d["timestamp"], start_ts),
+        )
+        .sort_values("timestamp", kind="stable", ignore_index=True)
+    )
+
+
+def read_locust_failures(path: Path) -> pd.DataFrame:
+    """Read locust_failures.csv (one row per method, route and error text)."""
+    return pd.read_csv(path, na_values=LOCUST_NA).rename(columns=locust_column)
+
+
+def read_locust_exceptions(path: Path) -> pd.DataFrame:
+    """Read locust_exceptions.csv (exceptions raised inside user code)."""
+    return pd.read_csv(path, na_values=LOCUST_NA).rename(columns=locust_column)
+
+
+def read_requests(path: Path, start_ts: float | None = None) -> pd.DataFrame:
+    """Read requests.csv: one row per request, the client's view plus server headers."""
+    return (
+        pd.read_csv(path, dtype={"failure_reason": str, "request_id": str})
+        .reindex(columns=REQUEST_COLUMNS)
+        .assign(
+            success=lambda d: d["success"].fillna(0).astype(int).astype(bool),
+            failure_reason=lambda d: d["failure_reason"].fillna("").astype(str),
+            status_code=lambda d: d["status_code"].fillna(0).astype(int),
+            elapsed_s=lambda d: _elapsed(d["timestamp"], start_ts),
+            end_elapsed_s=lambda d: d["elapsed_s"] + d["response_time_ms"] / 1000.0,
+        )
+        .sort_values("timestamp", kind="stable", ignore_index=True)
+    )
+
+
+def read_memory(path: Path, start_ts: float | None = None) -> pd.DataFrame:
+    """Read memory.csv: long format, one row per process per sample plus a "total" row."""
+    return (
+        pd.read_csv(path)
+        .reindex(columns=MEMORY_COLUMNS)
+        .assign(
+            role=lambda d: d["role"].fillna("").astype(str),
+            elapsed_s=lambda d: _elapsed(d["timestamp"], start_ts),
+        )
+        .sort_values(["timestamp", "pid"], kind="stable", ignore_index=True)
+    )
+
+
+def read_server_log(path: Path, start_ts: float | None = None) -> pd.DataFrame:
+    """Read server_requests.jsonl: the server's own record of every request."""
+    return (
+        pd.read_json(path, lines=True, dtype=False)
+        .reindex(columns=SERVER_LOG_COLUMNS)
+        .apply(lambda c: c if c.name in ("request_id", "route", "key_id") else pd.to_numeric(c))
+        .assign(elapsed_s=lambda d: _elapsed(d["ts"], start_ts))
+        .sort_values("ts", kind="stable", ignore_index=True)
+    )
