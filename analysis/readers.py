@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 
 LOCUST_NA = ["N/A"]
+# Text columns stay text even when every value is blank (the "Aggregated" row has no Type).
+LOCUST_TEXT = {"Type": str, "Name": str, "Method": str, "Error": str, "Message": str}
 
 # requests.csv as written by the Locust hook (see the locustfiles README).
 REQUEST_COLUMNS = [
@@ -59,7 +61,7 @@ def read_run_json(path: Path) -> dict[str, Any]:
 def read_locust_stats(path: Path) -> pd.DataFrame:
     """Read locust_stats.csv (one row per route plus the "Aggregated" row)."""
     return (
-        pd.read_csv(path, na_values=LOCUST_NA)
+        pd.read_csv(path, na_values=LOCUST_NA, dtype=LOCUST_TEXT)
         .rename(columns=locust_column)
         .assign(type=lambda d: d["type"].fillna("").astype(str))
     )
@@ -68,7 +70,7 @@ def read_locust_stats(path: Path) -> pd.DataFrame:
 def read_locust_history(path: Path, start_ts: float | None = None) -> pd.DataFrame:
     """Read locust_stats_history.csv (one row per second, per route with --csv-full-history)."""
     return (
-        pd.read_csv(path, na_values=LOCUST_NA)
+        pd.read_csv(path, na_values=LOCUST_NA, dtype=LOCUST_TEXT)
         .rename(columns=locust_column)
         .assign(
             type=lambda d: d["type"].fillna("").astype(str),
@@ -81,12 +83,12 @@ def read_locust_history(path: Path, start_ts: float | None = None) -> pd.DataFra
 
 def read_locust_failures(path: Path) -> pd.DataFrame:
     """Read locust_failures.csv (one row per method, route and error text)."""
-    return pd.read_csv(path, na_values=LOCUST_NA).rename(columns=locust_column)
+    return pd.read_csv(path, na_values=LOCUST_NA, dtype=LOCUST_TEXT).rename(columns=locust_column)
 
 
 def read_locust_exceptions(path: Path) -> pd.DataFrame:
     """Read locust_exceptions.csv (exceptions raised inside user code)."""
-    return pd.read_csv(path, na_values=LOCUST_NA).rename(columns=locust_column)
+    return pd.read_csv(path, na_values=LOCUST_NA, dtype=LOCUST_TEXT).rename(columns=locust_column)
 
 
 def read_requests(path: Path, start_ts: float | None = None) -> pd.DataFrame:
@@ -108,7 +110,7 @@ def read_requests(path: Path, start_ts: float | None = None) -> pd.DataFrame:
 def read_memory(path: Path, start_ts: float | None = None) -> pd.DataFrame:
     """Read memory.csv: long format, one row per process per sample plus a "total" row."""
     return (
-        pd.read_csv(path)
+        pd.read_csv(path, dtype={"role": str})
         .reindex(columns=MEMORY_COLUMNS)
         .assign(
             role=lambda d: d["role"].fillna("").astype(str),

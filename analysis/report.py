@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 
 from analysis import memory, sweep, traffic
 from analysis.findings import Findings
@@ -170,11 +171,16 @@ def _recommendations(f: Findings) -> str:
 def _method(f: Findings) -> str:
     formulas = [f"- **{name}**: {formula(func)}" for name, func in FORMULA_SOURCES]
     rules = [f"- `{r.__name__}`: {(inspect.getdoc(r) or '').splitlines()[0]}" for r in all_rules()]
+    thresholds = table(
+        ["Setting", "Value"], [(k.name, getattr(f.config, k.name)) for k in fields(f.config)]
+    )
     return (
         "## How each number is computed\n\n"
         + "\n".join(formulas)
         + "\n\nRules checked (each one quotes its numbers when it fires):\n\n"
         + "\n".join(rules)
+        + "\n\nTargets and thresholds used (analysis.config; run.json's `slo` and the "
+        "command line override the SLO targets):\n\n" + thresholds
     )
 
 

@@ -126,14 +126,14 @@ rate_limited = _failure_rule(
     "rate_limited",
     429,
     "rate_limited",
-    "{n} requests ({share}) were refused with 429: the rate limits are tighter than this "
+    "{n} request(s) ({share}) were refused with 429: the rate limits are tighter than this "
     "load ({users} users). Raise the per-key limit for load tests or spread users over keys.",
 )
 overloaded = _failure_rule(
     "overloaded",
     503,
     "overloaded",
-    "{n} requests ({share}) were refused with 503: the server's queue was full. Add workers "
+    "{n} request(s) ({share}) were refused with 503: the server's queue was full. Add workers "
     "or batch more; raise the queue bound only while p99 ({p99} ms) stays well under the "
     "SLO ({slo} ms), since a longer queue trades refusals for latency.",
 )
@@ -141,21 +141,21 @@ timed_out = _failure_rule(
     "timed_out",
     504,
     "timeout",
-    "{n} requests ({share}) hit the generation timeout (504); p99 of served requests was "
+    "{n} request(s) ({share}) hit the generation timeout (504); p99 of served requests was "
     "{p99} ms. Lower max_new_tokens, raise the timeout, or reduce load.",
 )
 server_errors = _failure_rule(
     "server_errors",
     500,
     "http_500",
-    "{n} requests ({share}) failed with 500: a server bug, not load. Read the server log "
+    "{n} request(s) ({share}) failed with 500: a server bug, not load. Read the server log "
     "for those request ids before trusting the other numbers.",
 )
 connection_errors = _failure_rule(
     "connection_errors",
     0,
     "connection",
-    "{n} requests ({share}) got no HTTP answer (connection errors): workers died or the "
+    "{n} request(s) ({share}) got no HTTP answer (connection errors): workers died or the "
     "listen backlog overflowed. Check the server log for worker restarts or OOM kills.",
 )
 
