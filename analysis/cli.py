@@ -12,7 +12,7 @@ from analysis.compare import render_comparison
 from analysis.config import AnalysisConfig, load_config
 from analysis.figures import write_charts
 from analysis.findings import Findings, build_findings
-from analysis.html import markdown_to_html
+from analysis.html_page import markdown_to_html
 from analysis.report import render_markdown
 from analysis.run import load_run
 

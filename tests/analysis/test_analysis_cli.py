@@ -78,3 +78,12 @@ def test_cli_rejects_what_is_not_a_run_folder(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path)])
     assert "at least two run folders" in capsys.readouterr().err
+
+
+def test_walkthrough_runs_top_to_bottom(sweep_run: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "analysis.walkthrough", str(sweep_run)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "knee: 4 users; SLO held up to 4 users" in done.stdout
+    assert "[warning] cpu_plateau:" in done.stdout
+    assert (REPO / "analysis" / "walkthrough.py").read_text().count("# %%") >= 10
