@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.charts_traffic import no_data
+from analysis.charts_traffic import no_data, slo_line
 from analysis.memory import totals
 
 
@@ -66,8 +66,7 @@ def plot_sweep(ax: Axes, steps: pd.DataFrame, slo_p95_ms: float | None = None) -
     latency = ax.twinx()
     latency.plot(steps["users"], steps["p95_ms"], marker="s", color="tab:orange", label="p95")
     latency.set_ylabel("p95 response time (ms)")
-    if slo_p95_ms is not None:
-        latency.axhline(slo_p95_ms, color="red", linestyle="--", label="p95 SLO")
+    slo_line(latency, slo_p95_ms, float(steps["p95_ms"].max()))
     for users in steps.loc[steps["is_knee"], "users"]:
         ax.axvline(users, color="black", linestyle=":", label=f"knee ({users} users)")
     lines = ax.get_legend_handles_labels()

@@ -22,6 +22,25 @@ def no_data(ax: Axes, title: str, why: str = "no data") -> None:
     ax.set_yticks([])
 
 
+def slo_line(ax: Axes, slo_ms: float | None, data_max: float) -> None:
+    """Draw the p95 target, unless it is so far above the data that it would flatten it."""
+    if slo_ms is None:
+        return
+    if slo_ms <= 3 * data_max:
+        ax.axhline(slo_ms, color="red", linestyle="--", label="p95 SLO")
+    else:
+        ax.text(
+            0.99,
+            0.98,
+            f"p95 SLO {slo_ms:,.0f} ms is off the scale",
+            ha="right",
+            va="top",
+            transform=ax.transAxes,
+            color="red",
+            fontsize="small",
+        )
+
+
 def _aggregated(history: pd.DataFrame) -> pd.DataFrame:
     """The history's "Aggregated" rows (all routes together)."""
     return history[history["name"] == "Aggregated"] if not history.empty else history
@@ -38,12 +57,12 @@ def plot_latency_over_time(
         return
     for column, label in [("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")]:
         ax.plot(agg["elapsed_s"], agg[column], label=label)
-    if slo_p95_ms is not None:
-        ax.axhline(slo_p95_ms, color="red", linestyle="--", label="p95 SLO")
+    slo_line(ax, slo_p95_ms, float(agg[["p50_ms", "p95_ms", "p99_ms"]].max().max()))
     ax.set(title=title, xlabel="elapsed time (s)", ylabel="response time (ms)")
     users = ax.twinx()
     users.plot(agg["elapsed_s"], agg["user_count"], color="grey", linestyle=":", label="users")
     users.set_ylabel("users")
+    users.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     more = users.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left")

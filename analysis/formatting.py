@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,8 @@ def cell(value: Any) -> str:
         return MISSING
     if isinstance(value, float):
         return num(value, 2 if abs(value) < 10 else 1)
+    if isinstance(value, list | dict):
+        value = json.dumps(value)
     return str(value).replace("|", "\\|")
 
 

@@ -2,54 +2,37 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import fields
+from collections.abc import Sequence
 
-from analysis import memory, sweep, traffic
 from analysis.findings import Findings
 from analysis.formatting import MISSING, num, pct, table
-from analysis.rules import all_rules
-
-# The metric functions whose docstrings state the formulas the report quotes.
-FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
-    ("Latency percentiles", traffic.route_latency),
-    ("Counts and rates", traffic.traffic),
-    ("Queue vs inference", traffic.time_split),
-    ("Tokens/s over time", traffic.tokens_over_time),
-    ("Memory, sharing saving", memory.memory_summary),
-    ("Memory slope", memory.memory_slope),
-    ("RAM per request", memory.ram_per_request),
-    ("Sweep steps", sweep.step_metrics),
-    ("Saturation knee", sweep.find_knee),
-]
-
-
-def formula(func: Callable[..., object]) -> str:
-    """The "Formula: ..." paragraph of ``func``'s docstring, on one line."""
-    doc = inspect.getdoc(func) or ""
-    _, _, rest = doc.partition("Formula:")
-    return " ".join(rest.split("\n\n")[0].split())
+from analysis.methods import method_section
 
 
 def _intro(f: Findings) -> str:
     s = f.settings
+    title = f"# Load test report: {f.label}"
+    if not s:
+        return f"{title}\n\nSettings unknown: the run folder has no `run.json`."
     model = str(s.get("model", MISSING))
-    lines = [
-        f"# Load test report: {f.label}",
-        "",
-        f"Model `{model}` ({s.get('dtype', MISSING)}) served by {num(s.get('workers'))} Gunicorn "
-        f"worker(s) x {num(s.get('torch_threads'))} torch thread(s) on {num(s.get('host.cores'))} "
-        f"cores / {num(s.get('host.ram_gb'))} GB RAM; {num(s.get('users'))} Locust users for "
-        f"{num(s.get('duration_s'))} s.",
-    ]
+    stages = [st.get("users") for st in (s.get("shape.stages") or []) if isinstance(st, dict)]
+    load = (
+        f"a step sweep through {' -> '.join(str(u) for u in stages)} Locust users"
+        if stages
+        else f"{num(s.get('users'))} Locust users (spawn rate {num(s.get('spawn_rate'))}/s)"
+    )
+    text = (
+        f"Model `{model}` ({s.get('dtype', MISSING)}) served by {num(s.get('workers'))} "
+        f"Gunicorn worker(s) x {num(s.get('torch_threads'))} torch thread(s), batches of up to "
+        f"{num(s.get('max_batch_size'))}, on {num(s.get('host.cores'))} cores / "
+        f"{num(s.get('host.ram_gb'))} GB RAM. Load: {load} for {num(s.get('duration_s'))} s."
+    )
     if model.startswith("synthetic:"):
-        lines += [
-            "",
-            "The model is synthetic (seeded random weights of the real architecture): "
-            "its text is meaningless, its memory and compute profile is the real one.",
-        ]
-    return "\n".join(lines)
+        text += (
+            "\n\nThe model is synthetic (seeded random weights of the real architecture): "
+            "its text is meaningless, its memory and compute profile is the real one."
+        )
+    return f"{title}\n\n{text}"
 
 
 def _summary(f: Findings) -> str:
@@ -168,22 +151,6 @@ def _recommendations(f: Findings) -> str:
     return "## Findings and recommendations\n\n" + ("\n".join(items) or "No rule fired.")
 
 
-def _method(f: Findings) -> str:
-    formulas = [f"- **{name}**: {formula(func)}" for name, func in FORMULA_SOURCES]
-    rules = [f"- `{r.__name__}`: {(inspect.getdoc(r) or '').splitlines()[0]}" for r in all_rules()]
-    thresholds = table(
-        ["Setting", "Value"], [(k.name, getattr(f.config, k.name)) for k in fields(f.config)]
-    )
-    return (
-        "## How each number is computed\n\n"
-        + "\n".join(formulas)
-        + "\n\nRules checked (each one quotes its numbers when it fires):\n\n"
-        + "\n".join(rules)
-        + "\n\nTargets and thresholds used (analysis.config; run.json's `slo` and the "
-        "command line override the SLO targets):\n\n" + thresholds
-    )
-
-
 def render_markdown(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> str:
     """The report for ``f``; ``charts`` are (title, relative path) pairs to embed."""
     sections = [_intro(f)]
@@ -193,5 +160,5 @@ def render_markdown(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> str:
     if charts:
         sections.append("## Charts\n\n" + "\n\n".join(f"![{t}]({p})" for t, p in charts))
     settings = table(["Setting", "Value"], sorted(f.settings.items()))
-    sections += [f"## Run settings\n\n{settings}", _method(f)]
+    sections += [f"## Run settings\n\n{settings}", method_section(f)]
     return "\n\n".join(sections) + "\n"

@@ -3,7 +3,8 @@
 A rule is a function ``(findings) -> Recommendation | None``: it returns None when its
 condition does not hold, and otherwise a text that quotes the numbers that made it fire.
 Thresholds come from ``findings.config`` (see analysis.config). The rules themselves live
-in rules_traffic (latency, failures, the sweep) and rules_memory (RAM).
+in rules_traffic (time split, SLOs, the sweep), rules_failures (status codes) and
+rules_memory (RAM).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def status_count(findings: Findings, status: int, cause: str) -> int:
 
 def all_rules() -> list[Rule]:
     """Every rule, in the order their findings appear in the report."""
-    from analysis import rules_memory, rules_traffic
+    from analysis import rules_failures, rules_memory, rules_traffic
 
-    return [*rules_traffic.RULES, *rules_memory.RULES]
+    return [*rules_traffic.RULES, *rules_failures.RULES, *rules_memory.RULES]
 
 
 def evaluate(findings: Findings, rules: list[Rule] | None = None) -> list[Recommendation]:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from analysis import rules_failures as rf
 from analysis import rules_memory as rm
 from analysis import rules_traffic as rt
 from analysis.config import AnalysisConfig
@@ -89,16 +90,16 @@ CASES = [
     (rt.slo_missed, make(traffic=failed(503, "overloaded", 5), sweep=PLATEAU),
      ["error rate was 0.050 against a target of 0.010", "held up to 30 users"],
      make(traffic=failed(503, "overloaded", 1))),
-    (rt.rate_limited, make(traffic=failed(429, "rate_limited", 7)),
+    (rf.rate_limited, make(traffic=failed(429, "rate_limited", 7)),
      ["7 request(s) (7.0%)", "429", "(10 users)"], make(traffic=failed(503, "overloaded", 7))),
-    (rt.overloaded, make(traffic=failed(503, "overloaded", 3)),
+    (rf.overloaded, make(traffic=failed(503, "overloaded", 3)),
      ["3 request(s) (3.0%)", "503", "p99 (1,500 ms)", "SLO (10,000 ms)"],
      make(traffic=failed(429, "rate_limited", 3))),
-    (rt.timed_out, make(traffic=failed(504, "timeout", 2)), ["2 request(s) (2.0%)", "504"],
+    (rf.timed_out, make(traffic=failed(504, "timeout", 2)), ["2 request(s) (2.0%)", "504"],
      make()),
-    (rt.server_errors, make(traffic=failed(500, "http_500", 1)), ["1 request(s) (1.0%)", "500"],
+    (rf.server_errors, make(traffic=failed(500, "http_500", 1)), ["1 request(s) (1.0%)", "500"],
      make(traffic=failed(504, "timeout", 1))),
-    (rt.connection_errors, make(traffic=failed(0, "connection_error", 4)),
+    (rf.connection_errors, make(traffic=failed(0, "connection_error", 4)),
      ["4 request(s) (4.0%)", "no HTTP answer"], make()),
     (rm.sharing_works,
      make(memory=mem(mean_rss_mb=9000.0, mean_pss_mb=3600.0, rss_to_pss_ratio=2.5,

@@ -1,0 +1,54 @@
+"""The report's "How each number is computed" section: formulas, rules and thresholds.
+
+Each formula is written once, in the docstring of the function that computes it (a
+paragraph starting "Formula:"); this module quotes those paragraphs rather than restating
+them, so the report cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
+
+from analysis import memory, sweep, traffic
+from analysis.findings import Findings
+from analysis.formatting import table
+from analysis.rules import all_rules
+
+# The metric functions whose docstrings state the formulas the report quotes.
+FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
+    ("Latency percentiles", traffic.route_latency),
+    ("Counts and rates", traffic.traffic),
+    ("Queue vs inference", traffic.time_split),
+    ("Tokens/s over time", traffic.tokens_over_time),
+    ("Memory, sharing saving", memory.memory_summary),
+    ("Memory slope", memory.memory_slope),
+    ("RAM per request", memory.ram_per_request),
+    ("Sweep steps", sweep.step_metrics),
+    ("Saturation knee", sweep.find_knee),
+]
+
+
+def formula(func: Callable[..., object]) -> str:
+    """The "Formula: ..." paragraph of ``func``'s docstring, on one line."""
+    doc = inspect.getdoc(func) or ""
+    _, _, rest = doc.partition("Formula:")
+    return " ".join(rest.split("\n\n")[0].split())
+
+
+def method_section(f: Findings) -> str:
+    """Formulas, the rules checked with their conditions, and the thresholds in force."""
+    formulas = [f"- **{name}**: {formula(func)}" for name, func in FORMULA_SOURCES]
+    rules = [f"- `{r.__name__}`: {(inspect.getdoc(r) or '').splitlines()[0]}" for r in all_rules()]
+    thresholds = table(
+        ["Setting", "Value"], [(k.name, getattr(f.config, k.name)) for k in fields(f.config)]
+    )
+    return (
+        "## How each number is computed\n\n"
+        + "\n".join(formulas)
+        + "\n\nRules checked (each one quotes its numbers when it fires):\n\n"
+        + "\n".join(rules)
+        + "\n\nTargets and thresholds used (analysis.config; run.json's `slo` and the "
+        "command line override the SLO targets):\n\n" + thresholds
+    )
