@@ -49,10 +49,24 @@ class RamPerRequest:
 
 
 def totals(memory: pd.DataFrame) -> pd.DataFrame:
-    """The per-sample "total" rows (sums over master and workers), in time order."""
+    """The per-sample "total" rows (sums over master and workers), in time order.
+
+    A sampler that wrote no "total" rows gets them summed here from the process rows.
+    """
     if memory.empty:
         return memory
-    return memory[memory["role"] == "total"].sort_values("elapsed_s", ignore_index=True)
+    total = memory[memory["role"] == "total"]
+    if total.empty:
+        total = (
+            memory.groupby("timestamp", as_index=False)
+            .agg(
+                rss_mb=("rss_mb", "sum"), uss_mb=("uss_mb", "sum"), pss_mb=("pss_mb", "sum"),
+                shared_mb=("shared_mb", "sum"), sys_available_mb=("sys_available_mb", "min"),
+                elapsed_s=("elapsed_s", "first"),
+            )
+            .assign(pid=0, role="total")
+        )  # fmt: skip
+    return total.sort_values("elapsed_s", ignore_index=True)
 
 
 def memory_slope(

@@ -42,6 +42,8 @@ def queue_dominates(f: Findings) -> Recommendation | None:
 def _cpu_subscribed(f: Findings) -> tuple[bool | None, str]:
     """Whether workers x torch threads covers every core, and the sum that says so."""
     workers, threads, cores = (setting(f, k) for k in ("workers", "torch_threads", "host.cores"))
+    if workers and cores and threads == 0:
+        threads = max(1, cores // workers)  # the server's TORCH_THREADS=0 means cores / workers
     if not (workers and threads and cores):
         return None, ""
     busy = workers * threads

@@ -93,6 +93,16 @@ def test_memory_totals_sharing_saving_and_slope(write_run) -> None:
     assert m.slope_window_s == 69
 
 
+def test_totals_are_summed_when_the_sampler_wrote_none(write_run) -> None:
+    rows = [r for t in (0, 1) for r in memory_rows(t, [(101, 3100, 150, 1150 + t)])]
+    no_totals = [r for r in rows if r["role"] != "total"]
+    total = memory.totals(load_run(write_run(memory=no_totals)).memory)
+    # master 3000/50/1000 + worker 3100/150/(1150 + t)
+    assert total["rss_mb"].tolist() == [6100, 6100]
+    assert total["pss_mb"].tolist() == [2150, 2151]
+    assert total["elapsed_s"].tolist() == [0, 1]
+
+
 def test_slope_needs_enough_samples_after_warm_up(write_run) -> None:
     samples = [row for t in range(12) for row in memory_rows(t, [(101, 3100, 150, 1150 + t)])]
     total = memory.totals(load_run(write_run(memory=samples)).memory)

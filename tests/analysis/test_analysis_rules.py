@@ -84,6 +84,8 @@ CASES = [
      ["int8 quantization"], make(sweep=None)),
     (rt.sweep_plateau, make(sweep=PLATEAU, settings={"workers": 1, "host.cores": 4}),
      ["threads = 1 x 1 = 1 of 4 cores", "add workers"], make()),
+    (rt.sweep_plateau, make(sweep=PLATEAU, settings={"torch_threads": 0, "host.cores": 4}),
+     ["threads = 2 x 2 = 4 >= 4 cores"], make(sweep=sweep_of([10], [2.0], knee=None))),
     (rt.slo_missed, make(routes=[dataclasses.replace(ROUTE, p95_ms=12_345.0)]),
      ["p95 latency, All routes was 12,345 against a target of 10,000"],
      make(routes=[dataclasses.replace(ROUTE, p95_ms=10_000.0)])),
