@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.charts_traffic import no_data, slo_line
+from analysis.charts_traffic import LEGEND_BELOW, no_data, slo_line
 from analysis.memory import totals
 
 
@@ -66,9 +66,12 @@ def plot_sweep(ax: Axes, steps: pd.DataFrame, slo_p95_ms: float | None = None) -
     latency = ax.twinx()
     latency.plot(steps["users"], steps["p95_ms"], marker="s", color="tab:orange", label="p95")
     latency.set_ylabel("p95 response time (ms)")
+    ax.set_xticks(steps["users"].tolist())
+    ax.set_ylim(bottom=0)
+    latency.set_ylim(bottom=0)
     slo_line(latency, slo_p95_ms, float(steps["p95_ms"].max()))
     for users in steps.loc[steps["is_knee"], "users"]:
         ax.axvline(users, color="black", linestyle=":", label=f"knee ({users} users)")
     lines = ax.get_legend_handles_labels()
     more = latency.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], **LEGEND_BELOW)

@@ -22,6 +22,10 @@ def no_data(ax: Axes, title: str, why: str = "no data") -> None:
     ax.set_yticks([])
 
 
+# Charts with a second y axis put the legend under the plot, where it hides no line.
+LEGEND_BELOW = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.12), "ncols": 6}
+
+
 def slo_line(ax: Axes, slo_ms: float | None, data_max: float) -> None:
     """Draw the p95 target, unless it is so far above the data that it would flatten it."""
     if slo_ms is None:
@@ -31,10 +35,10 @@ def slo_line(ax: Axes, slo_ms: float | None, data_max: float) -> None:
     else:
         ax.text(
             0.99,
-            0.98,
+            0.02,
             f"p95 SLO {slo_ms:,.0f} ms is off the scale",
             ha="right",
-            va="top",
+            va="bottom",
             transform=ax.transAxes,
             color="red",
             fontsize="small",
@@ -59,13 +63,14 @@ def plot_latency_over_time(
         ax.plot(agg["elapsed_s"], agg[column], label=label)
     slo_line(ax, slo_p95_ms, float(agg[["p50_ms", "p95_ms", "p99_ms"]].max().max()))
     ax.set(title=title, xlabel="elapsed time (s)", ylabel="response time (ms)")
+    ax.set_ylim(bottom=0)
     users = ax.twinx()
     users.plot(agg["elapsed_s"], agg["user_count"], color="grey", linestyle=":", label="users")
     users.set_ylabel("users")
     users.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()
     more = users.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left")
+    ax.legend(lines[0] + more[0], lines[1] + more[1], **LEGEND_BELOW)
 
 
 def plot_throughput(ax: Axes, history: pd.DataFrame) -> None:
