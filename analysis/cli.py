@@ -8,9 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.compare import render_comparison
+from analysis.charts_compare import COMPARE_CHARTS, plot_headline
+from analysis.compare import headline_frame, render_comparison
 from analysis.config import AnalysisConfig, load_config
-from analysis.figures import write_charts
+from analysis.figures import save_chart, write_charts
 from analysis.findings import Findings, build_findings
 from analysis.html_page import markdown_to_html
 from analysis.report import render_markdown
@@ -57,7 +58,7 @@ def analyze(path: Path, args: argparse.Namespace) -> Findings:
 
 
 def compare(paths: Sequence[Path], out: Path | None, args: argparse.Namespace) -> Path:
-    """Write comparison.md for ``paths`` into ``out`` (default: next to the first run)."""
+    """Write comparison.md and its charts for ``paths`` into ``out`` (default: by the first run)."""
     runs = []
     for path in paths:
         run = load_run(path)
@@ -66,9 +67,14 @@ def compare(paths: Sequence[Path], out: Path | None, args: argparse.Namespace) -
         name = "-vs-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", f.label) for f in runs)[:120]
         out = paths[0].resolve().parent / f"compare-{name}"
     out.mkdir(parents=True, exist_ok=True)
+    headlines = headline_frame(runs)
+    charts = []
+    for stem, metric in COMPARE_CHARTS:
+        png = save_chart(lambda ax, m=metric: plot_headline(ax, headlines, m), out / f"{stem}.png")
+        charts.append((f"{metric} per run", png.name))
     target = out / "comparison.md"
-    target.write_text(render_comparison(runs))
-    print(f"wrote {target}")
+    target.write_text(render_comparison(runs, charts))
+    print(f"wrote {target} and {len(charts)} charts")
     return target
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pandas as pd
+
 from analysis.findings import Findings
 from analysis.formatting import MISSING, is_missing, num, table
 from analysis.traffic import ALL_ROUTES
@@ -20,7 +22,8 @@ HEADLINES: list[tuple[str, str, str, Callable[[Findings], Any]]] = [
     ("Requests", "", "", lambda f: f.traffic and f.traffic.requests),
     ("Error rate", "ratio", "lower", lambda f: f.traffic and f.traffic.error_rate),
     ("Throughput", "req/s", "higher", lambda f: f.traffic and f.traffic.throughput_rps),
-    ("Tokens/s", "tokens/s", "higher", lambda f: f.traffic and f.traffic.output_tokens_per_s),
+    ("Output tokens/s", "tokens/s", "higher",
+     lambda f: f.traffic and f.traffic.output_tokens_per_s),
     ("p50 latency", "ms", "lower", lambda f: f.overall and f.overall.p50_ms),
     ("p95 latency", "ms", "lower", lambda f: f.overall and f.overall.p95_ms),
     ("p99 latency", "ms", "lower", lambda f: f.overall and f.overall.p99_ms),
@@ -65,15 +68,25 @@ def headline_values(f: Findings) -> list[Any]:
     return values
 
 
+def headline_frame(runs: Sequence[Findings]) -> pd.DataFrame:
+    """One row per run (index: label), one column per HEADLINES name; NaN where not measured."""
+    return pd.DataFrame(
+        [headline_values(f) for f in runs],
+        index=pd.Index([f.label for f in runs], name="run"),
+        columns=[name for name, _, _, _ in HEADLINES],
+        dtype=float,
+    )
+
+
 def ratio(value: Any, base: Any) -> str:
-    """``value / base`` as "1.23x", or n/a when either is missing or the base is zero."""
+    """``value / base`` to 3 significant digits ("1.23x"); n/a if missing or the base is 0."""
     if value is None or base is None or base == 0:
         return MISSING
-    return f"{value / base:.2f}x"
+    return f"{value / base:.3g}x"
 
 
-def render_comparison(runs: Sequence[Findings]) -> str:
-    """Markdown comparing ``runs`` (the first is the baseline for the ratios)."""
+def render_comparison(runs: Sequence[Findings], charts: Sequence[tuple[str, str]] = ()) -> str:
+    """Markdown comparing ``runs`` (the first is the baseline); ``charts``: (title, path)."""
     labels = [f.label for f in runs]
     diff = differing_settings(runs)
     settings = (
@@ -87,7 +100,7 @@ def render_comparison(runs: Sequence[Findings]) -> str:
         digits = 3 if unit == "ratio" else 1
         shown = [num(v[i], digits) for v in values]
         ratios = [ratio(v[i], values[0][i]) for v in values[1:]]
-        label = f"{name} ({unit})" if unit else name
+        label = f"{name} ({unit})" if unit and unit.lower() not in name.lower() else name
         rows.append((label + (f", {better} is better" if better else ""), *shown, *ratios))
     headers = ["Metric", *labels, *(f"{label} / {labels[0]}" for label in labels[1:])]
     notes = [f"- **{f.label}**: {n}" for f in runs for n in f.notes]
@@ -104,6 +117,8 @@ def render_comparison(runs: Sequence[Findings]) -> str:
             [(f.label, *(_verdict(f, name) for name in SLO_COLUMNS)) for f in runs],
         )
     )
+    if charts:
+        sections.append("## Charts\n\n" + "\n\n".join(f"![{t}]({p})" for t, p in charts))
     if notes:
         sections.append("## Notes on the inputs\n\n" + "\n".join(notes))
     return "\n\n".join(sections) + "\n"

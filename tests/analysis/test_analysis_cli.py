@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from analysis_run_builders import request_row
 
+from analysis.charts_compare import COMPARE_CHARTS
 from analysis.cli import main
 from analysis.figures import CHARTS
 
@@ -66,6 +67,9 @@ def test_cli_compare_writes_comparison(write_run, tmp_path: Path) -> None:
     assert main(["compare", str(one), str(two), "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| dtype | float32 | bfloat16 |" in text
+    for stem, _ in COMPARE_CHARTS:
+        assert_png(tmp_path / "cmp" / f"{stem}.png")
+        assert f"]({stem}.png)" in text
     assert main(["compare", str(one), str(two)]) == 0  # default: next to the first run
     assert (tmp_path / "compare-a-vs-b" / "comparison.md").is_file()
 

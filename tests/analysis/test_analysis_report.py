@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import re
 
 import pytest
 from analysis_run_builders import request_row
 
-from analysis.compare import differing_settings, render_comparison
+from analysis.compare import differing_settings, headline_frame, render_comparison
 from analysis.config import AnalysisConfig, load_config
 from analysis.findings import build_findings
 from analysis.html_page import markdown_to_html
@@ -95,12 +96,14 @@ def test_comparison_shows_differing_settings_and_ratios(write_run) -> None:
     assert differing_settings(runs) == {"workers": [1, 2]}
     text = render_comparison(runs)
     assert "| workers | 1 | 2 |" in text
-    # p95: 1000 ms vs 500 ms -> 0.50x; throughput 10 / 10 s = 1.0 vs 20 / 10 s = 2.0 -> 2.00x.
-    assert re.search(
-        r"\| p95 latency \(ms\), lower is better \| 1,000.0 \| 500.0 \| 0.50x \|", text
-    )
-    assert re.search(r"\| Throughput \(req/s\), higher is better \| 1.0 \| 2.0 \| 2.00x \|", text)
+    # p95: 1000 ms vs 500 ms -> 0.5x; throughput 10 / 10 s = 1.0 vs 20 / 10 s = 2.0 -> 2x.
+    assert "| p95 latency (ms), lower is better | 1,000.0 | 500.0 | 0.5x |" in text
+    assert "| Throughput (req/s), higher is better | 1.0 | 2.0 | 2x |" in text
+    assert "| Output tokens/s, higher is better | 20.0 | 40.0 | 2x |" in text
     assert "| one | PASS (1,000 vs 10,000) | PASS (0.000 vs 0.010) |" in text
+    frame = headline_frame(runs)
+    assert frame.loc["two", "Throughput"] == pytest.approx(2.0)
+    assert math.isnan(frame.loc["one", "Peak total PSS"])  # no memory.csv
 
 
 def test_html_inlines_charts_and_escapes_text(findings) -> None:
