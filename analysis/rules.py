@@ -9,7 +9,7 @@ rules_memory (RAM).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +37,15 @@ def setting(findings: Findings, key: str) -> Any:
     return findings.settings.get(key)
 
 
-def status_count(findings: Findings, status: int, cause: str) -> int:
-    """Requests that ended with ``status`` (or, without status codes, with ``cause``)."""
+def status_count(findings: Findings, statuses: Collection[int], cause: str) -> int:
+    """Requests that ended with one of ``statuses``; by failure ``cause`` (a substring of the
+    cause, case-insensitive) when no statuses are given or no status codes were recorded
+    (Locust's failure table has only error texts)."""
     t = findings.traffic
     if t is None:
         return 0
-    if t.status_counts:
-        return t.status_counts.get(status, 0)
+    if statuses and t.status_counts:
+        return sum(t.status_counts.get(status, 0) for status in statuses)
     return sum(n for c, n in t.failures_by_cause.items() if cause in c.lower())
 
 
