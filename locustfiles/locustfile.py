@@ -1,0 +1,63 @@
+"""GPT Load Lab's Locust suite: three kinds of users and the RAM hooks of a run folder.
+
+    locust -f locustfiles --headless -u 10 -r 5 -t 60s --host http://127.0.0.1:8000 \\
+        --api-key KEY --run-dir results/my-run --server-pidfile /path/gunicorn.pid \\
+        --csv results/my-run/locust --csv-full-history --html results/my-run/locust_report.html \\
+        --stop-timeout 180
+
+On the master (or the only) process it writes requests.csv and memory.csv into the run
+folder, extends the web UI with server memory, and applies ``--shape steps``; Locust workers
+forward their request rows to the master. See README.md "Load testing".
+"""
+
+import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
+
+import logging
+from typing import Any
+
+from locust import events
+from locust.argument_parser import LocustArgumentParser
+from locust.env import Environment
+from locust.runners import WorkerRunner
+
+from locustfiles.drain import GracefulDrain
+from locustfiles.memory_sampler import MemorySampler
+from locustfiles.memory_tab import MemoryTab
+from locustfiles.request_recorder import RequestRecorder
+from locustfiles.run_options import add_options, resolve_run_dir
+from locustfiles.shapes import StepShape, parse_stages
+from locustfiles.users import PromptUser, QAUser, SummarizeUser
+
+__all__ = ["PromptUser", "QAUser", "SummarizeUser"]
+log = logging.getLogger(__name__)
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: LocustArgumentParser, **kwargs: Any) -> None:
+    add_options(parser)
+
+
+@events.init.add_listener
+def _set_up_run(environment: Environment, **kwargs: Any) -> None:
+    set_up_run(environment)
+
+
+def set_up_run(environment: Environment) -> None:
+    """Register the run's hooks on ``environment`` (workers only forward rows)."""
+    GracefulDrain().register(environment)
+    if isinstance(environment.runner, WorkerRunner):
+        RequestRecorder(None).register(environment)
+        return
+    options = environment.parsed_options
+    run_dir = resolve_run_dir(options)
+    recorder = RequestRecorder(run_dir / "requests.csv")
+    recorder.register(environment)
+    pidfile = getattr(options, "server_pidfile", "") or None
+    sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile)
+    sampler.register(environment)
+    MemoryTab(sampler, recorder).register(environment)
+    if getattr(options, "shape", "none") == "steps":
+        shape = StepShape(parse_stages(options.stages), spawn_rate=options.spawn_rate or 10.0)
+        shape.runner = environment.runner
+        environment.shape_class = shape
+    log.info("run folder %s (memory from %s)", run_dir, sampler.source)

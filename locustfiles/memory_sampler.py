@@ -1,0 +1,206 @@
+"""memory.csv: the server's process tree sampled about once a second while Locust runs.
+
+Two sources, picked by what is known about the server:
+
+* ``--server-pidfile PATH`` (the server runs on this machine): the Gunicorn master's pid from
+  the file, its children from /proc, and each one's RSS/USS/PSS/shared read from
+  ``/proc/<pid>/smaps_rollup`` (``server.memory.read_process_memory``);
+* otherwise the server's Prometheus ``/metrics`` (per-worker ``gpt_worker_rss_bytes``,
+  ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes`` gauges labelled by ``pid``).
+
+Columns (long format: one row per process per sample, then a ``total`` row):
+
+================  ==================================================================
+timestamp         sample time, epoch seconds
+pid               process id; 0 on the total row
+role              master | worker | total
+rss_mb            resident set size, MB (counts shared pages in every process)
+uss_mb            unique set size, MB (pages only this process maps)
+pss_mb            proportional set size, MB (shared pages split among sharers);
+                  the total row's pss_mb is the tree's real footprint
+shared_mb         resident pages shared with other processes, MB
+sys_available_mb  MemAvailable of the host, MB (blank when scraped and not exported)
+================  ==================================================================
+
+The sampler runs on the master (or the only) Locust process, never on Locust workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gevent
+import psutil
+import requests
+from locust.env import Environment
+from locust.runners import WorkerRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.memory import read_process_memory, system_available_mb
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb",
+           "sys_available_mb")
+_MB = 2**20
+# Per-worker gauges on the server's /metrics, mapped to our columns.
+METRIC_GAUGES = {
+    "gpt_worker_rss_bytes": "rss_mb",
+    "gpt_worker_uss_bytes": "uss_mb",
+    "gpt_worker_pss_bytes": "pss_mb",
+}
+SYSTEM_GAUGE = "gpt_system_available_bytes"
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process in one sample, MB."""
+
+    pid: int
+    role: str
+    rss_mb: float
+    uss_mb: float
+    pss_mb: float
+    shared_mb: float
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    """All processes of the server at one moment, plus their sums."""
+
+    timestamp: float
+    processes: tuple[ProcessMemory, ...]
+    sys_available_mb: float | None
+
+    @property
+    def total(self) -> ProcessMemory:
+        """The sums over the tree (pid 0, role "total")."""
+        sums = [sum(getattr(p, f) for p in self.processes)
+                for f in ("rss_mb", "uss_mb", "pss_mb", "shared_mb")]
+        return ProcessMemory(0, "total", *sums)
+
+    def rows(self) -> list[list[Any]]:
+        """memory.csv rows: each process, then the total."""
+        available = "" if self.sys_available_mb is None else round(self.sys_available_mb, 1)
+        return [[round(self.timestamp, 3), p.pid, p.role, round(p.rss_mb, 1), round(p.uss_mb, 1),
+                 round(p.pss_mb, 1), round(p.shared_mb, 1), available]
+                for p in (*self.processes, self.total)]
+
+
+def sample_pidfile(pidfile: Path) -> TreeSample | None:
+    """Read the master named in ``pidfile`` and its children from /proc; None if not running."""
+    try:
+        master = int(pidfile.read_text().strip())
+        children = [c.pid for c in psutil.Process(master).children()]
+    except (OSError, ValueError, psutil.Error):
+        return None
+    processes = []
+    for pid, role in [(master, "master"), *((c, "worker") for c in children)]:
+        try:
+            m = read_process_memory(pid)
+        except (OSError, KeyError):  # exited between listing and reading
+            continue
+        processes.append(ProcessMemory(pid, role, m.rss_mb, m.uss_mb, m.pss_mb, m.shared_mb))
+    if not processes:
+        return None
+    return TreeSample(time.time(), tuple(processes), system_available_mb())
+
+
+def parse_metrics(text: str, timestamp: float) -> TreeSample | None:
+    """Build a sample from Prometheus text with the per-worker memory gauges."""
+    by_pid: dict[int, dict[str, float]] = {}
+    available = None
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in METRIC_GAUGES and "pid" in s.labels:
+                by_pid.setdefault(int(s.labels["pid"]), {})[METRIC_GAUGES[s.name]] = s.value / _MB
+            elif s.name == SYSTEM_GAUGE:
+                available = s.value / _MB
+    processes = tuple(
+        ProcessMemory(pid, "worker", v.get("rss_mb", 0.0), v.get("uss_mb", 0.0),
+                      v.get("pss_mb", 0.0), v.get("rss_mb", 0.0) - v.get("uss_mb", 0.0))
+        for pid, v in sorted(by_pid.items()))
+    return TreeSample(timestamp, processes, available) if processes else None
+
+
+def sample_metrics(base_url: str, timeout_s: float = 2.0) -> TreeSample | None:
+    """Scrape ``base_url``/metrics; None when unreachable or without the gauges."""
+    try:
+        response = requests.get(base_url.rstrip("/") + "/metrics", timeout=timeout_s)
+        response.raise_for_status()
+    except requests.RequestException:
+        return None
+    return parse_metrics(response.text, time.time())
+
+
+class MemorySampler:
+    """Sample the server tree every ``interval_s`` into memory.csv and a short history."""
+
+    def __init__(self, path: Path | str | None, *, pidfile: Path | str | None = None,
+                 interval_s: float = 1.0, history: int = 3600) -> None:
+        self.path = Path(path) if path else None
+        self.pidfile = Path(pidfile) if pidfile else None
+        self.interval_s = interval_s
+        self.history: deque[TreeSample] = deque(maxlen=history)
+        self.samples_written = 0
+        self._environment: Environment | None = None
+        self._file = None
+        self._writer = None
+        self._greenlet: gevent.Greenlet | None = None
+
+    @property
+    def source(self) -> str:
+        """Where samples come from: "pidfile" or "metrics"."""
+        return "pidfile" if self.pidfile else "metrics"
+
+    @property
+    def latest(self) -> TreeSample | None:
+        """The most recent sample, if any."""
+        return self.history[-1] if self.history else None
+
+    def register(self, environment: Environment) -> None:
+        """Start sampling on the master or local runner; close the file on ``quitting``."""
+        if isinstance(environment.runner, WorkerRunner):
+            return
+        self._environment = environment
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(COLUMNS)
+            self._file.flush()
+        self._greenlet = gevent.spawn(self._loop)
+        environment.events.quitting.add_listener(self._on_quitting)
+
+    def sample_once(self) -> TreeSample | None:
+        """Take one sample now, record it, and return it (None when the server is not found)."""
+        if self.pidfile is not None:
+            sample = sample_pidfile(self.pidfile)
+        else:
+            host = self._environment.host if self._environment else None
+            sample = sample_metrics(host) if host else None
+        if sample is not None:
+            self.history.append(sample)
+            if self._writer is not None:
+                self._writer.writerows(sample.rows())
+                self._file.flush()
+                self.samples_written += 1
+        return sample
+
+    def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            self.sample_once()
+            gevent.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def _on_quitting(self, **kwargs: Any) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        if self._file is not None and not self._file.closed:
+            self._file.close()

@@ -1,0 +1,63 @@
+"""The suite's command-line options and the run folder they point at.
+
+Every option also reads an environment variable (Locust's ``env_var``) and can be set in
+``locust.conf`` without the leading dashes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from locust.argument_parser import LocustArgumentParser
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def add_options(parser: LocustArgumentParser) -> None:
+    """Add the GPT Load Lab options to Locust's parser (an ``init_command_line_parser`` hook)."""
+    group = parser.add_argument_group("GPT Load Lab")
+    group.add_argument("--api-key", env_var="LOCUST_API_KEY", default="", is_secret=True,
+                       help="API key sent as 'Authorization: Bearer <key>' (none if empty)")
+    group.add_argument("--run-dir", env_var="LOCUST_RUN_DIR", default="",
+                       help="folder for requests.csv and memory.csv "
+                            "(default: a new results/<UTC timestamp>-<label>/)")
+    group.add_argument("--label", env_var="LOCUST_LABEL", default="locust",
+                       help="name of this run, used in the default run folder")
+    group.add_argument("--server-pidfile", env_var="LOCUST_SERVER_PIDFILE", default="",
+                       help="Gunicorn pidfile of a local server: memory is read from /proc; "
+                            "without it the server's /metrics is scraped")
+    group.add_argument("--shape", env_var="LOCUST_SHAPE", default="none",
+                       choices=["none", "steps"],
+                       help="load shape: none (-u/-r/-t) or steps (the --stages table)")
+    group.add_argument("--stages", env_var="LOCUST_STAGES",
+                       default="1:120,10:120,25:120,50:120,100:120",
+                       help="steps shape as USERS:SECONDS,... (each stage held that long)")
+
+
+def utc_stamp(now: datetime | None = None) -> str:
+    """A sortable UTC timestamp for folder names: 20260102T030405Z."""
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_run_dir(label: str, results: Path = RESULTS) -> Path:
+    """Create and return results/<UTC timestamp>-<label>/ (label made filename-safe)."""
+    safe = _LABEL.sub("-", label).strip("-") or "run"
+    path = results / f"{utc_stamp()}-{safe}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def resolve_run_dir(options: Any) -> Path:
+    """The run folder from ``--run-dir`` (created if missing), else a new default one."""
+    given = getattr(options, "run_dir", "") if options is not None else ""
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    label = getattr(options, "label", "locust") if options is not None else "locust"
+    return new_run_dir(label)

@@ -1,0 +1,269 @@
+"""The main job: serve a model with Gunicorn, load it with headless Locust, write a run folder.
+
+    python scripts/loadtest.py                       # synthetic:gpt2-large, 10 users, 300 s
+    python scripts/loadtest.py --model synthetic:tiny --users 10 --duration 20 --label smoke
+    python scripts/loadtest.py --shape steps --stages 1:120,10:120,25:120,50:120,100:120
+
+Steps: build the synthetic model if missing; create results/<UTC timestamp>-<label>/; start
+Gunicorn on 127.0.0.1 (pidfile, request log and log in the run folder, a fresh random API
+key); wait until every worker answers /ready; run headless Locust with --csv, --html and the
+suite's hooks; stop the server (SIGTERM, wait, SIGKILL); write run.json; then run
+``python -m analysis`` on the folder when the analysis package is present. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from locustfiles.run_options import new_run_dir  # noqa: E402
+from locustfiles.shapes import parse_stages, shape_record  # noqa: E402
+
+VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
+             "pandas", "matplotlib")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (defaults: the mission's 10 users on the default model)."""
+    p = argparse.ArgumentParser(prog="python scripts/loadtest.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.environ.get("MODEL", "synthetic:gpt2-large"),
+                   help="synthetic:<preset>, a local HF folder or a hub id")
+    p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
+    p.add_argument("--dtype", default=os.environ.get("DTYPE", "auto"),
+                   help="auto, float32 or bfloat16")
+    p.add_argument("--workers", type=int, default=2, help="Gunicorn workers")
+    p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--batch-wait-ms", type=int, default=5)
+    p.add_argument("--users", type=int, default=10, help="concurrent Locust users")
+    p.add_argument("--spawn-rate", type=float, default=2.0, help="users started per second")
+    p.add_argument("--duration", type=float, default=300.0,
+                   help="seconds of load (a 3 GB model on 2 cores needs minutes to settle)")
+    p.add_argument("--shape", choices=["none", "steps"], default="none")
+    p.add_argument("--stages", default="1:120,10:120,25:120,50:120,100:120",
+                   help="for --shape steps: USERS:SECONDS,...")
+    p.add_argument("--processes", type=int, default=0,
+                   help="Locust worker processes (0 = one process, no master/worker)")
+    p.add_argument("--label", default="loadtest")
+    p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")
+    p.add_argument("--slo-p95-ms", type=float, help="p95 latency target, recorded in run.json")
+    p.add_argument("--slo-error-rate", type=float, help="error-rate target (0..1)")
+    p.add_argument("--ready-timeout", type=float, default=900.0,
+                   help="seconds to wait for every worker's /ready")
+    p.add_argument("--stop-timeout", type=float, default=180.0,
+                   help="seconds users get to finish in-flight requests at the end")
+    p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
+    args = p.parse_args(argv)
+    args.stage_table = parse_stages(args.stages) if args.shape == "steps" else None
+    return args
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC time, seconds precision."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_model(args: argparse.Namespace) -> None:
+    """Build a synthetic preset once (the server would too, but this shows progress)."""
+    if not args.model.startswith("synthetic:"):
+        return
+    preset = args.model.removeprefix("synthetic:")
+    print(f"== model {args.model}: building if missing (minutes the first time)", flush=True)
+    subprocess.run([sys.executable, "-m", "server.synthetic", "build", preset,
+                    "--models-dir", args.models_dir], cwd=REPO, check=True)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the numbers."""
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit() -> str:
+    """HEAD's commit hash ("+dirty" when the tree has changes), or "" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+class Server:
+    """Gunicorn serving the model on loopback, its files in the run folder."""
+
+    def __init__(self, args: argparse.Namespace, run_dir: Path, api_key: str) -> None:
+        self.args = args
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pidfile = run_dir / "gunicorn.pid"
+        self.log_path = run_dir / "gunicorn.log"
+        self.env = {**os.environ, "MODEL": args.model, "MODELS_DIR": args.models_dir,
+                    "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
+                    "MAX_BATCH_SIZE": str(args.max_batch_size),
+                    "BATCH_WAIT_MS": str(args.batch_wait_ms),
+                    "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
+                    "API_KEYS": api_key}
+        self.proc: subprocess.Popen | None = None
+        self.ready: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Start Gunicorn and return once every worker has answered /ready."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
+                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.args.workers),
+                 "--pid", str(self.pidfile)],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        print(f"== server pid {self.proc.pid} on {self.url}; log {self.log_path}", flush=True)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Poll /ready on fresh connections until each worker pid has said yes."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + self.args.ready_timeout
+        while len(seen) < self.args.workers:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"gunicorn exited with {self.proc.returncode}; "
+                                 f"see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"not every worker was ready in {self.args.ready_timeout} s; "
+                                 f"see {self.log_path}")
+            try:
+                response = requests.get(f"{self.url}/ready", timeout=5)
+                if response.status_code == 200:
+                    seen.add(response.headers.get("X-Worker-PID", ""))
+                    self.ready = response.json()
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        print(f"== all {len(seen)} workers ready ({self.ready})", flush=True)
+
+    def stop(self, timeout_s: float = 90.0) -> None:
+        """SIGTERM, wait for the graceful shutdown, then SIGKILL."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> list[str]:
+    """Headless Locust with the run folder's outputs and the suite's options."""
+    cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", "--headless",
+           "--host", server.url, "--run-dir", str(run_dir), "--label", args.label,
+           "--server-pidfile", str(server.pidfile),
+           "--csv", str(run_dir / "locust"), "--csv-full-history",
+           "--html", str(run_dir / "locust_report.html"),
+           "--stop-timeout", str(args.stop_timeout), "-r", str(args.spawn_rate)]
+    if args.shape == "steps":
+        cmd += ["--shape", "steps", "--stages", args.stages]
+    else:
+        cmd += ["-u", str(args.users), "-t", f"{args.duration:g}s"]
+    if args.processes:
+        cmd += ["--processes", str(args.processes)]
+    return cmd
+
+
+def run_record(args: argparse.Namespace, server: Server, started_at: str,
+               ended_at: str | None) -> dict[str, Any]:
+    """The run.json contents."""
+    workers = args.workers
+    cores = len(os.sched_getaffinity(0))
+    stages = args.stage_table
+    record: dict[str, Any] = {
+        "label": args.label,
+        "model": args.model,
+        "dtype": server.ready.get("dtype", args.dtype),
+        "workers": workers,
+        "torch_threads": args.torch_threads or max(1, cores // workers),
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_ms": args.batch_wait_ms,
+        "users": max(s.users for s in stages) if stages else args.users,
+        "spawn_rate": args.spawn_rate,
+        "duration_s": sum(s.duration_s for s in stages) if stages else args.duration,
+        "shape": shape_record(stages) if stages else None,
+        "git_commit": git_commit(),
+        "host": {"cores": cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "versions": versions(),
+        "started_at": started_at,
+        "ended_at": ended_at,
+    }
+    if args.slo_p95_ms is not None or args.slo_error_rate is not None:
+        record["slo"] = {"p95_ms": args.slo_p95_ms, "error_rate": args.slo_error_rate}
+    return record
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the whole job; return Locust's exit code (1 = some requests failed)."""
+    args = parse_args(argv)
+    build_model(args)
+    run_dir = args.run_dir or new_run_dir(args.label)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"== run folder {run_dir}", flush=True)
+    api_key = secrets.token_urlsafe(32)
+    server = Server(args, run_dir, api_key)
+    locust_env = {**os.environ, "LOCUST_API_KEY": api_key}
+    locust_env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
+    try:
+        server.start()
+        started_at = utc_now()
+        write_json(run_dir / "run.json", run_record(args, server, started_at, None))
+        print("== locust: " + " ".join(locust_command(args, run_dir, server)), flush=True)
+        code = subprocess.run(locust_command(args, run_dir, server), cwd=REPO,
+                              env=locust_env).returncode
+        ended_at = utc_now()
+    finally:
+        server.stop()
+    write_json(run_dir / "run.json", run_record(args, server, started_at, ended_at))
+    if not args.no_analysis and importlib.util.find_spec("analysis") is not None:
+        subprocess.run([sys.executable, "-m", "analysis", str(run_dir)], cwd=REPO, check=False)
+    print(f"== done: {run_dir} (locust exit code {code})", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
