@@ -64,7 +64,7 @@ run.requests.head()
 # %%
 cfg = load_config().for_run(run.settings)
 findings = build_findings(run, cfg)
-pd.DataFrame(findings.routes).set_index("route")
+pd.DataFrame([vars(r) for r in findings.routes])
 
 # %%
 pd.Series(vars(findings.traffic) if findings.traffic else {}, dtype=object).to_frame("value")

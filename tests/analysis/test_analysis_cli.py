@@ -91,3 +91,10 @@ def test_walkthrough_runs_top_to_bottom(sweep_run: Path) -> None:
     assert "knee: 4 users; SLO held up to 4 users" in done.stdout
     assert "[warning] cpu_plateau:" in done.stdout
     assert (REPO / "analysis" / "walkthrough.py").read_text().count("# %%") >= 10
+
+
+def test_walkthrough_survives_an_empty_run_folder(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "analysis.walkthrough", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "`run.json` is missing" in done.stdout and "one load level: no sweep" in done.stdout
