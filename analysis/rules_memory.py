@@ -95,7 +95,7 @@ def memory_headroom(f: Findings) -> Recommendation | None:
             f"At least {num(m.min_sys_available_mb, 0)} MB stayed available ({pct(share)} of "
             f"{num(ram_mb, 0)} MB). A worker holds {num(m.mean_worker_uss_mb, 0)} MB privately "
             f"(mean USS), so about {int(spare // m.mean_worker_uss_mb)} more worker(s) would fit "
-            f"while keeping {pct(f.config.low_headroom_fraction, 0)} of RAM free."
+            f"in RAM while keeping {pct(f.config.low_headroom_fraction, 0)} of it free."
         ),
     )
 

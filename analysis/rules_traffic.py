@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def queue_dominates(f: Findings) -> Recommendation | None:
-    """Queue share of server time above queue_share_high -> batch more or add workers."""
+    """Queue share of server time above queue_share_high -> batch more, add workers if cores."""
     ts = f.time_split
     if ts is None or not ts.queue_share > f.config.queue_share_high:
         return None
@@ -22,19 +22,25 @@ def queue_dominates(f: Findings) -> Recommendation | None:
         f"generating). "
     )
     max_batch = setting(f, "max_batch_size")
+    saturated, busy = _cpu_subscribed(f)
+    scale = (
+        f"More workers will not help while {busy} threads already cover the "
+        f"{setting(f, 'host.cores')} cores: cut compute per token (bf16/int8) or scale out."
+        if saturated
+        else f"Or add workers (now {num(setting(f, 'workers'))}) if cores and RAM allow."
+    )
     if max_batch and ts.mean_batch_size >= 0.8 * max_batch:
         text += (
             f"Batches averaged {num(ts.mean_batch_size)} requests, close to "
             f"max_batch_size = {max_batch}: raise max_batch_size so more waiting "
-            f"requests join each batch, or add workers if RAM allows."
+            f"requests share each decode step. {scale}"
         )
     else:
         text += (
             f"Batches averaged only {num(ts.mean_batch_size)} requests"
             + (f" of a possible {max_batch}" if max_batch else "")
             + ": let more requests join a batch (batch_wait_ms is "
-            f"{num(setting(f, 'batch_wait_ms'))}), or add workers "
-            f"(now {num(setting(f, 'workers'))}) if RAM allows."
+            f"{num(setting(f, 'batch_wait_ms'))}). {scale}"
         )
     return Recommendation("queue_dominates", WARNING, text)
 
