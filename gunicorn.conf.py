@@ -44,7 +44,7 @@ pidfile = os.environ.get("GUNICORN_PIDFILE") or None
 control_socket_disable = True
 
 # Access log to stderr; the per-request RAM record is the app's own REQUEST_LOG.
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # "" turns it off
 
 
 def when_ready(server):
