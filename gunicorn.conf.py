@@ -6,6 +6,17 @@ command line (``--workers 3``, ``--bind 127.0.0.1:9000``) or with GUNICORN_CMD_A
 
 import gc
 import os
+import tempfile
+from pathlib import Path
+
+# Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
+# every worker writes its metrics to files that /metrics merges. Stale files from an earlier
+# server using the same folder would be counted again, so the folder starts empty.
+_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                                          tempfile.mkdtemp(prefix="gpt-load-lab-metrics-")))
+_metrics_dir.mkdir(parents=True, exist_ok=True)
+for _stale in _metrics_dir.glob("*.db"):
+    _stale.unlink()
 
 # The app factory; the model is loaded when Gunicorn calls it.
 wsgi_app = "server:create_app()"
@@ -60,3 +71,10 @@ def post_worker_init(worker):
     configured = service.config["TORCH_THREADS"]
     cores = len(os.sched_getaffinity(0))
     service.start(configured or max(1, cores // worker.cfg.workers))
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's per-worker gauges from /metrics."""
+    from server.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)

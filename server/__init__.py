@@ -19,6 +19,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     from server import accounting
     from server.config import load_config
     from server.errors import register_error_handlers
+    from server.metrics import Metrics
     from server.routes import bp
     from server.service import ModelService
 
@@ -28,6 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s [%(process)d] %(name)s: %(message)s")
     register_error_handlers(app)
+    Metrics().init_app(app)
     ModelService().init_app(app)
     accounting.init_app(app)
     app.register_blueprint(bp)

@@ -47,12 +47,17 @@ def _finish(response: Response) -> Response:
 
 
 def _log_record(service, response, memory, queue_ms, inference_ms, batch_size) -> None:
+    elapsed_s = time.monotonic() - g.started_at
+    # The matched rule, not the raw path: a scanner's random URLs must not mint new series.
+    route = request.url_rule.rule if request.url_rule else "<unmatched>"
+    current_app.extensions["metrics"].observe_request(
+        route, response.status_code, elapsed_s, g.get("completion_tokens") or 0)
     rss_end_mb = current_rss_mb()
     peak = service.sampler.peak_rss_mb(g.started_at) if service.sampler else 0.0
     service.request_log.write({
         "ts": round(time.time(), 3),
         "request_id": g.request_id,
-        "route": request.path,
+        "route": route,
         "status": response.status_code,
         "key_id": g.get("key_id"),
         "worker_pid": os.getpid(),
@@ -61,7 +66,7 @@ def _log_record(service, response, memory, queue_ms, inference_ms, batch_size) -
         "batch_size": batch_size,
         "queue_ms": round(queue_ms, 2),
         "inference_ms": round(inference_ms, 2),
-        "total_ms": round((time.monotonic() - g.started_at) * 1000.0, 2),
+        "total_ms": round(elapsed_s * 1000.0, 2),
         "rss_mb": round(memory.rss_mb, 1),
         "uss_mb": round(memory.uss_mb, 1),
         "pss_mb": round(memory.pss_mb, 1),

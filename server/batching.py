@@ -70,8 +70,9 @@ class Batcher:
     """A bounded queue drained in batches by one daemon thread."""
 
     def __init__(self, run_batch: RunBatch, max_batch_size: int, batch_wait_ms: float,
-                 max_queue: int) -> None:
+                 max_queue: int, on_batch: Callable[[int], None] = lambda size: None) -> None:
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._max_batch_size = max_batch_size
         self._batch_wait_s = batch_wait_ms / 1000.0
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -120,6 +121,7 @@ class Batcher:
         for job in jobs:
             job.started_at, job.batch_size = started, len(jobs)
         self.running = len(jobs)
+        self._on_batch(len(jobs))
         try:
             results = self._run_batch([j.request for j in jobs], lambda i: jobs[i].cancelled)
         except Exception as error:  # one bad batch must not kill the worker's only generator

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
 
@@ -71,11 +72,18 @@ def current_rss_mb() -> float:
 class MemorySampler:
     """A daemon thread that samples this process every ``interval_s`` seconds."""
 
-    def __init__(self, interval_s: float, history: int = 2400) -> None:
+    def __init__(self, interval_s: float, history: int = 2400,
+                 on_sample: Callable[[MemorySample], None] = lambda sample: None) -> None:
         self.interval_s = interval_s
+        self._on_sample = on_sample
         self._samples: deque[MemorySample] = deque(maxlen=history)
-        self._samples.append(read_process_memory())
         self._thread: threading.Thread | None = None
+        self._take()
+
+    def _take(self) -> None:
+        sample = read_process_memory()
+        self._samples.append(sample)
+        self._on_sample(sample)
 
     def start(self) -> None:
         """Start sampling (call in the process to be sampled: threads do not survive fork)."""
@@ -85,7 +93,7 @@ class MemorySampler:
     def _loop(self) -> None:
         while True:
             time.sleep(self.interval_s)
-            self._samples.append(read_process_memory())
+            self._take()
 
     @property
     def latest(self) -> MemorySample:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ FIELDS = (
 class RequestLog:
     """An O_APPEND file: each record is one write() of one line, so lines never interleave."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_error: Callable[[], None] = lambda: None) -> None:
         self.path = path
         self.write_errors = 0
+        self._on_error = on_error
         self._fd: int | None = None
 
     def _open(self) -> int:
@@ -42,5 +44,6 @@ class RequestLog:
             os.write(self._open(), line.encode())
         except OSError as error:
             self.write_errors += 1
+            self._on_error()
             if self.write_errors == 1:  # once: a full disk must not flood the log too
                 log.error("request log %s not writable: %s", self.path, error.strerror)

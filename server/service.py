@@ -42,12 +42,17 @@ class ModelService:
     def init_app(self, app: Flask) -> None:
         """Load the configured model and attach this service to ``app``."""
         self.config = app.config
+        self.metrics = app.extensions["metrics"]
         torch.set_num_threads(1)  # no multi-threaded torch op before fork (see docstring)
         self.loaded = load_model(app.config["MODEL"], app.config["DTYPE"],
                                  app.config["MODELS_DIR"])
+        self.metrics.load_seconds.set(self.loaded.load_s)
+        self.metrics.weight_bytes.set(self.loaded.weight_bytes)
         self.batcher = Batcher(self._run_batch, app.config["MAX_BATCH_SIZE"],
-                               app.config["BATCH_WAIT_MS"], app.config["MAX_QUEUE"])
-        self.request_log = RequestLog(app.config["REQUEST_LOG"])
+                               app.config["BATCH_WAIT_MS"], app.config["MAX_QUEUE"],
+                               on_batch=self.metrics.batch_size.observe)
+        self.request_log = RequestLog(app.config["REQUEST_LOG"],
+                                      on_error=self.metrics.log_write_errors.inc)
         app.extensions["model_service"] = self
 
     def start(self, torch_threads: int = 0) -> None:
@@ -58,10 +63,13 @@ class ModelService:
             self._started_pid = os.getpid()
         threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
         torch.set_num_threads(threads)
-        self.sampler = MemorySampler(self.config["MEMORY_SAMPLE_S"])
+        self.sampler = MemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
         self.sampler.start()
         self.batcher.start(before_loop=self._warm_up)
         log.info("worker %d serving with %d torch threads", os.getpid(), threads)
+
+    def _publish(self, sample: MemorySample) -> None:
+        self.metrics.observe_sample(sample, self.batcher.depth, self.batcher.running)
 
     def _warm_up(self) -> None:
         start = time.monotonic()

@@ -1,0 +1,103 @@
+"""Prometheus metrics, aggregated across Gunicorn workers (prometheus_client multiprocess mode).
+
+Under Gunicorn, gunicorn.conf.py sets ``PROMETHEUS_MULTIPROC_DIR`` before the app is
+imported; every worker writes its values to files there, ``/metrics`` merges them, and
+``child_exit`` marks dead workers so their per-worker gauges disappear. Without that
+variable (tests, ``flask run``) the app's own registry is served.
+
+``/metrics`` is public, like ``/health``: Prometheus scrapers rarely carry API keys, it
+reveals no request content, and the server binds to loopback by default. Put it behind the
+proxy's access rules when the server faces a network.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from server.memory import MemorySample
+
+_MB = 2**20
+# Generations take seconds to minutes: buckets from 50 ms to 5 min.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+class Metrics:
+    """The server's metrics, created unbound and attached with ``init_app``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gpt_requests", "Requests answered, by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("gpt_request_duration_seconds", "Time to answer a request",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("gpt_generated_tokens", "Completion tokens returned",
+                              registry=r)
+        self.batch_size = Histogram("gpt_batch_size", "Requests per generated batch",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("gpt_queue_depth", "Requests waiting for a batch slot",
+                                 multiprocess_mode="livesum", registry=r)
+        self.running = Gauge("gpt_batch_running", "Requests in the batch being generated",
+                             multiprocess_mode="livesum", registry=r)
+        self.memory = {
+            kind: Gauge(f"gpt_worker_{kind}_bytes", f"Worker {kind.upper()} (pid label)",
+                        multiprocess_mode="liveall", registry=r)
+            for kind in ("rss", "uss", "pss")
+        }
+        self.load_seconds = Gauge("gpt_model_load_seconds", "Time the master took to load",
+                                  multiprocess_mode="max", registry=r)
+        self.weight_bytes = Gauge("gpt_model_weight_bytes", "Bytes of model parameters",
+                                  multiprocess_mode="max", registry=r)
+        self.log_write_errors = Counter("gpt_request_log_write_errors",
+                                        "Request-log lines that could not be written",
+                                        registry=r)
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app`` and serve ``GET /metrics``."""
+        app.extensions["metrics"] = self
+        app.add_url_rule("/metrics", "metrics", self.render)
+
+    def observe_request(self, route: str, status: int, seconds: float, tokens: int) -> None:
+        """Count one answered request."""
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+        if tokens:
+            self.tokens.inc(tokens)
+
+    def observe_sample(self, sample: MemorySample, queue_depth: int, running: int) -> None:
+        """Publish this worker's latest memory sample and queue state (sampler thread)."""
+        self.memory["rss"].set(sample.rss_mb * _MB)
+        self.memory["uss"].set(sample.uss_mb * _MB)
+        self.memory["pss"].set(sample.pss_mb * _MB)
+        self.queue_depth.set(queue_depth)
+        self.running.set(running)
+
+    def render(self) -> Response:
+        """The Prometheus text exposition of every worker (or of this process)."""
+        registry = self.registry
+        if _multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (Gunicorn ``child_exit``)."""
+    if _multiprocess_dir():
+        multiprocess.mark_process_dead(pid)
