@@ -21,11 +21,13 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from locustfiles.drain import GracefulDrain
+from locustfiles.final_stats import FinalCsvSnapshot
 from locustfiles.memory_sampler import MemorySampler
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
 from locustfiles.run_options import add_options, resolve_run_dir
-from locustfiles.shapes import StepShape, parse_stages
+from locustfiles.shapes import StepShape
+from locustfiles.stages import parse_stages
 from locustfiles.users import PromptUser, QAUser, SummarizeUser
 
 __all__ = ["PromptUser", "QAUser", "SummarizeUser"]
@@ -55,6 +57,7 @@ def set_up_run(environment: Environment) -> None:
     pidfile = getattr(options, "server_pidfile", "") or None
     sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile)
     sampler.register(environment)
+    FinalCsvSnapshot().register(environment)
     MemoryTab(sampler, recorder).register(environment)
     if getattr(options, "shape", "none") == "steps":
         shape = StepShape(parse_stages(options.stages), spawn_rate=options.spawn_rate or 10.0)

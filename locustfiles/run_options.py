@@ -1,4 +1,5 @@
-"""The suite's command-line options and the run folder they point at.
+"""The suite's command-line options and the run folder they point at (no Locust import:
+the run script uses this module too).
 
 Every option also reads an environment variable (Locust's ``env_var``) and can be set in
 ``locust.conf`` without the leading dashes.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from locust.argument_parser import LocustArgumentParser
+if TYPE_CHECKING:
+    from locust.argument_parser import LocustArgumentParser
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -19,24 +21,30 @@ _LABEL = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def add_options(parser: LocustArgumentParser) -> None:
-    """Add the GPT Load Lab options to Locust's parser (an ``init_command_line_parser`` hook)."""
-    group = parser.add_argument_group("GPT Load Lab")
-    group.add_argument("--api-key", env_var="LOCUST_API_KEY", default="", is_secret=True,
-                       help="API key sent as 'Authorization: Bearer <key>' (none if empty)")
-    group.add_argument("--run-dir", env_var="LOCUST_RUN_DIR", default="",
-                       help="folder for requests.csv and memory.csv "
-                            "(default: a new results/<UTC timestamp>-<label>/)")
-    group.add_argument("--label", env_var="LOCUST_LABEL", default="locust",
-                       help="name of this run, used in the default run folder")
-    group.add_argument("--server-pidfile", env_var="LOCUST_SERVER_PIDFILE", default="",
-                       help="Gunicorn pidfile of a local server: memory is read from /proc; "
-                            "without it the server's /metrics is scraped")
-    group.add_argument("--shape", env_var="LOCUST_SHAPE", default="none",
-                       choices=["none", "steps"],
-                       help="load shape: none (-u/-r/-t) or steps (the --stages table)")
-    group.add_argument("--stages", env_var="LOCUST_STAGES",
-                       default="1:120,10:120,25:120,50:120,100:120",
-                       help="steps shape as USERS:SECONDS,... (each stage held that long)")
+    """Add the GPT Load Lab options to Locust's parser (an ``init_command_line_parser`` hook).
+
+    They are added to the parser itself, not a group: only ``LocustArgumentParser.add_argument``
+    knows ``is_secret`` (the web UI masks the key), and the UI lists them as custom options.
+    """
+    parser.add_argument("--api-key", env_var="LOCUST_API_KEY", default="", is_secret=True,
+                        help="API key sent as 'Authorization: Bearer <key>' (none if empty)")
+    parser.add_argument("--run-dir", env_var="LOCUST_RUN_DIR", default="",
+                        help="folder for requests.csv and memory.csv "
+                             "(default: a new results/<UTC timestamp>-<label>/)")
+    parser.add_argument("--label", env_var="LOCUST_LABEL", default="locust",
+                        help="name of this run, used in the default run folder")
+    parser.add_argument("--server-pidfile", env_var="LOCUST_SERVER_PIDFILE", default="",
+                        help="Gunicorn pidfile of a local server: memory is read from /proc; "
+                             "without it the server's /metrics is scraped")
+    parser.add_argument("--data-dir", env_var="LOCUST_DATA_DIR", default="",
+                        help="folder with prompts.jsonl, articles.jsonl, qa.jsonl "
+                             "(default: locustfiles/data)")
+    parser.add_argument("--shape", env_var="LOCUST_SHAPE", default="none",
+                        choices=["none", "steps"],
+                        help="load shape: none (-u/-r/-t) or steps (the --stages table)")
+    parser.add_argument("--stages", env_var="LOCUST_STAGES",
+                        default="1:120,10:120,25:120,50:120,100:120",
+                        help="steps shape as USERS:SECONDS,... (each stage held that long)")
 
 
 def utc_stamp(now: datetime | None = None) -> str:

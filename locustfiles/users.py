@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 from locust import HttpUser, between, task
 from locust.clients import ResponseContextManager
 
 from locustfiles.failures import BadBody, failure_for_status
-from locustfiles.inputs import USERS_PER_PROCESS, Draws, load_inputs
+from locustfiles.inputs import DATA_DIR, USERS_PER_PROCESS, Draws, load_inputs
 
 
 def check_completion(response: ResponseContextManager) -> None:
@@ -58,10 +59,11 @@ class LabUser(HttpUser):
     _numbers: ClassVar[itertools.count] = itertools.count()
 
     def on_start(self) -> None:
-        """Take a run-unique user number and set the API key header."""
+        """Take a run-unique user number, load the inputs, set the API key header."""
         worker_index = getattr(self.environment.runner, "worker_index", 0) or 0
         self.draws = Draws(worker_index * USERS_PER_PROCESS + next(LabUser._numbers))
         options = self.environment.parsed_options
+        self.inputs = load_inputs(Path(getattr(options, "data_dir", "") or DATA_DIR))
         api_key = getattr(options, "api_key", None) or os.environ.get("LOCUST_API_KEY", "")
         if api_key:
             self.client.headers["Authorization"] = f"Bearer {api_key}"
@@ -91,7 +93,7 @@ class PromptUser(LabUser):
     @task
     def generate(self) -> None:
         ref = self.draws.next_ref()
-        self.send(ref, {"prompt": self.draws.pick(load_inputs().prompts),
+        self.send(ref, {"prompt": self.draws.pick(self.inputs.prompts),
                         "max_new_tokens": self.draws.pick(self.max_new_tokens),
                         "temperature": 0.8, "top_p": 0.95, "seed": self.draws.seed})
 
@@ -107,7 +109,7 @@ class SummarizeUser(LabUser):
     @task
     def summarize(self) -> None:
         ref = self.draws.next_ref()
-        article = self.draws.pick(load_inputs().articles)
+        article = self.draws.pick(self.inputs.articles)
         self.send(ref, {"text": f"[{ref}] {article.title}\n\n{article.text}",
                         "max_new_tokens": self.max_new_tokens})
 
@@ -123,6 +125,6 @@ class QAUser(LabUser):
     @task
     def answer(self) -> None:
         ref = self.draws.next_ref()
-        pair = self.draws.pick(load_inputs().qa)
+        pair = self.draws.pick(self.inputs.qa)
         self.send(ref, {"question": pair.question, "context": f"[{ref}] {pair.context}",
                         "max_new_tokens": self.max_new_tokens})

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from locustfiles.run_options import new_run_dir  # noqa: E402
-from locustfiles.shapes import parse_stages, shape_record  # noqa: E402
+from locustfiles.stages import parse_stages, shape_record  # noqa: E402
 
 VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
              "pandas", "matplotlib")
@@ -193,7 +193,7 @@ def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> l
            "--server-pidfile", str(server.pidfile),
            "--csv", str(run_dir / "locust"), "--csv-full-history",
            "--html", str(run_dir / "locust_report.html"),
-           "--stop-timeout", str(args.stop_timeout), "-r", str(args.spawn_rate)]
+           "--stop-timeout", f"{args.stop_timeout:g}", "-r", f"{args.spawn_rate:g}"]
     if args.shape == "steps":
         cmd += ["--shape", "steps", "--stages", args.stages]
     else:

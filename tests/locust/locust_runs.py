@@ -1,0 +1,73 @@
+"""Helpers for the end-to-end Locust tests: real locust subprocesses, their run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.gunicorn_server import REPO, GunicornServer
+
+# Every file a run folder holds once Locust has run (analysis adds charts/ and report.md).
+LOCUST_FILES = ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
+                "locust_exceptions.csv", "locust_report.html", "requests.csv", "memory.csv")
+USER_CLASSES = {"PromptUser", "SummarizeUser", "QAUser"}
+
+
+def locust_env(**extra: str) -> dict[str, str]:
+    """Environment for a real locust process: gevent patching on, nothing inherited."""
+    drop = ("LOCUST_SKIP_MONKEY_PATCH", "LOCUST_API_KEY", "LOCUST_RUN_DIR",
+            "LOCUST_SERVER_PIDFILE", "LOCUST_SHAPE", "LOCUST_STAGES", "LOCUST_LABEL")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+def locust_command(run_dir: Path, host: str, *args: str) -> list[str]:
+    """``locust -f locustfiles`` with the run folder's CSV/HTML outputs and ``args``."""
+    return [sys.executable, "-m", "locust", "-f", "locustfiles", "--host", host,
+            "--run-dir", str(run_dir), "--csv", str(run_dir / "locust"), "--csv-full-history",
+            "--html", str(run_dir / "locust_report.html"), *args]
+
+
+def run_headless(run_dir: Path, host: str, api_key: str, *args: str,
+                 timeout_s: float = 180) -> subprocess.CompletedProcess:
+    """Run headless Locust to the end; its output goes to run_dir/locust.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "locust.log", "wb") as log:
+        return subprocess.run(locust_command(run_dir, host, "--headless", *args), cwd=REPO,
+                              env=locust_env(LOCUST_API_KEY=api_key), stdout=log,
+                              stderr=subprocess.STDOUT, timeout=timeout_s)
+
+
+def wait_all_workers_ready(server: GunicornServer, workers: int, timeout_s: float = 60) -> None:
+    """Poll /ready on fresh connections until ``workers`` distinct pids said yes."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"workers ready: {seen}\n{server.log_text()}"
+        response = requests.get(f"{server.url}/ready", timeout=5)
+        if response.status_code == 200:
+            seen.add(response.headers["X-Worker-PID"])
+        time.sleep(0.1)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON Lines file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def locust_totals(run_dir: Path) -> tuple[int, int]:
+    """(requests, failures) of the Aggregated row of locust_stats.csv."""
+    [total] = [r for r in read_csv(run_dir / "locust_stats.csv") if r["Name"] == "Aggregated"]
+    return int(total["Request Count"]), int(total["Failure Count"])

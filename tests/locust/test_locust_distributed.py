@@ -1,0 +1,49 @@
+"""Distributed Locust (a master and 2 worker processes): every request reaches requests.csv."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from pathlib import Path
+
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import GunicornServer
+from tests.locust.locust_runs import (
+    LOCUST_FILES,
+    USER_CLASSES,
+    locust_totals,
+    read_csv,
+    read_jsonl,
+    run_headless,
+    wait_all_workers_ready,
+)
+
+
+def test_master_and_two_workers_record_every_request(tiny_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    api_key = secrets.token_urlsafe(24)
+    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
+           "TORCH_THREADS": "1", "API_KEYS": api_key,
+           "REQUEST_LOG": str(run_dir / "server_requests.jsonl")}
+    with GunicornServer(tmp_path, env, workers=2) as server:
+        wait_all_workers_ready(server, 2)
+        result = run_headless(run_dir, server.url, api_key, "--processes", "2", "-u", "6",
+                              "-r", "6", "-t", "15s", "--stop-timeout", "30",
+                              "--server-pidfile", str(server.pidfile))
+        worker_pids = set(map(str, server.worker_pids()))
+    log = (run_dir / "locust.log").read_text()
+
+    assert result.returncode == 0, log
+    assert "2 workers connected" in log or "(index 1) reported as ready" in log, log
+    assert all((run_dir / name).is_file() for name in LOCUST_FILES), sorted(run_dir.iterdir())
+    rows = read_csv(run_dir / "requests.csv")
+    served = read_jsonl(run_dir / "server_requests.jsonl")
+    assert len(rows) == len(served) == locust_totals(run_dir)[0] > 0
+    assert Counter(r["request_id"] for r in rows) == Counter(s["request_id"] for s in served)
+    assert {r["user_class"] for r in rows} == USER_CLASSES
+    assert locust_totals(run_dir)[1] == 0 and {r["success"] for r in rows} == {"1"}
+    assert {r["worker_pid"] for r in rows} <= worker_pids
+    # Users in both Locust workers took distinct numbers: request ids never repeat.
+    assert len({r["request_id"] for r in rows}) == len(rows)
+    roles = Counter(r["role"] for r in read_csv(run_dir / "memory.csv"))
+    assert roles["master"] > 5 and roles["worker"] == 2 * roles["master"] == 2 * roles["total"]

@@ -1,0 +1,101 @@
+"""The main job end to end on synthetic:tiny: scripts/loadtest.py makes a complete run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import REPO
+from tests.locust.locust_runs import (
+    LOCUST_FILES,
+    USER_CLASSES,
+    locust_env,
+    locust_totals,
+    read_csv,
+    read_jsonl,
+)
+
+RUN_JSON_KEYS = {"label", "model", "dtype", "workers", "torch_threads", "max_batch_size",
+                 "batch_wait_ms", "users", "spawn_rate", "duration_s", "shape", "git_commit",
+                 "host", "versions", "started_at", "ended_at"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 20-second run of the run script: 10 users, 2 Gunicorn workers, analysis on."""
+    run = tmp_path_factory.mktemp("loadtest") / "run"
+    result = subprocess.run(
+        [sys.executable, "scripts/loadtest.py", "--model", "synthetic:tiny", "--models-dir",
+         MODELS_DIR, "--dtype", "float32", "--users", "10", "--spawn-rate", "5",
+         "--duration", "20", "--workers", "2", "--label", "e2e", "--run-dir", str(run),
+         "--stop-timeout", "30", "--slo-p95-ms", "5000"],
+        cwd=REPO, env=locust_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return run
+
+
+def test_every_file_of_the_run_folder_is_there(run_dir: Path) -> None:
+    expected = {*LOCUST_FILES, "run.json", "server_requests.jsonl", "gunicorn.log",
+                "report.md"}
+    assert expected <= {p.name for p in run_dir.iterdir()}
+    assert list((run_dir / "charts").glob("*.png"))
+
+
+def test_rows_match_the_server_log_and_locust(run_dir: Path) -> None:
+    rows = read_csv(run_dir / "requests.csv")
+    served = read_jsonl(run_dir / "server_requests.jsonl")
+    requests_total, failures_total = locust_totals(run_dir)
+
+    assert len(rows) == len(served) == requests_total > 20
+    assert Counter(r["request_id"] for r in rows) == Counter(s["request_id"] for s in served)
+    assert failures_total == 0
+    assert {r["success"] for r in rows} == {"1"} and {r["status_code"] for r in rows} == {"200"}
+    assert {r["user_class"] for r in rows} == USER_CLASSES
+    assert {r["route"] for r in rows} == {"/generate-text", "/summarize-text",
+                                          "/answer-question"}
+
+
+def test_rows_carry_server_memory_and_tokens(run_dir: Path) -> None:
+    rows = read_csv(run_dir / "requests.csv")
+    memory = read_csv(run_dir / "memory.csv")
+    worker_pids = {m["pid"] for m in memory if m["role"] == "worker"}
+
+    assert len(worker_pids) == 2 and {r["worker_pid"] for r in rows} <= worker_pids
+    assert all(float(r["worker_pss_mb"]) < float(r["worker_rss_mb"]) for r in rows)
+    assert all(int(r["completion_tokens"]) > 0 and int(r["batch_size"]) >= 1 for r in rows)
+    # Bodies differ per request by construction (seed / reference line), so do the ids.
+    assert len({r["request_id"] for r in rows}) == len(rows)
+
+
+def test_memory_csv_samples_the_tree_every_second(run_dir: Path) -> None:
+    memory = read_csv(run_dir / "memory.csv")
+    totals = [m for m in memory if m["role"] == "total"]
+    by_time = {t["timestamp"]: [m for m in memory if m["timestamp"] == t["timestamp"]
+                                and m["role"] != "total"] for t in totals}
+
+    assert len(totals) >= 15  # ~1/s over a 20 s run
+    for total in totals:
+        processes = by_time[total["timestamp"]]
+        assert Counter(p["role"] for p in processes) == {"master": 1, "worker": 2}
+        assert total["pid"] == "0"
+        assert float(total["pss_mb"]) == pytest.approx(
+            sum(float(p["pss_mb"]) for p in processes), abs=0.2)
+        # The preloaded weights are shared: the real footprint is below the summed RSS.
+        assert float(total["pss_mb"]) < float(total["rss_mb"])
+
+
+def test_run_json_records_the_settings(run_dir: Path) -> None:
+    run = json.loads((run_dir / "run.json").read_text())
+
+    assert set(run) >= RUN_JSON_KEYS
+    assert (run["model"], run["dtype"], run["workers"], run["users"], run["duration_s"]) == (
+        "synthetic:tiny", "float32", 2, 10, 20)
+    assert run["shape"] is None and run["slo"]["p95_ms"] == 5000
+    assert run["host"]["cores"] >= 1 and run["host"]["ram_gb"] > 0
+    assert run["versions"]["locust"] and run["started_at"] < run["ended_at"]
