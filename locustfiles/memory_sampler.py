@@ -5,8 +5,9 @@ Two sources, picked by what is known about the server:
 * ``--server-pidfile PATH`` (the server runs on this machine): the Gunicorn master's pid from
   the file, its children from /proc, and each one's RSS/USS/PSS/shared read from
   ``/proc/<pid>/smaps_rollup`` (``server.memory.read_process_memory``);
-* otherwise the server's Prometheus ``/metrics`` (per-worker ``gpt_worker_rss_bytes``,
-  ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes`` gauges labelled by ``pid``).
+* otherwise (no pidfile given, or not there) the server's Prometheus ``/metrics``
+  (per-worker ``gpt_worker_rss_bytes``, ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes``
+  gauges labelled by ``pid``).
 
 Columns (long format: one row per process per sample, then a ``total`` row):
 
@@ -156,8 +157,8 @@ class MemorySampler:
 
     @property
     def source(self) -> str:
-        """Where samples come from: "pidfile" or "metrics"."""
-        return "pidfile" if self.pidfile else "metrics"
+        """Where samples come from: "pidfile", or "metrics" when there is no pidfile (yet)."""
+        return "pidfile" if self.pidfile is not None and self.pidfile.exists() else "metrics"
 
     @property
     def latest(self) -> TreeSample | None:
@@ -180,7 +181,7 @@ class MemorySampler:
 
     def sample_once(self) -> TreeSample | None:
         """Take one sample now, record it, and return it (None when the server is not found)."""
-        if self.pidfile is not None:
+        if self.source == "pidfile":
             sample = sample_pidfile(self.pidfile)
         else:
             host = self._environment.host if self._environment else None

@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-timeout", type=float, default=180.0,
                    help="seconds users get to finish in-flight requests at the end")
     p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
+    p.add_argument("--ui", action="store_true",
+                   help="open Locust's web UI on 127.0.0.1:8089 instead of running headless; "
+                        "stop with Ctrl+C (the server is stopped and run.json written after)")
     args = p.parse_args(argv)
     args.stage_table = parse_stages(args.stages) if args.shape == "steps" else None
     return args
@@ -188,7 +191,8 @@ class Server:
 
 def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> list[str]:
     """Headless Locust with the run folder's outputs and the suite's options."""
-    cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", "--headless",
+    mode = ["--web-host", "127.0.0.1"] if args.ui else ["--headless"]
+    cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", *mode,
            "--host", server.url, "--run-dir", str(run_dir), "--label", args.label,
            "--server-pidfile", str(server.pidfile),
            "--csv", str(run_dir / "locust"), "--csv-full-history",
@@ -197,10 +201,21 @@ def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> l
     if args.shape == "steps":
         cmd += ["--shape", "steps", "--stages", args.stages]
     else:
-        cmd += ["-u", str(args.users), "-t", f"{args.duration:g}s"]
+        cmd += ["-u", str(args.users)]
+        cmd += [] if args.ui else ["-t", f"{args.duration:g}s"]
     if args.processes:
         cmd += ["--processes", str(args.processes)]
     return cmd
+
+
+def duration_s(args: argparse.Namespace, started_at: str, ended_at: str | None) -> float:
+    """Planned seconds of load; in --ui mode, how long Locust actually ran."""
+    if args.ui and ended_at:
+        elapsed = datetime.fromisoformat(ended_at) - datetime.fromisoformat(started_at)
+        return elapsed.total_seconds()
+    if args.stage_table:
+        return sum(s.duration_s for s in args.stage_table)
+    return args.duration
 
 
 def run_record(args: argparse.Namespace, server: Server, started_at: str,
@@ -219,7 +234,7 @@ def run_record(args: argparse.Namespace, server: Server, started_at: str,
         "batch_wait_ms": args.batch_wait_ms,
         "users": max(s.users for s in stages) if stages else args.users,
         "spawn_rate": args.spawn_rate,
-        "duration_s": sum(s.duration_s for s in stages) if stages else args.duration,
+        "duration_s": duration_s(args, started_at, ended_at),
         "shape": shape_record(stages) if stages else None,
         "git_commit": git_commit(),
         "host": {"cores": cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
@@ -253,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         started_at = utc_now()
         write_json(run_dir / "run.json", run_record(args, server, started_at, None))
         print("== locust: " + " ".join(locust_command(args, run_dir, server)), flush=True)
-        code = subprocess.run(locust_command(args, run_dir, server), cwd=REPO,
-                              env=locust_env).returncode
+        locust = subprocess.Popen(locust_command(args, run_dir, server), cwd=REPO, env=locust_env)
+        try:
+            code = locust.wait()
+        except KeyboardInterrupt:  # Ctrl+C reaches Locust too; let it write its reports
+            code = locust.wait()
         ended_at = utc_now()
     finally:
         server.stop()
