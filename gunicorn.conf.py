@@ -62,6 +62,11 @@ def when_ready(server):
     """Freeze the master's objects so the cycle collector does not touch (and un-share)
     their pages in the children."""
     gc.freeze()
+    # The master never samples memory: drop the zero-valued live gauges its metric objects
+    # created, so /metrics lists workers only.
+    from server.metrics import mark_worker_dead
+
+    mark_worker_dead(os.getpid())
     server.log.info("model preloaded; gc frozen; forking %d workers", server.cfg.workers)
 
 

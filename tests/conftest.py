@@ -57,3 +57,19 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 def client(app: Flask) -> FlaskClient:
     """A Flask test client of ``app``."""
     return app.test_client()
+
+
+# The API key tests run the server with (never a real secret).
+TEST_API_KEY = "test-key-0123456789abcdef"
+
+
+@pytest.fixture
+def api_env() -> dict[str, str]:
+    """Environment that gives a Gunicorn server under test its API key."""
+    return {"API_KEYS": TEST_API_KEY}
+
+
+@pytest.fixture
+def api_headers() -> dict[str, str]:
+    """Headers that authenticate a request to a server under test."""
+    return {"Authorization": f"Bearer {TEST_API_KEY}"}

@@ -1,0 +1,74 @@
+"""Copy-on-write proof on real Gunicorn: preloaded workers share one copy of the weights.
+
+Uses synthetic:gpt2 (0.5 GB of fp32 weights) so the weights dominate what is measured.
+Memory is summed PSS over the process tree (master + workers): shared pages are divided
+among their sharers, so the sum is the tree's real footprint, unlike summed RSS.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from server import synthetic
+from server.memory import read_process_memory
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import GunicornServer
+
+
+@pytest.fixture(scope="module")
+def gpt2_model() -> Path:
+    return synthetic.build("gpt2", MODELS_DIR)
+
+
+def _tree_mb(server: GunicornServer) -> dict[str, float]:
+    pids = [int(server.pidfile.read_text()), *server.worker_pids()]
+    samples = [read_process_memory(pid) for pid in pids]
+    return {"pss": sum(s.pss_mb for s in samples), "rss": sum(s.rss_mb for s in samples),
+            "uss": sum(s.uss_mb for s in samples)}
+
+
+def _load(server: GunicornServer, headers: dict, n: int) -> None:
+    def post(i: int) -> int:
+        body = {"prompt": f"Request {i} shares the weights", "max_new_tokens": 2}
+        return requests.post(f"{server.url}/generate-text", json=body, headers=headers,
+                             timeout=300).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(post, range(n))) == {200}
+
+
+def _serve(tmp_path: Path, workers: int, api_env: dict) -> GunicornServer:
+    env = {"MODEL": "synthetic:gpt2", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
+           "REQUEST_LOG": "", "GUNICORN_ACCESSLOG": "", **api_env}
+    folder = tmp_path / f"w{workers}"
+    folder.mkdir()
+    return GunicornServer(folder, env, workers=workers, ready_timeout_s=300)
+
+
+def test_three_workers_cost_far_less_than_three_copies(gpt2_model, tmp_path, api_env,
+                                                       api_headers) -> None:
+    totals = {}
+    for workers in (1, 3):
+        with _serve(tmp_path, workers, api_env) as server:
+            _load(server, api_headers, 3 * workers)
+            totals[workers] = _tree_mb(server)
+    ratio = totals[3]["pss"] / totals[1]["pss"]
+    print(f"\ntotal PSS 1 worker {totals[1]['pss']:.0f} MB, 3 workers {totals[3]['pss']:.0f} MB "
+          f"(ratio {ratio:.2f}; summed RSS at 3 workers {totals[3]['rss']:.0f} MB)")
+    assert ratio < 1.5
+    assert totals[3]["rss"] > 1.5 * totals[3]["pss"]  # RSS alone would double-count weights
+
+
+def test_serving_traffic_does_not_unshare_the_weights(gpt2_model, tmp_path, api_env,
+                                                      api_headers) -> None:
+    with _serve(tmp_path, 2, api_env) as server:
+        _load(server, api_headers, 8)
+        before = _tree_mb(server)
+        _load(server, api_headers, 200)
+        after = _tree_mb(server)
+    print(f"\ntotal PSS before {before['pss']:.0f} MB, after 200 requests {after['pss']:.0f} MB;"
+          f" USS {before['uss']:.0f} -> {after['uss']:.0f} MB")
+    assert after["pss"] < 1.05 * before["pss"]
+    assert after["uss"] - before["uss"] < 100  # un-sharing gpt2's weights would add ~500 MB

@@ -1,0 +1,73 @@
+"""/metrics on real Gunicorn: parses, counts requests, tracks live workers' memory only."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import GunicornServer
+
+
+@pytest.fixture
+def server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
+    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
+           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "MEMORY_SAMPLE_S": "0.1",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **api_env}
+    with GunicornServer(tmp_path, env, workers=2) as running:
+        yield running
+
+
+def _samples(url: str) -> dict[str, list]:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _memory_pids(url: str) -> set[int]:
+    return {int(s.labels["pid"]) for s in _samples(url).get("gpt_worker_pss_bytes", [])}
+
+
+def _until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) -> None:
+    for _ in range(3):
+        response = requests.post(f"{server.url}/generate-text", headers=api_headers,
+                                 json={"prompt": "Count me", "max_new_tokens": 4}, timeout=30)
+        assert response.status_code == 200
+    requests.post(f"{server.url}/generate-text", headers=api_headers, json={"prompt": ""},
+                  timeout=30)
+    samples = _samples(server.url)
+    counts = {(s.labels["route"], s.labels["status"]): s.value
+              for s in samples["gpt_requests_total"]}
+    assert counts[("/generate-text", "200")] == 3
+    assert counts[("/generate-text", "422")] == 1
+    generated = sum(s.value for s in samples["gpt_generated_tokens_total"])
+    assert 0 < generated <= 12
+    assert samples["gpt_model_weight_bytes"][0].value > 10e6
+    batches = [s for s in samples["gpt_batch_size_count"]]
+    assert sum(s.value for s in batches) >= 3
+
+
+def test_per_worker_memory_only_for_live_workers(server: GunicornServer) -> None:
+    _until(lambda: _memory_pids(server.url) == set(server.worker_pids()))
+    pss = {int(s.labels["pid"]): s.value
+           for s in _samples(server.url)["gpt_worker_pss_bytes"]}
+    assert all(value > 1e6 for value in pss.values())
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    _until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2)
+    _until(lambda: _memory_pids(server.url) == set(server.worker_pids()))
+    assert victim not in _memory_pids(server.url)
