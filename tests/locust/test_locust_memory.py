@@ -181,9 +181,9 @@ def test_index_declares_the_tabs_and_links(web_app) -> None:
 def test_memory_page_and_csv(web_app, tmp_path) -> None:
     client, _ = web_app
     page = client.get("/memory").get_data(as_text=True)
-    csv_response = client.get("/memory/csv")
+    with client.get("/memory/csv") as csv_response:
+        status, data = csv_response.status_code, csv_response.data
 
     assert 'data-series="total PSS"' in page and 'data-series="summed RSS"' in page
     assert page.count("<polyline") == 2 + 3  # totals, then one PSS line per process
-    assert csv_response.status_code == 200
-    assert csv_response.data == (tmp_path / "memory.csv").read_bytes()
+    assert (status, data) == (200, (tmp_path / "memory.csv").read_bytes())
