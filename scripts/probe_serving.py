@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +65,20 @@ def _memory_table(master: int) -> None:
               f"{m.shared_mb:10.0f}")
     print(f"{'sum':8} {'':>7} {total['rss']:9.0f} {total['uss']:9.0f} {total['pss']:9.0f}"
           "   (sum of PSS = real footprint; sum of RSS double-counts shared weights)")
+
+
+def _read_cost(pid: int, reads: int = 20) -> None:
+    """Time one smaps_rollup read (what the sampler does) against psutil's full smaps walk."""
+    start = time.perf_counter()
+    for _ in range(reads):
+        read_process_memory(pid)
+    rollup_ms = (time.perf_counter() - start) * 1000 / reads
+    start = time.perf_counter()
+    for _ in range(reads):
+        psutil.Process(pid).memory_full_info()
+    full_ms = (time.perf_counter() - start) * 1000 / reads
+    print(f"one PSS read of worker {pid}: smaps_rollup {rollup_ms:.2f} ms, "
+          f"psutil memory_full_info {full_ms:.2f} ms")
 
 
 def _timed_batch(url: str, n: int, tokens: int) -> tuple[float, list[dict]]:
@@ -117,6 +132,7 @@ def main() -> int:
               f"start (log: {log.name})")
         print("\nafter warm-up:")
         _memory_table(master)
+        _read_cost(_children(master)[0])
         one_s, _ = _timed_batch(url, 1, args.tokens)
         many_s, results = _timed_batch(url, args.concurrency, args.tokens)
         tokens_one, tokens_many = args.tokens / one_s, args.concurrency * args.tokens / many_s
