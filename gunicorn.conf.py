@@ -6,12 +6,14 @@ command line (``--workers 3``, ``--bind 127.0.0.1:9000``) or with GUNICORN_CMD_A
 
 import gc
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
 # every worker writes its metrics to files that /metrics merges. Stale files from an earlier
 # server using the same folder would be counted again, so the folder starts empty.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
                                           tempfile.mkdtemp(prefix="gpt-load-lab-metrics-")))
 _metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -83,3 +85,9 @@ def child_exit(server, worker):
     from server.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this config created (a given one is left to its owner)."""
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
