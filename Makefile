@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
-.PHONY: venv model tiny test lint serve
+.PHONY: venv model tiny test lint serve loadtest loadtest-ui
 
 venv:
 	python3 -m venv $(VENV)
@@ -25,3 +25,19 @@ lint:
 # Serve MODEL with Gunicorn (preload, WEB_CONCURRENCY workers) on 127.0.0.1:$${PORT:-8000}.
 serve: model
 	MODEL=$(MODEL) $(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+# The main job: serve MODEL, run headless Locust (USERS users for DURATION s), write
+# results/<UTC timestamp>-<LABEL>/ with run.json, Locust's CSV/HTML, requests.csv,
+# memory.csv, server_requests.jsonl, then charts/ and report.md. ARGS passes more options
+# (e.g. ARGS="--shape steps"); see `python scripts/loadtest.py --help`.
+USERS ?= 10
+DURATION ?= 300
+LABEL ?= loadtest
+loadtest: model
+	$(PY) scripts/loadtest.py --model $(MODEL) --users $(USERS) --duration $(DURATION) \
+		--label $(LABEL) $(ARGS)
+
+# The same, but with Locust's web UI on http://127.0.0.1:8089 (memory tabs included);
+# Ctrl+C ends it and the run folder is completed.
+loadtest-ui: model
+	$(PY) scripts/loadtest.py --ui --model $(MODEL) --users $(USERS) --label $(LABEL)-ui $(ARGS)
