@@ -25,7 +25,8 @@ wsgi_app = "server:create_app()"
 
 # Load the app (and the multi-GB weights) once in the master, then fork: workers share
 # those pages copy-on-write instead of each holding its own copy.
-preload_app = True
+# GUNICORN_PRELOAD=0 exists only to measure what preloading saves.
+preload_app = os.environ.get("GUNICORN_PRELOAD", "1") != "0"
 
 # Bind to loopback unless told otherwise; PORT follows the common PaaS convention.
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")

@@ -106,12 +106,14 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--extra", default="", help="extra gunicorn args, e.g. --no-preload")
+    parser.add_argument("--extra", default="", help="extra gunicorn args, e.g. '--threads 8'")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="each worker loads its own copy (to measure what preload saves)")
     args = parser.parse_args()
     port, pidfile = _free_port(), Path(f"/tmp/probe-{os.getpid()}.pid")
     env = {**os.environ, "MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
            "API_KEYS": os.environ.get("API_KEYS", "probe-key"), "REQUEST_LOG": "",
-           "GUNICORN_ACCESSLOG": ""}
+           "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1"}
     os.environ["API_KEYS"] = env["API_KEYS"]
     cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers",
            str(args.workers), "--bind", f"127.0.0.1:{port}", "--pid", str(pidfile),
