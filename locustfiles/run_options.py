@@ -7,6 +7,7 @@ Every option also reads an environment variable (Locust's ``env_var``) and can b
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,14 @@ def add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--stages", env_var="LOCUST_STAGES",
                         default="1:120,10:120,25:120,50:120,100:120",
                         help="steps shape as USERS:SECONDS,... (each stage held that long)")
+
+
+def option(options: Any, name: str, env_var: str, default: str = "") -> str:
+    """A suite option from Locust's parsed options, else its environment variable.
+
+    The fallback serves Environments built without Locust's parser (tests, run_single_user).
+    """
+    return getattr(options, name, None) or os.environ.get(env_var, "") or default
 
 
 def utc_stamp(now: datetime | None = None) -> str:

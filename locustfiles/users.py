@@ -9,7 +9,6 @@ and grouping by route. The concrete users only say what to send and how often.
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +17,7 @@ from locust.clients import ResponseContextManager
 
 from locustfiles.failures import BadBody, failure_for_status
 from locustfiles.inputs import DATA_DIR, USERS_PER_PROCESS, Draws, load_inputs
+from locustfiles.run_options import option
 
 
 def check_completion(response: ResponseContextManager) -> None:
@@ -63,8 +63,9 @@ class LabUser(HttpUser):
         worker_index = getattr(self.environment.runner, "worker_index", 0) or 0
         self.draws = Draws(worker_index * USERS_PER_PROCESS + next(LabUser._numbers))
         options = self.environment.parsed_options
-        self.inputs = load_inputs(Path(getattr(options, "data_dir", "") or DATA_DIR))
-        api_key = getattr(options, "api_key", None) or os.environ.get("LOCUST_API_KEY", "")
+        self.inputs = load_inputs(Path(option(options, "data_dir", "LOCUST_DATA_DIR",
+                                              str(DATA_DIR))))
+        api_key = option(options, "api_key", "LOCUST_API_KEY")
         if api_key:
             self.client.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -92,10 +93,14 @@ class PromptUser(LabUser):
 
     @task
     def generate(self) -> None:
+        self.send(*self.next_request())
+
+    def next_request(self) -> tuple[str, dict[str, Any]]:
+        """(reference, body) of this user's next request."""
         ref = self.draws.next_ref()
-        self.send(ref, {"prompt": self.draws.pick(self.inputs.prompts),
-                        "max_new_tokens": self.draws.pick(self.max_new_tokens),
-                        "temperature": 0.8, "top_p": 0.95, "seed": self.draws.seed})
+        return ref, {"prompt": self.draws.pick(self.inputs.prompts),
+                     "max_new_tokens": self.draws.pick(self.max_new_tokens),
+                     "temperature": 0.8, "top_p": 0.95, "seed": self.draws.seed}
 
 
 class SummarizeUser(LabUser):
@@ -108,10 +113,14 @@ class SummarizeUser(LabUser):
 
     @task
     def summarize(self) -> None:
+        self.send(*self.next_request())
+
+    def next_request(self) -> tuple[str, dict[str, Any]]:
+        """(reference, body) of this user's next request."""
         ref = self.draws.next_ref()
         article = self.draws.pick(self.inputs.articles)
-        self.send(ref, {"text": f"[{ref}] {article.title}\n\n{article.text}",
-                        "max_new_tokens": self.max_new_tokens})
+        return ref, {"text": f"[{ref}] {article.title}\n\n{article.text}",
+                     "max_new_tokens": self.max_new_tokens}
 
 
 class QAUser(LabUser):
@@ -124,7 +133,11 @@ class QAUser(LabUser):
 
     @task
     def answer(self) -> None:
+        self.send(*self.next_request())
+
+    def next_request(self) -> tuple[str, dict[str, Any]]:
+        """(reference, body) of this user's next request."""
         ref = self.draws.next_ref()
         pair = self.draws.pick(self.inputs.qa)
-        self.send(ref, {"question": pair.question, "context": f"[{ref}] {pair.context}",
-                        "max_new_tokens": self.max_new_tokens})
+        return ref, {"question": pair.question, "context": f"[{ref}] {pair.context}",
+                     "max_new_tokens": self.max_new_tokens}
