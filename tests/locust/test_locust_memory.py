@@ -4,6 +4,7 @@ and the real Locust web app (Flask test client)."""
 from __future__ import annotations
 
 import csv
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -123,7 +124,7 @@ def test_parse_metrics_reads_per_worker_gauges() -> None:
 def test_metrics_scrape_of_a_real_server_matches_its_workers(tiny_model, tmp_path) -> None:
     env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
            "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           "MEMORY_SAMPLE_S": "0.2"}
+           "MEMORY_SAMPLE_S": "0.2", "API_KEYS": secrets.token_urlsafe(24)}
     with GunicornServer(tmp_path, env, workers=2) as server:
         wait_all_workers_ready(server, 2)
         deadline = time.monotonic() + 20
