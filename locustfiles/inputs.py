@@ -2,9 +2,10 @@
 
 Each user gets a number unique across all Locust processes (worker index * 1,000,000 + a
 per-process count) and walks the data from its own offset. Every body also carries the
-request's reference ``<user>-<n>`` (the generate body as its ``seed``, the others as a short
-"[ref]" line before the text), so two concurrent users never send the same body by
-construction, even when there are more users than texts.
+request's reference ``<user>-<n>`` (the generate body as its ``seed``; summaries as a "[ref]"
+line before the article; questions before their context, or before the question when it has
+none), so two concurrent users never send the same body by construction, even when there
+are more users than texts. Article titles are not sent.
 """
 
 from __future__ import annotations

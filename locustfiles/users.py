@@ -119,8 +119,7 @@ class SummarizeUser(LabUser):
         """(reference, body) of this user's next request."""
         ref = self.draws.next_ref()
         article = self.draws.pick(self.inputs.articles)
-        return ref, {"text": f"[{ref}] {article.title}\n\n{article.text}",
-                     "max_new_tokens": self.max_new_tokens}
+        return ref, {"text": f"[{ref}]\n\n{article.text}", "max_new_tokens": self.max_new_tokens}
 
 
 class QAUser(LabUser):
@@ -139,5 +138,8 @@ class QAUser(LabUser):
         """(reference, body) of this user's next request."""
         ref = self.draws.next_ref()
         pair = self.draws.pick(self.inputs.qa)
-        return ref, {"question": pair.question, "context": f"[{ref}] {pair.context}",
-                     "max_new_tokens": self.max_new_tokens}
+        if pair.context:
+            return ref, {"question": pair.question, "context": f"[{ref}] {pair.context}",
+                         "max_new_tokens": self.max_new_tokens}
+        # An open question has no passage to tag: the question carries the reference.
+        return ref, {"question": f"[{ref}] {pair.question}", "max_new_tokens": self.max_new_tokens}
