@@ -47,8 +47,8 @@ def _wait_all_ready(url: str, master: int, workers: int, proc, timeout_s: float)
             response = requests.get(f"{url}/ready", timeout=5)
             if response.status_code == 200:
                 seen.add(response.headers["X-Worker-PID"])
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not accepting yet, or busy loading (without preload)
         time.sleep(0.05)
 
 

@@ -88,8 +88,10 @@ def generate_batch(
     live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]  # request index per row
     cache = None
     while live:
+        # logits_to_keep=1: only the last position's logits are needed; on a 64-token
+        # prefill of 8 prompts, the full logits would cost 33 GFLOP of lm_head more.
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                    cache=cache, use_cache=True)
+                    cache=cache, use_cache=True, logits_to_keep=1)
         cache, logits = out.cache, out.logits[:, -1, :].float()
         keep, next_ids = [], []
         for row, index in enumerate(live):
