@@ -45,6 +45,21 @@ def test_summary_prompt_is_longer_than_its_text_by_the_tldr_cue(client) -> None:
     assert short["usage"]["prompt_tokens"] > generated["usage"]["prompt_tokens"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [("post", "/generate-text", {"prompt": ""}, 422), ("get", "/nope", None, 404),
+     ("get", "/generate-text", None, 405), ("get", "/health", None, 200)],
+)
+def test_every_response_carries_the_worker_headers(client, method, path, body, status) -> None:
+    response = getattr(client, method)(path, json=body)
+    assert response.status_code == status
+    for header in MEMORY_HEADERS:
+        assert header in response.headers, header
+    assert int(response.headers["X-Worker-PID"]) > 0
+    assert float(response.headers["X-Worker-RSS-MB"]) >= float(response.headers["X-Worker-USS-MB"])
+    assert response.headers["X-Batch-Size"] == "0"  # it never reached the model
+
+
 def test_request_id_is_echoed_or_made(client) -> None:
     given = client.post(ROUTES[0][0], json=ROUTES[0][1], headers={"X-Request-ID": "abc-1"})
     assert given.headers["X-Request-ID"] == "abc-1"
