@@ -140,7 +140,9 @@ def test_metrics_scrape_of_a_real_server_matches_its_workers(tiny_model, tmp_pat
 @pytest.fixture
 def web_app(environment, process_tree, tmp_path, monkeypatch):
     """The real Locust web app with the memory tab registered and two samples taken."""
-    monkeypatch.setattr(sys, "argv", ["locust"])  # the UI parses argv for extra options
+    # The UI parses argv and ./locust.conf for its extra options: give it neither of pytest's.
+    monkeypatch.setattr(sys, "argv", ["locust"])
+    monkeypatch.chdir(tmp_path)
     web_ui = environment.create_web_ui("127.0.0.1", 0, delayed_start=True)
     sampler = MemorySampler(tmp_path / "memory.csv", pidfile=process_tree[0])
     sampler.register(environment)
