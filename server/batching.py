@@ -37,7 +37,14 @@ class Job:
     result: Generation | None = None
     error: BaseException | None = None
     cancelled: bool = False
+    # Set by a streaming request: receives each token id as it is generated, then None.
+    stream: queue.SimpleQueue | None = None
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def on_token(self, token: int) -> None:
+        """Forward a freshly generated token to the streaming reader, if any."""
+        if self.stream is not None:
+            self.stream.put(token)
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the job is finished; False if ``timeout_s`` passed first."""
@@ -48,6 +55,8 @@ class Job:
         self.result, self.error = result, error
         self.finished_at = time.monotonic()
         self._done.set()
+        if self.stream is not None:
+            self.stream.put(None)  # end of stream
 
     @property
     def queue_ms(self) -> float:
@@ -63,7 +72,11 @@ class Job:
         return ((self.finished_at or time.monotonic()) - self.started_at) * 1000.0
 
 
-RunBatch = Callable[[Sequence[GenerationRequest], Callable[[int], bool]], list[Generation]]
+# run_batch(requests, cancelled(index) -> bool, on_token(index, token)) -> one result each
+RunBatch = Callable[
+    [Sequence[GenerationRequest], Callable[[int], bool], Callable[[int, int], None]],
+    list[Generation],
+]
 
 
 class Batcher:
@@ -123,7 +136,8 @@ class Batcher:
         self.running = len(jobs)
         self._on_batch(len(jobs))
         try:
-            results = self._run_batch([j.request for j in jobs], lambda i: jobs[i].cancelled)
+            results = self._run_batch([j.request for j in jobs], lambda i: jobs[i].cancelled,
+                                      lambda i, token: jobs[i].on_token(token))
         except Exception as error:  # one bad batch must not kill the worker's only generator
             log.error("batch of %d failed: %s", len(jobs), type(error).__name__)
             for job in jobs:

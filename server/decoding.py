@@ -80,8 +80,13 @@ def generate_batch(
     eos_id: int,
     ignore_eos: bool = False,
     cancelled: Callable[[int], bool] = lambda index: False,
+    on_token: Callable[[int, int], None] = lambda index, token: None,
 ) -> list[Generation]:
-    """Continue every request together; return one Generation per request, in order."""
+    """Continue every request together; return one Generation per request, in order.
+
+    ``on_token(index, token)`` is called for each kept token as soon as its step is done
+    (streaming); ``cancelled(index)`` is polled each step to drop a request early.
+    """
     results = [Generation([], "length") for _ in requests]
     rngs = [_rng(r.seed) for r in requests]
     ids, mask, positions = _left_pad(requests, pad_id=eos_id)
@@ -101,6 +106,8 @@ def generate_batch(
             if token == eos_id and not ignore_eos:
                 results[index].token_ids.pop()  # the stop token is not part of the text
                 results[index].finish_reason, done = "stop", True
+            else:
+                on_token(index, token)
             if cancelled(index):
                 results[index].finish_reason, done = "cancelled", True
             if not done:

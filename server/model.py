@@ -68,9 +68,11 @@ class LoadedModel:
         requests: Sequence[GenerationRequest],
         ignore_eos: bool = False,
         cancelled: Callable[[int], bool] = lambda index: False,
+        on_token: Callable[[int, int], None] = lambda index, token: None,
     ) -> list[Generation]:
         """Continue a batch of tokenized prompts (see server.decoding)."""
-        return generate_batch(self.model, requests, self.eos_id, ignore_eos, cancelled)
+        return generate_batch(self.model, requests, self.eos_id, ignore_eos, cancelled,
+                              on_token)
 
 
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models") -> LoadedModel:

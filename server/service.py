@@ -80,9 +80,12 @@ class ModelService:
         log.info("worker %d warmed up in %.2f s", os.getpid(), time.monotonic() - start)
 
     def _run_batch(
-        self, requests: Sequence[GenerationRequest], cancelled: Callable[[int], bool]
+        self,
+        requests: Sequence[GenerationRequest],
+        cancelled: Callable[[int], bool],
+        on_token: Callable[[int, int], None],
     ) -> list[Generation]:
-        return self.loaded.generate(requests, self.config["IGNORE_EOS"], cancelled)
+        return self.loaded.generate(requests, self.config["IGNORE_EOS"], cancelled, on_token)
 
     def memory(self) -> MemorySample:
         """This worker's latest memory sample (a direct read before the sampler runs)."""

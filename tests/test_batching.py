@@ -1,5 +1,6 @@
 """The batcher: bounded queue, batches gathered from what is waiting, cancellation."""
 
+import queue
 import threading
 import time
 
@@ -17,7 +18,7 @@ class _GatedRun:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def __call__(self, requests, cancelled):
+    def __call__(self, requests, cancelled, on_token):
         self.sizes.append(len(requests))
         self.entered.set()
         self.release.wait(10)
@@ -74,7 +75,7 @@ def test_cancelled_waiting_job_is_skipped() -> None:
 def test_failed_batch_fails_its_jobs_and_the_thread_goes_on() -> None:
     calls = []
 
-    def flaky(requests, cancelled):
+    def flaky(requests, cancelled, on_token):
         calls.append(len(requests))
         if len(calls) == 1:
             raise RuntimeError("boom")
@@ -86,3 +87,18 @@ def test_failed_batch_fails_its_jobs_and_the_thread_goes_on() -> None:
     assert bad.wait(5) and isinstance(bad.error, RuntimeError)
     good = batcher.submit(_job())
     assert good.wait(5) and good.result.token_ids == [7]
+
+
+def test_streaming_job_receives_tokens_then_end() -> None:
+    def run(requests, cancelled, on_token):
+        for token in (4, 5, 6):
+            on_token(0, token)
+        return [Generation([4, 5, 6], "length")]
+
+    batcher = Batcher(run, max_batch_size=1, batch_wait_ms=0, max_queue=4)
+    batcher.start()
+    job = _job()
+    job.stream = queue.SimpleQueue()
+    batcher.submit(job)
+    received = [job.stream.get(timeout=5) for _ in range(4)]
+    assert received == [4, 5, 6, None]

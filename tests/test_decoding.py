@@ -71,3 +71,11 @@ def test_eos_stops_a_request_unless_ignored(model) -> None:
     kept = generate_batch(eager, [GenerationRequest([1, 2], 5)], EOS, ignore_eos=True)[0]
     assert stopped.finish_reason == "stop" and stopped.token_ids == []
     assert kept.finish_reason == "length" and kept.token_ids == [EOS] * 5
+
+
+def test_on_token_sees_every_kept_token_in_order(model) -> None:
+    requests = [GenerationRequest(ids, max_new_tokens=2 + i) for i, ids in enumerate(_prompts(3))]
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    results = generate_batch(model, requests, EOS, ignore_eos=True,
+                             on_token=lambda i, token: seen[i].append(token))
+    assert [seen[i] for i in range(3)] == [r.token_ids for r in results]
