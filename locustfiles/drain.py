@@ -4,7 +4,8 @@ When ``--run-time`` ends a headless distributed run, Locust's master sends ``qui
 its workers half a second: requests still in flight are cut off, so the server logs requests
 that neither Locust's statistics nor requests.csv ever see. This hook makes the master, as
 its test stops, ask every worker to stop its users gracefully (``--stop-timeout``), flush its
-request rows and reply, and waits for all replies (or ``stop_timeout`` + ``grace_s``).
+request rows and reply, and waits for all replies (or ``stop_timeout`` + ``grace_s``), then
+for the workers' next statistics report.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import gevent
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 
 DRAIN = "gpt_lab_drain"
 DRAINED = "gpt_lab_drained"
@@ -54,3 +55,6 @@ class GracefulDrain:
         deadline = time.monotonic() + environment.stop_timeout + self.grace_s
         while len(self.drained) < expected and time.monotonic() < deadline:
             gevent.sleep(0.1)
+        # Workers report statistics every WORKER_REPORT_INTERVAL; wait for the report that
+        # counts the drained requests (the master's quit only waits half a second).
+        gevent.sleep(WORKER_REPORT_INTERVAL + 0.5)
