@@ -41,7 +41,8 @@ def _load(server: GunicornServer, headers: dict, n: int) -> None:
 
 def _serve(tmp_path: Path, workers: int, api_env: dict) -> GunicornServer:
     env = {"MODEL": "synthetic:gpt2", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": "", "GUNICORN_ACCESSLOG": "", **api_env}
+           "REQUEST_LOG": "", "GUNICORN_ACCESSLOG": "", "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "",
+           **api_env}
     folder = tmp_path / f"w{workers}"
     folder.mkdir()
     return GunicornServer(folder, env, workers=workers, ready_timeout_s=300)

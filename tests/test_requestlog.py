@@ -16,7 +16,7 @@ def test_200_concurrent_requests_give_200_whole_lines(tiny_model: Path, tmp_path
     log_path = tmp_path / "server_requests.jsonl"
     env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
            "REQUEST_LOG": str(log_path), "MAX_QUEUE": "256", "GUNICORN_THREADS": "32",
-           "GUNICORN_ACCESSLOG": "", **api_env}
+           "GUNICORN_ACCESSLOG": "", "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", **api_env}
     with GunicornServer(tmp_path, env, workers=2) as server:
         def post(i: int) -> requests.Response:
             body = {"prompt": f"Line {i} of the log " + "x" * (i % 50), "max_new_tokens": 2}
