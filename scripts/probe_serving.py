@@ -113,7 +113,8 @@ def main() -> int:
     port, pidfile = _free_port(), Path(f"/tmp/probe-{os.getpid()}.pid")
     env = {**os.environ, "MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
            "API_KEYS": os.environ.get("API_KEYS", "probe-key"), "REQUEST_LOG": "",
-           "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1"}
+           "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1",
+           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
     os.environ["API_KEYS"] = env["API_KEYS"]
     cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers",
            str(args.workers), "--bind", f"127.0.0.1:{port}", "--pid", str(pidfile),
