@@ -59,6 +59,24 @@ control_socket_disable = True
 
 # Access log to stderr; the per-request RAM record is the app's own REQUEST_LOG.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # "" turns it off
+# The default format logs the query string and the Basic-auth user name, either of which can
+# carry a careless client's API key: log the path without the query, and no user.
+access_log_format = ('%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss '
+                     '"%(a)s" %({x-request-id}o)s')
+
+# TLS is usually terminated at a reverse proxy; for direct HTTPS give both files (PEM).
+certfile = os.environ.get("TLS_CERTFILE") or None
+keyfile = os.environ.get("TLS_KEYFILE") or None
+
+
+def on_starting(server):
+    """Warn when rate limits are counted by each worker separately (memory:// storage)."""
+    from server.config import load_config
+    from server.limits import per_worker_warning
+
+    warning = per_worker_warning(load_config(), server.cfg.workers)
+    if warning:
+        server.log.warning(warning)
 
 
 def when_ready(server):

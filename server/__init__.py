@@ -16,7 +16,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
 
     from flask import Flask
 
-    from server import accounting
+    from server import accounting, auth, limits, openapi
     from server.config import load_config
     from server.errors import register_error_handlers
     from server.metrics import Metrics
@@ -30,7 +30,12 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
                         format="%(asctime)s [%(process)d] %(name)s: %(message)s")
     register_error_handlers(app)
     Metrics().init_app(app)
-    ModelService().init_app(app)
+    # Hooks run in this order: request id and timers, then the key, then the rate limits;
+    # keys and limits are checked before the (slow) model load so bad config fails fast.
     accounting.init_app(app)
+    auth.init_app(app)
+    limits.init_app(app)
+    ModelService().init_app(app)
     app.register_blueprint(bp)
+    openapi.init_app(app)
     return app

@@ -42,6 +42,19 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_LOG": "logs/server_requests.jsonl",
     # Seconds between per-worker memory samples (RSS/USS/PSS).
     "MEMORY_SAMPLE_S": 0.5,
+    # Accepted API keys, comma-separated (hashed at startup, never logged).
+    "API_KEYS": "",
+    # File of API keys, one per line; "sha256:<hex>" lines keep plaintext keys off disk.
+    "API_KEYS_FILE": "",
+    # Serve without keys when none are configured; otherwise the server refuses to start.
+    "ALLOW_ANONYMOUS": False,
+    # Per API key (flask-limiter syntax, ";"-separated; "" = off). Generous by default so a
+    # load test with one key measures the model, not the limiter; tighten it per deployment.
+    "RATE_LIMIT": "600/minute;20/second",
+    # Ceiling over all keys together ("" = off).
+    "GLOBAL_RATE_LIMIT": "3000/minute;100/second",
+    # Where limits are counted: memory:// (per worker) or redis://host:port (exact, shared).
+    "RATELIMIT_STORAGE_URI": "memory://",
 }
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}

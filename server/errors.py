@@ -67,9 +67,13 @@ def _handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     code = _HTTP_CODES.get(status, "http_error")
     message = error.description or error.name
-    if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
-        message = f"Method not allowed; use one of: {', '.join(error.valid_methods)}"
-    return error_response(status, code, message)
+    allowed = getattr(error, "valid_methods", None) if status == 405 else None
+    if allowed:
+        message = f"Method not allowed; use one of: {', '.join(allowed)}"
+    response = error_response(status, code, message)
+    if allowed:
+        response.headers["Allow"] = ", ".join(allowed)  # required on 405 (RFC 9110)
+    return response
 
 
 def _handle_unexpected(error: Exception) -> Response:

@@ -32,7 +32,10 @@ def parse_body(schema: type[Body]) -> Body:
     if not request.is_json:
         raise APIError(415, "unsupported_media_type",
                        "send the body as JSON with Content-Type: application/json")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # "[[[[...": nesting deeper than the parser's recursion limit
+        data = None
     if data is None:
         raise APIError(400, "malformed_json", "request body is not valid JSON")
     if not isinstance(data, dict):

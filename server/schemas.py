@@ -13,6 +13,8 @@ from pydantic_core import PydanticCustomError
 
 # Error type of an over-long text field: the route answers 413, not 422, for it.
 TOO_LONG = "too_long"
+# Temperatures below this decode greedily (see GenerateBody).
+MIN_SAMPLING_TEMPERATURE = 1e-6
 
 Text = Annotated[str, Field(min_length=1)]
 
@@ -36,6 +38,11 @@ class _Body(BaseModel):
     def _not_blank_or_too_long(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and info.field_name != "context" and not value.strip():
             raise ValueError("must not be blank")
+        if isinstance(value, str) and not value.isascii():
+            try:  # JSON may carry lone surrogates ("\ud800"), which no tokenizer can encode
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (no lone surrogates)") from None
         limit = (info.context or {}).get("max_input_chars")
         if isinstance(value, str) and limit is not None and len(value) > limit:
             raise PydanticCustomError(
@@ -52,6 +59,13 @@ class GenerateBody(_Body):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_temperature_is_greedy(cls, value: float) -> float:
+        # Sampling this cold is greedy in effect, and logits / 1e-300 overflows float32 to
+        # inf/NaN (found by the fuzz test): treat it as 0, i.e. greedy.
+        return 0.0 if value < MIN_SAMPLING_TEMPERATURE else value
 
 
 class SummarizeBody(_Body):

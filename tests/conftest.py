@@ -29,6 +29,16 @@ def request_log(tmp_path: Path) -> Path:
     return tmp_path / "server_requests.jsonl"
 
 
+class KeyedClient(FlaskClient):
+    """A test client that sends ``api_key`` (default: the test key; ``""``: no key)."""
+
+    def __init__(self, *args, api_key: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        key = TEST_API_KEY if api_key is None else api_key
+        if key:
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+
+
 @pytest.fixture
 def make_app(tiny_model: Path, request_log: Path) -> Callable[..., Flask]:
     """Factory: an app serving synthetic:tiny with ``overrides`` on top of the test config."""
@@ -40,9 +50,15 @@ def make_app(tiny_model: Path, request_log: Path) -> Callable[..., Flask]:
             "DTYPE": "float32",
             "REQUEST_LOG": str(request_log),
             "TORCH_THREADS": 1,
+            "API_KEYS": TEST_API_KEY,
+            # Off unless a test sets them: other tests must not trip over a limit.
+            "RATE_LIMIT": "",
+            "GLOBAL_RATE_LIMIT": "",
             **overrides,
         }
-        return create_app(config)
+        app = create_app(config)
+        app.test_client_class = KeyedClient
+        return app
 
     return factory
 
@@ -55,7 +71,7 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    """A Flask test client of ``app``."""
+    """A Flask test client of ``app`` that sends the test API key."""
     return app.test_client()
 
 
@@ -65,8 +81,10 @@ TEST_API_KEY = "test-key-0123456789abcdef"
 
 @pytest.fixture
 def api_env() -> dict[str, str]:
-    """Environment that gives a Gunicorn server under test its API key."""
-    return {"API_KEYS": TEST_API_KEY}
+    """Environment that gives a Gunicorn server under test its API key (rate limits off:
+    bursts from one key are how these tests load the server; tests/test_limits.py sets its own).
+    """
+    return {"API_KEYS": TEST_API_KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
 
 
 @pytest.fixture

@@ -28,7 +28,9 @@ class GunicornServer:
     def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2,
                  extra_args: tuple[str, ...] = (), ready_timeout_s: float = 120.0) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # With TLS_CERTFILE set, Gunicorn serves HTTPS; the test's own cert is the trust root.
+        self.verify: str | bool = env.get("TLS_CERTFILE") or True
+        self.url = f"{'https' if env.get('TLS_CERTFILE') else 'http'}://127.0.0.1:{self.port}"
         self.pidfile = workdir / "gunicorn.pid"
         self.log_path = workdir / "gunicorn.log"
         self.env = {**os.environ, **env}
@@ -59,7 +61,8 @@ class GunicornServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log_text()}")
             try:
-                if requests.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                ready = requests.get(f"{self.url}/ready", timeout=2, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except requests.ConnectionError:
                 pass

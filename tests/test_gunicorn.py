@@ -21,18 +21,21 @@ BODIES = {
 
 
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path):
+def server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
     env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "BATCH_WAIT_MS": "50"}
+           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "BATCH_WAIT_MS": "50",
+           **api_env}
     with GunicornServer(tmp_path, env, workers=2) as running:
         yield running
 
 
-def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tmp_path) -> None:
+def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tmp_path,
+                                                      api_headers) -> None:
     routes = [list(BODIES)[i % 3] for i in range(16)]
 
     def post(route: str) -> requests.Response:
-        return requests.post(server.url + route, json=BODIES[route], timeout=60)
+        return requests.post(server.url + route, json=BODIES[route], headers=api_headers,
+                             timeout=60)
 
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(post, routes))

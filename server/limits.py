@@ -1,0 +1,117 @@
+"""Rate limits: ``RATE_LIMIT`` per API key plus a ``GLOBAL_RATE_LIMIT`` ceiling (flask-limiter).
+
+Counted in ``RATELIMIT_STORAGE_URI``: with ``redis://`` the counts are exact across every
+worker and host; with ``memory://`` each Gunicorn worker counts on its own (a key then gets
+up to ``workers x RATE_LIMIT``; gunicorn.conf.py warns at startup). The moving-window
+strategy is used so N rapid requests are counted exactly, not per clock-aligned window.
+
+Checks run in a ``before_request`` registered after auth's, so the key id is known and no
+model work has started; probes and the API description (``auth.PUBLIC_PATHS``) are exempt.
+
+Redis going away mid-run: flask-limiter's in-memory fallback. The first failed call switches
+the worker to its own in-memory counters (a warning is logged), so the API stays up and keys
+stay limited, per worker, instead of the whole API failing with Redis; the worker retries
+Redis with backoff (1, 2, 4 ... 32 s) and switches back when it answers. Short socket
+timeouts and no client retries keep a dead Redis from stalling requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from flask import Flask, Response, g, request
+from flask_limiter import ApplicationLimit, Limit, Limiter, RateLimitExceeded
+from limits import parse_many
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from server.auth import PUBLIC_PATHS, ConfigError
+from server.errors import error_response
+
+log = logging.getLogger(__name__)
+
+# Seconds to wait for Redis before treating it as down (then the in-memory fallback serves).
+_REDIS_TIMEOUT_S = 0.5
+
+
+def limit_key() -> str:
+    """What a request is counted under: its key id, or its address when anonymous."""
+    key_id = g.get("key_id")
+    return f"key:{key_id}" if key_id else f"ip:{request.remote_addr}"
+
+
+def redact_uri(uri: str) -> str:
+    """The storage URI with any password replaced, fit for a log line."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def per_worker_warning(config: Mapping[str, Any], workers: int) -> str | None:
+    """The startup warning for limits counted separately by each of ``workers``, if any."""
+    limited = config["RATE_LIMIT"] or config["GLOBAL_RATE_LIMIT"]
+    if workers > 1 and limited and config["RATELIMIT_STORAGE_URI"].startswith("memory://"):
+        return (f"rate limits use memory:// with {workers} workers: each worker counts on its "
+                f"own, so a key may get up to {workers}x RATE_LIMIT; set "
+                "RATELIMIT_STORAGE_URI=redis://host:6379 for exact limits")
+    return None
+
+
+def _is_public() -> bool:
+    return request.path in PUBLIC_PATHS
+
+
+def _limit_string(config: Mapping[str, Any], name: str) -> str:
+    value = str(config[name]).strip()
+    try:
+        value and parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a rate limit; use e.g. "
+                          "'120/minute;10/second' (units: second, minute, hour, day)") from None
+    return value
+
+
+def _storage_options(uri: str) -> dict[str, Any]:
+    if not uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        return {}
+    return {"socket_timeout": _REDIS_TIMEOUT_S, "socket_connect_timeout": _REDIS_TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 0)}
+
+
+def _rate_limited(error: RateLimitExceeded) -> Response:
+    scope = "global" if error.limit.shared else "key"
+    who = "the server's global" if scope == "global" else "this API key's"
+    return error_response(429, "rate_limited", f"{who} rate limit of {error.limit.limit} "
+                          "is used up; retry after the Retry-After seconds",
+                          details={"limit": str(error.limit.limit), "scope": scope})
+
+
+def init_app(app: Flask) -> None:
+    """Count requests per key and globally; answer 429 in the envelope with the headers."""
+    config = app.config
+    uri = config["RATELIMIT_STORAGE_URI"]
+    per_key = _limit_string(config, "RATE_LIMIT")
+    ceiling = _limit_string(config, "GLOBAL_RATE_LIMIT")
+    limiter = Limiter(
+        key_func=limit_key,
+        default_limits=[Limit(per_key, exempt_when=_is_public)] if per_key else [],
+        # One counter for all keys together (by default flask-limiter keys it per key too).
+        application_limits=[ApplicationLimit(ceiling, key_function=lambda: "all",
+                                             exempt_when=_is_public)] if ceiling else [],
+        storage_uri=uri,
+        storage_options=_storage_options(uri),
+        strategy="moving-window",
+        headers_enabled=True,
+        in_memory_fallback_enabled=True,
+        key_prefix="gpt-load-lab",
+    )
+    limiter.init_app(app)
+    app.extensions["rate_limiter"] = limiter
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
+    log.info("rate limits: per key %r, global %r, storage %s", config["RATE_LIMIT"] or "off",
+             config["GLOBAL_RATE_LIMIT"] or "off", redact_uri(uri))

@@ -1,0 +1,199 @@
+"""The API contract: OpenAPI 3.1 at ``/openapi.json`` and a self-contained docs page at ``/docs``.
+
+The request schemas are the pydantic models that validate the bodies (``server.schemas``),
+exported with ``model_json_schema``; config-dependent limits (the ``max_new_tokens`` cap,
+``MAX_INPUT_CHARS``) are written in from the app's config, so the spec states what this
+server accepts. Why not spectree / flask-openapi3 / apiflask: they want to own validation
+and its 422 format (ours is the one error envelope, with limits passed as validation
+context), apiflask's schemas are marshmallow (a second copy of every schema), and their docs
+pages load Swagger UI from a CDN, which this offline-first server must not do. pydantic
+already emits JSON Schema 2020-12, which OpenAPI 3.1 uses as is, so the spec is a small dict.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from server.schemas import AnswerBody, GenerateBody, SummarizeBody
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(_Strict):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class Timings(_Strict):
+    queue: float = Field(ge=0, description="ms waiting for a batch slot")
+    inference: float = Field(ge=0, description="ms in the batched decode loop")
+    total: float = Field(ge=0, description="queue + inference, ms")
+
+
+class Completion(_Strict):
+    """A generated text (meaningless for synthetic:* models: random weights)."""
+
+    text: str
+    model: str
+    finish_reason: str = Field(description="length | stop | cancelled")
+    usage: Usage
+    timings_ms: Timings
+
+
+class ErrorBody(_Strict):
+    code: str = Field(description="stable machine-readable code, e.g. invalid_fields")
+    message: str
+    details: Any = Field(default=None, description="per-field errors, token counts, limit")
+
+
+class ErrorEnvelope(_Strict):
+    """Every error response."""
+
+    error: ErrorBody
+
+
+class Health(_Strict):
+    status: str
+
+
+class Ready(_Strict):
+    status: str
+    model: str
+    dtype: str
+
+
+_TASKS = [("/generate-text", GenerateBody, "Continue a prompt"),
+          ("/summarize-text", SummarizeBody, "Summarize a text (TL;DR: prompt)"),
+          ("/answer-question", AnswerBody, "Answer a question, optionally from a context")]
+_TASK_ERRORS = {
+    "400": "malformed_json: the body is not a JSON object",
+    "401": "missing_api_key / invalid_api_key",
+    "413": "payload_too_large / input_too_long / prompt_too_long (details: token counts)",
+    "415": "unsupported_media_type: send Content-Type: application/json",
+    "422": "invalid_fields: details name each field",
+    "429": "rate_limited: this key's or the global limit (see Retry-After)",
+    "503": "overloaded / not_ready (see Retry-After)",
+    "504": "generation_timeout",
+}
+_HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, text in [
+    ("X-Request-ID", "yours echoed, or a new one"), ("X-Worker-PID", "serving worker"),
+    ("X-Worker-RSS-MB", "worker resident memory"), ("X-Worker-USS-MB", "worker unique memory"),
+    ("X-Worker-PSS-MB", "worker proportional memory"), ("X-Queue-Ms", "queue wait"),
+    ("X-Inference-Ms", "decode time"), ("X-Batch-Size", "batch size (0: never reached model)"),
+    ("Retry-After", "seconds to wait (429, 503)"), ("X-RateLimit-Limit", "requests allowed"),
+    ("X-RateLimit-Remaining", "requests left"), ("X-RateLimit-Reset", "reset, epoch seconds"),
+]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _response(description: str, schema: str | None, media: str = "application/json",
+              headers: tuple[str, ...] = ("X-Request-ID",)) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "headers": {h: {"$ref": f"#/components/headers/{h}"}
+                                            for h in headers}}
+    if schema is not None:
+        response["content"] = {media: {"schema": _ref(schema) if media.endswith("json")
+                                       else {"type": "string"}}}
+    return response
+
+
+def _apply_limits(schema: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write this server's config-dependent limits into a body schema."""
+    for name, prop in schema["properties"].items():
+        for option in prop.get("anyOf", [prop]):
+            if name == "max_new_tokens" and option.get("type") == "integer":
+                option["maximum"] = config["MAX_NEW_TOKENS_CAP"]
+        if prop.get("type") == "string":
+            prop["maxLength"] = config["MAX_INPUT_CHARS"]
+            if name in schema.get("required", []):
+                prop["pattern"] = r"\S"  # not blank
+
+
+def _task_operation(path: str, body: type[BaseModel], summary: str) -> dict[str, Any]:
+    limited = ("X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+    responses = {"200": _response("the completion", "Completion",
+                                  headers=(*limited, *list(_HEADERS)[1:8]))}
+    for status, text in _TASK_ERRORS.items():
+        extra = ("Retry-After",) if status in ("429", "503") else ()
+        responses[status] = _response(text, "ErrorEnvelope", headers=("X-Request-ID", *extra))
+    return {"post": {
+        "operationId": path.strip("/").replace("-", "_"), "summary": summary,
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": _ref(body.__name__)}}},
+        "responses": responses}}
+
+
+@cache
+def _components() -> dict[str, Any]:
+    models = [GenerateBody, SummarizeBody, AnswerBody, Completion, ErrorEnvelope, Health, Ready]
+    _, defs = models_json_schema([(m, "validation") for m in models],
+                                 ref_template="#/components/schemas/{model}")
+    return defs["$defs"]
+
+
+def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this app's configuration."""
+    schemas = copy.deepcopy(_components())
+    for _, body, _ in _TASKS:
+        _apply_limits(schemas[body.__name__], config)
+    public = {"security": []} if secured else {}
+    paths: dict[str, Any] = {path: _task_operation(path, body, summary)
+                             for path, body, summary in _TASKS}
+    paths["/health"] = {"get": {"operationId": "health", "summary": "Liveness", **public,
+                                "responses": {"200": _response("alive", "Health")}}}
+    paths["/ready"] = {"get": {"operationId": "ready", **public,
+                               "summary": "Readiness: model loaded and warmed in this worker",
+                               "responses": {"200": _response("ready", "Ready"),
+                                             "503": _response("not_ready", "ErrorEnvelope",
+                                                              headers=("Retry-After",))}}}
+    paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                                 **public, "responses": {"200": _response(
+                                     "text exposition format", "", media="text/plain")}}}
+    spec: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "GPT Load Lab", "version": "1.0.0",
+                 "description": "A GPT-style model behind Flask + Gunicorn. Errors are "
+                                "always {\"error\": {\"code\", \"message\", \"details\"?}}."},
+        "paths": paths,
+        "components": {"schemas": schemas, "headers": _HEADERS},
+    }
+    if secured:
+        spec["components"]["securitySchemes"] = {
+            "bearerAuth": {"type": "http", "scheme": "bearer"},
+            "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+        spec["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    return spec
+
+
+# The docs page loads nothing but itself and /openapi.json: no CDN, enforced by the browser.
+_DOCS_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def init_app(app: Flask) -> None:
+    """Serve the spec at ``/openapi.json`` and the docs page at ``/docs`` (both public)."""
+    spec = build_spec(app.config, secured=app.extensions["api_keys"] is not None)
+    page = resources.files("server").joinpath("docs.html").read_text()
+
+    def openapi_json() -> Response:
+        return jsonify(spec)
+
+    def docs() -> Response:
+        response = current_app.response_class(page, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = _DOCS_CSP
+        return response
+
+    app.add_url_rule("/openapi.json", "openapi", openapi_json)
+    app.add_url_rule("/docs", "docs", docs)
