@@ -16,7 +16,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
 
     from flask import Flask
 
-    from server import accounting, auth, limits, openapi
+    from server import accounting, auth, limits, openai_api, openapi
     from server.config import load_config
     from server.errors import register_error_handlers
     from server.metrics import Metrics
@@ -37,5 +37,6 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     limits.init_app(app)
     ModelService().init_app(app)
     app.register_blueprint(bp)
+    openai_api.init_app(app)
     openapi.init_app(app)
     return app

@@ -41,24 +41,33 @@ def _finish(response: Response) -> Response:
         "X-Inference-Ms": f"{inference_ms:.1f}",
         "X-Batch-Size": str(batch_size),
     })
-    if request.path not in UNLOGGED_PATHS:
-        _log_record(service, response, memory, queue_ms, inference_ms, batch_size)
+    # A streamed body is still being generated: its record is written when it ends.
+    if request.path not in UNLOGGED_PATHS and not g.get("log_when_stream_ends"):
+        _log_record(service, response.status_code, memory, queue_ms, inference_ms, batch_size)
     return response
 
 
-def _log_record(service, response, memory, queue_ms, inference_ms, batch_size) -> None:
+def log_streamed(status: int) -> None:
+    """Write the record of a streamed request as its body ends (in its request context)."""
+    service = current_app.extensions["model_service"]
+    job = g.get("job")
+    _log_record(service, status, service.memory(), job.queue_ms if job else 0.0,
+                job.inference_ms if job else 0.0, job.batch_size if job else 0)
+
+
+def _log_record(service, status, memory, queue_ms, inference_ms, batch_size) -> None:
     elapsed_s = time.monotonic() - g.started_at
     # The matched rule, not the raw path: a scanner's random URLs must not mint new series.
     route = request.url_rule.rule if request.url_rule else "<unmatched>"
     current_app.extensions["metrics"].observe_request(
-        route, response.status_code, elapsed_s, g.get("completion_tokens") or 0)
+        route, status, elapsed_s, g.get("completion_tokens") or 0)
     rss_end_mb = current_rss_mb()
     peak = service.sampler.peak_rss_mb(g.started_at) if service.sampler else 0.0
     service.request_log.write({
         "ts": round(time.time(), 3),
         "request_id": g.request_id,
         "route": route,
-        "status": response.status_code,
+        "status": status,
         "key_id": g.get("key_id"),
         "worker_pid": os.getpid(),
         "prompt_tokens": g.get("prompt_tokens"),

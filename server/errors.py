@@ -1,4 +1,8 @@
-"""One JSON error envelope for every failure: {"error": {"code", "message", "details"?}}."""
+"""One JSON error envelope for every failure: {"error": {"code", "message", "details"?}}.
+
+Under /v1/ (the OpenAI-compatible routes) the same errors use OpenAI's shape instead:
+{"error": {"message", "type", "param", "code"}}, so OpenAI clients raise their usual errors.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 import traceback
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -31,14 +35,35 @@ class APIError(Exception):
         self.retry_after_s = retry_after_s
 
 
+# OpenAI's error "type" by status, for the /v1 routes (OpenAI clients read type and code).
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                 429: "rate_limit_error"}
+
+
+def _openai_error(status: int, code: str, message: str, details: Any) -> dict[str, Any]:
+    """OpenAI's error object: message, type, param (the first invalid field), code."""
+    fields = [d.get("field") for d in details if isinstance(d, dict)] if isinstance(
+        details, list) else []
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"message": message, "type": kind, "param": fields[0] if fields else None,
+            "code": code}
+
+
+def error_body(status: int, code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The object under "error": OpenAI's shape on /v1/ paths, ours everywhere else."""
+    if has_request_context() and request.path.startswith("/v1/"):
+        return _openai_error(status, code, message, details)
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return body
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, retry_after_s: int | None = None
 ) -> Response:
     """Build the envelope response (used by handlers and by non-view refusals)."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    response = jsonify({"error": body})
+    response = jsonify({"error": error_body(status, code, message, details)})
     response.status_code = status
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(retry_after_s)

@@ -21,6 +21,7 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from server.openapi_v1 import SCHEMA_MODELS, SSE_EVENT, v1_paths
 from server.schemas import AnswerBody, GenerateBody, SummarizeBody
 
 
@@ -109,11 +110,15 @@ def _response(description: str, schema: str | None, media: str = "application/js
     return response
 
 
+# Fields capped by MAX_NEW_TOKENS_CAP: ours and the OpenAI routes' two names for it.
+_TOKEN_CAPPED = ("max_new_tokens", "max_tokens", "max_completion_tokens")
+
+
 def _apply_limits(schema: dict[str, Any], config: dict[str, Any]) -> None:
     """Write this server's config-dependent limits into a body schema."""
     for name, prop in schema["properties"].items():
         for option in prop.get("anyOf", [prop]):
-            if name == "max_new_tokens" and option.get("type") == "integer":
+            if name in _TOKEN_CAPPED and option.get("type") == "integer":
                 option["maximum"] = config["MAX_NEW_TOKENS_CAP"]
         if prop.get("type") == "string":
             prop["maxLength"] = config["MAX_INPUT_CHARS"]
@@ -125,6 +130,10 @@ def _task_operation(path: str, body: type[BaseModel], summary: str) -> dict[str,
     limited = ("X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
     responses = {"200": _response("the completion", "Completion",
                                   headers=(*limited, *list(_HEADERS)[1:8]))}
+    # "stream": true answers with server-sent events instead (see server/streaming.py).
+    responses["200"]["content"]["text/event-stream"] = {"schema": {
+        **SSE_EVENT, "description": 'with "stream": true: data: {"text"} events, a '
+                                         "final event with usage, then data: [DONE]"}}
     for status, text in _TASK_ERRORS.items():
         extra = ("Retry-After",) if status in ("429", "503") else ()
         responses[status] = _response(text, "ErrorEnvelope", headers=("X-Request-ID", *extra))
@@ -137,7 +146,8 @@ def _task_operation(path: str, body: type[BaseModel], summary: str) -> dict[str,
 
 @cache
 def _components() -> dict[str, Any]:
-    models = [GenerateBody, SummarizeBody, AnswerBody, Completion, ErrorEnvelope, Health, Ready]
+    models = [GenerateBody, SummarizeBody, AnswerBody, Completion, ErrorEnvelope, Health, Ready,
+              *SCHEMA_MODELS]
     _, defs = models_json_schema([(m, "validation") for m in models],
                                  ref_template="#/components/schemas/{model}")
     return defs["$defs"]
@@ -146,7 +156,7 @@ def _components() -> dict[str, Any]:
 def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this app's configuration."""
     schemas = copy.deepcopy(_components())
-    for _, body, _ in _TASKS:
+    for body in [*(body for _, body, _ in _TASKS), *SCHEMA_MODELS[:2]]:
         _apply_limits(schemas[body.__name__], config)
     public = {"security": []} if secured else {}
     paths: dict[str, Any] = {path: _task_operation(path, body, summary)
@@ -161,6 +171,7 @@ def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
     paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
                                  **public, "responses": {"200": _response(
                                      "text exposition format", "", media="text/plain")}}}
+    paths.update(v1_paths())
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "GPT Load Lab", "version": "1.0.0",

@@ -1,17 +1,19 @@
-"""HTTP routes: the three task routes, /health and /ready."""
+"""HTTP routes: the three task routes (JSON, or SSE with ``"stream": true``), /health, /ready."""
 
 from __future__ import annotations
 
+import queue
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from server.batching import Job, QueueFull
-from server.decoding import GenerationRequest
+from server.decoding import Generation, GenerationRequest
 from server.errors import APIError
 from server.schemas import TOO_LONG, AnswerBody, GenerateBody, SummarizeBody
 from server.service import ModelService
+from server.streaming import task_stream
 from server.tasks import check_budget, tokenize
 
 bp = Blueprint("api", __name__)
@@ -53,37 +55,66 @@ def parse_body(schema: type[Body]) -> Body:
         raise APIError(status, code, f"invalid field(s): {fields}", details=details) from None
 
 
-def _generate(task: str, body: BaseModel, fields: dict[str, str]) -> Response:
+def submit(ids: list[int], max_new_tokens: int, sampling: dict[str, Any],
+           stream: bool = False) -> Job:
+    """Queue this request's generation on the worker's batcher (503 when the queue is full).
+
+    With ``stream``, the job gets a queue that receives each token as it is generated.
+    """
     service, config = _service(), current_app.config
     service.start()  # no-op under Gunicorn (started post-fork); lazy in tests and dev
-    loaded = service.loaded
-    max_new_tokens = body.max_new_tokens or config["DEFAULT_MAX_NEW_TOKENS"]
-    ids = tokenize(loaded.tokenizer, task, fields)
-    check_budget(len(ids), max_new_tokens, loaded.context_window)
     g.prompt_tokens = len(ids)
-    sampling: dict[str, Any] = {k: getattr(body, k) for k in ("temperature", "top_p", "seed")
-                                if hasattr(body, k)}
     job = Job(GenerationRequest(ids, max_new_tokens, **sampling))
+    if stream:
+        job.stream = queue.SimpleQueue()
     try:
         g.job = service.batcher.submit(job)
     except QueueFull:
         raise APIError(503, "overloaded", "server is at capacity; retry later",
                        retry_after_s=config["RETRY_AFTER_S"]) from None
-    if not job.wait(config["REQUEST_TIMEOUT_S"]):
+    return job
+
+
+def wait_for(job: Job) -> Generation:
+    """The finished generation: 504 after REQUEST_TIMEOUT_S (slot freed), 500 on failure."""
+    timeout_s = current_app.config["REQUEST_TIMEOUT_S"]
+    if not job.wait(timeout_s):
         job.cancelled = True  # the generation thread drops it at the next token
         raise APIError(504, "generation_timeout",
-                       f"generation did not finish within {config['REQUEST_TIMEOUT_S']} s")
+                       f"generation did not finish within {timeout_s} s")
     if job.error is not None:
         raise APIError(500, "generation_failed", "generation failed")
     g.completion_tokens = len(job.result.token_ids)
+    return job.result
+
+
+def _generate(task: str, body: BaseModel, fields: dict[str, str]) -> Response:
+    loaded, config = _service().loaded, current_app.config
+    max_new_tokens = body.max_new_tokens or config["DEFAULT_MAX_NEW_TOKENS"]
+    ids = tokenize(loaded.tokenizer, task, fields)
+    check_budget(len(ids), max_new_tokens, loaded.context_window)
+    sampling: dict[str, Any] = {k: getattr(body, k) for k in ("temperature", "top_p", "seed")
+                                if hasattr(body, k)}
+    job = submit(ids, max_new_tokens, sampling, stream=body.stream)
+    if body.stream:
+        return task_stream(job, loaded.tokenizer, lambda done: {
+            "model": loaded.name, "finish_reason": done.finish_reason,
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(done.token_ids)},
+            "timings_ms": timings_ms(job)})
+    result = wait_for(job)
     return jsonify({
-        "text": loaded.tokenizer.decode(job.result.token_ids, skip_special_tokens=True),
+        "text": loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True),
         "model": loaded.name,
-        "finish_reason": job.result.finish_reason,
-        "usage": {"prompt_tokens": len(ids), "completion_tokens": g.completion_tokens},
-        "timings_ms": {"queue": round(job.queue_ms, 2), "inference": round(job.inference_ms, 2),
-                       "total": round(job.queue_ms + job.inference_ms, 2)},
+        "finish_reason": result.finish_reason,
+        "usage": {"prompt_tokens": len(ids), "completion_tokens": len(result.token_ids)},
+        "timings_ms": timings_ms(job),
     })
+
+
+def timings_ms(job: Job) -> dict[str, float]:
+    """The ``timings_ms`` object of a task answer: queue, inference and their total."""
+    return {"queue": round(job.queue_ms, 2), "inference": round(job.inference_ms, 2),
+            "total": round(job.queue_ms + job.inference_ms, 2)}
 
 
 @bp.post("/generate-text")

@@ -24,6 +24,8 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     max_new_tokens: int | None = Field(default=None, ge=1)
+    # true: server-sent events, one per token (format in server.streaming.task_stream).
+    stream: bool = False
 
     @field_validator("max_new_tokens")
     @classmethod
