@@ -12,7 +12,9 @@ proxy's access rules when the server faces a network.
 
 from __future__ import annotations
 
+import glob
 import os
+import time
 
 from flask import Flask, Response
 from prometheus_client import (
@@ -31,6 +33,28 @@ _MB = 2**20
 # Generations take seconds to minutes: buckets from 50 ms to 5 min.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+# A dead worker's file can vanish between listing the folder and reading it.
+_MERGE_ATTEMPTS = 5
+# Bytes a metrics file has once prometheus_client initialized it (its used-size header).
+_INITIALIZED_BYTES = 8
+
+
+class _SizedFilesCollector(multiprocess.MultiProcessCollector):
+    """MultiProcessCollector that skips files a starting worker created but has not yet
+    sized: reading one fails with struct.error, which turned /metrics into a 500."""
+
+    def collect(self):
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _initialized(f)]
+        return self.merge(files, accumulate=True)
+
+
+def _initialized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= _INITIALIZED_BYTES
+    except FileNotFoundError:
+        return False
 
 
 def _multiprocess_dir() -> str | None:
@@ -90,11 +114,19 @@ class Metrics:
 
     def render(self) -> Response:
         """The Prometheus text exposition of every worker (or of this process)."""
-        registry = self.registry
-        if _multiprocess_dir():
+        if not _multiprocess_dir():
+            return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        for attempt in range(_MERGE_ATTEMPTS):
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+            _SizedFilesCollector(registry)
+            try:
+                return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+            except FileNotFoundError:
+                # child_exit removed a dead worker's file after we listed it: list again.
+                if attempt == _MERGE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 def mark_worker_dead(pid: int) -> None:
