@@ -8,6 +8,9 @@
 On the master (or the only) process it writes requests.csv and memory.csv into the run
 folder, extends the web UI with server memory, and applies ``--shape steps``; Locust workers
 forward their request rows to the master. See README.md "Load testing".
+
+``--mix streaming|openai|all`` runs the streaming and OpenAI-API users instead of the three
+task users; ``--target openai`` loads any OpenAI-compatible server (locustfiles/user_mix.py).
 """
 
 import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
@@ -28,9 +31,23 @@ from locustfiles.request_recorder import RequestRecorder
 from locustfiles.run_options import add_options, resolve_run_dir
 from locustfiles.shapes import StepShape
 from locustfiles.stages import parse_stages
+from locustfiles.openai_users import (
+    ChatUser,
+    CompletionUser,
+    StreamingChatUser,
+    StreamingCompletionUser,
+)
+from locustfiles.streaming_users import (
+    StreamingPromptUser,
+    StreamingQAUser,
+    StreamingSummarizeUser,
+)
+from locustfiles.user_mix import is_openai_target, select_users
 from locustfiles.users import PromptUser, QAUser, SummarizeUser
 
-__all__ = ["PromptUser", "QAUser", "SummarizeUser"]
+__all__ = ["ChatUser", "CompletionUser", "PromptUser", "QAUser", "StreamingChatUser",
+           "StreamingCompletionUser", "StreamingPromptUser", "StreamingQAUser",
+           "StreamingSummarizeUser", "SummarizeUser"]
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +63,7 @@ def _set_up_run(environment: Environment, **kwargs: Any) -> None:
 
 def set_up_run(environment: Environment) -> None:
     """Register the run's hooks on ``environment`` (workers only forward rows)."""
+    select_users(environment)  # --mix / --target openai (user_mix.py)
     GracefulDrain().register(environment)
     if isinstance(environment.runner, WorkerRunner):
         RequestRecorder(None).register(environment)
@@ -54,13 +72,16 @@ def set_up_run(environment: Environment) -> None:
     run_dir = resolve_run_dir(options)
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
-    pidfile = getattr(options, "server_pidfile", "") or None
-    sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile)
-    sampler.register(environment)
     FinalCsvSnapshot().register(environment)
-    MemoryTab(sampler, recorder).register(environment)
+    if is_openai_target(options):  # someone else's server: no memory to sample
+        log.info("run folder %s (--target openai: no server memory)", run_dir)
+    else:
+        pidfile = getattr(options, "server_pidfile", "") or None
+        sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile)
+        sampler.register(environment)
+        MemoryTab(sampler, recorder).register(environment)
+        log.info("run folder %s (memory from %s)", run_dir, sampler.source)
     if getattr(options, "shape", "none") == "steps":
         shape = StepShape(parse_stages(options.stages), spawn_rate=options.spawn_rate or 10.0)
         shape.runner = environment.runner
         environment.shape_class = shape
-    log.info("run folder %s (memory from %s)", run_dir, sampler.source)

@@ -23,8 +23,20 @@ queue_ms              X-Queue-Ms: time waiting for a batch slot, ms
 inference_ms          X-Inference-Ms: time in the batched decode, ms
 batch_size            X-Batch-Size: rows in the batch it ran in (0 = never reached it)
 prompt_tokens         usage.prompt_tokens from the body (successes only)
-completion_tokens     usage.completion_tokens from the body (successes only)
+completion_tokens     usage.completion_tokens from the body (successes only); for a
+                      streamed answer, from the server's final usage event
+stream                1 = streamed answer (SSE), 0 = whole JSON answer, "" = unknown
+ttfb_ms               streamed: request start -> response headers, ms
+ttft_ms               streamed: request start -> first event with text, ms
+tpot_ms               streamed: (response_time_ms - ttft_ms) / (completion_tokens - 1), ms
+chunks                streamed: events that carried text
+max_chunk_gap_ms      streamed: longest gap between two text events, ms
+chunk_gaps_ms         streamed: every gap between text events, ms, space-separated
 ====================  ==============================================================
+
+For a streamed answer response_time_ms is the end-to-end time (to the end of the stream)
+and response_bytes the text received (see locustfiles/sse.py). The extra TTFB / TTFT / TPOT
+entries the streaming users fire for Locust's stats (``context["metric"]``) are not rows.
 
 Header values are copied as the server wrote them; a missing header is an empty cell.
 Distributed runs: each Locust worker forwards its rows to the master in a custom message
@@ -49,8 +61,12 @@ COLUMNS = (
     "timestamp", "user_class", "method", "route", "status_code", "response_time_ms",
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
-    "batch_size", "prompt_tokens", "completion_tokens",
+    "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
+    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
 )  # fmt: skip
+# Columns of a streamed answer, copied from the request context the streaming users fill.
+STREAM_COLUMNS = ("stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
+                  "chunk_gaps_ms")
 
 # Columns copied from response headers, in COLUMNS order.
 HEADERS = {
@@ -73,15 +89,27 @@ def _status_code(response: Any) -> int:
         return 0
 
 
-def _usage(response: Any, status_code: int) -> tuple[Any, Any]:
-    """(prompt_tokens, completion_tokens) from a 2xx JSON body, else blanks."""
+def _usage(response: Any, status_code: int, context: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(prompt_tokens, completion_tokens) from a 2xx JSON body or a stream's usage, else blanks."""
     if not 200 <= status_code < 300:
         return "", ""
     try:
-        usage = response.json()["usage"]
+        # A streamed body has been consumed: its usage came in the context instead.
+        usage = context["usage"] if context.get("stream") else response.json()["usage"]
         return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
     except (ValueError, KeyError, TypeError):
         return "", ""
+
+
+def _stream_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, 2) if isinstance(value, float) else value
+
+
+def is_metric_event(context: Mapping[str, Any] | None) -> bool:
+    """True for the TTFB / TTFT / TPOT stats entries (not requests: no row of their own)."""
+    return bool(context and context.get("metric"))
 
 
 def request_row(
@@ -100,7 +128,7 @@ def request_row(
     context = context or {}
     status_code = _status_code(response)
     headers: Mapping[str, str] = getattr(response, "headers", None) or {}
-    prompt_tokens, completion_tokens = _usage(response, status_code)
+    prompt_tokens, completion_tokens = _usage(response, status_code, context)
     return [
         round(start_time, 6) if start_time is not None else "",
         context.get("user_class", ""),
@@ -115,6 +143,7 @@ def request_row(
         *(headers.get(header, "") for header in HEADERS.values()),
         prompt_tokens,
         completion_tokens,
+        *(_stream_cell(context.get(column)) for column in STREAM_COLUMNS),
     ]
 
 
@@ -192,10 +221,12 @@ class RequestRecorder:
         self._file.flush()
 
     def _on_request(self, **kwargs: Any) -> None:
-        self.write_rows([request_row(**kwargs)])
+        if not is_metric_event(kwargs.get("context")):
+            self.write_rows([request_row(**kwargs)])
 
     def _on_worker_request(self, **kwargs: Any) -> None:
-        self._outbox.append(request_row(**kwargs))
+        if not is_metric_event(kwargs.get("context")):
+            self._outbox.append(request_row(**kwargs))
 
     def _on_rows_message(self, environment: Environment, msg: Any, **kwargs: Any) -> None:
         self.write_rows(msg.data)

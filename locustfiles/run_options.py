@@ -46,6 +46,16 @@ def add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--stages", env_var="LOCUST_STAGES",
                         default="1:120,10:120,25:120,50:120,100:120",
                         help="steps shape as USERS:SECONDS,... (each stage held that long)")
+    parser.add_argument("--mix", env_var="LOCUST_MIX", default="tasks",
+                        choices=["tasks", "streaming", "openai", "all"],
+                        help="user classes to run: the task routes (JSON), streamed task and "
+                             "/v1 routes, the /v1 routes, or all (see locustfiles/user_mix.py)")
+    parser.add_argument("--target", env_var="LOCUST_TARGET", default="lab",
+                        choices=["lab", "openai"],
+                        help="openai: the host is any OpenAI-compatible server (only the "
+                             "openai mix runs; no memory headers, no memory.csv)")
+    parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
+                        help="model name the /v1 users ask for (default: GET /v1/models)")
 
 
 def option(options: Any, name: str, env_var: str, default: str = "") -> str:

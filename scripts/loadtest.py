@@ -65,6 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=0,
                    help="Locust worker processes (0 = one process, no master/worker)")
     p.add_argument("--label", default="loadtest")
+    p.add_argument("--mix", choices=["tasks", "streaming", "openai", "all"],
+                   default=os.environ.get("LOCUST_MIX", "tasks"),
+                   help="user classes: the task routes (JSON), streamed task and /v1 routes, "
+                        "the /v1 routes, or all (locustfiles/user_mix.py)")
+    p.add_argument("--locustfile", default="locustfiles",
+                   help="Locust's -f: the suite (default) or locustfiles/_bench.py, the "
+                        "fixed-length benchmark user that `make bench` runs")
+    p.add_argument("--user-classes", nargs="+", default=[], metavar="CLASS",
+                   help="Locust user classes to run, by name (e.g. BenchUser)")
     p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")
     p.add_argument("--slo-p95-ms", type=float, help="p95 latency target, recorded in run.json")
     p.add_argument("--slo-error-rate", type=float, help="error-rate target (0..1)")
@@ -192,12 +201,13 @@ class Server:
 def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> list[str]:
     """Headless Locust with the run folder's outputs and the suite's options."""
     mode = ["--web-host", "127.0.0.1"] if args.ui else ["--headless"]
-    cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", *mode,
+    cmd = [sys.executable, "-m", "locust", "-f", args.locustfile, *mode,
            "--host", server.url, "--run-dir", str(run_dir), "--label", args.label,
            "--server-pidfile", str(server.pidfile),
            "--csv", str(run_dir / "locust"), "--csv-full-history",
            "--html", str(run_dir / "locust_report.html"),
-           "--stop-timeout", f"{args.stop_timeout:g}", "-r", f"{args.spawn_rate:g}"]
+           "--stop-timeout", f"{args.stop_timeout:g}", "-r", f"{args.spawn_rate:g}",
+           "--mix", args.mix]
     if args.shape == "steps":
         cmd += ["--shape", "steps", "--stages", args.stages]
     else:
@@ -205,7 +215,7 @@ def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> l
         cmd += [] if args.ui else ["-t", f"{args.duration:g}s"]
     if args.processes:
         cmd += ["--processes", str(args.processes)]
-    return cmd
+    return cmd + args.user_classes  # Locust's positional user class names
 
 
 def duration_s(args: argparse.Namespace, started_at: str, ended_at: str | None) -> float:
@@ -234,6 +244,8 @@ def run_record(args: argparse.Namespace, server: Server, started_at: str,
         "batch_wait_ms": args.batch_wait_ms,
         "users": max(s.users for s in stages) if stages else args.users,
         "spawn_rate": args.spawn_rate,
+        "mix": args.mix,
+        "target": "lab",  # this script serves the lab's own server
         "duration_s": duration_s(args, started_at, ended_at),
         "shape": shape_record(stages) if stages else None,
         "git_commit": git_commit(),

@@ -1,0 +1,57 @@
+"""The benchmark's user: fixed prompts, a fixed number of new tokens, greedy, no think time.
+
+    locust -f locustfiles/_bench.py --headless -u 10 -r 10 -t 300s --host URL ... BenchUser
+    python scripts/loadtest.py --locustfile locustfiles/_bench.py --user-classes BenchUser ...
+
+Loaded only when named: Locust skips files starting with "_" when ``-f`` is a folder, so the
+suite's ``-f locustfiles`` runs never mix this closed-loop user into their traffic. Name the
+class too (``BenchUser``): named classes override the suite's ``--mix``. Importing
+``locustfiles.locustfile`` registers the suite's options and hooks (requests.csv, memory.csv).
+
+Prompts come from the JSON-lines file in ``LOCUST_BENCH_PROMPTS`` (``python -m bench`` writes
+one with prompts of exactly 64 tokens for the model's tokenizer); without it, the suite's
+prompts are sent. The server must run with ``IGNORE_EOS=1`` for every answer to be
+exactly ``max_new_tokens`` long.
+"""
+
+import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
+
+import json
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from locust import constant, task
+
+import locustfiles.locustfile  # noqa: F401  (registers the suite's options and hooks)
+from locustfiles.inputs import DATA_DIR
+from locustfiles.users import LabUser
+
+
+@cache
+def bench_prompts(path: Path) -> tuple[str, ...]:
+    """The "prompt" of every line of a prompts.jsonl file (the suite's format)."""
+    with open(path, encoding="utf-8") as f:
+        return tuple(json.loads(line)["prompt"] for line in f if line.strip())
+
+
+class BenchUser(LabUser):
+    """Sends the next fixed prompt as soon as the last answer arrived (a closed loop)."""
+
+    wait_time = constant(0)
+    route = "/generate-text"
+    max_new_tokens = 64
+    # The naive server answers 10 users one after another: ~3 minutes for the last one.
+    request_timeout_s = 1200.0
+
+    @task
+    def generate(self) -> None:
+        self.send(*self.next_request())
+
+    def next_request(self) -> tuple[str, dict[str, Any]]:
+        """(reference, body): greedy, exactly ``max_new_tokens`` with IGNORE_EOS on the server."""
+        path = Path(os.environ.get("LOCUST_BENCH_PROMPTS") or DATA_DIR / "prompts.jsonl")
+        ref = self.draws.next_ref()
+        return ref, {"prompt": self.draws.pick(bench_prompts(path)),
+                     "max_new_tokens": self.max_new_tokens, "temperature": 0.0}
