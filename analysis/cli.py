@@ -10,7 +10,7 @@ from pathlib import Path
 
 from analysis.charts_compare import COMPARE_CHARTS, plot_headline
 from analysis.compare import headline_frame, render_comparison
-from analysis.config import AnalysisConfig, load_config
+from analysis.config import SLO_KEYS, AnalysisConfig, load_config
 from analysis.figures import save_chart, write_charts
 from analysis.findings import Findings, build_findings
 from analysis.html_page import markdown_to_html
@@ -18,18 +18,25 @@ from analysis.report import render_markdown
 from analysis.run import load_run
 
 USAGE = """\
-python -m analysis RUN_DIR [--slo-p95-ms MS] [--slo-error-rate R] [--no-html]
+python -m analysis RUN_DIR [--slo-p95-ms MS] [--slo-error-rate R] [--slo-ttft-ms MS]
+                   [--slo-tpot-ms MS] [--slo-e2e-ms MS] [--slo-attainment R] [--no-html]
 python -m analysis compare RUN_DIR RUN_DIR [RUN_DIR ...] [--out DIR]"""
 
 
 def _add_slo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-p95-ms", type=float, help="p95 latency target (ms)")
     parser.add_argument("--slo-error-rate", type=float, help="error-rate target (0..1)")
+    parser.add_argument("--slo-ttft-ms", type=float, help="goodput: TTFT target (ms; 0 = off)")
+    parser.add_argument("--slo-tpot-ms", type=float, help="goodput: TPOT target (ms; 0 = off)")
+    parser.add_argument("--slo-e2e-ms", type=float, help="goodput: E2E target (ms; 0 = off)")
+    parser.add_argument(
+        "--slo-attainment", type=float, help="share of streamed requests that must be good"
+    )
 
 
 def _config(args: argparse.Namespace, settings: dict) -> AnalysisConfig:
     """Defaults, then ANALYSIS_* environment, then run.json's slo, then the command line."""
-    flags = {"slo_p95_ms": args.slo_p95_ms, "slo_error_rate": args.slo_error_rate}
+    flags = {f"slo_{key}": getattr(args, f"slo_{key}") for key in SLO_KEYS}
     return load_config().for_run(settings).with_overrides(flags)
 
 

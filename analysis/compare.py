@@ -37,6 +37,8 @@ HEADLINES: list[tuple[str, str, str, Callable[[Findings], Any]]] = [
     ("RAM per request (RSS delta)", "MB", "lower", lambda f: f.ram and f.ram.mean_rss_delta_mb),
     ("Sweep knee", "users", "higher", lambda f: f.sweep and f.sweep.knee_users),
     ("Max users within SLO", "users", "higher", lambda f: f.sweep and f.sweep.max_users_within_slo),
+    ("Goodput", "req/s", "higher", lambda f: f.goodput and f.goodput.goodput_rps),
+    ("SLO attainment", "ratio", "higher", lambda f: f.goodput and f.goodput.attainment),
 ]  # fmt: skip
 
 

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+# run.json "slo" keys; each sets the setting slo_<key>.
+SLO_KEYS = ("p95_ms", "error_rate", "ttft_ms", "tpot_ms", "e2e_ms", "attainment")
+
 
 @dataclass(frozen=True)
 class AnalysisConfig:
@@ -19,6 +22,16 @@ class AnalysisConfig:
     slo_p95_ms: float = 10_000.0
     # SLO: failed requests / all requests.
     slo_error_rate: float = 0.01
+    # Goodput targets, per streamed request (ms; 0 = not checked). A request is "good" when
+    # it succeeded and met all of them. Generous for a CPU box: the first token waits for a
+    # batch slot and the prompt's forward pass; run.json "slo" and --slo-* override them.
+    slo_ttft_ms: float = 3_000.0
+    # Time per output token after the first (a decode step of a full batch on CPU).
+    slo_tpot_ms: float = 500.0
+    # End-to-end time of a streamed request (same default as the p95 target).
+    slo_e2e_ms: float = 10_000.0
+    # SLO attainment: the share of streamed requests that must be good (DistServe's 90%).
+    slo_attainment: float = 0.9
     # Seconds after the run start that the memory slope ignores (model warm-up, allocator
     # growth while the first batches arrive).
     warmup_s: float = 30.0
@@ -56,9 +69,7 @@ class AnalysisConfig:
     def for_run(self, settings: Mapping[str, Any]) -> AnalysisConfig:
         """Return a copy with the SLO targets of run.json's "slo" object, where it has them."""
         slo = settings.get("slo") or {}
-        return self.with_overrides(
-            {"slo_p95_ms": slo.get("p95_ms"), "slo_error_rate": slo.get("error_rate")}
-        )
+        return self.with_overrides({f"slo_{key}": slo.get(key) for key in SLO_KEYS})
 
 
 def load_config(

@@ -9,6 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis import charts_memory as cm
+from analysis import charts_streaming as cs
 from analysis import charts_traffic as ct
 from analysis.findings import Findings
 from analysis.run import RunData
@@ -33,6 +34,9 @@ CHARTS: list[tuple[str, str, Draw]] = [
      lambda ax, r, f: ct.plot_latency_vs_batch_size(ax, r.requests)),
     ("queue_vs_inference", "Queue time vs inference time",
      lambda ax, r, f: ct.plot_queue_vs_inference(ax, r.requests)),
+    ("ttft_tpot", "Streamed requests: TTFT vs TPOT, with the targets",
+     lambda ax, r, f: cs.plot_ttft_tpot(ax, r.requests, f.config.slo_ttft_ms,
+                                        f.config.slo_tpot_ms)),
 ]  # fmt: skip
 SWEEP_CHART: tuple[str, str, Draw] = (
     "sweep", "Step sweep: throughput and p95 vs users, knee marked",

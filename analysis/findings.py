@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from analysis import locust_stats, memory, sweep, traffic
+from analysis import goodput, locust_stats, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
 from analysis.rules import Recommendation, evaluate
 from analysis.run import RunData
+from analysis.server_headers import memory_headers_absent, memory_headers_note
 
 # run.json keys that describe when or where, not how: left out of the settings table.
 _NOT_SETTINGS = {"started_at", "ended_at"}
@@ -44,6 +45,8 @@ class Findings:
     worker_pids_seen: int
     slo: list[SloVerdict] = field(default_factory=list)
     recommendations: list[Recommendation] = field(default_factory=list)
+    streaming: streaming.StreamSummary | None = None
+    goodput: goodput.Goodput | None = None
 
     @property
     def overall(self) -> traffic.RouteLatency | None:
@@ -85,7 +88,16 @@ def slo_verdicts(f: Findings) -> list[SloVerdict]:
     ]
     error_rate = f.traffic.error_rate if f.traffic else None
     verdicts.append(check("error rate", cfg.slo_error_rate, error_rate, "ratio"))
+    if f.goodput is not None:  # a floor, not a ceiling: met when attainment >= the target
+        g = f.goodput
+        target, met = cfg.slo_attainment, g.meets_attainment
+        verdicts.append(SloVerdict("SLO attainment", target, g.attainment, met, "ratio"))
     return verdicts
+
+
+def targets(cfg: AnalysisConfig) -> goodput.Targets:
+    """The goodput targets of ``cfg``."""
+    return goodput.Targets(cfg.slo_ttft_ms, cfg.slo_tpot_ms, cfg.slo_e2e_ms, cfg.slo_attainment)
 
 
 def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
@@ -100,7 +112,10 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
             "Latency and counts come from `locust_stats.csv`: percentiles include "
             "failed requests and are rounded by Locust; tokens/s is not available."
         )
+    if memory_headers_absent(run.requests):
+        notes.append(memory_headers_note(run.settings))
     pids = run.requests["worker_pid"].dropna().nunique() if not run.requests.empty else 0
+    window_s = summary.window_s if summary else np.nan
     findings = Findings(
         label=run.label,
         settings=flatten_settings(run.settings),
@@ -122,7 +137,10 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
             slo_error_rate=cfg.slo_error_rate,
         ),
         worker_pids_seen=int(pids),
+        streaming=streaming.stream_summary(run.requests, window_s),
     )
+    steps = findings.sweep.steps if findings.sweep is not None else None
+    findings.goodput = goodput.goodput(run.requests, window_s, targets(cfg), steps)
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

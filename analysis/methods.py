@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import fields
 
-from analysis import memory, sweep, traffic
+from analysis import goodput, memory, streaming, sweep, traffic
 from analysis.findings import Findings
 from analysis.formatting import table
 from analysis.rules import all_rules
@@ -27,6 +27,12 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("RAM per request", memory.ram_per_request),
     ("Sweep steps", sweep.step_metrics),
     ("Saturation knee", sweep.find_knee),
+    ("TPOT", streaming.tpot_ms),
+    ("TTFT / TPOT / E2E percentiles", streaming.stream_latency),
+    ("Output tokens/s per user", streaming.tokens_per_s_per_user),
+    ("Output tokens/s of streamed requests", streaming.stream_summary),
+    ("Goodput and SLO attainment", goodput.goodput),
+    ("SLO attainment per sweep step", goodput.attainment_per_step),
 ]
 
 

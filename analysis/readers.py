@@ -24,6 +24,8 @@ REQUEST_COLUMNS = [
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens",
+    # Streamed answers only (blank otherwise; absent in runs from before streaming).
+    "stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
 ]  # fmt: skip
 MEMORY_COLUMNS = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",
@@ -94,7 +96,7 @@ def read_locust_exceptions(path: Path) -> pd.DataFrame:
 def read_requests(path: Path, start_ts: float | None = None) -> pd.DataFrame:
     """Read requests.csv: one row per request, the client's view plus server headers."""
     return (
-        pd.read_csv(path, dtype={"failure_reason": str, "request_id": str})
+        pd.read_csv(path, dtype={"failure_reason": str, "request_id": str, "chunk_gaps_ms": str})
         .reindex(columns=REQUEST_COLUMNS)
         .assign(
             success=lambda d: d["success"].fillna(0).astype(int).astype(bool),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from analysis.findings import Findings
 from analysis.formatting import MISSING, num, pct, table
 from analysis.methods import method_section
+from analysis.report_streaming import streaming_section
 
 
 def _intro(f: Findings) -> str:
@@ -156,7 +157,8 @@ def render_markdown(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> str:
     sections = [_intro(f)]
     if f.notes:
         sections.append("## Notes on the inputs\n\n" + "\n".join(f"- {n}" for n in f.notes))
-    sections += [_recommendations(f), _summary(f), _slo(f), _latency(f), _sweep(f)]
+    sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
+    sections += [streaming_section(f), _sweep(f)]
     if charts:
         sections.append("## Charts\n\n" + "\n\n".join(f"![{t}]({p})" for t, p in charts))
     settings = table(["Setting", "Value"], sorted(f.settings.items()))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis import charts_memory, charts_traffic, memory, traffic  # noqa: E402
+from analysis import charts_memory, charts_streaming, charts_traffic, memory, traffic  # noqa: E402
 from analysis.config import load_config  # noqa: E402
 from analysis.findings import build_findings  # noqa: E402
 from analysis.report import render_markdown  # noqa: E402
@@ -129,7 +129,21 @@ else:
 chart(lambda ax: charts_memory.plot_sweep(ax, display_steps, cfg.slo_p95_ms))
 
 # %% [markdown]
-# ## 7. Verdicts and recommendations
+# ## 7. Streamed answers: TTFT, TPOT, goodput
+# A request is "good" when it succeeded and met every TTFT / TPOT / E2E target; goodput is
+# good requests per second, SLO attainment the share of streamed requests that were good.
+
+# %%
+if findings.streaming is not None:
+    print(pd.DataFrame([vars(p) for p in findings.streaming.percentiles]))
+    print(findings.goodput)
+else:
+    print("no streamed requests in this run: TTFT/TPOT not measured")
+chart(lambda ax: charts_streaming.plot_ttft_tpot(ax, run.requests, cfg.slo_ttft_ms,
+                                                 cfg.slo_tpot_ms))  # fmt: skip
+
+# %% [markdown]
+# ## 8. Verdicts and recommendations
 # Each recommendation comes from an explicit rule in `analysis/rules_*.py` and quotes the
 # numbers that made it fire.
 

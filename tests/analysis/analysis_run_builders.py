@@ -25,12 +25,16 @@ HISTORY_HEADER = [
 ]  # fmt: skip
 FAILURES_HEADER = ["Method", "Name", "Error", "Occurrences", "First Seen", "Last Seen"]
 EXCEPTIONS_HEADER = ["Count", "Message", "Traceback", "Nodes"]
-REQUESTS_HEADER = [
+# requests.csv before streaming (still readable), then as locustfiles/request_recorder.py writes it.
+PRE_STREAMING_HEADER = [
     "timestamp", "user_class", "method", "route", "status_code", "response_time_ms",
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid", "worker_rss_mb",
     "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms", "batch_size",
     "prompt_tokens", "completion_tokens",
 ]  # fmt: skip
+STREAM_HEADER = ["stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
+                 "chunk_gaps_ms"]  # fmt: skip
+REQUESTS_HEADER = [*PRE_STREAMING_HEADER, *STREAM_HEADER]
 MEMORY_HEADER = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",
 ]  # fmt: skip
@@ -55,6 +59,38 @@ def request_row(t: float, route: str = "/generate-text", **fields: Any) -> dict[
     }  # fmt: skip
     row.update(fields)
     return row
+
+
+def streamed_row(
+    t: float,
+    ttft_ms: float,
+    e2e_ms: float,
+    tokens: Any,
+    route: str = "/generate-text",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A successful streamed request: TTFT, end-to-end time and output tokens as given.
+
+    tpot_ms is left blank: the analysis derives TPOT from the other three columns.
+    """
+    return request_row(t, route, response_time_ms=e2e_ms, completion_tokens=tokens, stream=1,
+                       ttfb_ms=ttft_ms / 2, ttft_ms=ttft_ms, chunks=tokens, **fields)  # fmt: skip
+
+
+# A streamed run, for targets TTFT <= 350 ms, TPOT <= 500 ms, E2E <= 5000 ms.
+# t, TTFT, E2E, tokens -> TPOT = (E2E - TTFT) / (tokens - 1), tokens/s per user = tokens / E2E
+STREAMED_ROWS = [
+    streamed_row(0, 100, 1000, 10),  # TPOT 900/9 = 100, 10 tok/s; good
+    streamed_row(1, 200, 2000, 10),  # TPOT 1800/9 = 200, 5 tok/s; good
+    streamed_row(2, 300, 1300, 11),  # TPOT 1000/10 = 100, 11/1.3 tok/s; good
+    # TPOT 4000/4 = 1000 > 500: succeeded, but an SLO miss. Ends at 3 + 4.25 = 7.25 s.
+    streamed_row(3, 250, 4250, 5, "/answer-question"),
+    streamed_row(4, 150, 150, 1, "/answer-question"),  # one token: no TPOT (0); good
+    request_row(5, stream=1, status_code=503, success=0, failure_reason="overloaded",
+                response_time_ms=5, completion_tokens=""),  # an error: a miss
+    request_row(6, stream=0, response_time_ms=1000),  # not streamed: left out
+]  # fmt: skip
+STREAMED_WINDOW_S = 7.25  # first start 0 s, last end 7.25 s (the TPOT miss)
 
 
 def memory_rows(
