@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, Limit, Limiter, RateLimitExceeded
 from limits import parse_many
+from limits.errors import StorageError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -77,10 +79,48 @@ def _limit_string(config: Mapping[str, Any], name: str) -> str:
 
 
 def _storage_options(uri: str) -> dict[str, Any]:
+    # Every storage failure raises limits' StorageError, whatever the backend.
     if not uri.startswith(("redis://", "rediss://", "redis+unix://")):
-        return {}
-    return {"socket_timeout": _REDIS_TIMEOUT_S, "socket_connect_timeout": _REDIS_TIMEOUT_S,
-            "retry": Retry(NoBackoff(), 0)}
+        return {"wrap_exceptions": True}
+    return {"wrap_exceptions": True, "socket_timeout": _REDIS_TIMEOUT_S,
+            "socket_connect_timeout": _REDIS_TIMEOUT_S, "retry": Retry(NoBackoff(), 0)}
+
+
+class _Limiter(Limiter):
+    """flask-limiter's Limiter with its switch to the in-memory fallback made thread-safe.
+
+    When several request threads meet a dead Redis at once, flask-limiter switches on the
+    first failure and re-raises the others (a 500, found by tests/test_limits.py): those
+    are checked again, against the fallback.
+    """
+
+    def _check_request_limit(self, callable_name: str | None = None,
+                             in_middleware: bool = True) -> None:
+        try:
+            super()._check_request_limit(callable_name, in_middleware)
+        except StorageError:
+            if not (self._storage_dead and self._fallback_limiter):
+                raise
+            self.context.seen_limits.clear()
+            super()._check_request_limit(callable_name, in_middleware)
+
+
+def _headers_never_fail(app: Flask) -> None:
+    """Wrap the header hook flask-limiter just registered: if the storage dies between the
+    check and the response, the response goes out without X-RateLimit-* instead of a 500."""
+    hooks = app.after_request_funcs.setdefault(None, [])
+    inject = hooks[-1]
+    if not isinstance(inject, partial):  # pinned flask-limiter registers a partial
+        raise RuntimeError("flask-limiter's header hook not found; check its version")
+
+    def inject_headers(response: Response) -> Response:
+        try:
+            return inject(response)
+        except StorageError:
+            log.warning("rate-limit headers skipped: limit storage unreachable")
+            return response
+
+    hooks[-1] = inject_headers
 
 
 def _rate_limited(error: RateLimitExceeded) -> Response:
@@ -97,7 +137,7 @@ def init_app(app: Flask) -> None:
     uri = config["RATELIMIT_STORAGE_URI"]
     per_key = _limit_string(config, "RATE_LIMIT")
     ceiling = _limit_string(config, "GLOBAL_RATE_LIMIT")
-    limiter = Limiter(
+    limiter = _Limiter(
         key_func=limit_key,
         default_limits=[Limit(per_key, exempt_when=_is_public)] if per_key else [],
         # One counter for all keys together (by default flask-limiter keys it per key too).
@@ -111,6 +151,7 @@ def init_app(app: Flask) -> None:
         key_prefix="gpt-load-lab",
     )
     limiter.init_app(app)
+    _headers_never_fail(app)
     app.extensions["rate_limiter"] = limiter
     app.register_error_handler(RateLimitExceeded, _rate_limited)
     log.info("rate limits: per key %r, global %r, storage %s", config["RATE_LIMIT"] or "off",

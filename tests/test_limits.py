@@ -200,7 +200,7 @@ def test_redis_down_falls_back_to_per_worker_memory_then_recovers(
         started = time.monotonic()
         responses = _burst(server.url, TEST_API_KEY)
         assert time.monotonic() - started < 5  # a dead Redis does not stall requests
-        assert {r.status_code for r in responses} <= {200, 429}  # no 5xx
+        assert {r.status_code for r in responses} <= {200, 429}, server.log_text()[-4000:]
         assert sum(r.status_code == 200 for r in responses) == _per_worker_successes(
             responses, 5)
         assert "falling back to in-memory storage" in server.log_text()
