@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from server.config import load_config  # light: no Flask or torch
+
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
 # every worker writes its metrics to files that /metrics merges. Stale files from an earlier
 # server using the same folder would be counted again, so the folder starts empty.
@@ -37,15 +39,31 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 
 # gthread: request threads wait on the worker's generation thread, which batches them.
 # threads >= MAX_BATCH_SIZE so a full batch can be waiting while the next one gathers.
-worker_class = "gthread"
+# GracefulThreadWorker is gthread that closes its listening socket the moment it stops, so
+# on SIGTERM new connections are refused at once instead of hanging (server/worker.py).
+worker_class = "server.worker.GracefulThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 
 # Above the worst generation (REQUEST_TIMEOUT_S, default 120 s): the generation thread does
 # not block the worker's heartbeat, but a worker stuck in a C call for this long is dead.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "180"))
 
-# In-flight generations get this long to finish on SIGTERM before workers are killed.
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
+# In-flight generations get this long to finish on SIGTERM (or a max_requests restart)
+# before the worker is killed. A request that reached a request thread ends within
+# REQUEST_TIMEOUT_S (answer or 504), so the default is that plus a margin: stopping does not
+# cut a running generation off. (Raise the service manager's stop timeout above it.)
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT")
+                       or load_config()["REQUEST_TIMEOUT_S"] + 10)
+
+# Restart a worker after this many requests plus a random 0..max_requests_jitter more (drawn
+# per worker, so workers do not all restart at once). It bounds slow memory growth nothing
+# else would return (allocator fragmentation from varied sequence lengths, caches in a
+# library); the replacement is forked from the preloaded master, so it shares the weights
+# and costs a warm-up, not a reload. The stopping worker finishes what it accepted (see
+# graceful_timeout): recycling drops no request. The soak test shows no growth over 2,000
+# requests, so the default is a rare safety net. 0 turns recycling off.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", max_requests // 10))
 
 # Keep connections from load generators open between requests.
 keepalive = 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -40,8 +41,15 @@ class RequestLog:
         if not self.path:
             return
         line = json.dumps({k: record.get(k) for k in FIELDS}, separators=(",", ":")) + "\n"
+        data = line.encode()
         try:
-            os.write(self._open(), line.encode())
+            fd = self._open()
+            written = os.write(fd, data)
+            if written < len(data):
+                # A disk that fills mid-line takes part of it: cut the fragment off again so
+                # the file keeps whole lines (the next line would otherwise be glued to it).
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - written)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as error:
             self.write_errors += 1
             self._on_error()
