@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
-.PHONY: venv model tiny test lint serve loadtest loadtest-ui
+.PHONY: venv model tiny test lint serve loadtest loadtest-ui bench roofline
 
 venv:
 	python3 -m venv $(VENV)
@@ -41,3 +41,21 @@ loadtest: model
 # Ctrl+C ends it and the run folder is completed.
 loadtest-ui: model
 	$(PY) scripts/loadtest.py --ui --model $(MODEL) --users $(USERS) --label $(LABEL)-ui $(ARGS)
+
+# The benchmark (tens of minutes on the default model; run it on a quiet machine): every row
+# of bench/matrix.py serves BENCH_MODEL and takes the same closed loop (10 users, 64-token
+# prompts, exactly 64 new tokens) for BENCH_WARMUP + BENCH_SECONDS s; writes
+# results/bench-<UTC timestamp>/ with each run folder, comparison/, roofline.json and
+# table.md. BENCH_ROWS picks rows (e.g. naive,batch-bf16); BENCH_ARGS passes more options
+# (see `python -m bench --help`).
+BENCH_MODEL ?= $(MODEL)
+BENCH_SECONDS ?= 120
+BENCH_WARMUP ?= 180
+BENCH_ROWS ?=
+bench:
+	$(PY) -m bench --model $(BENCH_MODEL) --seconds $(BENCH_SECONDS) --warmup $(BENCH_WARMUP) \
+		--rows "$(BENCH_ROWS)" $(BENCH_ARGS)
+
+# This host's matmul GFLOP/s (fp32, bf16), memory read GB/s and BENCH_MODEL's decode limit.
+roofline:
+	$(PY) -m bench.roofline --model $(BENCH_MODEL)

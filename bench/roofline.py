@@ -1,0 +1,197 @@
+"""Measure this host's matmul throughput and memory read bandwidth; compute the decode limit.
+
+    python -m bench.roofline                          # synthetic:gpt2-large, all cores
+    python -m bench.roofline --model synthetic:tiny --out roofline.json
+
+One decode step of a batch of ``b`` sequences reads every weight once and does about
+``2 x params`` FLOPs per sequence, so the tokens/s it can reach is bounded by both the memory
+system and the arithmetic units (the roofline). Measurements use torch with ``--threads``
+(default: every core this process may run on) and keep the best of repeated timings: a limit
+is a ceiling, and the best run is the one least disturbed by other work on the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """What the host can do (measured) and the model it is applied to."""
+
+    model: str
+    params: int
+    threads: int
+    read_bandwidth_gb_s: float
+    matmul_gflop_s: dict[str, float]  # per dtype name
+    matmul_size: int
+    buffer_mb: int
+    measured_at: str
+    cpu: str
+
+    def weight_bytes(self, dtype: str) -> int:
+        """Bytes of weights the model holds (and each decode step reads) in ``dtype``."""
+        return self.params * DTYPES[dtype].itemsize
+
+    def limit_tokens_per_s(self, batch: float, dtype: str) -> float:
+        """Decode limit at mean batch size ``batch`` in ``dtype`` (see ``decode_limit``)."""
+        return decode_limit(batch, self.read_bandwidth_gb_s * 1e9, self.weight_bytes(dtype),
+                            self.matmul_gflop_s[dtype] * 1e9, self.params)
+
+
+def decode_limit(batch: float, bandwidth_bytes_s: float, weight_bytes: float,
+                 compute_flop_s: float, params: float) -> float:
+    """Most output tokens/s a decode of ``batch`` sequences can reach on this host.
+
+    Formula: limit = min(batch x bandwidth / weight_bytes, compute / (2 x params)) tokens/s.
+    Each step reads all weights once for ``batch`` tokens (memory bound at small batches) and
+    costs 2 FLOPs per parameter per token (compute bound at large ones). KV-cache reads and
+    attention FLOPs are left out: at 64 + 64 tokens of context they are a few percent.
+    """
+    return min(batch * bandwidth_bytes_s / weight_bytes, compute_flop_s / (2.0 * params))
+
+
+def _best_seconds(fn: Callable[[], object], seconds: float, min_reps: int = 3) -> float:
+    """Shortest time of ``fn()`` over repeated calls for about ``seconds`` (>= min_reps)."""
+    fn()  # warm-up: page faults, oneDNN kernel selection
+    best, reps, deadline = float("inf"), 0, time.monotonic() + seconds
+    while reps < min_reps or time.monotonic() < deadline:
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+        reps += 1
+    return best
+
+
+def matmul_gflop_s(dtype: torch.dtype, size: int, seconds: float) -> float:
+    """GFLOP/s of a ``size`` x ``size`` by ``size`` x ``size`` matmul in ``dtype``."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    best = _best_seconds(lambda: torch.matmul(a, b, out=out), seconds)
+    return 2.0 * size**3 / best / 1e9
+
+
+def read_bandwidth_gb_s(buffer_mb: int, seconds: float) -> float:
+    """GB/s of summing a ``buffer_mb`` MiB float32 tensor (a streaming read)."""
+    data = torch.ones(buffer_mb * 2**20 // 4, dtype=torch.float32)
+    best = _best_seconds(data.sum, seconds)
+    return data.numel() * data.element_size() / best / 1e9
+
+
+def model_params(model: str, models_dir: str) -> int:
+    """Parameter count of ``model`` (tied weights once), built on the meta device: no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from server.model import resolve_source
+
+    config = AutoConfig.from_pretrained(resolve_source(model, models_dir))
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in meta.parameters())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def measure(model: str, models_dir: str, threads: int, size: int, buffer_mb: int,
+            seconds: float) -> Roofline:
+    """Measure the host with ``threads`` torch threads and apply it to ``model``."""
+    torch.set_num_threads(threads)
+    return Roofline(
+        model=model,
+        params=model_params(model, models_dir),
+        threads=threads,
+        read_bandwidth_gb_s=read_bandwidth_gb_s(buffer_mb, seconds),
+        matmul_gflop_s={name: matmul_gflop_s(dtype, size, seconds)
+                        for name, dtype in DTYPES.items()},
+        matmul_size=size,
+        buffer_mb=buffer_mb,
+        measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        cpu=_cpu_name(),
+    )
+
+
+def load(path: Path) -> Roofline:
+    """Read a roofline.json written by ``save``."""
+    return Roofline(**json.loads(Path(path).read_text()))
+
+
+def save(roofline: Roofline, path: Path) -> None:
+    """Write ``roofline`` as JSON."""
+    Path(path).write_text(json.dumps(asdict(roofline), indent=2) + "\n")
+
+
+def render(roofline: Roofline, batches: tuple[int, ...] = (1, 2, 4, 8, 10, 16, 32)) -> str:
+    """The measurements and the decode limit per dtype and batch size, as Markdown."""
+    r = roofline
+    lines = [
+        f"Host: {r.cpu}, {r.threads} torch threads. Model: {r.model}, {r.params / 1e6:,.1f} M "
+        "parameters.",
+        "",
+        f"- memory read bandwidth: {r.read_bandwidth_gb_s:.1f} GB/s "
+        f"(sum of a {r.buffer_mb} MiB float32 tensor)",
+        *(f"- matmul {name}: {gflops:.1f} GFLOP/s ({r.matmul_size}x{r.matmul_size} squares)"
+          for name, gflops in r.matmul_gflop_s.items()),
+        "",
+        "Decode limit, tokens/s = min(batch x bandwidth / weight bytes, "
+        "compute / (2 x params)):",
+        "",
+        "| batch | " + " | ".join(r.matmul_gflop_s) + " |",
+        "| --: | " + " | ".join("--:" for _ in r.matmul_gflop_s) + " |",
+    ]
+    for b in batches:
+        cells = " | ".join(f"{r.limit_tokens_per_s(b, name):.1f}" for name in r.matmul_gflop_s)
+        lines.append(f"| {b} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.environ.get("MODEL", "synthetic:gpt2-large"))
+    p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="torch threads (default: every core available)")
+    p.add_argument("--size", type=int, default=2048, help="matmul side length")
+    p.add_argument("--buffer-mb", type=int, default=1024,
+                   help="bandwidth buffer, MiB (far above the last-level cache)")
+    p.add_argument("--seconds", type=float, default=2.0, help="timing per measurement")
+    p.add_argument("--out", type=Path, help="write roofline.json here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print the limits, optionally save them."""
+    args = parse_args(argv)
+    roofline = measure(args.model, args.models_dir, args.threads, args.size, args.buffer_mb,
+                       args.seconds)
+    print(render(roofline), end="", flush=True)
+    if args.out:
+        save(roofline, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
