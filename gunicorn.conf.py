@@ -99,7 +99,10 @@ def on_starting(server):
 
 def when_ready(server):
     """Freeze the master's objects so the cycle collector does not touch (and un-share)
-    their pages in the children."""
+    their pages in the children; trim the heap the load freed so no child inherits it."""
+    from server.memory import release_free_heap
+
+    release_free_heap()
     gc.freeze()
     # The master never samples memory: drop the zero-valued live gauges its metric objects
     # created, so /metrics lists workers only.

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from server.decoding import Generation, GenerationRequest
+from server.memory import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +148,5 @@ class Batcher:
             self.running = 0
         for job, result in zip(jobs, results, strict=True):
             job.finish(result=result)
+        if self._queue.empty():
+            release_free_heap()  # idle: hand the batch's freed memory back (server/memory.py)

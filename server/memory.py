@@ -9,6 +9,8 @@ process), so request threads read the sampler's latest sample instead.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import threading
 import time
@@ -61,6 +63,30 @@ def read_process_memory(pid: int | str = "self") -> MemorySample:
         shared_mb=shared_kb / 1024,
         sys_available_mb=system_available_mb(),
     )
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``; else no-op).
+
+    glibc keeps memory freed by a batch (activations, KV cache, tokenizer buffers) inside its
+    arenas, so a worker's private memory drifts up with the largest batches it has seen and
+    differs run to run. Trimming when the generation thread goes idle returns it: what a
+    worker costs is then what it holds, not what it once held.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def current_rss_mb() -> float:

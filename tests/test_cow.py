@@ -26,7 +26,8 @@ def _tree_mb(server: GunicornServer) -> dict[str, float]:
     pids = [int(server.pidfile.read_text()), *server.worker_pids()]
     samples = [read_process_memory(pid) for pid in pids]
     return {"pss": sum(s.pss_mb for s in samples), "rss": sum(s.rss_mb for s in samples),
-            "uss": sum(s.uss_mb for s in samples)}
+            "uss": sum(s.uss_mb for s in samples),
+            "shared": sum(s.shared_mb for s in samples[1:])}  # workers' shared pages
 
 
 def _load(server: GunicornServer, headers: dict, n: int) -> None:
@@ -70,6 +71,11 @@ def test_serving_traffic_does_not_unshare_the_weights(gpt2_model, tmp_path, api_
         _load(server, api_headers, 200)
         after = _tree_mb(server)
     print(f"\ntotal PSS before {before['pss']:.0f} MB, after 200 requests {after['pss']:.0f} MB;"
-          f" USS {before['uss']:.0f} -> {after['uss']:.0f} MB")
-    assert after["pss"] < 1.05 * before["pss"]
-    assert after["uss"] - before["uss"] < 100  # un-sharing gpt2's weights would add ~500 MB
+          f" USS {before['uss']:.0f} -> {after['uss']:.0f} MB; workers' shared "
+          f"{before['shared']:.0f} -> {after['shared']:.0f} MB")
+    # Un-sharing would move weight pages from shared to private: shared would fall and PSS
+    # and USS grow by up to gpt2's ~500 MB of weights. Serving's own caches (allocator,
+    # tokenizer, metric files) add tens of MB, so the bounds leave room for those only.
+    assert after["shared"] > 0.98 * before["shared"]
+    assert after["pss"] < 1.10 * before["pss"]
+    assert after["uss"] - before["uss"] < 100
