@@ -12,6 +12,9 @@ from pathlib import Path
 
 from server.config import load_config  # light: no Flask or torch
 
+# The server's settings (defaults + environment), for the Gunicorn values derived from them.
+_config = load_config()
+
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
 # every worker writes its metrics to files that /metrics merges. Stale files from an earlier
 # server using the same folder would be counted again, so the folder starts empty.
@@ -38,11 +41,14 @@ bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 
 # gthread: request threads wait on the worker's generation thread, which batches them.
-# threads >= MAX_BATCH_SIZE so a full batch can be waiting while the next one gathers.
+# Enough threads for a running batch plus a full queue plus probes: a connection that finds
+# no free thread waits unseen in gthread's own queue, where neither MAX_QUEUE nor
+# MAX_IN_FLIGHT can refuse it fast. Idle threads cost a stack each, not model memory.
 # GracefulThreadWorker is gthread that closes its listening socket the moment it stops, so
 # on SIGTERM new connections are refused at once instead of hanging (server/worker.py).
 worker_class = "server.worker.GracefulThreadWorker"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = int(os.environ.get("GUNICORN_THREADS")
+              or _config["MAX_BATCH_SIZE"] + _config["MAX_QUEUE"] + 8)
 
 # Above the worst generation (REQUEST_TIMEOUT_S, default 120 s): the generation thread does
 # not block the worker's heartbeat, but a worker stuck in a C call for this long is dead.
@@ -53,7 +59,7 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "180"))
 # REQUEST_TIMEOUT_S (answer or 504), so the default is that plus a margin: stopping does not
 # cut a running generation off. (Raise the service manager's stop timeout above it.)
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT")
-                       or load_config()["REQUEST_TIMEOUT_S"] + 10)
+                       or _config["REQUEST_TIMEOUT_S"] + 10)
 
 # Restart a worker after this many requests plus a random 0..max_requests_jitter more (drawn
 # per worker, so workers do not all restart at once). It bounds slow memory growth nothing
@@ -121,10 +127,14 @@ def post_worker_init(worker):
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's per-worker gauges from /metrics."""
+    """Drop a dead worker's per-worker gauges from /metrics and its in-flight count."""
     from server.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
+    if server.cfg.preload_app:  # the app (and its shared in-flight table) lives here too
+        table = server.app.wsgi().extensions.get("in_flight")
+        if table is not None:
+            table.forget(worker.pid)
 
 
 def on_exit(server):

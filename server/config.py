@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "BATCH_WAIT_MS": 5,
     # Requests waiting beyond the running batch; more are refused with 503 (never OOM).
     "MAX_QUEUE": 32,
+    # Generation requests in flight across all workers together; more get a fast 503
+    # (server/admission.py). Workers x (MAX_BATCH_SIZE + MAX_QUEUE) is what they could hold.
+    "MAX_IN_FLIGHT": 64,
     # A request not finished after this many seconds gets 504 and its slot is freed.
     "REQUEST_TIMEOUT_S": 120.0,
     # Seconds a client is told to wait after a 503.
