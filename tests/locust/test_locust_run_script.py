@@ -44,7 +44,25 @@ def test_every_file_of_the_run_folder_is_there(run_dir: Path) -> None:
     expected = {*LOCUST_FILES, "run.json", "server_requests.jsonl", "gunicorn.log",
                 "report.md"}
     assert expected <= {p.name for p in run_dir.iterdir()}
-    assert list((run_dir / "charts").glob("*.png"))
+
+
+def test_analysis_wrote_every_chart_and_the_report(run_dir: Path) -> None:
+    import matplotlib.image
+
+    from analysis.figures import CHARTS
+
+    charts = {p.stem: p for p in (run_dir / "charts").glob("*.png")}
+    assert set(charts) >= {stem for stem, _, _ in CHARTS}
+    for path in charts.values():
+        pixels = matplotlib.image.imread(path)  # opens as a PNG
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels.std() > 0.01, f"{path.name} is blank"
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Summary", "## Latency per route", "## SLO verdicts",
+                    "## Findings and recommendations", "## Run settings"):
+        assert section in report
+    for stem in charts:
+        assert f"charts/{stem}.png" in report
 
 
 def test_rows_match_the_server_log_and_locust(run_dir: Path) -> None:
