@@ -115,15 +115,19 @@ def when_ready(server):
     from server.metrics import mark_worker_dead
 
     mark_worker_dead(os.getpid())
-    server.log.info("model preloaded; gc frozen; forking %d workers", server.cfg.workers)
+    server.log.info("model preloaded; gc frozen; forking %d workers x %d torch threads",
+                    server.cfg.workers, _torch_threads(server.cfg.workers))
 
 
 def post_worker_init(worker):
     """Start serving in this worker: torch threads (cores / workers), sampler, warm-up."""
     service = worker.wsgi.extensions["model_service"]
-    configured = service.config["TORCH_THREADS"]
-    cores = len(os.sched_getaffinity(0))
-    service.start(configured or max(1, cores // worker.cfg.workers))
+    service.start(_torch_threads(worker.cfg.workers))
+
+
+def _torch_threads(workers: int) -> int:
+    """Torch intra-op threads per worker: TORCH_THREADS, or this machine's cores / workers."""
+    return _config["TORCH_THREADS"] or max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def child_exit(server, worker):

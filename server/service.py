@@ -76,8 +76,12 @@ class ModelService:
         ids = self.loaded.tokenizer.encode("Warm-up: the quick brown fox")
         request = GenerationRequest(ids, max_new_tokens=self.config["WARMUP_TOKENS"])
         self.loaded.generate([request], ignore_eos=True)
+        elapsed_s = time.monotonic() - start
         self.ready.set()
-        log.info("worker %d warmed up in %.2f s", os.getpid(), time.monotonic() - start)
+        m = read_process_memory()  # once per worker: the per-request path reads the sampler
+        log.info("worker %d warmed up in %.2f s: RSS %.0f MB, USS %.0f MB, PSS %.0f MB, "
+                 "shared %.0f MB", os.getpid(), elapsed_s, m.rss_mb, m.uss_mb, m.pss_mb,
+                 m.shared_mb)
 
     def _run_batch(
         self,

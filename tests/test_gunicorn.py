@@ -53,9 +53,14 @@ def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tm
 
 def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     master = int(server.pidfile.read_text())
-    loads = re.findall(r"\[(\d+)\] server\.model: loaded synthetic:tiny", server.log_text())
+    log = server.log_text()
+    loads = re.findall(r"\[(\d+)\] server\.model: loaded synthetic:tiny as float32: "
+                       r"[\d.]+ GB of weights in [\d.]+ s", log)
     assert loads == [str(master)]
-    pattern = r"\[(\d+)\] server\.service: worker \d+ warmed up"
+    assert re.search(r"forking 2 workers x \d+ torch threads", log)
+    # Each worker reports its own memory once warm (startup log of the memory issue).
+    pattern = (r"\[(\d+)\] server\.service: worker \d+ warmed up in [\d.]+ s: RSS \d+ MB, "
+               r"USS \d+ MB, PSS \d+ MB")
     deadline = time.monotonic() + 30
     while len(warmed := re.findall(pattern, server.log_text())) < 2:
         assert time.monotonic() < deadline, server.log_text()
