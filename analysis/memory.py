@@ -32,6 +32,8 @@ class MemorySummary:
     min_sys_available_mb: float
     slope_mb_per_min: float | None
     slope_window_s: float
+    # Standard error of that slope (None: no slope); the leak rule wants growth beyond noise.
+    slope_se_mb_per_min: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,24 @@ def memory_slope(
     return float(slope), window_s
 
 
+def memory_slope_se(total: pd.DataFrame, warmup_s: float, min_samples: int) -> float | None:
+    """Standard error of memory_slope's slope, in MB per minute (None when it has none).
+
+    Formula: se = sqrt(sum(residual^2) / (n - 2)) / sqrt(sum((minutes - mean minutes)^2)),
+    over the same samples as memory_slope.
+    """
+    steady = total[total["elapsed_s"] >= warmup_s].dropna(subset=["pss_mb"])
+    if len(steady) < max(min_samples, 3):
+        return None
+    minutes = steady["elapsed_s"] / 60.0
+    spread = float(((minutes - minutes.mean()) ** 2).sum())
+    if spread <= 0:
+        return None
+    slope, intercept = np.polyfit(minutes, steady["pss_mb"], 1)
+    residuals = steady["pss_mb"] - (intercept + slope * minutes)
+    return float(np.sqrt((residuals**2).sum() / (len(steady) - 2) / spread))
+
+
 def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int) -> MemorySummary | None:
     """Summarise memory.csv.
 
@@ -118,6 +138,7 @@ def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int) -> M
         min_sys_available_mb=float(total["sys_available_mb"].min()),
         slope_mb_per_min=slope,
         slope_window_s=window_s,
+        slope_se_mb_per_min=memory_slope_se(total, warmup_s, min_samples),
     )
 
 

@@ -24,6 +24,7 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Tokens/s over time", traffic.tokens_over_time),
     ("Memory, sharing saving", memory.memory_summary),
     ("Memory slope", memory.memory_slope),
+    ("Memory slope standard error", memory.memory_slope_se),
     ("RAM per request", memory.ram_per_request),
     ("Sweep steps", sweep.step_metrics),
     ("Saturation knee", sweep.find_knee),

@@ -64,8 +64,8 @@ class GunicornServer:
                 ready = requests.get(f"{self.url}/ready", timeout=2, verify=self.verify)
                 if ready.status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still loading (GUNICORN_PRELOAD=0)
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"gunicorn not ready in {self.ready_timeout_s} s:\n{self.log_text()}")
@@ -78,8 +78,11 @@ class GunicornServer:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, wait, then SIGKILL if needed; return the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:  # it stopped by itself (or a test signalled it)
+            self._log.close()
+            return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout_s)

@@ -1,0 +1,101 @@
+"""Graceful shutdown on real Gunicorn: SIGTERM to the master while generations are running.
+
+The generations accepted before SIGTERM finish with 200 and are logged; a new connection is
+refused at once (server/worker.py closes each worker's listening socket as it stops), not
+parked in a backlog nobody will accept from; the master exits 0 once its workers are done.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import GunicornServer
+from tests.locust.locust_runs import wait_all_workers_ready
+from tests.steady_load import Outcome, post_once
+
+IN_FLIGHT = 20
+# Batches of one and 128 forced tokens: each worker works through its ~10 requests one after
+# the other for a few seconds, so most are still queued or running when SIGTERM arrives.
+ENV = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
+       "TORCH_THREADS": "1", "IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1", "BATCH_WAIT_MS": "50",
+       "GUNICORN_ACCESSLOG": ""}
+
+
+def _refused_at(port: int, timeout_s: float = 10) -> float:
+    """time.time() when a TCP connect to ``port`` was first refused (polling every 20 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+        except ConnectionRefusedError:
+            return time.time()
+        time.sleep(0.02)
+    pytest.fail(f"port {port} still accepted connections {timeout_s} s after SIGTERM")
+
+
+def _log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_sigterm_finishes_in_flight_generations_and_refuses_new_connections(
+        tiny_model, tmp_path, api_env, api_headers) -> None:
+    log_path = tmp_path / "server_requests.jsonl"
+    env = {**ENV, "REQUEST_LOG": str(log_path), **api_env}
+    outcomes: list[Outcome] = []
+    with GunicornServer(tmp_path, env, workers=2) as server:
+        wait_all_workers_ready(server, 2)
+        workers = server.worker_pids()
+        url = f"{server.url}/generate-text"
+
+        def post(i: int) -> None:
+            body = {"prompt": f"Request {i} is in flight", "max_new_tokens": 128, "seed": i}
+            outcomes.append(post_once(url, body, api_headers, timeout_s=120))
+
+        clients = [threading.Thread(target=post, args=(i,)) for i in range(IN_FLIGHT)]
+        for client in clients:
+            client.start()
+        # Every request is accepted at once (gthread hands each connection to its pool);
+        # wait until the first generations are done, so the rest are surely inside.
+        deadline = time.monotonic() + 60
+        while len(_log_lines(log_path)) < 2:
+            assert time.monotonic() < deadline, server.log_text()[-3000:]
+            time.sleep(0.02)
+        finished_before = len(_log_lines(log_path))
+        sigterm_at = time.time()
+        server.proc.send_signal(signal.SIGTERM)
+        refused_at = _refused_at(server.port)
+        with pytest.raises(requests.ConnectionError):
+            requests.post(url, json={"prompt": "too late"}, headers=api_headers, timeout=5)
+        for client in clients:
+            client.join(120)
+        assert not any(client.is_alive() for client in clients)
+        exit_code = server.proc.wait(60)
+        log_text = server.log_text()
+    last_answer_at = max(o.ended_at for o in outcomes)
+    print(f"\n{finished_before} of {IN_FLIGHT} done at SIGTERM; connect refused after "
+          f"{refused_at - sigterm_at:.3f} s; last answer {last_answer_at - sigterm_at:.2f} s "
+          "after SIGTERM")
+
+    assert finished_before < IN_FLIGHT // 2, "generations too short to be in flight"
+    # Every accepted generation completed, most of them after SIGTERM.
+    assert [(o.status, o.error) for o in outcomes] == [(200, None)] * IN_FLIGHT
+    assert sum(o.ended_at > sigterm_at for o in outcomes) >= IN_FLIGHT // 2
+    # New connections were refused at once, while those generations were still running.
+    assert refused_at - sigterm_at < 2.0
+    assert refused_at < last_answer_at
+    # Each finished request is in the log, and the server stopped cleanly.
+    records = [json.loads(line) for line in _log_lines(log_path)]
+    assert sorted((r["request_id"], r["status"]) for r in records) == sorted(
+        (o.request_id, 200) for o in outcomes)
+    assert exit_code == 0, log_text[-3000:]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
