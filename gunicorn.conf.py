@@ -71,8 +71,11 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT")
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", max_requests // 10))
 
-# Keep connections from load generators open between requests.
-keepalive = 5
+# Keep idle client connections open this long between requests. Above the clients' think
+# time (Locust users wait up to 5 s): with keepalive = 5 the server closed a connection at the
+# moment a user reused it, and the user saw RemoteDisconnected (seen once in the gpt2-large
+# sweep). Idle connections sit in gthread's poller, not in a request thread.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "30"))
 
 # The PID file lets the load-test tooling find the master and sample its process tree.
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None

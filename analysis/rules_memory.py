@@ -48,12 +48,15 @@ def sharing_broken(f: Findings) -> Recommendation | None:
 
 
 def memory_growth(f: Findings) -> Recommendation | None:
-    """Total-PSS slope after warm-up above leak_slope_mb_per_min by more than twice its
-    standard error -> leak warning (batch activations move total PSS by tens of MB from one
-    sample to the next, so over a few minutes a healthy run's slope is noise of several
-    MB/min; a short run cannot show a 1 MB/min leak and must not claim one)."""
+    """PSS slope minus 2 standard errors > leak_slope_mb_per_min, not a sweep -> leak warning.
+
+    Batch activations move total PSS by tens of MB from one sample to the next, so over a few
+    minutes a healthy run's slope is noise of several MB/min: a short run cannot show a
+    1 MB/min leak and must not claim one. Silent on a step sweep: its load, and with it batch
+    sizes and KV caches, rises by design.
+    """
     m = f.memory
-    if m is None or m.slope_mb_per_min is None:
+    if m is None or m.slope_mb_per_min is None or f.sweep is not None:
         return None
     noise = 2 * (m.slope_se_mb_per_min or 0.0)
     if not m.slope_mb_per_min - noise > f.config.leak_slope_mb_per_min:

@@ -18,7 +18,7 @@
 # in `report.md` can be traced to the rows it came from. Open this file in Jupyter (with
 # jupytext) or VS Code, or run it as a script from the repository root:
 # `python -m analysis.walkthrough RUN_DIR`. The run folder comes from the command line,
-# else `WALKTHROUGH_RUN_DIR`, else `results/sample`.
+# else `WALKTHROUGH_RUN_DIR`, else `results/sample/steady-10-users`.
 
 # %%
 import os
@@ -39,7 +39,7 @@ from analysis.report import render_markdown  # noqa: E402
 from analysis.run import load_run  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("-")]  # Jupyter passes -f kernel.json
-RUN_DIR = Path(args[0] if args else os.environ.get("WALKTHROUGH_RUN_DIR", ROOT / "results/sample"))
+RUN_DIR = Path(args[0] if args else os.environ.get("WALKTHROUGH_RUN_DIR", ROOT / "results/sample/steady-10-users"))
 print(f"run folder: {RUN_DIR.resolve()}")
 
 # %% [markdown]

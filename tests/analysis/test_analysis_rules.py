@@ -128,6 +128,8 @@ CASES = [
      make(memory=mem(slope_mb_per_min=1.0))),
     (rm.memory_growth, make(memory=mem(slope_mb_per_min=5.0)), ["5.00 MB/min"],
      make(memory=mem(slope_mb_per_min=None))),
+    (rm.memory_growth, make(memory=mem(slope_mb_per_min=5.0)), ["5.00 MB/min"],
+     make(memory=mem(slope_mb_per_min=5.0), sweep=PLATEAU)),  # rising load, not a leak
     (rm.memory_headroom, make(memory=mem(min_sys_available_mb=1000.0)),
      ["fell to 1,000 MB, 6.1% of the host's 16,384 MB", "OOM"],
      make(memory=mem(min_sys_available_mb=1000.0), settings={"host.ram_gb": None})),
