@@ -39,7 +39,8 @@ from analysis.report import render_markdown  # noqa: E402
 from analysis.run import load_run  # noqa: E402
 
 args = [a for a in sys.argv[1:] if not a.startswith("-")]  # Jupyter passes -f kernel.json
-RUN_DIR = Path(args[0] if args else os.environ.get("WALKTHROUGH_RUN_DIR", ROOT / "results/sample/steady-10-users"))
+SAMPLE = ROOT / "results/sample/steady-10-users"
+RUN_DIR = Path(args[0] if args else os.environ.get("WALKTHROUGH_RUN_DIR", SAMPLE))
 print(f"run folder: {RUN_DIR.resolve()}")
 
 # %% [markdown]
