@@ -4,7 +4,8 @@ A step is a stretch of the run where the user count held still for at least ``mi
 The user count comes from Locust's history (the "Aggregated" rows); without the history it
 comes from run.json's shape, whose stages are read as consecutive holds of ``duration_s``
 seconds each from the run start. A request belongs to the step in which it started; the
-first ``settle_s`` seconds of each step are left out while the new users ramp in.
+first ``settle_s`` seconds of each step are left out while the new users ramp in. When
+run.json has a stage table, only plateaus at its user counts are steps.
 """
 
 from __future__ import annotations
@@ -129,8 +130,13 @@ def sweep(
 ) -> Sweep | None:
     """Analyse a step sweep; None for a run at one load level (fewer than two steps)."""
     steps = steps_from_history(history, min_step_s)
+    planned = steps_from_shape(settings)
+    if len(planned) >= 2:
+        # Keep the stage table's levels only: a slow spawn leaves short plateaus at
+        # in-between user counts (9, 18, 23 in the gpt2-large sweep) that are not steps.
+        steps = steps[steps["users"].isin(planned["users"])]
     if len(steps) < 2:
-        steps = steps_from_shape(settings)
+        steps = planned
     if len(steps) < 2 or requests.empty:
         return None
     table = (

@@ -198,3 +198,16 @@ def test_locust_stats_fallback_when_requests_csv_missing(write_run) -> None:
     assert f.traffic.failures_by_cause == {"overloaded (503)": 2}
     assert math.isnan(f.traffic.output_tokens_per_s)
     assert any("locust_stats.csv" in n and "include failed" in n for n in f.notes)
+
+
+def test_sweep_keeps_only_the_stage_tables_levels(write_run) -> None:
+    # A slow spawn holds 3 users for 12 s between the stages of 2 and 4 users.
+    shape = {"kind": "steps", "stages": [{"users": 2, "duration_s": 20},
+                                         {"users": 4, "duration_s": 20}]}  # fmt: skip
+    users = [2] * 20 + [3] * 12 + [4] * 20
+    history = [history_row(t, u) for t, u in enumerate(users)]
+    rows = [request_row(t + 0.5) for t in range(len(users))]
+    run = load_run(write_run(run={"shape": shape}, history=history, requests=rows))
+    s = sweep.sweep(run.requests, run.history, run.settings, min_step_s=10, settle_s=2,
+                    knee_fraction=0.25, slo_p95_ms=5000, slo_error_rate=0.0)  # fmt: skip
+    assert s.steps["users"].tolist() == [2, 4]
