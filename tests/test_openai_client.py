@@ -54,6 +54,15 @@ def _log(server: GunicornServer) -> dict[str, dict]:
     return {r["request_id"]: r for r in map(json.loads, lines)}
 
 
+def _logged(server: GunicornServer, request_ids: list[str]) -> dict[str, dict]:
+    """The request log once it holds every one of ``request_ids``: a streamed request's
+    record is written as its stream closes, which can be after the client read [DONE]."""
+    deadline = time.monotonic() + 10
+    while not set(request_ids) <= set(log := _log(server)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return log
+
+
 def test_models_list(client) -> None:
     assert [m.id for m in client.models.list()] == [MODEL]
 
@@ -108,10 +117,7 @@ def test_streamed_chat_tokens_arrive_while_they_are_generated(server, client) ->
             arrivals.append(time.monotonic())
         usage = chunk.usage or usage
     assert usage.completion_tokens == 64
-    deadline = time.monotonic() + 10  # the record is written as the stream closes
-    while "streamed-chat" not in _log(server) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    inference_s = _log(server)["streamed-chat"]["inference_ms"] / 1000
+    inference_s = _logged(server, ["streamed-chat"])["streamed-chat"]["inference_ms"] / 1000
     spread_s = arrivals[-1] - arrivals[0]
     assert len(arrivals) > 1 and spread_s > inference_s / 2, (spread_s, inference_s)
 
@@ -136,7 +142,7 @@ def test_concurrent_streams_in_one_batch_each_get_their_own_tokens(server, clien
     with ThreadPoolExecutor(len(prompts)) as pool:
         texts = list(pool.map(stream, range(len(prompts))))
     assert texts == [alone[p] for p in prompts]
-    log = _log(server)
+    log = _logged(server, [f"together-{i}" for i in range(len(prompts))])
     assert [log[f"together-{i}"]["batch_size"] for i in range(len(prompts))] == [BATCH] * 4
     assert all(log[f"together-{i}"]["completion_tokens"] == 16 for i in range(len(prompts)))
 
