@@ -37,6 +37,7 @@ class InFlightTable:
         self._pids = multiprocessing.RawArray("i", rows)
         self._counts = multiprocessing.RawArray("i", rows)
         self._lock = multiprocessing.Lock()
+        self._mine: tuple[int, int] | None = None  # (pid, row) of this process's row
 
     def total(self) -> int:
         """Requests in flight in all live processes."""
@@ -65,14 +66,19 @@ class InFlightTable:
                     self._pids[row], self._counts[row] = 0, 0
 
     def _row(self) -> int:
-        # Called under the lock: this process's row, claimed on first use.
+        # Called under the lock: this process's row, claimed on first use and remembered
+        # (per pid: a forked child must claim its own), so a request does not scan the table.
         pid = os.getpid()
+        if self._mine is not None and self._mine[0] == pid and self._pids[self._mine[1]] == pid:
+            return self._mine[1]
         for row, owner in enumerate(self._pids):
             if owner == pid:
+                self._mine = (pid, row)
                 return row
         for row, owner in enumerate(self._pids):
             if owner == 0 or not _alive(owner):
                 self._pids[row], self._counts[row] = pid, 0
+                self._mine = (pid, row)
                 return row
         raise RuntimeError("in-flight table full")
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from server.schemas import TOO_LONG
+from server.schemas import TOO_LONG, within_token_cap
 
 
 class _Strict(BaseModel):
@@ -56,10 +56,7 @@ class _Sampling(_Strict):
     @field_validator("max_tokens", "max_completion_tokens", check_fields=False)
     @classmethod
     def _within_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
-        cap = (info.context or {}).get("max_new_tokens_cap")
-        if value is not None and cap is not None and value > cap:
-            raise ValueError(f"must be at most {cap}")
-        return value
+        return within_token_cap(value, info)
 
     @field_validator("temperature")
     @classmethod

@@ -19,6 +19,14 @@ MIN_SAMPLING_TEMPERATURE = 1e-6
 Text = Annotated[str, Field(min_length=1)]
 
 
+def within_token_cap(value: int | None, info: ValidationInfo) -> int | None:
+    """Reject a token count above ``max_new_tokens_cap`` (passed as validation context)."""
+    cap = (info.context or {}).get("max_new_tokens_cap")
+    if value is not None and cap is not None and value > cap:
+        raise ValueError(f"must be at most {cap}")
+    return value
+
+
 class _Body(BaseModel):
     # strict: "5" is not an int and 1 is not a str; NaN/inf are not numbers.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -30,10 +38,7 @@ class _Body(BaseModel):
     @field_validator("max_new_tokens")
     @classmethod
     def _within_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
-        cap = (info.context or {}).get("max_new_tokens_cap")
-        if value is not None and cap is not None and value > cap:
-            raise ValueError(f"must be at most {cap}")
-        return value
+        return within_token_cap(value, info)
 
     @field_validator("*", mode="after")
     @classmethod

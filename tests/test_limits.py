@@ -2,9 +2,6 @@
 counting and Redis going away on real Gunicorn with a real redis-server."""
 
 import json
-import shutil
-import socket
-import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +14,7 @@ import requests
 from server.auth import ConfigError
 from server.limits import per_worker_warning, redact_uri
 from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.gunicorn_server import GunicornServer, free_port
+from tests.gunicorn_server import GunicornServer
 
 OTHER_KEY = "other-key-fedcba9876543210"
 BODY = {"prompt": "Count me", "max_new_tokens": 1}
@@ -93,54 +90,6 @@ def test_storage_password_is_redacted_for_logs() -> None:
 
 
 # ---- real Gunicorn and real Redis -------------------------------------------------------
-
-
-class RedisServer:
-    """A throwaway redis-server on 127.0.0.1 (no persistence), stopped by its PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.uri = f"redis://127.0.0.1:{self.port}/0"
-        self.log_path = workdir / "redis.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """Start (or restart on the same port) and wait until it answers PING."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis.from_url(self.uri, socket_timeout=1).ping():
-                    return
-            except redis.ConnectionError:
-                assert self.proc.poll() is None, self.log_path.read_text()
-                assert time.monotonic() < deadline, "redis-server did not answer PING"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Terminate, wait, kill if needed; the port is closed afterwards."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", self.port)) != 0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run does)")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _serve(tmp_path: Path, storage_uri: str) -> GunicornServer:

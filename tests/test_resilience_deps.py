@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import stat
 import time
@@ -29,7 +28,6 @@ from tests.conftest import MODELS_DIR
 from tests.gunicorn_server import GunicornServer
 from tests.locust.locust_runs import wait_all_workers_ready
 from tests.steady_load import Outcome, SteadyLoad, post_once
-from tests.test_limits import RedisServer
 
 BODY = {"prompt": "Count me", "max_new_tokens": 1}
 LIMIT = 5  # RATE_LIMIT per key per minute
@@ -37,18 +35,6 @@ BACKGROUND_KEY = "background-key-0123456789abcdef"
 BURST_KEYS = [f"burst-key-{i}-0123456789abcdef" for i in range(12)]
 RECOVERED = "Rate limit storage recovered"
 FELL_BACK = "Rate limit storage unreachable - falling back to in-memory storage"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed: apt-get install redis-server (.ci/run does)")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.proc and server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGCONT)  # a frozen one cannot act on SIGTERM
-    server.stop()
 
 
 def _serve(tmp_path: Path, storage_uri: str) -> GunicornServer:
