@@ -25,7 +25,7 @@ from locust.runners import WorkerRunner
 
 from locustfiles.drain import GracefulDrain
 from locustfiles.final_stats import FinalCsvSnapshot
-from locustfiles.memory_sampler import MemorySampler
+from locustfiles.memory_sampler import MemorySampler, split_urls
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
 from locustfiles.run_options import add_options, resolve_run_dir
@@ -77,7 +77,8 @@ def set_up_run(environment: Environment) -> None:
         log.info("run folder %s (--target openai: no server memory)", run_dir)
     else:
         pidfile = getattr(options, "server_pidfile", "") or None
-        sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile)
+        urls = split_urls(getattr(options, "metrics_urls", "") or "")
+        sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile, metrics_urls=urls)
         sampler.register(environment)
         MemoryTab(sampler, recorder).register(environment)
         log.info("run folder %s (memory from %s)", run_dir, sampler.source)

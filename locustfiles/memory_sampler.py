@@ -7,7 +7,11 @@ Two sources, picked by what is known about the server:
   ``/proc/<pid>/smaps_rollup`` (``server.memory.read_process_memory``);
 * otherwise (no pidfile given, or not there) the server's Prometheus ``/metrics``
   (per-worker ``gpt_worker_rss_bytes``, ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes``
-  gauges labelled by ``pid``).
+  gauges labelled by ``pid``): Locust's host, or each of ``--metrics-urls`` when the server
+  runs on several hosts behind a load balancer (a scrape through the balancer would reach
+  one host at random). Each round scrapes every host; their processes form one sample, so
+  the total row is the whole fleet's footprint. A host that does not answer is missing
+  from that round's sample.
 
 Columns (long format: one row per process per sample, then a ``total`` row):
 
@@ -20,7 +24,10 @@ uss_mb            unique set size, MB (pages only this process maps)
 pss_mb            proportional set size, MB (shared pages split among sharers);
                   the total row's pss_mb is the tree's real footprint
 shared_mb         resident pages shared with other processes, MB
-sys_available_mb  MemAvailable of the host, MB (blank when scraped and not exported)
+sys_available_mb  MemAvailable of the host, MB (blank when scraped and not exported;
+                  with several hosts, the lowest of theirs)
+host              the scraped server's host:port; empty for the pidfile source and on
+                  the total row
 ================  ==================================================================
 
 The sampler runs on the master (or the only) Locust process, never on Locust workers.
@@ -32,9 +39,11 @@ import csv
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import psutil
@@ -48,7 +57,7 @@ from server.memory import read_process_memory, system_available_mb
 log = logging.getLogger(__name__)
 
 COLUMNS = ("timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb",
-           "sys_available_mb")
+           "sys_available_mb", "host")
 _MB = 2**20
 # Per-worker gauges on the server's /metrics, mapped to our columns.
 METRIC_GAUGES = {
@@ -69,6 +78,7 @@ class ProcessMemory:
     uss_mb: float
     pss_mb: float
     shared_mb: float
+    host: str = ""  # host:port of a scraped server; "" for this machine's /proc
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ class TreeSample:
         """memory.csv rows: each process, then the total."""
         available = "" if self.sys_available_mb is None else round(self.sys_available_mb, 1)
         return [[round(self.timestamp, 3), p.pid, p.role, round(p.rss_mb, 1), round(p.uss_mb, 1),
-                 round(p.pss_mb, 1), round(p.shared_mb, 1), available]
+                 round(p.pss_mb, 1), round(p.shared_mb, 1), available, p.host]
                 for p in (*self.processes, self.total)]
 
 
@@ -113,8 +123,8 @@ def sample_pidfile(pidfile: Path) -> TreeSample | None:
     return TreeSample(time.time(), tuple(processes), system_available_mb())
 
 
-def parse_metrics(text: str, timestamp: float) -> TreeSample | None:
-    """Build a sample from Prometheus text with the per-worker memory gauges."""
+def parse_metrics(text: str, timestamp: float, host: str = "") -> TreeSample | None:
+    """Build a sample from Prometheus text with the per-worker memory gauges of ``host``."""
     by_pid: dict[int, dict[str, float]] = {}
     available = None
     for family in text_string_to_metric_families(text):
@@ -125,7 +135,7 @@ def parse_metrics(text: str, timestamp: float) -> TreeSample | None:
                 available = s.value / _MB
     processes = tuple(
         ProcessMemory(pid, "worker", v.get("rss_mb", 0.0), v.get("uss_mb", 0.0),
-                      v.get("pss_mb", 0.0), v.get("rss_mb", 0.0) - v.get("uss_mb", 0.0))
+                      v.get("pss_mb", 0.0), v.get("rss_mb", 0.0) - v.get("uss_mb", 0.0), host)
         for pid, v in sorted(by_pid.items()))
     return TreeSample(timestamp, processes, available) if processes else None
 
@@ -137,16 +147,42 @@ def sample_metrics(base_url: str, timeout_s: float = 2.0) -> TreeSample | None:
         response.raise_for_status()
     except requests.RequestException:
         return None
-    return parse_metrics(response.text, time.time())
+    return parse_metrics(response.text, time.time(), urlsplit(base_url).netloc)
+
+
+def merge_samples(samples: Sequence[TreeSample | None]) -> TreeSample | None:
+    """One sample of several hosts' processes (None when none answered).
+
+    The timestamp is the first host's; system memory available is the lowest host's.
+    """
+    found = [s for s in samples if s is not None]
+    if not found:
+        return None
+    available = [s.sys_available_mb for s in found if s.sys_available_mb is not None]
+    return TreeSample(found[0].timestamp, tuple(p for s in found for p in s.processes),
+                      min(available) if available else None)
+
+
+def sample_hosts(base_urls: Sequence[str], timeout_s: float = 2.0) -> TreeSample | None:
+    """Scrape every server in ``base_urls`` and merge their processes into one sample."""
+    return merge_samples([sample_metrics(url, timeout_s) for url in base_urls])
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """The base URLs of a comma-separated ``--metrics-urls`` value (blanks dropped)."""
+    return tuple(url.strip() for url in value.split(",") if url.strip())
 
 
 class MemorySampler:
     """Sample the server tree every ``interval_s`` into memory.csv and a short history."""
 
     def __init__(self, path: Path | str | None, *, pidfile: Path | str | None = None,
-                 interval_s: float = 1.0, history: int = 3600) -> None:
+                 metrics_urls: Sequence[str] = (), interval_s: float = 1.0,
+                 history: int = 3600) -> None:
         self.path = Path(path) if path else None
         self.pidfile = Path(pidfile) if pidfile else None
+        # Servers whose /metrics are scraped; empty: Locust's host.
+        self.metrics_urls = tuple(metrics_urls)
         self.interval_s = interval_s
         self.history: deque[TreeSample] = deque(maxlen=history)
         self.samples_written = 0
@@ -183,6 +219,8 @@ class MemorySampler:
         """Take one sample now, record it, and return it (None when the server is not found)."""
         if self.source == "pidfile":
             sample = sample_pidfile(self.pidfile)
+        elif self.metrics_urls:
+            sample = sample_hosts(self.metrics_urls)
         else:
             host = self._environment.host if self._environment else None
             sample = sample_metrics(host) if host else None

@@ -37,6 +37,9 @@ def add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--server-pidfile", env_var="LOCUST_SERVER_PIDFILE", default="",
                         help="Gunicorn pidfile of a local server: memory is read from /proc; "
                              "without it the server's /metrics is scraped")
+    parser.add_argument("--metrics-urls", env_var="LOCUST_METRICS_URLS", default="",
+                        help="comma-separated base URLs of servers behind a load balancer "
+                             "whose /metrics are all scraped for memory.csv (default: --host)")
     parser.add_argument("--data-dir", env_var="LOCUST_DATA_DIR", default="",
                         help="folder with prompts.jsonl, articles.jsonl, qa.jsonl "
                              "(default: locustfiles/data)")

@@ -24,7 +24,7 @@ def locust_env(**extra: str) -> dict[str, str]:
     """Environment for a real locust process: gevent patching on, nothing inherited."""
     drop = ("LOCUST_SKIP_MONKEY_PATCH", "LOCUST_API_KEY", "LOCUST_RUN_DIR",
             "LOCUST_SERVER_PIDFILE", "LOCUST_SHAPE", "LOCUST_STAGES", "LOCUST_LABEL",
-            "LOCUST_MIX", "LOCUST_TARGET", "LOCUST_OPENAI_MODEL")
+            "LOCUST_MIX", "LOCUST_TARGET", "LOCUST_OPENAI_MODEL", "LOCUST_METRICS_URLS")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 

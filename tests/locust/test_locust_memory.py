@@ -8,18 +8,28 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
 
-from locustfiles.memory_sampler import COLUMNS, MemorySampler, parse_metrics, sample_metrics
+from locustfiles.memory_sampler import (
+    COLUMNS,
+    MemorySampler,
+    merge_samples,
+    parse_metrics,
+    sample_hosts,
+    sample_metrics,
+    split_urls,
+)
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
+from tests.gunicorn_server import GunicornServer, free_port
 from tests.locust.conftest import SERVER_HEADERS
 from tests.locust.locust_runs import wait_all_workers_ready
 
@@ -190,3 +200,73 @@ def test_memory_page_and_csv(web_app, tmp_path) -> None:
     assert 'data-series="total PSS"' in page and 'data-series="summed RSS"' in page
     assert page.count("<polyline") == 2 + 3  # totals, then one PSS line per process
     assert (status, data) == (200, (tmp_path / "memory.csv").read_bytes())
+
+
+def _metrics_text(pid: int, rss_mb: float, uss_mb: float, pss_mb: float,
+                  available_mb: float) -> str:
+    return "".join(f'{name}{{pid="{pid}"}} {mb * 2**20}\n' for name, mb in
+                   (("gpt_worker_rss_bytes", rss_mb), ("gpt_worker_uss_bytes", uss_mb),
+                    ("gpt_worker_pss_bytes", pss_mb))) + (
+        f"gpt_system_available_bytes {available_mb * 2**20}\n")
+
+
+@pytest.fixture
+def metrics_hosts() -> Iterator[list[str]]:
+    """Base URLs of two loopback servers whose /metrics hold one worker each."""
+    texts = [_metrics_text(11, 400.0, 40.0, 200.0, 9000.0),
+             _metrics_text(11, 300.0, 30.0, 150.0, 7000.0)]  # same pid: another host
+
+    def handler_for(text: str) -> type[BaseHTTPRequestHandler]:
+        class Metrics(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = text.encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Metrics
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler_for(t)) for t in texts]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    yield [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sampler_scrapes_every_metrics_url_into_one_sample(environment, metrics_hosts,
+                                                           tmp_path) -> None:
+    sampler = MemorySampler(tmp_path / "memory.csv", metrics_urls=metrics_hosts)
+    sampler.register(environment)
+    sample = sampler.sample_once()
+    environment.events.quitting.fire(environment=environment)
+
+    rows = read_rows(tmp_path / "memory.csv")
+    hosts = [url.removeprefix("http://") for url in metrics_hosts]
+    assert sampler.source == "metrics" and len(sample.processes) == 2
+    assert [(r["role"], r["pid"], r["host"]) for r in rows] == [
+        ("worker", "11", hosts[0]), ("worker", "11", hosts[1]), ("total", "0", "")]
+    assert [float(rows[2][f]) for f in ("rss_mb", "uss_mb", "pss_mb")] == [700.0, 70.0, 350.0]
+    assert {r["sys_available_mb"] for r in rows} == {"7000.0"}  # the tighter host
+
+
+def test_a_silent_host_is_missing_from_the_sample(metrics_hosts) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    sample = sample_hosts([dead, metrics_hosts[1]], timeout_s=1.0)
+
+    assert [(p.pid, p.host) for p in sample.processes] == [
+        (11, metrics_hosts[1].removeprefix("http://"))]
+    assert sample_hosts([dead], timeout_s=1.0) is None
+    assert merge_samples([None, None]) is None
+
+
+def test_split_urls_drops_blanks() -> None:
+    assert split_urls(" http://a:1, ,http://b:2,") == ("http://a:1", "http://b:2")
+    assert split_urls("") == ()
