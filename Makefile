@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
-.PHONY: venv model tiny test lint serve loadtest loadtest-ui bench roofline
+.PHONY: venv model tiny test lint serve loadtest loadtest-ui bench roofline scaleout
 
 venv:
 	python3 -m venv $(VENV)
@@ -59,3 +59,9 @@ bench:
 # This host's matmul GFLOP/s (fp32, bf16), memory read GB/s and BENCH_MODEL's decode limit.
 roofline:
 	$(PY) -m bench.roofline --model $(BENCH_MODEL)
+
+# Scale-out on this machine (root: network namespaces): 2 Gunicorn hosts on synthetic:tiny
+# behind nginx (deploy/nginx.conf), rate limits in Redis, distributed Locust (master + 2
+# workers); writes results/<UTC timestamp>-scaleout/ with summary.json. See deploy/README.md.
+scaleout: tiny
+	$(PY) deploy/netns_scaleout.py $(ARGS)
