@@ -71,21 +71,42 @@ def totals(memory: pd.DataFrame) -> pd.DataFrame:
     return total.sort_values("elapsed_s", ignore_index=True)
 
 
-def memory_slope(
-    total: pd.DataFrame, warmup_s: float, min_samples: int
-) -> tuple[float | None, float]:
-    """Least-squares slope of total PSS after warm-up, in MB per minute, and its window (s).
+# Width of the windows whose lowest total PSS is the memory "floor" the trend is fitted to.
+FLOOR_WINDOW_S = 10.0
 
-    Formula: slope_mb_per_min = least-squares slope of total pss_mb against elapsed minutes,
-    over samples with elapsed_s >= warmup_s (none when fewer than min_samples remain).
+
+def memory_floors(total: pd.DataFrame, warmup_s: float, min_samples: int) -> pd.DataFrame:
+    """The lowest total-PSS sample of each FLOOR_WINDOW_S window after warm-up.
+
+    Why floors: every batch's activations and KV cache ride on top of what a worker keeps, so
+    raw samples jump by tens of MB with the load and stay high or low for several seconds at
+    a time (their errors are correlated, and a least-squares fit through them sees trends
+    that are only the load's mix drifting). A leak raises the floor; load does not.
+    Empty when fewer than ``min_samples`` samples remain after warm-up.
     """
     steady = total[total["elapsed_s"] >= warmup_s].dropna(subset=["pss_mb"])
     if len(steady) < max(min_samples, 2):
+        return steady.iloc[0:0]
+    window = ((steady["elapsed_s"] - steady["elapsed_s"].min()) // FLOOR_WINDOW_S).astype(int)
+    return steady.loc[steady.groupby(window)["pss_mb"].idxmin()].sort_values("elapsed_s")
+
+
+def memory_slope(
+    total: pd.DataFrame, warmup_s: float, min_samples: int
+) -> tuple[float | None, float]:
+    """Least-squares slope of the memory floors after warm-up, in MB per minute, and the time
+    between the first and the last floor (s).
+
+    Formula: floor = min total pss_mb in each FLOOR_WINDOW_S (10 s) window of the samples with
+    elapsed_s >= warmup_s (at that sample's time); slope_mb_per_min = least-squares slope of
+    the floors against elapsed minutes (none when fewer than min_samples samples or two
+    floors remain).
+    """
+    floors = memory_floors(total, warmup_s, min_samples)
+    if len(floors) < 2:
         return None, 0.0
-    window_s = float(steady["elapsed_s"].max() - steady["elapsed_s"].min())
-    if window_s <= 0:
-        return None, 0.0
-    slope, _ = np.polyfit(steady["elapsed_s"] / 60.0, steady["pss_mb"], 1)
+    window_s = float(floors["elapsed_s"].max() - floors["elapsed_s"].min())
+    slope, _ = np.polyfit(floors["elapsed_s"] / 60.0, floors["pss_mb"], 1)
     return float(slope), window_s
 
 
@@ -93,18 +114,16 @@ def memory_slope_se(total: pd.DataFrame, warmup_s: float, min_samples: int) -> f
     """Standard error of memory_slope's slope, in MB per minute (None when it has none).
 
     Formula: se = sqrt(sum(residual^2) / (n - 2)) / sqrt(sum((minutes - mean minutes)^2)),
-    over the same samples as memory_slope.
+    over the same floors as memory_slope.
     """
-    steady = total[total["elapsed_s"] >= warmup_s].dropna(subset=["pss_mb"])
-    if len(steady) < max(min_samples, 3):
+    floors = memory_floors(total, warmup_s, min_samples)
+    if len(floors) < 3:
         return None
-    minutes = steady["elapsed_s"] / 60.0
+    minutes = floors["elapsed_s"] / 60.0
+    slope, intercept = np.polyfit(minutes, floors["pss_mb"], 1)
+    residuals = floors["pss_mb"] - (intercept + slope * minutes)
     spread = float(((minutes - minutes.mean()) ** 2).sum())
-    if spread <= 0:
-        return None
-    slope, intercept = np.polyfit(minutes, steady["pss_mb"], 1)
-    residuals = steady["pss_mb"] - (intercept + slope * minutes)
-    return float(np.sqrt((residuals**2).sum() / (len(steady) - 2) / spread))
+    return float(np.sqrt((residuals**2).sum() / (len(floors) - 2) / spread))
 
 
 def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int) -> MemorySummary | None:

@@ -68,7 +68,7 @@ def _summary(f: Findings) -> str:
                 "Sharing saving (summed RSS - total PSS)",
                 f"{num(m.sharing_saving_mb, 0)} MB ({pct(m.sharing_saving_share)})",
             ),
-            ("Memory slope after warm-up", num(m.slope_mb_per_min, 2, "MB/min")),
+            ("Memory floor slope after warm-up", num(m.slope_mb_per_min, 2, "MB/min")),
             ("Lowest system available memory", num(m.min_sys_available_mb, 0, "MB")),
         ]
     if ram:

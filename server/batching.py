@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from server.decoding import Generation, GenerationRequest
-from server.memory import release_free_heap
+from server.memory import HeapReleaser
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class Batcher:
         self._batch_wait_s = batch_wait_ms / 1000.0
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
+        self._heap = HeapReleaser()
         self.running = 0  # jobs in the batch being generated now
 
     @property
@@ -148,5 +149,5 @@ class Batcher:
             self.running = 0
         for job, result in zip(jobs, results, strict=True):
             job.finish(result=result)
-        if self._queue.empty():
-            release_free_heap()  # idle: hand the batch's freed memory back (server/memory.py)
+        # Hand the batch's freed memory back when idle, and now and then under steady load.
+        self._heap.after_batch(idle=self._queue.empty())

@@ -89,6 +89,35 @@ def release_free_heap() -> None:
         _LIBC.malloc_trim(0)
 
 
+class HeapReleaser:
+    """Decides when the generation thread calls ``release_free_heap``: whenever it goes
+    idle, and at least every ``interval_s`` while it stays busy.
+
+    Under steady load the queue is never empty, and without the periodic trim a worker
+    kept whatever its largest batches had freed: its memory stepped up by 10-15 MB now and
+    then and stayed there until the load stopped (seen in the soak test), which reads like
+    a leak. One trim costs ~3 ms on synthetic:gpt2 after a 16-request batch (measured), so
+    every 5 s is under 0.1% of the generation thread's time.
+    """
+
+    def __init__(self, interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 release: Callable[[], None] = release_free_heap) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._release = release
+        self._last = clock()
+
+    def after_batch(self, idle: bool) -> bool:
+        """Trim if the thread is now idle or the last trim is ``interval_s`` old; True if
+        it trimmed."""
+        now = self._clock()
+        if not idle and now - self._last < self.interval_s:
+            return False
+        self._release()
+        self._last = now
+        return True
+
+
 def current_rss_mb() -> float:
     """This process's RSS from /proc/self/statm: one small read, cheap enough per request."""
     with open("/proc/self/statm") as f:

@@ -1,14 +1,16 @@
 """Soak on real Gunicorn with synthetic:gpt2: 2,000 requests at steady concurrency, no growth.
 
 After a warm-up of 800 requests (thread pools, batch shapes, allocator arenas all settled),
-each worker's RSS and PSS trend by less than 1% of its memory over the next 1,200 requests,
+each worker's RSS and PSS drift by less than 1% of its memory over the next 1,200 requests,
 its open files do not grow, and no thread starts beyond its request pool.
 
-Memory is sampled twice a second under load and its trend is robust (Theil-Sen, the median
-of pairwise slopes): a worker's memory moves by +-15 MB with each batch's activations and its
-idle memory sits 5-8 MB higher now and then (measured), so two single readings, even idle
-ones, cannot resolve 1%. Open files and threads are read idle (load paused, connections
-closed) after warm-up and at the end.
+Drift is read idle: the soak runs in 4 rounds of 300 requests, and after warm-up and after
+each round the load pauses until every connection is closed, the generation thread has
+trimmed its heap (server/memory.py) and each worker is read. The drift is the robust trend
+(Theil-Sen, the median of pairwise slopes) through those 5 readings. Under load a worker's
+memory moves by +-50 MB with each batch's activations and the load's mix between the two
+workers wanders for tens of seconds, so a trend fitted to samples taken under load moved by
++14 MB in 200 s on a healthy server (seen in CI): it is printed, not judged.
 
 PSS is checked on anonymous pages (smaps_rollup's Pss_Anon): what a worker can leak or
 un-share. The weights are a memory-mapped safetensors file, and how a file page's PSS is
@@ -17,8 +19,9 @@ the master never touches after loading, the workers fault them back in alone and
 worker's PSS jumps by ~190 MB with nothing changed in the worker (seen on a loaded host).
 
 The samples (master, workers and total) are written as a run's memory.csv and given to the
-analysis: its leak rule (memory_growth, a total-PSS slope after warm-up beyond twice its
-standard error) must stay silent on them and fire once a leak is added to the same samples.
+analysis: its leak rule (memory_growth, a total-PSS floor slope after warm-up beyond three
+times its standard error) must stay silent on them and fire once a leak is added to the same
+samples.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from tests.steady_load import Outcome, SteadyLoad, post_once
 # +4 MB USS by the 900th, +1 MB more by the 2,100th.
 WARMUP_REQUESTS = 800
 SOAK_REQUESTS = 1200
+SOAK_ROUNDS = 4  # the soak's requests in rounds, each followed by an idle reading
 SAMPLE_S = 0.5
 CLIENTS = 32
 THREADS = 16  # request threads per worker (pinned: the pool grows lazily up to this)
@@ -61,9 +65,11 @@ THREADS = 16  # request threads per worker (pinned: the pool grows lazily up to 
 # drains at the end), and fewer requests in flight hold less activation memory.
 RAMP_S = 5.0
 # Added to each worker's samples after warm-up for the rule's positive control (MB/min per
-# worker). The rule's threshold is 1 MB/min on the total, but over a window this short its
-# slope estimate is only good to several MB/min either way: the leak is made unmistakable.
-LEAK_MB_PER_MIN = 30.0
+# worker). The rule's threshold is 1 MB/min on the total, but the soak's samples span only
+# a minute or two of load: the slope of their floors has a standard error of 20-60 MB/min
+# (measured over five soaks), so the rule, asking for three of them, resolves only a leak of
+# a few hundred MB/min here. The positive control is that: 5 MB/s per worker.
+LEAK_MB_PER_MIN = 300.0
 
 PROMPTS = [
     "The weather report for tomorrow says",
@@ -117,12 +123,21 @@ def _idle(pids: list[int]) -> dict[int, Idle]:
                       _threads(pid)) for pid in pids}
 
 
-def _trend_mb(samples: list[dict], field: str) -> float:
-    """Change of ``field`` (MB) from the first sample to the last along its robust trend
-    (Theil-Sen: the median of the slopes between every pair of samples)."""
-    points = [(row["timestamp"], row[field]) for row in samples]
-    slopes = [(y2 - y1) / (t2 - t1) for (t1, y1), (t2, y2) in combinations(points, 2) if t2 > t1]
+def _theil_sen(points: list[tuple[float, float]]) -> float:
+    """Change of y from the first point to the last along the points' robust trend
+    (Theil-Sen: the median of the slopes between every pair of points)."""
+    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in combinations(points, 2) if x2 > x1]
     return median(slopes) * (points[-1][0] - points[0][0])
+
+
+def _trend_mb(samples: list[dict], field: str) -> float:
+    """Change of ``field`` (MB) over the samples' time along its robust trend."""
+    return _theil_sen([(row["timestamp"], row[field]) for row in samples])
+
+
+def _drift_mb(checkpoints: list[Idle], field: str) -> float:
+    """Change of ``field`` (MB) over the idle readings (one per round) along their trend."""
+    return _theil_sen([(i, getattr(idle, field)) for i, idle in enumerate(checkpoints)])
 
 
 def _saturate(url: str, headers: dict[str, str], n: int) -> list[Outcome]:
@@ -229,14 +244,16 @@ def test_soak_2000_requests_without_growth(gpt2_model, tmp_path, api_env, api_he
             outcomes.extend(_saturate(server.url + url, api_headers, 2 * CLIENTS))
             load(server, len(outcomes), WARMUP_REQUESTS - len(outcomes))
             sampler.on.clear()
-            warm = _idle(workers)
+            checkpoints = [_idle(workers)]
             soak_started = time.time()
-            sampler.on.set()
-            load(server, len(outcomes), SOAK_REQUESTS)
-            sampler.on.clear()
-            soak_ended = time.time()
+            for _ in range(SOAK_ROUNDS):
+                sampler.on.set()
+                load(server, len(outcomes), SOAK_REQUESTS // SOAK_ROUNDS)
+                sampler.on.clear()
+                soak_ended = time.time()
+                checkpoints.append(_idle(workers))
             soaked_s = soak_ended - soak_started
-            end = _idle(workers)
+            warm, end = checkpoints[0], checkpoints[-1]
         assert server.worker_pids() == workers  # no restart hid anything
         rows = list(sampler.rows)
 
@@ -254,10 +271,13 @@ def test_soak_2000_requests_without_growth(gpt2_model, tmp_path, api_env, api_he
           f"added leak {slope_leaking:.2f} MB/min; leak rule on the soak itself: "
           f"{'fired' if fired else 'silent'}")
     for pid in workers:
-        print(f"worker {pid}: RSS trend {_trend_mb(soak_rows[pid], 'rss_mb'):+.2f} MB, "
-              f"anonymous PSS trend {_trend_mb(soak_rows[pid], 'pss_anon_mb'):+.2f} MB, all PSS "
-              f"{_trend_mb(soak_rows[pid], 'pss_mb'):+.2f} MB; idle: boot {boot[pid]}, after "
-              f"warm-up {warm[pid]}, end {end[pid]}")
+        idle = [checkpoint[pid] for checkpoint in checkpoints]
+        print(f"worker {pid}: idle drift RSS {_drift_mb(idle, 'rss_mb'):+.2f} MB, anonymous PSS "
+              f"{_drift_mb(idle, 'pss_anon_mb'):+.2f} MB (idle RSS "
+              f"{', '.join(f'{i.rss_mb:.1f}' for i in idle)}); under load: RSS trend "
+              f"{_trend_mb(soak_rows[pid], 'rss_mb'):+.2f} MB, anonymous PSS "
+              f"{_trend_mb(soak_rows[pid], 'pss_anon_mb'):+.2f} MB; boot {boot[pid]}, "
+              f"end {end[pid]}")
 
     assert len(outcomes) == WARMUP_REQUESTS + SOAK_REQUESTS
     assert Counter(o.status for o in outcomes) == {200: len(outcomes)}
@@ -265,18 +285,20 @@ def test_soak_2000_requests_without_growth(gpt2_model, tmp_path, api_env, api_he
     for pid in workers:
         samples = soak_rows[pid]
         assert len(samples) >= 60, "too few samples to see a trend"
-        # Under 1% of the worker's memory (its RSS, ~810 MB) in MB, for RSS and for anonymous
-        # PSS: the latter is ~130 MB, and 1% of it would be finer than this soak can resolve;
-        # a leak of 8 MB per 1,200 requests (7 KB a request) is caught either way.
-        one_percent_mb = 0.01 * median(r["rss_mb"] for r in samples)
-        assert abs(_trend_mb(samples, "rss_mb")) < one_percent_mb, (pid, warm[pid], end[pid])
-        assert abs(_trend_mb(samples, "pss_anon_mb")) < one_percent_mb, (warm[pid], end[pid])
+        # Under 1% of the worker's memory (its idle RSS, ~810 MB) in MB, for RSS and for
+        # anonymous PSS: the latter is ~130 MB, and 1% of it would be finer than idle readings
+        # resolve (+-6 MB between two of them, measured); a leak of 8 MB per 1,200 requests
+        # (7 KB a request) is caught either way.
+        idle = [checkpoint[pid] for checkpoint in checkpoints]
+        one_percent_mb = 0.01 * median(i.rss_mb for i in idle)
+        assert abs(_drift_mb(idle, "rss_mb")) < one_percent_mb, (pid, idle)
+        assert abs(_drift_mb(idle, "pss_anon_mb")) < one_percent_mb, (pid, idle)
         # Sockets closed again; no thread beyond the request pool ever started.
-        assert end[pid].open_files <= warm[pid].open_files, (warm[pid], end[pid])
-        assert max(warm[pid].threads, end[pid].threads) <= boot[pid].threads + THREADS
+        assert max(i.open_files for i in idle) <= warm[pid].open_files, idle
+        assert max(i.threads for i in idle) <= boot[pid].threads + THREADS, idle
 
     assert fired_leaking, f"leak rule silent on a leak: {slope_leaking:.2f} MB/min"
-    # And silent on the healthy soak: it fires only when the slope exceeds its threshold by
-    # more than twice its standard error (batch activations move total PSS by +-15 MB from
-    # one sample to the next, so a short healthy run's slope is noise of several MB/min).
+    # And silent on the healthy soak: it fits each 10 s window's lowest total PSS and fires
+    # only when that slope exceeds its threshold by more than three standard errors
+    # (batch activations move total PSS by tens of MB from one sample to the next).
     assert not fired, f"leak rule fired on a healthy soak: {slope:.2f} MB/min"

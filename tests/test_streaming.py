@@ -108,9 +108,15 @@ def test_queue_full_is_an_http_error_before_the_stream_starts(make_app) -> None:
 
 
 def test_timeout_in_the_middle_of_a_stream_is_an_error_event(make_app) -> None:
-    app = make_app(IGNORE_EOS=True, REQUEST_TIMEOUT_S=0.3)
+    app = make_app(IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000)
+    # The timeout is what 200 tokens took just now, not a fixed figure: on a loaded host a
+    # fixed 0.3 s passed before the first token (a 504, not a stream) or after the last.
+    started = time.monotonic()
+    warm = app.test_client().post("/v1/completions", json={"prompt": "Tick", "max_tokens": 200})
+    assert warm.status_code == 200
+    app.config["REQUEST_TIMEOUT_S"] = time.monotonic() - started
     response = app.test_client().post("/v1/completions", json={
-        "prompt": "Tick", "max_tokens": 256, "stream": True})
+        "prompt": "Tick", "max_tokens": 1000, "stream": True})
     assert response.status_code == 200
     events = sse_events(response.get_data(as_text=True))
     assert events[-1] == "[DONE]"

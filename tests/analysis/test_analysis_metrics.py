@@ -89,8 +89,9 @@ def test_memory_totals_sharing_saving_and_slope(write_run) -> None:
     assert m.sharing_saving_share == pytest.approx((9150 - mean_pss) / 9150)
     assert m.rss_to_pss_ratio == pytest.approx(9150 / mean_pss)
     assert m.mean_worker_uss_mb == 125 and m.min_sys_available_mb == 4096
-    assert m.slope_mb_per_min == pytest.approx(30.0)  # warm-up noise left out
-    assert m.slope_window_s == 69
+    # Floors (10 s windows from t=30) at t=30, 40, ..., 90: warm-up noise left out.
+    assert m.slope_mb_per_min == pytest.approx(30.0)
+    assert m.slope_window_s == 60
 
 
 def test_totals_are_summed_when_the_sampler_wrote_none(write_run) -> None:
@@ -108,7 +109,7 @@ def test_slope_needs_enough_samples_after_warm_up(write_run) -> None:
     total = memory.totals(load_run(write_run(memory=samples)).memory)
     assert memory.memory_slope(total, warmup_s=5, min_samples=10) == (None, 0.0)  # 7 left
     slope, window = memory.memory_slope(total, warmup_s=0, min_samples=10)
-    assert (slope, window) == (pytest.approx(60.0), 11.0)  # 1 MB/s
+    assert (slope, window) == (pytest.approx(60.0), 10.0)  # 1 MB/s; floors at t=0 and 10
 
 
 def test_ram_per_request_from_server_log(write_run) -> None:
