@@ -67,9 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-limit", default="20/minute",
                    help="RATE_LIMIT per API key, counted in Redis for both hosts")
     p.add_argument("--mix", default="tasks", choices=["tasks", "streaming", "openai", "all"])
-    p.add_argument("--user-classes", nargs="+", default=["PromptUser"], metavar="CLASS",
-                   help="Locust user classes (default: one route, so the per-key count is "
-                        "one counter; RATE_LIMIT is counted per key and route, see README)")
+    p.add_argument("--user-classes", nargs="+", metavar="CLASS",
+                   default=["PromptUser", "SummarizeUser", "QAUser"],
+                   help="Locust user classes (default: the three task users, so one key's "
+                        "count spans three routes and two hosts)")
     p.add_argument("--subnet", default="10.213.0", help="first three octets of the /24")
     p.add_argument("--label", default="scaleout")
     p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response, g, request
-from flask_limiter import ApplicationLimit, Limit, Limiter, RateLimitExceeded
+from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from limits import parse_many
 from limits.errors import StorageError
 from redis.backoff import NoBackoff
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Seconds to wait for Redis before treating it as down (then the in-memory fallback serves).
 _REDIS_TIMEOUT_S = 0.5
+# Storage scopes of the two limits (part of their Redis keys): one counter per API key for
+# all routes together, and one for everything.
+_KEY_SCOPE, _GLOBAL_SCOPE = "per-key", "global"
 
 
 def limit_key() -> str:
@@ -124,7 +127,7 @@ def _headers_never_fail(app: Flask) -> None:
 
 
 def _rate_limited(error: RateLimitExceeded) -> Response:
-    scope = "global" if error.limit.shared else "key"
+    scope = "key" if error.limit.scope == _KEY_SCOPE else "global"
     who = "the server's global" if scope == "global" else "this API key's"
     return error_response(429, "rate_limited", f"{who} rate limit of {error.limit.limit} "
                           "is used up; retry after the Retry-After seconds",
@@ -139,10 +142,15 @@ def init_app(app: Flask) -> None:
     ceiling = _limit_string(config, "GLOBAL_RATE_LIMIT")
     limiter = _Limiter(
         key_func=limit_key,
-        default_limits=[Limit(per_key, exempt_when=_is_public)] if per_key else [],
-        # One counter for all keys together (by default flask-limiter keys it per key too).
-        application_limits=[ApplicationLimit(ceiling, key_function=lambda: "all",
-                                             exempt_when=_is_public)] if ceiling else [],
+        # Application limits, not default limits: those are counted per route, so a key got
+        # RATE_LIMIT on each of the five routes (found by the scale-out test behind nginx).
+        application_limits=[
+            *([ApplicationLimit(per_key, key_function=limit_key, scope=_KEY_SCOPE,
+                                exempt_when=_is_public)] if per_key else []),
+            # One counter for all keys together.
+            *([ApplicationLimit(ceiling, key_function=lambda: "all", scope=_GLOBAL_SCOPE,
+                                exempt_when=_is_public)] if ceiling else []),
+        ],
         storage_uri=uri,
         storage_options=_storage_options(uri),
         strategy="moving-window",

@@ -48,6 +48,18 @@ def test_per_key_limit_answers_429_in_the_envelope_with_headers(make_app, reques
     assert _statuses(app.test_client(api_key=OTHER_KEY), 3) == [200, 200, 200]
 
 
+def test_per_key_limit_counts_all_routes_together(make_app) -> None:
+    client = make_app(RATE_LIMIT="3/minute").test_client()
+    answer = {"question": "Who counts?", "max_new_tokens": 1}
+    assert [client.post("/generate-text", json=BODY).status_code,
+            client.post("/summarize-text", json={"text": "Count me too.", "max_new_tokens": 1}
+                        ).status_code,
+            client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code,
+            client.post("/answer-question", json=answer).status_code] == [200, 200, 200, 429]
+    refused = client.post("/generate-text", json=BODY)
+    assert refused.status_code == 429 and refused.json["error"]["details"]["scope"] == "key"
+
+
 def test_global_ceiling_counts_all_keys_together(make_app) -> None:
     app = make_app(API_KEYS=f"{TEST_API_KEY},{OTHER_KEY}", GLOBAL_RATE_LIMIT="4/minute")
     clients = [app.test_client(), app.test_client(api_key=OTHER_KEY)]
