@@ -56,8 +56,8 @@ def memory_growth(f: Findings) -> Recommendation | None:
     even that is noise of a few MB/min: a short run cannot show a 1 MB/min leak and must not
     claim one. Three standard errors, not two: the floors still follow the load's mix, which
     wanders for tens of seconds, so they are not independent and two gave false alarms on
-    healthy soaks (tests/test_soak.py). Silent on a step sweep: its load, and with it batch sizes and KV caches, rises
-    by design.
+    healthy soaks (tests/test_soak.py). Silent on a step sweep: its load, and with it batch
+    sizes and KV caches, rises by design.
     """
     m = f.memory
     if m is None or m.slope_mb_per_min is None or f.sweep is not None:

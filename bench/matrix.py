@@ -70,6 +70,10 @@ ROWS: tuple[Row, ...] = (
         workers=2, torch_threads=2, dtype="bfloat16", max_batch_size=8),
     Row("1w2t-bf16-wait50", "1 worker x 2 threads, bf16, gathering window 50 ms", workers=1,
         torch_threads=2, dtype="bfloat16", max_batch_size=16, batch_wait_ms=50),
+    Row("batch-int8", "2 preloaded workers batching up to 8, linear layers in int8 "
+        "(server/quantize.py)", workers=2, torch_threads=0, dtype="int8", max_batch_size=8),
+    Row("1w2t-int8", "1 worker x 2 torch threads, all 10 users in one batch, int8", workers=1,
+        torch_threads=2, dtype="int8", max_batch_size=16),
 )
 
 

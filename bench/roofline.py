@@ -25,6 +25,10 @@ from pathlib import Path
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Bytes a decode step reads per parameter, by the server's DTYPE. int8 (server.quantize):
+# the linear layers' weights are int8; the embedding stays float32 but a step reads only
+# the rows of its tokens, and the LM head is its own int8 copy.
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Roofline:
 
     def weight_bytes(self, dtype: str) -> int:
         """Bytes of weights the model holds (and each decode step reads) in ``dtype``."""
-        return self.params * DTYPES[dtype].itemsize
+        return self.params * BYTES_PER_PARAM[dtype]
 
     def limit_tokens_per_s(self, batch: float, dtype: str) -> float:
         """Decode limit at mean batch size ``batch`` in ``dtype`` (see ``decode_limit``)."""
@@ -81,6 +85,17 @@ def matmul_gflop_s(dtype: torch.dtype, size: int, seconds: float) -> float:
     b = torch.randn(size, size).to(dtype)
     out = torch.empty(size, size, dtype=dtype)
     best = _best_seconds(lambda: torch.matmul(a, b, out=out), seconds)
+    return 2.0 * size**3 / best / 1e9
+
+
+def int8_matmul_gflop_s(size: int, seconds: float) -> float:
+    """GFLOP/s of torch's dynamic int8 Linear (server.quantize's layers) on a ``size`` x
+    ``size`` float32 input and ``size`` x ``size`` weights, activation quantization included."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    layer = DynamicInt8Linear(size, size)
+    x = torch.randn(size, size)
+    best = _best_seconds(lambda: layer(x), seconds)
     return 2.0 * size**3 / best / 1e9
 
 
@@ -122,8 +137,9 @@ def measure(model: str, models_dir: str, threads: int, size: int, buffer_mb: int
         params=model_params(model, models_dir),
         threads=threads,
         read_bandwidth_gb_s=read_bandwidth_gb_s(buffer_mb, seconds),
-        matmul_gflop_s={name: matmul_gflop_s(dtype, size, seconds)
-                        for name, dtype in DTYPES.items()},
+        matmul_gflop_s={**{name: matmul_gflop_s(dtype, size, seconds)
+                           for name, dtype in DTYPES.items()},
+                        "int8": int8_matmul_gflop_s(size, seconds)},
         matmul_size=size,
         buffer_mb=buffer_mb,
         measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

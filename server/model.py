@@ -12,6 +12,7 @@ import torch
 
 from server import synthetic
 from server.decoding import Generation, GenerationRequest, generate_batch
+from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,21 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+INT8 = "int8"  # float32 model, every linear layer as a dynamic int8 Linear (server.quantize)
+
+
 def resolve_dtype(name: str) -> torch.dtype:
-    """Map DTYPE (auto|float32|bfloat16) to a torch dtype; auto picks bf16 if native."""
+    """Map DTYPE (auto|float32|bfloat16|int8) to the dtype the model is loaded in: auto picks
+    bf16 if native; int8 loads float32 and is quantized after loading."""
     if name == "auto":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    if name == INT8:
+        return torch.float32
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"DTYPE must be one of auto, {', '.join(DTYPES)}; got {name!r}") from None
+        raise ValueError(f"DTYPE must be one of auto, {', '.join(DTYPES)}, {INT8}; "
+                         f"got {name!r}") from None
 
 
 def resolve_source(model: str, models_dir: str) -> str:
@@ -57,6 +65,12 @@ class LoadedModel:
     context_window: int
     load_s: float
     weight_bytes: int
+    quantized: bool = False  # linear layers in int8 (DTYPE=int8)
+
+    @property
+    def precision(self) -> str:
+        """What the weights are served in: float32, bfloat16 or int8."""
+        return INT8 if self.quantized else str(self.dtype).removeprefix("torch.")
 
     @property
     def eos_id(self) -> int:
@@ -89,11 +103,13 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models") -> Lo
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).eval()
+    conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.quantize)
+    if dtype == INT8:
+        model = quantize_int8(model)
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     loaded = LoadedModel(name, model, tokenizer, torch_dtype, int(context),
-                         time.monotonic() - start, weight_bytes)
+                         time.monotonic() - start, weight_bytes(model), dtype == INT8)
     log.info("loaded %s as %s: %.2f GB of weights in %.1f s (context %d tokens)",
-             name, str(torch_dtype).removeprefix("torch."), weight_bytes / 1e9,
-             loaded.load_s, loaded.context_window)
+             name, loaded.precision, loaded.weight_bytes / 1e9, loaded.load_s,
+             loaded.context_window)
     return loaded

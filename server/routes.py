@@ -153,4 +153,4 @@ def ready() -> Response:
         raise APIError(503, "not_ready", "model is warming up", retry_after_s=1)
     loaded = service.loaded
     return jsonify({"status": "ready", "model": loaded.name,
-                    "dtype": str(loaded.dtype).removeprefix("torch.")})
+                    "dtype": loaded.precision})

@@ -32,11 +32,15 @@ def test_decode_limit_hand_worked(batch: float, expected: float) -> None:
 
 def test_roofline_uses_the_dtype_width_and_its_own_compute() -> None:
     roofline = Roofline(model="m", params=int(PARAMS), threads=2, read_bandwidth_gb_s=20.0,
-                        matmul_gflop_s={"float32": 400.0, "bfloat16": 1000.0}, matmul_size=8,
+                        matmul_gflop_s={"float32": 400.0, "bfloat16": 1000.0, "int8": 1500.0},
+                        matmul_size=8,
                         buffer_mb=1, measured_at="", cpu="")
     assert roofline.weight_bytes("float32") == 4 * PARAMS
     assert roofline.limit_tokens_per_s(1, "float32") == pytest.approx(5.0)  # 20 / 4
     assert roofline.limit_tokens_per_s(1, "bfloat16") == pytest.approx(10.0)  # 20 / 2
+    assert roofline.weight_bytes("int8") == PARAMS
+    assert roofline.limit_tokens_per_s(1, "int8") == pytest.approx(20.0)  # 20 / 1
+    assert roofline.limit_tokens_per_s(64, "int8") == pytest.approx(750.0)  # 1500 / 2
     assert roofline.limit_tokens_per_s(64, "float32") == pytest.approx(200.0)  # 400 / 2
     assert roofline.limit_tokens_per_s(64, "bfloat16") == pytest.approx(500.0)  # 1000 / 2
     assert "| 1 | 5.0 | 10.0 |" in render(roofline, batches=(1,))
@@ -60,6 +64,6 @@ def test_probe_command_measures_and_saves(tiny_model: Path, tmp_path: Path) -> N
     roofline = load(out)
     assert json.loads(out.read_text())["threads"] == 1
     assert roofline.read_bandwidth_gb_s > 0
-    assert set(roofline.matmul_gflop_s) == {"float32", "bfloat16"}
+    assert set(roofline.matmul_gflop_s) == {"float32", "bfloat16", "int8"}
     assert all(v > 0 for v in roofline.matmul_gflop_s.values())
     assert "Decode limit" in result.stdout

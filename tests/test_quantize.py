@@ -1,0 +1,87 @@
+"""server.quantize: Conv1D as nn.Linear computes the same; int8 weights load, generate and
+fork under real Gunicorn; the byte count sees the packed int8 weights."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from server.decoding import GenerationRequest, generate_batch
+from server.model import load_model, resolve_dtype
+from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import GunicornServer
+
+
+def _small_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=300, n_positions=64)
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_conv1d_as_linear_gives_the_same_logits() -> None:
+    model = _small_gpt2()
+    ids = torch.randint(0, 300, (3, 10))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        assert conv1d_to_linear(model) == 2 * 4  # c_attn, c_proj, c_fc, mlp.c_proj per layer
+        after = model(input_ids=ids).logits
+    assert not any(isinstance(m, Conv1D) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_weights_are_a_quarter_and_greedy_text_mostly_agrees() -> None:
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    layers = sum(m.weight.numel() for m in model.transformer.modules()
+                 if isinstance(m, nn.Linear))
+    fp32_bytes = weight_bytes(model)
+    prompts = [GenerationRequest([5, 6, 7, 8], 8), GenerationRequest([40, 41], 8)]
+    reference = generate_batch(model, prompts, eos_id=299, ignore_eos=True)
+    quantize_int8(model)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    # Each layer's weights went from 4 bytes to 1; the LM head, tied to the float32
+    # embedding before, is now its own int8 copy (128 x 300 bytes more).
+    assert weight_bytes(model) == fp32_bytes - 3 * layers + 128 * 300
+    out = generate_batch(model, prompts, eos_id=299, ignore_eos=True)
+    assert [len(g.token_ids) for g in out] == [8, 8]
+    # int8 changes the logits a little: most greedy tokens agree with float32.
+    agree = sum(a == b for r, o in zip(reference, out, strict=True)
+                for a, b in zip(r.token_ids, o.token_ids, strict=True))
+    assert agree >= 8, (reference, out)
+
+
+def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
+    assert resolve_dtype("int8") == torch.float32
+    with pytest.raises(ValueError, match="int8"):
+        resolve_dtype("int4")
+    loaded = load_model("synthetic:tiny", "int8", MODELS_DIR)
+    assert loaded.quantized and loaded.precision == "int8"
+    assert load_model("synthetic:tiny", "float32", MODELS_DIR).precision == "float32"
+
+
+def test_int8_model_serves_from_preloaded_forked_workers(tiny_model: Path, tmp_path: Path,
+                                                         api_env, api_headers) -> None:
+    """Quantized in the master before fork; both workers generate with it (no fork hang)."""
+    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "int8",
+           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "log.jsonl"), **api_env}
+    with GunicornServer(tmp_path, env, workers=2) as server:
+        ready = requests.get(server.url + "/ready", timeout=10).json()
+
+        def post(i: int) -> requests.Response:
+            return requests.post(server.url + "/generate-text", headers=api_headers, timeout=60,
+                                 json={"prompt": f"Count to {i}", "max_new_tokens": 6})
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(post, range(16)))
+    assert ready["dtype"] == "int8"
+    assert [r.status_code for r in responses] == [200] * 16
+    assert len({r.headers["X-Worker-PID"] for r in responses}) == 2
+    assert all(r.json()["usage"]["completion_tokens"] >= 1 for r in responses)
