@@ -84,6 +84,11 @@ class Metrics:
                         multiprocess_mode="liveall", registry=r)
             for kind in ("rss", "uss", "pss")
         }
+        # The host's MemAvailable as each live worker last saw it (the lowest, the worst
+        # case): lets a scraper far from the host (Locust's --metrics-urls) see headroom.
+        self.system_available = Gauge("gpt_system_available_bytes",
+                                      "Host memory available (MemAvailable)",
+                                      multiprocess_mode="livemin", registry=r)
         self.load_seconds = Gauge("gpt_model_load_seconds", "Time the master took to load",
                                   multiprocess_mode="max", registry=r)
         self.weight_bytes = Gauge("gpt_model_weight_bytes", "Bytes of model parameters",
@@ -109,6 +114,7 @@ class Metrics:
         self.memory["rss"].set(sample.rss_mb * _MB)
         self.memory["uss"].set(sample.uss_mb * _MB)
         self.memory["pss"].set(sample.pss_mb * _MB)
+        self.system_available.set(sample.sys_available_mb * _MB)
         self.queue_depth.set(queue_depth)
         self.running.set(running)
 

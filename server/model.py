@@ -12,7 +12,8 @@ import torch
 
 from server import synthetic
 from server.decoding import Generation, GenerationRequest, generate_batch
-from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
+from server.memory import release_free_heap
+from server.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models") -> Lo
     conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.quantize)
     if dtype == INT8:
         model = quantize_int8(model)
+    own_memory(model)  # let go of the mapped file (server.quantize.own_memory)
+    release_free_heap()  # and of the C heap the conversions freed
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     loaded = LoadedModel(name, model, tokenizer, torch_dtype, int(context),
                          time.monotonic() - start, weight_bytes(model), dtype == INT8)

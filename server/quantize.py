@@ -44,6 +44,21 @@ def _as_linear(conv: nn.Module) -> nn.Linear:
     return linear
 
 
+def own_memory(model: nn.Module) -> None:
+    """Copy every parameter and buffer of ``model`` into memory of its own, in place (tied
+    weights stay tied: the Parameter objects are kept, only their data is replaced).
+
+    from_pretrained maps a float32 safetensors file and serves its tensors straight from
+    that mapping. Once conv1d_to_linear has copied the projections, the embedding and
+    layer norms still point into it, so the whole mapping stays, and every page the copy
+    read stays resident: a float32 gpt2 held 993 MB instead of 500 (measured), a gpt2-large
+    6.1 GB instead of 3.1. Copying the rest drops the last reference and the mapping.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Return ``model`` (float32) with every ``nn.Linear`` as a dynamic int8 Linear, weights
     quantized per output channel."""

@@ -9,6 +9,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.memory import system_available_mb
 from tests.conftest import MODELS_DIR
 from tests.gunicorn_server import GunicornServer
 
@@ -66,6 +67,9 @@ def test_per_worker_memory_only_for_live_workers(server: GunicornServer) -> None
     pss = {int(s.labels["pid"]): s.value
            for s in _samples(server.url)["gpt_worker_pss_bytes"]}
     assert all(value > 1e6 for value in pss.values())
+    # The host's available memory, one value (the lowest any live worker saw), near /proc's.
+    [available] = _samples(server.url)["gpt_system_available_bytes"]
+    assert abs(available.value / 2**20 - system_available_mb()) < 1024
     victim = server.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     _until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2)

@@ -3,6 +3,8 @@ fork under real Gunicorn; the byte count sees the packed int8 weights."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,6 +67,25 @@ def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
     loaded = load_model("synthetic:tiny", "int8", MODELS_DIR)
     assert loaded.quantized and loaded.precision == "int8"
     assert load_model("synthetic:tiny", "float32", MODELS_DIR).precision == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dtype: str) -> None:
+    """Once the projections are copied, nothing may point into the mapped safetensors file:
+    its pages would stay resident beside the copies (gpt2-large float32: 6.1 GB, not 3.1).
+    In a fresh interpreter: other tests' models in this one may map the file."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from server.model import load_model\n"
+        f"loaded = load_model('synthetic:tiny', '{dtype}', sys.argv[1])\n"
+        "maps = Path('/proc/self/maps').read_text().splitlines()\n"
+        "print(sum('synthetic-tiny' in line for line in maps))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(Path(MODELS_DIR).resolve())],
+                         capture_output=True, text=True, timeout=120, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split()[-1] == "0", out.stdout
 
 
 def test_int8_model_serves_from_preloaded_forked_workers(tiny_model: Path, tmp_path: Path,
