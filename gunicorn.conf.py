@@ -37,7 +37,12 @@ preload_app = os.environ.get("GUNICORN_PRELOAD", "1") != "0"
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 
 # Two workers on this 2-core box: each gets one core's worth of torch threads, and a second
-# worker keeps serving while the other one is busy in a long batch.
+# worker keeps serving while the other one is busy in a long batch, killed or recycled.
+# Chosen from `make bench` (results/bench/): at 10 users 2 workers x 1 thread and 1 x 2 came
+# within the box's run-to-run noise of each other (bf16 31.5 vs 32.4 tok/s in one run, 34.3 vs
+# 37.3 in the other; int8 53.0 vs 58.0 and 69.8 vs 64.1), so the split with fault isolation
+# wins. 2 x 2 oversubscribes the cores. MAX_BATCH_SIZE=8 (server/config.py) was not binding:
+# mean batch 4.5 per worker at 10 users.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 
 # gthread: request threads wait on the worker's generation thread, which batches them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -108,7 +109,11 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models") -> Lo
     if dtype == INT8:
         model = quantize_int8(model)
     own_memory(model)  # let go of the mapped file (server.quantize.own_memory)
-    release_free_heap()  # and of the C heap the conversions freed
+    # The replaced modules sit in reference cycles: collect them now, before the master's
+    # gc.freeze() would keep them for good (int8 gpt2: 974 MB USS without, 633 with), and
+    # hand the C heap they held back to the kernel.
+    gc.collect()
+    release_free_heap()
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     loaded = LoadedModel(name, model, tokenizer, torch_dtype, int(context),
                          time.monotonic() - start, weight_bytes(model), dtype == INT8)
