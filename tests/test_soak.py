@@ -13,10 +13,10 @@ workers wanders for tens of seconds, so a trend fitted to samples taken under lo
 +14 MB in 200 s on a healthy server (seen in CI): it is printed, not judged.
 
 PSS is checked on anonymous pages (smaps_rollup's Pss_Anon): what a worker can leak or
-un-share. The weights are a memory-mapped safetensors file, and how a file page's PSS is
-split depends on which processes map it at the moment: when the kernel reclaims the pages
-the master never touches after loading, the workers fault them back in alone and each
-worker's PSS jumps by ~190 MB with nothing changed in the worker (seen on a loaded host).
+un-share. The loader copies the weights out of the safetensors file (server/quantize.py,
+own_memory), so they are anonymous copy-on-write pages; while they were served from the
+mapped file, a worker's file-backed PSS jumped by ~190 MB whenever the kernel reclaimed
+pages only the master had mapped and the workers faulted them back in alone.
 
 The samples (master, workers and total) are written as a run's memory.csv and given to the
 analysis: its leak rule (memory_growth, a total-PSS floor slope after warm-up beyond three
