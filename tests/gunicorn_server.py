@@ -22,6 +22,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _alive(pid: int) -> bool:
+    """False for a process that exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class GunicornServer:
     """``with GunicornServer(tmp_path, env) as server:`` serves on ``server.url``."""
 
@@ -74,7 +83,19 @@ class GunicornServer:
         """PIDs of the master's current children (the workers)."""
         master = int(self.pidfile.read_text())
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        return [int(pid) for pid in children]
+        return [int(pid) for pid in children if _alive(int(pid))]
+
+    def wait_worker_pids(self, workers: int, timeout_s: float = 30.0) -> list[int]:
+        """Worker pids once the master has ``workers`` live children again.
+
+        A recycled or killed worker is replaced on the master's next loop (about a second
+        later), so a count taken right after load stops can be one short.
+        """
+        deadline = time.monotonic() + timeout_s
+        while len(pids := self.worker_pids()) != workers:
+            assert time.monotonic() < deadline, f"workers {pids}, wanted {workers}"
+            time.sleep(0.1)
+        return pids
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, wait, then SIGKILL if needed; return the exit code."""

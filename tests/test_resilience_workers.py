@@ -158,8 +158,7 @@ def _recycling_run(tmp_path: Path, api_env: dict, api_headers: dict,
                         max_requests=300, max_s=150, keep_alive=keep_alive) as load:
             load.wait_for(300, timeout_s=150)
         outcomes = load.stop()
-        last = set(server.worker_pids())
-        assert len(last) == 2
+        last = set(server.wait_worker_pids(2))
     return outcomes, first, last, _log_records(tmp_path / "server_requests.jsonl")
 
 
