@@ -9,10 +9,14 @@ compute), and a greedy request yields the same tokens alone or in a batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+# on_step(phase, rows, forward_s, step_s): see generate_batch.
+OnStep = Callable[[str, int, float, float], None]
 
 
 @dataclass(frozen=True)
@@ -81,23 +85,29 @@ def generate_batch(
     ignore_eos: bool = False,
     cancelled: Callable[[int], bool] = lambda index: False,
     on_token: Callable[[int, int], None] = lambda index, token: None,
+    on_step: OnStep = lambda phase, rows, forward_s, step_s: None,
 ) -> list[Generation]:
     """Continue every request together; return one Generation per request, in order.
 
     ``on_token(index, token)`` is called for each kept token as soon as its step is done
     (streaming); ``cancelled(index)`` is polled each step to drop a request early.
+    ``on_step(phase, rows, forward_s, step_s)`` reports each step: "prefill" or "decode",
+    the rows it computed, the model forward's seconds and the whole step's (forward plus
+    sampling, callbacks and KV-cache bookkeeping).
     """
     results = [Generation([], "length") for _ in requests]
     rngs = [_rng(r.seed) for r in requests]
     ids, mask, positions = _left_pad(requests, pad_id=eos_id)
     live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]  # request index per row
-    cache = None
+    cache, phase = None, "prefill"
     while live:
+        started = time.perf_counter()
         # logits_to_keep=1: only the last position's logits are needed; on a 64-token
         # prefill of 8 prompts, the full logits would cost 33 GFLOP of lm_head more.
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                     cache=cache, use_cache=True, logits_to_keep=1)
         cache, logits = out.cache, out.logits[:, -1, :].float()
+        forward_s, rows_run = time.perf_counter() - started, len(live)
         keep, next_ids = [], []
         for row, index in enumerate(live):
             token = _choose(logits[row], requests[index], rngs[index])
@@ -115,6 +125,7 @@ def generate_batch(
                 next_ids.append(token)
         if len(keep) < len(live):
             if not keep:
+                on_step(phase, rows_run, forward_s, time.perf_counter() - started)
                 break
             rows = torch.tensor(keep)
             cache.batch_select_indices(rows)  # drop finished rows from the KV cache
@@ -123,4 +134,6 @@ def generate_batch(
         ids = torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)
         mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
         positions = positions[:, -1:] + 1
+        on_step(phase, rows_run, forward_s, time.perf_counter() - started)
+        phase = "decode"
     return results

@@ -33,6 +33,8 @@ _MB = 2**20
 # Generations take seconds to minutes: buckets from 50 ms to 5 min.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# One generation step: ~10 ms (tiny model) to seconds (a long prefill of gpt2-large).
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10)
 
 
 # A dead worker's file can vanish between listing the folder and reading it.
@@ -93,6 +95,15 @@ class Metrics:
                                   multiprocess_mode="max", registry=r)
         self.weight_bytes = Gauge("gpt_model_weight_bytes", "Bytes of model parameters",
                                   multiprocess_mode="max", registry=r)
+        # Where the generation thread's time goes (scripts/profile_serving.py reads these):
+        # the model forward per step, the whole step (forward + sampling + KV bookkeeping),
+        # and the rows computed, each by phase (prefill | decode).
+        self.forward_seconds = Histogram("gpt_forward_seconds", "Model forward time per step",
+                                         ["phase"], buckets=_STEP_BUCKETS, registry=r)
+        self.step_seconds = Histogram("gpt_step_seconds", "Whole generation step time",
+                                      ["phase"], buckets=_STEP_BUCKETS, registry=r)
+        self.step_rows = Counter("gpt_step_rows", "Sequences computed by steps", ["phase"],
+                                 registry=r)
         self.log_write_errors = Counter("gpt_request_log_write_errors",
                                         "Request-log lines that could not be written",
                                         registry=r)
@@ -108,6 +119,12 @@ class Metrics:
         self.latency.labels(route=route).observe(seconds)
         if tokens:
             self.tokens.inc(tokens)
+
+    def observe_step(self, phase: str, rows: int, forward_s: float, step_s: float) -> None:
+        """Count one generation step (the generation thread; see server.decoding)."""
+        self.forward_seconds.labels(phase=phase).observe(forward_s)
+        self.step_seconds.labels(phase=phase).observe(step_s)
+        self.step_rows.labels(phase=phase).inc(rows)
 
     def observe_sample(self, sample: MemorySample, queue_depth: int, running: int) -> None:
         """Publish this worker's latest memory sample and queue state (sampler thread)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from server import synthetic
-from server.decoding import Generation, GenerationRequest, generate_batch
+from server.decoding import Generation, GenerationRequest, OnStep, generate_batch
 from server.memory import release_free_heap
 from server.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
 
@@ -85,10 +85,11 @@ class LoadedModel:
         ignore_eos: bool = False,
         cancelled: Callable[[int], bool] = lambda index: False,
         on_token: Callable[[int, int], None] = lambda index, token: None,
+        on_step: OnStep = lambda phase, rows, forward_s, step_s: None,
     ) -> list[Generation]:
         """Continue a batch of tokenized prompts (see server.decoding)."""
         return generate_batch(self.model, requests, self.eos_id, ignore_eos, cancelled,
-                              on_token)
+                              on_token, on_step)
 
 
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models") -> LoadedModel:

@@ -89,7 +89,8 @@ class ModelService:
         cancelled: Callable[[int], bool],
         on_token: Callable[[int, int], None],
     ) -> list[Generation]:
-        return self.loaded.generate(requests, self.config["IGNORE_EOS"], cancelled, on_token)
+        return self.loaded.generate(requests, self.config["IGNORE_EOS"], cancelled, on_token,
+                                    self.metrics.observe_step)
 
     def memory(self) -> MemorySample:
         """This worker's latest memory sample (a direct read before the sampler runs)."""

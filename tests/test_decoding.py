@@ -79,3 +79,16 @@ def test_on_token_sees_every_kept_token_in_order(model) -> None:
     results = generate_batch(model, requests, EOS, ignore_eos=True,
                              on_token=lambda i, token: seen[i].append(token))
     assert [seen[i] for i in range(3)] == [r.token_ids for r in results]
+
+
+def test_on_step_reports_one_prefill_then_each_decode_step_with_its_rows(model) -> None:
+    # Lengths 2, 3, 5: the prefill makes every first token; then rows shrink as requests
+    # finish and leave the batch (after their 2nd, 3rd and 5th tokens).
+    requests = [GenerationRequest(ids, max_new_tokens=n)
+                for ids, n in zip(_prompts(3), (2, 3, 5), strict=True)]
+    steps: list[tuple[str, int, float, float]] = []
+    generate_batch(model, requests, EOS, ignore_eos=True,
+                   on_step=lambda *step: steps.append(step))
+    assert [(phase, rows) for phase, rows, _, _ in steps] == [
+        ("prefill", 3), ("decode", 3), ("decode", 2), ("decode", 1), ("decode", 1)]
+    assert all(0 < forward_s <= step_s for _, _, forward_s, step_s in steps)

@@ -60,6 +60,18 @@ def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) 
     assert samples["gpt_model_weight_bytes"][0].value > 10e6
     batches = [s for s in samples["gpt_batch_size_count"]]
     assert sum(s.value for s in batches) >= 3
+    # Step metrics (the warm-up is not counted): each batch has one prefill step; a request's
+    # first token comes from its prefill row, each later one (or a stop token) from a decode row.
+    by_phase = {(s.name, s.labels["phase"]): s.value for name in
+                ("gpt_step_rows_total", "gpt_forward_seconds_count", "gpt_step_seconds_sum",
+                 "gpt_forward_seconds_sum") for s in samples[name]}
+    prefills = by_phase[("gpt_forward_seconds_count", "prefill")]
+    assert prefills == sum(s.value for s in batches)
+    assert by_phase[("gpt_step_rows_total", "prefill")] == 3
+    assert generated - 3 <= by_phase[("gpt_step_rows_total", "decode")] <= generated
+    for phase in ("prefill", "decode"):
+        assert 0 < by_phase[("gpt_forward_seconds_sum", phase)] \
+            <= by_phase[("gpt_step_seconds_sum", phase)]
 
 
 def test_per_worker_memory_only_for_live_workers(server: GunicornServer) -> None:

@@ -1,0 +1,322 @@
+"""Where a Gunicorn worker's time goes under steady load, measured side by side in one run.
+
+    python scripts/profile_serving.py --model synthetic:gpt2-large --dtype int8 \
+        --workers 2 --users 10 --warmup-s 90 --measure-s 120 --py-spy 60
+
+1. Serves the model with real Gunicorn and drives a closed loop of ``--users`` clients
+   (no think time; prompts of exactly ``--prompt-tokens`` tokens; exactly ``--tokens`` new
+   tokens each, greedy), like the bench rows.
+2. Over the measured window, reads the server's own step metrics from ``/metrics``
+   (``gpt_forward_seconds``, ``gpt_step_seconds``, ``gpt_step_rows``, by phase) and splits
+   each worker's wall time into: prefill forward, decode forward, the rest of each step
+   (sampling, callbacks, KV-cache bookkeeping), and time outside any step (gathering a
+   batch, waiting for requests).
+3. With ``--py-spy S``, samples one worker for S seconds of the window with py-spy
+   (``--native``: torch's C++ frames too) and prints the hottest functions.
+4. After the server stops, times the same steps on a quiet process (same dtype, one worker's
+   torch threads, batch = the mean batch seen under load), so the table shows what load
+   itself costs a step.
+
+Loopback only. py-spy must be installed (``pip install py-spy``; it is not a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.prompts import fixed_length_prompts  # noqa: E402
+from server.model import load_model  # noqa: E402
+
+PROMPTS = REPO / "locustfiles" / "data" / "prompts.jsonl"
+KEY = "profile-key-0123456789"
+
+
+@dataclass
+class Window:
+    """Sums of the step metrics over the measured window (one delta per series)."""
+
+    forward_s: dict[str, float]
+    step_s: dict[str, float]
+    steps: dict[str, float]
+    rows: dict[str, float]
+    tokens: float
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """{(sample name, phase label or ""): value} of the step and token series."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("gpt_forward_seconds", "gpt_step_", "gpt_generated")):
+                key = (sample.name, sample.labels.get("phase", ""))
+                if "le" not in sample.labels:
+                    values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def window(before: dict, after: dict) -> Window:
+    """The deltas between two scrapes."""
+    def delta(name: str, phase: str) -> float:
+        return after.get((name, phase), 0.0) - before.get((name, phase), 0.0)
+
+    phases = ("prefill", "decode")
+    return Window(
+        forward_s={p: delta("gpt_forward_seconds_sum", p) for p in phases},
+        step_s={p: delta("gpt_step_seconds_sum", p) for p in phases},
+        steps={p: delta("gpt_step_seconds_count", p) for p in phases},
+        rows={p: delta("gpt_step_rows_total", p) for p in phases},
+        tokens=delta("gpt_generated_tokens_total", ""))
+
+
+class ClosedLoop:
+    """``users`` threads, each posting one generation after another until stopped."""
+
+    def __init__(self, url: str, prompts: list[str], tokens: int, users: int) -> None:
+        self.url, self.prompts, self.tokens = url, prompts, tokens
+        self.stop = threading.Event()
+        self.errors = 0
+        self.threads = [threading.Thread(target=self._user, args=(i,), daemon=True)
+                        for i in range(users)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _user(self, index: int) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {KEY}"
+        n = 0
+        while not self.stop.is_set():
+            prompt = self.prompts[(index + n) % len(self.prompts)]
+            n += 1
+            try:
+                r = session.post(f"{self.url}/generate-text", timeout=600,
+                                 json={"prompt": prompt, "max_new_tokens": self.tokens})
+                self.errors += r.status_code != 200
+            except requests.RequestException:
+                self.errors += not self.stop.is_set()
+
+
+def start_server(args: argparse.Namespace, port: int, workdir: Path) -> subprocess.Popen:
+    """Gunicorn with the project's config, greedy fixed-length generations, no limits."""
+    env = {**os.environ, "MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
+           "API_KEYS": KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
+           "GUNICORN_ACCESSLOG": "", "TORCH_THREADS": str(args.threads),
+           "MAX_BATCH_SIZE": str(args.batch), "REQUEST_TIMEOUT_S": "600",
+           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
+    (workdir / "metrics").mkdir()
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers",
+           str(args.workers), "--bind", f"127.0.0.1:{port}", "--pid", str(workdir / "pid")]
+    log = open(workdir / "gunicorn.log", "w")  # noqa: SIM115 (lives as long as the server)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, workers: int, timeout_s: float = 600) -> None:
+    """Until ``workers`` distinct workers answered /ready."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("server died or did not get ready; see gunicorn.log")
+        try:
+            r = requests.get(f"{url}/ready", timeout=5)
+            if r.status_code == 200:
+                seen.add(r.headers["X-Worker-PID"])
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+
+
+def worker_pids(workdir: Path) -> list[int]:
+    """The Gunicorn master's children."""
+    master = int((workdir / "pid").read_text())
+    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
+def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
+    """Start sampling ``pid`` with py-spy (collapsed stacks to ``out``), or say why not."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        print("py-spy not installed: no sampled profile (pip install py-spy)")
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds),
+                             "--rate", "50", "--native", "--format", "raw", "--threads",
+                             "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def _frame_name(frame: str) -> str:
+    # "function (file.py:line)" -> "function (file.py)"; native frames have no line.
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.split(':')[0].rstrip(')')})" if where else name
+
+
+def hottest(raw: Path, top: int = 15) -> str:
+    """Self and inclusive shares of py-spy's collapsed stacks, by thread and function."""
+    by_thread: collections.Counter = collections.Counter()
+    own: collections.Counter = collections.Counter()
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        n = int(count)
+        total += n
+        by_thread[frames[0]] += n
+        names = [_frame_name(f) for f in frames[1:]]
+        if names:
+            own[names[-1]] += n
+        for name in set(names):
+            inclusive[name] += n
+    if not total:
+        return "py-spy recorded no samples"
+    lines = [f"{total} samples (50/s) of active threads"]
+    for title, counter, k in (("by thread", by_thread, 6), ("self", own, top),
+                              ("inclusive", inclusive, top)):
+        lines.append(f"  {title}:")
+        lines += [f"    {100 * n / total:5.1f}%  {name[:110]}"
+                  for name, n in counter.most_common(k)]
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def quiet_step_ms(args: argparse.Namespace, prefill_rows: int,
+                  decode_rows: int) -> tuple[float, float]:
+    """(prefill ms of ``prefill_rows`` prompts, median decode step ms at ``decode_rows``),
+    the model alone in this process on one worker's torch threads."""
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, args.dtype, os.environ.get("MODELS_DIR", "models"))
+    model = loaded.model
+    ids = torch.randint(0, 50000, (max(prefill_rows, decode_rows), args.prompt_tokens))
+    model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)  # warm-up
+    started = time.perf_counter()
+    model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)
+    prefill_ms = (time.perf_counter() - started) * 1000
+    out = model(input_ids=ids[:decode_rows], use_cache=True, logits_to_keep=1)
+    cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    times = []
+    for _ in range(min(args.tokens, 24)):  # context grows as it would in a request
+        started = time.perf_counter()
+        out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        times.append(time.perf_counter() - started)
+        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    return prefill_ms, sorted(times)[len(times) // 2] * 1000
+
+
+def report(args: argparse.Namespace, w: Window, seconds: float) -> tuple[float, float]:
+    """Print the attribution; return (mean prefill rows, mean decode rows) per step."""
+    wall = args.workers * seconds
+    prefill_f, decode_f = w.forward_s["prefill"], w.forward_s["decode"]
+    overhead = sum(w.step_s.values()) - prefill_f - decode_f
+    outside = wall - sum(w.step_s.values())
+    print(f"\nwindow {seconds:.0f} s x {args.workers} workers = {wall:.0f} worker-seconds; "
+          f"{w.tokens:.0f} tokens returned ({w.tokens / seconds:.1f} tok/s)")
+    for name, value in (("prefill forward", prefill_f), ("decode forward", decode_f),
+                        ("rest of steps (sampling, callbacks, KV bookkeeping)", overhead),
+                        ("outside steps (gathering, waiting, other threads)", outside)):
+        print(f"  {100 * value / wall:5.1f}%  {value:7.1f} s  {name}")
+    prefill_rows = w.rows["prefill"] / max(w.steps["prefill"], 1)
+    decode_rows = w.rows["decode"] / max(w.steps["decode"], 1)
+    print(f"prefill: {w.steps['prefill']:.0f} steps, {prefill_rows:.2f} prompts each, "
+          f"{1000 * prefill_f / max(w.steps['prefill'], 1):.0f} ms forward per step")
+    print(f"decode:  {w.steps['decode']:.0f} steps, {decode_rows:.2f} rows each, "
+          f"{1000 * decode_f / max(w.steps['decode'], 1):.1f} ms forward and "
+          f"{1000 * w.step_s['decode'] / max(w.steps['decode'], 1):.1f} ms whole per step")
+    return prefill_rows, decode_rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="synthetic:gpt2-large")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--batch", type=int, default=8, help="MAX_BATCH_SIZE")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--warmup-s", type=float, default=90)
+    parser.add_argument("--measure-s", type=float, default=120)
+    parser.add_argument("--py-spy", type=int, default=0, metavar="S",
+                        help="sample one worker with py-spy for S seconds of the window")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the profile and print its report."""
+    args = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from server.model import resolve_source
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(args.model, "models"))
+    texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]
+    prompts = fixed_length_prompts(tokenizer, texts, args.prompt_tokens, args.users)
+    workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))
+    port = int(os.environ.get("PROFILE_PORT", "0")) or _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(args, port, workdir)
+    try:
+        wait_ready(url, proc, args.workers)
+        load = ClosedLoop(url, prompts, args.tokens, args.users)
+        load.start()
+        time.sleep(args.warmup_s)
+        spy_out = workdir / "py-spy.txt"
+        spy = py_spy(worker_pids(workdir)[0], args.py_spy, spy_out) if args.py_spy else None
+        before, started = scrape(url), time.monotonic()
+        time.sleep(args.measure_s)
+        after, seconds = scrape(url), time.monotonic() - started
+        load.stop.set()
+        if spy is not None:
+            spy.wait()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"{args.model} {args.dtype}: {args.workers} workers x {args.threads} torch threads, "
+          f"batches <= {args.batch}, {args.users} users, {args.prompt_tokens}-token prompts, "
+          f"{args.tokens} new tokens; client errors {load.errors}")
+    prefill_rows, decode_rows = report(args, window(before, after), seconds)
+    if spy is not None and spy_out.exists():
+        print(f"\npy-spy, one worker, {args.py_spy} s:\n{hottest(spy_out)}")
+    w = window(before, after)
+    prefill_ms, decode_ms = quiet_step_ms(args, max(1, round(prefill_rows)),
+                                          max(1, round(decode_rows)))
+    load_prefill = 1000 * w.forward_s["prefill"] / max(w.steps["prefill"], 1)
+    load_decode = 1000 * w.forward_s["decode"] / max(w.steps["decode"], 1)
+    print(f"\nquiet process, {args.threads} torch thread(s): prefill of "
+          f"{round(prefill_rows)} prompts {prefill_ms:.0f} ms (under load {load_prefill:.0f} ms,"
+          f" {load_prefill / prefill_ms:.2f}x); decode step at batch {round(decode_rows)} "
+          f"{decode_ms:.1f} ms (under load {load_decode:.1f} ms, {load_decode / decode_ms:.2f}x)")
+    print(f"server folder: {workdir}")
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
