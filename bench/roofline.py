@@ -44,6 +44,10 @@ class Roofline:
     buffer_mb: int
     measured_at: str
     cpu: str
+    # Read bandwidth as single-thread workers see it: one thread alone, and each of
+    # ``threads`` one-thread processes reading at the same time (empty: not measured).
+    one_thread_bandwidth_gb_s: float = 0.0
+    process_bandwidth_gb_s: tuple[float, ...] = ()
 
     def weight_bytes(self, dtype: str) -> int:
         """Bytes of weights the model holds (and each decode step reads) in ``dtype``."""
@@ -106,6 +110,40 @@ def read_bandwidth_gb_s(buffer_mb: int, seconds: float) -> float:
     return data.numel() * data.element_size() / best / 1e9
 
 
+def _reader(buffer_mb: int, seconds: float, barrier, results) -> None:
+    # One single-thread process of concurrent_read_bandwidth_gb_s: warm up, wait for the
+    # others, then stream reads for ``seconds`` and report the median rate.
+    torch.set_num_threads(1)
+    data = torch.ones(buffer_mb * 2**20 // 4, dtype=torch.float32)
+    data.sum()
+    barrier.wait()
+    times, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    results.put(data.numel() * 4 / sorted(times)[len(times) // 2] / 1e9)
+
+
+def concurrent_read_bandwidth_gb_s(processes: int, buffer_mb: int,
+                                   seconds: float) -> tuple[float, ...]:
+    """GB/s each of ``processes`` one-thread processes reads while all read at once: what
+    that many one-thread Gunicorn workers share. Median rates, since a best-of would pick
+    moments when the others were not reading."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
+    barrier, results = context.Barrier(processes), context.Queue()
+    readers = [context.Process(target=_reader, args=(buffer_mb, seconds, barrier, results))
+               for _ in range(processes)]
+    for reader in readers:
+        reader.start()
+    rates = tuple(sorted(results.get(timeout=120 + seconds) for _ in readers))
+    for reader in readers:
+        reader.join()
+    return rates
+
+
 def model_params(model: str, models_dir: str) -> int:
     """Parameter count of ``model`` (tied weights once), built on the meta device: no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -131,6 +169,9 @@ def _cpu_name() -> str:
 def measure(model: str, models_dir: str, threads: int, size: int, buffer_mb: int,
             seconds: float) -> Roofline:
     """Measure the host with ``threads`` torch threads and apply it to ``model``."""
+    torch.set_num_threads(1)
+    one_thread = read_bandwidth_gb_s(buffer_mb, seconds)
+    processes = concurrent_read_bandwidth_gb_s(threads, buffer_mb, seconds)
     torch.set_num_threads(threads)
     return Roofline(
         model=model,
@@ -144,17 +185,31 @@ def measure(model: str, models_dir: str, threads: int, size: int, buffer_mb: int
         buffer_mb=buffer_mb,
         measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         cpu=_cpu_name(),
+        one_thread_bandwidth_gb_s=one_thread,
+        process_bandwidth_gb_s=processes,
     )
 
 
 def load(path: Path) -> Roofline:
     """Read a roofline.json written by ``save``."""
-    return Roofline(**json.loads(Path(path).read_text()))
+    fields = json.loads(Path(path).read_text())
+    fields["process_bandwidth_gb_s"] = tuple(fields.get("process_bandwidth_gb_s", ()))
+    return Roofline(**fields)
 
 
 def save(roofline: Roofline, path: Path) -> None:
     """Write ``roofline`` as JSON."""
     Path(path).write_text(json.dumps(asdict(roofline), indent=2) + "\n")
+
+
+def _per_worker_lines(r: Roofline) -> list[str]:
+    if not r.process_bandwidth_gb_s:
+        return []
+    each = ", ".join(f"{rate:.1f}" for rate in r.process_bandwidth_gb_s)
+    return [f"- read bandwidth of one thread alone: {r.one_thread_bandwidth_gb_s:.1f} GB/s; "
+            f"{len(r.process_bandwidth_gb_s)} one-thread processes reading at once: {each} "
+            f"GB/s ({sum(r.process_bandwidth_gb_s):.1f} in total, the share one-thread "
+            "workers get; median rates)"]
 
 
 def render(roofline: Roofline, batches: tuple[int, ...] = (1, 2, 4, 8, 10, 16, 32)) -> str:
@@ -166,6 +221,7 @@ def render(roofline: Roofline, batches: tuple[int, ...] = (1, 2, 4, 8, 10, 16, 3
         "",
         f"- memory read bandwidth: {r.read_bandwidth_gb_s:.1f} GB/s "
         f"(sum of a {r.buffer_mb} MiB float32 tensor)",
+        *_per_worker_lines(r),
         *(f"- matmul {name}: {gflops:.1f} GFLOP/s ({r.matmul_size}x{r.matmul_size} squares)"
           for name, gflops in r.matmul_gflop_s.items()),
         "",

@@ -123,7 +123,7 @@ def start_server(args: argparse.Namespace, port: int, workdir: Path) -> subproce
            "API_KEYS": KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
            "GUNICORN_ACCESSLOG": "", "TORCH_THREADS": str(args.threads),
            "MAX_BATCH_SIZE": str(args.batch), "REQUEST_TIMEOUT_S": "600",
-           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
+           "MODELS_DIR": args.models_dir, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
     (workdir / "metrics").mkdir()
     cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers",
            str(args.workers), "--bind", f"127.0.0.1:{port}", "--pid", str(workdir / "pid")]
@@ -171,55 +171,75 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({where.split(':')[0].rstrip(')')})" if where else name
 
 
-def hottest(raw: Path, top: int = 15) -> str:
-    """Self and inclusive shares of py-spy's collapsed stacks, by thread and function."""
+# Leaf frames of the generation thread, by what they are (first match wins).
+_KINDS = (
+    ("matmul kernels (MKL, fbgemm, oneDNN)", ("gemv", "gemm", "fbgemm", "mkl_blas", "dnnl")),
+    ("JIT-compiled kernels (no symbol; oneDNN/fbgemm code)", ("(?)",)),
+    ("elementwise loops (GELU, add, norms, softmax, copies)",
+     ("function_ref", "vectorized_loop", "Sleef", "vml", "copy", "softmax", "layer_norm")),
+    ("Python code", (".py)",)),
+    ("lock waits (GIL, queues)", ("pthread_cond", "PyThread_acquire", "futex")),
+)
+
+
+def _kind(leaf: str) -> str:
+    for kind, marks in _KINDS:
+        if any(mark in leaf for mark in marks):
+            return kind
+    return "other native code (interpreter, dispatch, libc)"
+
+
+def hottest(raw: Path, top: int = 12) -> str:
+    """py-spy's collapsed stacks: samples by thread, then the generation thread's own time
+    by kind of code and by function. py-spy --native counts a thread blocked in a lock wait
+    as active, so request threads waiting for their batch show up; they use no CPU."""
     by_thread: collections.Counter = collections.Counter()
+    kinds: collections.Counter = collections.Counter()
     own: collections.Counter = collections.Counter()
-    inclusive: collections.Counter = collections.Counter()
-    total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        n = int(count)
-        total += n
+        frames, n = stack.split(";"), int(count)
         by_thread[frames[0]] += n
-        names = [_frame_name(f) for f in frames[1:]]
-        if names:
-            own[names[-1]] += n
-        for name in set(names):
-            inclusive[name] += n
-    if not total:
-        return "py-spy recorded no samples"
-    lines = [f"{total} samples (50/s) of active threads"]
-    for title, counter, k in (("by thread", by_thread, 6), ("self", own, top),
-                              ("inclusive", inclusive, top)):
-        lines.append(f"  {title}:")
-        lines += [f"    {100 * n / total:5.1f}%  {name[:110]}"
-                  for name, n in counter.most_common(k)]
+        if "generation" in frames[0] and len(frames) > 1:
+            leaf = _frame_name(frames[-1])
+            own[leaf] += n
+            kinds[_kind(leaf)] += n
+    total, generation = sum(by_thread.values()), sum(own.values())
+    if not generation:
+        return "py-spy recorded no samples of the generation thread"
+    lines = [f"{total} samples (50/s); by thread:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_thread.most_common(5)]
+    lines.append(f"generation thread ({generation} samples), by kind of code:")
+    lines += [f"  {100 * n / generation:5.1f}%  {kind}" for kind, n in kinds.most_common()]
+    lines.append("generation thread, hottest functions:")
+    lines += [f"  {100 * n / generation:5.1f}%  {name[:110]}" for name, n in own.most_common(top)]
     return "\n".join(lines)
 
 
 @torch.inference_mode()
 def quiet_step_ms(args: argparse.Namespace, prefill_rows: int,
                   decode_rows: int) -> tuple[float, float]:
-    """(prefill ms of ``prefill_rows`` prompts, median decode step ms at ``decode_rows``),
-    the model alone in this process on one worker's torch threads."""
+    """(best of 3 prefills of ``prefill_rows`` prompts, median decode step at
+    ``decode_rows``) in ms: the model alone in this process on one worker's torch threads."""
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.dtype, os.environ.get("MODELS_DIR", "models"))
+    loaded = load_model(args.model, args.dtype, args.models_dir)
     model = loaded.model
     ids = torch.randint(0, 50000, (max(prefill_rows, decode_rows), args.prompt_tokens))
     model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)  # warm-up
-    started = time.perf_counter()
-    model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)
-    prefill_ms = (time.perf_counter() - started) * 1000
+    prefill_times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)
+        prefill_times.append(time.perf_counter() - started)
+    prefill_ms = min(prefill_times) * 1000
     out = model(input_ids=ids[:decode_rows], use_cache=True, logits_to_keep=1)
-    cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
     times = []
     for _ in range(min(args.tokens, 24)):  # context grows as it would in a request
         started = time.perf_counter()
-        out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
         times.append(time.perf_counter() - started)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
     return prefill_ms, sorted(times)[len(times) // 2] * 1000
 
 
@@ -249,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="synthetic:gpt2-large")
+    parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
@@ -270,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.model import resolve_source
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source(args.model, "models"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(args.model, args.models_dir))
     texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]
     prompts = fixed_length_prompts(tokenizer, texts, args.prompt_tokens, args.users)
     workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))

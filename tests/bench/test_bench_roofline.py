@@ -64,6 +64,20 @@ def test_probe_command_measures_and_saves(tiny_model: Path, tmp_path: Path) -> N
     roofline = load(out)
     assert json.loads(out.read_text())["threads"] == 1
     assert roofline.read_bandwidth_gb_s > 0
+    assert roofline.one_thread_bandwidth_gb_s > 0
+    assert len(roofline.process_bandwidth_gb_s) == 1  # one process per thread
+    assert all(rate > 0 for rate in roofline.process_bandwidth_gb_s)
+    assert "one-thread processes reading at once" in result.stdout
     assert set(roofline.matmul_gflop_s) == {"float32", "bfloat16", "int8"}
     assert all(v > 0 for v in roofline.matmul_gflop_s.values())
     assert "Decode limit" in result.stdout
+
+
+def test_a_roofline_saved_before_the_per_worker_bandwidth_still_loads(tmp_path: Path) -> None:
+    old = {"model": "m", "params": 10, "threads": 2, "read_bandwidth_gb_s": 20.0,
+           "matmul_gflop_s": {"float32": 400.0}, "matmul_size": 64, "buffer_mb": 16,
+           "measured_at": "2026-11-25T00:00:00Z", "cpu": "x"}
+    (tmp_path / "roofline.json").write_text(json.dumps(old))
+    roofline = load(tmp_path / "roofline.json")
+    assert roofline.process_bandwidth_gb_s == ()
+    assert "one-thread processes" not in render(roofline)

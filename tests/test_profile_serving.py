@@ -1,0 +1,32 @@
+"""scripts/profile_serving.py on the tiny model: it runs, and its attribution adds up."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import MODELS_DIR
+from tests.gunicorn_server import REPO
+
+
+def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "scripts/profile_serving.py", "--model", "synthetic:tiny",
+         "--models-dir", MODELS_DIR, "--dtype", "float32", "--workers", "1", "--users", "2",
+         "--prompt-tokens", "16", "--tokens", "8", "--warmup-s", "3", "--measure-s", "6"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "client errors 0" in out
+    shares = [float(share) for share in re.findall(r"^\s+(-?[\d.]+)%\s", out, re.MULTILINE)]
+    assert len(shares) == 4  # prefill, decode, rest of steps, outside steps
+    assert shares[0] > 0 and shares[1] > 0  # the load reached both phases
+    # "Outside steps" is the wall time left after the steps: a step counted twice, or one
+    # from outside the window, would push it below zero (a step ends within ~20 ms here).
+    assert shares[3] > -1.0
+    # Two closed-loop users on one worker: decode steps run one or two rows.
+    rows = float(re.search(r"decode:\s+\d+ steps, ([\d.]+) rows each", out)[1])
+    assert 1.0 <= rows <= 2.0
+    assert re.search(r"quiet process, 1 torch thread\(s\): prefill of \d+ prompts", out)
