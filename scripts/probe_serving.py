@@ -27,17 +27,20 @@ sys.path.insert(0, str(REPO))
 from server.memory import read_process_memory  # noqa: E402
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """PIDs of ``pid``'s child processes (a Gunicorn master's workers)."""
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _wait_all_ready(url: str, master: int, workers: int, proc, timeout_s: float) -> None:
+def wait_all_ready(url: str, workers: int, proc, timeout_s: float) -> None:
+    """Poll /ready until ``workers`` distinct worker pids said yes; exit if the server died."""
     seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     while len(seen) < workers:
@@ -53,7 +56,7 @@ def _wait_all_ready(url: str, master: int, workers: int, proc, timeout_s: float)
 
 
 def _memory_table(master: int) -> None:
-    rows = [("master", master)] + [("worker", pid) for pid in _children(master)]
+    rows = [("master", master)] + [("worker", pid) for pid in children(master)]
     print(f"{'role':8} {'pid':>7} {'RSS MB':>9} {'USS MB':>9} {'PSS MB':>9} {'shared MB':>10}")
     total = {"rss": 0.0, "uss": 0.0, "pss": 0.0}
     for role, pid in rows:
@@ -110,7 +113,7 @@ def main() -> int:
     parser.add_argument("--no-preload", action="store_true",
                         help="each worker loads its own copy (to measure what preload saves)")
     args = parser.parse_args()
-    port, pidfile = _free_port(), Path(f"/tmp/probe-{os.getpid()}.pid")
+    port, pidfile = free_port(), Path(f"/tmp/probe-{os.getpid()}.pid")
     env = {**os.environ, "MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
            "API_KEYS": os.environ.get("API_KEYS", "probe-key"), "REQUEST_LOG": "",
            "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1",
@@ -129,13 +132,13 @@ def main() -> int:
                 raise SystemExit(f"gunicorn exited {proc.returncode}; see {log.name}")
             time.sleep(0.05)
         master = int(pidfile.read_text())
-        _wait_all_ready(url, master, args.workers, proc, timeout_s=600)
+        wait_all_ready(url, args.workers, proc, timeout_s=600)
         ready_s = time.monotonic() - started
         print(f"model {args.model}, {args.workers} workers: all ready {ready_s:.1f} s after "
               f"start (log: {log.name})")
         print("\nafter warm-up:")
         _memory_table(master)
-        _read_cost(_children(master)[0])
+        _read_cost(children(master)[0])
         one_s, _ = _timed_batch(url, 1, args.tokens)
         many_s, results = _timed_batch(url, args.concurrency, args.tokens)
         tokens_one, tokens_many = args.tokens / one_s, args.concurrency * args.tokens / many_s

@@ -27,7 +27,6 @@ import collections
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from probe_serving import children, free_port, wait_all_ready  # noqa: E402 (scripts/)
 
 from bench.prompts import fixed_length_prompts  # noqa: E402
 from server.model import load_model  # noqa: E402
@@ -131,26 +132,9 @@ def start_server(args: argparse.Namespace, port: int, workdir: Path) -> subproce
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, workers: int, timeout_s: float = 600) -> None:
-    """Until ``workers`` distinct workers answered /ready."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < workers:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("server died or did not get ready; see gunicorn.log")
-        try:
-            r = requests.get(f"{url}/ready", timeout=5)
-            if r.status_code == 200:
-                seen.add(r.headers["X-Worker-PID"])
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-
-
 def worker_pids(workdir: Path) -> list[int]:
     """The Gunicorn master's children."""
-    master = int((workdir / "pid").read_text())
-    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    return children(int((workdir / "pid").read_text()))
 
 
 def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
@@ -295,11 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]
     prompts = fixed_length_prompts(tokenizer, texts, args.prompt_tokens, args.users)
     workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))
-    port = int(os.environ.get("PROFILE_PORT", "0")) or _free_port()
+    port = int(os.environ.get("PROFILE_PORT", "0")) or free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(args, port, workdir)
     try:
-        wait_ready(url, proc, args.workers)
+        wait_all_ready(url, args.workers, proc, timeout_s=600)
         load = ClosedLoop(url, prompts, args.tokens, args.users)
         load.start()
         time.sleep(args.warmup_s)
@@ -332,11 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server folder: {workdir}")
     return 0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
