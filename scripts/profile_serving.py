@@ -61,6 +61,14 @@ class Window:
     rows: dict[str, float]
     tokens: float
 
+    def mean_rows(self, phase: str) -> float:
+        """Sequences per step of ``phase``."""
+        return self.rows[phase] / max(self.steps[phase], 1)
+
+    def forward_ms(self, phase: str) -> float:
+        """Mean model forward per step of ``phase``, ms."""
+        return 1000 * self.forward_s[phase] / max(self.steps[phase], 1)
+
 
 def scrape(url: str) -> dict[tuple[str, str], float]:
     """{(sample name, phase label or ""): value} of the step and token series."""
@@ -96,6 +104,7 @@ class ClosedLoop:
         self.url, self.prompts, self.tokens = url, prompts, tokens
         self.stop = threading.Event()
         self.errors = 0
+        self._errors_lock = threading.Lock()  # += from several threads is not atomic
         self.threads = [threading.Thread(target=self._user, args=(i,), daemon=True)
                         for i in range(users)]
 
@@ -113,9 +122,11 @@ class ClosedLoop:
             try:
                 r = session.post(f"{self.url}/generate-text", timeout=600,
                                  json={"prompt": prompt, "max_new_tokens": self.tokens})
-                self.errors += r.status_code != 200
+                failed = r.status_code != 200
             except requests.RequestException:
-                self.errors += not self.stop.is_set()
+                failed = not self.stop.is_set()  # cut off by the end of the run: no error
+            with self._errors_lock:
+                self.errors += failed
 
 
 def start_server(args: argparse.Namespace, port: int, workdir: Path) -> subprocess.Popen:
@@ -227,8 +238,8 @@ def quiet_step_ms(args: argparse.Namespace, prefill_rows: int,
     return prefill_ms, sorted(times)[len(times) // 2] * 1000
 
 
-def report(args: argparse.Namespace, w: Window, seconds: float) -> tuple[float, float]:
-    """Print the attribution; return (mean prefill rows, mean decode rows) per step."""
+def report(args: argparse.Namespace, w: Window, seconds: float) -> None:
+    """Print where the workers' wall time went over the window."""
     wall = args.workers * seconds
     prefill_f, decode_f = w.forward_s["prefill"], w.forward_s["decode"]
     overhead = sum(w.step_s.values()) - prefill_f - decode_f
@@ -239,14 +250,11 @@ def report(args: argparse.Namespace, w: Window, seconds: float) -> tuple[float, 
                         ("rest of steps (sampling, callbacks, KV bookkeeping)", overhead),
                         ("outside steps (gathering, waiting, other threads)", outside)):
         print(f"  {100 * value / wall:5.1f}%  {value:7.1f} s  {name}")
-    prefill_rows = w.rows["prefill"] / max(w.steps["prefill"], 1)
-    decode_rows = w.rows["decode"] / max(w.steps["decode"], 1)
-    print(f"prefill: {w.steps['prefill']:.0f} steps, {prefill_rows:.2f} prompts each, "
-          f"{1000 * prefill_f / max(w.steps['prefill'], 1):.0f} ms forward per step")
-    print(f"decode:  {w.steps['decode']:.0f} steps, {decode_rows:.2f} rows each, "
-          f"{1000 * decode_f / max(w.steps['decode'], 1):.1f} ms forward and "
+    print(f"prefill: {w.steps['prefill']:.0f} steps, {w.mean_rows('prefill'):.2f} prompts each, "
+          f"{w.forward_ms('prefill'):.0f} ms forward per step")
+    print(f"decode:  {w.steps['decode']:.0f} steps, {w.mean_rows('decode'):.2f} rows each, "
+          f"{w.forward_ms('decode'):.1f} ms forward and "
           f"{1000 * w.step_s['decode'] / max(w.steps['decode'], 1):.1f} ms whole per step")
-    return prefill_rows, decode_rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]
     prompts = fixed_length_prompts(tokenizer, texts, args.prompt_tokens, args.users)
     workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))
-    port = int(os.environ.get("PROFILE_PORT", "0")) or free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(args, port, workdir)
     try:
@@ -301,21 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} {args.dtype}: {args.workers} workers x {args.threads} torch threads, "
           f"batches <= {args.batch}, {args.users} users, {args.prompt_tokens}-token prompts, "
           f"{args.tokens} new tokens; client errors {load.errors}")
-    prefill_rows, decode_rows = report(args, window(before, after), seconds)
+    w = window(before, after)
+    report(args, w, seconds)
     if spy is not None and spy_out.exists():
         print(f"\npy-spy, one worker, {args.py_spy} s:\n{hottest(spy_out)}")
-    w = window(before, after)
-    prefill_ms, decode_ms = quiet_step_ms(args, max(1, round(prefill_rows)),
-                                          max(1, round(decode_rows)))
-    load_prefill = 1000 * w.forward_s["prefill"] / max(w.steps["prefill"], 1)
-    load_decode = 1000 * w.forward_s["decode"] / max(w.steps["decode"], 1)
-    print(f"\nquiet process, {args.threads} torch thread(s): prefill of "
-          f"{round(prefill_rows)} prompts {prefill_ms:.0f} ms (under load {load_prefill:.0f} ms,"
-          f" {load_prefill / prefill_ms:.2f}x); decode step at batch {round(decode_rows)} "
+    # The quiet process runs the batch sizes seen under load, rounded.
+    prefill_rows, decode_rows = (max(1, round(w.mean_rows(p))) for p in ("prefill", "decode"))
+    prefill_ms, decode_ms = quiet_step_ms(args, prefill_rows, decode_rows)
+    load_prefill, load_decode = w.forward_ms("prefill"), w.forward_ms("decode")
+    print(f"\nquiet process, {args.threads} torch thread(s): prefill of {prefill_rows} prompts "
+          f"{prefill_ms:.0f} ms (under load {load_prefill:.0f} ms, "
+          f"{load_prefill / prefill_ms:.2f}x); decode step at batch {decode_rows} "
           f"{decode_ms:.1f} ms (under load {load_decode:.1f} ms, {load_decode / decode_ms:.2f}x)")
     print(f"server folder: {workdir}")
     return 0
-
 
 
 if __name__ == "__main__":

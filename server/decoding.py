@@ -123,17 +123,15 @@ def generate_batch(
             if not done:
                 keep.append(row)
                 next_ids.append(token)
-        if len(keep) < len(live):
-            if not keep:
-                on_step(phase, rows_run, forward_s, time.perf_counter() - started)
-                break
-            rows = torch.tensor(keep)
-            cache.batch_select_indices(rows)  # drop finished rows from the KV cache
-            mask, positions = mask[rows], positions[rows]
+        if keep:  # else every request is done and the loop ends
+            if len(keep) < len(live):
+                rows = torch.tensor(keep)
+                cache.batch_select_indices(rows)  # drop finished rows from the KV cache
+                mask, positions = mask[rows], positions[rows]
+            ids = torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones((len(keep), 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
         live = [live[row] for row in keep]
-        ids = torch.tensor(next_ids, dtype=torch.long).unsqueeze(1)
-        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
-        positions = positions[:, -1:] + 1
         on_step(phase, rows_run, forward_s, time.perf_counter() - started)
         phase = "decode"
     return results

@@ -104,6 +104,11 @@ class Metrics:
                                       ["phase"], buckets=_STEP_BUCKETS, registry=r)
         self.step_rows = Counter("gpt_step_rows", "Sequences computed by steps", ["phase"],
                                  registry=r)
+        # Bound once: observe_step runs every generation step (every token).
+        self._step_series = {
+            phase: (self.forward_seconds.labels(phase=phase),
+                    self.step_seconds.labels(phase=phase), self.step_rows.labels(phase=phase))
+            for phase in ("prefill", "decode")}
         self.log_write_errors = Counter("gpt_request_log_write_errors",
                                         "Request-log lines that could not be written",
                                         registry=r)
@@ -122,9 +127,10 @@ class Metrics:
 
     def observe_step(self, phase: str, rows: int, forward_s: float, step_s: float) -> None:
         """Count one generation step (the generation thread; see server.decoding)."""
-        self.forward_seconds.labels(phase=phase).observe(forward_s)
-        self.step_seconds.labels(phase=phase).observe(step_s)
-        self.step_rows.labels(phase=phase).inc(rows)
+        forward, step, step_rows = self._step_series[phase]
+        forward.observe(forward_s)
+        step.observe(step_s)
+        step_rows.inc(rows)
 
     def observe_sample(self, sample: MemorySample, queue_depth: int, running: int) -> None:
         """Publish this worker's latest memory sample and queue state (sampler thread)."""
