@@ -32,11 +32,10 @@ from typing import Any
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from locustfiles.run_options import new_run_dir
+from locustfiles.stages import parse_stages, shape_record
 
-from locustfiles.run_options import new_run_dir  # noqa: E402
-from locustfiles.stages import parse_stages, shape_record  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
              "pandas", "matplotlib")

@@ -11,13 +11,9 @@ docstring and the README come from this script.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.quantize import conv1d_to_linear, quantize_int8
 

@@ -21,10 +21,9 @@ from pathlib import Path
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from server.memory import read_process_memory
 
-from server.memory import read_process_memory  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

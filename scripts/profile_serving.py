@@ -39,13 +39,11 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.prompts import fixed_length_prompts
+from scripts.probe_serving import children, free_port, wait_all_ready
+from server.model import load_model
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from probe_serving import children, free_port, wait_all_ready  # noqa: E402 (scripts/)
-
-from bench.prompts import fixed_length_prompts  # noqa: E402
-from server.model import load_model  # noqa: E402
 
 PROMPTS = REPO / "locustfiles" / "data" / "prompts.jsonl"
 KEY = "profile-key-0123456789"
