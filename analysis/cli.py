@@ -12,8 +12,9 @@ from analysis.charts_compare import COMPARE_CHARTS, plot_headline
 from analysis.compare import headline_frame, render_comparison
 from analysis.config import SLO_KEYS, AnalysisConfig, load_config
 from analysis.figures import save_chart, write_charts
-from analysis.findings import Findings, build_findings
+from analysis.findings import build_findings
 from analysis.html_page import markdown_to_html
+from analysis.records import Findings
 from analysis.report import render_markdown
 from analysis.run import load_run
 

@@ -14,8 +14,8 @@ from analysis.compare import differing_settings, headline_frame, render_comparis
 from analysis.config import AnalysisConfig, load_config
 from analysis.findings import build_findings
 from analysis.html_page import markdown_to_html
-from analysis.methods import FORMULA_SOURCES, formula
 from analysis.report import render_markdown
+from analysis.report_methods import FORMULA_SOURCES, formula
 from analysis.rules import all_rules
 from analysis.run import load_run
 
