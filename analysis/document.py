@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from analysis.tables import cell, table
 
@@ -18,6 +18,8 @@ from analysis.tables import cell, table
 class Paragraph:
     """One paragraph of text."""
 
+    kind: ClassVar[str] = "paragraph"
+
     text: str
 
 
@@ -25,12 +27,16 @@ class Paragraph:
 class Bullets:
     """A bulleted list, one text per item."""
 
+    kind: ClassVar[str] = "bullets"
+
     items: Sequence[str]
 
 
 @dataclass(frozen=True)
 class Table:
     """A table: header texts and rows of values (formatted by analysis.tables.cell)."""
+
+    kind: ClassVar[str] = "table"
 
     headers: Sequence[str]
     rows: Sequence[Sequence[Any]]
@@ -44,6 +50,8 @@ class Table:
 class Image:
     """A chart: its caption and its path relative to the report."""
 
+    kind: ClassVar[str] = "image"
+
     caption: str
     path: str
 
@@ -51,6 +59,8 @@ class Image:
 @dataclass
 class Section:
     """A heading (level 2 = "##") and what follows it, subsections included."""
+
+    kind: ClassVar[str] = "section"
 
     title: str
     blocks: list[Block] = field(default_factory=list)

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from server import create_app, synthetic
+from tests.browser import browser  # noqa: F401  (headless Chromium, shared by the page tests)
 from tests.redis_server import redis_server  # noqa: F401  (fixture shared by the limit tests)
 
 REPO = Path(__file__).resolve().parent.parent
