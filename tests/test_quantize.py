@@ -15,11 +15,11 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from harness.gunicorn_process import GunicornServer
 from server.decoding import GenerationRequest, generate_batch
 from server.model import load_model, resolve_dtype
 from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 def _small_gpt2() -> GPT2LMHeadModel:
