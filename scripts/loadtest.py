@@ -28,12 +28,12 @@ from typing import Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness.gunicorn_process import GunicornServer
+from locustfiles.run_options import new_run_dir
+from locustfiles.stages import DEFAULT_STAGES, parse_stages, shape_record
+from locustfiles.user_mix import MIX_CHOICES
 
-from harness.gunicorn_process import GunicornServer  # noqa: E402
-from locustfiles.run_options import new_run_dir  # noqa: E402
-from locustfiles.stages import parse_stages, shape_record  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
              "pandas", "matplotlib")
@@ -57,12 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=300.0,
                    help="seconds of load (a 3 GB model on 2 cores needs minutes to settle)")
     p.add_argument("--shape", choices=["none", "steps"], default="none")
-    p.add_argument("--stages", default="1:120,10:120,25:120,50:120,100:120",
+    p.add_argument("--stages", default=DEFAULT_STAGES,
                    help="for --shape steps: USERS:SECONDS,...")
     p.add_argument("--processes", type=int, default=0,
                    help="Locust worker processes (0 = one process, no master/worker)")
     p.add_argument("--label", default="loadtest")
-    p.add_argument("--mix", choices=["tasks", "streaming", "openai", "all"],
+    p.add_argument("--mix", choices=MIX_CHOICES,
                    default=os.environ.get("LOCUST_MIX", "tasks"),
                    help="user classes: the task routes (JSON), streamed task and /v1 routes, "
                         "the /v1 routes, or all (locustfiles/user_mix.py)")

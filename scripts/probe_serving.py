@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +18,10 @@ from pathlib import Path
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness.gunicorn_process import GunicornServer
+from server.memory import read_process_memory
 
-from harness.gunicorn_process import GunicornServer  # noqa: E402
-from server.memory import read_process_memory  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def children(pid: int) -> list[int]:

@@ -1,13 +1,11 @@
-"""The web UI's memory tabs and /memory page, driven in real headless Chromium (selenium with
-Debian's chromium + chromium-driver, installed by .ci/run) while a load runs."""
+"""The web UI's memory tabs and /memory page, driven in real headless Chromium (the shared
+``browser`` fixture, tests/browser.py) while a load runs."""
 
 from __future__ import annotations
 
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,33 +16,6 @@ import requests
 from harness.gunicorn_process import REPO, GunicornServer, free_port
 from tests.conftest import MODELS_DIR
 from tests.locust.locust_runs import locust_command, locust_env
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run)")
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    """Headless Chromium through the system chromedriver, with a throwaway profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    with tempfile.TemporaryDirectory() as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-        driver.set_page_load_timeout(30)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 @pytest.fixture
