@@ -51,10 +51,35 @@ def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tm
     assert len(log_lines) == 16
 
 
+def test_kernel_choice_is_measured_logged_and_reported(server: GunicornServer) -> None:
+    """DTYPE=float32 times both fp32 kernel paths in the master; /ready, /metrics and the
+    startup log carry the same table and choice."""
+    ready = requests.get(server.url + "/ready", timeout=10).json()
+    kernels = ready["kernels"]
+    table = {t["precision"]: t for t in kernels["table"]}
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    log = server.log_text()
+
+    assert ready["dtype"] == "float32" and ready["scheduler"] == "continuous"
+    assert kernels["chosen"] in table and kernels["requested"] == "float32"
+    assert set(table) <= {"float32", "float32+onednn"} and "float32" in table
+    assert all(t["batch_1_ms"] > 0 and t["max_batch"] == 8 for t in table.values())
+    chosen = table[kernels["chosen"]]
+    assert chosen["batch_max_ms"] == min(t["batch_max_ms"] for t in table.values()
+                                         if t["batch_max_ms"] is not None)
+    assert f'gpt_kernel_chosen{{precision="{kernels["chosen"]}"}} 1.0' in metrics
+    [step_ms] = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                 if line.startswith("gpt_kernel_step_ms{") and 'precision="float32"' in line
+                 and 'batch="1"' in line]
+    assert step_ms == table["float32"]["batch_1_ms"]
+    assert re.search(rf"kernel choice \(float32\): {re.escape(kernels['chosen'])}; decode step",
+                     log)
+
+
 def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     master = int(server.pidfile.read_text())
     log = server.log_text()
-    loads = re.findall(r"\[(\d+)\] server\.model: loaded synthetic:tiny as float32: "
+    loads = re.findall(r"\[(\d+)\] server\.model: loaded synthetic:tiny as float32(?:\+onednn)?: "
                        r"[\d.]+ GB of weights in [\d.]+ s", log)
     assert loads == [str(master)]
     assert re.search(r"forking 2 workers x \d+ torch threads", log)
