@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from locustfiles.run_options import new_run_dir  # noqa: E402
 from locustfiles.stages import parse_stages, shape_record  # noqa: E402
+from server.hardware import fingerprint_subprocess  # noqa: E402
 
 VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
              "pandas", "matplotlib")
@@ -249,7 +249,10 @@ def run_record(args: argparse.Namespace, server: Server, started_at: str,
         "duration_s": duration_s(args, started_at, ended_at),
         "shape": shape_record(stages) if stages else None,
         "git_commit": git_commit(),
-        "host": {"cores": cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        # cores, RAM, CPU model, ISA, torch's kernel path, BLAS (server/hardware.py)
+        "host": fingerprint_subprocess(),
+        # What the server measured and chose at startup (/ready's kernel table), if it says
+        "server": {k: server.ready[k] for k in ("kernels",) if k in server.ready},
         "versions": versions(),
         "started_at": started_at,
         "ended_at": ended_at,

@@ -112,10 +112,17 @@ def _fingerprint(with_torch: bool) -> dict[str, Any]:
 
 
 def fingerprint_subprocess(timeout_s: float = 120.0) -> dict[str, Any]:
-    """``host_fingerprint()`` computed in a child Python, so torch stays out of this process.
+    """``host_fingerprint()`` computed in a child Python, so torch stays out of this process
+    (once per process; a fresh copy each call).
 
     Falls back to the torch-free facts (torch fields "") if the child fails.
     """
+    facts = _fingerprint_subprocess(timeout_s)
+    return {**facts, "isa": list(facts["isa"])}
+
+
+@functools.cache
+def _fingerprint_subprocess(timeout_s: float) -> dict[str, Any]:
     try:
         out = subprocess.run([sys.executable, "-m", "server.hardware"], capture_output=True,
                              text=True, timeout=timeout_s, check=True,
