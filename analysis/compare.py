@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.findings import Findings
 from analysis.formatting import MISSING, is_missing, num, table
+from analysis.hardware import hardware_note
 from analysis.traffic import ALL_ROUTES
 
 # Keys that differ between any two runs without being a setting that was compared.
@@ -109,7 +110,7 @@ def render_comparison(runs: Sequence[Findings], charts: Sequence[tuple[str, str]
     sections = [
         f"# Run comparison: {' vs '.join(labels)}",
         f"Baseline for the ratios: **{labels[0]}** (ratio = run / baseline).",
-        "## Settings that differ\n\n" + settings,
+        "## Settings that differ\n\n" + hardware_note(runs) + settings,
         "## Headline metrics\n\n" + table(headers, rows),
     ]
     sections.append(

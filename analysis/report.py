@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 from analysis.findings import Findings
 from analysis.formatting import MISSING, num, pct, table
+from analysis.hardware import header_line
 from analysis.methods import method_section
+from analysis.report_hardware import hardware_section
+from analysis.report_load_generator import load_generator_section
 from analysis.report_streaming import streaming_section
 
 
@@ -33,7 +36,7 @@ def _intro(f: Findings) -> str:
             "\n\nThe model is synthetic (seeded random weights of the real architecture): "
             "its text is meaningless, its memory and compute profile is the real one."
         )
-    return f"{title}\n\n{text}"
+    return f"{title}\n\n{header_line(f.hardware)}\n\n{text}"
 
 
 def _summary(f: Findings) -> str:
@@ -158,7 +161,7 @@ def render_markdown(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> str:
     if f.notes:
         sections.append("## Notes on the inputs\n\n" + "\n".join(f"- {n}" for n in f.notes))
     sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
-    sections += [streaming_section(f), _sweep(f)]
+    sections += [streaming_section(f), _sweep(f), hardware_section(f), load_generator_section(f)]
     if charts:
         sections.append("## Charts\n\n" + "\n\n".join(f"![{t}]({p})" for t, p in charts))
     settings = table(["Setting", "Value"], sorted(f.settings.items()))

@@ -51,9 +51,10 @@ def status_count(findings: Findings, statuses: Collection[int], cause: str) -> i
 
 def all_rules() -> list[Rule]:
     """Every rule, in the order their findings appear in the report."""
-    from analysis import rules_failures, rules_memory, rules_traffic
+    from analysis import rules_failures, rules_hardware, rules_loadgen, rules_memory, rules_traffic
 
-    return [*rules_traffic.RULES, *rules_failures.RULES, *rules_memory.RULES]
+    return [*rules_traffic.RULES, *rules_failures.RULES, *rules_memory.RULES,
+            *rules_hardware.RULES, *rules_loadgen.RULES]
 
 
 def evaluate(findings: Findings, rules: list[Rule] | None = None) -> list[Recommendation]:
