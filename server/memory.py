@@ -167,6 +167,11 @@ class MemorySampler:
             self.sample_once()
 
     @property
+    def native_id(self) -> int | None:
+        """The sampling thread's kernel thread id (its /proc/self/task entry), once started."""
+        return self._thread.native_id if self._thread is not None else None
+
+    @property
     def latest(self) -> MemorySample:
         """The most recent sample (never blocks, never reads /proc)."""
         return self._samples[-1]
