@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from probe_serving import children, free_port, wait_all_ready  # noqa: E402 (scripts/)
 
 from bench.prompts import fixed_length_prompts  # noqa: E402
+from server.hardware import describe, host_fingerprint  # noqa: E402
 from server.model import load_model  # noqa: E402
 
 PROMPTS = REPO / "locustfiles" / "data" / "prompts.jsonl"
@@ -279,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the profile and print its report."""
     args = parse_args(argv)
+    print(f"host: {describe(host_fingerprint())}", flush=True)
+    print("host facts: " + json.dumps(host_fingerprint()), flush=True)
     from transformers import AutoTokenizer
 
     from server.model import resolve_source

@@ -111,6 +111,14 @@ def _fingerprint(with_torch: bool) -> dict[str, Any]:
     return facts
 
 
+def describe(facts: dict[str, Any]) -> str:
+    """One line for a printed or Markdown header: CPU, cores, RAM, ISA, torch path, BLAS."""
+    return (f"{facts.get('cpu_model') or 'unknown CPU'} ({facts.get('cpu_vendor') or '?'}), "
+            f"{facts.get('cores')} cores, {facts.get('ram_gb')} GB RAM, ISA "
+            f"{' '.join(facts.get('isa') or []) or 'none of the listed'}, torch kernels "
+            f"{facts.get('torch_cpu_capability') or '?'}, BLAS {facts.get('blas') or '?'}")
+
+
 def fingerprint_subprocess(timeout_s: float = 120.0) -> dict[str, Any]:
     """``host_fingerprint()`` computed in a child Python, so torch stays out of this process
     (once per process; a fresh copy each call).
