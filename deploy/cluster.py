@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import redis
@@ -20,6 +19,7 @@ import requests
 
 from deploy.netns import Network, inside
 from deploy.services import Services
+from harness.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = {"lb": 10, "h1": 11, "h2": 12, "redis": 20}  # role -> last octet of its address
@@ -93,37 +93,41 @@ def start_cluster(args: argparse.Namespace, net: Network, services: Services, ru
 def wait_redis(args: argparse.Namespace, net: Network, services: Services) -> None:
     """Wait until Redis answers PING (a host that met no Redis would count limits alone)."""
     client = redis.Redis(host=net.address("redis"), port=6379, socket_timeout=1)
-    deadline = time.monotonic() + args.ready_timeout
-    while True:
-        services.check_alive()
+
+    def pong() -> bool:
         try:
             with inside(net.ns("lb")):
-                if client.ping():
-                    return
-        except redis.ConnectionError as error:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"redis-server silent for {args.ready_timeout} s") from error
-            time.sleep(0.1)
+                return bool(client.ping())
+        except redis.ConnectionError:
+            return False
         finally:
             client.close()
+
+    wait_until(pong, "redis-server answers PING", timeout_s=args.ready_timeout,
+               alive=services.all_alive, progress=services.progress)
 
 
 def wait_ready(args: argparse.Namespace, net: Network, services: Services,
                pending: dict[str, int]) -> None:
-    """Poll each URL from the lb namespace until that many worker pids answered 200."""
+    """Poll each URL from the lb namespace until that many worker pids answered 200.
+
+    Follows the processes (harness.waiting): fails at once when one exited, waits while they
+    still load or warm up (two hosts preloading on 2 busy cores can take minutes).
+    """
     seen: dict[str, set[str]] = {url: set() for url in pending}
-    deadline = time.monotonic() + args.ready_timeout
-    while any(len(seen[u]) < n for u, n in pending.items()):
-        services.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready in {args.ready_timeout} s: {seen}")
+
+    def all_ready() -> bool:
         with inside(net.ns("lb")):
             for url in pending:
                 try:
-                    response = requests.get(url, timeout=2)
+                    response = requests.get(url, timeout=2, headers={"Connection": "close"})
                 except requests.RequestException:
                     continue
                 if response.status_code == 200:
                     seen[url].add(response.headers.get("X-Worker-PID", "nginx"))
-        time.sleep(0.3)
+        return all(len(seen[u]) >= n for u, n in pending.items())
+
+    wait_until(all_ready, f"ready: {seen}", timeout_s=args.ready_timeout, interval_s=0.3,
+               alive=services.all_alive, stall_s=args.stall_timeout,
+               progress=lambda: (services.progress(), str(seen)), detail=services.log_tails)
     print(f"== ready: {', '.join(f'{u} {sorted(p)}' for u, p in seen.items())}", flush=True)

@@ -74,7 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subnet", default="10.213.0", help="first three octets of the /24")
     p.add_argument("--label", default="scaleout")
     p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")
-    p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--ready-timeout", type=float, default=900.0,
+                   help="most seconds to wait for Redis, the hosts and nginx while they are "
+                        "still making progress (harness.waiting)")
+    p.add_argument("--stall-timeout", type=float, default=180.0,
+                   help="give up when the starting processes made no progress this long")
     p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
     return p.parse_args(argv)
 

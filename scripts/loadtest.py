@@ -20,20 +20,16 @@ import json
 import os
 import platform
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from harness.gunicorn_process import GunicornServer  # noqa: E402
 from locustfiles.run_options import new_run_dir  # noqa: E402
 from locustfiles.stages import parse_stages, shape_record  # noqa: E402
 from server.hardware import fingerprint_subprocess  # noqa: E402
@@ -78,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slo-p95-ms", type=float, help="p95 latency target, recorded in run.json")
     p.add_argument("--slo-error-rate", type=float, help="error-rate target (0..1)")
     p.add_argument("--ready-timeout", type=float, default=900.0,
-                   help="seconds to wait for every worker's /ready")
+                   help="most seconds to wait for every worker's /ready while the server "
+                        "is still making progress (harness.waiting)")
     p.add_argument("--stop-timeout", type=float, default=180.0,
                    help="seconds users get to finish in-flight requests at the end")
     p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
@@ -93,13 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def utc_now() -> str:
     """ISO-8601 UTC time, seconds precision."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_model(args: argparse.Namespace) -> None:
@@ -135,70 +125,29 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-class Server:
-    """Gunicorn serving the model on loopback, its files in the run folder."""
-
-    def __init__(self, args: argparse.Namespace, run_dir: Path, api_key: str) -> None:
-        self.args = args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.pidfile = run_dir / "gunicorn.pid"
-        self.log_path = run_dir / "gunicorn.log"
-        self.env = {**os.environ, "MODEL": args.model, "MODELS_DIR": args.models_dir,
-                    "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
-                    "MAX_BATCH_SIZE": str(args.max_batch_size),
-                    "BATCH_WAIT_MS": str(args.batch_wait_ms),
-                    "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
-                    "API_KEYS": api_key}
-        self.proc: subprocess.Popen | None = None
-        self.ready: dict[str, Any] = {}
-
-    def start(self) -> None:
-        """Start Gunicorn and return once every worker has answered /ready."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
-                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.args.workers),
-                 "--pid", str(self.pidfile)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        print(f"== server pid {self.proc.pid} on {self.url}; log {self.log_path}", flush=True)
-        self.wait_ready()
-
-    def wait_ready(self) -> None:
-        """Poll /ready on fresh connections until each worker pid has said yes."""
-        seen: set[str] = set()
-        deadline = time.monotonic() + self.args.ready_timeout
-        while len(seen) < self.args.workers:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gunicorn exited with {self.proc.returncode}; "
-                                 f"see {self.log_path}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"not every worker was ready in {self.args.ready_timeout} s; "
-                                 f"see {self.log_path}")
-            try:
-                response = requests.get(f"{self.url}/ready", timeout=5)
-                if response.status_code == 200:
-                    seen.add(response.headers.get("X-Worker-PID", ""))
-                    self.ready = response.json()
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        print(f"== all {len(seen)} workers ready ({self.ready})", flush=True)
-
-    def stop(self, timeout_s: float = 90.0) -> None:
-        """SIGTERM, wait for the graceful shutdown, then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> GunicornServer:
+    """Gunicorn serving the model on loopback, its pidfile, log and request log in the run
+    folder; returns once every worker answered /ready (harness.gunicorn_process)."""
+    env = {"MODEL": args.model, "MODELS_DIR": args.models_dir,
+           "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
+           "MAX_BATCH_SIZE": str(args.max_batch_size),
+           "BATCH_WAIT_MS": str(args.batch_wait_ms),
+           "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
+           "API_KEYS": api_key}
+    server = GunicornServer(run_dir, env, args.workers, cap_s=args.ready_timeout)
+    server.start()
+    print(f"== server pid {server.proc.pid} on {server.url}; log {server.log_path}", flush=True)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    print(f"== all {args.workers} workers ready in {server.ready_s:.0f} s ({server.ready})",
+          flush=True)
+    return server
 
 
-def locust_command(args: argparse.Namespace, run_dir: Path, server: Server) -> list[str]:
+def locust_command(args: argparse.Namespace, run_dir: Path, server: GunicornServer) -> list[str]:
     """Headless Locust with the run folder's outputs and the suite's options."""
     mode = ["--web-host", "127.0.0.1"] if args.ui else ["--headless"]
     cmd = [sys.executable, "-m", "locust", "-f", args.locustfile, *mode,
@@ -228,7 +177,7 @@ def duration_s(args: argparse.Namespace, started_at: str, ended_at: str | None) 
     return args.duration
 
 
-def run_record(args: argparse.Namespace, server: Server, started_at: str,
+def run_record(args: argparse.Namespace, server: GunicornServer, started_at: str,
                ended_at: str | None) -> dict[str, Any]:
     """The run.json contents."""
     workers = args.workers
@@ -251,8 +200,10 @@ def run_record(args: argparse.Namespace, server: Server, started_at: str,
         "git_commit": git_commit(),
         # cores, RAM, CPU model, ISA, torch's kernel path, BLAS (server/hardware.py)
         "host": fingerprint_subprocess(),
-        # What the server measured and chose at startup (/ready's kernel table), if it says
-        "server": {k: server.ready[k] for k in ("kernels",) if k in server.ready},
+        # What the server measured and chose at startup (/ready: the kernel table, scheduler,
+        # threads per worker), so runs against different servers can be told apart
+        "server": {k: v for k, v in server.ready.items()
+                   if k not in ("status", "model", "dtype")},
         "versions": versions(),
         "started_at": started_at,
         "ended_at": ended_at,
@@ -275,11 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"== run folder {run_dir}", flush=True)
     api_key = secrets.token_urlsafe(32)
-    server = Server(args, run_dir, api_key)
     locust_env = {**os.environ, "LOCUST_API_KEY": api_key}
     locust_env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
+    server = start_server(args, run_dir, api_key)
     try:
-        server.start()
         started_at = utc_now()
         write_json(run_dir / "run.json", run_record(args, server, started_at, None))
         print("== locust: " + " ".join(locust_command(args, run_dir, server)), flush=True)
@@ -290,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             code = locust.wait()
         ended_at = utc_now()
     finally:
-        server.stop()
+        server.stop(timeout_s=90)
     write_json(run_dir / "run.json", run_record(args, server, started_at, ended_at))
     if not args.no_analysis and importlib.util.find_spec("analysis") is not None:
         subprocess.run([sys.executable, "-m", "analysis", str(run_dir)], cwd=REPO, check=False)

@@ -36,12 +36,11 @@ from server.hardware import describe, fingerprint_subprocess  # noqa: E402
 def run_both(args: argparse.Namespace, out: Path, sample_s: float) -> dict[str, Path]:
     """Serve once; run the sampling and the non-sampling Locust at the same time."""
     api_key = secrets.token_urlsafe(32)
-    server = loadtest.Server(args, out, api_key)
     env = {**os.environ, "LOCUST_API_KEY": api_key}
     env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
     runs = {"sampler-on": out / "sampler-on", "sampler-off": out / "sampler-off"}
+    server = loadtest.start_server(args, out, api_key)
     try:
-        server.start()
         procs = []
         for name, run_dir in runs.items():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +52,7 @@ def run_both(args: argparse.Namespace, out: Path, sample_s: float) -> dict[str, 
                                               stderr=subprocess.STDOUT))
         codes = [proc.wait() for proc in procs]
     finally:
-        server.stop()
+        server.stop(timeout_s=90)
     print(f"== locust exit codes {codes}", flush=True)
     return runs
 

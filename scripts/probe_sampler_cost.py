@@ -3,8 +3,9 @@ side by side in one run.
 
     python scripts/probe_sampler_cost.py --model synthetic:gpt2-large --threads 1 --batch 8
 
-One process loads the model as a worker does (server.model.load_model, one worker's torch
-threads) and generates fixed-length batches (greedy, IGNORE_EOS) on this thread, the way a
+One process loads the model as a worker does (server.model.load_model, which also times and
+picks the kernel path; one worker's torch threads) and generates fixed-length batches
+(greedy, IGNORE_EOS) step by step with server.engine.StepEngine on this thread, the way a
 worker's generation thread does, in windows of ``--window-s`` seconds under three
 conditions, rotated every round so drift and neighbours hit each alike:
 
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from server.decoding import GenerationRequest  # noqa: E402
+from server.engine import StepEngine  # noqa: E402
 from server.hardware import host_fingerprint  # noqa: E402
 from server.memory import DEFAULT_FULL_BUDGET, MemorySampler  # noqa: E402
 from server.model import load_model  # noqa: E402
@@ -70,8 +72,16 @@ def thread_cpu_s(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14, 15)
 
 
-def run_window(loaded, requests: list[GenerationRequest], condition: str, window_s: float,
-               interval_s: float) -> Window:
+def generate(engine: StepEngine, requests: list[GenerationRequest]) -> int:
+    """Run ``requests`` as one batch to the end, a step at a time; return tokens generated."""
+    rows = [engine.new_row(request) for request in requests]
+    while running := [row for row in rows if row.finish_reason is None]:
+        engine.step(running)
+    return sum(len(row.tokens) for row in rows)
+
+
+def run_window(engine: StepEngine, requests: list[GenerationRequest], condition: str,
+               window_s: float, interval_s: float) -> Window:
     """Generate batches for ``window_s`` seconds with the sampler of ``condition``."""
     budget = CONDITIONS[condition]
     sampler = None
@@ -82,7 +92,7 @@ def run_window(loaded, requests: list[GenerationRequest], condition: str, window
         sampler.start()
     tokens, started = 0, time.perf_counter()
     while time.perf_counter() - started < window_s:
-        tokens += sum(len(g.token_ids) for g in loaded.generate(requests, ignore_eos=True))
+        tokens += generate(engine, requests)
     seconds = time.perf_counter() - started
     window = Window(condition, seconds, tokens)
     if sampler is not None:
@@ -143,7 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="synthetic:gpt2-large")
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="auto", help="DTYPE: auto, float32, bfloat16, int8")
+    p.add_argument("--allow-int8", action="store_true", help="ALLOW_INT8 (auto may pick int8)")
+    p.add_argument("--prefill-chunk", type=int, default=128, help="PREFILL_CHUNK")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one worker's)")
     p.add_argument("--batch", type=int, default=8, help="requests per generated batch")
     p.add_argument("--prompt-tokens", type=int, default=64)
@@ -161,16 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     host = host_fingerprint()
     print("host: " + json.dumps(host), flush=True)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.dtype, args.models_dir)
+    loaded = load_model(args.model, args.dtype, args.models_dir, args.allow_int8, args.batch)
     args.dtype = loaded.precision
+    engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True,
+                        prefill_chunk=args.prefill_chunk)
     ids = list(range(1000, 1000 + args.prompt_tokens))
     requests = [GenerationRequest(ids, max_new_tokens=args.tokens) for _ in range(args.batch)]
-    loaded.generate(requests, ignore_eos=True)  # warm-up: allocator and kernels settle
+    generate(engine, requests)  # warm-up: allocator and kernels settle
     names = list(CONDITIONS)
     windows = []
     for r in range(args.rounds):
         for condition in names[r % 3:] + names[:r % 3]:  # rotate the order every round
-            windows.append(run_window(loaded, requests, condition, args.window_s,
+            windows.append(run_window(engine, requests, condition, args.window_s,
                                       args.interval_s))
             w = windows[-1]
             print(f"round {r + 1} {condition:13} {w.tokens_per_s:8.2f} tokens/s", flush=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,35 +22,13 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from harness.gunicorn_process import GunicornServer  # noqa: E402
 from server.memory import read_process_memory  # noqa: E402
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
     """PIDs of ``pid``'s child processes (a Gunicorn master's workers)."""
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def wait_all_ready(url: str, workers: int, proc, timeout_s: float) -> None:
-    """Poll /ready until ``workers`` distinct worker pids said yes; exit if the server died."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < workers:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("server died or did not get ready; see its log")
-        try:
-            response = requests.get(f"{url}/ready", timeout=5)
-            if response.status_code == 200:
-                seen.add(response.headers["X-Worker-PID"])
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # not accepting yet, or busy loading (without preload)
-        time.sleep(0.05)
 
 
 def _memory_table(master: int) -> None:
@@ -113,29 +89,18 @@ def main() -> int:
     parser.add_argument("--no-preload", action="store_true",
                         help="each worker loads its own copy (to measure what preload saves)")
     args = parser.parse_args()
-    port, pidfile = free_port(), Path(f"/tmp/probe-{os.getpid()}.pid")
-    env = {**os.environ, "MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
+    env = {"MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
            "API_KEYS": os.environ.get("API_KEYS", "probe-key"), "REQUEST_LOG": "",
            "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1",
            "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
     os.environ["API_KEYS"] = env["API_KEYS"]
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers",
-           str(args.workers), "--bind", f"127.0.0.1:{port}", "--pid", str(pidfile),
-           *args.extra.split()]
-    log = open(f"/tmp/probe-{os.getpid()}.log", "w")  # noqa: SIM115 (lives as long as the server)
+    workdir = Path(tempfile.mkdtemp(prefix=f"probe-{os.getpid()}-"))
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while not pidfile.exists():
-            if proc.poll() is not None:
-                raise SystemExit(f"gunicorn exited {proc.returncode}; see {log.name}")
-            time.sleep(0.05)
-        master = int(pidfile.read_text())
-        wait_all_ready(url, args.workers, proc, timeout_s=600)
+    with GunicornServer(workdir, env, args.workers, tuple(args.extra.split())) as server:
+        url, master = server.url, server.master_pid()
         ready_s = time.monotonic() - started
         print(f"model {args.model}, {args.workers} workers: all ready {ready_s:.1f} s after "
-              f"start (log: {log.name})")
+              f"start (log: {server.log_path})")
         print("\nafter warm-up:")
         _memory_table(master)
         _read_cost(children(master)[0])
@@ -150,9 +115,6 @@ def main() -> int:
               f"served in sequence it would take {args.concurrency * one_s:.2f} s")
         print("\nafter load:")
         _memory_table(master)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
     return 0
 
 

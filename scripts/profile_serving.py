@@ -42,9 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from probe_serving import children, free_port, wait_all_ready  # noqa: E402 (scripts/)
-
 from bench.prompts import fixed_length_prompts  # noqa: E402
+from harness.gunicorn_process import GunicornServer  # noqa: E402
 from server.hardware import describe, host_fingerprint  # noqa: E402
 from server.model import load_model  # noqa: E402
 
@@ -130,23 +129,14 @@ class ClosedLoop:
                 self.errors += failed
 
 
-def start_server(args: argparse.Namespace, port: int, workdir: Path) -> subprocess.Popen:
-    """Gunicorn with the project's config, greedy fixed-length generations, no limits."""
-    env = {**os.environ, "MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
-           "API_KEYS": KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
-           "GUNICORN_ACCESSLOG": "", "TORCH_THREADS": str(args.threads),
-           "MAX_BATCH_SIZE": str(args.batch), "REQUEST_TIMEOUT_S": "600",
-           "MODELS_DIR": args.models_dir, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
-    (workdir / "metrics").mkdir()
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers",
-           str(args.workers), "--bind", f"127.0.0.1:{port}", "--pid", str(workdir / "pid")]
-    log = open(workdir / "gunicorn.log", "w")  # noqa: SIM115 (lives as long as the server)
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def worker_pids(workdir: Path) -> list[int]:
-    """The Gunicorn master's children."""
-    return children(int((workdir / "pid").read_text()))
+def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
+    """Gunicorn's environment: greedy fixed-length generations, no limits."""
+    (workdir / "metrics").mkdir(exist_ok=True)
+    return {"MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
+            "API_KEYS": KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
+            "GUNICORN_ACCESSLOG": "", "TORCH_THREADS": str(args.threads),
+            "MAX_BATCH_SIZE": str(args.batch), "REQUEST_TIMEOUT_S": "600",
+            "MODELS_DIR": args.models_dir, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
 
 
 def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
@@ -290,25 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]
     prompts = fixed_length_prompts(tokenizer, texts, args.prompt_tokens, args.users)
     workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, port, workdir)
-    try:
-        wait_all_ready(url, args.workers, proc, timeout_s=600)
-        load = ClosedLoop(url, prompts, args.tokens, args.users)
+    with GunicornServer(workdir, server_env(args, workdir), args.workers) as server:
+        load = ClosedLoop(server.url, prompts, args.tokens, args.users)
         load.start()
         time.sleep(args.warmup_s)
         spy_out = workdir / "py-spy.txt"
-        spy = py_spy(worker_pids(workdir)[0], args.py_spy, spy_out) if args.py_spy else None
-        before, started = scrape(url), time.monotonic()
+        spy = py_spy(server.worker_pids()[0], args.py_spy, spy_out) if args.py_spy else None
+        before, started = scrape(server.url), time.monotonic()
         time.sleep(args.measure_s)
-        after, seconds = scrape(url), time.monotonic() - started
+        after, seconds = scrape(server.url), time.monotonic() - started
         load.stop.set()
         if spy is not None:
             spy.wait()
-    finally:
-        proc.terminate()
-        proc.wait(60)
     print(f"{args.model} {args.dtype}: {args.workers} workers x {args.threads} torch threads, "
           f"batches <= {args.batch}, {args.users} users, {args.prompt_tokens}-token prompts, "
           f"{args.tokens} new tokens; client errors {load.errors}")

@@ -13,8 +13,18 @@ DEFAULTS: dict[str, Any] = {
     "MODEL": "synthetic:gpt2-large",
     # Where synthetic models are built and cached (git-ignored).
     "MODELS_DIR": "models",
-    # auto = bfloat16 where the CPU has native bf16 (AMX/AVX512-BF16), else float32.
+    # auto = time float32 (BLAS and oneDNN paths) and bfloat16 at startup and serve the
+    # fastest (server/kernels.py); or a fixed float32 | bfloat16 | int8.
     "DTYPE": "auto",
+    # Let DTYPE=auto choose int8 too when it measures fastest. Off by default: int8 changes
+    # the text (judge it on a real checkpoint first); on AVX2-only CPUs it is 3-9x faster.
+    "ALLOW_INT8": False,
+    # continuous = rows join and leave the running batch between steps (server/scheduler.py);
+    # static = whole batches as before (server/batching.py), kept for the comparison only.
+    "SCHEDULER": "continuous",
+    # Prompt tokens fed per step (chunked prefill): long prompts are read in pieces between
+    # decode steps, so running streams keep producing tokens while an article is read.
+    "PREFILL_CHUNK": 128,
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     "TORCH_THREADS": 0,
     # Most requests generated together in one batch.
@@ -28,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IN_FLIGHT": 64,
     # A request not finished after this many seconds gets 504 and its slot is freed.
     "REQUEST_TIMEOUT_S": 120.0,
+    # Refuse (503) a request whose predicted finish, from the measured step time and the
+    # rows ahead of it, is past REQUEST_TIMEOUT_S (server/scheduler.py); off = admit and 504.
+    "ADMIT_PREDICTED": True,
     # Seconds a client is told to wait after a 503.
     "RETRY_AFTER_S": 2,
     # Defaults and caps on generation lengths.

@@ -59,7 +59,10 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
 
 
-def _choose(logits: torch.Tensor, request: GenerationRequest, rng: torch.Generator | None) -> int:
+def choose_token(logits: torch.Tensor, request: GenerationRequest,
+                 rng: torch.Generator | None) -> int:
+    """The next token for ``request`` from its logits: argmax at temperature 0, else a draw
+    from its temperature/top_p distribution with its own generator."""
     if request.temperature <= 0.0:
         return int(logits.argmax())
     probs = torch.softmax(logits / request.temperature, dim=-1)
@@ -68,7 +71,8 @@ def _choose(logits: torch.Tensor, request: GenerationRequest, rng: torch.Generat
     return int(torch.multinomial(probs, 1, generator=rng))
 
 
-def _rng(seed: int | None) -> torch.Generator:
+def make_rng(seed: int | None) -> torch.Generator:
+    """A generator of its own for one request: seeded, or from fresh entropy."""
     generator = torch.Generator()
     if seed is None:
         generator.seed()
@@ -96,7 +100,7 @@ def generate_batch(
     sampling, callbacks and KV-cache bookkeeping).
     """
     results = [Generation([], "length") for _ in requests]
-    rngs = [_rng(r.seed) for r in requests]
+    rngs = [make_rng(r.seed) for r in requests]
     ids, mask, positions = _left_pad(requests, pad_id=eos_id)
     live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]  # request index per row
     cache, phase = None, "prefill"
@@ -110,7 +114,7 @@ def generate_batch(
         forward_s, rows_run = time.perf_counter() - started, len(live)
         keep, next_ids = [], []
         for row, index in enumerate(live):
-            token = _choose(logits[row], requests[index], rngs[index])
+            token = choose_token(logits[row], requests[index], rngs[index])
             results[index].token_ids.append(token)
             done = len(results[index].token_ids) >= requests[index].max_new_tokens
             if token == eos_id and not ignore_eos:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response
 from prometheus_client import (
@@ -28,6 +29,9 @@ from prometheus_client import (
 )
 
 from server.memory import MemorySample
+
+if TYPE_CHECKING:  # type only: importing server.kernels pulls in torch
+    from server.kernels import KernelChoice
 
 _MB = 2**20
 # Generations take seconds to minutes: buckets from 50 ms to 5 min.
@@ -108,7 +112,16 @@ class Metrics:
         self._step_series = {
             phase: (self.forward_seconds.labels(phase=phase),
                     self.step_seconds.labels(phase=phase), self.step_rows.labels(phase=phase))
-            for phase in ("prefill", "decode")}
+            for phase in ("prefill", "decode", "mixed")}
+        # What server.kernels measured at startup (ms of a decode step on one thread, per
+        # candidate and batch) and what it chose: a remote load test can read the CPU's
+        # kernel path from /metrics as well as from /ready.
+        self.kernel_step_ms = Gauge("gpt_kernel_step_ms",
+                                    "Decode step on one thread at startup, per candidate",
+                                    ["precision", "batch"], multiprocess_mode="max",
+                                    registry=r)
+        self.kernel_chosen = Gauge("gpt_kernel_chosen", "1 for the precision served",
+                                   ["precision"], multiprocess_mode="max", registry=r)
         self.log_write_errors = Counter("gpt_request_log_write_errors",
                                         "Request-log lines that could not be written",
                                         registry=r)
@@ -117,6 +130,16 @@ class Metrics:
         """Attach to ``app`` and serve ``GET /metrics``."""
         app.extensions["metrics"] = self
         app.add_url_rule("/metrics", "metrics", self.render)
+
+    def observe_kernels(self, choice: KernelChoice) -> None:
+        """Publish the startup kernel table and the chosen precision."""
+        for timing in choice.table:
+            self.kernel_step_ms.labels(timing.precision, "1").set(timing.batch_1_ms)
+            if timing.batch_max_ms is not None:
+                self.kernel_step_ms.labels(timing.precision, str(timing.max_batch)).set(
+                    timing.batch_max_ms)
+            self.kernel_chosen.labels(timing.precision).set(
+                float(timing.precision == choice.chosen))
 
     def observe_request(self, route: str, status: int, seconds: float, tokens: int) -> None:
         """Count one answered request."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import queue
 from typing import Any, TypeVar
 
+import torch
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from server.batching import Job, QueueFull
 from server.decoding import Generation, GenerationRequest
 from server.errors import APIError
+from server.scheduler import WouldTimeOut
 from server.schemas import TOO_LONG, AnswerBody, GenerateBody, SummarizeBody
 from server.service import ModelService
 from server.streaming import task_stream
@@ -69,6 +71,11 @@ def submit(ids: list[int], max_new_tokens: int, sampling: dict[str, Any],
         job.stream = queue.SimpleQueue()
     try:
         g.job = service.batcher.submit(job)
+    except WouldTimeOut as refused:
+        raise APIError(503, "overloaded",
+                       f"server is busy: this request would finish in about "
+                       f"{refused.predicted_s:.0f} s, past the {config['REQUEST_TIMEOUT_S']:g} s "
+                       "timeout; retry later", retry_after_s=config["RETRY_AFTER_S"]) from None
     except QueueFull:
         raise APIError(503, "overloaded", "server is at capacity; retry later",
                        retry_after_s=config["RETRY_AFTER_S"]) from None
@@ -153,4 +160,8 @@ def ready() -> Response:
         raise APIError(503, "not_ready", "model is warming up", retry_after_s=1)
     loaded = service.loaded
     return jsonify({"status": "ready", "model": loaded.name,
-                    "dtype": loaded.precision})
+                    "dtype": loaded.precision, "kernels": loaded.kernels.as_dict(),
+                    "scheduler": current_app.config["SCHEDULER"],
+                    "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
+                    "prefill_chunk": current_app.config["PREFILL_CHUNK"],
+                    "torch_threads": torch.get_num_threads()})

@@ -13,9 +13,11 @@ from flask import Flask
 
 from server.batching import Batcher
 from server.decoding import Generation, GenerationRequest
+from server.engine import StepEngine, StepReport
 from server.memory import MemorySample, MemorySampler, read_process_memory
 from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
+from server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class ModelService:
 
     def __init__(self) -> None:
         self.loaded: LoadedModel | None = None
-        self.batcher: Batcher | None = None
+        self.batcher: Batcher | Scheduler | None = None
         self.sampler: MemorySampler | None = None
         self.request_log: RequestLog | None = None
         self.ready = threading.Event()
@@ -45,15 +47,30 @@ class ModelService:
         self.metrics = app.extensions["metrics"]
         torch.set_num_threads(1)  # no multi-threaded torch op before fork (see docstring)
         self.loaded = load_model(app.config["MODEL"], app.config["DTYPE"],
-                                 app.config["MODELS_DIR"])
+                                 app.config["MODELS_DIR"], app.config["ALLOW_INT8"],
+                                 app.config["MAX_BATCH_SIZE"])
         self.metrics.load_seconds.set(self.loaded.load_s)
         self.metrics.weight_bytes.set(self.loaded.weight_bytes)
-        self.batcher = Batcher(self._run_batch, app.config["MAX_BATCH_SIZE"],
-                               app.config["BATCH_WAIT_MS"], app.config["MAX_QUEUE"],
-                               on_batch=self.metrics.batch_size.observe)
+        self.metrics.observe_kernels(self.loaded.kernels)
+        self.batcher = self._make_scheduler(app.config)
         self.request_log = RequestLog(app.config["REQUEST_LOG"],
                                       on_error=self.metrics.log_write_errors.inc)
         app.extensions["model_service"] = self
+
+    def _make_scheduler(self, config: dict) -> Batcher | Scheduler:
+        """SCHEDULER=continuous (steps, server.scheduler) or static (whole batches, the
+        old server.batching, kept until the comparison in docs/results.md is committed)."""
+        if config["SCHEDULER"] == "static":
+            return Batcher(self._run_batch, config["MAX_BATCH_SIZE"], config["BATCH_WAIT_MS"],
+                           config["MAX_QUEUE"], on_batch=self.metrics.batch_size.observe)
+        engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
+                            config["PREFILL_CHUNK"])
+        timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
+        return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
+                         on_step=self._observe_step)
+
+    def _observe_step(self, report: StepReport) -> None:
+        self.metrics.observe_step(report.phase, report.rows, report.forward_s, report.step_s)
 
     def start(self, torch_threads: int = 0) -> None:
         """Start this process's serving threads once (idempotent; call after fork)."""
@@ -75,7 +92,14 @@ class ModelService:
         start = time.monotonic()
         ids = self.loaded.tokenizer.encode("Warm-up: the quick brown fox")
         request = GenerationRequest(ids, max_new_tokens=self.config["WARMUP_TOKENS"])
-        self.loaded.generate([request], ignore_eos=True)
+        if isinstance(self.batcher, Scheduler):
+            row = self.batcher.engine.new_row(request)
+            while row.finish_reason is None:
+                report = self.batcher.engine.step([row])
+            # The admission's first estimate of a step: the warm-up's last (batch 1) step.
+            self.batcher.step_s = report.step_s
+        else:
+            self.loaded.generate([request], ignore_eos=True)
         elapsed_s = time.monotonic() - start
         self.ready.set()
         m = read_process_memory()  # once per worker: the per-request path reads the sampler

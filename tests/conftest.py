@@ -3,19 +3,53 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from harness.processes import MARKER, descendants, kill_all, owned_processes
 from server import create_app, synthetic
 from tests.redis_server import redis_server  # noqa: F401  (fixture shared by the limit tests)
 
 REPO = Path(__file__).resolve().parent.parent
 # The tiny model is built once into the repo's models/ folder (.ci/run builds it first).
 MODELS_DIR = os.environ.get("TEST_MODELS_DIR", str(REPO / "models"))
+
+
+# Every process a test starts inherits this marker, so one left running is found even after
+# its parent died and it was re-parented (see no_process_left_behind).
+os.environ[MARKER] = str(os.getpid())
+
+
+def _ours() -> dict[int, psutil.Process]:
+    here = os.getpid()
+    found = [*descendants(here), *owned_processes(str(here))]
+    return {p.pid: p for p in found if p.pid != here}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the module that leaves a process running (a server, Locust, a browser), and end
+    those processes, so a leak shows where it happens and cannot slow the modules after it."""
+    before = set(_ours())
+    yield
+    left = [p for pid, p in _ours().items() if pid not in before]
+    _, still = psutil.wait_procs(left, timeout=15)  # a stop that is still under way
+    if not still:
+        return
+    names = []
+    for proc in still:
+        try:
+            names.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+        except psutil.Error:
+            names.append(str(proc.pid))
+    kill_all(still)
+    pytest.fail(f"{request.module.__name__} left {len(still)} process(es) running:\n"
+                + "\n".join(names), pytrace=False)
 
 
 @pytest.fixture(scope="session")

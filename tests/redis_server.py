@@ -6,13 +6,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.gunicorn_server import free_port
+from harness.processes import free_port
+from harness.waiting import wait_until
 
 
 class RedisServer:
@@ -30,15 +30,15 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                  "--save", "", "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis.from_url(self.uri, socket_timeout=1).ping():
-                    return
-            except redis.ConnectionError:
-                assert self.proc.poll() is None, self.log_path.read_text()
-                assert time.monotonic() < deadline, "redis-server did not answer PING"
-                time.sleep(0.05)
+        wait_until(self._pong, "redis-server answers PING", timeout_s=300,
+                   alive=lambda: self.proc.poll() is None, interval_s=0.05,
+                   detail=lambda: self.log_path.read_text())
+
+    def _pong(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.uri, socket_timeout=1).ping())
+        except redis.ConnectionError:
+            return False
 
     def stop(self) -> None:
         """Terminate, wait, kill if needed; the port is closed afterwards."""

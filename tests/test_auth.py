@@ -86,7 +86,8 @@ def test_request_log_has_the_key_id_never_the_key(make_app, request_log) -> None
 
 
 def test_unauthorized_requests_cost_no_model_time(make_app) -> None:
-    app = make_app(MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000)
+    app = make_app(MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
+                   ADMIT_PREDICTED=False)
     service = app.extensions["model_service"]
     # Before any authorized request, 401s never start the model service at all.
     outsider = app.test_client(api_key="wrong-key-0123456789")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from server import synthetic
 from server.memory import read_process_memory
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def _serve(tmp_path: Path, workers: int, api_env: dict) -> GunicornServer:
            **api_env}
     folder = tmp_path / f"w{workers}"
     folder.mkdir()
-    return GunicornServer(folder, env, workers=workers, ready_timeout_s=300)
+    return GunicornServer(folder, env, workers=workers)
 
 
 def test_three_workers_cost_far_less_than_three_copies(gpt2_model, tmp_path, api_env,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.gunicorn_server import GunicornServer
 
 # Gunicorn's access log line (gunicorn.conf.py access_log_format):
 # "METHOD /path HTTP/x" STATUS BYTES TIME "USER-AGENT" REQUEST-ID

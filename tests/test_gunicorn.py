@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 BODIES = {
     "/generate-text": {"prompt": "Once upon a time", "max_new_tokens": 8},

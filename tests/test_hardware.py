@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.gunicorn_process import REPO
 from server.hardware import blas_name, cpu_facts, fingerprint_subprocess, host_fingerprint
-from tests.gunicorn_server import REPO
 
 SAPPHIRE_RAPIDS = """\
 processor\t: 0

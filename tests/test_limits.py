@@ -11,10 +11,10 @@ import pytest
 import redis
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from server.auth import ConfigError
 from server.limits import per_worker_warning, redact_uri
 from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.gunicorn_server import GunicornServer
 
 OTHER_KEY = "other-key-fedcba9876543210"
 BODY = {"prompt": "Count me", "max_new_tokens": 1}

@@ -9,9 +9,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.gunicorn_process import GunicornServer
 from server.memory import system_available_mb
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 @pytest.fixture

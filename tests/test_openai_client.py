@@ -15,8 +15,8 @@ import pytest
 import requests
 from transformers import AutoTokenizer
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.gunicorn_server import GunicornServer
 
 MODEL = "synthetic:tiny"
 BATCH = 4

@@ -10,9 +10,9 @@ import jsonschema_rs
 import pytest
 from werkzeug.serving import make_server
 
+from harness.processes import free_port
 from server.schemas import AnswerBody, GenerateBody, SummarizeBody
 from tests.conftest import TEST_API_KEY
-from tests.gunicorn_server import free_port
 
 TASKS = {"/generate-text": GenerateBody, "/summarize-text": SummarizeBody,
          "/answer-question": AnswerBody}

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from server.admission import InFlightTable
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 CAP, CLIENTS = 12, 100
 

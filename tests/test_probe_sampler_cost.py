@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO
 
 
 def test_probe_measures_the_sampler_on_and_off(tiny_model: Path, tmp_path: Path) -> None:

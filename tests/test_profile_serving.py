@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO
 
 
 def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: Path) -> None:

@@ -15,11 +15,11 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from harness.gunicorn_process import GunicornServer
 from server.decoding import GenerationRequest, generate_batch
-from server.model import load_model, resolve_dtype
+from server.model import check_dtype, load_model
 from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 def _small_gpt2() -> GPT2LMHeadModel:
@@ -61,12 +61,13 @@ def test_int8_weights_are_a_quarter_and_greedy_text_mostly_agrees() -> None:
 
 
 def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
-    assert resolve_dtype("int8") == torch.float32
-    with pytest.raises(ValueError, match="int8"):
-        resolve_dtype("int4")
+    with pytest.raises(ValueError, match="auto, float32, bfloat16, int8"):
+        check_dtype("int4")
     loaded = load_model("synthetic:tiny", "int8", MODELS_DIR)
     assert loaded.quantized and loaded.precision == "int8"
-    assert load_model("synthetic:tiny", "float32", MODELS_DIR).precision == "float32"
+    assert [t.precision for t in loaded.kernels.table] == ["int8"]
+    fp32 = load_model("synthetic:tiny", "float32", MODELS_DIR)
+    assert fp32.precision == "float32" and fp32.kernels.chosen in ("float32", "float32+onednn")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])

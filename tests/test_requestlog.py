@@ -6,9 +6,9 @@ from pathlib import Path
 
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from server.requestlog import FIELDS, RequestLog
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 def test_200_concurrent_requests_give_200_whole_lines(tiny_model: Path, tmp_path: Path,

@@ -24,9 +24,8 @@ import pytest
 import redis
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
-from tests.locust.locust_runs import wait_all_workers_ready
 from tests.steady_load import Outcome, SteadyLoad, post_once
 
 BODY = {"prompt": "Count me", "max_new_tokens": 1}
@@ -90,7 +89,6 @@ def test_redis_restart_under_load_never_fails_and_shared_limits_resume(
         tiny_model, tmp_path, redis_server) -> None:
     keys = list(BURST_KEYS)
     with _serve(tmp_path, redis_server.uri) as server:
-        wait_all_workers_ready(server, 2)
         workers = set(server.worker_pids())
         with _background(server, max_s=150) as background:
             key, before = _burst_on_both_workers(server.url, keys)
@@ -131,7 +129,6 @@ def test_frozen_redis_costs_a_request_at_most_its_timeouts_then_recovers(
     """A Redis that accepts connections but never answers (SIGSTOP): requests must not hang."""
     keys = list(BURST_KEYS)
     with _serve(tmp_path, redis_server.uri) as server:
-        wait_all_workers_ready(server, 2)
         workers = set(server.worker_pids())
         with _background(server, max_s=150) as background:
             background.wait_for(20, timeout_s=30)
@@ -174,7 +171,6 @@ def test_request_log_on_a_full_disk_still_answers_and_is_counted(
            "TORCH_THREADS": "1", "REQUEST_LOG": "/dev/full", "GUNICORN_ACCESSLOG": "",
            **api_env}
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         with SteadyLoad(f"{server.url}/generate-text", api_headers,
                         lambda i: {"prompt": f"Log {i}", "max_new_tokens": 2}, threads=4,
                         max_requests=40, max_s=60) as load:

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
-from tests.locust.locust_runs import wait_all_workers_ready
 from tests.steady_load import Outcome, post_once
 
 IN_FLIGHT = 20
@@ -80,7 +79,6 @@ def test_sigterm_finishes_in_flight_generations_and_refuses_new_connections(
     env = {**ENV, "REQUEST_LOG": str(log_path), **api_env}
     outcomes: list[Outcome] = []
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         workers = server.worker_pids()
         url = f"{server.url}/generate-text"
 

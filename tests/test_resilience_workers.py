@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from server import synthetic
 from server.memory import read_process_memory
 from server.requestlog import FIELDS
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
-from tests.locust.locust_runs import wait_all_workers_ready
 from tests.steady_load import Outcome, SteadyLoad
 
 # What a request held by a dying worker turns into on the client side.
@@ -95,8 +94,7 @@ def test_sigkilled_worker_is_replaced_and_only_its_requests_fail(
     # (child_exit), or the cap would refuse requests once the load is over.
     env = _env(tmp_path, "synthetic:gpt2", GUNICORN_MAX_REQUESTS="0", MAX_IN_FLIGHT=str(CAP),
                **api_env)
-    with GunicornServer(tmp_path, env, workers=2, ready_timeout_s=300) as server:
-        wait_all_workers_ready(server, 2)
+    with GunicornServer(tmp_path, env, workers=2) as server:
         weight_mb = _weight_mb(server)
         with SteadyLoad(f"{server.url}/generate-text", api_headers, _body, threads=CLIENTS,
                         max_requests=2000, max_s=150) as load:
@@ -152,7 +150,6 @@ def _recycling_run(tmp_path: Path, api_env: dict, api_headers: dict,
     env = _env(tmp_path, "synthetic:tiny", GUNICORN_MAX_REQUESTS="20",
                GUNICORN_MAX_REQUESTS_JITTER="0", **api_env)
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         first = set(server.worker_pids())
         with SteadyLoad(f"{server.url}/generate-text", api_headers, _body, threads=8,
                         max_requests=300, max_s=150, keep_alive=keep_alive) as load:

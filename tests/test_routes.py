@@ -179,7 +179,8 @@ def _wait_for(condition, timeout_s: float = 10.0) -> None:
 
 
 def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
-    app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000)
+    app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
+                   ADMIT_PREDICTED=False)  # the queue limit, not the prediction, refuses
     batcher = _service(app).batcher
     long = {"prompt": "Go on", "max_new_tokens": 1000}
     running = threading.Thread(target=_post_many, args=(app, [long]))
@@ -198,9 +199,27 @@ def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
     waiting.join(60)
 
 
+def test_request_predicted_past_the_timeout_is_refused_fast(make_app) -> None:
+    """Admission predicts the finish from the measured step time: 1,000 tokens cannot finish
+    in 0.3 s, so the request is refused at once instead of admitted to time out."""
+    app = make_app(REQUEST_TIMEOUT_S=0.3, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000)
+    _service(app).start()
+    _wait_for(_service(app).ready.is_set)
+    started = time.monotonic()
+    response = app.test_client().post("/generate-text",
+                                      json={"prompt": "Go on", "max_new_tokens": 1000})
+    elapsed = time.monotonic() - started
+    body = _assert_envelope(response, 503, "overloaded")
+    assert "timeout" in body["error"]["message"] and response.headers["Retry-After"] == "2"
+    assert elapsed < 0.3 and _service(app).batcher.running == 0
+    short = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
+    assert short.status_code == 200
+
+
 def test_timeout_is_504_and_frees_the_slot(make_app) -> None:
+    # With the prediction off, the request is admitted and the timeout path is what ends it.
     app = make_app(REQUEST_TIMEOUT_S=0.3, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
-                   MAX_BATCH_SIZE=1)
+                   MAX_BATCH_SIZE=1, ADMIT_PREDICTED=False)
     _service(app).start()
     _wait_for(_service(app).ready.is_set)
     response = app.test_client().post("/generate-text",

@@ -17,9 +17,11 @@ import pytest
 import yaml
 
 from deploy.cluster import render_nginx_conf
+from deploy.netns import remove_stale
+from harness.gunicorn_process import REPO
+from harness.processes import stop_process
 from server.config import DEFAULTS
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO
 from tests.locust.locust_runs import locust_env, locust_totals, read_csv, read_jsonl
 
 LIMIT = 20  # the run's RATE_LIMIT: 20/minute per key, and the run is shorter than a minute
@@ -47,11 +49,17 @@ def run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
          "--rate-limit", f"{LIMIT}/minute", "--run-dir", str(run_dir)],
         cwd=REPO, env=locust_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = proc.communicate(timeout=170)
+        # The script follows its own processes while they start (harness.waiting), so this
+        # is only a cap for a run that hangs: two hosts preloading on 2 busy cores take minutes.
+        out, _ = proc.communicate(timeout=1200)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # the script tears its namespaces down on SIGTERM
-        out, _ = proc.communicate(timeout=60)
-        pytest.fail(f"scale-out run took over 170 s:\n{out[-4000:]}")
+        out, _ = proc.communicate(timeout=120)
+        pytest.fail(f"scale-out run took over 1200 s:\n{out[-4000:]}")
+    finally:
+        # Whatever happened, nothing of this run may keep running into the next tests.
+        stop_process(proc)
+        remove_stale()
     assert proc.returncode == 0, out[-6000:]
     return run_dir, proc.pid
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import requests
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 def _key() -> str:

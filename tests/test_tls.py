@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bench.roofline import Roofline, decode_limit, load, model_params, render
+from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO
 
 # 1e9 parameters in bf16 = 2 GB read per step; 20 GB/s -> 10 steps/s; 400 GFLOP/s / 2 GFLOP
 # per token -> 200 tokens/s whatever the batch.

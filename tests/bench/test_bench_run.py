@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO
 from tests.locust.locust_runs import locust_env
 
 ROWS = ("naive", "batch-bf16")

@@ -7,12 +7,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-
-from tests.gunicorn_server import REPO, GunicornServer
+from harness.gunicorn_process import REPO
 
 # Every file a run folder holds once Locust has run (analysis adds charts/ and report.md).
 LOCUST_FILES = ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
@@ -43,18 +40,6 @@ def run_headless(run_dir: Path, host: str, api_key: str, *args: str,
         return subprocess.run(locust_command(run_dir, host, "--headless", *args), cwd=REPO,
                               env=locust_env(LOCUST_API_KEY=api_key), stdout=log,
                               stderr=subprocess.STDOUT, timeout=timeout_s)
-
-
-def wait_all_workers_ready(server: GunicornServer, workers: int, timeout_s: float = 60) -> None:
-    """Poll /ready on fresh connections until ``workers`` distinct pids said yes."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < workers:
-        assert time.monotonic() < deadline, f"workers ready: {seen}\n{server.log_text()}"
-        response = requests.get(f"{server.url}/ready", timeout=5)
-        if response.status_code == 200:
-            seen.add(response.headers["X-Worker-PID"])
-        time.sleep(0.1)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

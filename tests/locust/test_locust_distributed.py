@@ -6,8 +6,8 @@ import secrets
 from collections import Counter
 from pathlib import Path
 
+from harness.gunicorn_process import GunicornServer
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
 from tests.locust.locust_runs import (
     LOCUST_FILES,
     USER_CLASSES,
@@ -15,7 +15,6 @@ from tests.locust.locust_runs import (
     read_csv,
     read_jsonl,
     run_headless,
-    wait_all_workers_ready,
 )
 
 
@@ -28,7 +27,6 @@ def test_master_and_two_workers_record_every_request(tiny_model: Path, tmp_path:
            "TORCH_THREADS": "1", "API_KEYS": api_key, "BATCH_WAIT_MS": "1500",
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl")}
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         result = run_headless(run_dir, server.url, api_key, "--processes", "2", "-u", "6",
                               "-r", "6", "-t", "15s", "--stop-timeout", "30",
                               "--server-pidfile", str(server.pidfile))

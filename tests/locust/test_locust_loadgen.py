@@ -17,10 +17,10 @@ import numpy as np
 import psutil
 import pytest
 
+from harness.gunicorn_process import GunicornServer
 from locustfiles.loadgen_monitor import COLUMNS, LoopMonitor
 from locustfiles.memory_sampler import MemorySampler
 from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.gunicorn_server import GunicornServer
 from tests.locust.locust_runs import locust_totals, read_csv, run_headless
 
 # A parent and two children holding 512 MB each: smaps_rollup of each takes ~10 ms.

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.gunicorn_process import GunicornServer, free_port
 from locustfiles.memory_sampler import (
     COLUMNS,
     MemorySampler,
@@ -29,9 +30,7 @@ from locustfiles.memory_sampler import (
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer, free_port
 from tests.locust.conftest import SERVER_HEADERS
-from tests.locust.locust_runs import wait_all_workers_ready
 
 # A parent that forks two children holding 32 MB each, then writes its pid to argv[1].
 TREE = textwrap.dedent("""
@@ -137,7 +136,6 @@ def test_metrics_scrape_of_a_real_server_matches_its_workers(tiny_model, tmp_pat
            "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
            "MEMORY_SAMPLE_S": "0.2", "API_KEYS": secrets.token_urlsafe(24)}
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         deadline = time.monotonic() + 20
         while (sample := sample_metrics(server.url)) is None or len(sample.processes) < 2:
             assert time.monotonic() < deadline, "no per-worker gauges on /metrics"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO
 from tests.locust.locust_runs import (
     LOCUST_FILES,
     USER_CLASSES,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.gunicorn_process import GunicornServer
 from locustfiles.run_options import new_run_dir, utc_stamp
 from locustfiles.shapes import StepShape
 from locustfiles.stages import STEP_SWEEP, Stage, parse_stages, shape_record
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import GunicornServer
-from tests.locust.locust_runs import read_csv, run_headless, wait_all_workers_ready
+from tests.locust.locust_runs import read_csv, run_headless
 
 
 def test_parse_stages_reads_users_and_seconds() -> None:
@@ -57,7 +57,6 @@ def test_shape_option_drives_a_real_run(tiny_model: Path, tmp_path: Path) -> Non
            "TORCH_THREADS": "1", "API_KEYS": api_key,
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl")}
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         started = time.monotonic()
         result = run_headless(run_dir, server.url, api_key, "--shape", "steps", "--stages",
                               "1:4,3:5", "-r", "10", "--stop-timeout", "30", timeout_s=60)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from analysis.report_streaming import NO_STREAMS
+from harness.gunicorn_process import REPO, GunicornServer
 from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.gunicorn_server import REPO, GunicornServer
 from tests.locust.foreign_server import ForeignServer
 from tests.locust.locust_runs import locust_env, locust_totals, read_csv, read_jsonl, run_headless
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.gunicorn_process import REPO, GunicornServer, free_port
 from tests.conftest import MODELS_DIR
-from tests.gunicorn_server import REPO, GunicornServer, free_port
-from tests.locust.locust_runs import locust_command, locust_env, wait_all_workers_ready
+from tests.locust.locust_runs import locust_command, locust_env
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -56,7 +56,6 @@ def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
            "TORCH_THREADS": "1", "API_KEYS": api_key,
            "REQUEST_LOG": str(tmp_path / "server_requests.jsonl")}
     with GunicornServer(tmp_path, env, workers=2) as server:
-        wait_all_workers_ready(server, 2)
         port = free_port()
         cmd = locust_command(run_dir, server.url, "--web-host", "127.0.0.1", "--web-port",
                              str(port), "--autostart", "-u", "4", "-r", "4", "-t", "120s",

@@ -1,0 +1,63 @@
+"""Wait for a condition while following the process that should bring it about.
+
+A fixed clock fails on a slow or busy machine while the server is still making progress,
+and waits its whole length for a server that died at once. ``wait_until`` does neither:
+it fails at once when ``alive`` says the process is gone, keeps waiting while the process
+shows progress (``progress`` returns a value that changes: log size, CPU time, children),
+and gives up only when there was no progress for ``stall_s`` or ``cap_s`` passed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+
+# Generous bounds: CI machines differ by several times in speed, and a busy 2-core box can
+# take minutes to start a preloaded Gunicorn; a process that makes no progress at all for
+# STALL_S is stuck, not slow.
+CAP_S = 900.0
+STALL_S = 180.0
+
+
+class WaitTimeout(TimeoutError):
+    """The condition did not hold in time; the message names what was waited for."""
+
+
+class ProcessDied(RuntimeError):
+    """The process that should have made the condition true exited first."""
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    timeout_s: float = CAP_S,
+    interval_s: float = 0.1,
+    alive: Callable[[], bool] | None = None,
+    progress: Callable[[], Hashable] | None = None,
+    stall_s: float = STALL_S,
+    detail: Callable[[], str] = lambda: "",
+) -> float:
+    """Poll ``predicate`` until true; return the seconds it took.
+
+    Raises ``ProcessDied`` when ``alive()`` turns false first, and ``WaitTimeout`` after
+    ``timeout_s`` in all or, with ``progress``, after ``stall_s`` without its value changing.
+    ``detail()`` is appended to either message (e.g. the server's log tail).
+    """
+    started = time.monotonic()
+    last_change, last_seen = started, progress() if progress else None
+    while True:
+        if predicate():
+            return time.monotonic() - started
+        if alive is not None and not alive():
+            raise ProcessDied(f"{what}: the process exited first\n{detail()}")
+        now = time.monotonic()
+        if progress is not None:
+            seen = progress()
+            if seen != last_seen:
+                last_change, last_seen = now, seen
+            if now - last_change > stall_s:
+                raise WaitTimeout(f"{what}: no progress for {stall_s:.0f} s "
+                                  f"(after {now - started:.0f} s)\n{detail()}")
+        if now - started > timeout_s:
+            raise WaitTimeout(f"{what}: not within {timeout_s:.0f} s\n{detail()}")
+        time.sleep(interval_s)

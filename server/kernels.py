@@ -1,0 +1,184 @@
+"""Choose the precision and kernel path by timing this CPU, not by reading its flags.
+
+CPUs of the same kind differ by several times: an Intel core with AMX runs bf16 matmuls
+~2.6x faster than fp32, an AVX2-only EPYC emulates bf16 at ~1 GB/s, and there torch's MKL
+fp32 GEMM with 4-16 rows (a decode step's batch) is 2-3x slower than oneDNN's or fbgemm's.
+So ``choose`` times one decode step of the served model at batch 1 and at the maximum batch
+for each allowed candidate and keeps the fastest at the maximum batch (throughput under
+load), batch 1 breaking ties:
+
+    float32          nn.Linear -> torch's BLAS (MKL)
+    float32+onednn   the same fp32 weights through oneDNN's matmul (no copy)
+    bfloat16         weights and activations in bf16
+    int8             dynamic int8 Linear (fbgemm); changes the text, so only with ALLOW_INT8
+
+It runs in the Gunicorn master before fork with torch pinned to ONE thread (a multi-threaded
+op there would leave forked workers hanging), so the table is per-thread speed; workers
+then use their own threads.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from server.decoding import GenerationRequest
+from server.engine import StepEngine
+
+log = logging.getLogger(__name__)
+
+FLOAT32, ONEDNN, BFLOAT16, INT8 = "float32", "float32+onednn", "bfloat16", "int8"
+# A candidate whose batch-1 step is this many times the best so far is not timed at the
+# maximum batch (emulated bf16 on gpt2-large would spend ~15 s there for nothing).
+HOPELESS = 3.0
+PROMPT_TOKENS = 4  # the timed rows' prompts: prefill is not what is being chosen
+REPS = 3
+
+
+@dataclass
+class KernelTiming:
+    """One candidate's decode-step time (ms, one thread) at batch 1 and at ``max_batch``."""
+
+    precision: str
+    batch_1_ms: float
+    batch_max_ms: float | None  # None: not timed there (hopeless at batch 1)
+    max_batch: int
+
+
+@dataclass
+class KernelChoice:
+    """What was measured and what is served."""
+
+    chosen: str
+    allow_int8: bool
+    requested: str  # the DTYPE setting: auto or a fixed precision
+    table: list[KernelTiming] = field(default_factory=list)
+    measure_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        """The JSON form (/ready, run.json ``server.kernels``)."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for the startup log."""
+        rows = ", ".join(f"{t.precision} {t.batch_1_ms:.1f}/"
+                         f"{'-' if t.batch_max_ms is None else f'{t.batch_max_ms:.1f}'} ms"
+                         for t in self.table)
+        return (f"kernel choice ({self.requested}): {self.chosen}; decode step at batch 1/"
+                f"{self.table[0].max_batch if self.table else '?'} on one thread: {rows} "
+                f"(measured in {self.measure_s:.1f} s)")
+
+
+class OneDNNLinear(nn.Module):
+    """``nn.Linear`` computed by oneDNN's matmul, sharing the original's weight and bias."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T + bias, any leading dims."""
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def swap_linears(model: nn.Module, to_onednn: bool) -> int:
+    """Turn every nn.Linear into OneDNNLinear (or back), in place; return how many."""
+    swapped = 0
+    source, make = (nn.Linear, OneDNNLinear) if to_onednn else (OneDNNLinear, _plain_linear)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is source:
+                setattr(parent, name, make(child))
+                swapped += 1
+    return swapped
+
+
+def _plain_linear(module: OneDNNLinear) -> nn.Linear:
+    linear = nn.Linear(module.in_features, module.out_features, device="meta")
+    linear.weight, linear.bias = module.weight, module.bias
+    return linear
+
+
+def onednn_available() -> bool:
+    """True where torch was built with oneDNN (x86 and aarch64 wheels)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                            "_linear_pointwise")
+
+
+def candidates(requested: str, allow_int8: bool) -> list[str]:
+    """Precisions to time for DTYPE=``requested``: auto times every allowed one."""
+    fp32 = [FLOAT32, ONEDNN] if onednn_available() else [FLOAT32]
+    if requested == "auto":
+        return fp32 + [BFLOAT16] + ([INT8] if allow_int8 else [])
+    if requested == FLOAT32:
+        return fp32
+    return [requested]
+
+
+def time_step_ms(model: nn.Module, eos_id: int, batch: int, reps: int = REPS) -> float:
+    """Median ms of one decode step of ``batch`` rows (short prompts, greedy)."""
+    engine = StepEngine(model, eos_id, ignore_eos=True, prefill_chunk=batch * PROMPT_TOKENS)
+    prompt = [(eos_id + 1 + i) % 50_000 for i in range(PROMPT_TOKENS)]
+    rows = [engine.new_row(GenerationRequest(prompt, reps + 2)) for _ in range(batch)]
+    while any(r.prompt_left for r in rows):
+        engine.step(rows)
+    engine.step(rows)  # one untimed decode step: first-call allocations
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        engine.step(rows)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+def choose(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_batch: int,
+           quantize: Callable[[nn.Module], nn.Module]) -> tuple[nn.Module, KernelChoice]:
+    """Time each candidate built from the float32 ``model``; return the fastest, ready."""
+    started = time.monotonic()
+    choice = KernelChoice(requested, allow_int8, requested)
+    variants: dict[str, nn.Module] = {}
+    for name in candidates(requested, allow_int8):
+        variant = _build(model, name, quantize)
+        best = min((t.batch_1_ms for t in choice.table), default=float("inf"))
+        one = time_step_ms(variant, eos_id, 1)
+        many = None if one > HOPELESS * best else time_step_ms(variant, eos_id, max_batch)
+        choice.table.append(KernelTiming(name, round(one, 2), None if many is None
+                                         else round(many, 2), max_batch))
+        if name == ONEDNN:
+            swap_linears(model, to_onednn=False)  # the same tensors: build it again if chosen
+        else:
+            variants[name] = variant
+    timed = [t for t in choice.table if t.batch_max_ms is not None]
+    choice.chosen = min(timed, key=lambda t: (t.batch_max_ms, t.batch_1_ms)).precision
+    served = _build(model, ONEDNN, quantize) if choice.chosen == ONEDNN \
+        else variants[choice.chosen]
+    variants.clear()
+    gc.collect()
+    choice.measure_s = round(time.monotonic() - started, 2)
+    log.info(choice.summary())
+    return served, choice
+
+
+def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    if name == FLOAT32:
+        return model
+    if name == ONEDNN:
+        swap_linears(model, to_onednn=True)
+        return model
+    if name == BFLOAT16:
+        return copy.deepcopy(model).to(torch.bfloat16)
+    if name == INT8:
+        return quantize(copy.deepcopy(model))
+    raise ValueError(f"unknown precision {name!r}; use one of "
+                     f"{', '.join([FLOAT32, ONEDNN, BFLOAT16, INT8])}")

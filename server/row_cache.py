@@ -1,0 +1,122 @@
+"""Per-request KV caches packed into one forward pass, and the attention that reads them.
+
+Continuous batching without padding: every step runs ONE forward over a packed sequence
+(batch 1) that holds, one after another, the new tokens of each row in the step (one token
+per decoding row, a chunk of prompt tokens per prefilling row). Each row keeps its own key
+and value buffers per layer, sized for its own prompt plus its own ``max_new_tokens``: no
+row carries another row's length, and nothing is padded. Positions come from each row's
+own count (``position_ids``), so a row computes what it would alone.
+
+How it plugs into a Hugging Face model without forking its code:
+
+- ``PackedStep`` is passed as the model's ``cache``: the attention layer calls
+  ``cache.update(keys, values, layer_idx)`` with the packed step's new keys and values; the
+  step writes each row's slice into that row's buffers.
+- ``packed_attention`` is registered with transformers' ``AttentionInterface`` and selected
+  with ``model.config._attn_implementation``; it attends each row's queries to that row's
+  buffers only (causal inside a prefill chunk) and concatenates the outputs in packed order.
+  transformers builds no mask for an attention it does not know, so none is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional
+
+ATTENTION_NAME = "gll_packed"
+
+
+@dataclass
+class RowCache:
+    """One request's keys and values for every layer: [1, kv_heads, capacity, head_dim]."""
+
+    capacity: int
+    length: int = 0  # positions written so far (= the next token's position)
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def ensure(self, layer: int, like: torch.Tensor) -> None:
+        """Allocate ``layer``'s buffers on first use, shaped after ``like`` [1, h, n, d].
+
+        ``torch.empty``: pages are touched only as tokens are written, so resident memory
+        grows with the tokens this row actually has, not with its capacity.
+        """
+        while len(self.keys) <= layer:
+            shape = (1, like.shape[1], self.capacity, like.shape[3])
+            self.keys.append(torch.empty(shape, dtype=like.dtype))
+            self.values.append(torch.empty(shape, dtype=like.dtype))
+
+    def nbytes(self) -> int:
+        """Bytes of the positions written so far, over all layers."""
+        per_position = sum(k.shape[1] * k.shape[3] * k.element_size() for k in self.keys)
+        return 2 * per_position * self.length
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A row's place in the packed step: its cache and its ``count`` new tokens at
+    ``start`` in the packed sequence."""
+
+    cache: RowCache
+    start: int
+    count: int
+
+
+class PackedStep:
+    """The ``cache`` object of one packed forward: routes each row's new keys and values to
+    its RowCache (``update``), and tells the attention which rows are where."""
+
+    is_compileable = False  # read by transformers' generation utilities, never used here
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's new keys/values ([1, h, packed, d]) into its buffers."""
+        for seg in self.segments:
+            seg.cache.ensure(layer_idx, key_states)
+            end = seg.cache.length + seg.count
+            seg.cache.keys[layer_idx][:, :, seg.cache.length:end] = \
+                key_states[:, :, seg.start:seg.start + seg.count]
+            seg.cache.values[layer_idx][:, :, seg.cache.length:end] = \
+                value_states[:, :, seg.start:seg.start + seg.count]
+        return key_states, value_states
+
+    def advance(self) -> None:
+        """After the forward: each row's cache now holds its new tokens."""
+        for seg in self.segments:
+            seg.cache.length += seg.count
+
+
+def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, attention_mask: torch.Tensor | None,
+                     scaling: float | None = None, dropout: float = 0.0,
+                     cache: PackedStep | None = None, **kwargs: object):
+    """Attention of each row's queries over its own cache only; [1, packed, heads, dim]."""
+    step = cache if isinstance(cache, PackedStep) else kwargs.get("packed_step")
+    if not isinstance(step, PackedStep):
+        raise RuntimeError("packed attention needs the PackedStep passed as the cache")
+    layer = module.layer_idx
+    outputs = []
+    for seg in step.segments:
+        total = seg.cache.length + seg.count
+        q = query[:, :, seg.start:seg.start + seg.count]
+        k = seg.cache.keys[layer][:, :, :total]
+        v = seg.cache.values[layer][:, :, :total]
+        mask = None
+        if seg.count > 1:  # a prefill chunk: causal, offset by what the row already has
+            rows = torch.arange(seg.count).unsqueeze(1) + seg.cache.length
+            mask = torch.arange(total).unsqueeze(0) <= rows
+        outputs.append(functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1]))
+    return torch.cat(outputs, dim=2).transpose(1, 2), None
+
+
+def register() -> None:
+    """Make ``ATTENTION_NAME`` available to every transformers model (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, packed_attention)

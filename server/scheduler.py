@@ -1,0 +1,172 @@
+"""Continuous batching: one generation thread per worker runs steps, not batches.
+
+Between any two steps the thread admits waiting jobs into the running set (up to
+``max_batch_size`` rows); a row that finished, stopped or was cancelled leaves at once and
+its slot is free for the next step. No request waits for another request's whole
+generation: it waits at most for the step in progress (server.engine).
+
+Admission predicts the wait (``predict_s``): from the rows in flight, the jobs queued
+ahead and this worker's measured step time, the time until this job would finish. A job
+that would not finish within ``REQUEST_TIMEOUT_S`` is refused at once (503 with
+Retry-After) instead of being admitted only to time out; a full queue is refused too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from server.batching import Job, QueueFull
+from server.engine import Row, StepEngine, StepReport
+from server.memory import HeapReleaser
+
+log = logging.getLogger(__name__)
+
+# The share of REQUEST_TIMEOUT_S a predicted finish may use: the prediction assumes every
+# row runs to its max_new_tokens, but step times wander with the mix (prefill chunks).
+ADMIT_SHARE = 0.8
+# Weight of the newest step in the running step-time average (about the last 20 steps).
+STEP_EWMA = 0.05
+
+
+class WouldTimeOut(QueueFull):
+    """Admitting this job would make it finish after the request timeout."""
+
+    def __init__(self, predicted_s: float) -> None:
+        super().__init__(f"predicted {predicted_s:.1f} s")
+        self.predicted_s = predicted_s
+
+
+class Scheduler:
+    """A bounded queue feeding a step loop over at most ``max_batch_size`` rows."""
+
+    def __init__(self, engine: StepEngine, max_batch_size: int, max_queue: int,
+                 timeout_s: float, on_step: Callable[[StepReport], None] = lambda r: None,
+                 initial_step_s: float = 0.0) -> None:
+        self.engine = engine
+        self._max_rows = max(1, max_batch_size)
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self._timeout_s = timeout_s
+        self._on_step = on_step
+        self._rows: list[tuple[Job, Row]] = []
+        self._heap = HeapReleaser()
+        self._thread: threading.Thread | None = None
+        self.step_s = initial_step_s  # running average of a decode step at current load
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for a row."""
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> int:
+        """Rows in the running set."""
+        return len(self._rows)
+
+    def submit(self, job: Job) -> Job:
+        """Queue ``job``, or raise QueueFull / WouldTimeOut without waiting."""
+        predicted = self.predict_s(job)
+        if predicted > ADMIT_SHARE * self._timeout_s:
+            raise WouldTimeOut(predicted)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+        return job
+
+    def predict_s(self, job: Job) -> float:
+        """Seconds until ``job`` would finish if queued now (every row at its maximum)."""
+        if self.step_s <= 0.0:
+            return 0.0  # nothing measured yet: the warm-up sets it before /ready
+        chunk = self.engine.prefill_chunk
+        # Steps until each of the max_rows slots frees up, then the queue takes them in order.
+        slots = [_steps_left(row, chunk) for _, row in list(self._rows)]
+        slots += [0] * (self._max_rows - len(slots))
+        heapq.heapify(slots)
+        for waiting in list(self._queue.queue):
+            heapq.heappush(slots, heapq.heappop(slots) + _job_steps(waiting, chunk))
+        start = heapq.heappop(slots)
+        return (start + _job_steps(job, chunk)) * self.step_s
+
+    def start(self, before_loop: Callable[[], None] = lambda: None) -> None:
+        """Start the generation thread; ``before_loop`` (warm-up) runs in it first."""
+        def main() -> None:
+            before_loop()
+            while True:
+                self.run_once()
+
+        self._thread = threading.Thread(target=main, name="generation", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> None:
+        """Admit what fits, run one step, hand out tokens and finished results."""
+        self._admit(block=not self._rows)
+        self._drop_cancelled()
+        if not self._rows:
+            return
+        try:
+            report = self.engine.step([row for _, row in self._rows])
+        except Exception as error:  # one bad step must not kill the worker's only generator
+            log.error("step over %d rows failed: %s", len(self._rows), type(error).__name__)
+            for job, _ in self._rows:
+                job.finish(error=error)
+            self._rows = []
+            return
+        finished = self._deliver(report)
+        self._on_step(report)
+        # Every step counts (a prefill chunk is a step in predict_s's count too).
+        self.step_s += STEP_EWMA * (report.step_s - self.step_s) if self.step_s else \
+            report.step_s
+        if finished:  # hand freed KV memory back when idle, and now and then under load
+            self._heap.after_batch(idle=not self._rows and self._queue.empty())
+
+    def _admit(self, block: bool) -> None:
+        while len(self._rows) < self._max_rows:
+            try:
+                job = self._queue.get(block=block and not self._rows)
+            except queue.Empty:
+                return
+            if job.cancelled:
+                job.finish(error=TimeoutError("cancelled while queued"))
+                continue
+            job.started_at = time.monotonic()
+            self._rows.append((job, self.engine.new_row(job.request)))
+
+    def _drop_cancelled(self) -> None:
+        for job, row in self._rows:
+            if job.cancelled and row.finish_reason is None:
+                row.finish_reason = "cancelled"
+        self._finish_done()
+
+    def _deliver(self, report: StepReport) -> int:
+        rows = len(self._rows)
+        for index, (job, _) in enumerate(self._rows):
+            job.batch_size = max(job.batch_size, rows)
+            token = report.sampled.get(index)
+            if token is not None:
+                job.on_token(token)
+        return self._finish_done()
+
+    def _finish_done(self) -> int:
+        """Finish the rows that are done (their slots free at once); how many there were."""
+        keep = []
+        for job, row in self._rows:
+            if row.finish_reason is None:
+                keep.append((job, row))
+            else:
+                job.finish(result=row.result())
+        finished, self._rows = len(self._rows) - len(keep), keep
+        return finished
+
+
+def _steps_left(row: Row, chunk: int) -> int:
+    return math.ceil(row.prompt_left / chunk) + max(0, row.steps_left)
+
+
+def _job_steps(job: Job, chunk: int) -> int:
+    return math.ceil(len(job.request.input_ids) / chunk) + max(0, job.request.max_new_tokens)

@@ -1,0 +1,140 @@
+"""The step engine (server.engine) and the continuous scheduler (server.scheduler) on tiny."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.batching import Job
+from server.decoding import GenerationRequest
+from server.engine import StepEngine, generate_alone
+from server.model import LoadedModel, load_model
+from server.scheduler import Scheduler, WouldTimeOut
+from tests.conftest import MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model: Path) -> LoadedModel:
+    torch.set_num_threads(1)
+    return load_model("synthetic:tiny", "float32", MODELS_DIR)
+
+
+def _engine(loaded: LoadedModel, chunk: int = 8, ignore_eos: bool = True) -> StepEngine:
+    return StepEngine(loaded.model, loaded.eos_id, ignore_eos=ignore_eos, prefill_chunk=chunk)
+
+
+def _prompt(n: int, first: int = 200) -> list[int]:
+    return list(range(first, first + n))
+
+
+def _run(engine: StepEngine, rows) -> None:
+    while any(r.finish_reason is None for r in rows):
+        engine.step(rows)
+
+
+def test_greedy_tokens_are_the_same_alone_batched_and_joining_mid_generation(loaded) -> None:
+    engine = _engine(loaded, chunk=8)
+    requests = [GenerationRequest(_prompt(n, 100 + n), 10) for n in (3, 37, 12)]
+    alone = [generate_alone(engine, r).token_ids for r in requests]
+
+    together = [engine.new_row(r) for r in requests]
+    _run(engine, together)
+    # The third joins after the first two have decoded a few tokens (its 12-token prompt
+    # is prefilled in chunks of 8 beside their decode steps).
+    early = [engine.new_row(r) for r in requests[:2]]
+    for _ in range(9):
+        engine.step(early)
+    late = engine.new_row(requests[2])
+    rows = [*early, late]
+    _run(engine, rows)
+
+    assert [r.tokens for r in together] == alone
+    assert [r.tokens for r in rows] == alone
+    assert all(len(t) == 10 for t in alone)
+
+
+def test_short_request_gets_a_token_before_a_long_prompt_is_read_in(loaded) -> None:
+    engine = _engine(loaded, chunk=16)
+    long = engine.new_row(GenerationRequest(_prompt(200), 4))
+    engine.step([long])
+    short = engine.new_row(GenerationRequest(_prompt(5, 900), 4))
+    rows = [long, short]
+    engine.step(rows)
+    assert len(short.tokens) == 1 and long.prompt_left > 0
+    _run(engine, rows)
+    assert long.tokens == generate_alone(engine, long.request).token_ids
+
+
+def test_each_row_keeps_its_own_length_and_sampling(loaded) -> None:
+    engine = _engine(loaded)
+    greedy = GenerationRequest(_prompt(6), 3)
+    sampled = GenerationRequest(_prompt(6), 12, temperature=1.0, top_p=0.9, seed=7)
+    rows = [engine.new_row(greedy), engine.new_row(sampled)]
+    _run(engine, rows)
+    again = generate_alone(engine, sampled).token_ids
+
+    assert [len(r.tokens) for r in rows] == [3, 12]
+    assert rows[0].tokens == generate_alone(engine, greedy).token_ids
+    assert rows[1].tokens == again  # the seed alone decides, not the neighbours
+
+
+def test_kv_memory_follows_each_rows_own_tokens(loaded) -> None:
+    engine = _engine(loaded, chunk=512)
+    long, short = (engine.new_row(GenerationRequest(_prompt(n), 2)) for n in (400, 10))
+    engine.step([long, short])
+    assert long.cache.length == 400 and short.cache.length == 10
+    assert short.cache.nbytes() * 40 == long.cache.nbytes()  # no padding to 400
+
+
+def test_stop_token_ends_a_row_without_reporting_it(loaded) -> None:
+    engine = _engine(loaded, ignore_eos=False)
+    row = engine.new_row(GenerationRequest(_prompt(4), 50))
+    # Make the stop token the only choice: the row ends at its first step.
+    loaded.model.lm_head.bias = torch.nn.Parameter(torch.zeros(loaded.model.config.vocab_size))
+    loaded.model.lm_head.bias.data[loaded.eos_id] = 1e6
+    try:
+        report = engine.step([row])
+    finally:
+        loaded.model.lm_head.bias = None
+    assert row.finish_reason == "stop" and row.tokens == [] and report.sampled == {}
+
+
+def _scheduler(loaded, max_batch: int = 4, timeout_s: float = 60.0) -> Scheduler:
+    scheduler = Scheduler(_engine(loaded), max_batch, max_queue=8, timeout_s=timeout_s)
+    scheduler.start()
+    return scheduler
+
+
+def test_scheduler_joins_rows_between_steps_and_cancels(loaded) -> None:
+    scheduler = _scheduler(loaded)
+    long = scheduler.submit(Job(GenerationRequest(_prompt(4), 400)))
+    while not long.batch_size:
+        time.sleep(0.01)
+    short = scheduler.submit(Job(GenerationRequest(_prompt(4, 700), 3)))
+    assert short.wait(60) and short.result.finish_reason == "length"
+    assert not long._done.is_set()  # it joined the running batch and left before it
+    assert short.batch_size == 2
+    long.cancelled = True
+    assert long.wait(60) and long.result.finish_reason == "cancelled"
+    assert 0 < len(long.result.token_ids) < 400
+    deadline = time.monotonic() + 60
+    while scheduler.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_scheduler_refuses_what_it_predicts_past_the_timeout(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 1, max_queue=8, timeout_s=10.0)
+    scheduler.step_s = 0.05  # as measured: 50 ms a step
+    fits = Job(GenerationRequest(_prompt(4), 100))  # ~5 s
+    assert scheduler.predict_s(fits) == pytest.approx(101 * 0.05)
+    scheduler.submit(fits)
+    # One slot: the next waits for the first's 101 steps, then needs its own 101.
+    assert scheduler.predict_s(Job(GenerationRequest(_prompt(4), 100))) == \
+        pytest.approx(202 * 0.05)
+    with pytest.raises(WouldTimeOut) as refused:
+        scheduler.submit(Job(GenerationRequest(_prompt(4), 100)))
+    assert refused.value.predicted_s > 8.0
