@@ -42,6 +42,7 @@ class Hardware:
     torch_cpu_capability: str | None
     blas: str | None
     chosen: str | None
+    allow_int8: bool | None
     served: str | None  # the precision the run's server reported serving (run.json dtype)
     kernels: tuple[KernelTiming, ...]
 
@@ -82,6 +83,7 @@ def hardware(settings: Mapping[str, Any]) -> Hardware | None:
         torch_cpu_capability=host.get("torch_cpu_capability") or None,
         blas=host.get("blas") or None,
         chosen=kernels.get("chosen"),
+        allow_int8=kernels.get("allow_int8"),
         served=settings.get("dtype"),
         kernels=kernel_table(kernels.get("table")),
     )
