@@ -66,16 +66,17 @@ def set_up_run(environment: Environment) -> None:
     """Register the run's hooks on ``environment`` (workers only forward rows)."""
     select_users(environment)  # --mix / --target openai (user_mix.py)
     GracefulDrain().register(environment)
+    options = environment.parsed_options
+    tick_s = float(getattr(options, "loop_tick_s", 0.1))
     if isinstance(environment.runner, WorkerRunner):
         RequestRecorder(None).register(environment)
-        LoopMonitor(None).register(environment)
+        LoopMonitor(None, interval_s=tick_s).register(environment)
         return
-    options = environment.parsed_options
     run_dir = resolve_run_dir(options)
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
     FinalCsvSnapshot().register(environment)
-    LoopMonitor(run_dir / "loadgen.csv").register(environment)
+    LoopMonitor(run_dir / "loadgen.csv", interval_s=tick_s).register(environment)
     sample_s = float(getattr(options, "memory_sample_s", 1.0))
     if is_openai_target(options):  # someone else's server: no memory to sample
         log.info("run folder %s (--target openai: no server memory)", run_dir)

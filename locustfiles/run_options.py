@@ -44,6 +44,9 @@ def add_options(parser: LocustArgumentParser) -> None:
                         default=1.0,
                         help="seconds between samples of the server's memory (memory.csv); "
                              "0 = do not sample")
+    parser.add_argument("--loop-tick-s", env_var="LOCUST_LOOP_TICK_S", type=float, default=0.1,
+                        help="seconds between the event-loop lag ticks of loadgen.csv "
+                             "(shorter: finer percentiles, more rows)")
     parser.add_argument("--data-dir", env_var="LOCUST_DATA_DIR", default="",
                         help="folder with prompts.jsonl, articles.jsonl, qa.jsonl "
                              "(default: locustfiles/data)")

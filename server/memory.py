@@ -92,8 +92,9 @@ def estimate_from(full: MemorySample, rss_mb: float, at: float,
     change since.
 
     What a worker allocates or frees between reads (activations, KV cache, heap) is private,
-    so it moves RSS, USS and PSS alike; pages turning private by copy-on-write (RSS
-    unchanged) are missed until the next full read.
+    so it moves RSS, USS and PSS alike. What leaves RSS unchanged waits for the next full
+    read: pages turning private by copy-on-write, and PSS shifting as workers (sharers of
+    the weights) come and go.
     """
     delta = rss_mb - full.rss_mb
     uss = max(0.0, full.uss_mb + delta)

@@ -17,6 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
+from analysis.loadgen import load_window, loadgen_summary, read_loadgen
+from analysis.readers import read_requests
 from harness.gunicorn_process import GunicornServer
 from locustfiles.loadgen_monitor import COLUMNS, LoopMonitor
 from locustfiles.memory_sampler import MemorySampler
@@ -111,22 +113,27 @@ def test_sampling_a_big_tree_does_not_stall_the_loop(environment, big_tree, tmp_
 
 
 def _loop_lag_p99_ms(run_dir: Path) -> float:
-    rows = read_csv(run_dir / "loadgen.csv")
-    lags = [float(r["loop_lag_ms"]) for r in rows if r["role"] == "local"]
-    assert len(lags) > 100  # ~10 ticks a second over a 20 s run
-    return float(np.percentile(lags, 99))
+    """p99 of the Locust process's tick lateness while load ran (as the report computes it)."""
+    requests = read_requests(run_dir / "requests.csv")
+    ticks = read_loadgen(run_dir / "loadgen.csv", float(requests["timestamp"].min()))
+    summary = loadgen_summary(ticks, load_window(requests))
+    assert summary.ticks > 500  # a tick every 20 ms over ~20 s of load
+    return summary.lag_p99_ms
 
 
 def test_memory_sampling_leaves_the_loop_lag_alone(tiny_model, tmp_path) -> None:
     """Two headless runs at the same time against one server: sampling at the default 1 s,
-    and none. Both see the same CPU contention; only the sampling differs."""
+    and none. Both see the same CPU contention; only the sampling differs. Ticks every
+    20 ms: a p99 over a thousand ticks, not the third-largest of two hundred."""
     env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
            "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
            "API_KEYS": TEST_API_KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
     with GunicornServer(tmp_path, env, workers=2) as server:
         runs = {"on": tmp_path / "on", "off": tmp_path / "off"}
-        common = ("-u", "4", "-r", "4", "-t", "20s", "--stop-timeout", "15",
-                  "--server-pidfile", str(server.pidfile), "--label", secrets.token_hex(4))
+        # Light load: a server saturating the core would make both loops wait for CPU.
+        common = ("-u", "2", "-r", "2", "-t", "20s", "--stop-timeout", "15",
+                  "--loop-tick-s", "0.02", "--server-pidfile", str(server.pidfile),
+                  "--label", secrets.token_hex(4))
         with ThreadPoolExecutor(2) as pool:
             done = [pool.submit(run_headless, runs["on"], server.url, TEST_API_KEY, *common,
                                 "--memory-sample-s", "1"),
@@ -137,7 +144,7 @@ def test_memory_sampling_leaves_the_loop_lag_alone(tiny_model, tmp_path) -> None
 
     for run_dir in runs.values():
         requests_total, failures = locust_totals(run_dir)
-        assert requests_total > 10 and failures == 0, (run_dir / "locust.log").read_text()
+        assert requests_total > 5 and failures == 0, (run_dir / "locust.log").read_text()
     samples = [r for r in read_csv(runs["on"] / "memory.csv") if r["role"] == "total"]
     assert len(samples) >= 15  # the sampler really ran: a sample of the whole tree each second
     assert not (runs["off"] / "memory.csv").exists()
