@@ -16,7 +16,7 @@ def hardware_section(f: Findings) -> str:
         return (f"{TITLE}\n\n{header_line(hw)} The server reported no kernel table (`/ready` "
                 "has no `kernels`): the precision was not chosen by measurement, or the server "
                 "predates it.")
-    text = f"{TITLE}\n\nPrecision served: **{hw.served or 'n/a'}**."
+    text = f"{TITLE}\n\nPrecision and kernel path served: **{hw.chosen or hw.served or 'n/a'}**."
     rows = [(k.precision, k.batch_1_ms, k.batch_max_ms, k.max_batch,
              "yes" if k.precision == hw.chosen else "")
             for k in hw.kernels]

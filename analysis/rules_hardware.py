@@ -39,7 +39,9 @@ def kernel_path(f: Findings) -> Recommendation | None:
         return None
     fastest = min(rows, key=lambda k: k.batch_max_ms)
     slowest = max(rows, key=lambda k: k.batch_max_ms)
-    served = hw.timing(hw.served) or hw.timing(hw.chosen)
+    # The chosen path is what the engine serves; run.json's dtype names only its dtype
+    # ("float32" for float32+onednn), so it is the fallback for tables without a choice.
+    served = hw.timing(hw.chosen) or hw.timing(hw.served)
     cpu = f"{hw.cpu_model or 'this CPU'}, torch kernels {hw.torch_cpu_capability or 'n/a'}"
     limit = f.config.kernel_speedup_min
     if served is not None and served.batch_max_ms / fastest.batch_max_ms >= limit:
