@@ -8,6 +8,7 @@ MODEL ?= synthetic:gpt2-large
 venv:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -e .   # the project's packages, importable from anywhere
 
 # Build the default heavy synthetic model (~3.1 GB, once) and the tiny test model.
 model:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.charts_traffic import no_data
+from analysis.chart_style import no_data
 from analysis.compare import HEADLINES
 
 # Headline metrics drawn by ``python -m analysis compare``: (file stem, HEADLINES name).

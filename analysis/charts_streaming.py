@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.charts_traffic import no_data
+from analysis.chart_style import no_data
 from analysis.streaming import streamed, tpot_ms
 
 

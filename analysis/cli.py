@@ -11,10 +11,12 @@ from pathlib import Path
 from analysis.charts_compare import COMPARE_CHARTS, plot_headline
 from analysis.compare import headline_frame, render_comparison
 from analysis.config import SLO_KEYS, AnalysisConfig, load_config
+from analysis.document import to_markdown
 from analysis.figures import save_chart, write_charts
-from analysis.findings import Findings, build_findings
-from analysis.html_page import markdown_to_html
-from analysis.report import render_markdown
+from analysis.findings import build_findings
+from analysis.records import Findings
+from analysis.report import report_document
+from analysis.report_html import render_html
 from analysis.run import load_run
 
 USAGE = """\
@@ -53,13 +55,12 @@ def analyze(path: Path, args: argparse.Namespace) -> Findings:
     findings = build_findings(run, _config(args, run.settings))
     charts = write_charts(run, findings, path / "charts")
     links = [(caption, f"charts/{png.name}") for caption, png in charts]
-    markdown = render_markdown(findings, links)
-    (path / "report.md").write_text(markdown)
+    document = report_document(findings, links)
+    (path / "report.md").write_text(to_markdown(document))
     print(f"wrote {path / 'report.md'} and {len(charts)} charts in {path / 'charts'}")
     if not args.no_html:
         images = {link: png.read_bytes() for (_, link), (_, png) in zip(links, charts, strict=True)}
-        page = markdown_to_html(markdown, images, f"Load test report: {findings.label}")
-        (path / "report.html").write_text(page)
+        (path / "report.html").write_text(render_html(document, images))
         print(f"wrote {path / 'report.html'}")
     return findings
 

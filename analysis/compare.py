@@ -10,9 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.findings import Findings
-from analysis.formatting import MISSING, is_missing, num, table
+from analysis.formatting import MISSING, is_missing, num
 from analysis.hardware import hardware_note
+from analysis.records import Findings
+from analysis.tables import table
 from analysis.traffic import ALL_ROUTES
 
 # Keys that differ between any two runs without being a setting that was compared.

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from analysis import charts_memory as cm
 from analysis import charts_streaming as cs
 from analysis import charts_traffic as ct
-from analysis.findings import Findings
+from analysis.records import Findings
 from analysis.run import RunData
 
 Draw = Callable[[Axes, RunData, Findings], None]

@@ -1,61 +1,22 @@
-"""Turn a loaded run into Findings: every number the report and the rules use, and nothing else."""
+"""Turn a loaded run into Findings (analysis.records): the metrics, SLO verdicts and rules."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from analysis import goodput, locust_stats, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
-from analysis.hardware import Hardware, hardware, readable_settings
-from analysis.loadgen import LoadGen, load_window, loadgen_summary
-from analysis.rules import Recommendation, evaluate
+from analysis.hardware import hardware, readable_settings
+from analysis.loadgen import load_window, loadgen_summary
+from analysis.records import Findings, SloVerdict
+from analysis.rules import evaluate
 from analysis.run import RunData
 from analysis.server_headers import memory_headers_absent, memory_headers_note
 
 # run.json keys that describe when or where, not how: left out of the settings table.
 _NOT_SETTINGS = {"started_at", "ended_at"}
-
-
-@dataclass(frozen=True)
-class SloVerdict:
-    """One target, what was measured, and whether it held (None when not measured)."""
-
-    name: str
-    target: float
-    actual: float | None
-    passed: bool | None
-    unit: str
-
-
-@dataclass
-class Findings:
-    """All computed numbers of one run; None where the input file was missing or empty."""
-
-    label: str
-    settings: dict[str, Any]
-    config: AnalysisConfig
-    notes: list[str]
-    routes: list[traffic.RouteLatency]
-    traffic: traffic.Traffic | None
-    time_split: traffic.TimeSplit | None
-    memory: memory.MemorySummary | None
-    ram: memory.RamPerRequest | None
-    sweep: sweep.Sweep | None
-    worker_pids_seen: int
-    slo: list[SloVerdict] = field(default_factory=list)
-    recommendations: list[Recommendation] = field(default_factory=list)
-    streaming: streaming.StreamSummary | None = None
-    goodput: goodput.Goodput | None = None
-    hardware: Hardware | None = None
-    loadgen: LoadGen | None = None
-
-    @property
-    def overall(self) -> traffic.RouteLatency | None:
-        """The all-routes latency row."""
-        return next((r for r in self.routes if r.route == traffic.ALL_ROUTES), None)
 
 
 def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:

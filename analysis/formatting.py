@@ -1,10 +1,8 @@
-"""Format computed numbers and tables for Markdown: one place decides digits and blanks."""
+"""Format computed numbers as text: one place decides digits, units and blanks."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
 from typing import Any
 
 MISSING = "n/a"
@@ -28,27 +26,3 @@ def num(value: Any, digits: int = 1, unit: str = "") -> str:
 def pct(share: Any, digits: int = 1) -> str:
     """A share (0..1) as a percentage."""
     return MISSING if is_missing(share) else f"{share * 100:.{digits}f}%"
-
-
-def cell(value: Any) -> str:
-    """Any value as a table cell: floats with 1 decimal, pipes escaped."""
-    if is_missing(value):
-        return MISSING
-    if isinstance(value, float):
-        return num(value, 2 if abs(value) < 10 else 1)
-    if isinstance(value, list | dict):
-        value = json.dumps(value)
-    return str(value).replace("|", "\\|")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (first column left-aligned, others right)."""
-    if not rows:
-        return "_(no rows)_"
-    align = [":--", *["--:"] * (len(headers) - 1)]
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "| " + " | ".join(align) + " |",
-        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
-    ]
-    return "\n".join(lines)

@@ -18,7 +18,7 @@ LOCUST_NA = ["N/A"]
 # Text columns stay text even when every value is blank (the "Aggregated" row has no Type).
 LOCUST_TEXT = {"Type": str, "Name": str, "Method": str, "Error": str, "Message": str}
 
-# requests.csv as written by the Locust hook (see the locustfiles README).
+# requests.csv as written by the Locust hook (see docs/load-testing.md, "What a run folder holds").
 REQUEST_COLUMNS = [
     "timestamp", "user_class", "method", "route", "status_code", "response_time_ms",
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",

@@ -1,23 +1,28 @@
-"""Render Findings as a Markdown report. Pure: no I/O, every number comes from the Findings."""
+"""Build the report of one run from its Findings, as a Document (analysis.document).
+
+Pure: no I/O, every number comes from the Findings. ``render_markdown`` writes it as
+report.md; analysis.report_html renders the same Document as report.html. The section on
+streaming lives in report_streaming, the one on methods in report_methods.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from analysis.findings import Findings
-from analysis.formatting import MISSING, num, pct, table
+from analysis.document import Bullets, Document, Image, Paragraph, Section, Table, to_markdown
+from analysis.formatting import MISSING, num, pct
 from analysis.hardware import header_line
-from analysis.methods import method_section
+from analysis.records import Findings
 from analysis.report_hardware import hardware_section
 from analysis.report_load_generator import load_generator_section
+from analysis.report_methods import method_section
 from analysis.report_streaming import streaming_section
 
 
-def _intro(f: Findings) -> str:
+def _intro(f: Findings) -> list[Paragraph]:
     s = f.settings
-    title = f"# Load test report: {f.label}"
     if not s:
-        return f"{title}\n\nSettings unknown: the run folder has no `run.json`."
+        return [Paragraph("Settings unknown: the run folder has no `run.json`.")]
     model = str(s.get("model", MISSING))
     stages = [st.get("users") for st in (s.get("shape.stages") or []) if isinstance(st, dict)]
     load = (
@@ -31,15 +36,16 @@ def _intro(f: Findings) -> str:
         f"{num(s.get('max_batch_size'))}, on {num(s.get('host.cores'))} cores / "
         f"{num(s.get('host.ram_gb'))} GB RAM. Load: {load} for {num(s.get('duration_s'))} s."
     )
+    intro = [Paragraph(header_line(f.hardware)), Paragraph(text)]
     if model.startswith("synthetic:"):
-        text += (
-            "\n\nThe model is synthetic (seeded random weights of the real architecture): "
+        intro.append(Paragraph(
+            "The model is synthetic (seeded random weights of the real architecture): "
             "its text is meaningless, its memory and compute profile is the real one."
-        )
-    return f"{title}\n\n{header_line(f.hardware)}\n\n{text}"
+        ))  # fmt: skip
+    return intro
 
 
-def _summary(f: Findings) -> str:
+def _summary(f: Findings) -> Section:
     t, ts, m, ram = f.traffic, f.time_split, f.memory, f.ram
     rows: list[tuple[str, str]] = []
     if t:
@@ -86,24 +92,28 @@ def _summary(f: Findings) -> str:
                 f"{num(ram.mean_peak_growth_mb, 2)} / {num(ram.p95_peak_growth_mb, 2)} MB",
             ),
         ]
-    return "## Summary\n\n" + table(["Metric", "Value"], rows)
+    return Section("Summary", [Table(["Metric", "Value"], rows)])
 
 
-def _latency(f: Findings) -> str:
+def _latency(f: Findings) -> Section:
     rows = [
         (r.route, r.requests, r.successes, r.p50_ms, r.p90_ms, r.p95_ms, r.p99_ms, r.mean_ms)
         for r in f.routes
     ]
     headers = ["Route", "Requests", "Successful", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "Mean ms"]
-    body = table(headers, rows)
     causes = f.traffic.failures_by_cause if f.traffic else {}
-    body += "\n\n### Failures by cause\n\n" + (
-        table(["Cause", "Requests"], sorted(causes.items())) if causes else "No failed requests."
+    by_cause = (
+        Table(["Cause", "Requests"], sorted(causes.items()))
+        if causes
+        else Paragraph("No failed requests.")
     )
-    return "## Latency per route (lower is better)\n\n" + body
+    return Section(
+        "Latency per route (lower is better)",
+        [Table(headers, rows), Section("Failures by cause", [by_cause], level=3)],
+    )
 
 
-def _slo(f: Findings) -> str:
+def _slo(f: Findings) -> Section:
     verdict = {True: "PASS", False: "FAIL", None: "not measured"}
     rows = [
         (
@@ -114,19 +124,20 @@ def _slo(f: Findings) -> str:
         )
         for v in f.slo
     ]
-    text = "## SLO verdicts\n\n" + table(["Target", "Limit", "Measured", "Verdict"], rows)
+    section = Section("SLO verdicts", [Table(["Target", "Limit", "Measured", "Verdict"], rows)])
     if f.sweep is not None:
         best = f.sweep.max_users_within_slo
-        text += "\n\nHighest sweep step that met both targets: " + (
+        section.blocks.append(Paragraph("Highest sweep step that met both targets: " + (
             f"{best} users." if best is not None else "none."
-        )
-    return text
+        )))  # fmt: skip
+    return section
 
 
-def _sweep(f: Findings) -> str:
+def _sweep(f: Findings) -> Section:
     s = f.sweep
     if s is None:
-        return "## Step sweep\n\nThis run held one load level, so there is no sweep."
+        one_level = "This run held one load level, so there is no sweep."
+        return Section("Step sweep", [Paragraph(one_level)])
     rows = [
         (
             int(r.users),
@@ -144,26 +155,32 @@ def _sweep(f: Findings) -> str:
         if s.knee_users is not None
         else "No knee: throughput was still growing at the heaviest step."
     )
-    return (
-        f"## Step sweep\n\n{table(headers, rows)}\n\nInitial slope: "
-        f"{num(s.initial_slope_rps_per_user, 3)} req/s per user. {knee}"
+    slope = f"Initial slope: {num(s.initial_slope_rps_per_user, 3)} req/s per user. {knee}"
+    return Section("Step sweep", [Table(headers, rows), Paragraph(slope)])
+
+
+def _recommendations(f: Findings) -> Section:
+    items = [f"**{r.severity}** ({r.rule}): {r.text}" for r in f.recommendations]
+    return Section(
+        "Findings and recommendations", [Bullets(items) if items else Paragraph("No rule fired.")]
     )
 
 
-def _recommendations(f: Findings) -> str:
-    items = [f"- **{r.severity}** ({r.rule}): {r.text}" for r in f.recommendations]
-    return "## Findings and recommendations\n\n" + ("\n".join(items) or "No rule fired.")
+def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Document:
+    """The report for ``f``; ``charts`` are (caption, relative path) pairs to embed."""
+    doc = Document(f"Load test report: {f.label}", intro=list(_intro(f)))
+    if f.notes:
+        doc.sections.append(Section("Notes on the inputs", [Bullets(list(f.notes))]))
+    doc.sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
+    doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
+                     load_generator_section(f)]
+    if charts:
+        doc.sections.append(Section("Charts", [Image(c, p) for c, p in charts]))
+    settings = Table(["Setting", "Value"], sorted(f.settings.items()))
+    doc.sections += [Section("Run settings", [settings]), method_section(f)]
+    return doc
 
 
 def render_markdown(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> str:
-    """The report for ``f``; ``charts`` are (title, relative path) pairs to embed."""
-    sections = [_intro(f)]
-    if f.notes:
-        sections.append("## Notes on the inputs\n\n" + "\n".join(f"- {n}" for n in f.notes))
-    sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
-    sections += [streaming_section(f), _sweep(f), hardware_section(f), load_generator_section(f)]
-    if charts:
-        sections.append("## Charts\n\n" + "\n\n".join(f"![{t}]({p})" for t, p in charts))
-    settings = table(["Setting", "Value"], sorted(f.settings.items()))
-    sections += [f"## Run settings\n\n{settings}", method_section(f)]
-    return "\n\n".join(sections) + "\n"
+    """The report for ``f`` as Markdown (report.md)."""
+    return to_markdown(report_document(f, charts))

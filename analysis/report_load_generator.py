@@ -1,31 +1,35 @@
-"""The report's "Load generator" section: Locust's own CPU and event-loop lag. Pure."""
+"""The report's "Load generator" section: Locust's own CPU and event-loop lag.
+
+Pure: Findings in, a Section out.
+"""
 
 from __future__ import annotations
 
-from analysis.findings import Findings
-from analysis.formatting import num, pct, table
+from analysis.document import Paragraph, Section, Table
+from analysis.formatting import num, pct
+from analysis.records import Findings
 
-TITLE = "## Load generator"
+TITLE = "Load generator"
 NOT_RECORDED = (
     "Not recorded: the run folder has no `loadgen.csv` (Locust's CPU and event-loop lag are "
     "written by the suite's locustfiles since issue 14)."
 )
 
 
-def load_generator_section(f: Findings) -> str:
+def load_generator_section(f: Findings) -> Section:
     """Locust's CPU share of the box, its loop lag p50/p99, per role, and a verdict."""
     g, cfg = f.loadgen, f.config
     if g is None:
-        return f"{TITLE}\n\n{NOT_RECORDED}"
-    lines = [
+        return Section(TITLE, [Paragraph(NOT_RECORDED)])
+    measured = Paragraph(
         f"Over {num(g.window_s, 0)} s of load, Locust used {num(g.cpu_cores, 2)} cores: "
-        f"**{pct(g.box_share)} of the box's {g.box_cores} cores**. Its event loop (a 100 ms "
-        f"timer's lateness, {num(g.ticks)} ticks of the processes running users) lagged "
+        f"**{pct(g.box_share)} of the box's {g.box_cores} cores**. Its event loop (a timer's "
+        f"lateness, {num(g.ticks)} ticks of the processes running users) lagged "
         f"**p50 {num(g.lag_p50_ms, 1)} ms, p99 {num(g.lag_p99_ms, 1)} ms** "
-        f"(max {num(g.lag_max_ms, 0)} ms).",
-    ]
+        f"(max {num(g.lag_max_ms, 0)} ms)."
+    )
     busy = g.lag_p99_ms > cfg.loadgen_lag_p99_ms or g.box_share > cfg.loadgen_cpu_share
-    lines.append(
+    verdict = Paragraph(
         f"**Warning**: above the limits (loop lag p99 {num(cfg.loadgen_lag_p99_ms, 0)} ms, "
         f"{pct(cfg.loadgen_cpu_share, 0)} of the box): the generator's own delays are in the "
         "measured times (see the findings)."
@@ -37,4 +41,4 @@ def load_generator_section(f: Findings) -> str:
             for r in g.roles]
     headers = ["Role", "Processes", "CPU (% of one core)", "Lag p50 ms", "Lag p99 ms",
                "Lag max ms"]
-    return f"{TITLE}\n\n" + "\n\n".join(lines) + "\n\n" + table(headers, rows)
+    return Section(TITLE, [measured, verdict, Table(headers, rows)])

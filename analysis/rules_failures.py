@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from analysis.formatting import num, pct
-from analysis.rules import WARNING, Recommendation, setting, status_count
-
-if TYPE_CHECKING:
-    from analysis.findings import Findings
-
+from analysis.records import WARNING, Findings, Recommendation, setting, status_count
 
 # 5xx answers that are not the server's deliberate refusals (503) or timeouts (504).
 SERVER_ERRORS = tuple(s for s in range(500, 600) if s not in (503, 504))

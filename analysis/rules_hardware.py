@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from analysis.formatting import num
 from analysis.hardware import Hardware, KernelTiming
-from analysis.rules import INFO, WARNING, Recommendation
-
-if TYPE_CHECKING:
-    from analysis.findings import Findings
+from analysis.records import INFO, WARNING, Findings, Recommendation
 
 
 def _measured(hw: Hardware) -> list[KernelTiming]:

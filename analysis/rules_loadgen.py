@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from analysis.formatting import num, pct
-from analysis.rules import WARNING, Recommendation
-
-if TYPE_CHECKING:
-    from analysis.findings import Findings
+from analysis.records import WARNING, Findings, Recommendation
 
 
 def load_generator_busy(f: Findings) -> Recommendation | None:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from analysis.formatting import num, pct
-from analysis.rules import INFO, WARNING, Recommendation, setting
-
-if TYPE_CHECKING:
-    from analysis.findings import Findings
+from analysis.records import INFO, WARNING, Findings, Recommendation, setting
 
 
 def sharing_works(f: Findings) -> Recommendation | None:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from analysis.formatting import num, pct
-from analysis.rules import INFO, WARNING, Recommendation, setting
-
-if TYPE_CHECKING:
-    from analysis.findings import Findings
+from analysis.records import INFO, WARNING, Findings, Recommendation, setting
 
 
 def queue_dominates(f: Findings) -> Recommendation | None:

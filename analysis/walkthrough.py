@@ -25,21 +25,18 @@ import os
 import sys
 from pathlib import Path
 
-# Jupyter starts the kernel next to this file; the analysis package lives one folder up.
-ROOT = Path.cwd() if (Path.cwd() / "analysis").is_dir() else Path.cwd().parent
-sys.path.insert(0, str(ROOT))
+import pandas as pd
+from matplotlib.figure import Figure
 
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis import charts_memory, charts_streaming, charts_traffic, memory, traffic  # noqa: E402
-from analysis.config import load_config  # noqa: E402
-from analysis.findings import build_findings  # noqa: E402
-from analysis.report import render_markdown  # noqa: E402
-from analysis.run import load_run  # noqa: E402
+from analysis import charts_memory, charts_streaming, charts_traffic, memory, traffic
+from analysis.config import load_config
+from analysis.findings import build_findings
+from analysis.report import render_markdown
+from analysis.run import load_run
 
 args = [a for a in sys.argv[1:] if not a.startswith("-")]  # Jupyter passes -f kernel.json
-SAMPLE = ROOT / "results/sample/steady-10-users"
+# The committed sample run, next to the analysis package in the repository.
+SAMPLE = Path(memory.__file__).resolve().parent.parent / "results/sample/steady-10-users"
 RUN_DIR = Path(args[0] if args else os.environ.get("WALKTHROUGH_RUN_DIR", SAMPLE))
 print(f"run folder: {RUN_DIR.resolve()}")
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.formatting import MISSING
 from analysis.memory import totals
 from analysis.readers import read_memory, read_requests, read_run_json
+from analysis.tables import table
 from bench.roofline import Roofline
 
 
@@ -177,7 +179,7 @@ COLUMNS = [
 
 def _cell(value, fmt: str) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
+        return MISSING
     return fmt.format(int(value) if fmt == "{:d}" else value)
 
 
@@ -186,13 +188,12 @@ def render_table(frame: pd.DataFrame, setups: dict[str, str] | None = None) -> s
     columns = [c for c in COLUMNS if c[0] in frame.columns]
     setups = setups or {}
     headers = ["Row", *(["Setup"] if setups else []), *(h for _, h, _ in columns)]
-    aligns = [":--", *([":--"] if setups else []), *("--:" for _ in columns)]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(aligns) + " |"]
-    for name, row in frame.iterrows():
-        cells = [str(name), *([setups.get(name, "")] if setups else [])]
-        cells += [_cell(row[c], fmt) for c, _, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [str(name), *([setups.get(name, "")] if setups else []),
+         *(_cell(row[c], fmt) for c, _, fmt in columns)]
+        for name, row in frame.iterrows()
+    ]  # fmt: skip
+    return table(headers, rows, left_columns=2 if setups else 1) + "\n"
 
 
 def notes(frame: pd.DataFrame, warmup_s: float) -> list[str]:

@@ -40,16 +40,15 @@ from typing import Any
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from deploy.cluster import HOSTS, PORT, ROLES, start_cluster
+from deploy.netns import Network, inside, remove_stale
+from deploy.scaleout_checks import read_jsonl, report, summarize
+from deploy.services import Services
+from locustfiles.run_options import new_run_dir
+from scripts.loadtest import git_commit, utc_now, versions
+from server.auth import key_id_of
 
-from deploy.cluster import HOSTS, PORT, ROLES, start_cluster  # noqa: E402
-from deploy.netns import Network, inside, remove_stale  # noqa: E402
-from deploy.scaleout_checks import read_jsonl, report, summarize  # noqa: E402
-from deploy.services import Services  # noqa: E402
-from locustfiles.run_options import new_run_dir  # noqa: E402
-from scripts.loadtest import git_commit, utc_now, versions  # noqa: E402
-from server.auth import key_id_of  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

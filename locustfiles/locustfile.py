@@ -7,7 +7,7 @@
 
 On the master (or the only) process it writes requests.csv and memory.csv into the run
 folder, extends the web UI with server memory, and applies ``--shape steps``; Locust workers
-forward their request rows to the master. See README.md "Load testing".
+forward their request rows to the master. See docs/load-testing.md.
 
 ``--mix streaming|openai|all`` runs the streaming and OpenAI-API users instead of the three
 task users; ``--target openai`` loads any OpenAI-compatible server (locustfiles/user_mix.py).

@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from locustfiles.stages import DEFAULT_STAGES
+from locustfiles.user_mix import MIX_CHOICES, TARGETS
+
 if TYPE_CHECKING:
     from locust.argument_parser import LocustArgumentParser
 
@@ -54,14 +57,14 @@ def add_options(parser: LocustArgumentParser) -> None:
                         choices=["none", "steps"],
                         help="load shape: none (-u/-r/-t) or steps (the --stages table)")
     parser.add_argument("--stages", env_var="LOCUST_STAGES",
-                        default="1:120,10:120,25:120,50:120,100:120",
+                        default=DEFAULT_STAGES,
                         help="steps shape as USERS:SECONDS,... (each stage held that long)")
     parser.add_argument("--mix", env_var="LOCUST_MIX", default="tasks",
-                        choices=["tasks", "streaming", "openai", "all"],
+                        choices=MIX_CHOICES,
                         help="user classes to run: the task routes (JSON), streamed task and "
                              "/v1 routes, the /v1 routes, or all (see locustfiles/user_mix.py)")
     parser.add_argument("--target", env_var="LOCUST_TARGET", default="lab",
-                        choices=["lab", "openai"],
+                        choices=TARGETS,
                         help="openai: the host is any OpenAI-compatible server (only the "
                              "openai mix runs; no memory headers, no memory.csv)")
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",

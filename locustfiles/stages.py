@@ -23,6 +23,15 @@ class Stage:
 STEP_SWEEP = (Stage(1, 120), Stage(10, 120), Stage(25, 120), Stage(50, 120), Stage(100, 120))
 
 
+def format_stages(stages: tuple[Stage, ...]) -> str:
+    """Write ``stages`` as "USERS:SECONDS,..." (what parse_stages reads)."""
+    return ",".join(f"{s.users}:{s.duration_s:g}" for s in stages)
+
+
+# The --stages default of the suite and of scripts/loadtest.py: the step sweep, as text.
+DEFAULT_STAGES = format_stages(STEP_SWEEP)
+
+
 def parse_stages(text: str) -> tuple[Stage, ...]:
     """Parse "USERS:SECONDS,USERS:SECONDS,..." (e.g. "1:60,10:120")."""
     stages = []

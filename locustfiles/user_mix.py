@@ -25,6 +25,8 @@ MIXES: dict[str, tuple[str, ...]] = {
                   "StreamingCompletionUser", "StreamingChatUser"),
     "openai": ("CompletionUser", "ChatUser", "StreamingCompletionUser", "StreamingChatUser"),
 }
+# --mix choices (the suite's option and scripts/loadtest.py's): the mixes above, or every class.
+MIX_CHOICES = (*MIXES, "all")
 TARGETS = ("lab", "openai")
 
 

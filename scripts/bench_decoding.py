@@ -11,14 +11,10 @@ per request from the same prompts; output tokens/s and the ratio to the sequenti
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.decoding import GenerationRequest, generate_batch
 

@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness.gunicorn_process import GunicornServer
+from locustfiles.run_options import new_run_dir
+from locustfiles.stages import DEFAULT_STAGES, parse_stages, shape_record
+from locustfiles.user_mix import MIX_CHOICES
+from server.hardware import fingerprint_subprocess
 
-from harness.gunicorn_process import GunicornServer  # noqa: E402
-from locustfiles.run_options import new_run_dir  # noqa: E402
-from locustfiles.stages import parse_stages, shape_record  # noqa: E402
-from server.hardware import fingerprint_subprocess  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
              "pandas", "matplotlib")
@@ -50,18 +50,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-wait-ms", type=int, default=5)
+    p.add_argument("--batch-wait-ms", type=int, default=5,
+                   help="static scheduler only: how long a batch gathers requests")
+    p.add_argument("--scheduler", choices=["continuous", "static"], default="continuous",
+                   help="continuous: rows join between steps (default); static: whole "
+                        "batches, the old engine, kept for the comparison")
+    p.add_argument("--prefill-chunk", type=int, default=128,
+                   help="prompt tokens fed per step (chunked prefill)")
+    p.add_argument("--allow-int8", action="store_true",
+                   help="let DTYPE=auto choose int8 when it measures fastest (changes text)")
     p.add_argument("--users", type=int, default=10, help="concurrent Locust users")
     p.add_argument("--spawn-rate", type=float, default=2.0, help="users started per second")
     p.add_argument("--duration", type=float, default=300.0,
                    help="seconds of load (a 3 GB model on 2 cores needs minutes to settle)")
     p.add_argument("--shape", choices=["none", "steps"], default="none")
-    p.add_argument("--stages", default="1:120,10:120,25:120,50:120,100:120",
+    p.add_argument("--stages", default=DEFAULT_STAGES,
                    help="for --shape steps: USERS:SECONDS,...")
     p.add_argument("--processes", type=int, default=0,
                    help="Locust worker processes (0 = one process, no master/worker)")
     p.add_argument("--label", default="loadtest")
-    p.add_argument("--mix", choices=["tasks", "streaming", "openai", "all"],
+    p.add_argument("--mix", choices=MIX_CHOICES,
                    default=os.environ.get("LOCUST_MIX", "tasks"),
                    help="user classes: the task routes (JSON), streamed task and /v1 routes, "
                         "the /v1 routes, or all (locustfiles/user_mix.py)")
@@ -131,7 +139,8 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> Gunic
     env = {"MODEL": args.model, "MODELS_DIR": args.models_dir,
            "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
            "MAX_BATCH_SIZE": str(args.max_batch_size),
-           "BATCH_WAIT_MS": str(args.batch_wait_ms),
+           "BATCH_WAIT_MS": str(args.batch_wait_ms), "SCHEDULER": args.scheduler,
+           "PREFILL_CHUNK": str(args.prefill_chunk), "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
            "API_KEYS": api_key}
     server = GunicornServer(run_dir, env, args.workers, cap_s=args.ready_timeout)
@@ -188,9 +197,12 @@ def run_record(args: argparse.Namespace, server: GunicornServer, started_at: str
         "model": args.model,
         "dtype": server.ready.get("dtype", args.dtype),
         "workers": workers,
-        "torch_threads": args.torch_threads or max(1, cores // workers),
+        "torch_threads": server.ready.get("torch_threads")
+        or args.torch_threads or max(1, cores // workers),
         "max_batch_size": args.max_batch_size,
         "batch_wait_ms": args.batch_wait_ms,
+        "scheduler": server.ready.get("scheduler", args.scheduler),
+        "prefill_chunk": args.prefill_chunk,
         "users": max(s.users for s in stages) if stages else args.users,
         "spawn_rate": args.spawn_rate,
         "mix": args.mix,
@@ -200,10 +212,8 @@ def run_record(args: argparse.Namespace, server: GunicornServer, started_at: str
         "git_commit": git_commit(),
         # cores, RAM, CPU model, ISA, torch's kernel path, BLAS (server/hardware.py)
         "host": fingerprint_subprocess(),
-        # What the server measured and chose at startup (/ready: the kernel table, scheduler,
-        # threads per worker), so runs against different servers can be told apart
-        "server": {k: v for k, v in server.ready.items()
-                   if k not in ("status", "model", "dtype")},
+        # What the server measured and chose at startup: /ready's kernel table, if it has one
+        "server": {k: server.ready[k] for k in ("kernels",) if k in server.ready},
         "versions": versions(),
         "started_at": started_at,
         "ended_at": ended_at,

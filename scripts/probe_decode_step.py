@@ -5,19 +5,15 @@
 Rows: bf16 as transformers loads it (Conv1D), bf16 with Conv1D as nn.Linear, and int8
 (server/quantize.py). Each: a 64-token prefill, then the median of 10 single-token steps
 at batch 1, 8 and 16 (model forward only, no server). The numbers in server/quantize.py's
-docstring and the README come from this script.
+docstring and docs/results.md come from this script.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.quantize import conv1d_to_linear, quantize_int8
 

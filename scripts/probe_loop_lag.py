@@ -18,19 +18,16 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from analysis.loadgen import load_window, loadgen_summary, read_loadgen
+from analysis.readers import read_requests
+from locustfiles.run_options import new_run_dir
+from scripts import loadtest
+from server.hardware import describe, fingerprint_subprocess
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import loadtest  # noqa: E402 (scripts/)
-
-from analysis.loadgen import load_window, loadgen_summary, read_loadgen  # noqa: E402
-from analysis.readers import read_requests  # noqa: E402
-from locustfiles.run_options import new_run_dir  # noqa: E402
-from server.hardware import describe, fingerprint_subprocess  # noqa: E402
 
 
 def run_both(args: argparse.Namespace, out: Path, sample_s: float) -> dict[str, Path]:

@@ -27,21 +27,17 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from server.decoding import GenerationRequest  # noqa: E402
-from server.engine import StepEngine  # noqa: E402
-from server.hardware import host_fingerprint  # noqa: E402
-from server.memory import DEFAULT_FULL_BUDGET, MemorySampler  # noqa: E402
-from server.model import load_model  # noqa: E402
+from server.decoding import GenerationRequest
+from server.engine import StepEngine
+from server.hardware import host_fingerprint
+from server.memory import DEFAULT_FULL_BUDGET, MemorySampler
+from server.model import load_model
 
 # Condition -> the sampler's smaps budget (None: no sampler).
 CONDITIONS = {"off": None, "on": DEFAULT_FULL_BUDGET, "every-sample": math.inf}

@@ -9,8 +9,8 @@ Loopback only. Generation is greedy with IGNORE_EOS so every request makes exact
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +19,10 @@ from pathlib import Path
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from harness.gunicorn_process import GunicornServer
+from server.memory import read_process_memory
 
-from harness.gunicorn_process import GunicornServer  # noqa: E402
-from server.memory import read_process_memory  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def children(pid: int) -> list[int]:
@@ -60,10 +59,20 @@ def _read_cost(pid: int, reads: int = 20) -> None:
           f"psutil memory_full_info {full_ms:.2f} ms")
 
 
-def _timed_batch(url: str, n: int, tokens: int) -> tuple[float, list[dict]]:
+def ready_json(server: GunicornServer) -> str:
+    """The facts /ready reports: precision, kernel table, scheduler, threads."""
+    return json.dumps({k: server.ready.get(k) for k in
+                       ("dtype", "scheduler", "torch_threads", "max_batch_size", "kernels")})
+
+
+def _timed_batch(url: str, n: int, tokens: int, stagger_s: float = 0.0,
+                 ) -> tuple[float, list[dict]]:
+    """Wall seconds from the first send to the last answer of ``n`` requests sent
+    ``stagger_s`` apart (a request arriving while others generate must not wait for them)."""
     body = {"prompt": "The history of the printing press begins", "max_new_tokens": tokens}
 
     def post(i: int) -> dict:
+        time.sleep(i * stagger_s)
         r = requests.post(f"{url}/generate-text", json={**body, "prompt": f"{i}: {body['prompt']}"},
                           headers={"Authorization": f"Bearer {os.environ['API_KEYS']}"},
                           timeout=600)
@@ -85,6 +94,10 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--stagger-ms", type=float, default=0.0,
+                        help="send the concurrent requests this many ms apart")
+    parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS (0: cores/workers)")
+    parser.add_argument("--scheduler", default="continuous", choices=["continuous", "static"])
     parser.add_argument("--extra", default="", help="extra gunicorn args, e.g. '--threads 8'")
     parser.add_argument("--no-preload", action="store_true",
                         help="each worker loads its own copy (to measure what preload saves)")
@@ -92,7 +105,8 @@ def main() -> int:
     env = {"MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
            "API_KEYS": os.environ.get("API_KEYS", "probe-key"), "REQUEST_LOG": "",
            "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1",
-           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
+           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "TORCH_THREADS": str(args.threads),
+           "SCHEDULER": args.scheduler, "ALLOW_INT8": os.environ.get("ALLOW_INT8", "0")}
     os.environ["API_KEYS"] = env["API_KEYS"]
     workdir = Path(tempfile.mkdtemp(prefix=f"probe-{os.getpid()}-"))
     started = time.monotonic()
@@ -105,12 +119,15 @@ def main() -> int:
         _memory_table(master)
         _read_cost(children(master)[0])
         one_s, _ = _timed_batch(url, 1, args.tokens)
-        many_s, results = _timed_batch(url, args.concurrency, args.tokens)
+        many_s, results = _timed_batch(url, args.concurrency, args.tokens,
+                                       args.stagger_ms / 1000.0)
         tokens_one, tokens_many = args.tokens / one_s, args.concurrency * args.tokens / many_s
         print(f"\n1 request of {args.tokens} tokens: {one_s:.2f} s ({tokens_one:.1f} tok/s)")
         print(f"{args.concurrency} concurrent: {many_s:.2f} s wall ({tokens_many:.1f} tok/s), "
               f"batch sizes {sorted(r['batch'] for r in results)}, "
               f"workers {sorted({r['pid'] for r in results})}")
+        print(f"{args.concurrency} sent {args.stagger_ms:g} ms apart took {many_s / one_s:.2f}x "
+              f"the time of one ({ready_json(server)})")
         print(f"throughput ratio {args.concurrency} vs 1: {tokens_many / tokens_one:.2f}x; "
               f"served in sequence it would take {args.concurrency * one_s:.2f} s")
         print("\nafter load:")

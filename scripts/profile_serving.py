@@ -39,13 +39,12 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.prompts import fixed_length_prompts
+from harness.gunicorn_process import GunicornServer
+from server.hardware import describe, host_fingerprint
+from server.model import load_model
 
-from bench.prompts import fixed_length_prompts  # noqa: E402
-from harness.gunicorn_process import GunicornServer  # noqa: E402
-from server.hardware import describe, host_fingerprint  # noqa: E402
-from server.model import load_model  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PROMPTS = REPO / "locustfiles" / "data" / "prompts.jsonl"
 KEY = "profile-key-0123456789"

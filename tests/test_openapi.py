@@ -1,7 +1,5 @@
 """/openapi.json and /docs: the spec is the validating schemas, and the page renders offline."""
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -91,32 +89,6 @@ def test_docs_page_is_self_contained(make_app) -> None:
 
 
 # ---- the docs page in a real browser -----------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    """Headless Chromium through the system chromedriver (installed by .ci/run)."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    with tempfile.TemporaryDirectory() as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-        driver.set_page_load_timeout(30)
-        try:
-            yield driver
-        finally:
-            driver.quit()
-
 
 @pytest.fixture
 def live_url(make_app) -> Iterator[str]:

@@ -12,10 +12,11 @@ from analysis_run_builders import request_row
 
 from analysis.compare import differing_settings, headline_frame, render_comparison
 from analysis.config import AnalysisConfig, load_config
+from analysis.document import Document, Section, Table, to_markdown
 from analysis.findings import build_findings
-from analysis.html_page import markdown_to_html
-from analysis.methods import FORMULA_SOURCES, formula
-from analysis.report import render_markdown
+from analysis.report import render_markdown, report_document
+from analysis.report_html import render_html
+from analysis.report_methods import FORMULA_SOURCES, formula
 from analysis.rules import all_rules
 from analysis.run import load_run
 
@@ -106,15 +107,25 @@ def test_comparison_shows_differing_settings_and_ratios(write_run) -> None:
     assert math.isnan(frame.loc["one", "Peak total PSS"])  # no memory.csv
 
 
-def test_html_inlines_charts_and_escapes_text(findings) -> None:
+def test_html_renders_the_same_document_escaped_with_charts_inlined(findings) -> None:
     png = b"\x89PNG\r\n\x1a\nfake"
-    markdown = render_markdown(findings, [("Memory <MB>", "charts/m.png")])
-    page = markdown_to_html(markdown, {"charts/m.png": png}, "Report")
+    doc = report_document(findings, [("Memory <MB>", "charts/m.png")])
+    page = render_html(doc, {"charts/m.png": png})
     assert base64.b64encode(png).decode() in page
     assert "<h1>Load test report: sweep</h1>" in page
     assert "Memory &lt;MB&gt;" in page and "<MB>" not in page
-    assert page.count("<table>") == markdown.count("\n| :-- |")
+    assert page.count("<table>") == to_markdown(doc).count("\n| :-- |")
     assert "<td>1.96%</td>" in page
+    # The report's inline markup becomes HTML, never literal Markdown.
+    assert "<strong>warning</strong> (cpu_plateau)" in page
+    assert "<code>sharing_works</code>" in page and "**" not in page
+
+
+def test_html_says_no_rows_in_words() -> None:
+    doc = Document("Empty", sections=[Section("Nothing", [Table(["A", "B"], [])])])
+    page = render_html(doc, {})
+    assert '<p class="empty">no rows</p>' in page and "_(no rows)_" not in page
+    assert "_(no rows)_" in to_markdown(doc)  # Markdown keeps its own marker
 
 
 def test_findings_are_plain_data(findings) -> None:

@@ -1,14 +1,12 @@
-"""The web UI's memory tabs and /memory page, driven in real headless Chromium (selenium with
-Debian's chromium + chromium-driver, installed by .ci/run) while a load runs."""
+"""The web UI's memory tabs and /memory page, driven in real headless Chromium (the shared
+``browser`` fixture, tests/browser.py) while a load runs."""
 
 from __future__ import annotations
 
+import re
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,35 +14,9 @@ import pytest
 import requests
 
 from harness.gunicorn_process import REPO, GunicornServer, free_port
+from harness.waiting import wait_until
 from tests.conftest import MODELS_DIR
 from tests.locust.locust_runs import locust_command, locust_env
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run)")
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    """Headless Chromium through the system chromedriver, with a throwaway profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    with tempfile.TemporaryDirectory() as profile:
-        options.add_argument(f"--user-data-dir={profile}")
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-        driver.set_page_load_timeout(30)
-        try:
-            yield driver
-        finally:
-            driver.quit()
 
 
 @pytest.fixture
@@ -65,15 +37,9 @@ def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
                                 stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, (tmp_path / "locust.log").read_text()
-                assert time.monotonic() < deadline, (tmp_path / "locust.log").read_text()
-                try:
-                    if requests.get(url, timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    time.sleep(0.2)
+            wait_until(lambda: _answers(url), "Locust's web UI answers", timeout_s=300,
+                       interval_s=0.2, alive=lambda: proc.poll() is None,
+                       detail=lambda: (tmp_path / "locust.log").read_text())
             yield url, server.worker_pids()
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -83,6 +49,13 @@ def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 def table_rows(driver) -> list[list[str]]:
@@ -99,10 +72,14 @@ def headers(driver) -> list[str]:
     return [th.text for th in driver.find_elements(By.CSS_SELECTOR, "table thead th")]
 
 
-def wait_for(driver, condition, timeout_s: float = 30):
+def wait_for(driver, condition, timeout_s: float = 120):
+    """Poll ``condition(driver)`` until truthy. The pages reload themselves every 2 s, so an
+    element read a moment ago can be gone: such a read is retried, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.5).until(condition)
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.5,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def test_memory_tab_shows_live_server_memory(browser, web_ui) -> None:
@@ -130,19 +107,35 @@ def test_memory_tab_shows_live_server_memory(browser, web_ui) -> None:
     assert all(float(r[4]) > 0 for r in rows)  # latest PSS from the response headers
 
 
-def test_memory_page_charts_samples_as_they_arrive(browser, web_ui) -> None:
-    from selenium.webdriver.common.by import By
+def _polyline_points(html: str, series: str) -> int:
+    """Points of the chart's ``series`` line in a page snapshot (0 when absent)."""
+    for tag in re.findall(r"<polyline\b[^>]*>", html):
+        if f'data-series="{series}"' in tag:
+            points = re.search(r'points="([^"]*)"', tag)
+            return len(points.group(1).split()) if points else 0
+    return 0
 
+
+def _total_row(html: str) -> list[str] | None:
+    """Cells of the first table's "total" row in a page snapshot."""
+    for row in re.findall(r"<tr>(.*?)</tr>", html, flags=re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip()
+                 for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+        if cells and cells[0] == "total":
+            return cells
+    return None
+
+
+def test_memory_page_charts_samples_as_they_arrive(browser, web_ui) -> None:
+    # The page reloads itself every 2 s: it is read as one snapshot of its source each time
+    # (element handles can belong to a document that has just been replaced).
     url, _ = web_ui
 
-    def total_pss_points(driver) -> int:
-        lines = driver.find_elements(By.CSS_SELECTOR, "polyline[data-series='total PSS']")
-        return len(lines[0].get_attribute("points").split()) if lines else 0
-
     browser.get(f"{url}/memory")
-    first = wait_for(browser, lambda d: total_pss_points(d) >= 2 and total_pss_points(d))
-    assert browser.find_elements(By.CSS_SELECTOR, "polyline[data-series='summed RSS']")
-    total = next(r for r in table_rows(browser) if r and r[0] == "total")
-    assert float(total[4]) > 0
-    # The page reloads itself every 2 s; the chart grows as the sampler adds a sample a second.
-    wait_for(browser, lambda d: total_pss_points(d) > first + 2)
+    first = wait_for(browser, lambda d: (n := _polyline_points(d.page_source, "total PSS")) >= 2
+                     and n)
+    html = wait_for(browser, lambda d: (h := d.page_source) and _total_row(h)
+                    and _polyline_points(h, "summed RSS") and h)
+    assert float(_total_row(html)[4]) > 0
+    # The chart grows as the sampler adds a sample a second.
+    wait_for(browser, lambda d: _polyline_points(d.page_source, "total PSS") > first + 2)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from analysis import goodput, loadgen, memory, streaming, sweep, traffic
-from analysis.findings import Findings
-from analysis.formatting import table
+from analysis.document import Bullets, Paragraph, Section, Table
+from analysis.records import Findings
 from analysis.rules import all_rules
 
 # The metric functions whose docstrings state the formulas the report quotes.
@@ -45,18 +45,18 @@ def formula(func: Callable[..., object]) -> str:
     return " ".join(rest.split("\n\n")[0].split())
 
 
-def method_section(f: Findings) -> str:
+def method_section(f: Findings) -> Section:
     """Formulas, the rules checked with their conditions, and the thresholds in force."""
-    formulas = [f"- **{name}**: {formula(func)}" for name, func in FORMULA_SOURCES]
-    rules = [f"- `{r.__name__}`: {(inspect.getdoc(r) or '').splitlines()[0]}" for r in all_rules()]
-    thresholds = table(
+    formulas = [f"**{name}**: {formula(func)}" for name, func in FORMULA_SOURCES]
+    rules = [f"`{r.__name__}`: {(inspect.getdoc(r) or '').splitlines()[0]}" for r in all_rules()]
+    thresholds = Table(
         ["Setting", "Value"], [(k.name, getattr(f.config, k.name)) for k in fields(f.config)]
     )
-    return (
-        "## How each number is computed\n\n"
-        + "\n".join(formulas)
-        + "\n\nRules checked (each one quotes its numbers when it fires):\n\n"
-        + "\n".join(rules)
-        + "\n\nTargets and thresholds used (analysis.config; run.json's `slo` and the "
-        "command line override the SLO targets):\n\n" + thresholds
-    )
+    return Section("How each number is computed", [
+        Bullets(formulas),
+        Paragraph("Rules checked (each one quotes its numbers when it fires):"),
+        Bullets(rules),
+        Paragraph("Targets and thresholds used (analysis.config; run.json's `slo` and the "
+                  "command line override the SLO targets):"),
+        thresholds,
+    ])  # fmt: skip

@@ -1,0 +1,1 @@
+"""Deployment: nginx, systemd and Kubernetes files, and the one-machine scale-out (netns)."""
