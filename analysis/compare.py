@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.formatting import MISSING, is_missing, num
+from analysis.hardware import hardware_note
 from analysis.records import Findings
 from analysis.tables import table
 from analysis.traffic import ALL_ROUTES
@@ -110,7 +111,7 @@ def render_comparison(runs: Sequence[Findings], charts: Sequence[tuple[str, str]
     sections = [
         f"# Run comparison: {' vs '.join(labels)}",
         f"Baseline for the ratios: **{labels[0]}** (ratio = run / baseline).",
-        "## Settings that differ\n\n" + settings,
+        "## Settings that differ\n\n" + hardware_note(runs) + settings,
         "## Headline metrics\n\n" + table(headers, rows),
     ]
     sections.append(

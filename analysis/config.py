@@ -56,6 +56,12 @@ class AnalysisConfig:
     leak_slope_mb_per_min: float = 1.0
     # Rule: warn when system available memory fell below this fraction of host RAM.
     low_headroom_fraction: float = 0.10
+    # Rule: Locust's event loop is "lagging" when its p99 timer lateness passes this (ms).
+    loadgen_lag_p99_ms: float = 10.0
+    # Rule: the load generator "competes with the server" above this share of the box's CPU.
+    loadgen_cpu_share: float = 0.20
+    # Rule: a precision whose decode step is this many times faster is worth switching to.
+    kernel_speedup_min: float = 1.5
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> AnalysisConfig:
         """Return a copy with the known keys of ``overrides`` applied (None values skipped)."""

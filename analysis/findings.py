@@ -8,6 +8,8 @@ import numpy as np
 
 from analysis import goodput, locust_stats, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
+from analysis.hardware import hardware, readable_settings
+from analysis.loadgen import load_window, loadgen_summary
 from analysis.records import Findings, SloVerdict
 from analysis.rules import evaluate
 from analysis.run import RunData
@@ -81,7 +83,7 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     window_s = summary.window_s if summary else np.nan
     findings = Findings(
         label=run.label,
-        settings=flatten_settings(run.settings),
+        settings=readable_settings(flatten_settings(run.settings)),
         config=cfg,
         notes=notes,
         routes=routes,
@@ -104,6 +106,9 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     )
     steps = findings.sweep.steps if findings.sweep is not None else None
     findings.goodput = goodput.goodput(run.requests, window_s, targets(cfg), steps)
+    findings.hardware = hardware(run.settings)
+    host_cores = (run.settings.get("host") or {}).get("cores")
+    findings.loadgen = loadgen_summary(run.loadgen, load_window(run.requests), host_cores)
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

@@ -12,6 +12,8 @@ from typing import Any
 
 from analysis import goodput, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
+from analysis.hardware import Hardware
+from analysis.loadgen import LoadGen
 
 WARNING = "warning"
 INFO = "info"
@@ -56,6 +58,8 @@ class Findings:
     recommendations: list[Recommendation] = field(default_factory=list)
     streaming: streaming.StreamSummary | None = None
     goodput: goodput.Goodput | None = None
+    hardware: Hardware | None = None  # run.json host and server.kernels (analysis.hardware)
+    loadgen: LoadGen | None = None  # Locust's own CPU and loop lag (analysis.loadgen)
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 from analysis.document import Bullets, Document, Image, Paragraph, Section, Table, to_markdown
 from analysis.formatting import MISSING, num, pct
+from analysis.hardware import header_line
 from analysis.records import Findings
+from analysis.report_hardware import hardware_section
+from analysis.report_load_generator import load_generator_section
 from analysis.report_methods import method_section
 from analysis.report_streaming import streaming_section
 
@@ -33,7 +36,7 @@ def _intro(f: Findings) -> list[Paragraph]:
         f"{num(s.get('max_batch_size'))}, on {num(s.get('host.cores'))} cores / "
         f"{num(s.get('host.ram_gb'))} GB RAM. Load: {load} for {num(s.get('duration_s'))} s."
     )
-    intro = [Paragraph(text)]
+    intro = [Paragraph(header_line(f.hardware)), Paragraph(text)]
     if model.startswith("synthetic:"):
         intro.append(Paragraph(
             "The model is synthetic (seeded random weights of the real architecture): "
@@ -169,7 +172,8 @@ def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Docu
     if f.notes:
         doc.sections.append(Section("Notes on the inputs", [Bullets(list(f.notes))]))
     doc.sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
-    doc.sections += [streaming_section(f), _sweep(f)]
+    doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
+                     load_generator_section(f)]
     if charts:
         doc.sections.append(Section("Charts", [Image(c, p) for c, p in charts]))
     settings = Table(["Setting", "Value"], sorted(f.settings.items()))

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import fields
 
-from analysis import goodput, memory, streaming, sweep, traffic
+from analysis import goodput, loadgen, memory, streaming, sweep, traffic
 from analysis.document import Bullets, Paragraph, Section, Table
 from analysis.records import Findings
 from analysis.rules import all_rules
@@ -34,6 +34,7 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Output tokens/s of streamed requests", streaming.stream_summary),
     ("Goodput and SLO attainment", goodput.goodput),
     ("SLO attainment per sweep step", goodput.attainment_per_step),
+    ("Load generator CPU and loop lag", loadgen.loadgen_summary),
 ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from analysis import rules_failures, rules_memory, rules_traffic
+from analysis import rules_failures, rules_hardware, rules_loadgen, rules_memory, rules_traffic
 from analysis.records import WARNING, Findings, Recommendation
 
 Rule = Callable[[Findings], Recommendation | None]
@@ -19,7 +19,8 @@ Rule = Callable[[Findings], Recommendation | None]
 
 def all_rules() -> list[Rule]:
     """Every rule, in the order their findings appear in the report."""
-    return [*rules_traffic.RULES, *rules_failures.RULES, *rules_memory.RULES]
+    return [*rules_traffic.RULES, *rules_failures.RULES, *rules_memory.RULES,
+            *rules_hardware.RULES, *rules_loadgen.RULES]
 
 
 def evaluate(findings: Findings, rules: list[Rule] | None = None) -> list[Recommendation]:

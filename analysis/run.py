@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import readers
+from analysis.loadgen import load_loadgen
 
 # What each file adds to the analysis, for the note written when it is missing.
 FILE_ROLES = {
@@ -40,6 +41,7 @@ class RunData:
     memory: pd.DataFrame
     server_log: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    loadgen: pd.DataFrame = field(default_factory=pd.DataFrame)  # loadgen.csv
 
     @property
     def label(self) -> str:
@@ -114,4 +116,5 @@ def load_run(path: Path | str) -> RunData:
         memory=frame("memory.csv", readers.read_memory, start_ts),
         server_log=frame("server_requests.jsonl", readers.read_server_log, start_ts),
         notes=notes,
+        loadgen=load_loadgen(path, start_ts),
     )

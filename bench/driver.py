@@ -28,6 +28,7 @@ from bench.prompts import write_prompts
 from bench.table import bench_frame, bench_row, notes, render_table
 from locustfiles.inputs import DATA_DIR
 from locustfiles.run_options import RESULTS, utc_stamp
+from server.hardware import describe, fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_LOCUSTFILE = "locustfiles/_bench.py"
@@ -113,6 +114,8 @@ def write_outputs(args: argparse.Namespace, out: Path, runs: list[Path],
         f"# Benchmark: {args.model}, {args.users} users, {args.prompt_tokens} prompt tokens -> "
         f"{BENCH_NEW_TOKENS} new tokens, greedy",
         "",
+        f"Host: {describe(fingerprint_subprocess())}.",
+        "",
         f"Steady-state window: {args.seconds:g} s after a {args.warmup:g} s warm-up. "
         "Ratios are against the first row. Limit = roofline decode limit at the row's mean "
         "batch (roofline.md).",
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bench.json").write_text(json.dumps(
         {"model": args.model, "users": args.users, "warmup_s": args.warmup,
          "measure_s": args.seconds, "prompt_tokens": args.prompt_tokens,
-         "new_tokens": BENCH_NEW_TOKENS, "rows": [asdict(r) for r in args.selected]},
+         "new_tokens": BENCH_NEW_TOKENS, "rows": [asdict(r) for r in args.selected],
+         "host": fingerprint_subprocess()},
         indent=2) + "\n")
     runs = [run_row(args, i, row, out, prompts) for i, row in enumerate(args.selected, 1)]
     text = write_outputs(args, out, runs, roofline)

@@ -25,6 +25,7 @@ from locust.runners import WorkerRunner
 
 from locustfiles.drain import GracefulDrain
 from locustfiles.final_stats import FinalCsvSnapshot
+from locustfiles.loadgen_monitor import LoopMonitor
 from locustfiles.memory_sampler import MemorySampler, split_urls
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
@@ -65,20 +66,27 @@ def set_up_run(environment: Environment) -> None:
     """Register the run's hooks on ``environment`` (workers only forward rows)."""
     select_users(environment)  # --mix / --target openai (user_mix.py)
     GracefulDrain().register(environment)
+    options = environment.parsed_options
+    tick_s = float(getattr(options, "loop_tick_s", 0.1))
     if isinstance(environment.runner, WorkerRunner):
         RequestRecorder(None).register(environment)
+        LoopMonitor(None, interval_s=tick_s).register(environment)
         return
-    options = environment.parsed_options
     run_dir = resolve_run_dir(options)
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
     FinalCsvSnapshot().register(environment)
+    LoopMonitor(run_dir / "loadgen.csv", interval_s=tick_s).register(environment)
+    sample_s = float(getattr(options, "memory_sample_s", 1.0))
     if is_openai_target(options):  # someone else's server: no memory to sample
         log.info("run folder %s (--target openai: no server memory)", run_dir)
+    elif sample_s <= 0:
+        log.info("run folder %s (--memory-sample-s 0: no server memory)", run_dir)
     else:
         pidfile = getattr(options, "server_pidfile", "") or None
         urls = split_urls(getattr(options, "metrics_urls", "") or "")
-        sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile, metrics_urls=urls)
+        sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile, metrics_urls=urls,
+                                interval_s=sample_s)
         sampler.register(environment)
         MemoryTab(sampler, recorder).register(environment)
         log.info("run folder %s (memory from %s)", run_dir, sampler.source)

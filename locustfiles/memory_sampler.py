@@ -30,7 +30,10 @@ host              the scraped server's host:port; empty for the pidfile source a
                   the total row
 ================  ==================================================================
 
-The sampler runs on the master (or the only) Locust process, never on Locust workers.
+The sampler runs on the master (or the only) Locust process, never on Locust workers. The
+/proc reads of the pidfile source run in gevent's thread pool, not on the event loop: one
+``smaps_rollup`` read of a gpt2-large worker takes ~26 ms, and on the loop every simulated
+user would stall that long each second (loadgen.csv records the loop's lag to show it).
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
-import psutil
 import requests
 from locust.env import Environment
 from locust.runners import WorkerRunner
@@ -104,12 +106,26 @@ class TreeSample:
                 for p in (*self.processes, self.total)]
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` from /proc (a few small reads, no scan of all pids)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended while we listed
+            continue
+    return children
+
+
 def sample_pidfile(pidfile: Path) -> TreeSample | None:
-    """Read the master named in ``pidfile`` and its children from /proc; None if not running."""
+    """Read the master named in ``pidfile`` and its children from /proc; None if not running.
+
+    Blocking (tens of ms for a big tree): call it off the event loop (``MemorySampler``).
+    """
     try:
         master = int(pidfile.read_text().strip())
-        children = [c.pid for c in psutil.Process(master).children()]
-    except (OSError, ValueError, psutil.Error):
+        children = child_pids(master)
+    except (OSError, ValueError):
         return None
     processes = []
     for pid, role in [(master, "master"), *((c, "worker") for c in children)]:
@@ -218,7 +234,8 @@ class MemorySampler:
     def sample_once(self) -> TreeSample | None:
         """Take one sample now, record it, and return it (None when the server is not found)."""
         if self.source == "pidfile":
-            sample = sample_pidfile(self.pidfile)
+            # In a real OS thread: the reads release the GIL, the loop keeps serving users.
+            sample = gevent.get_hub().threadpool.spawn(sample_pidfile, self.pidfile).get()
         elif self.metrics_urls:
             sample = sample_hosts(self.metrics_urls)
         else:

@@ -43,6 +43,13 @@ def add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--metrics-urls", env_var="LOCUST_METRICS_URLS", default="",
                         help="comma-separated base URLs of servers behind a load balancer "
                              "whose /metrics are all scraped for memory.csv (default: --host)")
+    parser.add_argument("--memory-sample-s", env_var="LOCUST_MEMORY_SAMPLE_S", type=float,
+                        default=1.0,
+                        help="seconds between samples of the server's memory (memory.csv); "
+                             "0 = do not sample")
+    parser.add_argument("--loop-tick-s", env_var="LOCUST_LOOP_TICK_S", type=float, default=0.1,
+                        help="seconds between the event-loop lag ticks of loadgen.csv "
+                             "(shorter: finer percentiles, more rows)")
     parser.add_argument("--data-dir", env_var="LOCUST_DATA_DIR", default="",
                         help="folder with prompts.jsonl, articles.jsonl, qa.jsonl "
                              "(default: locustfiles/data)")

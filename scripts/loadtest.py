@@ -26,12 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from harness.gunicorn_process import GunicornServer
 from locustfiles.run_options import new_run_dir
 from locustfiles.stages import DEFAULT_STAGES, parse_stages, shape_record
 from locustfiles.user_mix import MIX_CHOICES
+from server.hardware import fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -211,7 +210,10 @@ def run_record(args: argparse.Namespace, server: GunicornServer, started_at: str
         "duration_s": duration_s(args, started_at, ended_at),
         "shape": shape_record(stages) if stages else None,
         "git_commit": git_commit(),
-        "host": {"cores": cores, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        # cores, RAM, CPU model, ISA, torch's kernel path, BLAS (server/hardware.py)
+        "host": fingerprint_subprocess(),
+        # What the server measured and chose at startup: /ready's kernel table, if it has one
+        "server": {k: server.ready[k] for k in ("kernels",) if k in server.ready},
         "versions": versions(),
         "started_at": started_at,
         "ended_at": ended_at,

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.prompts import fixed_length_prompts
 from harness.gunicorn_process import GunicornServer
+from server.hardware import describe, host_fingerprint
 from server.model import load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -268,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the profile and print its report."""
     args = parse_args(argv)
+    print(f"host: {describe(host_fingerprint())}", flush=True)
+    print("host facts: " + json.dumps(host_fingerprint()), flush=True)
     from transformers import AutoTokenizer
 
     from server.model import resolve_source

@@ -1,68 +1,36 @@
-"""Process memory as RSS, USS and PSS, read from /proc, and a per-worker background sampler.
+"""A worker's memory over time: a cheap background sampler, and handing freed heap back.
 
-RSS counts every resident page of a process, shared or not, so N preloaded workers each
-report the whole model. USS (pages only this process has) and PSS (shared pages divided
-among their sharers) show what a worker really costs; summing PSS over a process tree gives
-its true footprint. Reading ``smaps_rollup`` walks the page tables (ms on a multi-GB
-process), so request threads read the sampler's latest sample instead.
+Request threads never read /proc themselves: they take the sampler's latest sample
+(``MemorySampler.latest``) for the X-Worker-*-MB headers and the request log, and its
+history for a request's peak RSS. The /proc readers live in server.procfs (re-exported
+here for the modules that import them from this one).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from itertools import takewhile
 
-_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+from server.procfs import (
+    MemorySample,
+    current_rss_mb,
+    read_process_memory,
+    system_available_mb,
+)
 
+__all__ = ["DEFAULT_FULL_BUDGET", "HeapReleaser", "MemorySample", "MemorySampler",
+           "current_rss_mb", "estimate_from", "read_process_memory", "release_free_heap",
+           "system_available_mb"]
 
-@dataclass(frozen=True)
-class MemorySample:
-    """One reading of a process: resident, unique, proportional and shared MB."""
-
-    at: float  # time.monotonic()
-    rss_mb: float
-    uss_mb: float
-    pss_mb: float
-    shared_mb: float
-    sys_available_mb: float
-
-
-def _read_kb_fields(path: str) -> dict[str, int]:
-    fields: dict[str, int] = {}
-    with open(path) as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if len(parts) == 2 and parts[1] == "kB":
-                fields[key] = int(parts[0])
-    return fields
-
-
-def system_available_mb() -> float:
-    """MemAvailable from /proc/meminfo, in MB."""
-    return _read_kb_fields("/proc/meminfo")["MemAvailable"] / 1024
-
-
-def read_process_memory(pid: int | str = "self") -> MemorySample:
-    """Read one process's RSS/USS/PSS/shared from /proc/<pid>/smaps_rollup."""
-    f = _read_kb_fields(f"/proc/{pid}/smaps_rollup")
-    uss_kb = f.get("Private_Clean", 0) + f.get("Private_Dirty", 0) + f.get("Private_Hugetlb", 0)
-    shared_kb = f.get("Shared_Clean", 0) + f.get("Shared_Dirty", 0) + f.get("Shared_Hugetlb", 0)
-    return MemorySample(
-        at=time.monotonic(),
-        rss_mb=f["Rss"] / 1024,
-        uss_mb=uss_kb / 1024,
-        pss_mb=f["Pss"] / 1024,
-        shared_mb=shared_kb / 1024,
-        sys_available_mb=system_available_mb(),
-    )
+# Share of one core the sampler may spend in smaps_rollup reads. At gpt2-large (~26 ms per
+# read) that is one full read every ~10 s instead of every 0.5 s (was 5% of a core).
+DEFAULT_FULL_BUDGET = 0.0025
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -118,41 +86,95 @@ class HeapReleaser:
         return True
 
 
-def current_rss_mb() -> float:
-    """This process's RSS from /proc/self/statm: one small read, cheap enough per request."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE_MB
+def estimate_from(full: MemorySample, rss_mb: float, at: float,
+                  sys_available_mb: float) -> MemorySample:
+    """A sample with RSS measured now and USS/PSS carried from ``full``, shifted by the RSS
+    change since.
+
+    What a worker allocates or frees between reads (activations, KV cache, heap) is private,
+    so it moves RSS, USS and PSS alike. What leaves RSS unchanged waits for the next full
+    read: pages turning private by copy-on-write, and PSS shifting as workers (sharers of
+    the weights) come and go.
+    """
+    delta = rss_mb - full.rss_mb
+    uss = max(0.0, full.uss_mb + delta)
+    pss = max(uss, full.pss_mb + delta)
+    return MemorySample(at, rss_mb, uss, pss, max(0.0, rss_mb - uss), sys_available_mb,
+                        measured=False)
 
 
 class MemorySampler:
-    """A daemon thread that samples this process every ``interval_s`` seconds."""
+    """A daemon thread that samples this process every ``interval_s`` seconds, cheaply.
+
+    Every sample reads RSS from statm (microseconds). USS and PSS need ``smaps_rollup``,
+    whose cost grows with the process, so it is read only as often as ``full_budget`` (a
+    share of one core) allows: after a read that took c seconds the next waits
+    c / full_budget seconds (26 ms at 0.25%: every ~10 s; a small process's 0.2 ms read:
+    every sample). In between, USS/PSS come from ``estimate_from`` (``measured=False``).
+    ``full_budget=math.inf`` reads smaps_rollup on every sample (the old behaviour).
+    """
 
     def __init__(self, interval_s: float, history: int = 2400,
-                 on_sample: Callable[[MemorySample], None] = lambda sample: None) -> None:
+                 on_sample: Callable[[MemorySample], None] = lambda sample: None,
+                 full_budget: float = DEFAULT_FULL_BUDGET,
+                 clock: Callable[[], float] = time.monotonic,
+                 read_full: Callable[[], MemorySample] = read_process_memory,
+                 read_rss: Callable[[], float] = current_rss_mb) -> None:
         self.interval_s = interval_s
+        self.full_budget = full_budget
         self._on_sample = on_sample
+        self._clock, self._read_full, self._read_rss = clock, read_full, read_rss
         self._samples: deque[MemorySample] = deque(maxlen=history)
+        self._full: MemorySample | None = None
+        self._next_full_at = 0.0
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._take()
+        # What sampling cost so far (read by scripts/probe_sampler_cost.py).
+        self.samples_taken = 0
+        self.full_reads = 0
+        self.full_read_s = 0.0
+        self.sample_once()
 
-    def _take(self) -> None:
-        sample = read_process_memory()
+    def sample_once(self) -> MemorySample:
+        """Take one sample now (full if it is due), record and publish it, and return it."""
+        now = self._clock()
+        if self._full is None or now >= self._next_full_at:
+            sample = replace(self._read_full(), at=now)
+            cost_s = max(0.0, self._clock() - now)
+            self._full = sample
+            self.full_reads += 1
+            self.full_read_s += cost_s
+            self._next_full_at = now + cost_s / self.full_budget
+        else:
+            sample = estimate_from(self._full, self._read_rss(), now, system_available_mb())
+        self.samples_taken += 1
         self._samples.append(sample)
         self._on_sample(sample)
+        return sample
 
     def start(self) -> None:
         """Start sampling (call in the process to be sampled: threads do not survive fork)."""
         self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
         self._thread.start()
 
+    def stop(self) -> None:
+        """Stop the sampling thread (it exits within one interval)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
     def _loop(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
-            self._take()
+        while not self._stop.wait(self.interval_s):
+            self.sample_once()
+
+    @property
+    def native_id(self) -> int | None:
+        """The sampling thread's kernel thread id (its /proc/self/task entry), once started."""
+        return self._thread.native_id if self._thread is not None else None
 
     @property
     def latest(self) -> MemorySample:
-        """The most recent sample (never blocks, never reads smaps)."""
+        """The most recent sample (never blocks, never reads /proc)."""
         return self._samples[-1]
 
     def peak_rss_mb(self, since: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -20,6 +21,8 @@ def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: P
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
     assert "client errors 0" in out
+    host = json.loads(re.search(r"^host facts: (.*)$", out, re.MULTILINE)[1])
+    assert host["cpu_model"] and host["torch_cpu_capability"] and "isa" in host
     shares = [float(share) for share in re.findall(r"^\s+(-?[\d.]+)%\s", out, re.MULTILINE)]
     assert len(shares) == 4  # prefill, decode, rest of steps, outside steps
     assert shares[0] > 0 and shares[1] > 0  # the load reached both phases

@@ -49,6 +49,9 @@ def test_bench_folder_holds_each_run_the_comparison_and_the_table(bench) -> None
         "# Run comparison: naive vs batch-bf16")
     for name in ("roofline.json", "roofline.md", "prompts.jsonl", "bench.json", "table.csv"):
         assert (out / name).is_file(), name
+    host = json.loads((out / "bench.json").read_text())["host"]
+    assert host["cpu_model"] and host["torch_cpu_capability"] and host["blas"]
+    assert f"Host: {host['cpu_model']} (" in (out / "table.md").read_text()
 
 
 def test_rows_ran_their_configuration_with_fixed_length_requests(bench) -> None:

@@ -47,3 +47,9 @@ def test_master_and_two_workers_record_every_request(tiny_model: Path, tmp_path:
     assert len({r["request_id"] for r in rows}) == len(rows)
     roles = Counter(r["role"] for r in read_csv(run_dir / "memory.csv"))
     assert roles["master"] > 5 and roles["worker"] == 2 * roles["master"] == 2 * roles["total"]
+    # Every Locust process ticks into loadgen.csv: the master's own rows, the workers' by message.
+    ticks = read_csv(run_dir / "loadgen.csv")
+    processes = {(r["role"], r["pid"]) for r in ticks}
+    assert Counter(role for role, _ in processes) == {"master": 1, "worker": 2}
+    per_process = Counter((r["role"], r["pid"]) for r in ticks)
+    assert min(per_process.values()) > 50  # ~10 a second over a 15 s run

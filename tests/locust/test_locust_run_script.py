@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -117,3 +118,41 @@ def test_run_json_records_the_settings(run_dir: Path) -> None:
     assert run["shape"] is None and run["slo"]["p95_ms"] == 5000
     assert run["host"]["cores"] >= 1 and run["host"]["ram_gb"] > 0
     assert run["versions"]["locust"] and run["started_at"] < run["ended_at"]
+
+
+def test_run_json_names_the_hardware_and_the_server_kernels(run_dir: Path) -> None:
+    host = json.loads((run_dir / "run.json").read_text())["host"]
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":")[1].split())
+
+    assert host["cpu_model"] == model and host["cpu_vendor"]
+    assert host["isa"] and set(host["isa"]) <= flags
+    assert host["torch_cpu_capability"] and host["blas"]
+    server = json.loads((run_dir / "run.json").read_text())["server"]
+    # The kernel table comes from /ready: servers without one leave the block empty.
+    if "kernels" in server:
+        assert server["kernels"]["chosen"] and server["kernels"]["table"]
+
+
+def test_loadgen_csv_records_every_tick_of_locust(run_dir: Path) -> None:
+    rows = read_csv(run_dir / "loadgen.csv")
+
+    assert len(rows) >= 150  # ~10 ticks a second over a 20 s run
+    assert {r["role"] for r in rows} == {"local"}
+    cpu = [float(r["cpu_s"]) for r in rows]
+    assert cpu == sorted(cpu) and cpu[-1] > cpu[0]  # Locust did work
+    assert all(float(r["loop_lag_ms"]) >= 0 for r in rows)
+
+
+def test_report_names_the_cpu_and_measures_the_load_generator(run_dir: Path) -> None:
+    report = (run_dir / "report.md").read_text()
+    host = json.loads((run_dir / "run.json").read_text())["host"]
+
+    assert f"Host CPU: **{host['cpu_model']}**" in report.split("\n## ")[0]
+    section = report.split("## Load generator")[1].split("\n## ")[0]
+    share = re.search(r"\*\*([\d.]+)% of the box's (\d+) cores\*\*", section)
+    lag = re.search(r"\*\*p50 ([\d.]+) ms, p99 ([\d.]+) ms\*\*", section)
+    assert share and lag, section
+    assert 0 < float(share[1]) < 100 and int(share[2]) == host["cores"]
+    assert 0 <= float(lag[1]) <= float(lag[2])

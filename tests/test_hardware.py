@@ -1,0 +1,81 @@
+"""server.hardware: the host fingerprint from /proc/cpuinfo and torch's build facts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.gunicorn_process import REPO
+from server.hardware import blas_name, cpu_facts, fingerprint_subprocess, host_fingerprint
+
+SAPPHIRE_RAPIDS = """\
+processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse2 avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 \
+amx_tile amx_int8 avx_vnni
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: something else entirely
+"""
+EPYC_ZEN3 = """\
+processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse2 avx avx2 fma f16c bmi2
+"""
+
+
+@pytest.mark.parametrize(("text", "model", "vendor", "isa"), [
+    (SAPPHIRE_RAPIDS, "Intel(R) Xeon(R) Platinum 8488C", "GenuineIntel",
+     ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
+      "amx_tile", "fma", "f16c"]),
+    (EPYC_ZEN3, "AMD EPYC 7B13", "AuthenticAMD", ["avx2", "fma", "f16c"]),
+])
+def test_cpu_facts_from_cpuinfo(text, model, vendor, isa) -> None:
+    assert cpu_facts(text) == {"cpu_model": model, "cpu_vendor": vendor, "isa": isa}
+
+
+@pytest.mark.parametrize(("config", "blas"), [
+    ("  - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605\n"
+     "  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, LAPACK_INFO=mkl", "MKL 2024.2"),
+    ("  - Build settings: BLAS_INFO=open, BUILD_TYPE=Release", "OpenBLAS"),
+    ("  - Build settings: BUILD_TYPE=Release", ""),
+])
+def test_blas_name_from_torch_config(config, blas) -> None:
+    assert blas_name(config) == blas
+
+
+def test_this_host_matches_proc_cpuinfo() -> None:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name"))
+
+    facts = host_fingerprint()
+
+    assert facts["cpu_model"] == model and facts["cores"] >= 1 and facts["ram_gb"] > 0
+    assert facts["torch_cpu_capability"]  # e.g. AVX2, AVX512
+    assert facts["blas"]
+    facts["isa"].append("mutated")
+    assert "mutated" not in host_fingerprint()["isa"]  # callers get their own copy
+
+
+def test_fingerprint_starts_no_torch_threads() -> None:
+    """Safe in a Gunicorn master before fork: no op runs, so no OpenMP pool is made."""
+    code = ("import os, json, torch\nfrom server.hardware import host_fingerprint\n"
+            "facts = host_fingerprint()\n"
+            "print(json.dumps([len(os.listdir('/proc/self/task')), facts]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    threads, facts = json.loads(out)
+
+    assert threads == 1 and facts["torch_cpu_capability"]
+
+
+def test_subprocess_fingerprint_equals_the_in_process_one() -> None:
+    assert fingerprint_subprocess() == host_fingerprint()
