@@ -7,6 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.llama_reference import (
@@ -27,7 +28,7 @@ from bench.reference_rows import (
     parse_variant,
     plan_rows,
 )
-from bench.reference_table import ReferenceRow, render_rows
+from bench.reference_table import ReferenceRow, generations, render_rows
 
 LSCPU = """Architecture:                            x86_64
 Vendor ID:                               AuthenticAMD
@@ -175,3 +176,16 @@ def test_table_without_a_llama_row_or_a_number_says_na() -> None:
     line = render_rows([row("ours-u8", "ours", 8, 6.0, math.nan, 3000.0, 9000.0)]).splitlines()[2]
 
     assert line.endswith("| n/a | 3,000 | 9,000 | n/a | n/a | n/a |")
+
+
+def test_generations_count_only_posts() -> None:
+    requests = pd.DataFrame({
+        "method": ["GET", "POST", "POST", "POST", "POST"],
+        "success": [True, True, True, True, False],
+        "response_time_ms": [100.0, 10_000.0, 20_000.0, 30_000.0, 500.0]})
+
+    g = generations(requests, window_s=60.0)
+
+    assert (g.requests, g.failures) == (4, 1)
+    assert g.requests_per_s == pytest.approx(3 / 60)
+    assert (g.p50_ms, g.p95_ms) == pytest.approx((20_000.0, 29_000.0))
