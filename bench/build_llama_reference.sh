@@ -60,24 +60,30 @@ make_venv() {
     "numpy>=2.2.6" sentencepiece safetensors "protobuf>=4.21.0,<5.0.0" "$SRC/gguf-py"
 }
 
-convert() {
+convert_f16() {
   # $1: preset. The converter reads GPT-2's context length from n_ctx, which transformers no
-  # longer writes, so it gets a copy of the checkpoint with "n_ctx": 1024 added.
+  # longer writes, so it gets a copy of the checkpoint (weights symlinked) with "n_ctx" added.
   local preset=$1 model="$MODELS_DIR/synthetic-$1" copy="$LLAMA_DIR/hf/synthetic-$1"
   local f16="$LLAMA_DIR/gguf/synthetic-$preset-f16.gguf"
-  local q8="$LLAMA_DIR/gguf/synthetic-$preset-q8_0.gguf"
   if [ ! -f "$model/config.json" ]; then
     nice -n 19 "$PYTHON" -m server.synthetic build "$preset" --models-dir "$MODELS_DIR"
   fi
   if [ ! -f "$f16" ]; then
     mkdir -p "$copy"
     for f in "$model"/*; do ln -sf "$(realpath "$f")" "$copy/"; done
-    rm -f "$copy/config.json"
-    "$VENV/bin/python" - "$model/config.json" "$copy/config.json" <<'EOF'
+    rm -f "$copy/config.json" "$copy/tokenizer_config.json"
+    "$VENV/bin/python" - "$model" "$copy" <<'EOF'
+# The copy's two JSON files: n_ctx for the converter, and a tokenizer class that the
+# converter's transformers 4.x knows (transformers 5 writes "TokenizersBackend"; the
+# tokenizer itself is tokenizer.json either way).
 import json, sys
-config = json.load(open(sys.argv[1]))
+model, copy = sys.argv[1:]
+config = json.load(open(f"{model}/config.json"))
 config["n_ctx"] = config.get("n_positions", 1024)
-json.dump(config, open(sys.argv[2], "w"), indent=2)
+json.dump(config, open(f"{copy}/config.json", "w"), indent=2)
+tokenizer = json.load(open(f"{model}/tokenizer_config.json"))
+tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+json.dump(tokenizer, open(f"{copy}/tokenizer_config.json", "w"), indent=2)
 EOF
     nice -n 19 "$VENV/bin/python" - "$SRC" "$copy" "$f16" <<'EOF'
 # Run the vendored converter with the pre-tokenizer mapped to gpt-2: its hash table only knows
@@ -92,14 +98,17 @@ sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", "f16", "--outfile", out
 convert_hf_to_gguf.main()
 EOF
   fi
-  if [ ! -f "$q8" ]; then
-    nice -n 19 "$BUILD/bin/llama-quantize" "$f16" "$q8" q8_0 "$JOBS"
-  fi
+}
+
+quantize_q8() {
+  # $1: preset. q8_0 from the f16 GGUF, as a llama.cpp user would make it.
+  local f16="$LLAMA_DIR/gguf/synthetic-$1-f16.gguf" q8="$LLAMA_DIR/gguf/synthetic-$1-q8_0.gguf"
+  [ -f "$q8" ] || nice -n 19 "$BUILD/bin/llama-quantize" "$f16" "$q8" q8_0 "$JOBS"
 }
 
 fetch_source
 build_binaries
 make_venv
-for preset in "${PRESETS[@]}"; do convert "$preset"; done
+for preset in "${PRESETS[@]}"; do convert_f16 "$preset"; quantize_q8 "$preset"; done
 echo "llama.cpp reference ready in $LLAMA_DIR:"
 ls -la "$BUILD/bin/llama-server" "$BUILD/bin/llama-quantize" "$LLAMA_DIR"/gguf/*.gguf
