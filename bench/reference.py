@@ -66,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quants", default=",".join(QUANTS),
                    help=f"llama.cpp GGUF types, comma-separated ({', '.join(QUANTS)}; "
                         "empty: no llama.cpp rows)")
-    p.add_argument("--threads", type=int, default=LlamaSettings.threads,
-                   help="llama-server -t")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="llama-server -t (default: every core we may use, as our server does; "
+                        "2 on the issue's box)")
     p.add_argument("--out", type=Path, help="default: results/reference-<UTC timestamp>/")
     args = p.parse_args(argv)
     variants = [] if args.no_ours else (args.ours or ["defaults="])
