@@ -130,7 +130,8 @@ def write_outputs(args: argparse.Namespace, out: Path, runs: list[tuple[Row, Pat
             run_logged([sys.executable, "-m", "analysis", "compare", *folders,
                         "--out", str(out / f"compare-u{users}")], record)
     rows = [read_row(path) for _, path in runs if (path / "requests.csv").exists()]
-    text = render_report(args, record.host, record.llama_version, render_rows(rows))
+    text = render_report(args, record.host, record.llama_version, render_rows(rows),
+                         record.loads)
     (out / "table.md").write_text(text)
     return text
 
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, row in enumerate(args.rows, 1):
         run_dir = out / f"{i:02d}-{row.name}"
         print(f"\n=== reference row {i}/{len(args.rows)}: {row.name}", flush=True)
+        record.row_started(row)
         if row.server == "ours":
             run_ours(args, row, run_dir, record)
         else:

@@ -82,6 +82,7 @@ class Record:
         self.out, self.args = out, args
         self.host = host_record()
         self.llama_version = llama_version(binary) if any(r.quant for r in args.rows) else ""
+        self.loads: dict[str, float] = {}  # row name -> 1-minute load average at its start
         self.commands = out / "commands.sh"
         invocation = shlex.join([Path(sys.executable).name, "-m", "bench.reference",
                                  *sys.argv[1:]])
@@ -97,6 +98,10 @@ class Record:
             f.write(line + "\n")
         print(f"== $ {line}", flush=True)
 
+    def row_started(self, row: Row) -> None:
+        """Note the box's 1-minute load average as ``row`` starts (others' work skews rows)."""
+        self.loads[row.name] = round(os.getloadavg()[0], 2)
+
     def annotate_run(self, run_dir: Path, row: Row, extra: dict[str, Any]) -> None:
         """Add the row, ``extra`` and this host's CPU to the run's run.json (if it exists)."""
         path = run_dir / "run.json"
@@ -104,7 +109,7 @@ class Record:
             return
         record = json.loads(path.read_text())
         record.update(extra)
-        record["reference"] = asdict(row)
+        record["reference"] = {**asdict(row), "load_1m_at_start": self.loads.get(row.name)}
         record["host"] = {**self.host, **record.get("host", {})}
         path.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -120,7 +125,8 @@ class Record:
             "mix": "openai", "target": "openai", "duration_s": args.duration,
             "git_commit": git_commit(), "host": self.host,
             "versions": {"llama.cpp": self.llama_version}, "command": shlex.join(command),
-            "reference": asdict(row), "started_at": started_at, "ended_at": ended_at}
+            "reference": {**asdict(row), "load_1m_at_start": self.loads.get(row.name)},
+            "started_at": started_at, "ended_at": ended_at}
         (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
     def save(self) -> None:
@@ -129,14 +135,28 @@ class Record:
         record = {"preset": args.preset, "duration_s": args.duration,
                   "stop_timeout_s": args.stop_timeout, "host": self.host,
                   "llama_dir": str(args.llama_dir), "llama_version": self.llama_version,
-                  "git_commit": git_commit(), "rows": [asdict(r) for r in args.rows],
+                  "git_commit": git_commit(), "load_1m_at_start": self.loads,
+                  "rows": [asdict(r) for r in args.rows],
                   "finished_at": utc_now()}
         (self.out / "reference.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def load_note(loads: dict[str, float], cores: int) -> str:
+    """The 1-minute load average at each row's start, with a warning when the box was busy
+    (load above half its cores: other work shared the CPU, so the ratios are not clean)."""
+    if not loads:
+        return ""
+    listed = ", ".join(f"{name} {load:g}" for name, load in loads.items())
+    busy = [name for name, load in loads.items() if load > cores / 2]
+    warning = (f" **Busy box** ({len(busy)} of {len(loads)} rows started with load > "
+               f"{cores / 2:g}): rerun on a quiet machine before judging." if busy else "")
+    return f"1-minute load average at each row's start: {listed}.{warning}"
+
+
 def render_report(args: argparse.Namespace, host: dict[str, Any], version: str,
-                  rows_table: str) -> str:
-    """table.md: what ran, on which CPU, then the table."""
+                  rows_table: str, loads: dict[str, float] | None = None) -> str:
+    """table.md: what ran, on which CPU, how busy the box was, then the table."""
+    note = load_note(loads or {}, host["cores"])
     return "\n".join([
         f"# Reference: ours vs llama.cpp, synthetic:{args.preset}, OpenAI mix",
         "",
@@ -150,4 +170,5 @@ def render_report(args: argparse.Namespace, host: dict[str, Any], version: str,
         "better; TTFT: lower is better; PSS vs ref RSS: our peak total PSS / llama-server's "
         "peak RSS, lower is better). Exact commands: commands.sh.",
         "",
+        *([note, ""] if note else []),
         rows_table, ""])

@@ -20,7 +20,7 @@ from bench.llama_reference import (
     server_command,
 )
 from bench.reference import main, parse_args
-from bench.reference_record import cpu_model
+from bench.reference_record import cpu_model, load_note
 from bench.reference_rows import (
     Row,
     llama_locust_command,
@@ -189,3 +189,13 @@ def test_generations_count_only_posts() -> None:
     assert (g.requests, g.failures) == (4, 1)
     assert g.requests_per_s == pytest.approx(3 / 60)
     assert (g.p50_ms, g.p95_ms) == pytest.approx((20_000.0, 29_000.0))
+
+
+def test_load_note_warns_when_others_shared_the_cpu() -> None:
+    quiet = load_note({"ours-defaults-u8": 0.2, "llama-f16-u8": 0.9}, cores=2)
+    busy = load_note({"ours-defaults-u8": 0.2, "llama-f16-u8": 13.7}, cores=2)
+
+    assert quiet == ("1-minute load average at each row's start: ours-defaults-u8 0.2, "
+                     "llama-f16-u8 0.9.")
+    assert "**Busy box** (1 of 2 rows started with load > 1)" in busy
+    assert load_note({}, cores=2) == ""
