@@ -96,8 +96,16 @@ def run_logged(cmd: list[str], record: Record, env: dict[str, str] | None = None
 def run_ours(args: argparse.Namespace, row: Row, run_dir: Path,
              record: Record) -> None:
     """Serve and load one variant of our server through the run script."""
-    run_logged(ours_command(args, row, run_dir), record)
+    code = run_logged(ours_command(args, row, run_dir), record)
+    require_requests(row, run_dir, code, "gunicorn.log")
     record.annotate_run(run_dir, row, {"server": "ours"})
+
+
+def require_requests(row: Row, run_dir: Path, code: int, log: str) -> None:
+    """Stop the reference when a row recorded no requests: a table without it would mislead."""
+    if not (run_dir / "requests.csv").exists():
+        raise SystemExit(f"row {row.name} produced no requests.csv (exit {code}); "
+                         f"see {run_dir / log}")
 
 
 def run_llama(args: argparse.Namespace, row: Row, run_dir: Path, binary: Path,
@@ -115,8 +123,9 @@ def run_llama(args: argparse.Namespace, row: Row, run_dir: Path, binary: Path,
     with LlamaServer(command, run_dir, api_key) as server:
         record.command(command, env_note="LLAMA_API_KEY=<random>")
         record.write_llama_run(args, row, run_dir, command, settings, started_at, None)
-        run_logged(llama_locust_command(args, row, run_dir, server.url, server.pidfile),
-                   record, env)
+        code = run_logged(llama_locust_command(args, row, run_dir, server.url,
+                                               server.pidfile), record, env)
+    require_requests(row, run_dir, code, "llama-server.log")
     record.write_llama_run(args, row, run_dir, command, settings, started_at, utc_now())
     run_logged([sys.executable, "-m", "analysis", str(run_dir)], record)
 
@@ -140,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run every row one after the other, then the comparisons and the table."""
     args = parse_args(argv)
     binary = check_reference(args)
-    out = args.out or RESULTS / f"reference-{utc_stamp()}"
+    # Absolute: the run script's Gunicorn runs from the repo root, the paths must not move.
+    out = (args.out or RESULTS / f"reference-{utc_stamp()}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"== reference folder {out}", flush=True)
     record = Record(out, args, binary)

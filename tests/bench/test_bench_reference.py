@@ -19,7 +19,7 @@ from bench.llama_reference import (
     server_binary,
     server_command,
 )
-from bench.reference import main, parse_args
+from bench.reference import main, parse_args, require_requests
 from bench.reference_record import cpu_model, load_note
 from bench.reference_rows import (
     Row,
@@ -199,3 +199,11 @@ def test_load_note_warns_when_others_shared_the_cpu() -> None:
                      "llama-f16-u8 0.9.")
     assert "**Busy box** (1 of 2 rows started with load > 1)" in busy
     assert load_note({}, cores=2) == ""
+
+
+def test_a_row_without_requests_stops_the_reference(tmp_path: Path) -> None:
+    row = Row("ours-defaults-u8", "ours", 8)
+    with pytest.raises(SystemExit, match=r"ours-defaults-u8 produced no requests\.csv \(exit 1\)"):
+        require_requests(row, tmp_path, 1, "gunicorn.log")
+    (tmp_path / "requests.csv").write_text("timestamp\n")
+    require_requests(row, tmp_path, 0, "gunicorn.log")
