@@ -73,7 +73,7 @@ bench-reference:
 		--duration $(REF_DURATION) $(REF_ARGS)
 
 # Build llama.cpp's server and the GGUFs of REF_PRESET (and gpt2) under LLAMA_DIR (default
-# /work/cache/llama, outside git) from PyPI's llama-cpp-python sdist: ~20 min on 2 cores.
+# /work/cache/llama, outside git) from PyPI's llama-cpp-python sdist: 20-45 min on 2 cores.
 llama-reference:
 	PYTHON=$(PY) bash bench/build_llama_reference.sh gpt2 $(REF_PRESET)
 

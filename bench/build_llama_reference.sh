@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the llama.cpp reference (issue 13): llama-server, llama-quantize and f16 + q8_0 GGUFs of
-# our synthetic checkpoints, all under LLAMA_DIR (outside git). Never run in CI: ~15-25 min of
+# our synthetic checkpoints, all under LLAMA_DIR (outside git). Never run in CI: 20-45 min of
 # compiling on 2 cores, plus ~1 GB of Python packages for the conversion.
 #
 #   bash bench/build_llama_reference.sh [PRESET ...]     # default presets: gpt2 gpt2-large

@@ -59,7 +59,7 @@ def check_built(paths: list[Path], preset: str, root: Path) -> None:
     listed = "\n".join(f"  {p}" for p in missing)
     raise ReferenceMissing(
         f"llama.cpp reference not built; missing:\n{listed}\n"
-        f"Build it once (outside git, ~20 min on 2 cores, needs PyPI) with:\n"
+        f"Build it once (outside git, 20-45 min on 2 cores, needs PyPI) with:\n"
         f"  LLAMA_DIR={root} bash {BUILD_SCRIPT} {preset}\n"
         f"or point to an existing build with --llama-dir / $LLAMA_DIR "
         f"(or --llama-server for the binary alone).")
