@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
-.PHONY: venv model tiny test lint serve loadtest loadtest-ui bench roofline scaleout
+.PHONY: venv model tiny test lint serve loadtest loadtest-ui bench bench-reference \
+	llama-reference roofline scaleout
 
 venv:
 	python3 -m venv $(VENV)
@@ -56,6 +57,25 @@ BENCH_ROWS ?=
 bench:
 	$(PY) -m bench --model $(BENCH_MODEL) --seconds $(BENCH_SECONDS) --warmup $(BENCH_WARMUP) \
 		--rows "$(BENCH_ROWS)" $(BENCH_ARGS)
+
+# The yardstick (issue 13): our server, then llama.cpp's llama-server with the f16 and q8_0
+# GGUFs of the same synthetic checkpoint, one after the other, each loaded by our Locust suite
+# with the OpenAI mix (REF_USERS users, REF_DURATION s); writes results/reference-<UTC
+# timestamp>/ with the run folders, analysis compare tables, table.md and commands.sh.
+# REF_ARGS passes more options (e.g. REF_ARGS="--lone-user --ours 'int8=--dtype int8'"; see
+# `python -m bench.reference --help`). Needs `make llama-reference` once; never in CI.
+REF_PRESET ?= $(subst synthetic:,,$(MODEL))
+REF_USERS ?= 8
+REF_DURATION ?= 150
+REF_ARGS ?=
+bench-reference:
+	$(PY) -m bench.reference --preset $(REF_PRESET) --users $(REF_USERS) \
+		--duration $(REF_DURATION) $(REF_ARGS)
+
+# Build llama.cpp's server and the GGUFs of REF_PRESET (and gpt2) under LLAMA_DIR (default
+# /work/cache/llama, outside git) from PyPI's llama-cpp-python sdist: 20-45 min on 2 cores.
+llama-reference:
+	PYTHON=$(PY) bash bench/build_llama_reference.sh gpt2 $(REF_PRESET)
 
 # This host's matmul GFLOP/s (fp32, bf16), memory read GB/s and BENCH_MODEL's decode limit.
 roofline:

@@ -10,12 +10,14 @@ folder, extends the web UI with server memory, and applies ``--shape steps``; Lo
 forward their request rows to the master. See docs/load-testing.md.
 
 ``--mix streaming|openai|all`` runs the streaming and OpenAI-API users instead of the three
-task users; ``--target openai`` loads any OpenAI-compatible server (locustfiles/user_mix.py).
+task users; ``--target openai`` loads any OpenAI-compatible server (locustfiles/user_mix.py),
+with memory.csv only when ``--server-pidfile`` names the pidfile of a server on this machine.
 """
 
 import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from locust import events
@@ -78,13 +80,17 @@ def set_up_run(environment: Environment) -> None:
     FinalCsvSnapshot().register(environment)
     LoopMonitor(run_dir / "loadgen.csv", interval_s=tick_s).register(environment)
     sample_s = float(getattr(options, "memory_sample_s", 1.0))
-    if is_openai_target(options):  # someone else's server: no memory to sample
+    pidfile = getattr(options, "server_pidfile", "") or None
+    foreign = is_openai_target(options)
+    if foreign and not (pidfile and Path(pidfile).is_file()):
+        # Someone else's server, and no pidfile of it on this machine: no memory to sample.
         log.info("run folder %s (--target openai: no server memory)", run_dir)
     elif sample_s <= 0:
         log.info("run folder %s (--memory-sample-s 0: no server memory)", run_dir)
     else:
-        pidfile = getattr(options, "server_pidfile", "") or None
-        urls = split_urls(getattr(options, "metrics_urls", "") or "")
+        # A foreign server on this machine (llama.cpp's in bench/reference.py) is read from
+        # /proc through its pidfile like Gunicorn, so its RSS/PSS stand next to ours.
+        urls = () if foreign else split_urls(getattr(options, "metrics_urls", "") or "")
         sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile, metrics_urls=urls,
                                 interval_s=sample_s)
         sampler.register(environment)

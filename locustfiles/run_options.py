@@ -66,7 +66,8 @@ def add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--target", env_var="LOCUST_TARGET", default="lab",
                         choices=TARGETS,
                         help="openai: the host is any OpenAI-compatible server (only the "
-                             "openai mix runs; no memory headers, no memory.csv)")
+                             "openai mix runs; no memory headers; memory.csv only from an "
+                             "existing --server-pidfile)")
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
                         help="model name the /v1 users ask for (default: GET /v1/models)")
 

@@ -11,7 +11,9 @@ all        every user class
 
 ``--target openai`` means the host is some OpenAI-compatible server, not GPT Load Lab: only
 the ``openai`` mix makes sense there (it is forced), and there are no memory headers or
-/metrics to sample, so memory.csv is not written. User classes named on the command line
+/metrics to sample, so memory.csv is not written, unless ``--server-pidfile`` names an
+existing pidfile of a server on this machine (bench/reference.py's llama-server): then its
+processes are read from /proc as for Gunicorn. User classes named on the command line
 (``locust -f locustfiles StreamingChatUser``) override the mix.
 """
 

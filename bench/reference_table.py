@@ -1,0 +1,135 @@
+"""The reference table of issue 13: each run next to llama.cpp's, with the acceptance ratios.
+
+Output tokens/s, TTFT p50 and memory are the analysis package's own
+(``analysis.findings.build_findings`` on the run folder), as in ``python -m analysis compare``
+of the same folders. Requests, req/s and latency percentiles count the generation requests
+(POST) only: each OpenAI user's one ``GET /v1/models`` (~0.1 s) would pull a short run's p50
+down and its req/s up, and llama-server and ours answer it alike. This table adds TTFT p50 and
+the ratios the issue's acceptance is written in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.config import load_config
+from analysis.findings import build_findings
+from analysis.formatting import num
+from analysis.records import Findings
+from analysis.run import load_run
+from analysis.tables import table
+from analysis.traffic import ALL_ROUTES
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """One run's headline numbers (NaN where not measured); times in seconds."""
+
+    run: str
+    server: str  # "ours" or "llama.cpp"
+    users: int
+    requests: int
+    failures: int
+    output_tokens_per_s: float
+    requests_per_s: float
+    p50_s: float
+    p95_s: float
+    ttft_p50_s: float
+    peak_total_pss_mb: float
+    peak_total_rss_mb: float
+
+
+@dataclass(frozen=True)
+class Generations:
+    """The POST requests of a run: counts, successful ones per second, latency percentiles."""
+
+    requests: int
+    failures: int
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+
+
+def generations(requests: pd.DataFrame, window_s: float) -> Generations:
+    """Count the POSTs of ``requests`` and take pXX (linear) of the successful ones' times.
+
+    Formula: requests_per_s = successful POSTs / window_s (the run's measured window, as for
+    analysis' throughput); p50/p95 = quantiles of their response_time_ms.
+    """
+    posts = requests[requests["method"] == "POST"]
+    ok = posts.loc[posts["success"], "response_time_ms"]
+    p50, p95 = ok.quantile([0.5, 0.95]).tolist() if len(ok) else (NAN, NAN)
+    rate = len(ok) / window_s if window_s and window_s > 0 else NAN
+    return Generations(len(posts), int((~posts["success"]).sum()), rate, p50, p95)
+
+
+def _value(x: float | None, scale: float = 1.0) -> float:
+    return NAN if x is None or (isinstance(x, float) and math.isnan(x)) else x * scale
+
+
+def ttft_p50_ms(f: Findings) -> float | None:
+    """Median time to first token over all streamed routes (None without streamed answers)."""
+    if f.streaming is None:
+        return None
+    return next((p.p50 for p in f.streaming.percentiles
+                 if p.route == ALL_ROUTES and p.metric == "TTFT"), None)
+
+
+def reference_row(f: Findings, requests: pd.DataFrame) -> ReferenceRow:
+    """The headline numbers of one run: its Findings and its requests.csv frame."""
+    settings, t, memory = f.settings, f.traffic, f.memory
+    g = generations(requests, t.window_s if t else NAN)
+    return ReferenceRow(
+        run=f.label, server=str(settings.get("server", "ours")),
+        users=int(settings.get("users", 0)), requests=g.requests, failures=g.failures,
+        output_tokens_per_s=_value(t and t.output_tokens_per_s),
+        requests_per_s=g.requests_per_s, p50_s=g.p50_ms * 1e-3, p95_s=g.p95_ms * 1e-3,
+        ttft_p50_s=_value(ttft_p50_ms(f), 1e-3),
+        peak_total_pss_mb=_value(memory and memory.peak_pss_mb),
+        peak_total_rss_mb=_value(memory and memory.peak_rss_mb))
+
+
+def read_row(run_dir: Path) -> ReferenceRow:
+    """Analyse one run folder with the default analysis settings and return its row."""
+    run = load_run(run_dir)
+    findings = build_findings(run, load_config().for_run(run.settings))
+    return reference_row(findings, run.requests)
+
+
+def baseline(rows: Sequence[ReferenceRow], row: ReferenceRow) -> ReferenceRow | None:
+    """The yardstick for ``row``: the first llama.cpp row with the same number of users."""
+    return next((r for r in rows if r.server == "llama.cpp" and r.users == row.users), None)
+
+
+def _ratio(value: float, base: float) -> str:
+    return "n/a" if math.isnan(value) or math.isnan(base) or base == 0 else f"{value / base:.2f}x"
+
+
+HEADERS = ["run", "users", "requests (failed)", "output tok/s", "req/s", "p50 s", "p95 s",
+           "TTFT p50 s", "peak PSS MB", "peak RSS MB", "tok/s vs ref", "TTFT vs ref",
+           "PSS vs ref RSS"]
+
+
+def render_rows(rows: Sequence[ReferenceRow]) -> str:
+    """Markdown table; the ratio columns are against ``baseline`` (the first llama.cpp row
+    with as many users): tok/s and TTFT p50 divided by its, and our peak PSS by its peak RSS
+    (the issue's acceptance: >= 1, <= 2 and < 1)."""
+    lines = []
+    for r in rows:
+        ref = baseline(rows, r)
+        ref_tok, ref_ttft, ref_rss = ((ref.output_tokens_per_s, ref.ttft_p50_s,
+                                       ref.peak_total_rss_mb) if ref else (NAN, NAN, NAN))
+        lines.append((
+            r.run, r.users, f"{r.requests} ({r.failures})", num(r.output_tokens_per_s, 2),
+            num(r.requests_per_s, 3), num(r.p50_s, 1), num(r.p95_s, 1), num(r.ttft_p50_s, 2),
+            num(r.peak_total_pss_mb, 0), num(r.peak_total_rss_mb, 0),
+            _ratio(r.output_tokens_per_s, ref_tok), _ratio(r.ttft_p50_s, ref_ttft),
+            _ratio(r.peak_total_pss_mb, ref_rss)))
+    return table(HEADERS, lines)
