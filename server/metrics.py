@@ -79,7 +79,8 @@ class Metrics:
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("gpt_generated_tokens", "Completion tokens returned",
                               registry=r)
-        self.batch_size = Histogram("gpt_batch_size", "Requests per generated batch",
+        self.batch_size = Histogram("gpt_batch_size",
+                                    "Rows in the running batch as a request joins it",
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("gpt_queue_depth", "Requests waiting for a batch slot",
                                  multiprocess_mode="livesum", registry=r)

@@ -47,12 +47,14 @@ class Scheduler:
 
     def __init__(self, engine: StepEngine, max_batch_size: int, max_queue: int,
                  timeout_s: float, on_step: Callable[[StepReport], None] = lambda r: None,
+                 on_join: Callable[[int], None] = lambda rows: None,
                  initial_step_s: float = 0.0) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._timeout_s = timeout_s
         self._on_step = on_step
+        self._on_join = on_join  # rows in the running set as a request joins it
         self._rows: list[tuple[Job, Row]] = []
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
@@ -136,6 +138,7 @@ class Scheduler:
                 continue
             job.started_at = time.monotonic()
             self._rows.append((job, self.engine.new_row(job.request)))
+            self._on_join(len(self._rows))
 
     def _drop_cancelled(self) -> None:
         for job, row in self._rows:

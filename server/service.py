@@ -67,7 +67,8 @@ class ModelService:
                             config["PREFILL_CHUNK"])
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
-                         on_step=self._observe_step)
+                         on_step=self._observe_step,
+                         on_join=self.metrics.batch_size.observe)
 
     def _observe_step(self, report: StepReport) -> None:
         self.metrics.observe_step(report.phase, report.rows, report.forward_s, report.step_s)
