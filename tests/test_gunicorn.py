@@ -86,7 +86,7 @@ def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     # Each worker reports its own memory once warm (startup log of the memory issue).
     pattern = (r"\[(\d+)\] server\.service: worker \d+ warmed up in [\d.]+ s: RSS \d+ MB, "
                r"USS \d+ MB, PSS \d+ MB")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while len(warmed := re.findall(pattern, server.log_text())) < 2:
         assert time.monotonic() < deadline, server.log_text()
         time.sleep(0.1)

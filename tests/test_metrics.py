@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.gunicorn_process import GunicornServer
+from harness.waiting import wait_until
 from server.memory import system_available_mb
 from tests.conftest import MODELS_DIR
 
@@ -36,11 +36,8 @@ def _memory_pids(url: str) -> set[int]:
     return {int(s.labels["pid"]) for s in _samples(url).get("gpt_worker_pss_bytes", [])}
 
 
-def _until(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
+def _until(condition, timeout_s: float = 300.0) -> None:
+    wait_until(condition, "condition", timeout_s=timeout_s)
 
 
 def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) -> None:

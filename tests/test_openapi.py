@@ -101,7 +101,7 @@ def live_url(make_app) -> Iterator[str]:
     thread.join(10)
 
 
-def _wait(condition, timeout_s: float = 20.0):
+def _wait(condition, timeout_s: float = 120.0):
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
         assert time.monotonic() < deadline, "condition not reached"

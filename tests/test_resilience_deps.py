@@ -101,7 +101,7 @@ def test_redis_restart_under_load_never_fails_and_shared_limits_resume(
             # on its next requests and switches back. The background load drives the checks.
             time.sleep(2)
             redis_server.start()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180
             while _pids_logging(server, RECOVERED) != workers:
                 assert time.monotonic() < deadline, server.log_text()[-3000:]
                 time.sleep(0.2)
@@ -134,7 +134,7 @@ def test_frozen_redis_costs_a_request_at_most_its_timeouts_then_recovers(
             background.wait_for(20, timeout_s=30)
             redis_server.proc.send_signal(signal.SIGSTOP)
             frozen_at = time.time()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 180
             while _pids_logging(server, FELL_BACK) != workers:
                 assert time.monotonic() < deadline, server.log_text()[-3000:]
                 time.sleep(0.2)
@@ -143,7 +143,7 @@ def test_frozen_redis_costs_a_request_at_most_its_timeouts_then_recovers(
             time.sleep(max(0.0, frozen_at + 4 - time.time()))
             redis_server.proc.send_signal(signal.SIGCONT)
             thawed_at = time.time()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180
             while _pids_logging(server, RECOVERED) != workers:
                 assert time.monotonic() < deadline, server.log_text()[-3000:]
                 time.sleep(0.2)

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask import Flask
 
+from harness.waiting import wait_until
 from server.service import ModelService
 
 ROUTES = [
@@ -70,11 +71,15 @@ def test_request_id_is_echoed_or_made(client) -> None:
 
 def test_health_and_ready(client) -> None:
     assert client.get("/health").json == {"status": "ok"}
-    deadline = time.monotonic() + 10
-    while (ready := client.get("/ready")).status_code == 503 and time.monotonic() < deadline:
-        assert ready.headers["Retry-After"]
-        time.sleep(0.05)
-    assert ready.status_code == 200 and ready.json["model"] == "synthetic:tiny"
+    answers = []
+
+    def ready() -> bool:
+        answers.append(client.get("/ready"))
+        return answers[-1].status_code != 503
+
+    wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
+    assert all(a.headers["Retry-After"] for a in answers[:-1])
+    assert answers[-1].status_code == 200 and answers[-1].json["model"] == "synthetic:tiny"
 
 
 def _assert_envelope(response, status: int, code: str) -> dict:
@@ -171,11 +176,10 @@ def test_concurrent_requests_are_batched_and_keep_their_own_lengths(make_app) ->
     assert [r.json["text"] for r in responses] == alone
 
 
-def _wait_for(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+def _wait_for(condition, timeout_s: float = 300.0) -> None:
+    # Generous: the warm-up or a generation on a slow, busy CI machine takes many times
+    # what it takes on a fast one; the condition's truth is what is tested, not the time.
+    wait_until(condition, "condition", timeout_s=timeout_s, interval_s=0.005)
 
 
 def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
@@ -225,7 +229,7 @@ def test_timeout_is_504_and_frees_the_slot(make_app) -> None:
     response = app.test_client().post("/generate-text",
                                       json={"prompt": "Go on", "max_new_tokens": 1000})
     _assert_envelope(response, 504, "generation_timeout")
-    _wait_for(lambda: _service(app).batcher.running == 0, timeout_s=2)
+    _wait_for(lambda: _service(app).batcher.running == 0, timeout_s=60)
     after = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
     assert after.status_code == 200
 

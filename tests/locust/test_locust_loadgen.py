@@ -44,7 +44,7 @@ def big_tree(tmp_path: Path) -> Iterator[Path]:
     """Pidfile of a running parent whose two children hold 512 MB each."""
     pidfile = tmp_path / "tree.pid"
     proc = subprocess.Popen([sys.executable, "-c", BIG_TREE, str(pidfile)])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not (pidfile.exists() and pidfile.read_text()
                and len(psutil.Process(proc.pid).children()) == 2):
         assert time.monotonic() < deadline
