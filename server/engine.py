@@ -52,8 +52,9 @@ class Row:
 
 @dataclass(frozen=True)
 class StepReport:
-    """What one step did: phase (prefill|decode|mixed), rows, tokens fed, the tokens
-    sampled per row (row index -> token; the stop token is not reported), seconds."""
+    """What one step did: phase (prefill|decode|mixed), rows, tokens fed (of them prompt
+    tokens), the tokens sampled per row (row index -> token; the stop token is not
+    reported), seconds."""
 
     phase: str
     rows: int
@@ -61,6 +62,7 @@ class StepReport:
     sampled: dict[int, int]
     forward_s: float
     step_s: float
+    prompt_tokens: int = 0
 
 
 class StepEngine:
@@ -136,7 +138,8 @@ class StepEngine:
         phase = _phase(len(plan) - prefilling, prefilling)
         return StepReport(phase, len(plan), len(ids),
                           {i: t for i, t in sampled.items() if t is not None},
-                          forward_s, time.perf_counter() - started)
+                          forward_s, time.perf_counter() - started,
+                          sum(len(feed) for _, feed, prompt in plan if prompt))
 
     def _sample(self, row: Row, logits: torch.Tensor) -> int | None:
         """Append the next token to ``row`` (None when it is the stop token)."""

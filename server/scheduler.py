@@ -6,9 +6,12 @@ its slot is free for the next step. No request waits for another request's whole
 generation: it waits at most for the step in progress (server.engine).
 
 Admission predicts the wait (``predict_s``): from the rows in flight, the jobs queued
-ahead and this worker's measured step time, the time until this job would finish. A job
-that would not finish within ``REQUEST_TIMEOUT_S`` is refused at once (503 with
-Retry-After) instead of being admitted only to time out; a full queue is refused too.
+ahead and this worker's measured costs, the time until this job would finish. Two costs
+are learned from the steps themselves: a decode step (``step_s``) and each prompt token
+fed on top of it (``token_s``: a 128-token chunk of gpt2-large costs several decode steps
+on a CPU). A job that would not finish within ``REQUEST_TIMEOUT_S`` is refused at once
+(503 with Retry-After) instead of being admitted only to time out; a full queue is refused
+too.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Scheduler:
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
         self.step_s = initial_step_s  # running average of a decode step at current load
+        self.token_s = 0.0  # running average of what one prompt token adds to a step
 
     @property
     def depth(self) -> int:
@@ -82,18 +86,22 @@ class Scheduler:
         return job
 
     def predict_s(self, job: Job) -> float:
-        """Seconds until ``job`` would finish if queued now (every row at its maximum)."""
+        """Seconds until ``job`` would finish if queued now (every row at its maximum, and
+        every prompt ahead of it read in first)."""
         if self.step_s <= 0.0:
             return 0.0  # nothing measured yet: the warm-up sets it before /ready
         chunk = self.engine.prefill_chunk
+        rows, waiting = list(self._rows), list(self._queue.queue)
         # Steps until each of the max_rows slots frees up, then the queue takes them in order.
-        slots = [_steps_left(row, chunk) for _, row in list(self._rows)]
+        slots = [_steps_left(row, chunk) for _, row in rows]
         slots += [0] * (self._max_rows - len(slots))
         heapq.heapify(slots)
-        for waiting in list(self._queue.queue):
-            heapq.heappush(slots, heapq.heappop(slots) + _job_steps(waiting, chunk))
-        start = heapq.heappop(slots)
-        return (start + _job_steps(job, chunk)) * self.step_s
+        for queued in waiting:
+            heapq.heappush(slots, heapq.heappop(slots) + _job_steps(queued, chunk))
+        steps = heapq.heappop(slots) + _job_steps(job, chunk)
+        prompts = sum(row.prompt_left for _, row in rows) + sum(
+            len(queued.request.input_ids) for queued in waiting) + len(job.request.input_ids)
+        return steps * self.step_s + prompts * self.token_s
 
     def start(self, before_loop: Callable[[], None] = lambda: None) -> None:
         """Start the generation thread; ``before_loop`` (warm-up) runs in it first."""
@@ -121,11 +129,18 @@ class Scheduler:
             return
         finished = self._deliver(report)
         self._on_step(report)
-        # Every step counts (a prefill chunk is a step in predict_s's count too).
-        self.step_s += STEP_EWMA * (report.step_s - self.step_s) if self.step_s else \
-            report.step_s
+        self.learn(report)
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
+
+    def learn(self, report: StepReport) -> None:
+        """Update the decode-step and prompt-token costs from one step (also the warm-up's)."""
+        if not report.prompt_tokens:
+            self.step_s += STEP_EWMA * (report.step_s - self.step_s) if self.step_s else \
+                report.step_s
+            return
+        extra = max(0.0, report.step_s - self.step_s) / report.prompt_tokens
+        self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_s else extra
 
     def _admit(self, block: bool) -> None:
         while len(self._rows) < self._max_rows:

@@ -96,9 +96,8 @@ class ModelService:
         if isinstance(self.batcher, Scheduler):
             row = self.batcher.engine.new_row(request)
             while row.finish_reason is None:
-                report = self.batcher.engine.step([row])
-            # The admission's first estimate of a step: the warm-up's last (batch 1) step.
-            self.batcher.step_s = report.step_s
+                # The admission's first estimates of a step and of a prompt token.
+                self.batcher.learn(self.batcher.engine.step([row]))
         else:
             self.loaded.generate([request], ignore_eos=True)
         elapsed_s = time.monotonic() - start

@@ -138,3 +138,27 @@ def test_scheduler_refuses_what_it_predicts_past_the_timeout(loaded) -> None:
     with pytest.raises(WouldTimeOut) as refused:
         scheduler.submit(Job(GenerationRequest(_prompt(4), 100)))
     assert refused.value.predicted_s > 8.0
+
+
+def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 2, max_queue=8, timeout_s=100.0)
+    scheduler.step_s, scheduler.token_s = 0.05, 0.01
+    short, article = (Job(GenerationRequest(_prompt(n), 10)) for n in (5, 600))
+    assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 5 * 0.01)
+    scheduler.submit(article)  # queued ahead: its 600 prompt tokens are read in first
+    assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 605 * 0.01)
+
+
+def test_step_costs_are_learned_from_decode_and_prefill_steps(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded, chunk=64), 2, max_queue=8, timeout_s=100.0)
+    engine = scheduler.engine
+    rows = [engine.new_row(GenerationRequest(_prompt(4), 20))]
+    scheduler.learn(engine.step(rows))  # a 4-token prefill
+    for _ in range(5):
+        scheduler.learn(engine.step(rows))
+    decode_s = scheduler.step_s
+    rows.append(engine.new_row(GenerationRequest(_prompt(64, 500), 5)))
+    report = engine.step(rows)
+    assert report.phase == "mixed" and report.prompt_tokens == 64
+    scheduler.learn(report)
+    assert decode_s > 0 and scheduler.token_s > 0
