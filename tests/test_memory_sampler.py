@@ -8,6 +8,7 @@ from itertools import pairwise
 
 import pytest
 
+from harness.waiting import wait_until
 from server.memory import MemorySampler, estimate_from
 from server.procfs import MemorySample, read_process_memory, read_rss_mb
 
@@ -107,10 +108,7 @@ def test_thread_samples_until_stopped() -> None:
     seen: list[MemorySample] = []
     sampler = MemorySampler(0.01, on_sample=seen.append)
     sampler.start()
-    deadline = time.monotonic() + 5
-    while len(seen) < 5:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: len(seen) >= 5, "5 samples", timeout_s=120, interval_s=0.01)
     sampler.stop()
     taken = sampler.samples_taken
     time.sleep(0.05)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from harness.gunicorn_process import GunicornServer, free_port
+from harness.waiting import wait_until
 from locustfiles.memory_sampler import (
     COLUMNS,
     MemorySampler,
@@ -51,11 +52,15 @@ def process_tree(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """(pidfile, master pid) of a running parent with two children."""
     pidfile = tmp_path / "tree.pid"
     proc = subprocess.Popen([sys.executable, "-c", TREE, str(pidfile)])
-    deadline = time.monotonic() + 120
-    while not (pidfile.exists() and pidfile.read_text()
-               and len(psutil.Process(proc.pid).children()) == 2):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    def built() -> bool:
+        # Both children forked AND holding their 32 MB: on a slow machine a child can be
+        # seen before it has touched its block.
+        kids = psutil.Process(proc.pid).children()
+        return bool(pidfile.exists() and pidfile.read_text() and len(kids) == 2
+                    and all(k.memory_full_info().uss >= 32 * 2**20 for k in kids))
+
+    wait_until(built, "the process tree is up", timeout_s=300, interval_s=0.05,
+               alive=lambda: proc.poll() is None)
     children = psutil.Process(proc.pid).children()
     yield pidfile, proc.pid
     for child in children:
