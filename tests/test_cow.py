@@ -74,8 +74,10 @@ def test_serving_traffic_does_not_unshare_the_weights(gpt2_model, tmp_path, api_
           f" USS {before['uss']:.0f} -> {after['uss']:.0f} MB; workers' shared "
           f"{before['shared']:.0f} -> {after['shared']:.0f} MB")
     # Un-sharing would move weight pages from shared to private: shared would fall and PSS
-    # and USS grow by up to gpt2's ~500 MB of weights. Serving's own caches (allocator,
-    # tokenizer, metric files) add tens of MB, so the bounds leave room for those only.
+    # and USS grow by up to gpt2's ~500 MB of weights (250 MB per worker). Serving's own
+    # caches add up to ~80 MB per worker (allocator arenas, tokenizer, metric files, and on
+    # the float32+onednn path oneDNN's primitive cache: one compiled kernel per packed-step
+    # shape, measured 77-110 MB over both workers), so the bounds leave room for those only.
     assert after["shared"] > 0.98 * before["shared"]
-    assert after["pss"] < 1.10 * before["pss"]
-    assert after["uss"] - before["uss"] < 100
+    assert after["pss"] < 1.15 * before["pss"]
+    assert after["uss"] - before["uss"] < 200
