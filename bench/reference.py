@@ -98,7 +98,7 @@ def run_ours(args: argparse.Namespace, row: Row, run_dir: Path,
     """Serve and load one variant of our server through the run script."""
     code = run_logged(ours_command(args, row, run_dir), record)
     require_requests(row, run_dir, code, "gunicorn.log")
-    record.annotate_run(run_dir, row, {"server": "ours"})
+    record.annotate_run(run_dir, row, {"server_kind": "ours"})
 
 
 def require_requests(row: Row, run_dir: Path, code: int, log: str) -> None:

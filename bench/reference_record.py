@@ -118,7 +118,7 @@ class Record:
                         ended_at: str | None) -> None:
         """run.json of a llama.cpp row (the keys loadtest.py writes, where they apply)."""
         record = {
-            "label": row.name, "server": "llama.cpp", "model": f"synthetic:{args.preset}",
+            "label": row.name, "server_kind": "llama.cpp", "model": f"synthetic:{args.preset}",
             "dtype": row.quant, "gguf": gguf_path(args.llama_dir, args.preset, row.quant).name,
             "workers": 1, "threads": settings.threads, "parallel": settings.parallel,
             "ctx_size": settings.ctx_size, "users": row.users, "spawn_rate": row.users,

@@ -87,7 +87,7 @@ def reference_row(f: Findings, requests: pd.DataFrame) -> ReferenceRow:
     settings, t, memory = f.settings, f.traffic, f.memory
     g = generations(requests, t.window_s if t else NAN)
     return ReferenceRow(
-        run=f.label, server=str(settings.get("server", "ours")),
+        run=f.label, server=str(settings.get("server_kind", "ours")),
         users=int(settings.get("users", 0)), requests=g.requests, failures=g.failures,
         output_tokens_per_s=_value(t and t.output_tokens_per_s),
         requests_per_s=g.requests_per_s, p50_s=g.p50_ms * 1e-3, p95_s=g.p95_ms * 1e-3,
