@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 
 from deploy.cluster import HOSTS, PORT, ROLES, start_cluster
@@ -47,6 +46,7 @@ from deploy.services import Services
 from locustfiles.run_options import new_run_dir
 from scripts.loadtest import git_commit, utc_now, versions
 from server.auth import key_id_of
+from server.hardware import fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,18 +149,28 @@ def merge_server_logs(run_dir: Path) -> None:
         "".join(json.dumps(r) + "\n" for r in records))
 
 
+def read_server_facts(net: Network) -> dict[str, Any]:
+    """What the first host's /ready reports (precision, kernel table, scheduler, threads,
+    batch size): run.json records these instead of assuming the defaults."""
+    with inside(net.ns("lb")):
+        response = requests.get(f"http://{net.address(HOSTS[0])}:{PORT}/ready", timeout=10)
+    return response.json() if response.status_code == 200 else {}
+
+
 def run_record(args: argparse.Namespace, net: Network, services: Services, load_key: str,
                started_at: str, ended_at: str | None,
-               proxy: dict[str, Any] | None) -> dict[str, Any]:
+               proxy: dict[str, Any] | None, server: dict[str, Any]) -> dict[str, Any]:
     """run.json: the loadtest script's keys (``workers`` of all hosts), plus ``scaleout``."""
     return {
-        "label": args.label, "model": args.model, "dtype": args.dtype,
-        "workers": args.workers * len(HOSTS), "torch_threads": 1, "max_batch_size": 8,
-        "batch_wait_ms": 5,
+        "label": args.label, "model": args.model, "dtype": server.get("dtype", args.dtype),
+        "workers": args.workers * len(HOSTS), "torch_threads": server.get("torch_threads"),
+        "max_batch_size": server.get("max_batch_size"), "batch_wait_ms": 5,
+        "scheduler": server.get("scheduler"), "prefill_chunk": server.get("prefill_chunk"),
         "users": args.users, "spawn_rate": args.spawn_rate, "mix": args.mix, "target": "lab",
         "duration_s": args.duration, "shape": None, "git_commit": git_commit(),
-        "host": {"cores": len(os.sched_getaffinity(0)),
-                 "ram_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "host": fingerprint_subprocess(),
+        "server": {k: server[k] for k in ("kernels", "scheduler", "torch_threads",
+                                          "max_batch_size", "prefill_chunk") if k in server},
         "versions": versions(), "started_at": started_at, "ended_at": ended_at,
         "scaleout": {
             "hosts": {h: f"{net.address(h)}:{PORT}" for h in HOSTS},
@@ -212,15 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         net.create()
         start_cluster(args, net, services, run_dir, [load_key, probe_key], nginx_files)
         proxy = probe_proxy(net, probe_key)
+        server = read_server_facts(net)
         started_at = utc_now()
         write_json(run_dir / "run.json", run_record(args, net, services, load_key, started_at, None,
-                                                     proxy))
+                                                     proxy, server))
         code = run_locust(args, net, services, run_dir, load_key)
         ended_at = utc_now()
     finally:
         tear_down()
     write_json(run_dir / "run.json", run_record(args, net, services, load_key, started_at,
-                                                 ended_at, proxy))
+                                                 ended_at, proxy, server))
     merge_server_logs(run_dir)
     summary = {**summarize(run_dir), "proxy_probe": proxy, "locust_exit_code": code,
                "wall_s": round(time.monotonic() - started, 1)}

@@ -131,6 +131,14 @@ def test_distributed_locust_and_nginx_promises(run, setup) -> None:
     assert (run_dir / "report.md").is_file()
 
 
+def test_run_json_records_what_the_hosts_reported(run) -> None:
+    record = json.loads((run[0] / "run.json").read_text())
+    kernels = record["server"]["kernels"]
+    assert kernels["chosen"] in {t["precision"] for t in kernels["table"]}
+    assert record["torch_threads"] == 1 and record["max_batch_size"] == DEFAULTS["MAX_BATCH_SIZE"]
+    assert record["scheduler"] == "continuous" and record["host"]["cpu_model"]
+
+
 def test_everything_torn_down(run, setup) -> None:
     run_dir, script_pid = run
     started = setup["processes"]  # redis, h1, h2 (Gunicorn masters), nginx, Locust x 3
