@@ -99,8 +99,12 @@ class Scheduler:
         for queued in waiting:
             heapq.heappush(slots, heapq.heappop(slots) + _job_steps(queued, chunk))
         steps = heapq.heappop(slots) + _job_steps(job, chunk)
-        prompts = sum(row.prompt_left for _, row in rows) + sum(
-            len(queued.request.input_ids) for queued in waiting) + len(job.request.input_ids)
+        # Prompts are read in shortest first (server.engine), so only those no longer than
+        # this job's own are read before it; longer ones share later steps' budgets.
+        own = len(job.request.input_ids)
+        ahead = [row.prompt_left for _, row in rows] + [
+            len(queued.request.input_ids) for queued in waiting]
+        prompts = own + sum(n for n in ahead if n <= own)
         return steps * self.step_s + prompts * self.token_s
 
     def start(self, before_loop: Callable[[], None] = lambda: None) -> None:

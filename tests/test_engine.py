@@ -145,8 +145,13 @@ def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
     scheduler.step_s, scheduler.token_s = 0.05, 0.01
     short, article = (Job(GenerationRequest(_prompt(n), 10)) for n in (5, 600))
     assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 5 * 0.01)
-    scheduler.submit(article)  # queued ahead: its 600 prompt tokens are read in first
-    assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 605 * 0.01)
+    scheduler.submit(article)
+    # Queued ahead, but prompts are read shortest first: the short one does not wait for it.
+    assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 5 * 0.01)
+    # A second article waits for the first one's 600 tokens and reads its own (in 75
+    # chunks of 8, each a step, then 10 decode steps).
+    second = Job(GenerationRequest(_prompt(600), 10))
+    assert scheduler.predict_s(second) == pytest.approx(85 * 0.05 + 1200 * 0.01)
 
 
 def test_step_costs_are_learned_from_decode_and_prefill_steps(loaded) -> None:
