@@ -25,6 +25,11 @@ _metrics_dir.mkdir(parents=True, exist_ok=True)
 for _stale in _metrics_dir.glob("*.db"):
     _stale.unlink()
 
+# oneDNN (the float32+onednn kernel path, server/kernels.py) caches a compiled kernel per
+# matrix shape; shapes are bucketed, and this bounds the cache whatever a model's layers are.
+# Read once when oneDNN starts, so it is set before the app (and torch) is imported.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+
 # The app factory; the model is loaded when Gunicorn calls it.
 wsgi_app = "server:create_app()"
 

@@ -85,7 +85,10 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
 def window(before: dict, after: dict) -> Window:
     """The deltas between two scrapes."""
     def delta(name: str, phase: str) -> float:
-        return after.get((name, phase), 0.0) - before.get((name, phase), 0.0)
+        one = after.get((name, phase), 0.0) - before.get((name, phase), 0.0)
+        if phase == "prefill":  # continuous batching reads prompts in "mixed" steps too
+            one += after.get((name, "mixed"), 0.0) - before.get((name, "mixed"), 0.0)
+        return one
 
     phases = ("prefill", "decode")
     return Window(

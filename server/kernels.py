@@ -88,8 +88,25 @@ class OneDNNLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T + bias, any leading dims."""
         flat = x.reshape(-1, x.shape[-1])
+        rows = flat.shape[0]
+        padded = bucket_rows(rows)
+        if padded != rows:
+            flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
         out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+
+
+def bucket_rows(rows: int) -> int:
+    """Rows padded to one of a few sizes (1, 2, 4, 8, 16, then multiples of 32).
+
+    oneDNN compiles and caches one kernel per matrix shape; a packed step's row count
+    changes with every step (decode rows plus prefill tokens), so unpadded shapes kept adding
+    cache entries for hundreds of requests: the soak's workers grew ~85 MB. Padding costs
+    little at small row counts, where a step reads every weight whatever the rows.
+    """
+    if rows <= 16:
+        return 1 << max(0, rows - 1).bit_length()
+    return -(-rows // 32) * 32
 
 
 def swap_linears(model: nn.Module, to_onednn: bool) -> int:

@@ -70,6 +70,13 @@ class Ready(_Strict):
     status: str
     model: str
     dtype: str
+    kernels: dict[str, Any] = Field(
+        description="startup kernel table (server/kernels.py): chosen, requested, allow_int8, "
+                    "table of {precision, batch_1_ms, batch_max_ms, max_batch}, measure_s")
+    scheduler: str
+    max_batch_size: int
+    prefill_chunk: int
+    torch_threads: int
 
 
 _TASKS = [("/generate-text", GenerateBody, "Continue a prompt"),

@@ -167,3 +167,16 @@ def test_step_costs_are_learned_from_decode_and_prefill_steps(loaded) -> None:
     assert report.phase == "mixed" and report.prompt_tokens == 64
     scheduler.learn(report)
     assert decode_s > 0 and scheduler.token_s > 0
+
+
+def test_onednn_rows_are_bucketed_and_the_result_unchanged() -> None:
+    from server.kernels import OneDNNLinear, bucket_rows, onednn_available
+
+    assert [bucket_rows(n) for n in (1, 2, 3, 5, 9, 16, 17, 33, 129)] == \
+        [1, 2, 4, 8, 16, 16, 32, 64, 160]
+    if not onednn_available():
+        pytest.skip("torch built without oneDNN")
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(2, 5, 64)  # 10 rows: padded to 16 inside
+    with torch.inference_mode():
+        assert torch.allclose(OneDNNLinear(linear)(x), linear(x), atol=1e-5)
