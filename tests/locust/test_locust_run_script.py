@@ -130,9 +130,9 @@ def test_run_json_names_the_hardware_and_the_server_kernels(run_dir: Path) -> No
     assert host["isa"] and set(host["isa"]) <= flags
     assert host["torch_cpu_capability"] and host["blas"]
     server = json.loads((run_dir / "run.json").read_text())["server"]
-    # The kernel table comes from /ready: servers without one leave the block empty.
-    if "kernels" in server:
-        assert server["kernels"]["chosen"] and server["kernels"]["table"]
+    # The kernel table comes from /ready (this server always measures one at startup).
+    table = {t["precision"] for t in server["kernels"]["table"]}
+    assert server["kernels"]["chosen"] in table and "float32" in table
 
 
 def test_loadgen_csv_records_every_tick_of_locust(run_dir: Path) -> None:
