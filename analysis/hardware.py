@@ -72,8 +72,7 @@ def kernel_table(rows: Any) -> tuple[KernelTiming, ...]:
 def hardware(settings: Mapping[str, Any]) -> Hardware | None:
     """The hardware facts of run.json ``settings`` (nested); None when it records none."""
     host = settings.get("host") or {}
-    server = settings.get("server")
-    kernels = (server.get("kernels") if isinstance(server, dict) else None) or {}
+    kernels = (settings.get("server") or {}).get("kernels") or {}
     if not host.get("cpu_model") and not kernels:
         return None
     isa = host.get("isa") or []

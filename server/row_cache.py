@@ -68,10 +68,11 @@ class PackedStep:
     """The ``cache`` object of one packed forward: routes each row's new keys and values to
     its RowCache (``update``), and tells the attention which rows are where."""
 
-    is_compileable = False  # read by transformers' generation utilities, never used here
-
     def __init__(self, segments: list[Segment]) -> None:
         self.segments = segments
+        # Each prefill chunk's causal mask, offset by what its row already holds: built once
+        # per step here, not once per layer in the attention.
+        self.masks = [_chunk_mask(seg.count, seg.cache.length) for seg in segments]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,25 +92,30 @@ class PackedStep:
             seg.cache.length += seg.count
 
 
+def _chunk_mask(count: int, held: int) -> torch.Tensor | None:
+    """Causal mask of ``count`` new tokens after ``held`` cached ones (None for one token)."""
+    if count == 1:
+        return None
+    return torch.arange(held + count).unsqueeze(0) <= torch.arange(count).unsqueeze(1) + held
+
+
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                      value: torch.Tensor, attention_mask: torch.Tensor | None,
                      scaling: float | None = None, dropout: float = 0.0,
-                     cache: PackedStep | None = None, **kwargs: object):
-    """Attention of each row's queries over its own cache only; [1, packed, heads, dim]."""
-    step = cache if isinstance(cache, PackedStep) else kwargs.get("packed_step")
+                     **kwargs: object):
+    """Attention of each row's queries over its own cache only; [1, packed, heads, dim].
+
+    The step arrives as the ``packed_step`` keyword, which the model passes through."""
+    step = kwargs.get("packed_step")
     if not isinstance(step, PackedStep):
-        raise RuntimeError("packed attention needs the PackedStep passed as the cache")
+        raise RuntimeError("packed attention needs the model called with packed_step=")
     layer = module.layer_idx
     outputs = []
-    for seg in step.segments:
+    for seg, mask in zip(step.segments, step.masks, strict=True):
         total = seg.cache.length + seg.count
         q = query[:, :, seg.start:seg.start + seg.count]
         k = seg.cache.keys[layer][:, :, :total]
         v = seg.cache.values[layer][:, :, :total]
-        mask = None
-        if seg.count > 1:  # a prefill chunk: causal, offset by what the row already has
-            rows = torch.arange(seg.count).unsqueeze(1) + seg.cache.length
-            mask = torch.arange(total).unsqueeze(0) <= rows
         outputs.append(functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1]))
     return torch.cat(outputs, dim=2).transpose(1, 2), None

@@ -50,8 +50,7 @@ class Scheduler:
 
     def __init__(self, engine: StepEngine, max_batch_size: int, max_queue: int,
                  timeout_s: float, on_step: Callable[[StepReport], None] = lambda r: None,
-                 on_join: Callable[[int], None] = lambda rows: None,
-                 initial_step_s: float = 0.0) -> None:
+                 on_join: Callable[[int], None] = lambda rows: None) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -61,7 +60,7 @@ class Scheduler:
         self._rows: list[tuple[Job, Row]] = []
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
-        self.step_s = initial_step_s  # running average of a decode step at current load
+        self.step_s = 0.0  # running average of a decode step (the warm-up seeds it)
         self.token_s = 0.0  # running average of what one prompt token adds to a step
 
     @property
@@ -147,9 +146,11 @@ class Scheduler:
         self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_s else extra
 
     def _admit(self, block: bool) -> None:
+        # Block only while idle (no rows): then the first job ends the wait, the rest of the
+        # loop takes whatever else is already queued without waiting.
         while len(self._rows) < self._max_rows:
             try:
-                job = self._queue.get(block=block and not self._rows)
+                job = self._queue.get(block=block)
             except queue.Empty:
                 return
             if job.cancelled:
@@ -158,6 +159,7 @@ class Scheduler:
             job.started_at = time.monotonic()
             self._rows.append((job, self.engine.new_row(job.request)))
             self._on_join(len(self._rows))
+            block = False
 
     def _drop_cancelled(self) -> None:
         for job, row in self._rows:
