@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.batching import Job, QueueFull
 from server.engine import Row, StepEngine, StepReport
+from server.jobs import Job, QueueFull
 from server.memory import HeapReleaser
 
 log = logging.getLogger(__name__)
@@ -50,17 +50,25 @@ class Scheduler:
 
     def __init__(self, engine: StepEngine, max_batch_size: int, max_queue: int,
                  timeout_s: float, on_step: Callable[[StepReport], None] = lambda r: None,
-                 on_join: Callable[[int], None] = lambda rows: None) -> None:
+                 on_join: Callable[[int], None] = lambda rows: None,
+                 row_growth: float = 0.0,
+                 on_busy: Callable[[bool], None] = lambda busy: None) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._timeout_s = timeout_s
         self._on_step = on_step
         self._on_join = on_join  # rows in the running set as a request joins it
+        self._on_busy = on_busy  # True before each step, False before waiting idle
         self._rows: list[tuple[Job, Row]] = []
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
-        self.step_s = 0.0  # running average of a decode step (the warm-up seeds it)
+        # What one more row adds to a decode step, as a share of a one-row step: from the
+        # startup kernel table (KernelChoice.row_growth). On an AVX2 CPU an 8-row fp32 step
+        # costs ~3x a one-row step; learning only the average step would under-predict the
+        # first requests of a burst by that much, and admit requests that then time out.
+        self._row_growth = row_growth
+        self.step_s = 0.0  # running average of a one-row decode step (the warm-up seeds it)
         self.token_s = 0.0  # running average of what one prompt token adds to a step
 
     @property
@@ -104,7 +112,12 @@ class Scheduler:
         ahead = [row.prompt_left for _, row in rows] + [
             len(queued.request.input_ids) for queued in waiting]
         prompts = own + sum(n for n in ahead if n <= own)
-        return steps * self.step_s + prompts * self.token_s
+        rows_then = min(self._max_rows, len(rows) + len(waiting) + 1)
+        return steps * self.step_s * self._row_cost(rows_then) + prompts * self.token_s
+
+    def _row_cost(self, rows: int) -> float:
+        """A decode step of ``rows`` rows, in one-row steps."""
+        return 1.0 + self._row_growth * (max(1, rows) - 1)
 
     def start(self, before_loop: Callable[[], None] = lambda: None) -> None:
         """Start the generation thread; ``before_loop`` (warm-up) runs in it first."""
@@ -118,10 +131,13 @@ class Scheduler:
 
     def run_once(self) -> None:
         """Admit what fits, run one step, hand out tokens and finished results."""
+        if not self._rows:
+            self._on_busy(False)  # about to wait: this worker's cores are free for others
         self._admit(block=not self._rows)
         self._drop_cancelled()
         if not self._rows:
             return
+        self._on_busy(True)
         try:
             report = self.engine.step([row for _, row in self._rows])
         except Exception as error:  # one bad step must not kill the worker's only generator
@@ -137,12 +153,18 @@ class Scheduler:
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
 
     def learn(self, report: StepReport) -> None:
-        """Update the decode-step and prompt-token costs from one step (also the warm-up's)."""
+        """Update the one-row decode-step and prompt-token costs from one step (also the
+        warm-up's)."""
+        if not report.tokens_in:
+            return  # nothing ran
+        decoding = report.tokens_in - report.prompt_tokens  # one token per decoding row
         if not report.prompt_tokens:
-            self.step_s += STEP_EWMA * (report.step_s - self.step_s) if self.step_s else \
-                report.step_s
+            unit = report.step_s / self._row_cost(decoding)
+            self.step_s += STEP_EWMA * (unit - self.step_s) if self.step_s else unit
             return
-        extra = max(0.0, report.step_s - self.step_s) / report.prompt_tokens
+        # A step costs at least a one-row decode step (the weights are read once per step).
+        decode_s = self.step_s * self._row_cost(decoding)
+        extra = max(0.0, report.step_s - decode_s) / report.prompt_tokens
         self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_s else extra
 
     def _admit(self, block: bool) -> None:

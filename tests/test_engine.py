@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.batching import Job
 from server.decoding import GenerationRequest
-from server.engine import StepEngine, generate_alone
+from server.engine import StepEngine, StepReport, generate_alone
+from server.jobs import Job
+from server.kernels import KernelChoice, KernelTiming
 from server.model import LoadedModel, load_model
 from server.scheduler import Scheduler, WouldTimeOut
 from tests.conftest import MODELS_DIR
@@ -152,6 +153,28 @@ def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
     # chunks of 8, each a step, then 10 decode steps).
     second = Job(GenerationRequest(_prompt(600), 10))
     assert scheduler.predict_s(second) == pytest.approx(85 * 0.05 + 1200 * 0.01)
+
+
+def test_prediction_grows_with_the_rows_its_steps_will_carry(loaded) -> None:
+    # Each row beyond the first adds half a one-row step (as a kernel table would say).
+    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=100.0, row_growth=0.5)
+    scheduler.step_s = 0.1
+    job = Job(GenerationRequest(_prompt(4), 10))
+    assert scheduler.predict_s(job) == pytest.approx(11 * 0.1)  # alone: one-row steps
+    scheduler.submit(Job(GenerationRequest(_prompt(4, 300), 10)))
+    assert scheduler.predict_s(job) == pytest.approx(11 * 0.1 * 1.5)  # beside a second row
+    # Learning divides a step's time by its rows' cost: a 3-row step of 0.4 s is 0.2 s a row.
+    scheduler.step_s = 0.0
+    scheduler.learn(StepReport("decode", 3, 3, {}, 0.4, 0.4))
+    assert scheduler.step_s == pytest.approx(0.2)
+
+
+def test_row_growth_comes_from_the_served_kernels_timings() -> None:
+    table = [KernelTiming("float32", 100.0, 300.0, 8), KernelTiming("bfloat16", 100.0, 800.0, 8)]
+    assert KernelChoice("float32", False, "auto", table).row_growth() == pytest.approx(2 / 7)
+    assert KernelChoice("bfloat16", False, "auto", table).row_growth() == pytest.approx(1.0)
+    untimed = [KernelTiming("float32", 100.0, None, 8)]
+    assert KernelChoice("float32", False, "auto", untimed).row_growth() == 0.0
 
 
 def test_step_costs_are_learned_from_decode_and_prefill_steps(loaded) -> None:
