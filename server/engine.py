@@ -88,13 +88,13 @@ class StepEngine:
             row.finish_reason = "length"
         return row
 
-    def _plan(self, rows: Sequence[Row]) -> list[tuple[int, list[int], bool]]:
+    def _plan(self, rows: Sequence[Row], prefill: bool) -> list[tuple[int, list[int], bool]]:
         """(row index, tokens to feed, whether they are prompt tokens) for this step."""
         plan = []
         for i, row in enumerate(rows):
             if row.finish_reason is None and row.prompt_left == 0:
                 plan.append((i, [row.tokens[-1]], False))
-        budget = self.prefill_chunk
+        budget = self.prefill_chunk if prefill or not plan else 0
         waiting = sorted((i for i, r in enumerate(rows)
                           if r.finish_reason is None and r.prompt_left > 0),
                          key=lambda i: rows[i].prompt_left)
@@ -109,10 +109,11 @@ class StepEngine:
         return plan
 
     @torch.inference_mode()
-    def step(self, rows: Sequence[Row]) -> StepReport:
-        """Feed every live row's next tokens in one forward; sample where a row is due."""
+    def step(self, rows: Sequence[Row], prefill: bool = True) -> StepReport:
+        """Feed every live row's next tokens in one forward; sample where a row is due.
+        ``prefill=False``: decoding rows only (unless no row is decoding)."""
         started = time.perf_counter()
-        plan = self._plan(rows)
+        plan = self._plan(rows, prefill)
         if not plan:
             return StepReport("decode", 0, 0, {}, 0.0, 0.0)
         ids, positions, segments, due = [], [], [], []

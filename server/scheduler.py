@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # The share of REQUEST_TIMEOUT_S a predicted finish may use: the prediction assumes every
 # row runs to its max_new_tokens, but step times wander with the mix (prefill chunks).
 ADMIT_SHARE = 0.8
+# How much longer than predicted a running row's remaining decode steps may take before
+# prompt chunks are held back for it (steps vary with the rows and the machine).
+RISK_MARGIN = 1.5
 # Weight of the newest step in the running step-time average (about the last 20 steps).
 STEP_EWMA = 0.05
 
@@ -139,7 +142,8 @@ class Scheduler:
             return
         self._on_busy(True)
         try:
-            report = self.engine.step([row for _, row in self._rows])
+            report = self.engine.step([row for _, row in self._rows],
+                                      prefill=not self._decode_at_risk())
         except Exception as error:  # one bad step must not kill the worker's only generator
             log.error("step over %d rows failed: %s", len(self._rows), type(error).__name__)
             for job, _ in self._rows:
@@ -151,6 +155,23 @@ class Scheduler:
         self.learn(report)
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
+
+    def _decode_at_risk(self) -> bool:
+        """Whether a decoding row would miss its deadline if this step also read a prompt
+        chunk in: then the step decodes only. A new row's prefill stalls every running row
+        (on one CPU core a 128-token chunk costs several decode steps), and the requests
+        that arrive while a row runs are not known when it is admitted."""
+        if not self.step_s or math.isinf(self._timeout_s):
+            return False
+        now = time.monotonic()
+        decode_step_s = self.step_s * self._row_cost(len(self._rows))
+        chunk_s = self.engine.prefill_chunk * self.token_s
+        for job, row in self._rows:
+            if row.finish_reason is None and row.prompt_left == 0:
+                finish = now + chunk_s + RISK_MARGIN * row.steps_left * decode_step_s
+                if finish > job.enqueued_at + self._timeout_s:
+                    return True
+        return False
 
     def learn(self, report: StepReport) -> None:
         """Update the one-row decode-step and prompt-token costs from one step (also the

@@ -169,6 +169,23 @@ def test_prediction_grows_with_the_rows_its_steps_will_carry(loaded) -> None:
     assert scheduler.step_s == pytest.approx(0.2)
 
 
+def test_a_row_near_its_deadline_decodes_without_waiting_for_prefill(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=10.0)
+    scheduler.step_s = 0.5  # as if measured: half a second a decode step
+    old = scheduler.submit(Job(GenerationRequest(_prompt(4), 10)))
+    scheduler.run_once()  # admits it; reads its prompt in and samples its first token
+    (_, old_row), = scheduler._rows
+    new = scheduler.submit(Job(GenerationRequest(_prompt(40, 300), 5)))
+    old.enqueued_at -= 5.0  # it has waited: 9 steps x 0.5 s x 1.5 margin > its 5 s left
+    scheduler.run_once()
+    new_row = scheduler._rows[1][1]
+    assert len(old_row.tokens) == 2 and new_row.prefilled == 0  # a decode-only step
+    old.enqueued_at += 5.0  # time enough again: the prompt chunk rides along
+    scheduler.run_once()
+    assert len(old_row.tokens) == 3 and new_row.prefilled == 8
+    assert new.started_at is not None
+
+
 def test_row_growth_comes_from_the_served_kernels_timings() -> None:
     table = [KernelTiming("float32", 100.0, 300.0, 8), KernelTiming("bfloat16", 100.0, 800.0, 8)]
     assert KernelChoice("float32", False, "auto", table).row_growth() == pytest.approx(2 / 7)

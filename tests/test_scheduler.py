@@ -37,14 +37,14 @@ class _GatedEngine(StepEngine):
         self.rows: list[int] = []
         self.fail_next = False
 
-    def step(self, rows) -> StepReport:
+    def step(self, rows, prefill: bool = True) -> StepReport:
         self.entered.set()
         assert self.release.wait(300)
         self.rows.append(len(rows))
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("step failed")
-        return super().step(rows)
+        return super().step(rows, prefill)
 
 
 def _start(loaded: LoadedModel, max_batch: int, max_queue: int) -> tuple[Scheduler, _GatedEngine]:
