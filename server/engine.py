@@ -15,7 +15,7 @@ its own positions; only the matrix shapes around it change (float rounding aside
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -88,16 +88,19 @@ class StepEngine:
             row.finish_reason = "length"
         return row
 
-    def _plan(self, rows: Sequence[Row], prefill: bool) -> list[tuple[int, list[int], bool]]:
+    def _plan(self, rows: Sequence[Row], prefill: Collection[int] | None
+              ) -> list[tuple[int, list[int], bool]]:
         """(row index, tokens to feed, whether they are prompt tokens) for this step."""
         plan = []
         for i, row in enumerate(rows):
             if row.finish_reason is None and row.prompt_left == 0:
                 plan.append((i, [row.tokens[-1]], False))
-        budget = self.prefill_chunk if prefill or not plan else 0
+        budget = self.prefill_chunk
         waiting = sorted((i for i, r in enumerate(rows)
                           if r.finish_reason is None and r.prompt_left > 0),
                          key=lambda i: rows[i].prompt_left)
+        if prefill is not None and (prefill or plan):  # never an empty step
+            waiting = [i for i in waiting if i in prefill]
         for i in waiting:
             if budget <= 0:
                 break
@@ -109,9 +112,10 @@ class StepEngine:
         return plan
 
     @torch.inference_mode()
-    def step(self, rows: Sequence[Row], prefill: bool = True) -> StepReport:
+    def step(self, rows: Sequence[Row], prefill: Collection[int] | None = None) -> StepReport:
         """Feed every live row's next tokens in one forward; sample where a row is due.
-        ``prefill=False``: decoding rows only (unless no row is decoding)."""
+        ``prefill``: the indexes of the rows whose prompt may be read in this step (None:
+        any, shortest first; empty: decode only, unless no row is decoding)."""
         started = time.perf_counter()
         plan = self._plan(rows, prefill)
         if not plan:

@@ -143,7 +143,7 @@ class Scheduler:
         self._on_busy(True)
         try:
             report = self.engine.step([row for _, row in self._rows],
-                                      prefill=not self._decode_at_risk())
+                                      prefill=self._prefill_allowed())
         except Exception as error:  # one bad step must not kill the worker's only generator
             log.error("step over %d rows failed: %s", len(self._rows), type(error).__name__)
             for job, _ in self._rows:
@@ -156,22 +156,34 @@ class Scheduler:
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
 
-    def _decode_at_risk(self) -> bool:
-        """Whether a decoding row would miss its deadline if this step also read a prompt
-        chunk in: then the step decodes only. A new row's prefill stalls every running row
-        (on one CPU core a 128-token chunk costs several decode steps), and the requests
-        that arrive while a row runs are not known when it is admitted."""
+    def _prefill_allowed(self) -> set[int] | None:
+        """Which rows may read prompt chunks this step (None: any, shortest first).
+
+        A new row's prefill stalls every running row (on one AMD EPYC core a 128-token
+        chunk of gpt2-large costs ~6 decode steps), and the requests that arrive while a row
+        runs are unknown when it is admitted. So when some row would miss its deadline if
+        this step carried a chunk, the row with the earliest such deadline goes first: if it
+        is decoding, the step decodes only; if it is still reading its prompt, only its
+        prompt is read."""
         if not self.step_s or math.isinf(self._timeout_s):
-            return False
+            return None
         now = time.monotonic()
         decode_step_s = self.step_s * self._row_cost(len(self._rows))
-        chunk_s = self.engine.prefill_chunk * self.token_s
-        for job, row in self._rows:
-            if row.finish_reason is None and row.prompt_left == 0:
-                finish = now + chunk_s + RISK_MARGIN * row.steps_left * decode_step_s
-                if finish > job.enqueued_at + self._timeout_s:
-                    return True
-        return False
+        chunk = self.engine.prefill_chunk
+        chunk_s = chunk * self.token_s
+        at_risk = []
+        for index, (job, row) in enumerate(self._rows):
+            if row.finish_reason is not None:
+                continue
+            need_s = math.ceil(row.prompt_left / chunk) * chunk_s + \
+                max(0, row.steps_left) * decode_step_s
+            deadline = job.enqueued_at + self._timeout_s
+            if now + chunk_s + RISK_MARGIN * need_s > deadline:
+                at_risk.append((deadline, index, row))
+        if not at_risk:
+            return None
+        _, index, row = min(at_risk, key=lambda risk: risk[:2])
+        return {index} if row.prompt_left > 0 else set()
 
     def learn(self, report: StepReport) -> None:
         """Update the one-row decode-step and prompt-token costs from one step (also the

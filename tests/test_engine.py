@@ -186,6 +186,18 @@ def test_a_row_near_its_deadline_decodes_without_waiting_for_prefill(loaded) -> 
     assert new.started_at is not None
 
 
+def test_the_earliest_deadline_at_risk_goes_first_even_while_reading_its_prompt(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=30.0)
+    scheduler.step_s, scheduler.token_s = 0.5, 0.01
+    jobs = [scheduler.submit(Job(GenerationRequest(_prompt(n, 100 * n), 4))) for n in (9, 30)]
+    scheduler.run_once()  # both join; the shorter prompt is read first: 8 of its 9 tokens
+    short, long = (row for _, row in scheduler._rows)
+    assert (short.prefilled, long.prefilled) == (8, 0)
+    jobs[1].enqueued_at -= 27.0  # the long prompt's request is now the one about to time out
+    scheduler.run_once()
+    assert (short.prefilled, long.prefilled) == (8, 8)  # only its prompt was read
+
+
 def test_row_growth_comes_from_the_served_kernels_timings() -> None:
     table = [KernelTiming("float32", 100.0, 300.0, 8), KernelTiming("bfloat16", 100.0, 800.0, 8)]
     assert KernelChoice("float32", False, "auto", table).row_growth() == pytest.approx(2 / 7)

@@ -37,7 +37,7 @@ class _GatedEngine(StepEngine):
         self.rows: list[int] = []
         self.fail_next = False
 
-    def step(self, rows, prefill: bool = True) -> StepReport:
+    def step(self, rows, prefill=None) -> StepReport:
         self.entered.set()
         assert self.release.wait(300)
         self.rows.append(len(rows))
