@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_env, read_csv
+from tests.locust_runs import locust_env, read_csv
 
 
 def test_probe_compares_loop_lag_with_and_without_sampling(tiny_model: Path,

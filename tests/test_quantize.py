@@ -19,7 +19,7 @@ from harness.gunicorn_process import GunicornServer
 from server.decoding import GenerationRequest, generate_batch
 from server.model import check_dtype, load_model
 from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, server_env
 
 
 def _small_gpt2() -> GPT2LMHeadModel:
@@ -90,10 +90,9 @@ def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dt
 
 
 def test_int8_model_serves_from_preloaded_forked_workers(tiny_model: Path, tmp_path: Path,
-                                                         api_env, api_headers) -> None:
+                                                         api_headers) -> None:
     """Quantized in the master before fork; both workers generate with it (no fork hang)."""
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "int8",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "log.jsonl"), **api_env}
+    env = server_env(tmp_path, DTYPE="int8")
     with GunicornServer(tmp_path, env, workers=2) as server:
         ready = requests.get(server.url + "/ready", timeout=10).json()
 

@@ -13,7 +13,7 @@ import pytest
 
 from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_env
+from tests.locust_runs import locust_env
 
 ROWS = ("naive", "batch-bf16")
 

@@ -13,7 +13,7 @@ import pytest
 
 from harness.gunicorn_process import REPO
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import (
+from tests.locust_runs import (
     LOCUST_FILES,
     USER_CLASSES,
     locust_env,

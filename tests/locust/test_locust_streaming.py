@@ -21,9 +21,9 @@ import pytest
 
 from analysis.report_streaming import NO_STREAMS
 from harness.gunicorn_process import REPO, GunicornServer
-from tests.conftest import MODELS_DIR, TEST_API_KEY
+from tests.conftest import MODELS_DIR, TEST_API_KEY, server_env
 from tests.locust.foreign_server import ForeignServer
-from tests.locust.locust_runs import locust_env, locust_totals, read_csv, read_jsonl, run_headless
+from tests.locust_runs import locust_env, locust_totals, read_csv, read_jsonl, run_headless
 
 STREAMING_CLASSES = {"StreamingPromptUser", "StreamingSummarizeUser", "StreamingQAUser",
                      "StreamingCompletionUser", "StreamingChatUser"}
@@ -186,10 +186,8 @@ def openai_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """15 s of ``--target openai`` (4 users: one per OpenAI class) through ForeignServer."""
     base = tmp_path_factory.mktemp("openai-target")
     run = base / "run"
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "API_KEYS": TEST_API_KEY,
-           # The server's own log stays outside the run folder: a foreign server has none.
-           "REQUEST_LOG": str(base / "server_requests.jsonl")}
+    # The server's own log stays outside the run folder: a foreign server has none.
+    env = server_env(base)
     with GunicornServer(base, env, workers=1) as server, ForeignServer(server.url) as foreign:
         # --mix streaming is overridden: against another server only the openai mix runs.
         result = run_headless(run, foreign.url, TEST_API_KEY, "--target", "openai", "--mix",

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end Locust tests: real locust subprocesses, their run folders."""
+"""Real locust subprocesses and their run folders, for every test that runs Locust
+(tests/, tests/locust/, tests/bench/)."""
 
 from __future__ import annotations
 
