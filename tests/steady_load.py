@@ -61,11 +61,11 @@ class SteadyLoad:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True, name=f"load-{i}")
                          for i in range(threads)]
-        self._deadline = 0.0
+        self._ends_at = 0.0
 
     def __enter__(self) -> SteadyLoad:
         # The load's own length (max_s), not a wait for anything: the threads stop sending.
-        self._deadline = time.monotonic() + self.max_s
+        self._ends_at = time.monotonic() + self.max_s
         for thread in self._threads:
             thread.start()
         return self
@@ -76,7 +76,7 @@ class SteadyLoad:
     def _next_index(self) -> int | None:
         with self._lock:
             if self._stop.is_set() or self._sent >= self.max_requests \
-                    or time.monotonic() > self._deadline:
+                    or time.monotonic() > self._ends_at:
                 return None
             self._sent += 1
             return self._sent - 1

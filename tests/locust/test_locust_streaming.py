@@ -21,6 +21,7 @@ import pytest
 
 from analysis.report_streaming import NO_STREAMS
 from harness.gunicorn_process import REPO, GunicornServer
+from harness.script_run import run_script
 from tests.conftest import MODELS_DIR, TEST_API_KEY, server_env
 from tests.locust.foreign_server import ForeignServer
 from tests.locust_runs import locust_env, locust_totals, read_csv, read_jsonl, run_headless
@@ -105,13 +106,12 @@ def assert_streams_timed(rows: list[dict[str, str]], served: list[dict]) -> None
 def stream_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 15-second run of scripts/loadtest.py: 5 users (one per streaming class), 1 worker."""
     run = tmp_path_factory.mktemp("streaming") / "run"
-    result = subprocess.run(
+    result = run_script(
         [sys.executable, "scripts/loadtest.py", "--model", "synthetic:tiny", "--models-dir",
          MODELS_DIR, "--dtype", "float32", "--users", "5", "--spawn-rate", "5", "--duration",
          "15", "--workers", "1", "--torch-threads", "1", "--label", "stream-e2e", "--run-dir",
          str(run), "--stop-timeout", "30", "--no-analysis"],
-        cwd=REPO, env=run_env(LOCUST_MIX="streaming"), capture_output=True, text=True,
-        timeout=240)
+        cwd=REPO, env=run_env(LOCUST_MIX="streaming"))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return run
 
