@@ -44,6 +44,7 @@ from deploy.netns import Network, inside, remove_stale
 from deploy.scaleout_checks import read_jsonl, report, summarize
 from deploy.services import Services
 from locustfiles.run_options import new_run_dir
+from locustfiles.user_mix import MIX_CHOICES
 from scripts.loadtest import git_commit, utc_now, versions
 from server.auth import key_id_of
 from server.hardware import fingerprint_subprocess
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-timeout", type=float, default=30.0)
     p.add_argument("--rate-limit", default="20/minute",
                    help="RATE_LIMIT per API key, counted in Redis for both hosts")
-    p.add_argument("--mix", default="tasks", choices=["tasks", "streaming", "openai", "all"])
+    p.add_argument("--mix", default="tasks", choices=MIX_CHOICES)
     p.add_argument("--user-classes", nargs="+", metavar="CLASS",
                    default=["PromptUser", "SummarizeUser", "QAUser"],
                    help="Locust user classes (default: the three task users, so one key's "
