@@ -1,4 +1,4 @@
-"""No hand-written deadline or poll loop outside harness/waiting.py: waits use ``wait_until``.
+"""``wait_until``, and no hand-written deadline or poll loop outside harness/waiting.py.
 
 A loop that sleeps until a condition holds, or runs until a clock passes, is a wait; written
 by hand it grows a fixed deadline that fails on a slow or busy machine while the process it
@@ -13,15 +13,38 @@ drain and tickers) are the product's behaviour, not tests or tools waiting for a
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
+
+from harness.waiting import ProcessDied, WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKED = ("tests", "scripts", "deploy", "bench", "harness")
 HELPER = REPO / "harness" / "waiting.py"
 MARKER = "# not a wait:"
 CLOCKS = {"monotonic", "time", "perf_counter"}
+
+
+def test_wait_until_returns_once_the_condition_holds() -> None:
+    polls = itertools.count()
+    assert wait_until(lambda: next(polls) == 3, "the third poll", interval_s=0.01) < 5
+
+
+def test_a_process_that_died_ends_the_wait_at_once() -> None:
+    with pytest.raises(ProcessDied, match="ready: the process exited first\nlast words"):
+        wait_until(lambda: False, "ready", alive=lambda: False, detail=lambda: "last words")
+
+
+def test_progress_keeps_the_wait_going_past_the_stall_limit_up_to_the_cap() -> None:
+    ticks = itertools.count()
+    with pytest.raises(WaitTimeout, match="not within 2 s"):
+        wait_until(lambda: False, "never", timeout_s=2, interval_s=0.05,
+                   progress=lambda: next(ticks), stall_s=0.5)
+    with pytest.raises(WaitTimeout, match="no progress for 1 s"):
+        wait_until(lambda: False, "stuck", timeout_s=60, interval_s=0.05,
+                   progress=lambda: "same", stall_s=1)
 
 
 def _calls(node: ast.AST) -> list[ast.Call]:
