@@ -109,7 +109,8 @@ def _sources() -> list[Path]:
     ("for row in rows:\n    time.sleep(row.pause_s)\n", []),  # pacing a list, not a wait
     ("while queue:\n    handle(queue.pop())\n", []),
     ("while True:\n    def later():\n        time.sleep(1)\n    break\n", []),
-])
+], ids=["deadline", "poll", "for-range-sleep", "clock", "marked-above", "marked-inline",
+       "paced-list", "plain-while", "nested-def"])
 def test_the_finder_tells_hand_waits_from_other_loops(source: str, lines: list[int]) -> None:
     assert hand_waits(source) == lines
 
