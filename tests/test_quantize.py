@@ -3,7 +3,6 @@ fork under real Gunicorn; the byte count sees the packed int8 weights."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from harness.gunicorn_process import GunicornServer
+from harness.script_run import run_script
 from server.decoding import GenerationRequest, generate_batch
 from server.model import check_dtype, load_model
 from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
@@ -83,9 +83,10 @@ def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dt
         "maps = Path('/proc/self/maps').read_text().splitlines()\n"
         "print(sum('synthetic-tiny' in line for line in maps))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(Path(MODELS_DIR).resolve())],
-                         capture_output=True, text=True, timeout=120, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+    # Followed, not timed: loading the model took 46 s on a busy 2-core machine (issue 18).
+    out = run_script([sys.executable, "-c", code, str(Path(MODELS_DIR).resolve())],
+                     cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-1] == "0", out.stdout
 
 
