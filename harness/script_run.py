@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 
-from harness.processes import stop_process, tree_progress
+import psutil
+
+from harness.processes import descendants, kill_all, stop_process, tree_progress
 from harness.waiting import CAP_S, STALL_S, wait_until
 
 
@@ -32,21 +35,29 @@ def run_script(args: list[str], cwd: Path | None = None, env: dict[str, str] | N
     returns (with ``log_path``: stdout and stderr both go to that file, returned as stdout).
 
     Raises ``harness.waiting.WaitTimeout`` (after stopping the script and its children) when
-    it stalled for ``stall_s`` or ran longer than ``cap_s``.
+    it stalled for ``stall_s`` or ran longer than ``cap_s``. Children the script left running
+    when it ended (e.g. Locust's --processes workers of a master that failed) are stopped.
     """
+    children: dict[int, psutil.Process] = {}
     with tempfile.TemporaryDirectory(prefix="script-run-") as folder:
         out_path = log_path or Path(folder, "stdout")
         err_path = Path(folder, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out,
                                     stderr=subprocess.STDOUT if log_path else err)
+
+        def progress() -> Hashable:
+            children.update((p.pid, p) for p in descendants(proc.pid))
+            return tree_progress(proc.pid, out_path), _size(err_path)
+
         try:
             wait_until(lambda: proc.poll() is not None, f"{' '.join(map(str, args))[:200]} ends",
                        timeout_s=cap_s, interval_s=0.2, stall_s=stall_s,
-                       progress=lambda: (tree_progress(proc.pid, out_path), _size(err_path)),
+                       progress=progress,
                        detail=lambda: _tail(out_path) + _tail(err_path))
         finally:
             stop_process(proc)  # returns at once when it ended; else SIGTERM, then SIGKILL
+            kill_all(list(children.values()))  # by pid and start time: only those still ours
         return subprocess.CompletedProcess(args, proc.returncode,
                                            out_path.read_text(errors="replace"),
                                            err_path.read_text(errors="replace"))

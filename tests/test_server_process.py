@@ -65,3 +65,12 @@ def test_run_script_stops_a_script_that_stalls(tmp_path: Path) -> None:
     with pytest.raises(WaitTimeout, match="no progress"):
         run_script([sys.executable, "-c", code], log_path=tmp_path / "run.log", stall_s=2)
     assert not running(int((tmp_path / "run.log").read_text()))
+
+
+def test_run_script_stops_children_the_script_left_behind(tmp_path: Path) -> None:
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(1.5)\n")  # alive through a progress reading, then gone without it
+    result = run_script([sys.executable, "-c", code])
+    assert result.returncode == 0 and not running(int(result.stdout))
