@@ -97,19 +97,19 @@ def test_unauthorized_requests_cost_no_model_time(make_app) -> None:
     busy = threading.Thread(target=lambda: app.test_client().post(
         "/generate-text", json={"prompt": "Go on", "max_new_tokens": 1000}))
     busy.start()
-    wait_until(lambda: service.batcher.running == 1, "the long generation is running",
+    wait_until(lambda: service.scheduler.running == 1, "the long generation is running",
                interval_s=0.005, alive=busy.is_alive)
     depths: list[int] = []
 
     def refused(_: int) -> int:
         status = app.test_client(api_key="wrong-key-0123456789").post(
             "/generate-text", json=BODY).status_code
-        depths.append(service.batcher.depth)
+        depths.append(service.scheduler.depth)
         return status
 
     with ThreadPoolExecutor(10) as pool:
         assert set(pool.map(refused, range(20))) == {401}
-    assert set(depths) == {0} and service.batcher.running == 1
+    assert set(depths) == {0} and service.scheduler.running == 1
     busy.join(120)
 
 

@@ -28,8 +28,8 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """One Gunicorn worker; a 100 ms gathering window so concurrent streams share a batch;
     IGNORE_EOS so every answer is exactly max_tokens long."""
     workdir = tmp_path_factory.mktemp("openai-gunicorn")
-    env = server_env(workdir, MODEL=MODEL, BATCH_WAIT_MS="100", MAX_BATCH_SIZE=str(BATCH),
-                     IGNORE_EOS="1", MEMORY_SAMPLE_S="0.1", GUNICORN_ACCESSLOG="")
+    env = server_env(workdir, MODEL=MODEL, MAX_BATCH_SIZE=str(BATCH), IGNORE_EOS="1",
+                     MEMORY_SAMPLE_S="0.1", GUNICORN_ACCESSLOG="")
     with GunicornServer(workdir, env, workers=1) as running:
         running.request_log = workdir / "server_requests.jsonl"
         yield running

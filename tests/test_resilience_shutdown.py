@@ -25,8 +25,7 @@ from tests.steady_load import Outcome, post_once
 IN_FLIGHT = 20
 # Batches of one and 128 forced tokens: each worker works through its ~10 requests one after
 # the other for a few seconds, so most are still queued or running when SIGTERM arrives.
-SETTINGS = {"IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1", "BATCH_WAIT_MS": "50",
-            "GUNICORN_ACCESSLOG": ""}
+SETTINGS = {"IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1", "GUNICORN_ACCESSLOG": ""}
 
 
 def _refused(port: int) -> bool:
