@@ -64,7 +64,9 @@ def test_run_script_stops_a_script_that_stalls(tmp_path: Path) -> None:
     code = "import os, time; print(os.getpid(), flush=True); time.sleep(600)"
     with pytest.raises(WaitTimeout, match="no progress"):
         run_script([sys.executable, "-c", code], log_path=tmp_path / "run.log", stall_s=2)
-    assert not running(int((tmp_path / "run.log").read_text()))
+    # On a starved machine the interpreter can look stalled before it printed its pid.
+    pid = (tmp_path / "run.log").read_text().strip()
+    assert not pid or not running(int(pid))
 
 
 def test_run_script_stops_children_the_script_left_behind(tmp_path: Path) -> None:
