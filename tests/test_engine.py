@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness.waiting import wait_until
 from server.decoding import GenerationRequest
 from server.engine import StepEngine, StepReport, generate_alone
 from server.jobs import Job
@@ -112,8 +112,7 @@ def _scheduler(loaded, max_batch: int = 4, timeout_s: float = 60.0) -> Scheduler
 def test_scheduler_joins_rows_between_steps_and_cancels(loaded) -> None:
     scheduler = _scheduler(loaded)
     long = scheduler.submit(Job(GenerationRequest(_prompt(4), 400)))
-    while not long.batch_size:
-        time.sleep(0.01)
+    wait_until(lambda: long.batch_size, "the long job is in a batch", interval_s=0.01)
     short = scheduler.submit(Job(GenerationRequest(_prompt(4, 700), 3)))
     assert short.wait(60) and short.result.finish_reason == "length"
     assert not long._done.is_set()  # it joined the running batch and left before it
@@ -121,10 +120,7 @@ def test_scheduler_joins_rows_between_steps_and_cancels(loaded) -> None:
     long.cancelled = True
     assert long.wait(60) and long.result.finish_reason == "cancelled"
     assert 0 < len(long.result.token_ids) < 400
-    deadline = time.monotonic() + 60
-    while scheduler.running:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: not scheduler.running, "the batch is empty", interval_s=0.01)
 
 
 def test_scheduler_refuses_what_it_predicts_past_the_timeout(loaded) -> None:
