@@ -31,6 +31,7 @@ from locustfiles.loadgen_monitor import LoopMonitor
 from locustfiles.memory_sampler import MemorySampler, split_urls
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
+from locustfiles.run_record_hook import RunRecordHook
 from locustfiles.run_options import add_options, resolve_run_dir
 from locustfiles.shapes import StepShape
 from locustfiles.stages import parse_stages
@@ -75,6 +76,7 @@ def set_up_run(environment: Environment) -> None:
         LoopMonitor(None, interval_s=tick_s).register(environment)
         return
     run_dir = resolve_run_dir(options)
+    RunRecordHook(run_dir).register(environment)  # run.json: client and server facts
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
     FinalCsvSnapshot().register(environment)
