@@ -77,6 +77,9 @@ class Ready(_Strict):
     max_batch_size: int
     prefill_chunk: int
     torch_threads: int
+    limits: dict[str, Any] = Field(
+        description="max_queue, max_in_flight, request_timeout_s, admit_predicted, "
+                    "max_new_tokens_cap, max_input_chars, rate_limit, global_rate_limit")
 
 
 _TASKS = [("/generate-text", GenerateBody, "Continue a prompt"),
