@@ -52,9 +52,18 @@ def slo_check(v: SloVerdict) -> Check:
     return Check("slo", v.name, outcome, f"{num(v.actual, d)} {v.unit}, {target}")
 
 
+def served_check(f: Findings) -> Check:
+    """Whether the run served anything: a run with no successful request fails the gate
+    (otherwise every target would be "not measured" and a broken run would pass)."""
+    t = f.traffic
+    if t is None or t.successes == 0:
+        return Check("slo", "requests served", "FAIL", "no successful request: nothing to judge")
+    return Check("slo", "requests served", "PASS", f"{t.requests} requests, {t.successes} ok")
+
+
 def slo_checks(f: Findings) -> list[Check]:
-    """The Checks of every SLO verdict of ``f``."""
-    return [slo_check(v) for v in f.slo]
+    """The Checks of the run's traffic and of every SLO verdict of ``f``."""
+    return [served_check(f), *(slo_check(v) for v in f.slo)]
 
 
 _OUTCOMES = {UNCHANGED: "UNCHANGED", IMPROVED: "IMPROVED", REGRESSED: "REGRESSED",

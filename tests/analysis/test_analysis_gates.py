@@ -76,6 +76,14 @@ def test_refusals_count_as_errors_unless_configured_otherwise(steady_run, capsys
            "ratio" in lines
 
 
+def test_a_run_that_served_nothing_fails(write_run, capsys) -> None:
+    run = write_run("empty", run={"label": "empty"})  # run.json only: Locust never got going
+    code, lines = gate(capsys, str(run), "--gate")
+
+    assert code == 1
+    assert "FAIL      requests served: no successful request: nothing to judge" in lines
+
+
 def test_slo_file_targets_and_its_typos(steady_run, capsys, tmp_path) -> None:
     run = steady_run("file")
     slo = tmp_path / "slo.toml"
@@ -114,14 +122,14 @@ def test_junit_xml_names_each_verdict_and_the_summary_is_written(steady_run, cap
 
     suite = ET.parse(run / "slo-junit.xml").getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert set(cases) == {"p95 latency, All routes", "p95 latency, /generate-text",
-                          "error rate", "memory slope (total PSS)"}
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("4", "2", "1")
+    assert set(cases) == {"requests served", "p95 latency, All routes",
+                          "p95 latency, /generate-text", "error rate", "memory slope (total PSS)"}
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "2", "1")
     assert "3,300.0 ms" in cases["p95 latency, All routes"].find("failure").get("message")
     assert cases["memory slope (total PSS)"].find("skipped") is not None
     assert cases["error rate"].find("failure") is None
     summary = (run / "slo-summary.md").read_text()
-    assert summary.startswith("## SLO gate: junit") and "**FAILED**: 2 of 4 checks" in summary
+    assert summary.startswith("## SLO gate: junit") and "**FAILED**: 2 of 5 checks" in summary
     assert "| p95 latency (ms) | 3,300" in summary.replace(".0 |", " |")
     assert "| ❌ FAIL | p95 latency, All routes | 3,300.0 ms, target <= 2,000.0 ms |" in summary
 
