@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -65,6 +66,11 @@ def spread(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
+def suggested_band(widest: float, floor: float = 0.1) -> float:
+    """A relative band twice the widest deviation seen, rounded up to 0.05, at least ``floor``."""
+    return max(floor, math.ceil(2 * widest * 20) / 20)
+
+
 def metric_spreads(run_dirs: list[Path]) -> dict[str, dict[str, float]]:
     """The spread of every gated metric over ``run_dirs``."""
     names = [name for name, _, _, _ in HEADLINES]
@@ -83,10 +89,11 @@ def render(record: dict[str, Any]) -> str:
     parts = [f"# Run-to-run spread\n\nCommand: `{record['command']}`\n\n"
              f"Host: {record['host']}\n"]
     for preset, metrics in record["presets"].items():
-        rows = [(k, s["n"], s["median"], s["min"], s["max"], f"{100 * s['widest']:.1f}%")
+        rows = [(k, s["n"], s["median"], s["min"], s["max"], f"{100 * s['widest']:.1f}%",
+                 suggested_band(s["widest"]) if math.isfinite(s["widest"]) else "n/a")
                 for k, s in metrics.items()]
         parts.append(f"## synthetic:{preset}\n\n" + table(
-            ["Metric", "Runs", "Median", "Min", "Max", "Widest deviation"], rows))
+            ["Metric", "Runs", "Median", "Min", "Max", "Widest deviation", "Band (2x)"], rows))
     return "\n\n".join(parts) + "\n"
 
 
@@ -106,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {preset} run {i}/{args.runs}: {run_dir}", flush=True)
             run_once(args, preset, run_dir)
             dirs.append(run_dir)
-        record["presets"][preset] = metric_spreads(dirs)
-        (out / "noise.json").write_text(json.dumps(record, indent=2) + "\n")
+            # Written after every run: an interrupted measurement keeps what it measured.
+            record["presets"][preset] = metric_spreads(dirs)
+            record["load_1m"] = os.getloadavg()[0]
+            (out / "noise.json").write_text(json.dumps(record, indent=2) + "\n")
     text = render(record)
     (out / "noise.md").write_text(text)
     print(text)
