@@ -26,6 +26,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from locustfiles.drain import GracefulDrain
+from locustfiles.exit_code import ExitCodeCheck
 from locustfiles.final_stats import FinalCsvSnapshot
 from locustfiles.loadgen_monitor import LoopMonitor
 from locustfiles.memory_sampler import MemorySampler, split_urls
@@ -77,6 +78,7 @@ def set_up_run(environment: Environment) -> None:
         return
     run_dir = resolve_run_dir(options)
     RunRecordHook(run_dir).register(environment)  # run.json: client and server facts
+    ExitCodeCheck.from_options(options).register(environment)  # --check-* targets
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
     FinalCsvSnapshot().register(environment)

@@ -63,6 +63,16 @@ def add_options(parser: LocustArgumentParser) -> None:
                         help="openai: the host is any OpenAI-compatible server (only the "
                              "openai mix runs; no memory headers; memory.csv only from an "
                              "existing --server-pidfile)")
+    parser.add_argument("--check-p95-ms", env_var="LOCUST_CHECK_P95_MS", type=float,
+                        default=None,
+                        help="exit code 3 when Locust's p95 (all routes) is above this "
+                             "(0 when every --check-* target held; locustfiles/exit_code.py)")
+    parser.add_argument("--check-fail-ratio", env_var="LOCUST_CHECK_FAIL_RATIO", type=float,
+                        default=None,
+                        help="exit code 3 when failed / all requests is above this (0..1)")
+    parser.add_argument("--check-ignore-refusals", env_var="LOCUST_CHECK_IGNORE_REFUSALS",
+                        action="store_true", default=False,
+                        help="--check-fail-ratio leaves out the server's 429/503 refusals")
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
                         help="model name the /v1 users ask for (default: GET /v1/models)")
 

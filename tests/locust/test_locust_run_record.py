@@ -16,11 +16,15 @@ from tests.conftest import MODELS_DIR
 from tests.locust.locust_runs import locust_env, run_headless
 
 MODES = {
-    "headless": ("--headless",),
-    "processes-2": ("--headless", "--processes", "2"),
+    # A p95 target no server meets: the suite's --check-* sets Locust's exit code to 3.
+    "headless": ("--headless", "--check-p95-ms", "0.001"),
+    # A target met on the master, from its workers' statistics: exit code 0.
+    "processes-2": ("--headless", "--processes", "2", "--check-p95-ms", "600000",
+                    "--check-fail-ratio", "0.5"),
     # The web UI, started and stopped by Locust itself (no browser needed to click "Start").
     "web-ui": ("--autostart", "--autoquit", "0", "--web-host", "127.0.0.1", "--web-port", "0"),
 }
+EXIT_CODES = {"headless": 3, "processes-2": 0, "web-ui": 0}
 
 
 @pytest.fixture(scope="module", params=list(MODES))
@@ -45,7 +49,9 @@ def run(request: pytest.FixtureRequest, tiny_model: Path,
         else:
             done = run_headless(run_dir, server.url, api_key, *MODES[mode][1:], *args,
                                 timeout_s=300)
-    assert done.returncode == 0, (run_dir / "locust.log").read_text()[-4000:]
+    log = (run_dir / "locust.log").read_text()
+    assert done.returncode == EXIT_CODES[mode], log[-4000:]
+    assert ("target missed: p95" in log) == (mode == "headless")
     return mode, run_dir
 
 
