@@ -155,7 +155,7 @@ def scaleout_facts(args: argparse.Namespace, net: Network, services: Services, l
     """What only this script knows, for run.json: every host's workers, the machine they
     share, and the ``scaleout`` record (the Locust master wrote the rest, from /ready)."""
     return {
-        "label": args.label, "workers": args.workers * len(HOSTS), "batch_wait_ms": 5,
+        "label": args.label, "workers": args.workers * len(HOSTS),
         "git_commit": git_commit(), "host": fingerprint_subprocess(),
         "scaleout": {
             "hosts": {h: f"{net.address(h)}:{PORT}" for h in HOSTS},

@@ -38,8 +38,9 @@ class ServerFacts(_Open):
     """What the target server said about itself (this project's /ready and /metrics)."""
 
     kernels: dict[str, Any] | None = None  # /ready: measured step ms per candidate, chosen
-    scheduler: str | None = None
+    scheduler: str | None = None  # runs from before the static scheduler was removed
     torch_threads: int | None = None
+    threads_shared: bool | None = None  # /ready: TORCH_THREADS=0 shares cores among busy workers
     max_batch_size: int | None = None
     prefill_chunk: int | None = None
     limits: dict[str, Any] | None = None  # /ready: queue, in-flight and rate limits
@@ -84,8 +85,8 @@ class RunRecord(_Open):
     workers: int | None = None
     torch_threads: int | None = None
     max_batch_size: int | None = None
-    batch_wait_ms: int | None = None
-    scheduler: str | None = None
+    batch_wait_ms: int | None = None  # runs from before the static scheduler was removed
+    scheduler: str | None = None  # likewise
     prefill_chunk: int | None = None
     users: int | None = None
     spawn_rate: float | None = None

@@ -3,7 +3,7 @@
 Registered on the master (or the only) process. When a test starts, run.json gets the
 client's facts (users, spawn rate, shape, mix, target, duration, Locust's version and mode,
 the load generator's machine) and, for ``--target lab`` (this project's server), what the
-server reports on ``/ready`` and ``/metrics`` (model, precision, kernel table, scheduler,
+server reports on ``/ready`` and ``/metrics`` (model, precision, kernel table,
 batch size, threads, limits, workers). When it stops, ``ended_at`` (and, in the web UI, the
 duration it actually ran). Wrappers such as scripts/loadtest.py add their own facts after.
 

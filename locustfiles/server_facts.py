@@ -1,7 +1,7 @@
 """What a GPT Load Lab server says about itself, for run.json: ``/ready`` and ``/metrics``.
 
 Both routes are public (no API key). ``/ready`` answers from one worker: model, precision
-served, the kernel table measured at startup, scheduler, batch size, threads and, where the
+served, the kernel table measured at startup, batch size, threads and, where the
 server has them, its limits. ``/metrics`` merges every worker: the distinct ``pid`` labels of
 the per-worker memory gauges count the live workers (summed over several hosts behind a
 load balancer), and the model's weight bytes and load time come along.
@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 WORKER_GAUGE = "gpt_worker_rss_bytes"
 # /ready keys copied to run.json's top level (the settings analysis reads) ...
-TOP_LEVEL = ("model", "dtype", "scheduler", "max_batch_size", "prefill_chunk", "torch_threads")
+TOP_LEVEL = ("model", "dtype", "max_batch_size", "prefill_chunk", "torch_threads")
 # ... and to its server block (the full record of what the server reported).
-SERVER_BLOCK = ("kernels", "scheduler", "torch_threads", "max_batch_size", "prefill_chunk",
+SERVER_BLOCK = ("kernels", "torch_threads", "threads_shared", "max_batch_size", "prefill_chunk",
                 "limits")
 _MB = 1024 * 1024
 

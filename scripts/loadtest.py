@@ -34,7 +34,7 @@ from locustfiles.user_mix import MIX_CHOICES
 REPO = Path(__file__).resolve().parent.parent
 # Server settings shown in run.json's server_command (never the API keys).
 COMMAND_ENV = ("MODEL", "MODELS_DIR", "DTYPE", "TORCH_THREADS", "MAX_BATCH_SIZE",
-               "BATCH_WAIT_MS", "SCHEDULER", "PREFILL_CHUNK", "ALLOW_INT8")
+               "PREFILL_CHUNK", "ALLOW_INT8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,11 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-wait-ms", type=int, default=5,
-                   help="static scheduler only: how long a batch gathers requests")
-    p.add_argument("--scheduler", choices=["continuous", "static"], default="continuous",
-                   help="continuous: rows join between steps (default); static: whole "
-                        "batches, the old engine, kept for the comparison")
     p.add_argument("--prefill-chunk", type=int, default=128,
                    help="prompt tokens fed per step (chunked prefill)")
     p.add_argument("--allow-int8", action="store_true",
@@ -110,7 +105,6 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> Gunic
     env = {"MODEL": args.model, "MODELS_DIR": args.models_dir,
            "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
            "MAX_BATCH_SIZE": str(args.max_batch_size),
-           "BATCH_WAIT_MS": str(args.batch_wait_ms), "SCHEDULER": args.scheduler,
            "PREFILL_CHUNK": str(args.prefill_chunk), "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
            "API_KEYS": api_key}
@@ -158,7 +152,6 @@ def wrapper_facts(args: argparse.Namespace, server: GunicornServer) -> dict[str,
     facts: dict[str, Any] = {
         "label": args.label, "server_command": server_command(server),
         "git_commit": git_commit(), "workers": args.workers,
-        "batch_wait_ms": args.batch_wait_ms,
     }
     if args.slo_p95_ms is not None or args.slo_error_rate is not None:
         facts["slo"] = {"p95_ms": args.slo_p95_ms, "error_rate": args.slo_error_rate}

@@ -1,7 +1,7 @@
 """OpenAI-compatible routes: /v1/completions, /v1/chat/completions and /v1/models.
 
 Same path through the server as the task routes: API key (``Authorization: Bearer``), rate
-limits, body validation, the worker's batcher, memory headers and the request log; only the
+limits, body validation, the worker's scheduler, memory headers and the request log; only the
 shapes are OpenAI's (responses, SSE chunks, and errors as ``{"error": {"message", "type",
 "param", "code"}}``, see ``server.errors``). So OpenAI clients and load generators (the
 ``openai`` package, vLLM's and guidellm's benchmarks, our own ``--target openai`` Locust

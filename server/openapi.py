@@ -73,10 +73,11 @@ class Ready(_Strict):
     kernels: dict[str, Any] = Field(
         description="startup kernel table (server/kernels.py): chosen, requested, allow_int8, "
                     "table of {precision, batch_1_ms, batch_max_ms, max_batch}, measure_s")
-    scheduler: str
     max_batch_size: int
     prefill_chunk: int
-    torch_threads: int
+    torch_threads: int = Field(description="this worker's torch threads now")
+    threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
+                                             "(TORCH_THREADS=0); false: a fixed count")
     limits: dict[str, Any] = Field(
         description="max_queue, max_in_flight, request_timeout_s, admit_predicted, "
                     "max_new_tokens_cap, max_input_chars, rate_limit, global_rate_limit")

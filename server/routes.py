@@ -9,9 +9,9 @@ import torch
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from server.batching import Job, QueueFull
 from server.decoding import Generation, GenerationRequest
 from server.errors import APIError
+from server.jobs import Job, QueueFull
 from server.scheduler import WouldTimeOut
 from server.schemas import TOO_LONG, AnswerBody, GenerateBody, SummarizeBody
 from server.service import ModelService
@@ -59,7 +59,7 @@ def parse_body(schema: type[Body]) -> Body:
 
 def submit(ids: list[int], max_new_tokens: int, sampling: dict[str, Any],
            stream: bool = False) -> Job:
-    """Queue this request's generation on the worker's batcher (503 when the queue is full).
+    """Queue this request's generation on the worker's scheduler (503 when the queue is full).
 
     With ``stream``, the job gets a queue that receives each token as it is generated.
     """
@@ -70,7 +70,7 @@ def submit(ids: list[int], max_new_tokens: int, sampling: dict[str, Any],
     if stream:
         job.stream = queue.SimpleQueue()
     try:
-        g.job = service.batcher.submit(job)
+        g.job = service.scheduler.submit(job)
     except WouldTimeOut as refused:
         raise APIError(503, "overloaded",
                        f"server is busy: this request would finish in about "
@@ -166,8 +166,8 @@ def ready() -> Response:
     loaded = service.loaded
     return jsonify({"status": "ready", "model": loaded.name,
                     "dtype": loaded.precision, "kernels": loaded.kernels.as_dict(),
-                    "scheduler": current_app.config["SCHEDULER"],
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
                     "torch_threads": torch.get_num_threads(),
+                    "threads_shared": service.cores.sharing,
                     "limits": {key.lower(): current_app.config[key] for key in READY_LIMITS}})

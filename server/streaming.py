@@ -25,8 +25,8 @@ from typing import Any
 from flask import Response, current_app, g, stream_with_context
 
 from server import accounting
-from server.batching import Job
 from server.errors import APIError, error_body
+from server.jobs import Job
 
 DONE = "data: [DONE]\n\n"
 

@@ -79,7 +79,7 @@ def test_run_json_has_the_server_facts_from_ready_and_metrics(run: tuple[str, Pa
 
     assert (record["model"], record["dtype"], record["workers"]) == ("synthetic:tiny",
                                                                      "float32", 2)
-    assert record["torch_threads"] == 1 and record["scheduler"] == "continuous"
+    assert record["torch_threads"] == 1 and server["threads_shared"] is False
     assert server["kernels"]["chosen"] in {t["precision"] for t in server["kernels"]["table"]}
     assert server["limits"]["max_queue"] == 17  # the server's own setting, not a default
     assert server["workers_seen"] == 2 and server["weight_mb"] > 0
