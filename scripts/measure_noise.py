@@ -5,8 +5,10 @@ noise bands (analysis/regression.py DEFAULT_BANDS) are set from it.
 
 Runs scripts/loadtest.py ``--runs`` times per preset, one after the other, with the same
 options (each a fresh server); then reads every run folder with the analysis and prints,
-per gated metric, the median, min, max and the widest deviation from the median (relative),
-and writes noise.json and noise.md into ``--out``. Loopback only.
+per gated metric, the median, min, max, the widest and the median absolute deviation from
+the median (relative),
+and the band it suggests (three median absolute deviations), and writes noise.json and
+noise.md into ``--out``. Loopback only.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     p.add_argument("--out", type=Path, help="default: results/<UTC timestamp>-noise/")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep run folders of --out that already have requests.csv (only "
+                        "re-read them); run the missing ones")
     return p.parse_args(argv)
 
 
@@ -59,16 +64,21 @@ def run_once(args: argparse.Namespace, preset: str, run_dir: Path) -> None:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    """Median, min, max and the widest relative deviation from the median of ``values``."""
+    """Median, min, max, the widest and the median absolute deviation from the median of
+    ``values``, both relative to the median."""
     median = statistics.median(values)
-    widest = max(abs(v - median) for v in values) / abs(median) if median else float("nan")
-    return {"median": median, "min": min(values), "max": max(values), "widest": widest,
-            "n": len(values)}
+    deviations = [abs(v - median) / abs(median) for v in values] if median else [math.nan]
+    return {"median": median, "min": min(values), "max": max(values),
+            "widest": max(deviations), "mad": statistics.median(deviations), "n": len(values)}
 
 
-def suggested_band(widest: float, floor: float = 0.1) -> float:
-    """A relative band twice the widest deviation seen, rounded up to 0.05, at least ``floor``."""
-    return max(floor, math.ceil(2 * widest * 20) / 20)
+def suggested_band(mad: float, floor: float = 0.1) -> float:
+    """A relative band of three median absolute deviations (about two standard deviations,
+    and robust to the one run a busy box slowed down), rounded up to 0.05, at least ``floor``.
+
+    Formula: band = max(floor, ceil(3 x MAD / median, to 0.05)).
+    """
+    return max(floor, math.ceil(round(3 * mad * 20, 9)) / 20)
 
 
 def metric_spreads(run_dirs: list[Path]) -> dict[str, dict[str, float]]:
@@ -90,10 +100,12 @@ def render(record: dict[str, Any]) -> str:
              f"Host: {record['host']}\n"]
     for preset, metrics in record["presets"].items():
         rows = [(k, s["n"], s["median"], s["min"], s["max"], f"{100 * s['widest']:.1f}%",
-                 suggested_band(s["widest"]) if math.isfinite(s["widest"]) else "n/a")
+                 f"{100 * s['mad']:.1f}%",
+                 suggested_band(s["mad"]) if math.isfinite(s["mad"]) else "n/a")
                 for k, s in metrics.items()]
         parts.append(f"## synthetic:{preset}\n\n" + table(
-            ["Metric", "Runs", "Median", "Min", "Max", "Widest deviation", "Band (2x)"], rows))
+            ["Metric", "Runs", "Median", "Min", "Max", "Widest deviation", "MAD",
+             "Band (3 MAD)"], rows))
     return "\n\n".join(parts) + "\n"
 
 
@@ -111,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / f"{preset}-{i}"
             run_dir.mkdir(exist_ok=True)
             print(f"== {preset} run {i}/{args.runs}: {run_dir}", flush=True)
-            run_once(args, preset, run_dir)
+            if not (args.reuse and (run_dir / "requests.csv").is_file()):
+                run_once(args, preset, run_dir)
             dirs.append(run_dir)
             # Written after every run: an interrupted measurement keeps what it measured.
             record["presets"][preset] = metric_spreads(dirs)

@@ -8,17 +8,18 @@ from analysis_run_builders import request_row
 from scripts.measure_noise import metric_spreads, spread, suggested_band
 
 
-def test_spread_is_the_widest_deviation_from_the_median() -> None:
-    found = spread([90.0, 100.0, 104.0, 120.0, 100.0])
+def test_spread_is_the_widest_and_the_median_deviation_from_the_median() -> None:
+    found = spread([90.0, 100.0, 104.0, 150.0, 100.0])
 
-    assert (found["median"], found["min"], found["max"], found["n"]) == (100.0, 90.0, 120.0, 5)
-    assert found["widest"] == pytest.approx(0.20)
+    assert (found["median"], found["min"], found["max"], found["n"]) == (100.0, 90.0, 150.0, 5)
+    assert found["widest"] == pytest.approx(0.50)  # the one slow run
+    assert found["mad"] == pytest.approx(0.04)  # deviations 0.1, 0, 0.04, 0.5, 0: median 0.04
 
 
-@pytest.mark.parametrize(("widest", "band"), [(0.0, 0.1), (0.04, 0.1), (0.12, 0.25),
-                                              (0.2, 0.4)])
-def test_band_is_twice_the_widest_rounded_up_with_a_floor(widest, band) -> None:
-    assert suggested_band(widest) == pytest.approx(band)
+@pytest.mark.parametrize(("mad", "band"), [(0.0, 0.1), (0.03, 0.1), (0.05, 0.15),
+                                           (0.26, 0.8), (0.1, 0.3)])
+def test_band_is_three_mads_rounded_up_with_a_floor(mad, band) -> None:
+    assert suggested_band(mad) == pytest.approx(band)
 
 
 def test_metric_spreads_reads_each_run_folder(write_run) -> None:
