@@ -76,8 +76,11 @@ def suggested_band(mad: float, floor: float = 0.1) -> float:
     """A relative band of three median absolute deviations (about two standard deviations,
     and robust to the one run a busy box slowed down), rounded up to 0.05, at least ``floor``.
 
-    Formula: band = max(floor, ceil(3 x MAD / median, to 0.05)).
+    Formula: band = max(floor, ceil(3 x MAD / median, to 0.05)); NaN when the median is 0
+    (an error rate of 0: its band is absolute, DEFAULT_BANDS' floor).
     """
+    if not math.isfinite(mad):
+        return math.nan
     return max(floor, math.ceil(round(3 * mad * 20, 9)) / 20)
 
 
