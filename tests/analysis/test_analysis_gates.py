@@ -9,7 +9,7 @@ import pytest
 from analysis_run_builders import STREAMED_ROWS, memory_rows, request_row
 
 from analysis.cli import main
-from analysis.regression import Band, judge
+from analysis.regression import DEFAULT_BANDS, Band, judge
 
 
 def steady_requests(latency_ms: float, per_second: int = 4, seconds: int = 60,
@@ -158,9 +158,11 @@ def test_a_2x_p95_regression_fails_and_says_by_how_much(steady_run, capsys, tmp_
     code, lines = gate(capsys, "compare", str(base), str(run), "--gate",
                        "--out", str(tmp_path / "cmp"))
 
+    band = DEFAULT_BANDS["p95_latency"][1].width(1100.0)
+    assert band < 1100.0  # the default band (measured noise) is narrower than a 2x change
     assert code == 1
     assert ("REGRESSED p95 latency: 1,100.0 -> 2,200.0 ms, +1,100.0 ms (2.00x); noise band "
-            "+/-440.0 ms; lower is better") in lines
+            f"+/-{band:,.1f} ms; lower is better") in lines
     failures = [c.get("name") for c in ET.parse(tmp_path / "cmp" / "regression-junit.xml")
                 .getroot().iter("testcase") if c.find("failure") is not None]
     assert "p95 latency" in failures and "Throughput" not in failures
@@ -171,12 +173,13 @@ def test_a_2x_p95_regression_fails_and_says_by_how_much(steady_run, capsys, tmp_
 
 
 def test_an_improvement_beyond_noise_passes(steady_run, capsys, tmp_path) -> None:
-    base = steady_run("base", latency_ms=2000)
-    run = steady_run("faster", latency_ms=1000)
+    base = steady_run("base", per_second=2)
+    run = steady_run("busier", per_second=4)  # twice the throughput, same latency
     code, lines = gate(capsys, "compare", str(base), str(run), "--gate",
                        "--out", str(tmp_path / "cmp"))
 
-    assert code == 0 and any(line.startswith("IMPROVED  p95 latency") for line in lines)
+    assert code == 0 and any(line.startswith("IMPROVED  Throughput") for line in lines)
+    assert any(line.startswith("UNCHANGED p95 latency") for line in lines)
 
 
 @pytest.mark.parametrize(("base", "value", "expected"), [
