@@ -1,7 +1,6 @@
 """End to end on real Gunicorn: preload, fork, 2 workers, concurrent requests on every route."""
 
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 BODIES = {
     "/generate-text": {"prompt": "Once upon a time", "max_new_tokens": 8},
@@ -21,10 +20,8 @@ BODIES = {
 
 
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           **api_env}
+def server(tiny_model: Path, tmp_path: Path):
+    env = server_env(tmp_path)
     with GunicornServer(tmp_path, env, workers=2) as running:
         yield running
 
@@ -86,10 +83,9 @@ def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     # Each worker reports its own memory once warm (startup log of the memory issue).
     pattern = (r"\[(\d+)\] server\.service: worker \d+ warmed up in [\d.]+ s: RSS \d+ MB, "
                r"USS \d+ MB, PSS \d+ MB")
-    deadline = time.monotonic() + 120
-    while len(warmed := re.findall(pattern, server.log_text())) < 2:
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.1)
+    server.follow(lambda: len(re.findall(pattern, server.log_text())) >= 2,
+                  "both workers logged their warm-up", interval_s=0.1)
+    warmed = re.findall(pattern, server.log_text())
     assert sorted(map(int, warmed)) == sorted(server.worker_pids())
 
 
