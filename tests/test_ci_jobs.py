@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness.gunicorn_process import REPO, GunicornServer
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, server_env
 
 CI = REPO / "deploy" / "ci"
 
@@ -101,11 +101,8 @@ def test_loadtest_script_serves_tiny_and_applies_the_gates(tiny_model, tmp_path)
 
 def test_loadtest_script_loads_a_deployed_server_by_url(tiny_model, tmp_path) -> None:
     api_key = secrets.token_urlsafe(24)
-    server_env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-                  "TORCH_THREADS": "1", "API_KEYS": api_key,
-                  "REQUEST_LOG": str(tmp_path / "server_requests.jsonl")}
     run_dir = tmp_path / "ci"
-    with GunicornServer(tmp_path, server_env, workers=1) as server:
+    with GunicornServer(tmp_path, server_env(tmp_path, API_KEYS=api_key), workers=1) as server:
         env = ci_env(tmp_path, RUN_DIR=str(run_dir), TARGET_URL=server.url,
                      LOCUST_API_KEY=api_key)
         done = run_script(env, "deploy/ci/loadtest.sh")

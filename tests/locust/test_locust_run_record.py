@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.gunicorn_process import REPO, GunicornServer
-from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_env, run_headless
+from tests.conftest import server_env
+from tests.locust_runs import locust_env, run_headless
 
 MODES = {
     # A p95 target no server meets: the suite's --check-* sets Locust's exit code to 3.
@@ -33,9 +33,7 @@ def run(request: pytest.FixtureRequest, tiny_model: Path,
     """One 8-second Locust run in ``request.param`` mode against 2 Gunicorn workers."""
     mode, tmp = request.param, tmp_path_factory.mktemp(request.param)
     run_dir, api_key = tmp / "run", secrets.token_urlsafe(24)
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "API_KEYS": api_key, "MAX_QUEUE": "17",
-           "REQUEST_LOG": str(run_dir / "server_requests.jsonl")}
+    env = server_env(run_dir, API_KEYS=api_key, MAX_QUEUE="17")
     run_dir.mkdir()
     with GunicornServer(tmp, env, workers=2) as server:
         args = ("-u", "4", "-r", "4", "-t", "8s", "--stop-timeout", "30", "--label", mode)
