@@ -45,8 +45,7 @@ def run(request: pytest.FixtureRequest, tiny_model: Path,
                 done = subprocess.run(cmd, cwd=REPO, env=locust_env(LOCUST_API_KEY=api_key),
                                       stdout=log, stderr=subprocess.STDOUT, timeout=300)
         else:
-            done = run_headless(run_dir, server.url, api_key, *MODES[mode][1:], *args,
-                                timeout_s=300)
+            done = run_headless(run_dir, server.url, api_key, *MODES[mode][1:], *args)
     log = (run_dir / "locust.log").read_text()
     assert done.returncode == EXIT_CODES[mode], log[-4000:]
     assert ("target missed: p95" in log) == (mode == "headless")
