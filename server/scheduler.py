@@ -105,8 +105,8 @@ class Scheduler:
         return job
 
     def predict_s(self, job: Job) -> float:
-        """Seconds until ``job`` would finish if queued now (every row at its maximum, and
-        every prompt ahead of it read in first)."""
+        """Seconds until ``job`` would finish if queued now: every row at its maximum, every
+        prompt token ahead priced in, times the learned ``bias`` of past forecasts."""
         if self.step_s <= 0.0:
             return 0.0  # nothing measured yet: the warm-up sets it before /ready
         chunk = self.engine.prefill_chunk
@@ -118,8 +118,6 @@ class Scheduler:
         for queued in waiting:
             heapq.heappush(slots, heapq.heappop(slots) + _job_steps(queued, chunk))
         steps = heapq.heappop(slots) + _job_steps(job, chunk)
-        # Prompts are read in shortest first (server.engine), so only those no longer than
-        # this job's own are read before it; longer ones share later steps' budgets.
         own = len(job.request.input_ids)
         ahead = [row.prompt_left for _, row in rows] + [
             len(queued.request.input_ids) for queued in waiting]
