@@ -236,7 +236,8 @@ def gpt2_model() -> Path:
     return synthetic.build("gpt2", MODELS_DIR)
 
 
-@pytest.mark.slow  # informational: `make test` (plain pytest) runs it
+@pytest.mark.slow
+@pytest.mark.soak  # `make soak` runs it; `make test` (CI) leaves it out
 def test_soak_2000_requests_without_growth(gpt2_model, tmp_path, api_headers) -> None:
     env = server_env(tmp_path, MODEL="synthetic:gpt2", MAX_BATCH_SIZE="16",
                      GUNICORN_THREADS=str(THREADS), GUNICORN_MAX_REQUESTS="0",
