@@ -1,31 +1,34 @@
-"""Analysis settings: defaults in one place, ANALYSIS_* environment on top, a mapping in tests."""
+"""Analysis settings: defaults in one place, ANALYSIS_* environment on top, overrides last.
+
+One pydantic-settings class, the same scheme as the server's (server/config.py): every
+value is validated, so ``ANALYSIS_SLO_COUNT_REFUSALS=ture`` or ``ANALYSIS_WARMUP_S=soon``
+stops the analysis with an error naming the variable, instead of reading as false or
+failing in ``float()``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # run.json "slo" keys (and an SLO file's [slo] table); each sets the setting slo_<key>.
 SLO_KEYS = ("p95_ms", "error_rate", "ttft_ms", "tpot_ms", "e2e_ms", "attainment",
             "count_refusals", "memory_slope_mb_per_min")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+ENV_PREFIX = "ANALYSIS_"
 
 
-def _coerce(kind: type, value: Any) -> Any:
-    """``value`` as ``kind``; booleans from their usual words ("false" is not True)."""
-    if kind is bool and isinstance(value, str):
-        if value.strip().lower() not in _TRUE | _FALSE:
-            raise ValueError(f"{value!r} is not a boolean; use one of {sorted(_TRUE | _FALSE)}")
-        return value.strip().lower() in _TRUE
-    return kind(value)
+class AnalysisConfig(BaseSettings):
+    """Targets and thresholds the metrics, SLO verdicts and recommendation rules use.
 
+    ``AnalysisConfig()`` reads ``ANALYSIS_<NAME>`` environment variables over the defaults;
+    keyword arguments win over both.
+    """
 
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """Targets and thresholds the metrics, SLO verdicts and recommendation rules use."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid",
+                                      validate_default=True)
 
     # SLO: 95th percentile latency of successful requests (ms). A heavy model on a small CPU
     # box generates tens of tokens in seconds, so the default is generous; run.json "slo"
@@ -84,12 +87,12 @@ class AnalysisConfig:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> AnalysisConfig:
         """Return a copy with the known keys of ``overrides`` applied (None values skipped)."""
-        known = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        known = type(self).model_fields
         unknown = set(overrides) - set(known)
         if unknown:
             raise ValueError(f"unknown analysis settings {sorted(unknown)}; valid: {sorted(known)}")
-        values = {k: _coerce(known[k], v) for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self, **values)
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return _validated(self.model_dump() | values, given=set(values))
 
     def for_run(self, settings: Mapping[str, Any]) -> AnalysisConfig:
         """Return a copy with the SLO targets of run.json's "slo" object, where it has them."""
@@ -97,14 +100,21 @@ class AnalysisConfig:
         return self.with_overrides({f"slo_{key}": slo.get(key) for key in SLO_KEYS})
 
 
-def load_config(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+def _validated(
+    values: Mapping[str, Any] | None = None, given: frozenset[str] | set[str] = frozenset()
 ) -> AnalysisConfig:
+    """``AnalysisConfig(**values)``; a bad value raises ValueError naming where it came from."""
+    try:
+        return AnalysisConfig(**(values or {}))
+    except ValidationError as error:
+        problems = []
+        for e in error.errors(include_url=False):
+            name = str(e["loc"][0])
+            source = "given" if name in given else f"environment {ENV_PREFIX}{name.upper()}"
+            problems.append(f"{name}={e['input']!r} ({source}): {e['msg']}")
+        raise ValueError("invalid analysis setting(s): " + "; ".join(problems)) from None
+
+
+def load_config(overrides: Mapping[str, Any] | None = None) -> AnalysisConfig:
     """Return the defaults, updated by ANALYSIS_<NAME> environment variables, then ``overrides``."""
-    environ = os.environ if environ is None else environ
-    from_env = {
-        f.name: environ[f"ANALYSIS_{f.name.upper()}"]
-        for f in fields(AnalysisConfig)
-        if f"ANALYSIS_{f.name.upper()}" in environ
-    }
-    return AnalysisConfig().with_overrides(from_env).with_overrides(overrides or {})
+    return _validated().with_overrides(overrides or {})

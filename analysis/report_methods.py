@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import fields
 
 from analysis import goodput, loadgen, memory, streaming, sweep, traffic
 from analysis.document import Bullets, Paragraph, Section, Table
@@ -50,7 +49,7 @@ def method_section(f: Findings) -> Section:
     formulas = [f"**{name}**: {formula(func)}" for name, func in FORMULA_SOURCES]
     rules = [f"`{r.__name__}`: {(inspect.getdoc(r) or '').splitlines()[0]}" for r in all_rules()]
     thresholds = Table(
-        ["Setting", "Value"], [(k.name, getattr(f.config, k.name)) for k in fields(f.config)]
+        ["Setting", "Value"], list(f.config.model_dump().items())
     )
     return Section("How each number is computed", [
         Bullets(formulas),

@@ -74,9 +74,11 @@ def test_empty_folder_still_renders(write_run) -> None:
     assert "No rule fired." in text
 
 
-def test_slo_targets_from_run_json_then_overrides(write_run) -> None:
+def test_slo_targets_from_run_json_then_overrides(write_run, monkeypatch) -> None:
     settings = {"slo": {"p95_ms": 2500.0, "error_rate": 0.05}}
-    cfg = load_config(environ={"ANALYSIS_SLO_P95_MS": "7000", "ANALYSIS_WARMUP_S": "5"})
+    monkeypatch.setenv("ANALYSIS_SLO_P95_MS", "7000")
+    monkeypatch.setenv("ANALYSIS_WARMUP_S", "5")
+    cfg = load_config()
     assert (cfg.slo_p95_ms, cfg.warmup_s) == (7000.0, 5.0)
     assert cfg.for_run(settings).slo_p95_ms == 2500.0
     assert cfg.for_run(settings).with_overrides({"slo_p95_ms": 100}).slo_p95_ms == 100.0
@@ -131,3 +133,20 @@ def test_html_says_no_rows_in_words() -> None:
 def test_findings_are_plain_data(findings) -> None:
     assert dataclasses.is_dataclass(findings)
     assert findings.overall is not None and findings.overall.p95_ms == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("ANALYSIS_SLO_COUNT_REFUSALS", "ture"),
+    ("ANALYSIS_WARMUP_S", "soon"),
+    ("ANALYSIS_MIN_SLOPE_SAMPLES", "ten"),
+])
+def test_a_bad_environment_value_names_its_variable(monkeypatch, variable, value) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=f"environment {variable}"):
+        load_config()
+
+
+def test_a_bad_override_names_its_setting() -> None:
+    with pytest.raises(ValueError, match=r"slo_p95_ms='fast' \(given\)"):
+        load_config({"slo_p95_ms": "fast"})
+    assert load_config({"slo_count_refusals": "false"}).slo_count_refusals is False

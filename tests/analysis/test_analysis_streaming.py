@@ -126,8 +126,9 @@ def test_no_streamed_requests_means_no_streaming_findings(write_run) -> None:
     assert all(v.name != "SLO attainment" for v in f.slo)
 
 
-def test_slo_targets_from_run_json_and_environment() -> None:
-    cfg = load_config(environ={"ANALYSIS_SLO_TTFT_MS": "800"})
+def test_slo_targets_from_run_json_and_environment(monkeypatch) -> None:
+    monkeypatch.setenv("ANALYSIS_SLO_TTFT_MS", "800")
+    cfg = load_config()
     assert (cfg.slo_ttft_ms, cfg.slo_tpot_ms) == (800.0, 500.0)
     run = cfg.for_run({"slo": {"tpot_ms": 50, "e2e_ms": 4000, "attainment": 0.95}})
     assert (run.slo_ttft_ms, run.slo_tpot_ms, run.slo_e2e_ms, run.slo_attainment) == (
