@@ -16,7 +16,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
 
     from flask import Flask
 
-    from server import accounting, admission, auth, limits, openai_api, openapi
+    from server import accounting, admission, auth, limits, openai_compat, openapi
     from server.config import load_config
     from server.errors import register_error_handlers
     from server.metrics import Metrics
@@ -38,6 +38,6 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     admission.init_app(app)  # after the key and limits: refused requests take no slot
     ModelService().init_app(app)
     app.register_blueprint(bp)
-    openai_api.init_app(app)
+    openai_compat.init_app(app)
     openapi.init_app(app)
     return app

@@ -21,7 +21,8 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from server.openapi_v1 import SCHEMA_MODELS, SSE_EVENT, v1_paths
+from server import routing
+from server.openai_compat.spec import SCHEMA_MODELS, SSE_EVENT, v1_paths
 from server.schemas import AnswerBody, GenerateBody, SummarizeBody
 
 
@@ -213,5 +214,5 @@ def init_app(app: Flask) -> None:
         response.headers["Content-Security-Policy"] = _DOCS_CSP
         return response
 
-    app.add_url_rule("/openapi.json", "openapi", openapi_json)
-    app.add_url_rule("/docs", "docs", docs)
+    app.add_url_rule("/openapi.json", "openapi", routing.declare(routing.PUBLIC_DOC)(openapi_json))
+    app.add_url_rule("/docs", "docs", routing.declare(routing.PUBLIC_DOC)(docs))

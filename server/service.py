@@ -13,8 +13,9 @@ from flask import Flask
 
 from server.batching import Batcher
 from server.decoding import Generation, GenerationRequest
-from server.engine import StepEngine, StepReport
+from server.engine import StepReport
 from server.memory import MemorySample, MemorySampler, read_process_memory
+from server.min_tokens import MinTokensEngine
 from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
 from server.scheduler import Scheduler
@@ -63,7 +64,7 @@ class ModelService:
         if config["SCHEDULER"] == "static":
             return Batcher(self._run_batch, config["MAX_BATCH_SIZE"], config["BATCH_WAIT_MS"],
                            config["MAX_QUEUE"], on_batch=self.metrics.batch_size.observe)
-        engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
+        engine = MinTokensEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
                             config["PREFILL_CHUNK"])
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,

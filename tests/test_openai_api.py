@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from tests.test_streaming import sse_events
+from tests.test_streaming import read_log, sse_events
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
 
@@ -101,30 +101,45 @@ def test_streamed_completion_chunks(client) -> None:
 LONG_PROMPT = "word " * 1500  # over the tiny model's 1024-token context, under MAX_INPUT_CHARS
 
 
+# OpenAI and vLLM answer every invalid request 400 invalid_request_error (the openai client
+# raises BadRequestError); our 422 and the 413s for over-long input are 400 here.
 @pytest.mark.parametrize(("path", "body", "status", "kind", "code", "param"), [
-    ("/v1/completions", {"prompt": "x", "logprobs": 2}, 422, "invalid_request_error",
+    ("/v1/completions", {"prompt": "x", "logprobs": 2}, 400, "invalid_request_error",
      "invalid_fields", "logprobs"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 422, "invalid_request_error",
+    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "invalid_request_error",
      "invalid_fields", "n"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 100_000}, 422, "invalid_request_error",
+    ("/v1/completions", {"prompt": "x", "max_tokens": 100_000}, 400, "invalid_request_error",
      "invalid_fields", "max_tokens"),
-    ("/v1/chat/completions", {"messages": []}, 422, "invalid_request_error",
+    ("/v1/completions", {"prompt": "x", "max_tokens": 4, "min_tokens": 5}, 400,
+     "invalid_request_error", "invalid_fields", "min_tokens"),
+    ("/v1/completions", {"prompt": "x", "ignore_eos": "yes"}, 400, "invalid_request_error",
+     "invalid_fields", "ignore_eos"),
+    ("/v1/completions", {"prompt": "x", "stream": True,
+                         "stream_options": {"include_usage": True, "chunk_size": 3}}, 400,
+     "invalid_request_error", "invalid_fields", "stream_options.chunk_size"),
+    ("/v1/chat/completions", {"messages": []}, 400, "invalid_request_error",
      "invalid_fields", "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422,
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 400,
      "invalid_request_error", "invalid_fields", "messages.0.role"),
-    ("/v1/completions", {"prompt": "x" * 9000}, 413, "invalid_request_error",
+    ("/v1/completions", {"prompt": "x" * 9000}, 400, "invalid_request_error",
      "input_too_long", "prompt"),
-    ("/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 8}, 413,
-     "invalid_request_error", "prompt_too_long", None),
+    ("/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 8}, 400,
+     "invalid_request_error", "prompt_too_long", "prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG_PROMPT}],
+                              "max_tokens": 8}, 400,
+     "invalid_request_error", "prompt_too_long", "messages"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4o"}, 404, "not_found_error",
      "model_not_found", None),
 ])
-def test_v1_errors_use_openais_shape(client, path, body, status, kind, code, param) -> None:
-    response = client.post(path, json=body)
+def test_v1_errors_use_openais_shape(client, request_log, path, body, status, kind, code,
+                                     param) -> None:
+    response = client.post(path, json=body, headers={"X-Request-ID": "refused"})
     assert response.status_code == status, response.json
     assert response.json == {"error": {"message": response.json["error"]["message"],
                                        "type": kind, "param": param, "code": code}}
     assert response.json["error"]["message"]
+    [logged] = [r for r in read_log(request_log) if r["request_id"] == "refused"]
+    assert logged["status"] == status and logged["completion_tokens"] is None
 
 
 @pytest.mark.parametrize(("api_key", "code"), [("", "missing_api_key"),
