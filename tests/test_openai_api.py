@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
+from server.decoding import GenerationRequest
+from server.engine import generate_alone
+from server.prompts import chat_ids
+
 from tests.test_streaming import read_log, sse_events
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
@@ -171,3 +175,66 @@ def test_v1_is_rate_limited_per_key(make_app) -> None:
 def test_task_routes_keep_their_own_error_shape(client) -> None:
     error = client.post("/generate-text", json={"prompt": "x", "n": 2}).json["error"]
     assert error["code"] == "invalid_fields" and "type" not in error and error["details"]
+
+
+def _stop_at_first_greedy_token(app: Flask, ids: list[int]) -> None:
+    """Make the engine's stop token the one the model greedily picks first after ``ids``, so
+    a plain greedy request stops at once (the tiny random model otherwise never meets it)."""
+    engine = app.extensions["model_service"].batcher.engine
+    engine.eos_id = generate_alone(engine, GenerationRequest(ids, 1)).token_ids[0]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_ignore_eos_and_min_tokens_generate_past_the_stop_token(app, path) -> None:
+    prompt = "Once upon a time"
+    if path == "/v1/completions":
+        body: dict = {"prompt": prompt}
+        ids = _tokenizer(app).encode(prompt)
+    else:
+        body = {"messages": [{"role": "user", "content": prompt}]}
+        ids = chat_ids(_tokenizer(app), body["messages"])
+    _stop_at_first_greedy_token(app, ids)
+    client = app.test_client()
+
+    def generated(extra: dict) -> tuple[int, str]:
+        data = client.post(path, json={**body, "max_tokens": 6, "temperature": 0,
+                                       **extra}).json
+        return data["usage"]["completion_tokens"], data["choices"][0]["finish_reason"]
+
+    assert generated({}) == (0, "stop")
+    assert generated({"ignore_eos": True}) == (6, "length")
+    assert generated({"min_tokens": 3})[0] >= 3
+
+
+def test_task_and_v1_routes_share_the_chat_template(make_app) -> None:
+    """One chat-template tokenization for both route families (it used to be two copies)."""
+    app = make_app()
+    tokenizer = _tokenizer(app)
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n"
+                               "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    client = app.test_client()
+    task = client.post("/generate-text", json={"prompt": "Hi there", "max_new_tokens": 1}).json
+    expected = "<system>Continue the user's text.\n<user>Hi there\n<assistant>"
+    assert task["usage"]["prompt_tokens"] == len(tokenizer.encode(expected))
+    chat = client.post("/v1/chat/completions", json={"max_tokens": 1, "messages": [
+        {"role": "system", "content": "Continue the user's text."},
+        {"role": "user", "content": "Hi there"}]}).json
+    assert chat["usage"]["prompt_tokens"] == task["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize(("options", "every_chunk"), [
+    ({"include_usage": True, "continuous_usage_stats": True}, True),
+    ({"continuous_usage_stats": True}, False),  # vLLM: only together with include_usage
+])
+def test_continuous_usage_stats_puts_usage_in_every_chunk(client, options, every_chunk) -> None:
+    response = client.post("/v1/chat/completions", json={
+        "messages": CHAT, "max_tokens": 5, "ignore_eos": True, "stream": True,
+        "stream_options": options})
+    chunks = sse_events(response.get_data(as_text=True))[:-1]
+    if not every_chunk:
+        assert all("usage" not in c for c in chunks)
+        return
+    usages = [c["usage"] for c in chunks]
+    assert usages[0]["completion_tokens"] == 0  # the role chunk, before any token
+    assert [u["completion_tokens"] for u in usages][-2:] == [5, 5]
+    assert len({u["prompt_tokens"] for u in usages}) == 1

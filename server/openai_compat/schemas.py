@@ -43,6 +43,12 @@ class _Sampling(_Strict):
     ignore_eos: bool = Field(default=False, description="vLLM: generate exactly the requested "
                                                         "tokens, past the stop token")
     min_tokens: int = Field(default=0, ge=0, description="vLLM: no stop before this many tokens")
+    # Sent by load generators at their neutral value (guidellm: "stop": null; vLLM bench:
+    # "logprobs": null, "repetition_penalty": 1.0): accepted at that value only.
+    stop: None = Field(default=None, description="null only: stop sequences are not supported")
+    logprobs: None = Field(default=None, description="null only: logprobs are not supported")
+    repetition_penalty: float = Field(default=1.0, ge=1.0, le=1.0,
+                                      description="vLLM: 1.0 only (no penalty)")
 
     def requested_tokens(self) -> int | None:
         """How many new tokens the client asked for (None: the server's default)."""
