@@ -29,6 +29,7 @@ from flask import Flask, Response, current_app, request
 
 from server import routing
 from server.accounting import record
+from server.config import ConfigError
 from server.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,6 @@ log = logging.getLogger(__name__)
 _WEAK_KEY_CHARS = 16
 _DIGEST = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 _BEARER = re.compile(r"^Bearer[ \t]+(\S+)[ \t]*$", re.IGNORECASE)
-
-
-class ConfigError(RuntimeError):
-    """The security configuration is unusable; the server must not start."""
 
 
 def key_id_of(digest: bytes) -> str:

@@ -32,7 +32,7 @@ from redis.retry import Retry
 
 from server import routing
 from server.accounting import record
-from server.auth import ConfigError
+from server.config import ConfigError
 from server.errors import error_response
 
 log = logging.getLogger(__name__)
