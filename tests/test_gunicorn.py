@@ -1,6 +1,8 @@
 """End to end on real Gunicorn: preload, fork, 2 workers, concurrent requests on every route."""
 
+import os
 import re
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
+from harness.waiting import wait_until
 from tests.conftest import MODELS_DIR
 
 BODIES = {
@@ -95,3 +98,36 @@ def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
 
 def test_sigterm_stops_cleanly(server: GunicornServer) -> None:
     assert server.stop() == 0
+
+
+def _served(server: GunicornServer, route: str) -> float:
+    """The /metrics counter of 200 answers on ``route`` (0 if it has none yet)."""
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    pattern = rf'^gpt_requests_total{{route="{re.escape(route)}",status="200"}} ([\d.]+)$'
+    return sum(float(m) for m in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_sighup_reload_keeps_the_metrics_counters(tiny_model: Path, tmp_path: Path,
+                                                  api_env, api_headers) -> None:
+    """A reload (SIGHUP: Gunicorn reads gunicorn.conf.py again and replaces the workers)
+    must not wipe the multiprocess metrics files: counters go on from where they were."""
+    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
+           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "GUNICORN_ACCESSLOG": "",
+           **api_env}
+    with GunicornServer(tmp_path, env, workers=1) as server:
+        [before_reload] = server.worker_pids()
+        for _ in range(3):
+            response = requests.post(server.url + "/generate-text", headers=api_headers,
+                                     json=BODIES["/generate-text"], timeout=60)
+            assert response.status_code == 200
+        assert _served(server, "/generate-text") == 3
+        os.kill(server.master_pid(), signal.SIGHUP)
+        wait_until(lambda: before_reload not in server.worker_pids() and server.worker_pids(),
+                   "the reload replaced the worker", timeout_s=300, alive=server.alive,
+                   detail=server.log_text)
+        server.wait_ready()
+        assert "Hang up" in server.log_text()  # Gunicorn's own log line for the reload
+        assert _served(server, "/generate-text") == 3
+        requests.post(server.url + "/generate-text", headers=api_headers,
+                      json=BODIES["/generate-text"], timeout=60)
+        assert _served(server, "/generate-text") == 4
