@@ -12,7 +12,7 @@ import logging
 import traceback
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from server import routing
@@ -105,6 +105,9 @@ def _handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     code = _HTTP_CODES.get(status, "http_error")
     message = error.description or error.name
+    if status == 413 and request.content_length:
+        message = (f"request body of {request.content_length} bytes is over the limit of "
+                   f"{current_app.config['MAX_CONTENT_LENGTH']} bytes (MAX_CONTENT_LENGTH)")
     allowed = getattr(error, "valid_methods", None) if status == 405 else None
     if allowed:
         message = f"Method not allowed; use one of: {', '.join(allowed)}"

@@ -1,5 +1,7 @@
 """End to end on real Gunicorn: preload, fork, 2 workers, concurrent requests on every route."""
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -94,6 +96,27 @@ def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
         assert time.monotonic() < deadline, server.log_text()
         time.sleep(0.1)
     assert sorted(map(int, warmed)) == sorted(server.worker_pids())
+
+
+@pytest.mark.parametrize(("path", "field"), [("/generate-text", "prompt"),
+                                           ("/v1/completions", "prompt")])
+def test_a_12_mb_body_sent_in_full_gets_a_readable_413(server: GunicornServer, api_headers,
+                                                       path, field) -> None:
+    """A client that sends the whole body before reading (http.client does) must see the
+    413, not a broken pipe from a connection closed while it was still sending."""
+    body = json.dumps({field: "x" * (12 * 2**20)}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers={
+            **api_headers, "Content-Type": "application/json", "X-Request-ID": "huge-body"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 413
+    assert response.getheader("X-Request-ID") == "huge-body"
+    assert answer["error"]["code"] == "payload_too_large"
+    assert "65536 bytes" in answer["error"]["message"]
 
 
 def test_sigterm_stops_cleanly(server: GunicornServer) -> None:
