@@ -9,8 +9,13 @@ from itertools import pairwise
 import pytest
 
 from harness.waiting import wait_until
-from server.memory import MemorySampler, estimate_from
-from server.procfs import MemorySample, read_process_memory, read_rss_mb
+from server.memory import (
+    MemorySample,
+    MemorySampler,
+    estimate_from,
+    read_process_memory,
+    read_rss_mb,
+)
 
 
 class FakeProcess:
