@@ -7,6 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
 from server import pipeline, routing
+from server.answers import Completion, Timings, Usage
 from server.batching import Job
 from server.errors import APIError
 from server.prompts import tokenize
@@ -27,25 +28,24 @@ def _generate(task: str, body: BaseModel, fields: dict[str, str]) -> Response:
     sampling = {k: getattr(body, k) for k in ("temperature", "top_p", "seed") if hasattr(body, k)}
     job = pipeline.start(ids, body.max_new_tokens, param=next(iter(fields)),
                          stream=body.stream, **sampling)
-    if body.stream:
-        return task_stream(job, loaded.tokenizer, lambda done: {
-            "model": loaded.name, "finish_reason": done.finish_reason,
-            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(done.token_ids)},
-            "timings_ms": timings_ms(job)})
+
+    def answer(text: str, token_ids: list[int], finish_reason: str) -> Completion:
+        return Completion(text=text, model=loaded.name, finish_reason=finish_reason,
+                          usage=Usage(prompt_tokens=len(ids), completion_tokens=len(token_ids)),
+                          timings_ms=timings_ms(job))
+
+    if body.stream:  # the last event is the answer with its text already sent
+        return task_stream(job, loaded.tokenizer, lambda done: answer(
+            "", done.token_ids, done.finish_reason).model_dump())
     result = pipeline.wait_for(job)
-    return jsonify({
-        "text": loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True),
-        "model": loaded.name,
-        "finish_reason": result.finish_reason,
-        "usage": {"prompt_tokens": len(ids), "completion_tokens": len(result.token_ids)},
-        "timings_ms": timings_ms(job),
-    })
+    text = loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    return jsonify(answer(text, result.token_ids, result.finish_reason).model_dump())
 
 
-def timings_ms(job: Job) -> dict[str, float]:
+def timings_ms(job: Job) -> Timings:
     """The ``timings_ms`` object of a task answer: queue, inference and their total."""
-    return {"queue": round(job.queue_ms, 2), "inference": round(job.inference_ms, 2),
-            "total": round(job.queue_ms + job.inference_ms, 2)}
+    return Timings(queue=round(job.queue_ms, 2), inference=round(job.inference_ms, 2),
+                   total=round(job.queue_ms + job.inference_ms, 2))
 
 
 @bp.post("/generate-text")

@@ -24,6 +24,7 @@ from server import pipeline, routing
 from server.batching import Job
 from server.errors import APIError
 from server.openai_compat.schemas import ChatBody, CompletionBody
+from server.openai_compat.spec import ModelList, OpenAICompletion, OpenAIUsage
 from server.prompts import chat_ids
 from server.streaming import DONE, Delta, StreamedGeneration, open_stream, sse
 
@@ -42,8 +43,15 @@ def _check_model(requested: str | None) -> None:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return OpenAIUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                       total_tokens=prompt_tokens + completion_tokens).model_dump()
+
+
+def _answer(kind: str, prefix: str, choice: dict[str, Any], usage: dict[str, int]) -> Response:
+    """A whole (not streamed) answer, built through the spec's model."""
+    return jsonify(OpenAICompletion(
+        id=f"{prefix}-{uuid.uuid4().hex}", object=kind, created=int(time.time()),
+        model=_loaded().name, choices=[choice], usage=usage).model_dump())
 
 
 def _start(body: CompletionBody | ChatBody, ids: list[int], param: str) -> Job:
@@ -107,13 +115,10 @@ def completions() -> Response:
 
         return open_stream(job, tokenizer, render)
     result = pipeline.wait_for(job)
-    return jsonify({
-        "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-        "created": int(time.time()), "model": _loaded().name,
-        "choices": [{"index": 0, "logprobs": None, "finish_reason": result.finish_reason,
-                     "text": tokenizer.decode(result.token_ids, skip_special_tokens=True)}],
-        "usage": _usage(len(ids), len(result.token_ids)),
-    })
+    return _answer("text_completion", "cmpl", {
+        "index": 0, "logprobs": None, "finish_reason": result.finish_reason,
+        "text": tokenizer.decode(result.token_ids, skip_special_tokens=True)},
+        _usage(len(ids), len(result.token_ids)))
 
 
 @bp.post("/chat/completions")
@@ -140,19 +145,16 @@ def chat_completions() -> Response:
         return open_stream(job, tokenizer, render)
     result = pipeline.wait_for(job)
     text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
-    return jsonify({
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-        "created": int(time.time()), "model": _loaded().name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": None, "finish_reason": result.finish_reason}],
-        "usage": _usage(len(ids), len(result.token_ids)),
-    })
+    return _answer("chat.completion", "chatcmpl", {
+        "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+        "finish_reason": result.finish_reason}, _usage(len(ids), len(result.token_ids)))
 
 
 @bp.get("/models")
 @routing.declare(routing.OPENAI)
 def models() -> Response:
     """The one model this server serves."""
-    return jsonify({"object": "list", "data": [
+    return jsonify(ModelList(object="list", data=[
         {"id": _loaded().name, "object": "model",
-         "created": current_app.extensions["openai_created"], "owned_by": "gpt-load-lab"}]})
+         "created": current_app.extensions["openai_created"], "owned_by": "gpt-load-lab"}],
+    ).model_dump())
