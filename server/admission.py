@@ -18,7 +18,7 @@ import multiprocessing
 import os
 from typing import Any
 
-from flask import Flask, Response, current_app, g
+from flask import Flask, Response, current_app, g, request
 
 from server import routing
 from server.errors import APIError
@@ -94,7 +94,7 @@ def _alive(pid: int) -> bool:
 def _admit() -> None:
     # Only routes declared as generations (server.routing) are capped: probes, docs and
     # /v1/models are not.
-    if not routing.current().generation:
+    if request.method != "POST" or not routing.current().generation:  # not OPTIONS
         return
     config: dict[str, Any] = current_app.config
     table: InFlightTable = current_app.extensions["in_flight"]
