@@ -9,7 +9,7 @@ the kernel makes by walking the page tables (~26 ms for a gpt2-large worker, hol
 mmap lock), while ``memory_info`` reads RSS from ``statm`` in microseconds at any size.
 
 Request threads never read /proc themselves: they take the sampler's latest sample
-(``MemorySampler.latest``) for the X-Worker-*-MB headers and the request log, and its
+(``WorkerMemorySampler.latest``) for the X-Worker-*-MB headers and the request log, and its
 history for a request's peak RSS.
 """
 
@@ -36,7 +36,7 @@ class MemorySample:
     """One reading of a process: resident, unique, proportional and shared MB.
 
     ``measured`` is False when USS/PSS were not read in this sample but carried over from
-    the last full read (see MemorySampler).
+    the last full read (see WorkerMemorySampler).
     """
 
     at: float  # time.monotonic()
@@ -159,7 +159,7 @@ def estimate_from(full: MemorySample, rss_mb: float, at: float,
                         measured=False)
 
 
-class MemorySampler:
+class WorkerMemorySampler:
     """A daemon thread that samples this process every ``interval_s`` seconds, cheaply.
 
     Every sample reads RSS from statm (microseconds). USS and PSS need ``smaps_rollup``,

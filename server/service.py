@@ -14,7 +14,7 @@ from flask import Flask
 from server.batching import Batcher
 from server.decoding import Generation, GenerationRequest
 from server.engine import StepReport
-from server.memory import MemorySample, MemorySampler, read_process_memory
+from server.memory import MemorySample, WorkerMemorySampler, read_process_memory
 from server.min_tokens import MinTokensEngine
 from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
@@ -35,7 +35,7 @@ class ModelService:
     def __init__(self) -> None:
         self.loaded: LoadedModel | None = None
         self.batcher: Batcher | Scheduler | None = None
-        self.sampler: MemorySampler | None = None
+        self.sampler: WorkerMemorySampler | None = None
         self.request_log: RequestLog | None = None
         self.ready = threading.Event()
         self.config: dict = {}
@@ -82,7 +82,7 @@ class ModelService:
             self._started_pid = os.getpid()
         threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
         torch.set_num_threads(threads)
-        self.sampler = MemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
+        self.sampler = WorkerMemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
         self.sampler.start()
         self.batcher.start(before_loop=self._warm_up)
         log.info("worker %d serving with %d torch threads", os.getpid(), threads)

@@ -237,3 +237,33 @@ def test_continuous_usage_stats_puts_usage_in_every_chunk(client, options, every
     assert usages[0]["completion_tokens"] == 0  # the role chunk, before any token
     assert [u["completion_tokens"] for u in usages][-2:] == [5, 5]
     assert len({u["prompt_tokens"] for u in usages}) == 1
+
+
+def _error_code(response) -> str:
+    return response.json["error"]["code"]
+
+
+@pytest.mark.parametrize(("path", "invalid"), [("/generate-text", 422),
+                                               ("/v1/completions", 400)])
+@pytest.mark.parametrize(("prompt", "code", "too_long"), [
+    ("   ", "invalid_fields", False),  # blank
+    ("a\ud800b", "invalid_fields", False),  # a lone surrogate no tokenizer can encode
+    ("x" * 9000, "input_too_long", True),  # over MAX_INPUT_CHARS
+])
+def test_text_checks_are_one_copy_on_both_route_families(client, path, invalid, prompt, code,
+                                                         too_long) -> None:
+    response = client.post(path, json={"prompt": prompt})
+    expected = 413 if too_long and path == "/generate-text" else invalid
+    assert response.status_code == expected and _error_code(response) == code
+
+
+@pytest.mark.parametrize(("path", "tokens", "text"), [
+    ("/generate-text", "max_new_tokens", lambda data: data["text"]),
+    ("/v1/completions", "max_tokens", lambda data: data["choices"][0]["text"]),
+])
+def test_a_tiny_temperature_is_greedy_on_both_route_families(client, path, tokens,
+                                                             text) -> None:
+    body = {"prompt": "The harbour at dawn", tokens: 6}
+    greedy = client.post(path, json={**body, "temperature": 0}).json
+    tiny = client.post(path, json={**body, "temperature": 1e-300, "seed": 1}).json
+    assert text(tiny) == text(greedy)
