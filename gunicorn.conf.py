@@ -138,23 +138,29 @@ def when_ready(server):
     from server.metrics import mark_worker_dead
 
     mark_worker_dead(os.getpid())
-    server.log.info("model preloaded; gc frozen; forking %d workers x %d torch threads",
-                    server.cfg.workers, _torch_threads(server.cfg.workers))
+    server.log.info("model preloaded; gc frozen; forking %d workers x %d torch threads%s",
+                    server.cfg.workers, _torch_threads(server.cfg.workers),
+                    "" if _config["TORCH_THREADS"] else
+                    " to start; a busy worker then uses cores / busy workers "
+                    "(server/core_share.py)")
 
 
 def post_worker_init(worker):
-    """Start serving in this worker: torch threads (cores / workers), sampler, warm-up."""
+    """Start serving in this worker: torch threads (cores / workers to start), sampler,
+    warm-up."""
     service = worker.wsgi.extensions["model_service"]
     service.start(_torch_threads(worker.cfg.workers))
 
 
 def _torch_threads(workers: int) -> int:
-    """Torch intra-op threads per worker: TORCH_THREADS, or this machine's cores / workers."""
+    """A worker's first torch threads: TORCH_THREADS, or this machine's cores / workers
+    (with TORCH_THREADS=0 each step then takes the worker's share of the cores)."""
     return _config["TORCH_THREADS"] or max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's per-worker gauges from /metrics and its in-flight count."""
+    """Drop a dead worker's per-worker gauges from /metrics, its in-flight count and its
+    busy-core slot."""
     from server.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
@@ -162,6 +168,10 @@ def child_exit(server, worker):
         table = server.app.wsgi().extensions.get("in_flight")
         if table is not None:
             table.forget(worker.pid)
+        # A worker that died mid-step still holds a busy slot: the others' shares shrink.
+        service = server.app.wsgi().extensions.get("model_service")
+        if service is not None and service.cores is not None:
+            service.cores.release_dead(worker.pid)
 
 
 def on_exit(server):

@@ -34,8 +34,8 @@ def queue_dominates(f: Findings) -> Recommendation | None:
         text += (
             f"Batches averaged only {num(ts.mean_batch_size)} requests"
             + (f" of a possible {max_batch}" if max_batch else "")
-            + ": let more requests join a batch (batch_wait_ms is "
-            f"{num(setting(f, 'batch_wait_ms'))}). {scale}"
+            + ": a request waits only while every row is taken, so the queue time "
+            f"comes from bursts. {scale}"
         )
     return Recommendation("queue_dominates", WARNING, text)
 

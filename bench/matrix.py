@@ -28,15 +28,13 @@ class Row:
     torch_threads: int  # per worker; 0 = cores / workers
     dtype: str
     max_batch_size: int
-    batch_wait_ms: int = 5
     worker_class: str = "gthread"
     preload: bool = True
 
     def loadtest_args(self) -> list[str]:
         """Options of scripts/loadtest.py for this row."""
         return ["--workers", str(self.workers), "--torch-threads", str(self.torch_threads),
-                "--dtype", self.dtype, "--max-batch-size", str(self.max_batch_size),
-                "--batch-wait-ms", str(self.batch_wait_ms)]
+                "--dtype", self.dtype, "--max-batch-size", str(self.max_batch_size)]
 
     def server_env(self) -> dict[str, str]:
         """Environment of the server for this row (on top of COMMON_ENV)."""
@@ -50,7 +48,7 @@ class Row:
         """Short description of the settings, for the table."""
         threads = self.torch_threads or "cores/W"
         return (f"{self.workers} {self.worker_class} x {threads} thr, {self.dtype}, "
-                f"batch<={self.max_batch_size}, wait {self.batch_wait_ms} ms"
+                f"batch<={self.max_batch_size}"
                 + ("" if self.preload else ", no preload"))
 
 
@@ -68,8 +66,6 @@ ROWS: tuple[Row, ...] = (
         torch_threads=2, dtype="bfloat16", max_batch_size=16),
     Row("2w2t-bf16", "2 workers x 2 torch threads (oversubscribed: 4 threads on 2 cores)",
         workers=2, torch_threads=2, dtype="bfloat16", max_batch_size=8),
-    Row("1w2t-bf16-wait50", "1 worker x 2 threads, bf16, gathering window 50 ms", workers=1,
-        torch_threads=2, dtype="bfloat16", max_batch_size=16, batch_wait_ms=50),
     Row("batch-int8", "2 preloaded workers batching up to 8, linear layers in int8 "
         "(server/quantize.py)", workers=2, torch_threads=0, dtype="int8", max_batch_size=8),
     Row("1w2t-int8", "1 worker x 2 torch threads, all 10 users in one batch, int8", workers=1,

@@ -150,7 +150,7 @@ def merge_server_logs(run_dir: Path) -> None:
 
 
 def read_server_facts(net: Network) -> dict[str, Any]:
-    """What the first host's /ready reports (precision, kernel table, scheduler, threads,
+    """What the first host's /ready reports (precision, kernel table, threads,
     batch size): run.json records these instead of assuming the defaults."""
     with inside(net.ns("lb")):
         response = requests.get(f"http://{net.address(HOSTS[0])}:{PORT}/ready", timeout=10)
@@ -164,12 +164,12 @@ def run_record(args: argparse.Namespace, net: Network, services: Services, load_
     return {
         "label": args.label, "model": args.model, "dtype": server.get("dtype", args.dtype),
         "workers": args.workers * len(HOSTS), "torch_threads": server.get("torch_threads"),
-        "max_batch_size": server.get("max_batch_size"), "batch_wait_ms": 5,
-        "scheduler": server.get("scheduler"), "prefill_chunk": server.get("prefill_chunk"),
+        "max_batch_size": server.get("max_batch_size"),
+        "prefill_chunk": server.get("prefill_chunk"),
         "users": args.users, "spawn_rate": args.spawn_rate, "mix": args.mix, "target": "lab",
         "duration_s": args.duration, "shape": None, "git_commit": git_commit(),
         "host": fingerprint_subprocess(),
-        "server": {k: server[k] for k in ("kernels", "scheduler", "torch_threads",
+        "server": {k: server[k] for k in ("kernels", "torch_threads",
                                           "max_batch_size", "prefill_chunk") if k in server},
         "versions": versions(), "started_at": started_at, "ended_at": ended_at,
         "scaleout": {

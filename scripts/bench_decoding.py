@@ -2,9 +2,10 @@
 
     python scripts/bench_decoding.py --model models/synthetic-gpt2-large --dtype bfloat16
 
-Rows: one request after another (what the naive servers do), our batched decode loop
-(server.decoding), transformers' ``generate`` on the left-padded batch, and transformers'
-continuous batching (``generate_batch``). Every row generates exactly --tokens new tokens
+Rows: one request after another (what the naive servers do), our step engine with every
+request in the running set (server.engine: packed rows, per-row KV caches, no padding),
+transformers' ``generate`` on the left-padded batch, and transformers' continuous batching
+(``generate_batch``, paged cache). Every row generates exactly --tokens new tokens
 per request from the same prompts; output tokens/s and the ratio to the sequential row.
 """
 
@@ -16,20 +17,35 @@ from collections.abc import Callable
 
 import torch
 
-from server.decoding import GenerationRequest, generate_batch
+from server.decoding import GenerationRequest
+from server.engine import StepEngine, generate_alone
 
 
 def _prompts(n: int, length: int) -> list[list[int]]:
     return [[(97 * i + 13 * j) % 50000 for j in range(length)] for i in range(n)]
 
 
+def _engine(model, eos: int) -> StepEngine:
+    # The engine installs its packed attention; transformers' own rows get theirs back.
+    attention = model.config._attn_implementation
+    engine = StepEngine(model, eos, ignore_eos=True, prefill_chunk=128)
+    engine.restore = lambda: setattr(model.config, "_attn_implementation", attention)
+    return engine
+
+
 def _sequential(model, prompts, tokens, eos):
+    engine = _engine(model, eos)
     for ids in prompts:
-        generate_batch(model, [GenerationRequest(ids, tokens)], eos, ignore_eos=True)
+        generate_alone(engine, GenerationRequest(ids, tokens))
+    engine.restore()
 
 
 def _ours(model, prompts, tokens, eos):
-    generate_batch(model, [GenerationRequest(ids, tokens) for ids in prompts], eos, True)
+    engine = _engine(model, eos)
+    rows = [engine.new_row(GenerationRequest(ids, tokens)) for ids in prompts]
+    while any(row.finish_reason is None for row in rows):
+        engine.step([row for row in rows if row.finish_reason is None])
+    engine.restore()
 
 
 def _hf_generate(model, prompts, tokens, eos):
@@ -74,7 +90,7 @@ def main() -> int:
     eos = int(model.config.eos_token_id)
     prompts = _prompts(args.requests, args.prompt_tokens)
     _ours(model, prompts[:1], 2, eos)  # warm-up
-    rows = [("sequential (naive)", _sequential), ("ours: batched loop", _ours),
+    rows = [("sequential (naive)", _sequential), ("ours: step engine", _ours),
             ("transformers generate", _hf_generate),
             ("transformers continuous batching", _hf_continuous)]
     total = args.requests * args.tokens

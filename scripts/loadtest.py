@@ -50,11 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-wait-ms", type=int, default=5,
-                   help="static scheduler only: how long a batch gathers requests")
-    p.add_argument("--scheduler", choices=["continuous", "static"], default="continuous",
-                   help="continuous: rows join between steps (default); static: whole "
-                        "batches, the old engine, kept for the comparison")
     p.add_argument("--prefill-chunk", type=int, default=128,
                    help="prompt tokens fed per step (chunked prefill)")
     p.add_argument("--allow-int8", action="store_true",
@@ -139,7 +134,6 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> Gunic
     env = {"MODEL": args.model, "MODELS_DIR": args.models_dir,
            "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
            "MAX_BATCH_SIZE": str(args.max_batch_size),
-           "BATCH_WAIT_MS": str(args.batch_wait_ms), "SCHEDULER": args.scheduler,
            "PREFILL_CHUNK": str(args.prefill_chunk), "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
            "API_KEYS": api_key}
@@ -200,8 +194,6 @@ def run_record(args: argparse.Namespace, server: GunicornServer, started_at: str
         "torch_threads": server.ready.get("torch_threads")
         or args.torch_threads or max(1, cores // workers),
         "max_batch_size": args.max_batch_size,
-        "batch_wait_ms": args.batch_wait_ms,
-        "scheduler": server.ready.get("scheduler", args.scheduler),
         "prefill_chunk": args.prefill_chunk,
         "users": max(s.users for s in stages) if stages else args.users,
         "spawn_rate": args.spawn_rate,

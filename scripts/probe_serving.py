@@ -60,9 +60,9 @@ def _read_cost(pid: int, reads: int = 20) -> None:
 
 
 def ready_json(server: GunicornServer) -> str:
-    """The facts /ready reports: precision, kernel table, scheduler, threads."""
+    """The facts /ready reports: precision, kernel table, threads."""
     return json.dumps({k: server.ready.get(k) for k in
-                       ("dtype", "scheduler", "torch_threads", "max_batch_size", "kernels")})
+                       ("dtype", "torch_threads", "max_batch_size", "kernels")})
 
 
 def _timed_batch(url: str, n: int, tokens: int, stagger_s: float = 0.0,
@@ -97,7 +97,6 @@ def main() -> int:
     parser.add_argument("--stagger-ms", type=float, default=0.0,
                         help="send the concurrent requests this many ms apart")
     parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS (0: cores/workers)")
-    parser.add_argument("--scheduler", default="continuous", choices=["continuous", "static"])
     parser.add_argument("--extra", default="", help="extra gunicorn args, e.g. '--threads 8'")
     parser.add_argument("--no-preload", action="store_true",
                         help="each worker loads its own copy (to measure what preload saves)")
@@ -106,7 +105,7 @@ def main() -> int:
            "API_KEYS": os.environ.get("API_KEYS", "probe-key"), "REQUEST_LOG": "",
            "GUNICORN_ACCESSLOG": "", "GUNICORN_PRELOAD": "0" if args.no_preload else "1",
            "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "TORCH_THREADS": str(args.threads),
-           "SCHEDULER": args.scheduler, "ALLOW_INT8": os.environ.get("ALLOW_INT8", "0")}
+           "ALLOW_INT8": os.environ.get("ALLOW_INT8", "0")}
     os.environ["API_KEYS"] = env["API_KEYS"]
     workdir = Path(tempfile.mkdtemp(prefix=f"probe-{os.getpid()}-"))
     started = time.monotonic()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from flask import Flask, Response, current_app, g, request
 
 from server import routing
-from server.batching import Job
+from server.jobs import Job
 from server.memory import current_rss_mb
 
 # Echo a client's request id only if it is short and plain (it ends up in logs and headers).

@@ -41,18 +41,14 @@ class Settings(BaseSettings):
     # Let DTYPE=auto choose int8 too when it measures fastest. Off by default: int8 changes
     # the text (judge it on a real checkpoint first); on AVX2-only CPUs it is 3-9x faster.
     ALLOW_INT8: bool = False
-    # continuous = rows join and leave the running batch between steps (server/scheduler.py);
-    # static = whole batches as before (server/batching.py), kept for the comparison only.
-    SCHEDULER: Literal["continuous", "static"] = "continuous"
     # Prompt tokens fed per step (chunked prefill): long prompts are read in pieces between
     # decode steps, so running streams keep producing tokens while an article is read.
     PREFILL_CHUNK: int = 128
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
-    # Most requests generated together in one batch.
+    # Most requests in the running set: rows join and leave it between steps
+    # (server/scheduler.py).
     MAX_BATCH_SIZE: int = 8
-    # How long the generation thread waits for more requests once one arrived (ms).
-    BATCH_WAIT_MS: int = 5
     # Requests waiting beyond the running batch; more are refused with 503 (never OOM).
     MAX_QUEUE: int = 32
     # Generation requests in flight across all workers together; more get a fast 503

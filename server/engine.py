@@ -15,7 +15,7 @@ its own positions; only the matrix shapes around it change (float rounding aside
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -88,7 +88,8 @@ class StepEngine:
             row.finish_reason = "length"
         return row
 
-    def _plan(self, rows: Sequence[Row]) -> list[tuple[int, list[int], bool]]:
+    def _plan(self, rows: Sequence[Row], prefill: Collection[int] | None
+              ) -> list[tuple[int, list[int], bool]]:
         """(row index, tokens to feed, whether they are prompt tokens) for this step."""
         plan = []
         for i, row in enumerate(rows):
@@ -98,6 +99,8 @@ class StepEngine:
         waiting = sorted((i for i, r in enumerate(rows)
                           if r.finish_reason is None and r.prompt_left > 0),
                          key=lambda i: rows[i].prompt_left)
+        if prefill is not None and (prefill or plan):  # never an empty step
+            waiting = [i for i in waiting if i in prefill]
         for i in waiting:
             if budget <= 0:
                 break
@@ -109,10 +112,12 @@ class StepEngine:
         return plan
 
     @torch.inference_mode()
-    def step(self, rows: Sequence[Row]) -> StepReport:
-        """Feed every live row's next tokens in one forward; sample where a row is due."""
+    def step(self, rows: Sequence[Row], prefill: Collection[int] | None = None) -> StepReport:
+        """Feed every live row's next tokens in one forward; sample where a row is due.
+        ``prefill``: the indexes of the rows whose prompt may be read in this step (None:
+        any, shortest first; empty: decode only, unless no row is decoding)."""
         started = time.perf_counter()
-        plan = self._plan(rows)
+        plan = self._plan(rows, prefill)
         if not plan:
             return StepReport("decode", 0, 0, {}, 0.0, 0.0)
         ids, positions, segments, due = [], [], [], []

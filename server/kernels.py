@@ -67,6 +67,15 @@ class KernelChoice:
         """The JSON form (/ready, run.json ``server.kernels``)."""
         return asdict(self)
 
+    def row_growth(self) -> float:
+        """What one more row adds to the served kernel's decode step, as a share of a
+        one-row step (linear between the batch-1 and batch-max timings; 0 if untimed)."""
+        timing = next((t for t in self.table if t.precision == self.chosen), None)
+        if timing is None or not timing.batch_max_ms or timing.max_batch <= 1:
+            return 0.0
+        ratio = timing.batch_max_ms / timing.batch_1_ms
+        return max(0.0, ratio - 1.0) / (timing.max_batch - 1)
+
     def summary(self) -> str:
         """One line for the startup log."""
         rows = ", ".join(f"{t.precision} {t.batch_1_ms:.1f}/"

@@ -87,6 +87,9 @@ class Metrics:
                                  multiprocess_mode="livesum", registry=r)
         self.running = Gauge("gpt_batch_running", "Requests in the batch being generated",
                              multiprocess_mode="livesum", registry=r)
+        self.torch_threads = Gauge("gpt_torch_threads", "Torch threads of a worker's latest "
+                                   "step (pid label; server/core_share.py)",
+                                   multiprocess_mode="liveall", registry=r)
         self.memory = {
             kind: Gauge(f"gpt_worker_{kind}_bytes", f"Worker {kind.upper()} (pid label)",
                         multiprocess_mode="liveall", registry=r)

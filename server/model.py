@@ -1,17 +1,15 @@
-"""Load a causal LM (HF folder, hub id, or synthetic preset) and generate with it."""
+"""Load a causal LM (HF folder, hub id, or synthetic preset) in the precision measured fastest."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from server import kernels, synthetic
-from server.decoding import Generation, GenerationRequest, OnStep, generate_batch
 from server.kernels import KernelChoice
 from server.memory import release_free_heap
 from server.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
@@ -65,18 +63,6 @@ class LoadedModel:
     def eos_id(self) -> int:
         """The id that ends a generation."""
         return int(self.tokenizer.eos_token_id)
-
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        ignore_eos: bool = False,
-        cancelled: Callable[[int], bool] = lambda index: False,
-        on_token: Callable[[int, int], None] = lambda index, token: None,
-        on_step: OnStep = lambda phase, rows, forward_s, step_s: None,
-    ) -> list[Generation]:
-        """Continue a batch of tokenized prompts (see server.decoding)."""
-        return generate_batch(self.model, requests, self.eos_id, ignore_eos, cancelled,
-                              on_token, on_step)
 
 
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models",

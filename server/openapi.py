@@ -54,10 +54,11 @@ class Ready(_Strict):
     kernels: dict[str, Any] = Field(
         description="startup kernel table (server/kernels.py): chosen, requested, allow_int8, "
                     "table of {precision, batch_1_ms, batch_max_ms, max_batch}, measure_s")
-    scheduler: str
     max_batch_size: int
     prefill_chunk: int
-    torch_threads: int
+    torch_threads: int = Field(description="this worker's torch threads now")
+    threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
+                                             "(TORCH_THREADS=0); false: a fixed count")
 
 
 _TASKS = [("/generate-text", GenerateBody, "Continue a prompt"),

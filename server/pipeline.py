@@ -15,9 +15,9 @@ from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
 from server.accounting import record
-from server.batching import Job, QueueFull
 from server.decoding import Generation
 from server.errors import APIError
+from server.jobs import Job, QueueFull
 from server.min_tokens import BoundedRequest
 from server.scheduler import WouldTimeOut
 from server.validation import TOO_LONG
@@ -85,7 +85,7 @@ def submit(generation: BoundedRequest, stream: bool = False) -> Job:
     if stream:
         job.stream = queue.SimpleQueue()
     try:
-        rec.job = service.batcher.submit(job)
+        rec.job = service.scheduler.submit(job)
     except WouldTimeOut as refused:
         raise APIError(503, "overloaded",
                        f"server is busy: this request would finish in about "

@@ -8,8 +8,8 @@ from pydantic import BaseModel
 
 from server import pipeline, routing
 from server.answers import Completion, Timings, Usage
-from server.batching import Job
 from server.errors import APIError
+from server.jobs import Job
 from server.prompts import tokenize
 from server.schemas import AnswerBody, GenerateBody, SummarizeBody
 from server.service import ModelService
@@ -90,7 +90,7 @@ def ready() -> Response:
     loaded = service.loaded
     return jsonify({"status": "ready", "model": loaded.name,
                     "dtype": loaded.precision, "kernels": loaded.kernels.as_dict(),
-                    "scheduler": current_app.config["SCHEDULER"],
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
-                    "torch_threads": torch.get_num_threads()})
+                    "torch_threads": torch.get_num_threads(),
+                    "threads_shared": service.cores.sharing})

@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.batching import Job, QueueFull
 from server.engine import Row, StepEngine, StepReport
+from server.jobs import Job, QueueFull
 from server.memory import HeapReleaser
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # The share of REQUEST_TIMEOUT_S a predicted finish may use: the prediction assumes every
 # row runs to its max_new_tokens, but step times wander with the mix (prefill chunks).
 ADMIT_SHARE = 0.8
+# How much longer than predicted a running row's remaining decode steps may take before
+# prompt chunks are held back for it (steps vary with the rows and the machine).
+RISK_MARGIN = 1.5
 # Weight of the newest step in the running step-time average (about the last 20 steps).
 STEP_EWMA = 0.05
 
@@ -50,17 +53,25 @@ class Scheduler:
 
     def __init__(self, engine: StepEngine, max_batch_size: int, max_queue: int,
                  timeout_s: float, on_step: Callable[[StepReport], None] = lambda r: None,
-                 on_join: Callable[[int], None] = lambda rows: None) -> None:
+                 on_join: Callable[[int], None] = lambda rows: None,
+                 row_growth: float = 0.0,
+                 on_busy: Callable[[bool], None] = lambda busy: None) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._timeout_s = timeout_s
         self._on_step = on_step
         self._on_join = on_join  # rows in the running set as a request joins it
+        self._on_busy = on_busy  # True before each step, False before waiting idle
         self._rows: list[tuple[Job, Row]] = []
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
-        self.step_s = 0.0  # running average of a decode step (the warm-up seeds it)
+        # What one more row adds to a decode step, as a share of a one-row step: from the
+        # startup kernel table (KernelChoice.row_growth). On an AVX2 CPU an 8-row fp32 step
+        # costs ~3x a one-row step; learning only the average step would under-predict the
+        # first requests of a burst by that much, and admit requests that then time out.
+        self._row_growth = row_growth
+        self.step_s = 0.0  # running average of a one-row decode step (the warm-up seeds it)
         self.token_s = 0.0  # running average of what one prompt token adds to a step
 
     @property
@@ -104,7 +115,12 @@ class Scheduler:
         ahead = [row.prompt_left for _, row in rows] + [
             len(queued.request.input_ids) for queued in waiting]
         prompts = own + sum(n for n in ahead if n <= own)
-        return steps * self.step_s + prompts * self.token_s
+        rows_then = min(self._max_rows, len(rows) + len(waiting) + 1)
+        return steps * self.step_s * self._row_cost(rows_then) + prompts * self.token_s
+
+    def _row_cost(self, rows: int) -> float:
+        """A decode step of ``rows`` rows, in one-row steps."""
+        return 1.0 + self._row_growth * (max(1, rows) - 1)
 
     def start(self, before_loop: Callable[[], None] = lambda: None) -> None:
         """Start the generation thread; ``before_loop`` (warm-up) runs in it first."""
@@ -118,12 +134,16 @@ class Scheduler:
 
     def run_once(self) -> None:
         """Admit what fits, run one step, hand out tokens and finished results."""
+        if not self._rows:
+            self._on_busy(False)  # about to wait: this worker's cores are free for others
         self._admit(block=not self._rows)
         self._drop_cancelled()
         if not self._rows:
             return
+        self._on_busy(True)
         try:
-            report = self.engine.step([row for _, row in self._rows])
+            report = self.engine.step([row for _, row in self._rows],
+                                      prefill=self._prefill_allowed())
         except Exception as error:  # one bad step must not kill the worker's only generator
             log.error("step over %d rows failed: %s", len(self._rows), type(error).__name__)
             for job, _ in self._rows:
@@ -136,13 +156,48 @@ class Scheduler:
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
 
+    def _prefill_allowed(self) -> set[int] | None:
+        """Which rows may read prompt chunks this step (None: any, shortest first).
+
+        A new row's prefill stalls every running row (on one AMD EPYC core a 128-token
+        chunk of gpt2-large costs ~6 decode steps), and the requests that arrive while a row
+        runs are unknown when it is admitted. So when some row would miss its deadline if
+        this step carried a chunk, the row with the earliest such deadline goes first: if it
+        is decoding, the step decodes only; if it is still reading its prompt, only its
+        prompt is read."""
+        if not self.step_s or math.isinf(self._timeout_s):
+            return None
+        now = time.monotonic()
+        decode_step_s = self.step_s * self._row_cost(len(self._rows))
+        chunk = self.engine.prefill_chunk
+        chunk_s = chunk * self.token_s
+        at_risk = []
+        for index, (job, row) in enumerate(self._rows):
+            if row.finish_reason is not None:
+                continue
+            need_s = math.ceil(row.prompt_left / chunk) * chunk_s + \
+                max(0, row.steps_left) * decode_step_s
+            deadline = job.enqueued_at + self._timeout_s
+            if now + chunk_s + RISK_MARGIN * need_s > deadline:
+                at_risk.append((deadline, index, row))
+        if not at_risk:
+            return None
+        _, index, row = min(at_risk, key=lambda risk: risk[:2])
+        return {index} if row.prompt_left > 0 else set()
+
     def learn(self, report: StepReport) -> None:
-        """Update the decode-step and prompt-token costs from one step (also the warm-up's)."""
+        """Update the one-row decode-step and prompt-token costs from one step (also the
+        warm-up's)."""
+        if not report.tokens_in:
+            return  # nothing ran
+        decoding = report.tokens_in - report.prompt_tokens  # one token per decoding row
         if not report.prompt_tokens:
-            self.step_s += STEP_EWMA * (report.step_s - self.step_s) if self.step_s else \
-                report.step_s
+            unit = report.step_s / self._row_cost(decoding)
+            self.step_s += STEP_EWMA * (unit - self.step_s) if self.step_s else unit
             return
-        extra = max(0.0, report.step_s - self.step_s) / report.prompt_tokens
+        # A step costs at least a one-row decode step (the weights are read once per step).
+        decode_s = self.step_s * self._row_cost(decoding)
+        extra = max(0.0, report.step_s - decode_s) / report.prompt_tokens
         self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_s else extra
 
     def _admit(self, block: bool) -> None:

@@ -6,13 +6,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
 
 import torch
 from flask import Flask
 
-from server.batching import Batcher
-from server.decoding import Generation, GenerationRequest
+from server.core_share import CoreShare
+from server.decoding import GenerationRequest
 from server.engine import StepReport
 from server.memory import MemorySample, WorkerMemorySampler, read_process_memory
 from server.min_tokens import MinTokensEngine
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelService:
-    """Owns the model, the worker's batcher, memory sampler and request log.
+    """Owns the model, the worker's scheduler, memory sampler and request log.
 
     ``init_app`` loads the weights (in the master under ``preload_app``, before fork, with
     torch pinned to one thread so no OpenMP pool exists to be broken by fork).
@@ -34,7 +33,8 @@ class ModelService:
 
     def __init__(self) -> None:
         self.loaded: LoadedModel | None = None
-        self.batcher: Batcher | Scheduler | None = None
+        self.scheduler: Scheduler | None = None
+        self.cores: CoreShare | None = None
         self.sampler: WorkerMemorySampler | None = None
         self.request_log: RequestLog | None = None
         self.ready = threading.Event()
@@ -53,23 +53,30 @@ class ModelService:
         self.metrics.load_seconds.set(self.loaded.load_s)
         self.metrics.weight_bytes.set(self.loaded.weight_bytes)
         self.metrics.observe_kernels(self.loaded.kernels)
-        self.batcher = self._make_scheduler(app.config)
+        # Created before fork: the workers share its slots (server/core_share.py).
+        self.cores = CoreShare(len(os.sched_getaffinity(0)), app.config["TORCH_THREADS"])
+        self.scheduler = self._make_scheduler(app.config)
         self.request_log = RequestLog(app.config["REQUEST_LOG"],
                                       on_error=self.metrics.log_write_errors.inc)
         app.extensions["model_service"] = self
 
-    def _make_scheduler(self, config: dict) -> Batcher | Scheduler:
-        """SCHEDULER=continuous (steps, server.scheduler) or static (whole batches, the
-        old server.batching, kept until the comparison in docs/results.md is committed)."""
-        if config["SCHEDULER"] == "static":
-            return Batcher(self._run_batch, config["MAX_BATCH_SIZE"], config["BATCH_WAIT_MS"],
-                           config["MAX_QUEUE"], on_batch=self.metrics.batch_size.observe)
+    def _make_scheduler(self, config: dict) -> Scheduler:
+        """Continuous batching (server.scheduler) over a step engine of the loaded model."""
         engine = MinTokensEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
                             config["PREFILL_CHUNK"])
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
                          on_step=self._observe_step,
-                         on_join=self.metrics.batch_size.observe)
+                         on_join=self.metrics.batch_size.observe,
+                         row_growth=self.loaded.kernels.row_growth(),
+                         on_busy=self._share_cores)
+
+    def _share_cores(self, busy: bool) -> None:
+        """Before a step (busy) or an idle wait: use this worker's share of the cores."""
+        threads = self.cores.threads(busy)
+        if busy and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            self.metrics.torch_threads.set(threads)
 
     def _observe_step(self, report: StepReport) -> None:
         self.metrics.observe_step(report.phase, report.rows, report.forward_s, report.step_s)
@@ -80,42 +87,32 @@ class ModelService:
             if self._started_pid == os.getpid():
                 return
             self._started_pid = os.getpid()
+        # The first step's share (server/core_share.py) replaces this unless it is fixed.
         threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
         torch.set_num_threads(threads)
+        self.metrics.torch_threads.set(threads)
         self.sampler = WorkerMemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
         self.sampler.start()
-        self.batcher.start(before_loop=self._warm_up)
+        self.scheduler.start(before_loop=self._warm_up)
         log.info("worker %d serving with %d torch threads", os.getpid(), threads)
 
     def _publish(self, sample: MemorySample) -> None:
-        self.metrics.observe_sample(sample, self.batcher.depth, self.batcher.running)
+        self.metrics.observe_sample(sample, self.scheduler.depth, self.scheduler.running)
 
     def _warm_up(self) -> None:
         start = time.monotonic()
         ids = self.loaded.tokenizer.encode("Warm-up: the quick brown fox")
         request = GenerationRequest(ids, max_new_tokens=self.config["WARMUP_TOKENS"])
-        if isinstance(self.batcher, Scheduler):
-            row = self.batcher.engine.new_row(request)
-            while row.finish_reason is None:
-                # The admission's first estimates of a step and of a prompt token.
-                self.batcher.learn(self.batcher.engine.step([row]))
-        else:
-            self.loaded.generate([request], ignore_eos=True)
+        row = self.scheduler.engine.new_row(request)
+        while row.finish_reason is None:
+            # The admission's first estimates of a step and of a prompt token.
+            self.scheduler.learn(self.scheduler.engine.step([row]))
         elapsed_s = time.monotonic() - start
         self.ready.set()
         m = read_process_memory()  # once per worker: the per-request path reads the sampler
         log.info("worker %d warmed up in %.2f s: RSS %.0f MB, USS %.0f MB, PSS %.0f MB, "
                  "shared %.0f MB", os.getpid(), elapsed_s, m.rss_mb, m.uss_mb, m.pss_mb,
                  m.shared_mb)
-
-    def _run_batch(
-        self,
-        requests: Sequence[GenerationRequest],
-        cancelled: Callable[[int], bool],
-        on_token: Callable[[int, int], None],
-    ) -> list[Generation]:
-        return self.loaded.generate(requests, self.config["IGNORE_EOS"], cancelled, on_token,
-                                    self.metrics.observe_step)
 
     def memory(self) -> MemorySample:
         """This worker's latest memory sample (a direct read before the sampler runs)."""

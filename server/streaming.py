@@ -25,8 +25,8 @@ from flask import Response, current_app, stream_with_context
 from tokenizers.decoders import DecodeStream
 
 from server.accounting import record
-from server.batching import Job
 from server.errors import APIError, error_body
+from server.jobs import Job
 
 DONE = "data: [DONE]\n\n"
 

@@ -98,7 +98,7 @@ def test_unauthorized_requests_cost_no_model_time(make_app) -> None:
         "/generate-text", json={"prompt": "Go on", "max_new_tokens": 1000}))
     busy.start()
     deadline = time.monotonic() + 120
-    while service.batcher.running != 1:
+    while service.scheduler.running != 1:
         assert time.monotonic() < deadline
         time.sleep(0.005)
     depths: list[int] = []
@@ -106,12 +106,12 @@ def test_unauthorized_requests_cost_no_model_time(make_app) -> None:
     def refused(_: int) -> int:
         status = app.test_client(api_key="wrong-key-0123456789").post(
             "/generate-text", json=BODY).status_code
-        depths.append(service.batcher.depth)
+        depths.append(service.scheduler.depth)
         return status
 
     with ThreadPoolExecutor(10) as pool:
         assert set(pool.map(refused, range(20))) == {401}
-    assert set(depths) == {0} and service.batcher.running == 1
+    assert set(depths) == {0} and service.scheduler.running == 1
     busy.join(120)
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.batching import Job
 from server.decoding import GenerationRequest
-from server.engine import StepEngine, generate_alone
+from server.engine import StepEngine, StepReport, generate_alone
+from server.jobs import Job
+from server.kernels import KernelChoice, KernelTiming
 from server.model import LoadedModel, load_model
 from server.scheduler import Scheduler, WouldTimeOut
 from tests.conftest import MODELS_DIR
@@ -152,6 +153,57 @@ def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
     # chunks of 8, each a step, then 10 decode steps).
     second = Job(GenerationRequest(_prompt(600), 10))
     assert scheduler.predict_s(second) == pytest.approx(85 * 0.05 + 1200 * 0.01)
+
+
+def test_prediction_grows_with_the_rows_its_steps_will_carry(loaded) -> None:
+    # Each row beyond the first adds half a one-row step (as a kernel table would say).
+    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=100.0, row_growth=0.5)
+    scheduler.step_s = 0.1
+    job = Job(GenerationRequest(_prompt(4), 10))
+    assert scheduler.predict_s(job) == pytest.approx(11 * 0.1)  # alone: one-row steps
+    scheduler.submit(Job(GenerationRequest(_prompt(4, 300), 10)))
+    assert scheduler.predict_s(job) == pytest.approx(11 * 0.1 * 1.5)  # beside a second row
+    # Learning divides a step's time by its rows' cost: a 3-row step of 0.4 s is 0.2 s a row.
+    scheduler.step_s = 0.0
+    scheduler.learn(StepReport("decode", 3, 3, {}, 0.4, 0.4))
+    assert scheduler.step_s == pytest.approx(0.2)
+
+
+def test_a_row_near_its_deadline_decodes_without_waiting_for_prefill(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=10.0)
+    scheduler.step_s = 0.5  # as if measured: half a second a decode step
+    old = scheduler.submit(Job(GenerationRequest(_prompt(4), 10)))
+    scheduler.run_once()  # admits it; reads its prompt in and samples its first token
+    (_, old_row), = scheduler._rows
+    new = scheduler.submit(Job(GenerationRequest(_prompt(40, 300), 5)))
+    old.enqueued_at -= 5.0  # it has waited: 9 steps x 0.5 s x 1.5 margin > its 5 s left
+    scheduler.run_once()
+    new_row = scheduler._rows[1][1]
+    assert len(old_row.tokens) == 2 and new_row.prefilled == 0  # a decode-only step
+    old.enqueued_at += 5.0  # time enough again: the prompt chunk rides along
+    scheduler.run_once()
+    assert len(old_row.tokens) == 3 and new_row.prefilled == 8
+    assert new.started_at is not None
+
+
+def test_the_earliest_deadline_at_risk_goes_first_even_while_reading_its_prompt(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=30.0)
+    scheduler.step_s, scheduler.token_s = 0.5, 0.01
+    jobs = [scheduler.submit(Job(GenerationRequest(_prompt(n, 100 * n), 4))) for n in (9, 30)]
+    scheduler.run_once()  # both join; the shorter prompt is read first: 8 of its 9 tokens
+    short, long = (row for _, row in scheduler._rows)
+    assert (short.prefilled, long.prefilled) == (8, 0)
+    jobs[1].enqueued_at -= 27.0  # the long prompt's request is now the one about to time out
+    scheduler.run_once()
+    assert (short.prefilled, long.prefilled) == (8, 8)  # only its prompt was read
+
+
+def test_row_growth_comes_from_the_served_kernels_timings() -> None:
+    table = [KernelTiming("float32", 100.0, 300.0, 8), KernelTiming("bfloat16", 100.0, 800.0, 8)]
+    assert KernelChoice("float32", False, "auto", table).row_growth() == pytest.approx(2 / 7)
+    assert KernelChoice("bfloat16", False, "auto", table).row_growth() == pytest.approx(1.0)
+    untimed = [KernelTiming("float32", 100.0, None, 8)]
+    assert KernelChoice("float32", False, "auto", untimed).row_growth() == 0.0
 
 
 def test_step_costs_are_learned_from_decode_and_prefill_steps(loaded) -> None:

@@ -179,7 +179,7 @@ def test_task_routes_keep_their_own_error_shape(client) -> None:
 def _stop_at_first_greedy_token(app: Flask, ids: list[int]) -> None:
     """Make the engine's stop token the one the model greedily picks first after ``ids``, so
     a plain greedy request stops at once (the tiny random model otherwise never meets it)."""
-    engine = app.extensions["model_service"].batcher.engine
+    engine = app.extensions["model_service"].scheduler.engine
     engine.eos_id = generate_alone(engine, GenerationRequest(ids, 1)).token_ids[0]
 
 

@@ -30,7 +30,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("openai-gunicorn")
     env = {"MODEL": MODEL, "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
            "REQUEST_LOG": str(workdir / "server_requests.jsonl"), "API_KEYS": TEST_API_KEY,
-           "BATCH_WAIT_MS": "100", "MAX_BATCH_SIZE": str(BATCH), "IGNORE_EOS": "1",
+           "MAX_BATCH_SIZE": str(BATCH), "IGNORE_EOS": "1",
            "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "MEMORY_SAMPLE_S": "0.1",
            "TORCH_THREADS": "1", "GUNICORN_ACCESSLOG": ""}
     with GunicornServer(workdir, env, workers=1) as running:

@@ -16,7 +16,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from harness.gunicorn_process import GunicornServer
-from server.decoding import GenerationRequest, generate_batch
+from server.decoding import GenerationRequest
+from server.engine import StepEngine, generate_alone
 from server.model import check_dtype, load_model
 from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
 from tests.conftest import MODELS_DIR
@@ -26,6 +27,11 @@ def _small_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=300, n_positions=64)
     return GPT2LMHeadModel(config).eval()
+
+
+def _generate(model: nn.Module, prompts: list[GenerationRequest]) -> list:
+    engine = StepEngine(model, eos_id=299, ignore_eos=True)
+    return [generate_alone(engine, prompt) for prompt in prompts]
 
 
 def test_conv1d_as_linear_gives_the_same_logits() -> None:
@@ -46,13 +52,13 @@ def test_int8_weights_are_a_quarter_and_greedy_text_mostly_agrees() -> None:
                  if isinstance(m, nn.Linear))
     fp32_bytes = weight_bytes(model)
     prompts = [GenerationRequest([5, 6, 7, 8], 8), GenerationRequest([40, 41], 8)]
-    reference = generate_batch(model, prompts, eos_id=299, ignore_eos=True)
+    reference = _generate(model, prompts)
     quantize_int8(model)
     assert not any(type(m) is nn.Linear for m in model.modules())
     # Each layer's weights went from 4 bytes to 1; the LM head, tied to the float32
     # embedding before, is now its own int8 copy (128 x 300 bytes more).
     assert weight_bytes(model) == fp32_bytes - 3 * layers + 128 * 300
-    out = generate_batch(model, prompts, eos_id=299, ignore_eos=True)
+    out = _generate(model, prompts)
     assert [len(g.token_ids) for g in out] == [8, 8]
     # int8 changes the logits a little: most greedy tokens agree with float32.
     agree = sum(a == b for r, o in zip(reference, out, strict=True)

@@ -25,7 +25,7 @@ IN_FLIGHT = 20
 # Batches of one and 128 forced tokens: each worker works through its ~10 requests one after
 # the other for a few seconds, so most are still queued or running when SIGTERM arrives.
 ENV = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-       "TORCH_THREADS": "1", "IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1", "BATCH_WAIT_MS": "50",
+       "TORCH_THREADS": "1", "IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1",
        "GUNICORN_ACCESSLOG": ""}
 
 

@@ -166,7 +166,7 @@ def _post_many(app: Flask, bodies: list[dict], route: str = "/generate-text") ->
 
 
 def test_concurrent_requests_are_batched_and_keep_their_own_lengths(make_app) -> None:
-    app = make_app(IGNORE_EOS=True, BATCH_WAIT_MS=300)
+    app = make_app(IGNORE_EOS=True)
     bodies = [{"prompt": f"Request number {i} says", "max_new_tokens": 3 + i} for i in range(8)]
     alone = [app.test_client().post("/generate-text", json=b).json["text"] for b in bodies]
     responses = _post_many(app, bodies)
@@ -185,14 +185,14 @@ def _wait_for(condition, timeout_s: float = 300.0) -> None:
 def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
     app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
                    ADMIT_PREDICTED=False)  # the queue limit, not the prediction, refuses
-    batcher = _service(app).batcher
+    scheduler = _service(app).scheduler
     long = {"prompt": "Go on", "max_new_tokens": 1000}
     running = threading.Thread(target=_post_many, args=(app, [long]))
     running.start()
-    _wait_for(lambda: batcher.running == 1)
+    _wait_for(lambda: scheduler.running == 1)
     waiting = threading.Thread(target=_post_many, args=(app, [long]))
     waiting.start()
-    _wait_for(lambda: batcher.depth == 1)
+    _wait_for(lambda: scheduler.depth == 1)
     started = time.monotonic()
     response = app.test_client().post("/generate-text", json={"prompt": "one more"})
     elapsed = time.monotonic() - started
@@ -215,7 +215,7 @@ def test_request_predicted_past_the_timeout_is_refused_fast(make_app) -> None:
     elapsed = time.monotonic() - started
     error = _assert_envelope(response, 503, "overloaded")
     assert "timeout" in error["message"] and response.headers["Retry-After"] == "2"
-    assert elapsed < 0.3 and _service(app).batcher.running == 0
+    assert elapsed < 0.3 and _service(app).scheduler.running == 0
     short = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
     assert short.status_code == 200
 
@@ -229,7 +229,7 @@ def test_timeout_is_504_and_frees_the_slot(make_app) -> None:
     response = app.test_client().post("/generate-text",
                                       json={"prompt": "Go on", "max_new_tokens": 1000})
     _assert_envelope(response, 504, "generation_timeout")
-    _wait_for(lambda: _service(app).batcher.running == 0, timeout_s=60)
+    _wait_for(lambda: _service(app).scheduler.running == 0, timeout_s=60)
     after = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
     assert after.status_code == 200
 

@@ -136,7 +136,7 @@ def test_run_json_records_what_the_hosts_reported(run) -> None:
     kernels = record["server"]["kernels"]
     assert kernels["chosen"] in {t["precision"] for t in kernels["table"]}
     assert record["torch_threads"] == 1 and record["max_batch_size"] == DEFAULTS["MAX_BATCH_SIZE"]
-    assert record["scheduler"] == "continuous" and record["host"]["cpu_model"]
+    assert record["prefill_chunk"] == 128 and record["host"]["cpu_model"]
 
 
 def test_everything_torn_down(run, setup) -> None:

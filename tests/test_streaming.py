@@ -8,8 +8,8 @@ import time
 import pytest
 from flask import Flask
 
-from server.batching import Job
 from server.decoding import GenerationRequest
+from server.jobs import Job
 from server.streaming import TextDeltas
 
 
@@ -97,7 +97,7 @@ def test_streamed_request_is_logged_when_its_stream_ends(client, request_log) ->
 
 def test_disconnecting_client_frees_its_batch_slot(make_app, request_log) -> None:
     app = make_app(IGNORE_EOS=True)
-    client, batcher = app.test_client(), app.extensions["model_service"].batcher
+    client, scheduler = app.test_client(), app.extensions["model_service"].scheduler
     body = {"prompt": "A long story", "max_new_tokens": 256}
     started = time.monotonic()
     assert client.post("/generate-text", json=body).json["usage"]["completion_tokens"] == 256
@@ -106,13 +106,13 @@ def test_disconnecting_client_frees_its_batch_slot(make_app, request_log) -> Non
     response = client.post("/generate-text", json={**body, "stream": True}, buffered=False,
                            headers={"X-Request-ID": "gone"})
     first = next(iter(response.response))
-    assert batcher.running == 1 and b'"text"' in first
+    assert scheduler.running == 1 and b'"text"' in first
     closed = time.monotonic()
     response.close()  # what Gunicorn does when the client's socket is gone
-    while batcher.running and time.monotonic() - closed < full_s:
+    while scheduler.running and time.monotonic() - closed < full_s:
         time.sleep(0.005)
     freed_s = time.monotonic() - closed
-    assert batcher.running == 0
+    assert scheduler.running == 0
     assert freed_s < full_s / 4, (freed_s, full_s)
     [record] = [r for r in read_log(request_log) if r["request_id"] == "gone"]
     assert record["completion_tokens"] < 256
@@ -120,10 +120,10 @@ def test_disconnecting_client_frees_its_batch_slot(make_app, request_log) -> Non
 
 def test_queue_full_is_an_http_error_before_the_stream_starts(make_app) -> None:
     app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True)
-    batcher = app.extensions["model_service"].batcher
+    scheduler = app.extensions["model_service"].scheduler
     running = app.test_client().post("/generate-text", buffered=False, json={
         "prompt": "x", "max_new_tokens": 256, "stream": True})  # returns at its first token
-    batcher.submit(Job(GenerationRequest([1, 2], 1)))  # the one queue place
+    scheduler.submit(Job(GenerationRequest([1, 2], 1)))  # the one queue place
     refused = app.test_client().post("/generate-text",
                                      json={"prompt": "y", "max_new_tokens": 4, "stream": True})
     running.close()

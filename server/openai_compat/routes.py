@@ -21,8 +21,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from server import pipeline, routing
-from server.batching import Job
 from server.errors import APIError
+from server.jobs import Job
 from server.openai_compat.schemas import ChatBody, CompletionBody
 from server.openai_compat.spec import ModelList, OpenAICompletion, OpenAIUsage
 from server.prompts import chat_ids

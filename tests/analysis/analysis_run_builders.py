@@ -41,7 +41,7 @@ MEMORY_HEADER = [
 
 RUN_JSON = {
     "label": "handmade", "model": "synthetic:tiny", "dtype": "float32", "workers": 2,
-    "torch_threads": 1, "max_batch_size": 8, "batch_wait_ms": 5, "users": 10,
+    "torch_threads": 1, "max_batch_size": 8, "users": 10,
     "spawn_rate": 10, "duration_s": 60, "shape": None, "git_commit": "abc1234",
     "host": {"cores": 2, "ram_gb": 16}, "versions": {"torch": "2.13.0"},
     "started_at": STARTED_AT, "ended_at": "2023-11-14T22:14:20+00:00",

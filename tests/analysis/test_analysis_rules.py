@@ -21,7 +21,7 @@ from analysis.traffic import ALL_ROUTES, RouteLatency, TimeSplit, Traffic
 
 SETTINGS = {
     "workers": 2, "torch_threads": 1, "host.cores": 2, "host.ram_gb": 16, "dtype": "float32",
-    "max_batch_size": 8, "batch_wait_ms": 5, "users": 10,
+    "max_batch_size": 8, "users": 10,
 }  # fmt: skip
 TRAFFIC = Traffic(requests=100, successes=100, failures=0, error_rate=0.0, window_s=100.0,
                   throughput_rps=1.0, output_tokens_per_s=20.0, failures_by_cause={},
@@ -72,7 +72,7 @@ CASES = [
     (rt.queue_dominates,
      make(time_split=dataclasses.replace(SPLIT, queue_share=0.75, mean_queue_ms=300.0,
                                          mean_inference_ms=100.0)),
-     ["75.0%", "300 ms queued vs 100 ms", "2.0 requests of a possible 8", "batch_wait_ms is 5"],
+     ["75.0%", "300 ms queued vs 100 ms", "2.0 requests of a possible 8", "comes from bursts"],
      make(time_split=dataclasses.replace(SPLIT, queue_share=0.5))),
     (rt.queue_dominates,
      make(time_split=dataclasses.replace(SPLIT, queue_share=0.6, mean_batch_size=7.5)),

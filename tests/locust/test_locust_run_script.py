@@ -23,7 +23,7 @@ from tests.locust.locust_runs import (
 )
 
 RUN_JSON_KEYS = {"label", "model", "dtype", "workers", "torch_threads", "max_batch_size",
-                 "batch_wait_ms", "users", "spawn_rate", "duration_s", "shape", "git_commit",
+                 "users", "spawn_rate", "duration_s", "shape", "git_commit",
                  "host", "versions", "started_at", "ended_at"}
 
 

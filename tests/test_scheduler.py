@@ -1,0 +1,117 @@
+"""The continuous scheduler's queue (server.scheduler) around a real step engine on tiny:
+fast refusal when full, at most max_batch_size rows, cancelled jobs skipped, a failed step
+fails its jobs and the thread goes on, streaming gets every token then the end."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.waiting import wait_until
+from server.decoding import GenerationRequest
+from server.engine import StepEngine, StepReport
+from server.jobs import Job, QueueFull
+from server.model import LoadedModel, load_model
+from server.scheduler import Scheduler
+from tests.conftest import MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model: Path) -> LoadedModel:
+    torch.set_num_threads(1)
+    return load_model("synthetic:tiny", "float32", MODELS_DIR)
+
+
+class _GatedEngine(StepEngine):
+    """The real engine, holding each step until ``release`` is set; records rows per step,
+    and fails the next step when ``fail_next`` is set."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded.model, loaded.eos_id, ignore_eos=True)
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.rows: list[int] = []
+        self.fail_next = False
+
+    def step(self, rows, prefill=None) -> StepReport:
+        self.entered.set()
+        assert self.release.wait(300)
+        self.rows.append(len(rows))
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("step failed")
+        return super().step(rows, prefill)
+
+
+def _start(loaded: LoadedModel, max_batch: int, max_queue: int) -> tuple[Scheduler, _GatedEngine]:
+    engine = _GatedEngine(loaded)
+    scheduler = Scheduler(engine, max_batch, max_queue, timeout_s=float("inf"))
+    scheduler.start()
+    return scheduler, engine
+
+
+def _job(n: int = 1) -> Job:
+    return Job(GenerationRequest([1, 2, 3], max_new_tokens=n))
+
+
+def test_full_queue_refuses_at_once(loaded) -> None:
+    scheduler, engine = _start(loaded, max_batch=1, max_queue=2)
+    busy = scheduler.submit(_job())
+    assert engine.entered.wait(300)
+    waiting = [scheduler.submit(_job()), scheduler.submit(_job())]
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        scheduler.submit(_job())
+    assert time.monotonic() - started < 0.1  # a refusal, not a wait
+    engine.release.set()
+    assert all(job.wait(300) for job in [busy, *waiting])
+
+
+def test_at_most_max_batch_rows_run_each_with_its_own_length(loaded) -> None:
+    scheduler, engine = _start(loaded, max_batch=4, max_queue=16)
+    first = scheduler.submit(_job(1))
+    assert engine.entered.wait(300)
+    queued = [scheduler.submit(_job(n)) for n in (2, 3, 4, 5, 6)]
+    engine.release.set()
+    assert all(job.wait(300) for job in [first, *queued])
+    assert max(engine.rows) == 4 and engine.rows[0] == 1
+    assert [len(job.result.token_ids) for job in queued] == [2, 3, 4, 5, 6]
+
+
+def test_cancelled_waiting_job_never_runs(loaded) -> None:
+    scheduler, engine = _start(loaded, max_batch=1, max_queue=4)
+    scheduler.submit(_job())
+    assert engine.entered.wait(300)
+    gone, kept = scheduler.submit(_job()), scheduler.submit(_job())
+    gone.cancelled = True
+    engine.release.set()
+    assert gone.wait(300) and kept.wait(300)
+    assert gone.result is None and isinstance(gone.error, TimeoutError)
+    assert gone.started_at is None and kept.result.finish_reason == "length"
+
+
+def test_failed_step_fails_its_jobs_and_the_thread_goes_on(loaded) -> None:
+    scheduler, engine = _start(loaded, max_batch=1, max_queue=4)
+    engine.fail_next = True
+    bad = scheduler.submit(_job())
+    engine.release.set()
+    assert bad.wait(300) and isinstance(bad.error, RuntimeError)
+    good = scheduler.submit(_job(3))
+    assert good.wait(300) and len(good.result.token_ids) == 3
+    wait_until(lambda: scheduler.running == 0, "the finished row to leave", timeout_s=300)
+
+
+def test_streaming_job_receives_every_token_then_the_end(loaded) -> None:
+    scheduler, engine = _start(loaded, max_batch=2, max_queue=4)
+    engine.release.set()
+    job = Job(GenerationRequest([5, 6, 7], max_new_tokens=5), stream=queue.SimpleQueue())
+    scheduler.submit(job)
+    assert job.wait(300)
+    streamed = []
+    while (token := job.stream.get(timeout=1)) is not None:
+        streamed.append(token)
+    assert streamed == job.result.token_ids and len(streamed) == 5
