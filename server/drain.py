@@ -20,10 +20,15 @@ _CHUNK_BYTES = 256 * 1024
 def _drain(response: Response) -> Response:
     length = request.content_length or 0
     if 0 < length <= DRAIN_LIMIT_BYTES:
-        stream = request.environ["wsgi.input"]  # raw: request.stream refuses an oversized body
+        # Opened (the view parsed the body): its stream knows what is left. Never opened
+        # (refused first, or too large to open: request.stream refuses that): all of it is
+        # unread, so exactly ``length`` bytes are read from the server's input, never more
+        # (Werkzeug's dev server hands over the raw socket, where more would block).
+        opened = "stream" in request.__dict__  # werkzeug's cached_property, once made
+        stream = request.stream if opened else request.environ["wsgi.input"]
         left = length
         while left > 0 and (chunk := stream.read(min(_CHUNK_BYTES, left))):
-            left -= len(chunk)  # a body Flask already read gives b"" at once
+            left -= len(chunk)
     return response
 
 
