@@ -51,14 +51,15 @@ preload_app = os.environ.get("GUNICORN_PRELOAD", "1") != "0"
 # Bind to loopback unless told otherwise; PORT follows the common PaaS convention.
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 
-# Two workers on this 2-core box: each gets one core's worth of torch threads, and a second
-# worker keeps serving while the other one is busy in a long batch, killed or recycled.
-# Chosen from `make bench` (results/bench/): at 10 users 2 workers x 1 thread and 1 x 2 came
-# within the box's run-to-run noise of each other (bf16 31.5 vs 32.4 tok/s in one run, 34.3 vs
-# 37.3 in the other; int8 53.0 vs 58.0 and 69.8 vs 64.1), so the split with fault isolation
-# wins. 2 x 2 oversubscribes the cores. MAX_BATCH_SIZE=8 (server/config.py) was not binding:
-# mean batch 4.5 per worker at 10 users.
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# One worker on every core (its steps take cores / busy workers torch threads,
+# server/core_share.py). Measured with continuous batching on the 2-core AMD EPYC box
+# (docs/results.md, "One user gets the whole box"): one worker served a lone request as fast
+# as two sharing workers (10.2 vs 10.5 s for 32 tokens of gpt2-large), 8 staggered requests
+# in 26 s instead of 37 s (all 8 rows in one step instead of 4 + 4 on one thread each), and
+# the main job's mix with 42 instead of 38 successful requests and no 504 (two with 2
+# workers). WEB_CONCURRENCY=2 buys a second worker that serves while the other is killed or
+# recycled, at that cost; preloaded workers share the weights either way.
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
 # gthread: request threads wait on the worker's generation thread, which batches them.
 # Enough threads for a running batch plus a full queue plus probes: a connection that finds

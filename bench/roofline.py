@@ -74,8 +74,8 @@ def decode_limit(batch: float, bandwidth_bytes_s: float, weight_bytes: float,
 def _best_seconds(fn: Callable[[], object], seconds: float, min_reps: int = 3) -> float:
     """Shortest time of ``fn()`` over repeated calls for about ``seconds`` (>= min_reps)."""
     fn()  # warm-up: page faults, oneDNN kernel selection
-    best, reps, deadline = float("inf"), 0, time.monotonic() + seconds
-    while reps < min_reps or time.monotonic() < deadline:
+    best, reps, ends_at = float("inf"), 0, time.monotonic() + seconds
+    while reps < min_reps or time.monotonic() < ends_at:  # not a wait: a timed measurement
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
@@ -117,8 +117,8 @@ def _reader(buffer_mb: int, seconds: float, barrier, results) -> None:
     data = torch.ones(buffer_mb * 2**20 // 4, dtype=torch.float32)
     data.sum()
     barrier.wait()
-    times, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    times, ends_at = [], time.monotonic() + seconds
+    while time.monotonic() < ends_at:  # not a wait: a timed measurement
         start = time.perf_counter()
         data.sum()
         times.append(time.perf_counter() - start)

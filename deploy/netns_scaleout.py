@@ -43,7 +43,9 @@ from deploy.cluster import HOSTS, PORT, ROLES, start_cluster
 from deploy.netns import Network, inside, remove_stale
 from deploy.scaleout_checks import read_jsonl, report, summarize
 from deploy.services import Services
+from harness.waiting import wait_until
 from locustfiles.run_options import new_run_dir
+from locustfiles.user_mix import MIX_CHOICES
 from scripts.loadtest import git_commit, utc_now, versions
 from server.auth import key_id_of
 from server.hardware import fingerprint_subprocess
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-timeout", type=float, default=30.0)
     p.add_argument("--rate-limit", default="20/minute",
                    help="RATE_LIMIT per API key, counted in Redis for both hosts")
-    p.add_argument("--mix", default="tasks", choices=["tasks", "streaming", "openai", "all"])
+    p.add_argument("--mix", default="tasks", choices=MIX_CHOICES)
     p.add_argument("--user-classes", nargs="+", metavar="CLASS",
                    default=["PromptUser", "SummarizeUser", "QAUser"],
                    help="Locust user classes (default: the three task users, so one key's "
@@ -74,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label", default="scaleout")
     p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")
     p.add_argument("--ready-timeout", type=float, default=900.0,
-                   help="most seconds to wait for Redis, the hosts and nginx while they are "
-                        "still making progress (harness.waiting)")
+                   help="most seconds to wait for Redis, the hosts, nginx and Locust's workers "
+                        "while they are still making progress (harness.waiting)")
     p.add_argument("--stall-timeout", type=float, default=180.0,
                    help="give up when the starting processes made no progress this long")
     p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
@@ -122,7 +124,10 @@ def run_locust(args: argparse.Namespace, net: Network, services: Services, run_d
     master = net.command(
         "lb", sys.executable, "-m", "locust", "-f", "locustfiles", "--headless", "--master",
         "--master-bind-host", "127.0.0.1", "--expect-workers", "2",
-        "--expect-workers-max-wait", "60", "--host", f"http://{net.address('lb')}",
+        # Locust's own wait for its workers is only a cap: the wait below fails at once when
+        # a process of the run fails and keeps going while they make progress.
+        "--expect-workers-max-wait", f"{args.ready_timeout:g}",
+        "--host", f"http://{net.address('lb')}",
         "-u", str(args.users), "-r", f"{args.spawn_rate:g}", "-t", f"{args.duration:g}s",
         "--stop-timeout", f"{args.stop_timeout:g}", "--mix", args.mix, "--label", args.label,
         "--run-dir", str(run_dir), "--metrics-urls", metrics,
@@ -134,7 +139,14 @@ def run_locust(args: argparse.Namespace, net: Network, services: Services, run_d
             "lb", sys.executable, "-m", "locust", "-f", "locustfiles", "--worker",
             "--master-host", "127.0.0.1", *args.user_classes),
             run_dir / f"locust-worker-{i}.log", env=env)
-    code = proc.wait(timeout=args.duration + args.stop_timeout + 120)
+    # Workers leave with 0 when the master ends the run; any other exit is a failure.
+    wait_until(lambda: proc.poll() is not None, "the Locust run ends",
+               timeout_s=args.ready_timeout + args.duration + args.stop_timeout,
+               interval_s=0.5, alive=lambda: all(p.poll() in (None, 0)
+                                                 for p in services.procs.values()),
+               progress=services.progress, stall_s=args.stall_timeout,
+               detail=services.log_tails)
+    code = proc.returncode
     for i in (1, 2):
         services.wait(f"locust-worker-{i}", timeout_s=30)
     return code

@@ -12,20 +12,20 @@ keep changing), and gives up only when nothing moved for ``stall_s`` or ``cap_s`
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from harness.processes import free_port, running, stop_process, tree_progress
-from harness.waiting import CAP_S, STALL_S, wait_until
+from harness.processes import free_port, running
+from harness.server_process import ServerProcess
+from harness.waiting import CAP_S, STALL_S
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class GunicornServer:
+class GunicornServer(ServerProcess):
     """Gunicorn with ``gunicorn.conf.py`` on 127.0.0.1 (HTTPS when TLS_CERTFILE is set)."""
 
     def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2,
@@ -39,41 +39,14 @@ class GunicornServer:
         scheme = "https" if env.get("TLS_CERTFILE") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.pidfile = workdir / "gunicorn.pid"
-        self.log_path = log_path or workdir / "gunicorn.log"
-        self.env = {**os.environ, **env} if inherit_env else dict(env)
-        self.args = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
-                     "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                     "--pid", str(self.pidfile), *extra_args]
-        self.cap_s, self.stall_s = cap_s, stall_s
-        self.proc: subprocess.Popen | None = None
+        args = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
+                "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+                "--pid", str(self.pidfile), *extra_args]
+        super().__init__(args, log_path or workdir / "gunicorn.log",
+                         {**os.environ, **env} if inherit_env else dict(env), cwd=REPO,
+                         cap_s=cap_s, stall_s=stall_s)
         self.ready: dict[str, Any] = {}  # the last /ready body (model, dtype, kernels, ...)
         self.ready_s = 0.0
-
-    def __enter__(self) -> GunicornServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start the master; output goes to ``log_path`` (appended)."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
-
-    def log_text(self) -> str:
-        """Everything Gunicorn and the app printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        """True while the master runs."""
-        return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, workers: int | None = None) -> float:
         """Return once ``workers`` (default: all) distinct worker pids answered /ready 200."""
@@ -92,11 +65,9 @@ class GunicornServer:
                 self.ready = response.json()
             return len(seen) >= want
 
-        self.ready_s = wait_until(
-            all_ready, f"gunicorn {self.url}: {want} workers ready (seen {seen})",
-            timeout_s=self.cap_s, interval_s=0.2, alive=self.alive, stall_s=self.stall_s,
-            progress=lambda: (tree_progress(self.proc.pid, self.log_path), len(seen)),
-            detail=lambda: self.log_text()[-6000:])
+        self.ready_s = self.follow(
+            all_ready, f"gunicorn {self.url}: {want} workers ready",
+            progress=lambda: len(seen), detail=lambda: f"workers ready: {sorted(seen)}\n")
         return self.ready_s
 
     def master_pid(self) -> int:
@@ -109,8 +80,8 @@ class GunicornServer:
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
         return [int(pid) for pid in children if running(int(pid))]
 
-    def wait_worker_pids(self, workers: int, timeout_s: float = 60.0) -> list[int]:
-        """Worker pids once the master has ``workers`` live children again.
+    def wait_worker_pids(self, workers: int, without: tuple[int, ...] = ()) -> list[int]:
+        """Worker pids once the master has ``workers`` live children again, none in ``without``.
 
         A recycled or killed worker is replaced on the master's next loop (about a second
         later, longer on a busy machine), so a count taken right after load can be one short.
@@ -119,14 +90,8 @@ class GunicornServer:
 
         def counted() -> bool:
             pids[:] = self.worker_pids()
-            return len(pids) == workers
+            return len(pids) == workers and not set(pids) & set(without)
 
-        wait_until(counted, f"{workers} live workers (have {pids})", timeout_s=timeout_s,
-                   alive=self.alive)
+        self.follow(counted, f"{workers} live workers, none of {list(without)}",
+                    detail=lambda: f"workers now: {pids}\n")
         return pids
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL (workers included); return the master's exit code."""
-        if self.proc is None:
-            return None
-        return stop_process(self.proc, timeout_s)

@@ -90,7 +90,7 @@ def main() -> int:
     """Run the probe and print its report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="synthetic:gpt2-large")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -256,7 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="synthetic:gpt2-large")
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--batch", type=int, default=8, help="MAX_BATCH_SIZE")
     parser.add_argument("--users", type=int, default=10)

@@ -115,12 +115,17 @@ def client(app: Flask) -> FlaskClient:
 TEST_API_KEY = "test-key-0123456789abcdef"
 
 
-@pytest.fixture
-def api_env() -> dict[str, str]:
-    """Environment that gives a Gunicorn server under test its API key (rate limits off:
-    bursts from one key are how these tests load the server; tests/test_limits.py sets its own).
+def server_env(workdir: Path, **overrides: str) -> dict[str, str]:
+    """Environment of a Gunicorn server under test (the twin of ``make_app``'s config).
+
+    synthetic:tiny in float32 on one torch thread, the test API key, rate limits off (bursts
+    from one key are how these tests load the server), the request log in ``workdir``;
+    ``overrides`` on top (``""`` turns a setting off). A plain function, not a fixture, so
+    module-scoped fixtures and helpers that start servers use it too.
     """
-    return {"API_KEYS": TEST_API_KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
+    return {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
+            "TORCH_THREADS": "1", "REQUEST_LOG": str(workdir / "server_requests.jsonl"),
+            "API_KEYS": TEST_API_KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", **overrides}
 
 
 @pytest.fixture

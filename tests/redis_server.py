@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from harness.processes import free_port
+from harness.processes import free_port, stop_process
 from harness.waiting import wait_until
 
 
@@ -44,12 +44,7 @@ class RedisServer:
         """Terminate, wait, kill if needed; the port is closed afterwards."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a frozen (SIGSTOPped) one cannot act
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 10)
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", self.port)) != 0
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import requests
 
+from harness.waiting import CAP_S, wait_until
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -59,10 +61,11 @@ class SteadyLoad:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True, name=f"load-{i}")
                          for i in range(threads)]
-        self._deadline = 0.0
+        self._ends_at = 0.0
 
     def __enter__(self) -> SteadyLoad:
-        self._deadline = time.monotonic() + self.max_s
+        # The load's own length (max_s), not a wait for anything: the threads stop sending.
+        self._ends_at = time.monotonic() + self.max_s
         for thread in self._threads:
             thread.start()
         return self
@@ -73,7 +76,7 @@ class SteadyLoad:
     def _next_index(self) -> int | None:
         with self._lock:
             if self._stop.is_set() or self._sent >= self.max_requests \
-                    or time.monotonic() > self._deadline:
+                    or time.monotonic() > self._ends_at:
                 return None
             self._sent += 1
             return self._sent - 1
@@ -97,13 +100,17 @@ class SteadyLoad:
         with self._lock:
             return len(self.outcomes)
 
-    def wait_for(self, done: int, timeout_s: float) -> None:
-        """Block until ``done`` requests came back; fail after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while self.done < done:
-            assert time.monotonic() < deadline, f"only {self.done} of {done} requests back"
-            assert any(t.is_alive() for t in self._threads), f"load ended at {self.done}"
-            time.sleep(0.05)
+    def alive(self) -> bool:
+        """True while a client thread still sends or waits for an answer."""
+        return any(t.is_alive() for t in self._threads)
+
+    def wait_for(self, done: int, timeout_s: float = CAP_S) -> float:
+        """Block until ``done`` requests came back; fail if the load ended first, or when no
+        request came back for ``STALL_S`` (or ``timeout_s`` passed); return the seconds."""
+        return wait_until(lambda: self.done >= done, f"{done} requests back",
+                          timeout_s=timeout_s, interval_s=0.05, alive=self.alive,
+                          progress=lambda: self.done,
+                          detail=lambda: f"{self.done} of {done} back")
 
     def stop(self, timeout_s: float = 130) -> list[Outcome]:
         """Send no more; wait for the requests in flight; return every outcome."""

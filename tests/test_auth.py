@@ -5,11 +5,11 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness.waiting import wait_until
 from server import create_app
 from server.auth import ConfigError
 from tests.conftest import TEST_API_KEY
@@ -97,10 +97,8 @@ def test_unauthorized_requests_cost_no_model_time(make_app) -> None:
     busy = threading.Thread(target=lambda: app.test_client().post(
         "/generate-text", json={"prompt": "Go on", "max_new_tokens": 1000}))
     busy.start()
-    deadline = time.monotonic() + 120
-    while service.scheduler.running != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until(lambda: service.scheduler.running == 1, "the long generation is running",
+               interval_s=0.005, alive=busy.is_alive)
     depths: list[int] = []
 
     def refused(_: int) -> int:

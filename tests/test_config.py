@@ -10,6 +10,7 @@ from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
 from server import create_app
 from server.config import DEFAULTS, ConfigError, Settings, load_config
+from tests.conftest import server_env
 
 
 @pytest.fixture(autouse=True)
@@ -60,10 +61,8 @@ def test_a_bad_mapping_value_stops_the_app_factory() -> None:
 
 @pytest.mark.parametrize(("name", "value"), [("MAX_BATCH_SIZE", "eight"),
                                              ("IGNORE_EOS", "ture")])
-def test_gunicorn_refuses_to_start_with_a_bad_value(tmp_path: Path, api_env, name,
-                                                    value) -> None:
-    server = GunicornServer(tmp_path, {**api_env, "MODEL": "synthetic:tiny", name: value},
-                            workers=1)
+def test_gunicorn_refuses_to_start_with_a_bad_value(tmp_path: Path, name, value) -> None:
+    server = GunicornServer(tmp_path, server_env(tmp_path, **{name: value}), workers=1)
     server.start()
     try:
         wait_until(lambda: not server.alive(), "gunicorn exits on a bad setting",

@@ -14,7 +14,7 @@ import requests
 from harness.gunicorn_process import GunicornServer
 from server import synthetic
 from server.memory import read_process_memory
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, server_env
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +40,20 @@ def _load(server: GunicornServer, headers: dict, n: int) -> None:
         assert set(pool.map(post, range(n))) == {200}
 
 
-def _serve(tmp_path: Path, workers: int, api_env: dict) -> GunicornServer:
-    env = {"MODEL": "synthetic:gpt2", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": "", "GUNICORN_ACCESSLOG": "", "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "",
-           **api_env}
+def _serve(tmp_path: Path, workers: int) -> GunicornServer:
     folder = tmp_path / f"w{workers}"
     folder.mkdir()
+    # TORCH_THREADS 0: this machine's cores shared among the workers (Gunicorn's default).
+    env = server_env(folder, MODEL="synthetic:gpt2", TORCH_THREADS="0", REQUEST_LOG="",
+                     GUNICORN_ACCESSLOG="")
     return GunicornServer(folder, env, workers=workers)
 
 
-def test_three_workers_cost_far_less_than_three_copies(gpt2_model, tmp_path, api_env,
+def test_three_workers_cost_far_less_than_three_copies(gpt2_model, tmp_path,
                                                        api_headers) -> None:
     totals = {}
     for workers in (1, 3):
-        with _serve(tmp_path, workers, api_env) as server:
+        with _serve(tmp_path, workers) as server:
             _load(server, api_headers, 3 * workers)
             totals[workers] = _tree_mb(server)
     ratio = totals[3]["pss"] / totals[1]["pss"]
@@ -63,9 +63,9 @@ def test_three_workers_cost_far_less_than_three_copies(gpt2_model, tmp_path, api
     assert totals[3]["rss"] > 1.5 * totals[3]["pss"]  # RSS alone would double-count weights
 
 
-def test_serving_traffic_does_not_unshare_the_weights(gpt2_model, tmp_path, api_env,
+def test_serving_traffic_does_not_unshare_the_weights(gpt2_model, tmp_path,
                                                       api_headers) -> None:
-    with _serve(tmp_path, 2, api_env) as server:
+    with _serve(tmp_path, 2) as server:
         _load(server, api_headers, 8)
         before = _tree_mb(server)
         _load(server, api_headers, 200)

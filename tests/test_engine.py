@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.waiting import wait_until
 from server.decoding import GenerationRequest
 from server.engine import StepEngine, StepReport, generate_alone
 from server.jobs import Job
@@ -112,8 +113,7 @@ def _scheduler(loaded, max_batch: int = 4, timeout_s: float = 60.0) -> Scheduler
 def test_scheduler_joins_rows_between_steps_and_cancels(loaded) -> None:
     scheduler = _scheduler(loaded)
     long = scheduler.submit(Job(GenerationRequest(_prompt(4), 400)))
-    while not long.batch_size:
-        time.sleep(0.01)
+    wait_until(lambda: long.batch_size, "the long job is in a batch", interval_s=0.01)
     short = scheduler.submit(Job(GenerationRequest(_prompt(4, 700), 3)))
     assert short.wait(60) and short.result.finish_reason == "length"
     assert not long._done.is_set()  # it joined the running batch and left before it
@@ -121,10 +121,7 @@ def test_scheduler_joins_rows_between_steps_and_cancels(loaded) -> None:
     long.cancelled = True
     assert long.wait(60) and long.result.finish_reason == "cancelled"
     assert 0 < len(long.result.token_ids) < 400
-    deadline = time.monotonic() + 60
-    while scheduler.running:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: not scheduler.running, "the batch is empty", interval_s=0.01)
 
 
 def test_scheduler_refuses_what_it_predicts_past_the_timeout(loaded) -> None:
@@ -170,30 +167,33 @@ def test_prediction_grows_with_the_rows_its_steps_will_carry(loaded) -> None:
 
 
 def test_a_row_near_its_deadline_decodes_without_waiting_for_prefill(loaded) -> None:
-    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=10.0)
-    scheduler.step_s = 0.5  # as if measured: half a second a decode step
+    # Seconds are large and deadlines set from the clock just before each step, so a slow
+    # or crowded machine cannot move the outcome.
+    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=100.0)
+    scheduler.step_s = 5.0  # as if measured: 5 s a decode step
     old = scheduler.submit(Job(GenerationRequest(_prompt(4), 10)))
     scheduler.run_once()  # admits it; reads its prompt in and samples its first token
     (_, old_row), = scheduler._rows
     new = scheduler.submit(Job(GenerationRequest(_prompt(40, 300), 5)))
-    old.enqueued_at -= 5.0  # it has waited: 9 steps x 0.5 s x 1.5 margin > its 5 s left
+    old.enqueued_at = time.monotonic() - 50.0  # 50 s left; 9 steps x ~5 s x 1.5 do not fit
     scheduler.run_once()
     new_row = scheduler._rows[1][1]
     assert len(old_row.tokens) == 2 and new_row.prefilled == 0  # a decode-only step
-    old.enqueued_at += 5.0  # time enough again: the prompt chunk rides along
+    old.enqueued_at = time.monotonic()  # 100 s left: the prompt chunk rides along
     scheduler.run_once()
     assert len(old_row.tokens) == 3 and new_row.prefilled == 8
     assert new.started_at is not None
 
 
 def test_the_earliest_deadline_at_risk_goes_first_even_while_reading_its_prompt(loaded) -> None:
-    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=30.0)
-    scheduler.step_s, scheduler.token_s = 0.5, 0.01
+    scheduler = Scheduler(_engine(loaded, chunk=8), 4, max_queue=8, timeout_s=300.0)
+    scheduler.step_s, scheduler.token_s = 5.0, 0.01
     jobs = [scheduler.submit(Job(GenerationRequest(_prompt(n, 100 * n), 4))) for n in (9, 30)]
     scheduler.run_once()  # both join; the shorter prompt is read first: 8 of its 9 tokens
     short, long = (row for _, row in scheduler._rows)
     assert (short.prefilled, long.prefilled) == (8, 0)
-    jobs[1].enqueued_at -= 27.0  # the long prompt's request is now the one about to time out
+    # The long prompt's request is now the one about to time out (20 s left).
+    jobs[1].enqueued_at = time.monotonic() - 280.0
     scheduler.run_once()
     assert (short.prefilled, long.prefilled) == (8, 8)  # only its prompt was read
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR, TEST_API_KEY
+from tests.conftest import TEST_API_KEY, server_env
 
 # Gunicorn's access log line (gunicorn.conf.py access_log_format):
 # "METHOD /path HTTP/x" STATUS BYTES TIME "USER-AGENT" REQUEST-ID
@@ -24,11 +24,9 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 
 
 @pytest.fixture
-def fuzz_server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
+def fuzz_server(tiny_model: Path, tmp_path: Path):
     # Two-token generations and short inputs keep > 1,000 requests within seconds of CPU.
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           "MAX_NEW_TOKENS_CAP": "2", "MAX_INPUT_CHARS": "2000", **api_env}
+    env = server_env(tmp_path, MAX_NEW_TOKENS_CAP="2", MAX_INPUT_CHARS="2000")
     with GunicornServer(tmp_path, env, workers=2) as server:
         yield server
 

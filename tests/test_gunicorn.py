@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 BODIES = {
     "/generate-text": {"prompt": "Once upon a time", "max_new_tokens": 8},
@@ -26,10 +25,8 @@ BODIES = {
 
 
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           **api_env}
+def server(tiny_model: Path, tmp_path: Path):
+    env = server_env(tmp_path)
     with GunicornServer(tmp_path, env, workers=2) as running:
         yield running
 
@@ -91,10 +88,9 @@ def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     # Each worker reports its own memory once warm (startup log of the memory issue).
     pattern = (r"\[(\d+)\] server\.service: worker \d+ warmed up in [\d.]+ s: RSS \d+ MB, "
                r"USS \d+ MB, PSS \d+ MB")
-    deadline = time.monotonic() + 120
-    while len(warmed := re.findall(pattern, server.log_text())) < 2:
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.1)
+    server.follow(lambda: len(re.findall(pattern, server.log_text())) >= 2,
+                  "both workers logged their warm-up", interval_s=0.1)
+    warmed = re.findall(pattern, server.log_text())
     assert sorted(map(int, warmed)) == sorted(server.worker_pids())
 
 
@@ -131,12 +127,10 @@ def _served(server: GunicornServer, route: str) -> float:
 
 
 def test_sighup_reload_keeps_the_metrics_counters(tiny_model: Path, tmp_path: Path,
-                                                  api_env, api_headers) -> None:
+                                                  api_headers) -> None:
     """A reload (SIGHUP: Gunicorn reads gunicorn.conf.py again and replaces the workers)
     must not wipe the multiprocess metrics files: counters go on from where they were."""
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "GUNICORN_ACCESSLOG": "",
-           **api_env}
+    env = server_env(tmp_path, GUNICORN_ACCESSLOG="")
     with GunicornServer(tmp_path, env, workers=1) as server:
         [before_reload] = server.worker_pids()
         for _ in range(3):

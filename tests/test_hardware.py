@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 from server.hardware import blas_name, cpu_facts, fingerprint_subprocess, host_fingerprint
 
 SAPPHIRE_RAPIDS = """\
@@ -73,9 +73,9 @@ def test_fingerprint_starts_no_torch_threads() -> None:
             "before = len(os.listdir('/proc/self/task'))\n"
             "facts = host_fingerprint()\n"
             "print(json.dumps([before, len(os.listdir('/proc/self/task')), facts]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True, timeout=120).stdout
-    before, after, facts = json.loads(out)
+    run = run_script([sys.executable, "-c", code], cwd=REPO)  # followed: imports torch
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, after, facts = json.loads(run.stdout)
 
     assert after == before and facts["torch_cpu_capability"]
 

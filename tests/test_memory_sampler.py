@@ -113,7 +113,7 @@ def test_thread_samples_until_stopped() -> None:
     seen: list[MemorySample] = []
     sampler = WorkerMemorySampler(0.01, on_sample=seen.append)
     sampler.start()
-    wait_until(lambda: len(seen) >= 5, "5 samples", timeout_s=120, interval_s=0.01)
+    wait_until(lambda: len(seen) >= 5, "5 samples", timeout_s=300, interval_s=0.01)
     sampler.stop()
     taken = sampler.samples_taken
     time.sleep(0.05)

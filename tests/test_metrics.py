@@ -11,14 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
 from server.memory import system_available_mb
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "MEMORY_SAMPLE_S": "0.1",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **api_env}
+def server(tiny_model: Path, tmp_path: Path):
+    env = server_env(tmp_path, MEMORY_SAMPLE_S="0.1",
+                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     with GunicornServer(tmp_path, env, workers=2) as running:
         yield running
 

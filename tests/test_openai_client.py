@@ -17,7 +17,8 @@ import requests
 from transformers import AutoTokenizer
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR, TEST_API_KEY
+from harness.waiting import wait_until
+from tests.conftest import TEST_API_KEY, server_env
 
 MODEL = "synthetic:tiny"
 BATCH = 4
@@ -28,11 +29,8 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """One Gunicorn worker; a 100 ms gathering window so concurrent streams share a batch;
     IGNORE_EOS so every answer is exactly max_tokens long."""
     workdir = tmp_path_factory.mktemp("openai-gunicorn")
-    env = {"MODEL": MODEL, "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(workdir / "server_requests.jsonl"), "API_KEYS": TEST_API_KEY,
-           "MAX_BATCH_SIZE": str(BATCH), "IGNORE_EOS": "1",
-           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "MEMORY_SAMPLE_S": "0.1",
-           "TORCH_THREADS": "1", "GUNICORN_ACCESSLOG": ""}
+    env = server_env(workdir, MODEL=MODEL, MAX_BATCH_SIZE=str(BATCH), IGNORE_EOS="1",
+                     MEMORY_SAMPLE_S="0.1", GUNICORN_ACCESSLOG="")
     with GunicornServer(workdir, env, workers=1) as running:
         running.request_log = workdir / "server_requests.jsonl"
         yield running
@@ -58,10 +56,9 @@ def _log(server: GunicornServer) -> dict[str, dict]:
 def _logged(server: GunicornServer, request_ids: list[str]) -> dict[str, dict]:
     """The request log once it holds every one of ``request_ids``: a streamed request's
     record is written as its stream closes, which can be after the client read [DONE]."""
-    deadline = time.monotonic() + 120  # slow CI machines write late
-    while not set(request_ids) <= set(log := _log(server)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return log
+    server.follow(lambda: set(request_ids) <= set(_log(server)),
+                  f"{len(request_ids)} records in the request log", interval_s=0.02)
+    return _log(server)
 
 
 def test_models_list(client) -> None:
@@ -178,14 +175,12 @@ def test_client_that_hangs_up_frees_its_slot(server, api_headers) -> None:
             received += sock.recv(4096)
         assert received.startswith(b"HTTP/1.1 200")
     hung_up = time.monotonic()  # closed mid-stream, with hundreds of tokens to go
-    while "hangs-up" not in _log(server) and time.monotonic() - hung_up < 30:
-        time.sleep(0.02)
-    record = _log(server)["hangs-up"]
+    record = _logged(server, ["hangs-up"])["hangs-up"]
     assert record["completion_tokens"] < 256
-    deadline = hung_up + full_s
-    while _running(server) and time.monotonic() < deadline + 1:
-        time.sleep(0.05)
-    assert _running(server) == 0
+    # Bounded by what is measured, not a readiness wait: freed sooner than a full answer.
+    wait_until(lambda: not _running(server), "the hung-up stream's slot is freed",
+               timeout_s=hung_up + full_s + 1 - time.monotonic(), interval_s=0.05,
+               alive=server.alive)
     assert time.monotonic() - hung_up < full_s, "the slot was held as long as a full answer"
 
 

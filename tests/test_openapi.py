@@ -1,7 +1,6 @@
 """/openapi.json and /docs: the spec is the validating schemas, and the page renders offline."""
 
 import threading
-import time
 from collections.abc import Iterator
 
 import jsonschema_rs
@@ -9,6 +8,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from harness.processes import free_port
+from harness.waiting import wait_until
 from server.schemas import AnswerBody, GenerateBody, SummarizeBody
 from tests.conftest import TEST_API_KEY
 
@@ -101,19 +101,24 @@ def live_url(make_app) -> Iterator[str]:
     thread.join(10)
 
 
-def _wait(condition, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
-    return value
+def _wait(condition, what: str):
+    """The first truthy value of ``condition()`` (the page renders, a generation answers)."""
+    values = []
+
+    def holds() -> bool:
+        values.append(condition())
+        return bool(values[-1])
+
+    wait_until(holds, what, timeout_s=300, interval_s=0.1)
+    return values[-1]
 
 
 def test_docs_page_renders_the_spec_and_tries_a_request(browser, live_url) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(f"{live_url}/docs")
-    operations = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".op"))
+    operations = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".op"),
+                       "the operations rendered")
     assert len(operations) == 9  # 3 tasks, health, ready, metrics, 3 OpenAI routes
     assert any("/v1/chat/completions" in op.text for op in operations)
     generate = next(op for op in operations if "/generate-text" in op.text)
@@ -125,5 +130,5 @@ def test_docs_page_renders_the_spec_and_tries_a_request(browser, live_url) -> No
     generate.find_element(By.TAG_NAME, "summary").click()
     generate.find_element(By.TAG_NAME, "button").click()
     output = generate.find_element(By.TAG_NAME, "pre")
-    _wait(lambda: output.text.strip())
+    _wait(lambda: output.text.strip(), "the tried request's answer")
     assert output.text.startswith("200") and '"completion_tokens"' in output.text

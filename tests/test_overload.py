@@ -16,17 +16,15 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from server.admission import InFlightTable
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 CAP, CLIENTS = 12, 100
 
 
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path, api_env: dict[str, str]):
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "GUNICORN_ACCESSLOG": "",
-           "IGNORE_EOS": "1", "MAX_BATCH_SIZE": "4", "MAX_QUEUE": "16",
-           "MAX_IN_FLIGHT": str(CAP), "TORCH_THREADS": "1", **api_env}
+def server(tiny_model: Path, tmp_path: Path):
+    env = server_env(tmp_path, GUNICORN_ACCESSLOG="", IGNORE_EOS="1", MAX_BATCH_SIZE="4",
+                     MAX_QUEUE="16", MAX_IN_FLIGHT=str(CAP))
     with GunicornServer(tmp_path, env, workers=2) as running:
         yield running
 

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_env, read_csv
+from tests.locust_runs import locust_env, read_csv
 
 
 def test_probe_compares_loop_lag_with_and_without_sampling(tiny_model: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "lag"
-    run = subprocess.run(
+    run = run_script(
         [sys.executable, "scripts/probe_loop_lag.py", "--out", str(out), "--model",
          "synthetic:tiny", "--models-dir", MODELS_DIR, "--dtype", "float32", "--workers", "1",
          "--users", "2", "--spawn-rate", "2", "--duration", "10", "--stop-timeout", "20"],
-        cwd=REPO, env=locust_env(), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=locust_env())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     result = json.loads((out / "loop_lag.json").read_text())

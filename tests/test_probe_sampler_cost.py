@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
 
 
 def test_probe_measures_the_sampler_on_and_off(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
-    run = subprocess.run(
+    run = run_script(
         [sys.executable, "scripts/probe_sampler_cost.py", "--model", "synthetic:tiny",
          "--models-dir", MODELS_DIR, "--dtype", "float32", "--batch", "2",
          "--prompt-tokens", "8", "--tokens", "8", "--rounds", "2", "--window-s", "1.5",
          "--interval-s", "0.05", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     result = json.loads(out.read_text())

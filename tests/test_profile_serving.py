@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
 
 
 def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: Path) -> None:
-    run = subprocess.run(
+    run = run_script(
         [sys.executable, "scripts/profile_serving.py", "--model", "synthetic:tiny",
          "--models-dir", MODELS_DIR, "--dtype", "float32", "--workers", "1", "--users", "2",
          "--prompt-tokens", "16", "--tokens", "8", "--warmup-s", "3", "--measure-s", "6"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
     assert "client errors 0" in out

@@ -8,15 +8,13 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from server.requestlog import FIELDS, RequestLog
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 
 def test_200_concurrent_requests_give_200_whole_lines(tiny_model: Path, tmp_path: Path,
-                                                      api_env, api_headers) -> None:
+                                                      api_headers) -> None:
     log_path = tmp_path / "server_requests.jsonl"
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "REQUEST_LOG": str(log_path), "MAX_QUEUE": "256", "GUNICORN_THREADS": "32",
-           "GUNICORN_ACCESSLOG": "", "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", **api_env}
+    env = server_env(tmp_path, MAX_QUEUE="256", GUNICORN_THREADS="32", GUNICORN_ACCESSLOG="")
     with GunicornServer(tmp_path, env, workers=2) as server:
         def post(i: int) -> requests.Response:
             body = {"prompt": f"Line {i} of the log " + "x" * (i % 50), "max_new_tokens": 2}

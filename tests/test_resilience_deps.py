@@ -25,7 +25,8 @@ import redis
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR
+from harness.waiting import wait_until
+from tests.conftest import server_env
 from tests.steady_load import Outcome, SteadyLoad, post_once
 
 BODY = {"prompt": "Count me", "max_new_tokens": 1}
@@ -37,11 +38,9 @@ FELL_BACK = "Rate limit storage unreachable - falling back to in-memory storage"
 
 
 def _serve(tmp_path: Path, storage_uri: str) -> GunicornServer:
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           "GUNICORN_ACCESSLOG": "", "API_KEYS": ",".join([BACKGROUND_KEY, *BURST_KEYS]),
-           "RATE_LIMIT": f"{LIMIT}/minute", "GLOBAL_RATE_LIMIT": "",
-           "RATELIMIT_STORAGE_URI": storage_uri}
+    env = server_env(tmp_path, GUNICORN_ACCESSLOG="",
+                     API_KEYS=",".join([BACKGROUND_KEY, *BURST_KEYS]),
+                     RATE_LIMIT=f"{LIMIT}/minute", RATELIMIT_STORAGE_URI=storage_uri)
     return GunicornServer(tmp_path, env, workers=2)
 
 
@@ -79,6 +78,16 @@ def _pids_logging(server: GunicornServer, message: str) -> set[int]:
                                            server.log_text())}
 
 
+def _wait_all_logged(server: GunicornServer, background: SteadyLoad, message: str,
+                     workers: set[int]) -> None:
+    """Wait until ``workers`` all logged ``message``; the background load drives the workers'
+    Redis checks, so fail at once if it (or the server) ended."""
+    wait_until(lambda: _pids_logging(server, message) == workers,
+               f"every worker logged {message!r}", interval_s=0.2,
+               alive=lambda: server.alive() and background.alive(),
+               progress=lambda: background.done, detail=lambda: server.log_text()[-3000:])
+
+
 def _counted_in_redis(uri: str, key: str) -> bool:
     """Whether Redis holds a rate-limit counter of ``key`` (by its key id)."""
     key_id = sha256(key.encode()).hexdigest()[:8]
@@ -101,10 +110,7 @@ def test_redis_restart_under_load_never_fails_and_shared_limits_resume(
             # on its next requests and switches back. The background load drives the checks.
             time.sleep(2)
             redis_server.start()
-            deadline = time.monotonic() + 180
-            while _pids_logging(server, RECOVERED) != workers:
-                assert time.monotonic() < deadline, server.log_text()[-3000:]
-                time.sleep(0.2)
+            _wait_all_logged(server, background, RECOVERED, workers)
             key, after = _burst_on_both_workers(server.url, keys)
         steady = background.stop()
         log_text = server.log_text()
@@ -131,22 +137,16 @@ def test_frozen_redis_costs_a_request_at_most_its_timeouts_then_recovers(
     with _serve(tmp_path, redis_server.uri) as server:
         workers = set(server.worker_pids())
         with _background(server, max_s=150) as background:
-            background.wait_for(20, timeout_s=30)
+            background.wait_for(20)
             redis_server.proc.send_signal(signal.SIGSTOP)
             frozen_at = time.time()
-            deadline = time.monotonic() + 180
-            while _pids_logging(server, FELL_BACK) != workers:
-                assert time.monotonic() < deadline, server.log_text()[-3000:]
-                time.sleep(0.2)
+            _wait_all_logged(server, background, FELL_BACK, workers)
             _, during = _burst_on_both_workers(server.url, keys)
             # Stay frozen a while: the workers' backoff re-checks (1, 2 s ...) meet it too.
             time.sleep(max(0.0, frozen_at + 4 - time.time()))
             redis_server.proc.send_signal(signal.SIGCONT)
             thawed_at = time.time()
-            deadline = time.monotonic() + 180
-            while _pids_logging(server, RECOVERED) != workers:
-                assert time.monotonic() < deadline, server.log_text()[-3000:]
-                time.sleep(0.2)
+            _wait_all_logged(server, background, RECOVERED, workers)
             key, after = _burst_on_both_workers(server.url, keys)
         steady = background.stop()
 
@@ -164,17 +164,15 @@ def test_frozen_redis_costs_a_request_at_most_its_timeouts_then_recovers(
 
 
 def test_request_log_on_a_full_disk_still_answers_and_is_counted(
-        tiny_model, tmp_path, api_env, api_headers) -> None:
+        tiny_model, tmp_path, api_headers) -> None:
     """REQUEST_LOG=/dev/full: every write fails with ENOSPC, like a disk that filled up."""
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode), "/dev/full is not the full device"
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": "/dev/full", "GUNICORN_ACCESSLOG": "",
-           **api_env}
+    env = server_env(tmp_path, REQUEST_LOG="/dev/full", GUNICORN_ACCESSLOG="")
     with GunicornServer(tmp_path, env, workers=2) as server:
         with SteadyLoad(f"{server.url}/generate-text", api_headers,
                         lambda i: {"prompt": f"Log {i}", "max_new_tokens": 2}, threads=4,
                         max_requests=40, max_s=60) as load:
-            load.wait_for(40, timeout_s=60)
+            load.wait_for(40)
         outcomes = load.stop()
         metrics = requests.get(f"{server.url}/metrics", timeout=10).text
         log_text = server.log_text()

@@ -18,28 +18,33 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR
+from harness.waiting import wait_until
+from tests.conftest import server_env
 from tests.steady_load import Outcome, post_once
 
 IN_FLIGHT = 20
 # Batches of one and 128 forced tokens: each worker works through its ~10 requests one after
 # the other for a few seconds, so most are still queued or running when SIGTERM arrives.
-ENV = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-       "TORCH_THREADS": "1", "IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1",
-       "GUNICORN_ACCESSLOG": ""}
+SETTINGS = {"IGNORE_EOS": "1", "MAX_BATCH_SIZE": "1", "GUNICORN_ACCESSLOG": ""}
+
+
+def _refused(port: int) -> bool:
+    """Whether a TCP connect to ``port`` is refused."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
 
 
 def _refused_at(port: int, timeout_s: float = 10) -> float:
-    """time.time() when a TCP connect to ``port`` was first refused (polling every 20 ms)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                pass
-        except ConnectionRefusedError:
-            return time.time()
-        time.sleep(0.02)
-    pytest.fail(f"port {port} still accepted connections {timeout_s} s after SIGTERM")
+    """time.time() when a TCP connect to ``port`` was first refused (polling every 20 ms).
+
+    Bounded by what is tested, not a readiness wait: refusing must follow SIGTERM at once.
+    """
+    wait_until(lambda: _refused(port), f"port {port} refuses connections after SIGTERM",
+               timeout_s=timeout_s, interval_s=0.02)
+    return time.time()
 
 
 def _tcp_sockets() -> list[tuple[int, int, str, int]]:
@@ -74,9 +79,9 @@ def _log_lines(path: Path) -> list[str]:
 
 
 def test_sigterm_finishes_in_flight_generations_and_refuses_new_connections(
-        tiny_model, tmp_path, api_env, api_headers) -> None:
+        tiny_model, tmp_path, api_headers) -> None:
     log_path = tmp_path / "server_requests.jsonl"
-    env = {**ENV, "REQUEST_LOG": str(log_path), **api_env}
+    env = server_env(tmp_path, **SETTINGS)
     outcomes: list[Outcome] = []
     with GunicornServer(tmp_path, env, workers=2) as server:
         workers = server.worker_pids()
@@ -93,10 +98,10 @@ def test_sigterm_finishes_in_flight_generations_and_refuses_new_connections(
         # worker (gthread hands each accepted connection to its pool at once). On a loaded
         # host a client thread can still be connecting then: its connection, never
         # accepted, was reset by SIGTERM and failed this test in CI.
-        deadline = time.monotonic() + 180
-        while len(_log_lines(log_path)) < 2 or not _all_accepted(server.port, outcomes):
-            assert time.monotonic() < deadline, server.log_text()[-3000:]
-            time.sleep(0.02)
+        server.follow(lambda: len(_log_lines(log_path)) >= 2
+                      and _all_accepted(server.port, outcomes),
+                      "two generations done and every other request accepted",
+                      progress=lambda: len(outcomes), interval_s=0.02)
         finished_before = len(_log_lines(log_path))
         sigterm_at = time.time()
         server.proc.send_signal(signal.SIGTERM)

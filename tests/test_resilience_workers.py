@@ -22,10 +22,11 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
+from harness.waiting import wait_until
 from server import synthetic
 from server.memory import read_process_memory
 from server.requestlog import FIELDS
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, server_env
 from tests.steady_load import Outcome, SteadyLoad
 
 # What a request held by a dying worker turns into on the client side.
@@ -34,12 +35,6 @@ CLIENTS = 8
 # MAX_IN_FLIGHT for the kill test: room for the clients (a slot is given back only after the
 # answer's last byte, so a client can be one request ahead), not for what a leak would hold.
 CAP = CLIENTS + 2
-
-
-def _env(tmp_path: Path, model: str, **extra: str) -> dict[str, str]:
-    return {"MODEL": model, "MODELS_DIR": MODELS_DIR, "DTYPE": "float32", "TORCH_THREADS": "1",
-            "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"), "GUNICORN_ACCESSLOG": "",
-            **extra}
 
 
 def _body(i: int) -> dict:
@@ -60,17 +55,11 @@ def _weight_mb(server: GunicornServer) -> float:
     return float(match[1]) / 2**20
 
 
-def _wait_replaced(server: GunicornServer, victim: int, survivor: int,
-                   timeout_s: float = 60) -> int:
+def _wait_replaced(server: GunicornServer, victim: int, survivor: int) -> int:
     """The pid of the worker Gunicorn forked in place of ``victim``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pids = set(server.worker_pids())
-        if len(pids) == 2 and victim not in pids:
-            assert survivor in pids
-            return (pids - {survivor}).pop()
-        assert time.monotonic() < deadline, f"no replacement for {victim}: {pids}"
-        time.sleep(0.1)
+    pids = set(server.wait_worker_pids(2, without=(victim,)))
+    assert survivor in pids
+    return (pids - {survivor}).pop()
 
 
 @pytest.fixture(scope="module")
@@ -89,25 +78,27 @@ def _all_admitted(server: GunicornServer, headers: dict, n: int) -> list[int]:
 
 @pytest.mark.slow  # serves synthetic:gpt2 (informational: `make test` runs it)
 def test_sigkilled_worker_is_replaced_and_only_its_requests_fail(
-        gpt2_model, tmp_path, api_env, api_headers) -> None:
+        gpt2_model, tmp_path, api_headers) -> None:
     # A tight server-wide in-flight cap: slots the killed worker held must be given back
     # (child_exit), or the cap would refuse requests once the load is over.
-    env = _env(tmp_path, "synthetic:gpt2", GUNICORN_MAX_REQUESTS="0", MAX_IN_FLIGHT=str(CAP),
-               **api_env)
+    env = server_env(tmp_path, MODEL="synthetic:gpt2", GUNICORN_ACCESSLOG="",
+                     GUNICORN_MAX_REQUESTS="0", MAX_IN_FLIGHT=str(CAP))
     with GunicornServer(tmp_path, env, workers=2) as server:
         weight_mb = _weight_mb(server)
         with SteadyLoad(f"{server.url}/generate-text", api_headers, _body, threads=CLIENTS,
                         max_requests=2000, max_s=150) as load:
-            load.wait_for(40, timeout_s=90)
+            load.wait_for(40)
             victim, survivor = server.worker_pids()
             killed_at = time.time()
             os.kill(victim, signal.SIGKILL)
             replacement = _wait_replaced(server, victim, survivor)
             # Keep loading until the replacement has served a share of the traffic.
-            deadline = time.monotonic() + 180
-            while sum(o.worker_pid == replacement for o in list(load.outcomes)) < 10:
-                assert time.monotonic() < deadline, server.log_text()[-3000:]
-                time.sleep(0.1)
+            def replacement_served() -> bool:
+                return sum(o.worker_pid == replacement for o in list(load.outcomes)) >= 10
+
+            wait_until(replacement_served, "the replacement served 10 requests",
+                       alive=lambda: load.alive() and server.alive(),
+                       progress=lambda: load.done, detail=lambda: server.log_text()[-3000:])
         outcomes = load.stop()
         memory = read_process_memory(replacement)
         survivor_memory = read_process_memory(survivor)
@@ -145,15 +136,15 @@ def test_sigkilled_worker_is_replaced_and_only_its_requests_fail(
                for o in failed if o.request_id in records)
 
 
-def _recycling_run(tmp_path: Path, api_env: dict, api_headers: dict,
+def _recycling_run(tmp_path: Path, api_headers: dict,
                    keep_alive: bool) -> tuple[list[Outcome], set[int], set[int], list[dict]]:
-    env = _env(tmp_path, "synthetic:tiny", GUNICORN_MAX_REQUESTS="20",
-               GUNICORN_MAX_REQUESTS_JITTER="0", **api_env)
+    env = server_env(tmp_path, GUNICORN_ACCESSLOG="", GUNICORN_MAX_REQUESTS="20",
+                     GUNICORN_MAX_REQUESTS_JITTER="0")
     with GunicornServer(tmp_path, env, workers=2) as server:
         first = set(server.worker_pids())
         with SteadyLoad(f"{server.url}/generate-text", api_headers, _body, threads=8,
                         max_requests=300, max_s=150, keep_alive=keep_alive) as load:
-            load.wait_for(300, timeout_s=150)
+            load.wait_for(300)
         outcomes = load.stop()
         last = set(server.wait_worker_pids(2))
     return outcomes, first, last, _log_records(tmp_path / "server_requests.jsonl")
@@ -161,8 +152,8 @@ def _recycling_run(tmp_path: Path, api_env: dict, api_headers: dict,
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "keep-alive"])
 def test_max_requests_recycling_under_load_drops_nothing(
-        tiny_model, tmp_path, api_env, api_headers, keep_alive) -> None:
-    outcomes, first, last, records = _recycling_run(tmp_path, api_env, api_headers, keep_alive)
+        tiny_model, tmp_path, api_headers, keep_alive) -> None:
+    outcomes, first, last, records = _recycling_run(tmp_path, api_headers, keep_alive)
     statuses = Counter(o.status if o.status is not None else o.error for o in outcomes)
     assert statuses == {200: 300}, statuses
     served_by = Counter(o.worker_pid for o in outcomes)

@@ -22,7 +22,7 @@ from harness.gunicorn_process import REPO
 from harness.processes import stop_process
 from server.config import DEFAULTS
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_env, locust_totals, read_csv, read_jsonl
+from tests.locust_runs import locust_env, locust_totals, read_csv, read_jsonl
 
 LIMIT = 20  # the run's RATE_LIMIT: 20/minute per key, and the run is shorter than a minute
 NGINX_CONF = (REPO / "deploy" / "nginx.conf").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 
 def _key() -> str:
@@ -22,10 +22,8 @@ def test_keys_never_appear_in_the_server_log_request_log_or_responses(tiny_model
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text(f"{file_key}\nsha256:{hashlib.sha256(hashed_key.encode()).hexdigest()}\n")
     request_log = tmp_path / "server_requests.jsonl"
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(request_log),
-           "API_KEYS": ",".join(env_keys), "API_KEYS_FILE": str(keys_file),
-           "RATE_LIMIT": "4/minute", "GLOBAL_RATE_LIMIT": ""}
+    env = server_env(tmp_path, API_KEYS=",".join(env_keys), API_KEYS_FILE=str(keys_file),
+                     RATE_LIMIT="4/minute")
     body = {"prompt": "Say something", "max_new_tokens": 2}
     seen: list[requests.Response] = []
     with GunicornServer(tmp_path, env, workers=2) as server:

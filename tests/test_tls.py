@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
@@ -36,12 +36,9 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_https_with_a_self_signed_certificate(tiny_model, tmp_path: Path, api_env,
-                                              api_headers) -> None:
+def test_https_with_a_self_signed_certificate(tiny_model, tmp_path: Path, api_headers) -> None:
     cert, key = _self_signed(tmp_path)
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           "TLS_CERTFILE": str(cert), "TLS_KEYFILE": str(key), **api_env}
+    env = server_env(tmp_path, TLS_CERTFILE=str(cert), TLS_KEYFILE=str(key))
     with GunicornServer(tmp_path, env, workers=1) as server:
         assert server.url.startswith("https://")
         response = requests.post(f"{server.url}/generate-text", headers=api_headers,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import pandas as pd
 import pytest
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_env
+from tests.locust_runs import locust_env
 
 ROWS = ("naive", "batch-bf16")
 
@@ -24,11 +24,11 @@ def bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("bench") / "bench"
     args = (f"--out {out} --models-dir {MODELS_DIR} --no-run-analysis --stop-timeout 60 "
             "--roofline-args '--size 128 --buffer-mb 16 --seconds 0.05'")
-    result = subprocess.run(
+    result = run_script(
         ["make", "-s", "bench", f"PY={sys.executable}", "BENCH_MODEL=synthetic:tiny",
          "BENCH_SECONDS=4", "BENCH_WARMUP=1", f"BENCH_ROWS={','.join(ROWS)}",
          f"BENCH_ARGS={args}"],
-        cwd=REPO, env=locust_env(), capture_output=True, text=True, timeout=400)
+        cwd=REPO, env=locust_env())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return out, result.stdout
 

@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import (
+from tests.conftest import server_env
+from tests.locust_runs import (
     LOCUST_FILES,
     USER_CLASSES,
     locust_totals,
@@ -23,12 +23,9 @@ def test_master_and_two_workers_record_every_request(tiny_model: Path, tmp_path:
     api_key = secrets.token_urlsafe(24)
     # Requests are still in flight when the run time is up: without the drain
     # (--stop-timeout), the master would quit before the workers' last rows and statistics.
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "API_KEYS": api_key,
-           # Not a rate-limit test: a burst of the slowed machine's late replies must not
-           # turn into 429s.
-           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "",
-           "REQUEST_LOG": str(run_dir / "server_requests.jsonl")}
+    # (server_env: rate limits off, so a burst of the slowed machine's late replies cannot
+    # turn into 429s.)
+    env = server_env(run_dir, API_KEYS=api_key)
     with GunicornServer(tmp_path, env, workers=2) as server:
         result = run_headless(run_dir, server.url, api_key, "--processes", "2", "-u", "6",
                               "-r", "6", "-t", "15s", "--stop-timeout", "30",

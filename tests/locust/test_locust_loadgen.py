@@ -20,10 +20,12 @@ import pytest
 from analysis.loadgen import load_window, loadgen_summary, read_loadgen
 from analysis.readers import read_requests
 from harness.gunicorn_process import GunicornServer
+from harness.processes import tree_progress
+from harness.waiting import wait_until
 from locustfiles.loadgen_monitor import COLUMNS, LoopMonitor
 from locustfiles.memory_sampler import MemorySampler
-from tests.conftest import MODELS_DIR, TEST_API_KEY
-from tests.locust.locust_runs import locust_totals, read_csv, run_headless
+from tests.conftest import TEST_API_KEY, server_env
+from tests.locust_runs import locust_totals, read_csv, run_headless
 
 # A parent and two children holding 512 MB each: smaps_rollup of each takes ~10 ms.
 BIG_TREE = textwrap.dedent("""
@@ -44,15 +46,15 @@ def big_tree(tmp_path: Path) -> Iterator[Path]:
     """Pidfile of a running parent whose two children hold 512 MB each."""
     pidfile = tmp_path / "tree.pid"
     proc = subprocess.Popen([sys.executable, "-c", BIG_TREE, str(pidfile)])
-    deadline = time.monotonic() + 120
-    while not (pidfile.exists() and pidfile.read_text()
-               and len(psutil.Process(proc.pid).children()) == 2):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+
+    def built() -> bool:
+        kids = psutil.Process(proc.pid).children()
+        return bool(pidfile.exists() and pidfile.read_text() and len(kids) == 2
+                    and min(k.memory_info().rss for k in kids) >= 500 * 2**20)
+
+    wait_until(built, "the 2 x 512 MB process tree is up", interval_s=0.05,
+               alive=lambda: proc.poll() is None, progress=lambda: tree_progress(proc.pid))
     children = psutil.Process(proc.pid).children()
-    while min(c.memory_info().rss for c in children) < 500 * 2**20:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
     yield pidfile
     for child in children:
         child.kill()
@@ -66,7 +68,7 @@ def test_monitor_records_lag_of_a_blocked_loop_and_cpu(environment, tmp_path) ->
     gevent.sleep(0.2)
     time.sleep(0.3)  # blocks the loop: the next tick fires at least 300 - 20 ms late
     busy_until = time.monotonic() + 0.3
-    while time.monotonic() < busy_until:  # burn CPU cooperatively
+    while time.monotonic() < busy_until:  # not a wait: burns CPU cooperatively for 0.3 s
         gevent.sleep(0)
     environment.events.quitting.fire(environment=environment)
 
@@ -92,7 +94,7 @@ def test_sampling_a_big_tree_does_not_stall_the_loop(environment, big_tree, tmp_
     lags: list[float] = []
 
     def ticker() -> None:
-        while True:
+        while True:  # not a wait: measures each tick's lag until killed
             due = time.monotonic() + 0.005
             gevent.sleep(0.005)
             lags.append(time.monotonic() - due)
@@ -126,9 +128,7 @@ def test_memory_sampling_leaves_the_loop_lag_alone(tiny_model, tmp_path) -> None
     """Two headless runs at the same time against one server: sampling at the default 1 s,
     and none. Both see the same CPU contention; only the sampling differs. Ticks every
     20 ms: a p99 over a thousand ticks, not the third-largest of two hundred."""
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           "API_KEYS": TEST_API_KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": ""}
+    env = server_env(tmp_path)
     with GunicornServer(tmp_path, env, workers=2) as server:
         runs = {"on": tmp_path / "on", "off": tmp_path / "off"}
         # Light load: a server saturating the core would make both loops wait for CPU.

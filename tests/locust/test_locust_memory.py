@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.gunicorn_process import GunicornServer, free_port
+from harness.gunicorn_process import GunicornServer
+from harness.processes import free_port
 from harness.waiting import wait_until
 from locustfiles.memory_sampler import (
     COLUMNS,
@@ -30,7 +30,7 @@ from locustfiles.memory_sampler import (
 )
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
-from tests.conftest import MODELS_DIR
+from tests.conftest import server_env
 from tests.locust.conftest import SERVER_HEADERS
 
 # A parent that forks two children holding 32 MB each, then writes its pid to argv[1].
@@ -137,14 +137,16 @@ def test_parse_metrics_reads_per_worker_gauges() -> None:
 
 
 def test_metrics_scrape_of_a_real_server_matches_its_workers(tiny_model, tmp_path) -> None:
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "REQUEST_LOG": str(tmp_path / "server_requests.jsonl"),
-           "MEMORY_SAMPLE_S": "0.2", "API_KEYS": secrets.token_urlsafe(24)}
+    env = server_env(tmp_path, MEMORY_SAMPLE_S="0.2", API_KEYS=secrets.token_urlsafe(24))
     with GunicornServer(tmp_path, env, workers=2) as server:
-        deadline = time.monotonic() + 120
-        while (sample := sample_metrics(server.url)) is None or len(sample.processes) < 2:
-            assert time.monotonic() < deadline, "no per-worker gauges on /metrics"
-            time.sleep(0.3)
+        samples = []
+
+        def gauged() -> bool:
+            samples.append(sample_metrics(server.url))
+            return samples[-1] is not None and len(samples[-1].processes) >= 2
+
+        server.follow(gauged, "per-worker gauges on /metrics", interval_s=0.3)
+        sample = samples[-1]
         workers = set(server.worker_pids())
 
     assert {p.pid for p in sample.processes} == workers

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import (
+from tests.locust_runs import (
     LOCUST_FILES,
     USER_CLASSES,
     locust_env,
@@ -31,12 +31,12 @@ RUN_JSON_KEYS = {"label", "model", "dtype", "workers", "torch_threads", "max_bat
 def run_dir(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 20-second run of the run script: 10 users, 2 Gunicorn workers, analysis on."""
     run = tmp_path_factory.mktemp("loadtest") / "run"
-    result = subprocess.run(
+    result = run_script(
         [sys.executable, "scripts/loadtest.py", "--model", "synthetic:tiny", "--models-dir",
          MODELS_DIR, "--dtype", "float32", "--users", "10", "--spawn-rate", "5",
          "--duration", "20", "--workers", "2", "--label", "e2e", "--run-dir", str(run),
          "--stop-timeout", "30", "--slo-p95-ms", "5000"],
-        cwd=REPO, env=locust_env(), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=locust_env())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return run
 

@@ -13,8 +13,8 @@ from harness.gunicorn_process import GunicornServer
 from locustfiles.run_options import new_run_dir, utc_stamp
 from locustfiles.shapes import StepShape
 from locustfiles.stages import STEP_SWEEP, Stage, parse_stages, shape_record
-from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import read_csv, run_headless
+from tests.conftest import server_env
+from tests.locust_runs import read_csv, run_headless
 
 
 def test_parse_stages_reads_users_and_seconds() -> None:
@@ -53,13 +53,11 @@ def test_run_dir_names_sort_by_time_and_keep_labels_safe(tmp_path: Path) -> None
 def test_shape_option_drives_a_real_run(tiny_model: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     api_key = secrets.token_urlsafe(24)
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "API_KEYS": api_key,
-           "REQUEST_LOG": str(run_dir / "server_requests.jsonl")}
+    env = server_env(run_dir, API_KEYS=api_key)
     with GunicornServer(tmp_path, env, workers=2) as server:
         started = time.monotonic()
         result = run_headless(run_dir, server.url, api_key, "--shape", "steps", "--stages",
-                              "1:4,3:5", "-r", "10", "--stop-timeout", "30", timeout_s=60)
+                              "1:4,3:5", "-r", "10", "--stop-timeout", "30")
         elapsed_s = time.monotonic() - started
 
     assert result.returncode == 0, (run_dir / "locust.log").read_text()

@@ -21,7 +21,7 @@ from locustfiles.streaming_users import (
     stream_failure,
     timing_context,
 )
-from tests.locust.locust_runs import read_csv
+from tests.locust_runs import read_csv
 
 STARTED = 100.0  # clock reading just before the request was sent (s)
 

@@ -21,9 +21,10 @@ import pytest
 
 from analysis.report_streaming import NO_STREAMS
 from harness.gunicorn_process import REPO, GunicornServer
-from tests.conftest import MODELS_DIR, TEST_API_KEY
+from harness.script_run import run_script
+from tests.conftest import MODELS_DIR, TEST_API_KEY, server_env
 from tests.locust.foreign_server import ForeignServer
-from tests.locust.locust_runs import locust_env, locust_totals, read_csv, read_jsonl, run_headless
+from tests.locust_runs import locust_env, locust_totals, read_csv, read_jsonl, run_headless
 
 STREAMING_CLASSES = {"StreamingPromptUser", "StreamingSummarizeUser", "StreamingQAUser",
                      "StreamingCompletionUser", "StreamingChatUser"}
@@ -105,13 +106,12 @@ def assert_streams_timed(rows: list[dict[str, str]], served: list[dict]) -> None
 def stream_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 15-second run of scripts/loadtest.py: 5 users (one per streaming class), 1 worker."""
     run = tmp_path_factory.mktemp("streaming") / "run"
-    result = subprocess.run(
+    result = run_script(
         [sys.executable, "scripts/loadtest.py", "--model", "synthetic:tiny", "--models-dir",
          MODELS_DIR, "--dtype", "float32", "--users", "5", "--spawn-rate", "5", "--duration",
          "15", "--workers", "1", "--torch-threads", "1", "--label", "stream-e2e", "--run-dir",
          str(run), "--stop-timeout", "30", "--no-analysis"],
-        cwd=REPO, env=run_env(LOCUST_MIX="streaming"), capture_output=True, text=True,
-        timeout=240)
+        cwd=REPO, env=run_env(LOCUST_MIX="streaming"))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return run
 
@@ -186,10 +186,8 @@ def openai_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """15 s of ``--target openai`` (4 users: one per OpenAI class) through ForeignServer."""
     base = tmp_path_factory.mktemp("openai-target")
     run = base / "run"
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "API_KEYS": TEST_API_KEY,
-           # The server's own log stays outside the run folder: a foreign server has none.
-           "REQUEST_LOG": str(base / "server_requests.jsonl")}
+    # The server's own log stays outside the run folder: a foreign server has none.
+    env = server_env(base)
     with GunicornServer(base, env, workers=1) as server, ForeignServer(server.url) as foreign:
         # --mix streaming is overridden: against another server only the openai mix runs.
         result = run_headless(run, foreign.url, TEST_API_KEY, "--target", "openai", "--mix",

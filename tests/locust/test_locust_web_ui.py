@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.gunicorn_process import REPO, GunicornServer, free_port
+from harness.gunicorn_process import REPO, GunicornServer
+from harness.processes import free_port, stop_process
 from harness.waiting import wait_until
-from tests.conftest import MODELS_DIR
-from tests.locust.locust_runs import locust_command, locust_env
+from tests.conftest import server_env
+from tests.locust_runs import locust_command, locust_env
 
 
 @pytest.fixture
@@ -24,9 +24,7 @@ def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
     """Locust's web UI (autostarted, 4 users) against a 2-worker tiny server."""
     run_dir = tmp_path / "run"
     api_key = secrets.token_urlsafe(24)
-    env = {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
-           "TORCH_THREADS": "1", "API_KEYS": api_key,
-           "REQUEST_LOG": str(tmp_path / "server_requests.jsonl")}
+    env = server_env(tmp_path, API_KEYS=api_key)
     with GunicornServer(tmp_path, env, workers=2) as server:
         port = free_port()
         cmd = locust_command(run_dir, server.url, "--web-host", "127.0.0.1", "--web-port",
@@ -42,12 +40,7 @@ def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
                        detail=lambda: (tmp_path / "locust.log").read_text())
             yield url, server.worker_pids()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 30)
             log.close()
 
 

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end Locust tests: real locust subprocesses, their run folders."""
+"""Real locust subprocesses and their run folders, for every test that runs Locust
+(tests/, tests/locust/, tests/bench/)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from harness.gunicorn_process import REPO
+from harness.script_run import run_script
 
 # Every file a run folder holds once Locust has run (analysis adds charts/ and report.md).
 LOCUST_FILES = ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv",
@@ -32,14 +34,13 @@ def locust_command(run_dir: Path, host: str, *args: str) -> list[str]:
             "--html", str(run_dir / "locust_report.html"), *args]
 
 
-def run_headless(run_dir: Path, host: str, api_key: str, *args: str,
-                 timeout_s: float = 180) -> subprocess.CompletedProcess:
-    """Run headless Locust to the end; its output goes to run_dir/locust.log."""
+def run_headless(run_dir: Path, host: str, api_key: str,
+                 *args: str) -> subprocess.CompletedProcess:
+    """Run headless Locust to the end, following it (harness.script_run), not a fixed clock;
+    its output goes to run_dir/locust.log."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "locust.log", "wb") as log:
-        return subprocess.run(locust_command(run_dir, host, "--headless", *args), cwd=REPO,
-                              env=locust_env(LOCUST_API_KEY=api_key), stdout=log,
-                              stderr=subprocess.STDOUT, timeout=timeout_s)
+    return run_script(locust_command(run_dir, host, "--headless", *args), cwd=REPO,
+                      env=locust_env(LOCUST_API_KEY=api_key), log_path=run_dir / "locust.log")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
