@@ -58,7 +58,9 @@ bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 # in 26 s instead of 37 s (all 8 rows in one step instead of 4 + 4 on one thread each), and
 # the main job's mix with 42 instead of 38 successful requests and no 504 (two with 2
 # workers). WEB_CONCURRENCY=2 buys a second worker that serves while the other is killed or
-# recycled, at that cost; preloaded workers share the weights either way.
+# recycled, at that cost; preloaded workers share the weights either way. On the Intel box
+# with native bf16 (old engine, results/bench/) 1 x 2 and 2 x 1 were within noise, so one
+# worker costs nothing there; re-measure with scripts/probe_serving.py on a new CPU.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
 # gthread: request threads wait on the worker's generation thread, which batches them.

@@ -1,14 +1,17 @@
-"""Command line: ``python -m analysis RUN`` and ``python -m analysis compare RUN RUN ...``."""
+"""Command line: ``python -m analysis RUN [--gate]`` and ``python -m analysis compare RUN RUN
+... [--gate]``; the gates themselves live in analysis.cli_gate."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from analysis.charts_compare import COMPARE_CHARTS, plot_headline
+from analysis.cli_gate import regression_gate, slo_gate
 from analysis.compare import headline_frame, render_comparison
 from analysis.config import SLO_KEYS, AnalysisConfig, load_config
 from analysis.document import to_markdown
@@ -18,28 +21,42 @@ from analysis.records import Findings
 from analysis.report import report_document
 from analysis.report_html import render_html
 from analysis.run import load_run
+from analysis.slo_file import read_slo_file
 
 USAGE = """\
-python -m analysis RUN_DIR [--slo-p95-ms MS] [--slo-error-rate R] [--slo-ttft-ms MS]
-                   [--slo-tpot-ms MS] [--slo-e2e-ms MS] [--slo-attainment R] [--no-html]
-python -m analysis compare RUN_DIR RUN_DIR [RUN_DIR ...] [--out DIR]"""
+python -m analysis RUN_DIR [--gate] [--slo-file FILE] [--slo-p95-ms MS] [--slo-error-rate R]
+                   [--slo-count-refusals true|false] [--slo-ttft-ms MS] [--slo-tpot-ms MS]
+                   [--slo-e2e-ms MS] [--slo-attainment R] [--slo-memory-slope-mb-per-min S]
+                   [--junit FILE] [--summary FILE] [--no-html]
+python -m analysis compare RUN_DIR RUN_DIR [RUN_DIR ...] [--out DIR]
+python -m analysis compare BASELINE RUN --gate [--band METRIC=FRACTION ...] [--slo-file FILE]"""
 
 
 def _add_slo_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--slo-file", default=os.environ.get("ANALYSIS_SLO_FILE", ""),
+                        help="TOML file with [slo] targets and [regression] bands "
+                             "(default: $ANALYSIS_SLO_FILE; see analysis/slo_file.py)")
     parser.add_argument("--slo-p95-ms", type=float, help="p95 latency target (ms)")
     parser.add_argument("--slo-error-rate", type=float, help="error-rate target (0..1)")
+    parser.add_argument("--slo-count-refusals", choices=["true", "false"],
+                        help="whether 429/503 refusals count as errors (default true)")
     parser.add_argument("--slo-ttft-ms", type=float, help="goodput: TTFT target (ms; 0 = off)")
     parser.add_argument("--slo-tpot-ms", type=float, help="goodput: TPOT target (ms; 0 = off)")
     parser.add_argument("--slo-e2e-ms", type=float, help="goodput: E2E target (ms; 0 = off)")
     parser.add_argument(
         "--slo-attainment", type=float, help="share of streamed requests that must be good"
     )
+    parser.add_argument("--slo-memory-slope-mb-per-min", type=float,
+                        help="total-PSS slope target after warm-up (MB/min; 0 = off)")
+    parser.add_argument("--junit", type=Path, help="with --gate: JUnit XML file to write")
+    parser.add_argument("--summary", type=Path, help="with --gate: Markdown summary to write")
 
 
 def _config(args: argparse.Namespace, settings: dict) -> AnalysisConfig:
-    """Defaults, then ANALYSIS_* environment, then run.json's slo, then the command line."""
+    """Defaults, ANALYSIS_* environment, run.json's slo, the SLO file, then the command line."""
+    from_file = {f"slo_{k}": v for k, v in read_slo_file(args.slo_file).slo.items()}
     flags = {f"slo_{key}": getattr(args, f"slo_{key}") for key in SLO_KEYS}
-    return load_config().for_run(settings).with_overrides(flags)
+    return load_config().for_run(settings).with_overrides(from_file).with_overrides(flags)
 
 
 def _run_dir(value: str) -> Path:
@@ -65,7 +82,8 @@ def analyze(path: Path, args: argparse.Namespace) -> Findings:
     return findings
 
 
-def compare(paths: Sequence[Path], out: Path | None, args: argparse.Namespace) -> Path:
+def compare(paths: Sequence[Path], out: Path | None, args: argparse.Namespace
+            ) -> tuple[Path, list[Findings]]:
     """Write comparison.md and its charts for ``paths`` into ``out`` (default: by the first run)."""
     runs = []
     for path in paths:
@@ -83,28 +101,53 @@ def compare(paths: Sequence[Path], out: Path | None, args: argparse.Namespace) -
     target = out / "comparison.md"
     target.write_text(render_comparison(runs, charts))
     print(f"wrote {target} and {len(charts)} charts")
-    return target
+    return out, runs
+
+
+def _band(value: str) -> tuple[str, float]:
+    key, sep, fraction = value.partition("=")
+    try:
+        return key.strip(), float(fraction) if sep else float("nan")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use METRIC=FRACTION, e.g. "
+                                         "p95_latency=0.5") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the analysis or the comparison; return the exit status."""
+    """Parse ``argv`` and run the analysis or the comparison; return the exit status
+    (with --gate: 1 when a gate failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         parser = argparse.ArgumentParser(prog="python -m analysis compare", usage=USAGE)
         parser.add_argument("runs", nargs="+", type=_run_dir, help="run folders; first = baseline")
         parser.add_argument("--out", type=Path, help="folder for comparison.md")
+        parser.add_argument("--gate", action="store_true",
+                            help="regression gate: exit 1 when a metric of the second run "
+                                 "moved the wrong way beyond its noise band")
+        parser.add_argument("--band", type=_band, action="append", default=[],
+                            metavar="METRIC=FRACTION",
+                            help="relative noise band of a gated metric (repeatable)")
         _add_slo_options(parser)
         args = parser.parse_args(argv[1:])
         if len(args.runs) < 2:
             parser.error("compare needs at least two run folders")
-        compare(args.runs, args.out, args)
-        return 0
+        if args.gate and len(args.runs) != 2:
+            parser.error("compare --gate needs exactly two run folders: BASELINE RUN")
+        out, runs = compare(args.runs, args.out, args)
+        if not args.gate:
+            return 0
+        bands = {**read_slo_file(args.slo_file).regression, **dict(args.band)}
+        return regression_gate(runs[0], runs[1], bands, out, args.junit, args.summary)
     parser = argparse.ArgumentParser(prog="python -m analysis", usage=USAGE)
     parser.add_argument("run", type=_run_dir, help="run folder: results/<stamp>-<label>")
     parser.add_argument(
         "--no-html", action="store_true", help="skip the self-contained report.html"
     )
+    parser.add_argument("--gate", action="store_true",
+                        help="SLO gate: print one line per verdict, exit 1 when one failed")
     _add_slo_options(parser)
     args = parser.parse_args(argv)
-    analyze(args.run, args)
-    return 0
+    findings = analyze(args.run, args)
+    if not args.gate:
+        return 0
+    return slo_gate(findings, args.run, args.junit, args.summary)

@@ -8,8 +8,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-# run.json "slo" keys; each sets the setting slo_<key>.
-SLO_KEYS = ("p95_ms", "error_rate", "ttft_ms", "tpot_ms", "e2e_ms", "attainment")
+# run.json "slo" keys (and an SLO file's [slo] table); each sets the setting slo_<key>.
+SLO_KEYS = ("p95_ms", "error_rate", "ttft_ms", "tpot_ms", "e2e_ms", "attainment",
+            "count_refusals", "memory_slope_mb_per_min")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    """``value`` as ``kind``; booleans from their usual words ("false" is not True)."""
+    if kind is bool and isinstance(value, str):
+        if value.strip().lower() not in _TRUE | _FALSE:
+            raise ValueError(f"{value!r} is not a boolean; use one of {sorted(_TRUE | _FALSE)}")
+        return value.strip().lower() in _TRUE
+    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,14 @@ class AnalysisConfig:
     slo_p95_ms: float = 10_000.0
     # SLO: failed requests / all requests.
     slo_error_rate: float = 0.01
+    # Whether the server's deliberate refusals (429 rate limited, 503 overloaded) count as
+    # errors in the error-rate SLO. True: a refusal is a request the user did not get served.
+    # False: they are the server protecting itself as designed (a load test that pushes past
+    # capacity on purpose), so only other failures count.
+    slo_count_refusals: bool = True
+    # SLO: slope of the total PSS after warm-up (MB/min; 0 = not checked). Off by default: a
+    # short run's slope is mostly allocator warm-up; soak tests and CI jobs set it.
+    slo_memory_slope_mb_per_min: float = 0.0
     # Goodput targets, per streamed request (ms; 0 = not checked). A request is "good" when
     # it succeeded and met all of them. Generous for a CPU box: the first token waits for a
     # batch slot and the prompt's forward pass; run.json "slo" and --slo-* override them.
@@ -69,7 +88,7 @@ class AnalysisConfig:
         unknown = set(overrides) - set(known)
         if unknown:
             raise ValueError(f"unknown analysis settings {sorted(unknown)}; valid: {sorted(known)}")
-        values = {k: known[k](v) for k, v in overrides.items() if v is not None}
+        values = {k: _coerce(known[k], v) for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **values)
 
     def for_run(self, settings: Mapping[str, Any]) -> AnalysisConfig:

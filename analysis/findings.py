@@ -10,10 +10,11 @@ from analysis import goodput, locust_stats, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
 from analysis.loadgen import load_window, loadgen_summary
-from analysis.records import Findings, SloVerdict
+from analysis.records import Findings
 from analysis.rules import evaluate
 from analysis.run import RunData
 from analysis.server_headers import memory_headers_absent, memory_headers_note
+from analysis.slo import slo_verdicts
 
 # run.json keys that describe when or where, not how: left out of the settings table.
 _NOT_SETTINGS = {"started_at", "ended_at"}
@@ -31,33 +32,6 @@ def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, An
         else:
             flat[name] = value
     return flat
-
-
-def slo_verdicts(f: Findings) -> list[SloVerdict]:
-    """Check p95 latency (overall and per route) and the error rate against the targets."""
-    cfg = f.config
-
-    def check(name: str, target: float, actual: float | None, unit: str) -> SloVerdict:
-        measured = actual is not None and not np.isnan(actual)
-        return SloVerdict(
-            name,
-            target,
-            actual if measured else None,
-            (actual <= target) if measured else None,
-            unit,
-        )
-
-    verdicts = [
-        check(f"p95 latency, {r.route}", cfg.slo_p95_ms, r.p95_ms, "ms")
-        for r in sorted(f.routes, key=lambda r: r.route != traffic.ALL_ROUTES)
-    ]
-    error_rate = f.traffic.error_rate if f.traffic else None
-    verdicts.append(check("error rate", cfg.slo_error_rate, error_rate, "ratio"))
-    if f.goodput is not None:  # a floor, not a ceiling: met when attainment >= the target
-        g = f.goodput
-        target, met = cfg.slo_attainment, g.meets_attainment
-        verdicts.append(SloVerdict("SLO attainment", target, g.attainment, met, "ratio"))
-    return verdicts
 
 
 def targets(cfg: AnalysisConfig) -> goodput.Targets:

@@ -7,12 +7,12 @@ is given. Locust writes "N/A" for values it has not got; those become NaN.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
+
+from harness.run_record import RunRecord
 
 LOCUST_NA = ["N/A"]
 # Text columns stay text even when every value is blank (the "Aggregated" row has no Type).
@@ -55,9 +55,10 @@ def _elapsed(times: pd.Series, start_ts: float | None) -> pd.Series:
     return times - origin
 
 
-def read_run_json(path: Path) -> dict[str, Any]:
-    """Read run.json: the settings of the run, as a plain dict."""
-    return json.loads(Path(path).read_text())
+def read_run_json(path: Path) -> RunRecord:
+    """Read run.json: the typed record of the run (harness.run_record); a field of the wrong
+    type raises pydantic's ValidationError, a ValueError."""
+    return RunRecord.model_validate_json(Path(path).read_text())
 
 
 def read_locust_stats(path: Path) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis import readers
 from analysis.loadgen import load_loadgen
+from harness.run_record import RunRecord
 
 # What each file adds to the analysis, for the note written when it is missing.
 FILE_ROLES = {
@@ -31,7 +32,7 @@ class RunData:
     """Everything read from one run folder; a missing file leaves an empty frame and a note."""
 
     path: Path
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # run.json as a dict (record.as_dict()): what analysis reads
     start_ts: float | None
     stats: pd.DataFrame
     history: pd.DataFrame
@@ -42,6 +43,7 @@ class RunData:
     server_log: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     loadgen: pd.DataFrame = field(default_factory=pd.DataFrame)  # loadgen.csv
+    record: RunRecord = field(default_factory=RunRecord)  # run.json, typed
 
     @property
     def label(self) -> str:
@@ -82,7 +84,8 @@ def load_run(path: Path | str) -> RunData:
     """Read every file of run folder ``path``; missing optional files become notes."""
     path = Path(path)
     notes: list[str] = []
-    settings = _read(path / "run.json", readers.read_run_json, notes) or {}
+    record = _read(path / "run.json", readers.read_run_json, notes) or RunRecord()
+    settings = record.as_dict()
     start_ts = parse_iso_ts(settings.get("started_at"))
     if start_ts is None:
         # Without a start time, time zero is the earliest event any file saw.
@@ -117,4 +120,5 @@ def load_run(path: Path | str) -> RunData:
         server_log=frame("server_requests.jsonl", readers.read_server_log, start_ts),
         notes=notes,
         loadgen=load_loadgen(path, start_ts),
+        record=record,
     )

@@ -26,8 +26,8 @@ from bench import roofline as roofline_probe
 from bench.matrix import ROWS, Row, select
 from bench.prompts import write_prompts
 from bench.table import bench_frame, bench_row, notes, render_table
+from harness.run_folder import RESULTS, update_record, utc_stamp
 from locustfiles.inputs import DATA_DIR
-from locustfiles.run_options import RESULTS, utc_stamp
 from server.hardware import describe, fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,12 +91,9 @@ def run_row(args: argparse.Namespace, index: int, row: Row, out: Path, prompts: 
     if not (run_dir / "requests.csv").exists():
         raise SystemExit(f"row {row.name} produced no requests.csv (exit {code}); "
                          f"see {run_dir / 'gunicorn.log'}")
-    settings_path = run_dir / "run.json"
-    settings = json.loads(settings_path.read_text())
-    settings["bench"] = {"row": row.name, **asdict(row), "server_env": row.server_env(),
-                         "warmup_s": args.warmup, "measure_s": args.seconds,
-                         "prompt_tokens": args.prompt_tokens}
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    update_record(run_dir, bench={"row": row.name, **asdict(row),
+                                  "server_env": row.server_env(), "warmup_s": args.warmup,
+                                  "measure_s": args.seconds, "prompt_tokens": args.prompt_tokens})
     return run_dir
 
 

@@ -38,7 +38,7 @@ from bench.reference_rows import Row, llama_locust_command, ours_command, parse_
 from bench.reference_table import read_row, render_rows
 from harness.llama_server import LlamaServer
 from harness.processes import free_port
-from locustfiles.run_options import RESULTS, utc_stamp
+from harness.run_folder import RESULTS, utc_stamp
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,6 +17,9 @@ import psutil
 
 from bench.llama_reference import LlamaSettings, gguf_path
 from bench.reference_rows import Row
+from harness.provenance import git_commit
+from harness.run_folder import RUN_JSON, read_record, update_record
+from harness.run_record import HostFacts
 
 REPO = Path(__file__).resolve().parent.parent
 # CPU flags that decide which kernels either server can use.
@@ -68,13 +71,6 @@ def llama_version(binary: Path) -> str:
     return " ".join((done.stdout + done.stderr).split())
 
 
-def git_commit() -> str:
-    """HEAD's commit, "" outside git."""
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=False)
-    return done.stdout.strip()
-
-
 class Record:
     """The reference folder's records, written as the rows run."""
 
@@ -104,20 +100,17 @@ class Record:
 
     def annotate_run(self, run_dir: Path, row: Row, extra: dict[str, Any]) -> None:
         """Add the row, ``extra`` and this host's CPU to the run's run.json (if it exists)."""
-        path = run_dir / "run.json"
-        if not path.exists():
+        if not (run_dir / RUN_JSON).exists():
             return
-        record = json.loads(path.read_text())
-        record.update(extra)
-        record["reference"] = {**asdict(row), "load_1m_at_start": self.loads.get(row.name)}
-        record["host"] = {**self.host, **record.get("host", {})}
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        known = (read_record(run_dir).host or HostFacts()).model_dump(exclude_none=True)
+        update_record(run_dir, **extra, host={**self.host, **known},
+                      reference={**asdict(row), "load_1m_at_start": self.loads.get(row.name)})
 
     def write_llama_run(self, args: argparse.Namespace, row: Row, run_dir: Path,
                         command: list[str], settings: LlamaSettings, started_at: str,
                         ended_at: str | None) -> None:
-        """run.json of a llama.cpp row (the keys loadtest.py writes, where they apply)."""
-        record = {
+        """Add a llama.cpp row's server facts to the run.json the Locust suite wrote."""
+        update_record(run_dir, **{
             "label": row.name, "server_kind": "llama.cpp", "model": f"synthetic:{args.preset}",
             "dtype": row.quant, "gguf": gguf_path(args.llama_dir, args.preset, row.quant).name,
             "workers": 1, "threads": settings.threads, "parallel": settings.parallel,
@@ -126,8 +119,7 @@ class Record:
             "git_commit": git_commit(), "host": self.host,
             "versions": {"llama.cpp": self.llama_version}, "command": shlex.join(command),
             "reference": {**asdict(row), "load_1m_at_start": self.loads.get(row.name)},
-            "started_at": started_at, "ended_at": ended_at}
-        (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+            "started_at": started_at, "ended_at": ended_at})
 
     def save(self) -> None:
         """reference.json: settings, host, llama.cpp version and rows of the whole reference."""

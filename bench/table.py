@@ -103,7 +103,7 @@ def bench_row(run_dir: Path, warmup_s: float, measure_s: float) -> BenchRow:
     b requests reports b b times, so the harmonic mean counts each batch once: the rows one
     weight pass serves); prompt and new tokens are means over the same requests.
     """
-    settings = read_run_json(run_dir / "run.json")
+    settings = read_run_json(run_dir / "run.json").as_dict()
     requests = read_requests(run_dir / "requests.csv")
     window = steady_window(requests, warmup_s, measure_s)
     ok = requests[requests["success"]]

@@ -11,8 +11,9 @@ Layout (deploy/netns.py; one private /24 behind a bridge, all inside namespaces)
     h2     10.213.0.12  Gunicorn :8000                                                 |
     redis  10.213.0.20  redis-server :6379  <--------------------------------------------
 
-Writes a run folder (results/<UTC timestamp>-scaleout/ by default): run.json (with a
-``scaleout`` record), Locust's CSV/HTML, requests.csv, memory.csv (both hosts' /metrics),
+Writes a run folder (results/<UTC timestamp>-scaleout/ by default): run.json (the Locust
+master's record of the run and of what the hosts reported, plus this script's ``scaleout``
+record, host and git commit), Locust's CSV/HTML, requests.csv, memory.csv (both hosts' /metrics),
 server_requests.jsonl (both hosts, with a ``host`` field), hosts/<h>/ (each host's own log,
 request log, pidfile), lb/ (the rendered nginx.conf and its logs), redis.log, locust-*.log,
 summary.json (deploy/scaleout_checks.py), then charts and report.md. Everything it started is
@@ -43,10 +44,10 @@ from deploy.cluster import HOSTS, PORT, ROLES, start_cluster
 from deploy.netns import Network, inside, remove_stale
 from deploy.scaleout_checks import read_jsonl, report, summarize
 from deploy.services import Services
+from harness.provenance import git_commit
+from harness.run_folder import new_run_dir, update_record
 from harness.waiting import wait_until
-from locustfiles.run_options import new_run_dir
 from locustfiles.user_mix import MIX_CHOICES
-from scripts.loadtest import git_commit, utc_now, versions
 from server.auth import key_id_of
 from server.hardware import fingerprint_subprocess
 
@@ -161,29 +162,13 @@ def merge_server_logs(run_dir: Path) -> None:
         "".join(json.dumps(r) + "\n" for r in records))
 
 
-def read_server_facts(net: Network) -> dict[str, Any]:
-    """What the first host's /ready reports (precision, kernel table, threads,
-    batch size): run.json records these instead of assuming the defaults."""
-    with inside(net.ns("lb")):
-        response = requests.get(f"http://{net.address(HOSTS[0])}:{PORT}/ready", timeout=10)
-    return response.json() if response.status_code == 200 else {}
-
-
-def run_record(args: argparse.Namespace, net: Network, services: Services, load_key: str,
-               started_at: str, ended_at: str | None,
-               proxy: dict[str, Any] | None, server: dict[str, Any]) -> dict[str, Any]:
-    """run.json: the loadtest script's keys (``workers`` of all hosts), plus ``scaleout``."""
+def scaleout_facts(args: argparse.Namespace, net: Network, services: Services, load_key: str,
+                   proxy: dict[str, Any] | None) -> dict[str, Any]:
+    """What only this script knows, for run.json: every host's workers, the machine they
+    share, and the ``scaleout`` record (the Locust master wrote the rest, from /ready)."""
     return {
-        "label": args.label, "model": args.model, "dtype": server.get("dtype", args.dtype),
-        "workers": args.workers * len(HOSTS), "torch_threads": server.get("torch_threads"),
-        "max_batch_size": server.get("max_batch_size"),
-        "prefill_chunk": server.get("prefill_chunk"),
-        "users": args.users, "spawn_rate": args.spawn_rate, "mix": args.mix, "target": "lab",
-        "duration_s": args.duration, "shape": None, "git_commit": git_commit(),
-        "host": fingerprint_subprocess(),
-        "server": {k: server[k] for k in ("kernels", "torch_threads",
-                                          "max_batch_size", "prefill_chunk") if k in server},
-        "versions": versions(), "started_at": started_at, "ended_at": ended_at,
+        "label": args.label, "workers": args.workers * len(HOSTS),
+        "git_commit": git_commit(), "host": fingerprint_subprocess(),
         "scaleout": {
             "hosts": {h: f"{net.address(h)}:{PORT}" for h in HOSTS},
             "workers_per_host": args.workers,
@@ -234,16 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         net.create()
         start_cluster(args, net, services, run_dir, [load_key, probe_key], nginx_files)
         proxy = probe_proxy(net, probe_key)
-        server = read_server_facts(net)
-        started_at = utc_now()
-        write_json(run_dir / "run.json", run_record(args, net, services, load_key, started_at, None,
-                                                     proxy, server))
         code = run_locust(args, net, services, run_dir, load_key)
-        ended_at = utc_now()
     finally:
         tear_down()
-    write_json(run_dir / "run.json", run_record(args, net, services, load_key, started_at,
-                                                 ended_at, proxy, server))
+    update_record(run_dir, **scaleout_facts(args, net, services, load_key, proxy))
     merge_server_logs(run_dir)
     summary = {**summarize(run_dir), "proxy_probe": proxy, "locust_exit_code": code,
                "wall_s": round(time.monotonic() - started, 1)}

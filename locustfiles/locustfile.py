@@ -26,11 +26,13 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from locustfiles.drain import GracefulDrain
+from locustfiles.exit_code import ExitCodeCheck
 from locustfiles.final_stats import FinalCsvSnapshot
 from locustfiles.loadgen_monitor import LoopMonitor
 from locustfiles.memory_sampler import MemorySampler, split_urls
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
+from locustfiles.run_record_hook import RunRecordHook
 from locustfiles.run_options import add_options, resolve_run_dir
 from locustfiles.shapes import StepShape
 from locustfiles.stages import parse_stages
@@ -75,6 +77,8 @@ def set_up_run(environment: Environment) -> None:
         LoopMonitor(None, interval_s=tick_s).register(environment)
         return
     run_dir = resolve_run_dir(options)
+    RunRecordHook(run_dir).register(environment)  # run.json: client and server facts
+    ExitCodeCheck.from_options(options).register(environment)  # --check-* targets
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
     FinalCsvSnapshot().register(environment)

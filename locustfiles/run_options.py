@@ -8,20 +8,15 @@ Every option also reads an environment variable (Locust's ``env_var``) and can b
 from __future__ import annotations
 
 import os
-import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.run_folder import new_run_dir
 from locustfiles.stages import DEFAULT_STAGES
 from locustfiles.user_mix import MIX_CHOICES, TARGETS
 
 if TYPE_CHECKING:
     from locust.argument_parser import LocustArgumentParser
-
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "results"
-_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def add_options(parser: LocustArgumentParser) -> None:
@@ -68,6 +63,16 @@ def add_options(parser: LocustArgumentParser) -> None:
                         help="openai: the host is any OpenAI-compatible server (only the "
                              "openai mix runs; no memory headers; memory.csv only from an "
                              "existing --server-pidfile)")
+    parser.add_argument("--check-p95-ms", env_var="LOCUST_CHECK_P95_MS", type=float,
+                        default=None,
+                        help="exit code 3 when Locust's p95 (all routes) is above this "
+                             "(0 when every --check-* target held; locustfiles/exit_code.py)")
+    parser.add_argument("--check-fail-ratio", env_var="LOCUST_CHECK_FAIL_RATIO", type=float,
+                        default=None,
+                        help="exit code 3 when failed / all requests is above this (0..1)")
+    parser.add_argument("--check-ignore-refusals", env_var="LOCUST_CHECK_IGNORE_REFUSALS",
+                        action="store_true", default=False,
+                        help="--check-fail-ratio leaves out the server's 429/503 refusals")
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
                         help="model name the /v1 users ask for (default: GET /v1/models)")
 
@@ -78,19 +83,6 @@ def option(options: Any, name: str, env_var: str, default: str = "") -> str:
     The fallback serves Environments built without Locust's parser (tests, run_single_user).
     """
     return getattr(options, name, None) or os.environ.get(env_var, "") or default
-
-
-def utc_stamp(now: datetime | None = None) -> str:
-    """A sortable UTC timestamp for folder names: 20260102T030405Z."""
-    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-
-
-def new_run_dir(label: str, results: Path = RESULTS) -> Path:
-    """Create and return results/<UTC timestamp>-<label>/ (label made filename-safe)."""
-    safe = _LABEL.sub("-", label).strip("-") or "run"
-    path = results / f"{utc_stamp()}-{safe}"
-    path.mkdir(parents=True, exist_ok=False)
-    return path
 
 
 def resolve_run_dir(options: Any) -> Path:

@@ -7,35 +7,34 @@
 Steps: build the synthetic model if missing; create results/<UTC timestamp>-<label>/; start
 Gunicorn on 127.0.0.1 (pidfile, request log and log in the run folder, a fresh random API
 key); wait until every worker answers /ready; run headless Locust with --csv, --html and the
-suite's hooks; stop the server (SIGTERM, wait, SIGKILL); write run.json; then run
-``python -m analysis`` on the folder when the analysis package is present. Loopback only.
+suite's hooks (which write run.json: the client's and the server's facts); stop the server
+(SIGTERM, wait, SIGKILL); add to run.json what only this script knows (the server's command
+line, the git commit, its SLO options); then run ``python -m analysis`` on the folder when
+the analysis package is present. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
-import json
 import os
-import platform
 import secrets
+import shlex
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from harness.gunicorn_process import GunicornServer
-from locustfiles.run_options import new_run_dir
-from locustfiles.stages import DEFAULT_STAGES, parse_stages, shape_record
+from harness.provenance import git_commit
+from harness.run_folder import new_run_dir, update_record
+from locustfiles.stages import DEFAULT_STAGES, parse_stages
 from locustfiles.user_mix import MIX_CHOICES
-from server.hardware import fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
-
-VERSIONED = ("torch", "transformers", "tokenizers", "flask", "gunicorn", "locust", "gevent",
-             "pandas", "matplotlib")
+# Server settings shown in run.json's server_command (never the API keys).
+COMMAND_ENV = ("MODEL", "MODELS_DIR", "DTYPE", "TORCH_THREADS", "MAX_BATCH_SIZE",
+               "PREFILL_CHUNK", "ALLOW_INT8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,11 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def utc_now() -> str:
-    """ISO-8601 UTC time, seconds precision."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def build_model(args: argparse.Namespace) -> None:
     """Build a synthetic preset once (the server would too, but this shows progress)."""
     if not args.model.startswith("synthetic:"):
@@ -103,29 +97,6 @@ def build_model(args: argparse.Namespace) -> None:
     print(f"== model {args.model}: building if missing (minutes the first time)", flush=True)
     subprocess.run([sys.executable, "-m", "server.synthetic", "build", preset,
                     "--models-dir", args.models_dir], cwd=REPO, check=True)
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the packages that shape the numbers."""
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def git_commit() -> str:
-    """HEAD's commit hash ("+dirty" when the tree has changes), or "" outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return head + ("+dirty" if dirty else "")
 
 
 def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> GunicornServer:
@@ -170,54 +141,21 @@ def locust_command(args: argparse.Namespace, run_dir: Path, server: GunicornServ
     return cmd + args.user_classes  # Locust's positional user class names
 
 
-def duration_s(args: argparse.Namespace, started_at: str, ended_at: str | None) -> float:
-    """Planned seconds of load; in --ui mode, how long Locust actually ran."""
-    if args.ui and ended_at:
-        elapsed = datetime.fromisoformat(ended_at) - datetime.fromisoformat(started_at)
-        return elapsed.total_seconds()
-    if args.stage_table:
-        return sum(s.duration_s for s in args.stage_table)
-    return args.duration
+def server_command(server: GunicornServer) -> str:
+    """The server's command line with the settings it got from the environment."""
+    env = [f"{k}={server.env[k]}" for k in COMMAND_ENV if k in server.env]
+    return shlex.join([*env, *server.args])
 
 
-def run_record(args: argparse.Namespace, server: GunicornServer, started_at: str,
-               ended_at: str | None) -> dict[str, Any]:
-    """The run.json contents."""
-    workers = args.workers
-    cores = len(os.sched_getaffinity(0))
-    stages = args.stage_table
-    record: dict[str, Any] = {
-        "label": args.label,
-        "model": args.model,
-        "dtype": server.ready.get("dtype", args.dtype),
-        "workers": workers,
-        "torch_threads": server.ready.get("torch_threads")
-        or args.torch_threads or max(1, cores // workers),
-        "max_batch_size": args.max_batch_size,
-        "prefill_chunk": args.prefill_chunk,
-        "users": max(s.users for s in stages) if stages else args.users,
-        "spawn_rate": args.spawn_rate,
-        "mix": args.mix,
-        "target": "lab",  # this script serves the lab's own server
-        "duration_s": duration_s(args, started_at, ended_at),
-        "shape": shape_record(stages) if stages else None,
-        "git_commit": git_commit(),
-        # cores, RAM, CPU model, ISA, torch's kernel path, BLAS (server/hardware.py)
-        "host": fingerprint_subprocess(),
-        # What the server measured and chose at startup: /ready's kernel table, if it has one
-        "server": {k: server.ready[k] for k in ("kernels",) if k in server.ready},
-        "versions": versions(),
-        "started_at": started_at,
-        "ended_at": ended_at,
+def wrapper_facts(args: argparse.Namespace, server: GunicornServer) -> dict[str, Any]:
+    """What only this script knows, for run.json (the Locust suite wrote the rest)."""
+    facts: dict[str, Any] = {
+        "label": args.label, "server_command": server_command(server),
+        "git_commit": git_commit(), "workers": args.workers,
     }
     if args.slo_p95_ms is not None or args.slo_error_rate is not None:
-        record["slo"] = {"p95_ms": args.slo_p95_ms, "error_rate": args.slo_error_rate}
-    return record
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON."""
-    path.write_text(json.dumps(data, indent=2) + "\n")
+        facts["slo"] = {"p95_ms": args.slo_p95_ms, "error_rate": args.slo_error_rate}
+    return facts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,18 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     locust_env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
     server = start_server(args, run_dir, api_key)
     try:
-        started_at = utc_now()
-        write_json(run_dir / "run.json", run_record(args, server, started_at, None))
         print("== locust: " + " ".join(locust_command(args, run_dir, server)), flush=True)
         locust = subprocess.Popen(locust_command(args, run_dir, server), cwd=REPO, env=locust_env)
         try:
             code = locust.wait()
         except KeyboardInterrupt:  # Ctrl+C reaches Locust too; let it write its reports
             code = locust.wait()
-        ended_at = utc_now()
     finally:
         server.stop(timeout_s=90)
-    write_json(run_dir / "run.json", run_record(args, server, started_at, ended_at))
+    update_record(run_dir, **wrapper_facts(args, server))
     if not args.no_analysis and importlib.util.find_spec("analysis") is not None:
         subprocess.run([sys.executable, "-m", "analysis", str(run_dir)], cwd=REPO, check=False)
     print(f"== done: {run_dir} (locust exit code {code})", flush=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from analysis.loadgen import load_window, loadgen_summary, read_loadgen
 from analysis.readers import read_requests
-from locustfiles.run_options import new_run_dir
+from harness.run_folder import new_run_dir
 from scripts import loadtest
 from server.hardware import describe, fingerprint_subprocess
 

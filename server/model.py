@@ -80,7 +80,6 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     check_dtype(dtype)
     source = resolve_source(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     attention = model.config._attn_implementation
     conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.quantize)

@@ -59,6 +59,9 @@ class Ready(_Strict):
     torch_threads: int = Field(description="this worker's torch threads now")
     threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
                                              "(TORCH_THREADS=0); false: a fixed count")
+    limits: dict[str, Any] = Field(
+        description="max_queue, max_in_flight, request_timeout_s, admit_predicted, "
+                    "max_new_tokens_cap, max_input_chars, rate_limit, global_rate_limit")
 
 
 _TASKS = [("/generate-text", GenerateBody, "Continue a prompt"),

@@ -79,6 +79,11 @@ def health() -> Response:
     return jsonify({"status": "ok"})
 
 
+# Limits a load test's run.json records from /ready (locustfiles/server_facts.py).
+READY_LIMITS = ("MAX_QUEUE", "MAX_IN_FLIGHT", "REQUEST_TIMEOUT_S", "ADMIT_PREDICTED",
+                "MAX_NEW_TOKENS_CAP", "MAX_INPUT_CHARS", "RATE_LIMIT", "GLOBAL_RATE_LIMIT")
+
+
 @bp.get("/ready")
 @routing.declare(routing.PROBE)
 def ready() -> Response:
@@ -93,4 +98,5 @@ def ready() -> Response:
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
                     "torch_threads": torch.get_num_threads(),
-                    "threads_shared": service.cores.sharing})
+                    "threads_shared": service.cores.sharing,
+                    "limits": {key.lower(): current_app.config[key] for key in READY_LIMITS}})

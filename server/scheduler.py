@@ -36,6 +36,11 @@ ADMIT_SHARE = 0.8
 # How much longer than predicted a running row's remaining decode steps may take before
 # prompt chunks are held back for it (steps vary with the rows and the machine).
 RISK_MARGIN = 1.5
+# Forecast calibration: weight of each finished job, the bias's ceiling, and the shortest
+# forecast worth learning from.
+BIAS_EWMA = 0.2
+MAX_BIAS = 4.0
+MIN_FORECAST_S = 1.0
 # Weight of the newest step in the running step-time average (about the last 20 steps).
 STEP_EWMA = 0.05
 
@@ -73,6 +78,9 @@ class Scheduler:
         self._row_growth = row_growth
         self.step_s = 0.0  # running average of a one-row decode step (the warm-up seeds it)
         self.token_s = 0.0  # running average of what one prompt token adds to a step
+        # How much longer finished jobs took than forecast (>= 1): the requests that arrive
+        # while a job waits or runs are unknown when it is admitted, and their prompts cost it.
+        self.bias = 1.0
 
     @property
     def depth(self) -> int:
@@ -87,6 +95,7 @@ class Scheduler:
     def submit(self, job: Job) -> Job:
         """Queue ``job``, or raise QueueFull / WouldTimeOut without waiting."""
         predicted = self.predict_s(job)
+        job.predicted_s = predicted / self.bias  # the forecast before calibration
         if predicted > ADMIT_SHARE * self._timeout_s:
             raise WouldTimeOut(predicted)
         try:
@@ -96,8 +105,8 @@ class Scheduler:
         return job
 
     def predict_s(self, job: Job) -> float:
-        """Seconds until ``job`` would finish if queued now (every row at its maximum, and
-        every prompt ahead of it read in first)."""
+        """Seconds until ``job`` would finish if queued now: every row at its maximum, every
+        prompt token ahead priced in, times the learned ``bias`` of past forecasts."""
         if self.step_s <= 0.0:
             return 0.0  # nothing measured yet: the warm-up sets it before /ready
         chunk = self.engine.prefill_chunk
@@ -109,14 +118,15 @@ class Scheduler:
         for queued in waiting:
             heapq.heappush(slots, heapq.heappop(slots) + _job_steps(queued, chunk))
         steps = heapq.heappop(slots) + _job_steps(job, chunk)
-        # Prompts are read in shortest first (server.engine), so only those no longer than
-        # this job's own are read before it; longer ones share later steps' budgets.
         own = len(job.request.input_ids)
         ahead = [row.prompt_left for _, row in rows] + [
             len(queued.request.input_ids) for queued in waiting]
-        prompts = own + sum(n for n in ahead if n <= own)
+        # Every prompt ahead is read while this job waits or runs, and a step that reads
+        # prompt tokens costs every row that time, whichever row's tokens they are.
+        prompts = own + sum(ahead)
         rows_then = min(self._max_rows, len(rows) + len(waiting) + 1)
-        return steps * self.step_s * self._row_cost(rows_then) + prompts * self.token_s
+        return self.bias * (steps * self.step_s * self._row_cost(rows_then)
+                            + prompts * self.token_s)
 
     def _row_cost(self, rows: int) -> float:
         """A decode step of ``rows`` rows, in one-row steps."""
@@ -209,6 +219,7 @@ class Scheduler:
             except queue.Empty:
                 return
             if job.cancelled:
+                self._calibrate(job)
                 job.finish(error=TimeoutError("cancelled while queued"))
                 continue
             job.started_at = time.monotonic()
@@ -231,6 +242,14 @@ class Scheduler:
                 job.on_token(token)
         return self._finish_done()
 
+    def _calibrate(self, job: Job) -> None:
+        """Learn how far off the forecast of a job that ends now was (cancelled ones too:
+        their clients waited at least this long)."""
+        if job.predicted_s < MIN_FORECAST_S:
+            return  # too short to say anything about the forecast
+        ratio = (time.monotonic() - job.enqueued_at) / job.predicted_s
+        self.bias += BIAS_EWMA * (min(MAX_BIAS, max(1.0, ratio)) - self.bias)
+
     def _finish_done(self) -> int:
         """Finish the rows that are done (their slots free at once); how many there were."""
         keep = []
@@ -238,6 +257,7 @@ class Scheduler:
             if row.finish_reason is None:
                 keep.append((job, row))
             else:
+                self._calibrate(job)
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
         return finished

@@ -151,6 +151,8 @@ def check(argv: list[str]) -> None:
             assert_listed(options(rest), help_text(*help_argv), command)
     elif program == "locust":
         assert_listed(options(argv[1:]), help_text(*LOCUST_HELP), command)
+    elif program == "bash":  # the CI jobs' scripts (deploy/ci/*.sh), run by test_ci_jobs.py
+        assert (REPO / argv[1]).is_file(), f"`{command}`: no script {argv[1]}"
     elif program == ".ci/run":
         assert (REPO / ".ci/run").stat().st_mode & 0o111, ".ci/run is not executable"
     else:

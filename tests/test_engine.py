@@ -144,12 +144,30 @@ def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
     short, article = (Job(GenerationRequest(_prompt(n), 10)) for n in (5, 600))
     assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 5 * 0.01)
     scheduler.submit(article)
-    # Queued ahead, but prompts are read shortest first: the short one does not wait for it.
-    assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 5 * 0.01)
+    # Queued ahead: read shortest first, the short one's tokens go first, but every step
+    # that reads the article's chunks costs the short one that time too.
+    assert scheduler.predict_s(short) == pytest.approx(11 * 0.05 + 605 * 0.01)
     # A second article waits for the first one's 600 tokens and reads its own (in 75
     # chunks of 8, each a step, then 10 decode steps).
     second = Job(GenerationRequest(_prompt(600), 10))
     assert scheduler.predict_s(second) == pytest.approx(85 * 0.05 + 1200 * 0.01)
+
+
+def test_forecasts_are_calibrated_by_how_late_finished_jobs_were(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 2, max_queue=8, timeout_s=1000.0)
+    scheduler.step_s = 1.0
+    job = scheduler.submit(Job(GenerationRequest(_prompt(4), 9)))  # forecast: 10 s
+    assert job.predicted_s == pytest.approx(10.0)
+    job.enqueued_at = time.monotonic() - 30.0  # it took three times as long
+    scheduler._calibrate(job)
+    assert scheduler.bias == pytest.approx(1.0 + 0.2 * (3.0 - 1.0), rel=0.01)
+    assert scheduler.predict_s(Job(GenerationRequest(_prompt(4), 9))) == \
+        pytest.approx(10.0 * scheduler.bias)
+    early = Job(GenerationRequest(_prompt(4), 9), predicted_s=10.0)
+    early.enqueued_at = time.monotonic() - 2.0  # faster than forecast: never below 1
+    for _ in range(50):
+        scheduler._calibrate(early)
+    assert scheduler.bias == pytest.approx(1.0, abs=0.01)
 
 
 def test_prediction_grows_with_the_rows_its_steps_will_carry(loaded) -> None:

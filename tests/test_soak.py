@@ -306,17 +306,22 @@ def test_soak_2000_requests_without_growth(gpt2_model, tmp_path, api_headers) ->
     for pid in workers:
         samples = soak_rows[pid]
         assert len(samples) >= 60, "too few samples to see a trend"
-        # Under 1% of the worker's memory (its idle RSS, ~810 MB) in MB, for RSS and for
-        # anonymous PSS: the latter is ~130 MB, and 1% of it would be finer than idle readings
-        # resolve (+-6 MB between two of them, measured); a leak of 8 MB per 1,200 requests
-        # (7 KB a request) is caught either way.
         idle = [checkpoint[pid] for checkpoint in checkpoints]
-        one_percent_mb = 0.01 * median(i.rss_mb for i in idle)
-        assert abs(_drift_mb(idle, "rss_mb")) < one_percent_mb, (pid, idle)
-        assert abs(_drift_mb(idle, "pss_anon_mb")) < one_percent_mb, (pid, idle)
         # Sockets closed again; no thread beyond the request pool ever started.
         assert max(i.open_files for i in idle) <= warm[pid].open_files, idle
         assert max(i.threads for i in idle) <= boot[pid].threads + THREADS, idle
+
+    # The workers' mean idle drift stays under 1% of a worker's memory (its idle RSS, ~850
+    # MB), for RSS and for anonymous PSS. A leak grows in every worker (each serves half the
+    # requests); with per-request KV buffers one worker's idle readings wander +-15 MB either
+    # way (seen on the AMD EPYC box under taskset -c 0: +14.5 and -9.9 MB in one run), so
+    # one worker alone cannot be held to 1%. A leak of 8 MB per 1,200 requests (7 KB a
+    # request) still moves the mean by ~8 MB.
+    idles = {pid: [checkpoint[pid] for checkpoint in checkpoints] for pid in workers}
+    one_percent_mb = 0.01 * median(i.rss_mb for idle in idles.values() for i in idle)
+    for field in ("rss_mb", "pss_anon_mb"):
+        mean_drift = sum(_drift_mb(idle, field) for idle in idles.values()) / len(idles)
+        assert abs(mean_drift) < one_percent_mb, (field, mean_drift, idles)
 
     assert fired_leaking, f"leak rule silent on a leak: {slope_leaking:.2f} MB/min"
     # And silent on the healthy soak: it fits each 10 s window's lowest total PSS and fires

@@ -12,10 +12,10 @@ from analysis import rules_failures as rf
 from analysis import rules_memory as rm
 from analysis import rules_traffic as rt
 from analysis.config import AnalysisConfig
-from analysis.findings import slo_verdicts
 from analysis.memory import MemorySummary
 from analysis.records import Findings
 from analysis.rules import all_rules, evaluate
+from analysis.slo import slo_verdicts
 from analysis.sweep import Sweep
 from analysis.traffic import ALL_ROUTES, RouteLatency, TimeSplit, Traffic
 

@@ -118,6 +118,10 @@ def test_run_json_records_the_settings(run_dir: Path) -> None:
     assert run["shape"] is None and run["slo"]["p95_ms"] == 5000
     assert run["host"]["cores"] >= 1 and run["host"]["ram_gb"] > 0
     assert run["versions"]["locust"] and run["started_at"] < run["ended_at"]
+    # The Locust suite wrote the record; the script added what only it knows.
+    assert run["client"]["mode"] == "headless" and run["server"]["limits"]["max_queue"] > 0
+    assert "gunicorn.conf.py" in run["server_command"] and "API_KEYS" not in run["server_command"]
+    assert "MODEL=synthetic:tiny" in run["server_command"] and len(run["git_commit"]) >= 40
 
 
 def test_run_json_names_the_hardware_and_the_server_kernels(run_dir: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.gunicorn_process import GunicornServer
-from locustfiles.run_options import new_run_dir, utc_stamp
+from harness.run_folder import new_run_dir, utc_stamp
 from locustfiles.shapes import StepShape
 from locustfiles.stages import STEP_SWEEP, Stage, parse_stages, shape_record
 from tests.conftest import server_env

@@ -1,0 +1,78 @@
+"""What a GPT Load Lab server says about itself, for run.json: ``/ready`` and ``/metrics``.
+
+Both routes are public (no API key). ``/ready`` answers from one worker: model, precision
+served, the kernel table measured at startup, batch size, threads and, where the
+server has them, its limits. ``/metrics`` merges every worker: the distinct ``pid`` labels of
+the per-worker memory gauges count the live workers (summed over several hosts behind a
+load balancer), and the model's weight bytes and load time come along.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+WORKER_GAUGE = "gpt_worker_rss_bytes"
+# /ready keys copied to run.json's top level (the settings analysis reads) ...
+TOP_LEVEL = ("model", "dtype", "max_batch_size", "prefill_chunk", "torch_threads")
+# ... and to its server block (the full record of what the server reported).
+SERVER_BLOCK = ("kernels", "torch_threads", "threads_shared", "max_batch_size", "prefill_chunk",
+                "limits")
+_MB = 1024 * 1024
+
+
+def parse_metrics_facts(text: str) -> dict[str, Any]:
+    """Worker pids, weight MB and load seconds from Prometheus text (absent ones left out)."""
+    pids: set[str] = set()
+    facts: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == WORKER_GAUGE and "pid" in s.labels:
+                pids.add(s.labels["pid"])
+            elif s.name == "gpt_model_weight_bytes":
+                facts["weight_mb"] = round(s.value / _MB, 1)
+            elif s.name == "gpt_model_load_seconds":
+                facts["load_s"] = round(s.value, 2)
+    return {**facts, "pids": pids}
+
+
+def _get(url: str, timeout_s: float) -> requests.Response:
+    response = requests.get(url, timeout=timeout_s, headers={"Connection": "close"})
+    response.raise_for_status()
+    return response
+
+
+def read_server_facts(host_url: str, metrics_urls: Sequence[str] = (),
+                      timeout_s: float = 10.0) -> dict[str, Any]:
+    """run.json changes from the server at ``host_url``: top-level settings and ``server``.
+
+    ``metrics_urls`` (default: ``host_url``) are the servers whose /metrics count workers.
+    Never raises for an unreachable or foreign server: ``server.facts_error`` says why.
+    """
+    base = host_url.rstrip("/")
+    server: dict[str, Any] = {}
+    changes: dict[str, Any] = {}
+    errors = []
+    try:
+        ready = _get(f"{base}/ready", timeout_s).json()
+        changes.update({k: ready[k] for k in TOP_LEVEL if k in ready})
+        server.update({k: ready[k] for k in SERVER_BLOCK if k in ready})
+    except (requests.RequestException, ValueError) as error:
+        errors.append(f"/ready: {type(error).__name__}: {error}"[:300])
+    workers = 0
+    for url in metrics_urls or (base,):
+        try:
+            facts = parse_metrics_facts(_get(f"{url.rstrip('/')}/metrics", timeout_s).text)
+        except (requests.RequestException, ValueError) as error:
+            errors.append(f"{url}/metrics: {type(error).__name__}: {error}"[:300])
+            continue
+        workers += len(facts.pop("pids"))
+        server.update(facts)
+    if workers:
+        server["workers_seen"] = changes["workers"] = workers
+    if errors:
+        server["facts_error"] = "; ".join(errors)
+    return {**changes, "server": server}
