@@ -17,13 +17,23 @@ _config = load_config()
 
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
 # every worker writes its metrics to files that /metrics merges. Stale files from an earlier
-# server using the same folder would be counted again, so the folder starts empty.
-_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+# server using the same folder would be counted again, so the folder starts empty: once per
+# master. Gunicorn evaluates this file again on SIGHUP (a reload; the systemd unit sends HUP)
+# in the same master, whose live workers' counters are in those files, so a variable set in
+# the master's environment marks the wipe as done. (Module globals are fresh on each read.)
+_WIPED_BY = "GPT_LOAD_LAB_METRICS_WIPED_BY"
+_first_read = os.environ.get(_WIPED_BY) != str(os.getpid())
+if _first_read:
+    _own = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    os.environ["GPT_LOAD_LAB_METRICS_OWN_DIR"] = "1" if _own else ""
+_own_metrics_dir = os.environ.get("GPT_LOAD_LAB_METRICS_OWN_DIR") == "1"
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
                                           tempfile.mkdtemp(prefix="gpt-load-lab-metrics-")))
 _metrics_dir.mkdir(parents=True, exist_ok=True)
-for _stale in _metrics_dir.glob("*.db"):
-    _stale.unlink()
+if _first_read:
+    for _stale in _metrics_dir.glob("*.db"):
+        _stale.unlink()
+    os.environ[_WIPED_BY] = str(os.getpid())
 
 # oneDNN (the float32+onednn kernel path, server/kernels.py) caches a compiled kernel per
 # matrix shape; shapes are bucketed, and this bounds the cache whatever a model's layers are.

@@ -4,7 +4,7 @@ Two sources, picked by what is known about the server:
 
 * ``--server-pidfile PATH`` (the server runs on this machine): the Gunicorn master's pid from
   the file, its children from /proc, and each one's RSS/USS/PSS/shared read from
-  ``/proc/<pid>/smaps_rollup`` (``server.memory.read_process_memory``);
+  ``smaps_rollup`` via psutil (``server.memory.read_process_memory``);
 * otherwise (no pidfile given, or not there) the server's Prometheus ``/metrics``
   (per-worker ``gpt_worker_rss_bytes``, ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes``
   gauges labelled by ``pid``): Locust's host, or each of ``--metrics-urls`` when the server

@@ -10,7 +10,7 @@ worker's generation thread does, in windows of ``--window-s`` seconds under thre
 conditions, rotated every round so drift and neighbours hit each alike:
 
 * ``off``: no sampler thread;
-* ``on``: server.memory.MemorySampler at the defaults (statm every MEMORY_SAMPLE_S, the
+* ``on``: server.memory.WorkerMemorySampler at the defaults (statm every MEMORY_SAMPLE_S, the
   costly smaps_rollup only within its CPU budget);
 * ``every-sample``: smaps_rollup on every sample, the sampler as it was before issue 14.
 
@@ -36,7 +36,7 @@ import torch
 from server.decoding import GenerationRequest
 from server.engine import StepEngine
 from server.hardware import host_fingerprint
-from server.memory import DEFAULT_FULL_BUDGET, MemorySampler
+from server.memory import DEFAULT_FULL_BUDGET, WorkerMemorySampler
 from server.model import load_model
 
 # Condition -> the sampler's smaps budget (None: no sampler).
@@ -82,7 +82,7 @@ def run_window(engine: StepEngine, requests: list[GenerationRequest], condition:
     budget = CONDITIONS[condition]
     sampler = None
     if budget is not None:
-        sampler = MemorySampler(interval_s, full_budget=budget)
+        sampler = WorkerMemorySampler(interval_s, full_budget=budget)
         # The sample taken at construction happens once per worker, not once per window.
         counted = (sampler.samples_taken, sampler.full_reads, sampler.full_read_s)
         sampler.start()
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             w = windows[-1]
             print(f"round {r + 1} {condition:13} {w.tokens_per_s:8.2f} tokens/s", flush=True)
     rows = summary(windows)
-    rss_mb = MemorySampler(1.0).latest.rss_mb
+    rss_mb = WorkerMemorySampler(1.0).latest.rss_mb
     print(render(args, rows, rss_mb))
     if args.json:
         args.json.write_text(json.dumps({

@@ -16,7 +16,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
 
     from flask import Flask
 
-    from server import accounting, admission, auth, limits, openai_api, openapi
+    from server import accounting, admission, auth, drain, limits, openai_compat, openapi
     from server.config import load_config
     from server.errors import register_error_handlers
     from server.metrics import Metrics
@@ -29,6 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s [%(process)d] %(name)s: %(message)s")
     register_error_handlers(app)
+    drain.init_app(app)  # runs last of the after_request hooks: after the answer is built
     Metrics().init_app(app)
     # Hooks run in this order: request id and timers, then the key, then the rate limits;
     # keys and limits are checked before the (slow) model load so bad config fails fast.
@@ -38,6 +39,6 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     admission.init_app(app)  # after the key and limits: refused requests take no slot
     ModelService().init_app(app)
     app.register_blueprint(bp)
-    openai_api.init_app(app)
+    openai_compat.init_app(app)
     openapi.init_app(app)
     return app

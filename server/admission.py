@@ -20,14 +20,12 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
+from server import routing
 from server.errors import APIError
 
 # Rows in the table: far above any worker count (Gunicorn replaces dead workers with new
 # pids, and dead rows are recycled).
 _ROWS = 256
-# Routes that queue a generation; everything else (probes, docs, /v1/models) is not capped.
-GENERATION_PATHS = frozenset({"/generate-text", "/summarize-text", "/answer-question",
-                              "/v1/completions", "/v1/chat/completions"})
 
 
 class InFlightTable:
@@ -94,7 +92,9 @@ def _alive(pid: int) -> bool:
 
 
 def _admit() -> None:
-    if request.method != "POST" or request.path not in GENERATION_PATHS:
+    # Only routes declared as generations (server.routing) are capped: probes, docs and
+    # /v1/models are not.
+    if request.method != "POST" or not routing.current().generation:  # not OPTIONS
         return
     config: dict[str, Any] = current_app.config
     table: InFlightTable = current_app.extensions["in_flight"]

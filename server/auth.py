@@ -4,13 +4,14 @@ Keys come from ``API_KEYS`` (comma-separated) and/or ``API_KEYS_FILE`` (one per 
 comments; a line ``sha256:<64 hex>`` holds a key's digest so the file need not hold the key).
 Only SHA-256 digests are kept in memory; a presented key is hashed and compared with every
 known digest by ``hmac.compare_digest`` (no early exit, no ``==`` on secrets). A key's id is
-the first 8 hex characters of its digest: it goes to ``flask.g.key_id``, the request log and
-the rate limiter, never the key itself. Nothing in this module logs or raises a key.
+the first 8 hex characters of its digest: it goes to the request's record
+(``server.accounting``), hence the request log and the rate limiter, never the key itself.
+Nothing in this module logs or raises a key.
 
 Requests name their key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; when both
-are sent, ``Authorization`` wins. Paths in ``PUBLIC_PATHS`` need no key (probes, metrics and
-the API description); every other path, unknown ones included, answers 401 without a valid
-key, so a scanner learns nothing about the routes.
+are sent, ``Authorization`` wins. Routes declared public (``server.routing``: probes, metrics
+and the API description) need no key; every other path, unknown ones included, answers 401
+without a valid key, so a scanner learns nothing about the routes.
 """
 
 from __future__ import annotations
@@ -24,22 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 
+from server import routing
+from server.accounting import record
+from server.config import ConfigError
 from server.errors import APIError
 
 log = logging.getLogger(__name__)
 
-# Load balancers, Prometheus and API clients read these without a key (see README "Security").
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/docs"})
 # Keys shorter than this are accepted but logged as weak (by position, never by value).
 _WEAK_KEY_CHARS = 16
 _DIGEST = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 _BEARER = re.compile(r"^Bearer[ \t]+(\S+)[ \t]*$", re.IGNORECASE)
-
-
-class ConfigError(RuntimeError):
-    """The security configuration is unusable; the server must not start."""
 
 
 def key_id_of(digest: bytes) -> str:
@@ -101,8 +99,7 @@ def presented_key() -> str | None:
 
 
 def _require_key() -> None:
-    g.key_id = None
-    if request.path in PUBLIC_PATHS:
+    if routing.current().public:
         return
     keys: KeyRing | None = current_app.extensions["api_keys"]
     if keys is None:  # ALLOW_ANONYMOUS=1 and no keys: open by explicit choice
@@ -111,8 +108,8 @@ def _require_key() -> None:
     if presented is None:
         raise APIError(401, "missing_api_key",
                        "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-    g.key_id = keys.identify(presented)
-    if g.key_id is None:
+    key_id = record().key_id = keys.identify(presented)
+    if key_id is None:
         raise APIError(401, "invalid_api_key", "the API key is not valid")
 
 

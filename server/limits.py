@@ -6,7 +6,7 @@ up to ``workers x RATE_LIMIT``; gunicorn.conf.py warns at startup). The moving-w
 strategy is used so N rapid requests are counted exactly, not per clock-aligned window.
 
 Checks run in a ``before_request`` registered after auth's, so the key id is known and no
-model work has started; probes and the API description (``auth.PUBLIC_PATHS``) are exempt.
+model work has started; routes declared public (``server.routing``) are exempt.
 
 Redis going away mid-run: flask-limiter's in-memory fallback. The first failed call switches
 the worker to its own in-memory counters (a warning is logged), so the API stays up and keys
@@ -23,14 +23,16 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from limits import parse_many
 from limits.errors import StorageError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from server.auth import PUBLIC_PATHS, ConfigError
+from server import routing
+from server.accounting import record
+from server.config import ConfigError
 from server.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ _KEY_SCOPE, _GLOBAL_SCOPE = "per-key", "global"
 
 def limit_key() -> str:
     """What a request is counted under: its key id, or its address when anonymous."""
-    key_id = g.get("key_id")
+    key_id = record().key_id
     return f"key:{key_id}" if key_id else f"ip:{request.remote_addr}"
 
 
@@ -68,7 +70,7 @@ def per_worker_warning(config: Mapping[str, Any], workers: int) -> str | None:
 
 
 def _is_public() -> bool:
-    return request.path in PUBLIC_PATHS
+    return routing.current().public
 
 
 def _limit_string(config: Mapping[str, Any], name: str) -> str:

@@ -1,32 +1,88 @@
-"""A worker's memory over time: a cheap background sampler, and handing freed heap back.
+"""A worker's memory over time: one reading, a cheap background sampler, and handing freed
+heap back.
+
+RSS counts every resident page of a process, shared or not, so N preloaded workers each
+report the whole model. USS (pages only this process has) and PSS (shared pages divided
+among their sharers) show what a worker really costs; summing PSS over a process tree gives
+its true footprint. psutil reads them: ``memory_full_info`` parses ``smaps_rollup``, which
+the kernel makes by walking the page tables (~26 ms for a gpt2-large worker, holding its
+mmap lock), while ``memory_info`` reads RSS from ``statm`` in microseconds at any size.
 
 Request threads never read /proc themselves: they take the sampler's latest sample
-(``MemorySampler.latest``) for the X-Worker-*-MB headers and the request log, and its
-history for a request's peak RSS. The /proc readers live in server.procfs (re-exported
-here for the modules that import them from this one).
+(``WorkerMemorySampler.latest``) for the X-Worker-*-MB headers and the request log, and its
+history for a request's peak RSS.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import cache
 from itertools import takewhile
 
-from server.procfs import (
-    MemorySample,
-    current_rss_mb,
-    read_process_memory,
-    system_available_mb,
-)
+import psutil
 
-__all__ = ["DEFAULT_FULL_BUDGET", "HeapReleaser", "MemorySample", "MemorySampler",
-           "current_rss_mb", "estimate_from", "read_process_memory", "release_free_heap",
-           "system_available_mb"]
+_MB = 2**20
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One reading of a process: resident, unique, proportional and shared MB.
+
+    ``measured`` is False when USS/PSS were not read in this sample but carried over from
+    the last full read (see WorkerMemorySampler).
+    """
+
+    at: float  # time.monotonic()
+    rss_mb: float
+    uss_mb: float
+    pss_mb: float
+    shared_mb: float
+    sys_available_mb: float
+    measured: bool = True
+
+
+def system_available_mb() -> float:
+    """Memory the host can still give out without swapping (MemAvailable), in MB."""
+    return psutil.virtual_memory().available / _MB
+
+
+def read_process_memory(pid: int | None = None) -> MemorySample:
+    """One process's RSS/USS/PSS/shared (``smaps_rollup``: the costly read); default: this
+    process. A process that is gone raises ProcessLookupError (an OSError, as reading /proc
+    did), one we may not read PermissionError."""
+    try:
+        full = psutil.Process(pid).memory_full_info()
+    except psutil.NoSuchProcess:
+        raise ProcessLookupError(f"no process {pid}") from None
+    except psutil.AccessDenied:
+        raise PermissionError(f"process {pid}: memory not readable") from None
+    return MemorySample(at=time.monotonic(), rss_mb=full.rss / _MB, uss_mb=full.uss / _MB,
+                        pss_mb=full.pss / _MB, shared_mb=max(0, full.rss - full.uss) / _MB,
+                        sys_available_mb=system_available_mb())
+
+
+def read_rss_mb(pid: int | None = None) -> float:
+    """One process's RSS (``statm``: one small read, cheap at any process size)."""
+    return psutil.Process(pid).memory_info().rss / _MB
+
+
+@cache
+def _process(pid: int) -> psutil.Process:
+    # Keyed by pid: a Process made before fork would go on reading the master.
+    return psutil.Process(pid)
+
+
+def current_rss_mb() -> float:
+    """This process's RSS, cheap enough per request (statm, ~30 us)."""
+    return _process(os.getpid()).memory_info().rss / _MB
+
 
 # Share of one core the sampler may spend in smaps_rollup reads. At gpt2-large (~26 ms per
 # read) that is one full read every ~10 s instead of every 0.5 s (was 5% of a core).
@@ -103,7 +159,7 @@ def estimate_from(full: MemorySample, rss_mb: float, at: float,
                         measured=False)
 
 
-class MemorySampler:
+class WorkerMemorySampler:
     """A daemon thread that samples this process every ``interval_s`` seconds, cheaply.
 
     Every sample reads RSS from statm (microseconds). USS and PSS need ``smaps_rollup``,

@@ -28,6 +28,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from server import routing
 from server.memory import MemorySample
 
 if TYPE_CHECKING:  # type only: importing server.kernels pulls in torch
@@ -133,7 +134,12 @@ class Metrics:
     def init_app(self, app: Flask) -> None:
         """Attach to ``app`` and serve ``GET /metrics``."""
         app.extensions["metrics"] = self
-        app.add_url_rule("/metrics", "metrics", self.render)
+
+        @routing.declare(routing.PROBE)
+        def metrics() -> Response:
+            return self.render()
+
+        app.add_url_rule("/metrics", "metrics", metrics)
 
     def observe_kernels(self, choice: KernelChoice) -> None:
         """Publish the startup kernel table and the chosen precision."""

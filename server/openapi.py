@@ -21,33 +21,14 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from server.openapi_v1 import SCHEMA_MODELS, SSE_EVENT, v1_paths
+from server import routing
+from server.answers import Completion
+from server.openai_compat.spec import SCHEMA_MODELS, SSE_EVENT, v1_paths
 from server.schemas import AnswerBody, GenerateBody, SummarizeBody
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Usage(_Strict):
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-
-
-class Timings(_Strict):
-    queue: float = Field(ge=0, description="ms waiting for a batch slot")
-    inference: float = Field(ge=0, description="ms in the batched decode loop")
-    total: float = Field(ge=0, description="queue + inference, ms")
-
-
-class Completion(_Strict):
-    """A generated text (meaningless for synthetic:* models: random weights)."""
-
-    text: str
-    model: str
-    finish_reason: str = Field(description="length | stop | cancelled")
-    usage: Usage
-    timings_ms: Timings
 
 
 class ErrorBody(_Strict):
@@ -217,5 +198,5 @@ def init_app(app: Flask) -> None:
         response.headers["Content-Security-Policy"] = _DOCS_CSP
         return response
 
-    app.add_url_rule("/openapi.json", "openapi", openapi_json)
-    app.add_url_rule("/docs", "docs", docs)
+    app.add_url_rule("/openapi.json", "openapi", routing.declare(routing.PUBLIC_DOC)(openapi_json))
+    app.add_url_rule("/docs", "docs", routing.declare(routing.PUBLIC_DOC)(docs))

@@ -12,8 +12,9 @@ from flask import Flask
 
 from server.core_share import CoreShare
 from server.decoding import GenerationRequest
-from server.engine import StepEngine, StepReport
-from server.memory import MemorySample, MemorySampler, read_process_memory
+from server.engine import StepReport
+from server.memory import MemorySample, WorkerMemorySampler, read_process_memory
+from server.min_tokens import MinTokensEngine
 from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
 from server.scheduler import Scheduler
@@ -34,7 +35,7 @@ class ModelService:
         self.loaded: LoadedModel | None = None
         self.scheduler: Scheduler | None = None
         self.cores: CoreShare | None = None
-        self.sampler: MemorySampler | None = None
+        self.sampler: WorkerMemorySampler | None = None
         self.request_log: RequestLog | None = None
         self.ready = threading.Event()
         self.config: dict = {}
@@ -61,7 +62,7 @@ class ModelService:
 
     def _make_scheduler(self, config: dict) -> Scheduler:
         """Continuous batching (server.scheduler) over a step engine of the loaded model."""
-        engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
+        engine = MinTokensEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
                             config["PREFILL_CHUNK"])
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
@@ -90,7 +91,7 @@ class ModelService:
         threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
         torch.set_num_threads(threads)
         self.metrics.torch_threads.set(threads)
-        self.sampler = MemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
+        self.sampler = WorkerMemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
         self.sampler.start()
         self.scheduler.start(before_loop=self._warm_up)
         log.info("worker %d serving with %d torch threads", os.getpid(), threads)

@@ -8,9 +8,8 @@ each generated token's new text is sent as soon as the generation thread hands i
 
 A client that disconnects closes the body iterator (Gunicorn does so when a write fails;
 Werkzeug's test client on ``close()``): the generator's ``finally`` marks the job cancelled,
-so the batch drops it at the next step and its slot is free. The request-log record of a
-streamed request is written when the stream ends (``accounting.log_streamed``), with the
-tokens actually sent.
+so the batch drops it at the next step and its slot is free. The request's record
+(``server.accounting``) counts the tokens actually sent and is logged as the stream ends.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Response, current_app, g, stream_with_context
+from flask import Response, current_app, stream_with_context
+from tokenizers.decoders import DecodeStream
 
-from server import accounting
+from server.accounting import record
 from server.errors import APIError, error_body
 from server.jobs import Job
 
@@ -37,37 +37,44 @@ def sse(data: dict[str, Any]) -> str:
 
 
 class TextDeltas:
-    """Incremental detokenization: the new text each token adds, never half a character.
+    """Incremental detokenization (``tokenizers``' DecodeStream): the new text each token
+    adds, never half a character.
 
-    Byte-level BPE splits multi-byte characters across tokens; decoding such a prefix ends in
-    U+FFFD. The decoded text is held back until the character completes, so the deltas
-    joined equal ``tokenizer.decode(all tokens)`` exactly.
+    Byte-level BPE splits multi-byte characters across tokens; DecodeStream holds such
+    bytes back until the character completes. ``flush`` sends what the end leaves (an
+    incomplete character as U+FFFD), so the deltas joined equal ``tokenizer.decode``.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        # transformers' fast tokenizers wrap a tokenizers.Tokenizer, which DecodeStream needs.
+        self._backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        self._stream = DecodeStream(skip_special_tokens=True)
         self.token_ids: list[int] = []
-        self.sent = ""
+        self.sent: list[str] = []
 
     def push(self, token: int) -> str:
         """Add ``token``; return the text not yet sent ("" while a character is incomplete)."""
         self.token_ids.append(token)
-        text = self._decode()
-        if text.endswith("\ufffd"):
-            return ""
-        return self._advance(text)
+        text = self._stream.step(self._backend, token) or ""
+        self.sent.append(text)
+        return text
 
     def flush(self) -> str:
-        """The text still held back at the end (an incomplete character stays U+FFFD)."""
-        return self._advance(self._decode()) if self.token_ids else ""
+        """The text still held back at the end ("" when every character completed)."""
+        whole = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        sent = "".join(self.sent)
+        tail = whole[len(sent):] if whole.startswith(sent) else ""
+        self.sent.append(tail)
+        return tail
 
-    def _decode(self) -> str:
-        return self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
 
-    def _advance(self, text: str) -> str:
-        delta = text[len(self.sent):] if text.startswith(self.sent) else ""
-        self.sent = text if text.startswith(self.sent) else self.sent
-        return delta
+@dataclass(frozen=True)
+class Delta:
+    """New text of a stream, and how many tokens were generated up to it."""
+
+    text: str
+    completion_tokens: int
 
 
 @dataclass
@@ -78,13 +85,13 @@ class StreamedGeneration:
     finish_reason: str = "length"
 
 
-def _next_token(job: Job, deadline: float) -> int | None:
+def _next_token(job: Job, deadline: float, timeout_s: float) -> int | None:
     try:
         return job.stream.get(timeout=max(0.0, deadline - time.monotonic()))
     except queue.Empty:
         job.cancelled = True  # the generation thread drops it at the next token
-        raise APIError(504, "generation_timeout", "generation did not finish within "
-                       f"{current_app.config['REQUEST_TIMEOUT_S']} s") from None
+        raise APIError(504, "generation_timeout",
+                       f"generation did not finish within {timeout_s} s") from None
 
 
 def _failed(job: Job) -> APIError:
@@ -92,35 +99,37 @@ def _failed(job: Job) -> APIError:
 
 
 def open_stream(job: Job, tokenizer: Any,
-                render: Callable[[Iterator[str], StreamedGeneration], Iterator[str]]) -> Response:
+                render: Callable[[Iterator[Delta], StreamedGeneration], Iterator[str]]) -> Response:
     """Wait for ``job``'s first token, then stream the events ``render`` makes of its text.
 
-    ``render(deltas, outcome)`` gets an iterator of text deltas and yields SSE strings; once
+    ``render(deltas, outcome)`` gets an iterator of ``Delta`` and yields SSE strings; once
     the deltas are exhausted, ``outcome`` holds the token ids and finish reason. Errors
     before the first token raise APIError (a normal error response); later ones end the
     stream with a ``data: {"error": {...}}`` event (the route's error shape), then [DONE].
     """
-    deadline = time.monotonic() + current_app.config["REQUEST_TIMEOUT_S"]
-    first = _next_token(job, deadline)
+    timeout_s = current_app.config["REQUEST_TIMEOUT_S"]
+    deadline = time.monotonic() + timeout_s
+    first = _next_token(job, deadline, timeout_s)
     if first is None and job.error is not None:
         raise _failed(job)
     outcome = StreamedGeneration()
     deltas = TextDeltas(tokenizer)
-    g.completion_tokens = 0
+    rec = record()
+    rec.streamed, rec.completion_tokens = True, 0
 
-    def token_texts() -> Iterator[str]:
+    def token_texts() -> Iterator[Delta]:
         token = first
         while token is not None:
-            g.completion_tokens = len(deltas.token_ids) + 1
+            rec.completion_tokens = len(deltas.token_ids) + 1
             text = deltas.push(token)
             if text:
-                yield text
-            token = _next_token(job, deadline)
+                yield Delta(text, len(deltas.token_ids))
+            token = _next_token(job, deadline, timeout_s)
         if job.error is not None:
             raise _failed(job)
         tail = deltas.flush()
         if tail:
-            yield tail
+            yield Delta(tail, len(deltas.token_ids))
         outcome.token_ids = list(deltas.token_ids)
         outcome.finish_reason = job.result.finish_reason
 
@@ -132,9 +141,8 @@ def open_stream(job: Job, tokenizer: Any,
         finally:
             if job.finished_at is None:
                 job.cancelled = True  # client gone (or error): free the batch slot
-            accounting.log_streamed(200)
+            rec.end()
 
-    g.log_when_stream_ends = True
     response = Response(stream_with_context(body()), mimetype="text/event-stream")
     # No proxy buffering (nginx honours X-Accel-Buffering) and no caching of a live stream.
     response.headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -150,9 +158,9 @@ def task_stream(job: Job, tokenizer: Any,
     timings_ms); then ``[DONE]``. A failure after the first token is a
     ``{"error": {"code", "message"}}`` event, then ``[DONE]``.
     """
-    def render(deltas: Iterator[str], outcome: StreamedGeneration) -> Iterator[str]:
-        for text in deltas:
-            yield sse({"text": text})
+    def render(deltas: Iterator[Delta], outcome: StreamedGeneration) -> Iterator[str]:
+        for delta in deltas:
+            yield sse({"text": delta.text})
         yield sse({"text": "", **summary(outcome)})
         yield DONE
 

@@ -25,7 +25,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "resul
         REPO / "analysis/README.md", REPO / "deploy/README.md"]
 
 # Programs that are not this project's: shown for the reader, not checked here.
-OTHER_PROGRAMS = {"export", "systemctl", "curl", "printf", "sha256sum", "redis-server", "nginx"}
+OTHER_PROGRAMS = {"export", "systemctl", "curl", "printf", "sha256sum", "redis-server", "nginx",
+                  "guidellm"}  # guidellm: in its own venv (docs/api.md shows it was run)
 # Subcommands with their own --help.
 SUBCOMMANDS = {"analysis": {"compare"}, "server.synthetic": {"build", "params"}}
 # Make variables that pass options on, and the command whose --help must list them.

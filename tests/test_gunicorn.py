@@ -1,6 +1,10 @@
 """End to end on real Gunicorn: preload, fork, 2 workers, concurrent requests on every route."""
 
+import http.client
+import json
+import os
 import re
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -8,6 +12,7 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
+from harness.waiting import wait_until
 from tests.conftest import server_env
 
 BODIES = {
@@ -89,5 +94,57 @@ def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     assert sorted(map(int, warmed)) == sorted(server.worker_pids())
 
 
+@pytest.mark.parametrize(("path", "field"), [("/generate-text", "prompt"),
+                                           ("/v1/completions", "prompt")])
+def test_a_12_mb_body_sent_in_full_gets_a_readable_413(server: GunicornServer, api_headers,
+                                                       path, field) -> None:
+    """A client that sends the whole body before reading (http.client does) must see the
+    413, not a broken pipe from a connection closed while it was still sending."""
+    body = json.dumps({field: "x" * (12 * 2**20)}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers={
+            **api_headers, "Content-Type": "application/json", "X-Request-ID": "huge-body"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 413
+    assert response.getheader("X-Request-ID") == "huge-body"
+    assert answer["error"]["code"] == "payload_too_large"
+    assert "65536 bytes" in answer["error"]["message"]
+
+
 def test_sigterm_stops_cleanly(server: GunicornServer) -> None:
     assert server.stop() == 0
+
+
+def _served(server: GunicornServer, route: str) -> float:
+    """The /metrics counter of 200 answers on ``route`` (0 if it has none yet)."""
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    pattern = rf'^gpt_requests_total{{route="{re.escape(route)}",status="200"}} ([\d.]+)$'
+    return sum(float(m) for m in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_sighup_reload_keeps_the_metrics_counters(tiny_model: Path, tmp_path: Path,
+                                                  api_headers) -> None:
+    """A reload (SIGHUP: Gunicorn reads gunicorn.conf.py again and replaces the workers)
+    must not wipe the multiprocess metrics files: counters go on from where they were."""
+    env = server_env(tmp_path, GUNICORN_ACCESSLOG="")
+    with GunicornServer(tmp_path, env, workers=1) as server:
+        [before_reload] = server.worker_pids()
+        for _ in range(3):
+            response = requests.post(server.url + "/generate-text", headers=api_headers,
+                                     json=BODIES["/generate-text"], timeout=60)
+            assert response.status_code == 200
+        assert _served(server, "/generate-text") == 3
+        os.kill(server.master_pid(), signal.SIGHUP)
+        wait_until(lambda: before_reload not in server.worker_pids() and server.worker_pids(),
+                   "the reload replaced the worker", timeout_s=300, alive=server.alive,
+                   detail=server.log_text)
+        server.wait_ready()
+        assert "Hang up" in server.log_text()  # Gunicorn's own log line for the reload
+        assert _served(server, "/generate-text") == 3
+        requests.post(server.url + "/generate-text", headers=api_headers,
+                      json=BODIES["/generate-text"], timeout=60)
+        assert _served(server, "/generate-text") == 4

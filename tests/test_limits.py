@@ -101,6 +101,26 @@ def test_storage_password_is_redacted_for_logs() -> None:
     assert redact_uri("memory://") == "memory://"
 
 
+def test_the_flask_limiter_internals_we_extend_are_the_pinned_ones(app) -> None:
+    """server.limits extends two non-public parts of flask-limiter 4.1.1 (its check method,
+    re-run against the fallback, and its header hook, wrapped); swallow_errors=True would
+    replace both but logs a traceback, which no log of ours may hold. An upgrade that moves
+    either must fail here, not in production."""
+    import inspect
+    from functools import partial
+
+    import flask_limiter
+
+    assert flask_limiter.__version__ == "4.1.1"
+    check = inspect.signature(flask_limiter.Limiter._check_request_limit)
+    assert list(check.parameters) == ["self", "callable_name", "in_middleware"]
+    limiter = app.extensions["rate_limiter"]
+    assert limiter._storage_dead is False and limiter._fallback_limiter is not None
+    wrapped = [f for f in app.after_request_funcs[None] if f.__name__ == "inject_headers"]
+    assert len(wrapped) == 1 and isinstance(inspect.getclosurevars(wrapped[0]).nonlocals[
+        "inject"], partial)
+
+
 # ---- real Gunicorn and real Redis -------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""server.memory.MemorySampler: statm every sample, smaps_rollup only within its budget."""
+"""server.memory.WorkerMemorySampler: statm every sample, smaps_rollup only within its budget."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from itertools import pairwise
 import pytest
 
 from harness.waiting import wait_until
-from server.memory import MemorySampler, estimate_from
-from server.procfs import MemorySample, read_process_memory, read_rss_mb
+from server.memory import (
+    MemorySample,
+    WorkerMemorySampler,
+    estimate_from,
+    read_process_memory,
+    read_rss_mb,
+)
 
 
 class FakeProcess:
@@ -32,7 +37,7 @@ class FakeProcess:
         return self.rss_mb
 
 
-def run(sampler: MemorySampler, process: FakeProcess, seconds: float) -> list[MemorySample]:
+def run(sampler: WorkerMemorySampler, process: FakeProcess, seconds: float) -> list[MemorySample]:
     samples = []
     while process.now < seconds:
         process.now += sampler.interval_s
@@ -47,7 +52,7 @@ def run(sampler: MemorySampler, process: FakeProcess, seconds: float) -> list[Me
 ])
 def test_full_reads_keep_to_the_budget(read_s, budget, full_every_s) -> None:
     process = FakeProcess(read_s)
-    sampler = MemorySampler(0.5, full_budget=budget, clock=process.clock,
+    sampler = WorkerMemorySampler(0.5, full_budget=budget, clock=process.clock,
                             read_full=process.read_full, read_rss=process.read_rss)
 
     samples = run(sampler, process, 120.0)
@@ -61,7 +66,7 @@ def test_full_reads_keep_to_the_budget(read_s, budget, full_every_s) -> None:
 
 def test_inf_budget_reads_smaps_every_sample() -> None:
     process = FakeProcess(0.026)
-    sampler = MemorySampler(0.5, full_budget=math.inf, clock=process.clock,
+    sampler = WorkerMemorySampler(0.5, full_budget=math.inf, clock=process.clock,
                             read_full=process.read_full, read_rss=process.read_rss)
 
     assert all(s.measured for s in run(sampler, process, 10.0))
@@ -69,7 +74,7 @@ def test_inf_budget_reads_smaps_every_sample() -> None:
 
 def test_between_full_reads_uss_and_pss_follow_rss() -> None:
     process = FakeProcess(0.026)
-    sampler = MemorySampler(0.5, clock=process.clock, read_full=process.read_full,
+    sampler = WorkerMemorySampler(0.5, clock=process.clock, read_full=process.read_full,
                             read_rss=process.read_rss)
     process.rss_mb = 1064.0  # the worker allocated 64 MB of activations
     process.now += 0.5
@@ -106,7 +111,7 @@ def test_estimate_tracks_a_real_allocation() -> None:
 
 def test_thread_samples_until_stopped() -> None:
     seen: list[MemorySample] = []
-    sampler = MemorySampler(0.01, on_sample=seen.append)
+    sampler = WorkerMemorySampler(0.01, on_sample=seen.append)
     sampler.start()
     wait_until(lambda: len(seen) >= 5, "5 samples", timeout_s=300, interval_s=0.01)
     sampler.stop()

@@ -1,5 +1,6 @@
 """The official ``openai`` package as a client of real Gunicorn: completions and chat,
-streaming and not, concurrent streams in one batch, TTFT vs E2E, a client that hangs up."""
+streaming and not, concurrent streams in one batch, TTFT vs E2E, a client that hangs up,
+its BadRequestError for invalid requests, vLLM's extensions through ``extra_body``."""
 
 from __future__ import annotations
 
@@ -181,3 +182,32 @@ def test_client_that_hangs_up_frees_its_slot(server, api_headers) -> None:
                timeout_s=hung_up + full_s + 1 - time.monotonic(), interval_s=0.05,
                alive=server.alive)
     assert time.monotonic() - hung_up < full_s, "the slot was held as long as a full answer"
+
+
+@pytest.mark.parametrize(("create", "param", "code"), [
+    (lambda c: c.completions.create(model=MODEL, prompt="x", max_tokens=4, logprobs=2),
+     "logprobs", "invalid_fields"),
+    (lambda c: c.completions.create(model=MODEL, prompt="x", max_tokens=4,
+                                    extra_body={"min_tokens": 9}),
+     "min_tokens", "invalid_fields"),
+    (lambda c: c.chat.completions.create(model=MODEL, max_tokens=8, messages=[
+        {"role": "user", "content": "word " * 1500}]), "messages", "prompt_too_long"),
+])
+def test_invalid_request_raises_the_clients_bad_request_error(client, create, param,
+                                                             code) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        create(client)
+    error = raised.value
+    assert error.status_code == 400 and error.type == "invalid_request_error"
+    assert error.param == param and error.code == code
+
+
+def test_vllm_extensions_through_the_client(client) -> None:
+    """guidellm's fields, sent the way an openai-client user would (``extra_body``)."""
+    stream = client.chat.completions.create(
+        model=MODEL, max_completion_tokens=7, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        messages=[{"role": "user", "content": "Count with me."}],
+        extra_body={"ignore_eos": True, "min_tokens": 7})
+    usages = [chunk.usage.completion_tokens for chunk in stream]
+    assert usages[-1] == 7 and usages == sorted(usages)

@@ -40,6 +40,30 @@ def test_text_deltas_never_split_a_character_and_join_to_the_whole_text(app: Fla
     assert "".join(sent) == tokenizer.decode(ids)
 
 
+def test_a_character_split_across_byte_level_tokens_is_sent_whole(app: Flask) -> None:
+    """DecodeStream holds the first bytes of a multi-byte character back until it is whole."""
+    tokenizer = app.extensions["model_service"].loaded.tokenizer
+    ids = tokenizer.encode("🚲 ok")
+    split = len(ids) - len(tokenizer.encode(" ok"))  # the emoji's 4 UTF-8 bytes, as tokens
+    assert split > 1, "the emoji should span several byte-level tokens"
+    deltas = TextDeltas(tokenizer)
+    sent = [deltas.push(token) for token in ids]
+    assert sent[:split] == [""] * (split - 1) + ["🚲"]
+    assert "".join(sent) + deltas.flush() == "🚲 ok"
+
+
+def test_bytes_that_never_make_a_character_do_not_silence_the_stream(app: Flask) -> None:
+    """A lead byte cut short becomes U+FFFD and the text goes on (the stream never goes
+    quiet), joined exactly as the whole answer decodes."""
+    tokenizer = app.extensions["model_service"].loaded.tokenizer
+    vocab = tokenizer.get_vocab()
+    ids = [vocab["a"], vocab["ð"], vocab["Ł"], vocab["b"], vocab["c"]]  # 0xF0 0x9F, then "b"
+    deltas = TextDeltas(tokenizer)
+    sent = [deltas.push(token) for token in ids]
+    assert sent == ["a", "", "", "\ufffdb", "c"]
+    assert "".join(sent) + deltas.flush() == tokenizer.decode(ids)
+
+
 @pytest.mark.parametrize("route, body", [
     ("/generate-text", {"prompt": "The weather today is", "temperature": 0.0}),
     ("/summarize-text", {"text": "A long article about trains. " * 5}),

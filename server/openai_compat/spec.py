@@ -1,6 +1,6 @@
 """The OpenAI-compatible routes' part of the OpenAPI document (/v1/completions, /v1/chat/...).
 
-Request bodies are the pydantic models that validate them (``server.openai_schemas``);
+Request bodies are the pydantic models that validate them (``server.openai_compat.schemas``);
 answers follow OpenAI's shapes, errors OpenAI's ``{"error": {"message", "type", "param",
 "code"}}``. With ``"stream": true`` the answer is ``text/event-stream``: ``data: {chunk}``
 events, then ``data: [DONE]``.
@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.openai_schemas import ChatBody, CompletionBody
+from server.openai_compat.schemas import ChatBody, CompletionBody
 
 
 class _Open(BaseModel):
@@ -58,9 +58,11 @@ class ModelList(_Open):
 SCHEMA_MODELS: list[type[BaseModel]] = [CompletionBody, ChatBody, OpenAICompletion,
                                         OpenAIError, ModelList]
 
-_ERRORS = {"400": "malformed JSON", "401": "no or bad API key (Bearer)",
-           "404": "model_not_found: not the served model", "413": "body or prompt too large",
-           "415": "not application/json", "422": "invalid fields (param names the first)",
+_ERRORS = {"400": "invalid_request_error: malformed JSON, invalid fields, a text too long or "
+                  "a prompt over the context (param names the field)",
+           "401": "no or bad API key (Bearer)",
+           "404": "model_not_found: not the served model", "413": "body too large",
+           "415": "not application/json",
            "429": "rate limited (Retry-After)", "503": "overloaded or not ready (Retry-After)",
            "504": "generation timed out"}
 # One server-sent event, as OpenAPI 3.2's itemSchema (and schemathesis) describe them.
