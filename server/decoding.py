@@ -23,6 +23,9 @@ class GenerationRequest:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # vLLM's min_tokens: the stop token cannot be chosen before this many new tokens (its
+    # logit is masked, so the text stays text); ignore_eos is min_new_tokens = max_new_tokens.
+    min_new_tokens: int = 0
 
 
 @dataclass

@@ -148,6 +148,9 @@ class StepEngine:
 
     def _sample(self, row: Row, logits: torch.Tensor) -> int | None:
         """Append the next token to ``row`` (None when it is the stop token)."""
+        if len(row.tokens) < row.request.min_new_tokens:
+            logits = logits.clone()  # a view of the step's logits: leave the other rows'
+            logits[self.eos_id] = float("-inf")
         token = choose_token(logits, row.request, row.rng)
         if token == self.eos_id and not self.ignore_eos:
             row.finish_reason = "stop"

@@ -15,10 +15,9 @@ from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
 from server.accounting import record
-from server.decoding import Generation
+from server.decoding import Generation, GenerationRequest
 from server.errors import APIError
 from server.jobs import Job, QueueFull
-from server.min_tokens import BoundedRequest
 from server.scheduler import WouldTimeOut
 from server.validation import TOO_LONG
 
@@ -72,7 +71,7 @@ def check_budget(prompt_tokens: int, max_new_tokens: int, context_window: int,
                      "context_window": context_window}, param=param)
 
 
-def submit(generation: BoundedRequest, stream: bool = False) -> Job:
+def submit(generation: GenerationRequest, stream: bool = False) -> Job:
     """Queue the generation on the worker's scheduler (503 when it cannot take it in time).
 
     With ``stream``, the job gets a queue that receives each token as it is generated.
@@ -107,7 +106,7 @@ def start(ids: list[int], max_new_tokens: int | None, *, param: str, stream: boo
     limit = max_new_tokens or current_app.config["DEFAULT_MAX_NEW_TOKENS"]
     context_window = current_app.extensions["model_service"].loaded.context_window
     check_budget(len(ids), limit, context_window, param)
-    generation = BoundedRequest(ids, limit, temperature, top_p, seed,
+    generation = GenerationRequest(ids, limit, temperature, top_p, seed,
                                 min_new_tokens=min(min_new_tokens, limit))
     return submit(generation, stream=stream)
 

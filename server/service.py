@@ -12,9 +12,8 @@ from flask import Flask
 
 from server.core_share import CoreShare
 from server.decoding import GenerationRequest
-from server.engine import StepReport
+from server.engine import StepEngine, StepReport
 from server.memory import MemorySample, WorkerMemorySampler, read_process_memory
-from server.min_tokens import MinTokensEngine
 from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
 from server.scheduler import Scheduler
@@ -62,7 +61,7 @@ class ModelService:
 
     def _make_scheduler(self, config: dict) -> Scheduler:
         """Continuous batching (server.scheduler) over a step engine of the loaded model."""
-        engine = MinTokensEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
+        engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
                             config["PREFILL_CHUNK"])
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,

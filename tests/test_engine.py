@@ -104,6 +104,23 @@ def test_stop_token_ends_a_row_without_reporting_it(loaded) -> None:
     assert row.finish_reason == "stop" and row.tokens == [] and report.sampled == {}
 
 
+def test_min_new_tokens_masks_the_stop_token_of_that_row_only(loaded) -> None:
+    engine = _engine(loaded, ignore_eos=False)
+    bounded = engine.new_row(GenerationRequest(_prompt(4), 50, min_new_tokens=3))
+    free = engine.new_row(GenerationRequest(_prompt(4, first=300), 50))
+    # The stop token is every row's first choice: the free row stops at once, the bounded
+    # one takes the best other token until it has 3, then stops.
+    loaded.model.lm_head.bias = torch.nn.Parameter(torch.zeros(loaded.model.config.vocab_size))
+    loaded.model.lm_head.bias.data[loaded.eos_id] = 1e6
+    try:
+        _run(engine, [bounded, free])
+    finally:
+        loaded.model.lm_head.bias = None
+    assert (free.finish_reason, free.tokens) == ("stop", [])
+    assert bounded.finish_reason == "stop" and len(bounded.tokens) == 3
+    assert loaded.eos_id not in bounded.tokens
+
+
 def _scheduler(loaded, max_batch: int = 4, timeout_s: float = 60.0) -> Scheduler:
     scheduler = Scheduler(_engine(loaded), max_batch, max_queue=8, timeout_s=timeout_s)
     scheduler.start()
