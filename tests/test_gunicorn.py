@@ -115,6 +115,27 @@ def test_a_12_mb_body_sent_in_full_gets_a_readable_413(server: GunicornServer, a
     assert "65536 bytes" in answer["error"]["message"]
 
 
+@pytest.mark.parametrize(("headers", "target", "status", "code"), [
+    ({"X-Big": "x" * 9000}, "/health", 431, "headers_too_large"),     # > limit_request_field_size
+    ({}, "/" + "a" * 5000, 414, "uri_too_long"),                      # > limit_request_line
+])
+def test_gunicorns_own_errors_are_json_with_a_request_id(server: GunicornServer, headers,
+                                                         target, status, code) -> None:
+    """What Gunicorn refuses before the app sees it is answered in the API's JSON envelope."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request("GET", target, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    assert response.status == status
+    assert response.getheader("Content-Type") == "application/json"
+    assert re.fullmatch(r"[0-9a-f]{32}", response.getheader("X-Request-ID") or "")
+    answer = json.loads(raw)
+    assert answer["error"]["code"] == code and answer["error"]["message"]
+
+
 def test_sigterm_stops_cleanly(server: GunicornServer) -> None:
     assert server.stop() == 0
 
