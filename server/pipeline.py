@@ -86,10 +86,7 @@ def submit(generation: GenerationRequest, stream: bool = False) -> Job:
     try:
         rec.job = service.scheduler.submit(job)
     except WouldTimeOut as refused:
-        raise APIError(503, "overloaded",
-                       f"server is busy: this request would finish in about "
-                       f"{refused.predicted_s:.0f} s, past the {config['REQUEST_TIMEOUT_S']:g} s "
-                       "timeout; retry later", retry_after_s=config["RETRY_AFTER_S"]) from None
+        raise job_failure(refused) from None
     except QueueFull:
         raise APIError(503, "overloaded", "server is at capacity; retry later",
                        retry_after_s=config["RETRY_AFTER_S"]) from None
@@ -111,6 +108,18 @@ def start(ids: list[int], max_new_tokens: int | None, *, param: str, stream: boo
     return submit(generation, stream=stream)
 
 
+def job_failure(error: BaseException) -> APIError:
+    """The answer to a job that ended in ``error``: 503 + Retry-After when it was refused as
+    predicted to finish past the timeout (at admission or shed while queued), else 500."""
+    config = current_app.config
+    if isinstance(error, WouldTimeOut):
+        return APIError(503, "overloaded",
+                        f"server is busy: this request would finish in about "
+                        f"{error.predicted_s:.0f} s, past the {config['REQUEST_TIMEOUT_S']:g} s "
+                        "timeout; retry later", retry_after_s=config["RETRY_AFTER_S"])
+    return APIError(500, "generation_failed", "generation failed")
+
+
 def wait_for(job: Job) -> Generation:
     """The finished generation: 504 after REQUEST_TIMEOUT_S (slot freed), 500 on failure."""
     timeout_s = current_app.config["REQUEST_TIMEOUT_S"]
@@ -119,6 +128,6 @@ def wait_for(job: Job) -> Generation:
         raise APIError(504, "generation_timeout",
                        f"generation did not finish within {timeout_s} s")
     if job.error is not None:
-        raise APIError(500, "generation_failed", "generation failed")
+        raise job_failure(job.error)
     record().completion_tokens = len(job.result.token_ids)
     return job.result

@@ -11,11 +11,14 @@ are learned from the steps themselves: a decode step (``step_s``) and each promp
 fed on top of it (``token_s``: a 128-token chunk of gpt2-large costs several decode steps
 on a CPU). A job that would not finish within ``REQUEST_TIMEOUT_S`` is refused at once
 (503 with Retry-After) instead of being admitted only to time out; a full queue is refused
-too.
+too. Between steps, a queued job that the rows and prompts which arrived after it have made
+late (its forecast from now passes its deadline) is refused the same way before it costs a
+step (``_shed_late``): a 503 after a wait rather than a 504 after the whole timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -107,10 +110,18 @@ class Scheduler:
     def predict_s(self, job: Job) -> float:
         """Seconds until ``job`` would finish if queued now: every row at its maximum, every
         prompt token ahead priced in, times the learned ``bias`` of past forecasts."""
+        return self._forecast_s(job, self._waiting())
+
+    def _waiting(self) -> list[Job]:
+        """The queued jobs still to run, in order."""
+        return [job for job in list(self._queue.queue) if job.finished_at is None]
+
+    def _forecast_s(self, job: Job, waiting: list[Job]) -> float:
+        """Seconds until ``job`` finishes from now, with ``waiting`` queued ahead of it."""
         if self.step_s <= 0.0:
             return 0.0  # nothing measured yet: the warm-up sets it before /ready
         chunk = self.engine.prefill_chunk
-        rows, waiting = list(self._rows), list(self._queue.queue)
+        rows = list(self._rows)
         # Steps until each of the max_rows slots frees up, then the queue takes them in order.
         slots = [_steps_left(row, chunk) for _, row in rows]
         slots += [0] * (self._max_rows - len(slots))
@@ -146,6 +157,7 @@ class Scheduler:
         """Admit what fits, run one step, hand out tokens and finished results."""
         if not self._rows:
             self._on_busy(False)  # about to wait: this worker's cores are free for others
+        self._shed_late()
         self._admit(block=not self._rows)
         self._drop_cancelled()
         if not self._rows:
@@ -195,6 +207,38 @@ class Scheduler:
         _, index, row = min(at_risk, key=lambda risk: risk[:2])
         return {index} if row.prompt_left > 0 else set()
 
+    def _shed_late(self) -> None:
+        """Refuse (503) each queued job whose forecast from now passes its deadline.
+
+        Admission forecasts a job's finish when it arrives, but the rows and prompts that
+        arrive after it are unknown then; when they make a queued job late, it is refused
+        before it costs a step instead of being started only to get 504 at the timeout.
+        """
+        if self.step_s <= 0.0 or math.isinf(self._timeout_s) or self._queue.empty():
+            return
+        now = time.monotonic()
+        waiting = self._waiting()
+        ahead: list[Job] = []
+        for job in waiting:
+            if job.cancelled:
+                continue
+            forecast = self._forecast_s(job, ahead)
+            if now + forecast > job.enqueued_at + self._timeout_s:
+                log.info("shed a queued job: %.0f s from now, %.0f s left", forecast,
+                         job.enqueued_at + self._timeout_s - now)
+                job.finish(error=WouldTimeOut(now - job.enqueued_at + forecast))
+                self._unqueue(job)
+            else:
+                ahead.append(job)
+
+    def _unqueue(self, job: Job) -> None:
+        # queue.Queue has no remove: take it out under the queue's own lock, so its place
+        # is free for the next request at once (a shed job is answered already).
+        with self._queue.mutex:
+            with contextlib.suppress(ValueError):
+                self._queue.queue.remove(job)
+            self._queue.not_full.notify()
+
     def learn(self, report: StepReport) -> None:
         """Update the one-row decode-step and prompt-token costs from one step (also the
         warm-up's)."""
@@ -218,6 +262,8 @@ class Scheduler:
                 job = self._queue.get(block=block)
             except queue.Empty:
                 return
+            if job.finished_at is not None:
+                continue  # shed while queued (_shed_late): already answered
             if job.cancelled:
                 self._calibrate(job)
                 job.finish(error=TimeoutError("cancelled while queued"))

@@ -27,6 +27,7 @@ from tokenizers.decoders import DecodeStream
 from server.accounting import record
 from server.errors import APIError, error_body
 from server.jobs import Job
+from server.pipeline import job_failure
 
 DONE = "data: [DONE]\n\n"
 
@@ -95,7 +96,7 @@ def _next_token(job: Job, deadline: float, timeout_s: float) -> int | None:
 
 
 def _failed(job: Job) -> APIError:
-    return APIError(500, "generation_failed", "generation failed")
+    return job_failure(job.error)
 
 
 def open_stream(job: Job, tokenizer: Any,

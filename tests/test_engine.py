@@ -155,6 +155,26 @@ def test_scheduler_refuses_what_it_predicts_past_the_timeout(loaded) -> None:
     assert refused.value.predicted_s > 8.0
 
 
+def test_a_queued_job_made_late_by_slower_steps_is_shed_before_it_runs(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 1, max_queue=8, timeout_s=100.0)
+    scheduler.step_s = 1.0  # as measured: 1 s a step
+    first = scheduler.submit(Job(GenerationRequest(_prompt(4), 30)))  # 31 s
+    second = scheduler.submit(Job(GenerationRequest(_prompt(4, 300), 30)))  # 62 s: admitted
+    third = scheduler.submit(Job(GenerationRequest(_prompt(4, 600), 5)))  # 68 s: admitted
+    scheduler._shed_late()
+    assert not any(job.finished_at for job in (first, second, third))  # all still fit
+    scheduler.step_s = 2.0  # the steps became twice as slow
+    scheduler._shed_late()
+    # second (124 s from now) is refused; first (62 s) and third, which now waits only for
+    # first, (74 s) still fit.
+    assert isinstance(second.error, WouldTimeOut) and second.predicted_s == 62.0
+    assert second.error.predicted_s == pytest.approx(124.0, abs=1.0)
+    assert first.finished_at is None and third.finished_at is None
+    scheduler.run_once()  # the shed job is skipped, never started
+    assert first.started_at is not None and second.started_at is None
+    assert scheduler.depth == 1 and third.started_at is None
+
+
 def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
     scheduler = Scheduler(_engine(loaded), 2, max_queue=8, timeout_s=100.0)
     scheduler.step_s, scheduler.token_s = 0.05, 0.01

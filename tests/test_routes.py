@@ -220,6 +220,31 @@ def test_request_predicted_past_the_timeout_is_refused_fast(make_app) -> None:
     assert short.status_code == 200
 
 
+def test_queued_request_made_late_is_refused_503_not_504(make_app) -> None:
+    """A request admitted behind another is shed from the queue (503 + Retry-After) once the
+    steps turn out slower than forecast, instead of running into the 504 timeout."""
+    app = make_app(REQUEST_TIMEOUT_S=60, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
+                   MAX_BATCH_SIZE=1)
+    scheduler = _service(app).scheduler
+    _service(app).start()
+    _wait_for(_service(app).ready.is_set)
+    scheduler.step_s = 0.01  # forecast: 10 ms a step, so two 1,000-token requests fit
+    running = threading.Thread(target=_post_many, args=(app, [
+        {"prompt": "Go on", "max_new_tokens": 1000}]))
+    running.start()
+    _wait_for(lambda: scheduler.running == 1)
+    queued = {}
+    waiting = threading.Thread(target=lambda: queued.update(response=app.test_client().post(
+        "/generate-text", json={"prompt": "Then", "max_new_tokens": 1000})))
+    waiting.start()
+    _wait_for(lambda: scheduler.depth == 1)
+    scheduler.step_s = 1.0  # now 1 s a step: the queued one cannot finish within 60 s
+    waiting.join(60)
+    error = _assert_envelope(queued["response"], 503, "overloaded")
+    assert "timeout" in error["message"] and queued["response"].headers["Retry-After"] == "2"
+    running.join(120)
+
+
 def test_timeout_is_504_and_frees_the_slot(make_app) -> None:
     # With the prediction off, the request is admitted and the timeout path is what ends it.
     app = make_app(REQUEST_TIMEOUT_S=0.3, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
