@@ -71,8 +71,8 @@ def sweep_plateau(f: Findings) -> Recommendation | None:
         dtype = str(setting(f, "dtype") or "unknown")
         cure = (
             "int8 quantization or a smaller model"
-            if "bf16" in dtype or "bfloat16" in dtype
-            else "bfloat16 weights (where the CPU supports them) or int8 quantization"
+            if any(half in dtype for half in ("bf16", "bfloat16", "float16"))
+            else "16-bit weights (DTYPE=float16, or bfloat16 where the CPU has it) or int8"
         )
         return Recommendation(
             "cpu_plateau",

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="synthetic:<preset>, a local HF folder or a hub id")
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     p.add_argument("--dtype", default=os.environ.get("DTYPE", "auto"),
-                   help="auto, float32, bfloat16 or int8 (server/quantize.py)")
+                   help="auto, float32, float16, bfloat16 or int8 (server/quantize.py)")
     p.add_argument("--workers", type=int, default=1, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
     p.add_argument("--max-batch-size", type=int, default=8)

@@ -9,6 +9,7 @@ load), batch 1 breaking ties:
 
     float32          nn.Linear -> torch's BLAS (MKL)
     float32+onednn   the same fp32 weights through oneDNN's matmul (no copy)
+    float16          linear weights stored in fp16, computed in fp32 (fbgemm's fp16 GEMM)
     bfloat16         weights and activations in bf16
     int8             dynamic int8 Linear (fbgemm); changes the text, so only with ALLOW_INT8
 
@@ -32,10 +33,12 @@ from torch import nn
 
 from server.decoding import GenerationRequest
 from server.engine import StepEngine
+from server.quantize import quantize_float16
 
 log = logging.getLogger(__name__)
 
-FLOAT32, ONEDNN, BFLOAT16, INT8 = "float32", "float32+onednn", "bfloat16", "int8"
+FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8 = (
+    "float32", "float32+onednn", "float16", "bfloat16", "int8")
 # A candidate whose batch-1 step is this many times the best so far is not timed at the
 # maximum batch (emulated bf16 on gpt2-large would spend ~15 s there for nothing).
 HOPELESS = 3.0
@@ -146,7 +149,7 @@ def candidates(requested: str, allow_int8: bool) -> list[str]:
     """Precisions to time for DTYPE=``requested``: auto times every allowed one."""
     fp32 = [FLOAT32, ONEDNN] if onednn_available() else [FLOAT32]
     if requested == "auto":
-        return fp32 + [BFLOAT16] + ([INT8] if allow_int8 else [])
+        return fp32 + [FLOAT16, BFLOAT16] + ([INT8] if allow_int8 else [])
     if requested == FLOAT32:
         return fp32
     return [requested]
@@ -202,9 +205,11 @@ def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Modul
     if name == ONEDNN:
         swap_linears(model, to_onednn=True)
         return model
+    if name == FLOAT16:
+        return quantize_float16(copy.deepcopy(model))
     if name == BFLOAT16:
         return copy.deepcopy(model).to(torch.bfloat16)
     if name == INT8:
         return quantize(copy.deepcopy(model))
     raise ValueError(f"unknown precision {name!r}; use one of "
-                     f"{', '.join([FLOAT32, ONEDNN, BFLOAT16, INT8])}")
+                     f"{', '.join([FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8])}")

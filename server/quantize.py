@@ -1,4 +1,4 @@
-"""Weight layouts for fast CPU decoding: GPT-2's Conv1D as nn.Linear, and int8 weights.
+"""Weight layouts for fast CPU decoding: GPT-2's Conv1D as nn.Linear, float16 and int8 weights.
 
 GPT-2 (transformers' ``Conv1D``) stores each projection as ``[in, out]`` and computes
 ``addmm(bias, x, weight)``; ``nn.Linear`` stores ``[out, in]``, the layout oneDNN and fbgemm
@@ -12,6 +12,12 @@ quantized per batch on the fly, float everywhere else. A decode step reads a qua
 the fp32 bytes: 49 ms at batch 1 and 96 ms at batch 8 on one thread (4x and 3x bf16). The
 text changes: on the synthetic models (random weights) nothing measures by how much, so
 judge it on a real checkpoint before serving it (README, Recommendations).
+
+``float16`` keeps the model float32 but stores every linear layer's weights in fp16
+(torch's dynamic fp16 Linear, fbgemm's fp16 GEMM: weights widened to fp32 inside the
+kernel, activations and everything else float32): the precision class of llama.cpp's f16
+GGUF. Half the fp32 bytes per step, and on an AVX2-only CPU fbgemm's small-batch GEMM beats
+MKL's; rounding a weight to fp16 changes the logits by ~1e-4 relative (less than bf16).
 """
 
 from __future__ import annotations
@@ -59,26 +65,42 @@ def own_memory(model: nn.Module) -> None:
             tensor.data = tensor.data.clone()
 
 
+def quantize_float16(model: nn.Module) -> nn.Module:
+    """Return ``model`` (float32) with every ``nn.Linear``'s weights stored in fp16 (torch's
+    dynamic fp16 Linear, computed by fbgemm in fp32)."""
+    from torch.ao.quantization import float16_dynamic_qconfig
+
+    return _quantize_linears(model, float16_dynamic_qconfig)
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Return ``model`` (float32) with every ``nn.Linear`` as a dynamic int8 Linear, weights
     quantized per output channel."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    return _quantize_linears(model, per_channel_dynamic_qconfig)
+
+
+def _quantize_linears(model: nn.Module, qconfig: object) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
         # torch.ao's eager quantization is deprecated in favour of torchao, which this
         # project does not ship; the pinned torch still runs it (tests/test_quantize.py).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+        return quantize_dynamic(model, {nn.Linear: qconfig}, inplace=True)
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of weights ``model`` holds, int8 Linear layers included (their packed weights
-    are not parameters)."""
+    """Bytes of weights ``model`` holds, packed float16/int8 Linear layers included (their
+    weights are not parameters)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     for module in model.modules():
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
             weight, bias = module.weight(), module.bias()
-            total += weight.numel() * weight.element_size()
+            # fp16 packed weights unpack to float32: count the 2 bytes they are stored in.
+            size = 2 if module._packed_params.dtype == torch.float16 else weight.element_size()
+            total += weight.numel() * size
             total += 0 if bias is None else bias.numel() * bias.element_size()
     return total

@@ -1,8 +1,9 @@
-"""server.quantize: Conv1D as nn.Linear computes the same; int8 weights load, generate and
-fork under real Gunicorn; the byte count sees the packed int8 weights."""
+"""server.quantize: Conv1D as nn.Linear computes the same; float16 and int8 weights load,
+generate and fork under real Gunicorn; the byte count sees the packed weights."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +19,9 @@ from harness.gunicorn_process import GunicornServer
 from harness.script_run import run_script
 from server.decoding import GenerationRequest
 from server.engine import StepEngine, generate_alone
+from server.kernels import candidates
 from server.model import check_dtype, load_model
-from server.quantize import conv1d_to_linear, quantize_int8, weight_bytes
+from server.quantize import conv1d_to_linear, quantize_float16, quantize_int8, weight_bytes
 from tests.conftest import MODELS_DIR, server_env
 
 
@@ -66,17 +68,44 @@ def test_int8_weights_are_a_quarter_and_greedy_text_mostly_agrees() -> None:
     assert agree >= 8, (reference, out)
 
 
+def test_float16_weights_are_half_and_greedy_text_agrees() -> None:
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    layers = sum(m.weight.numel() for m in model.transformer.modules()
+                 if isinstance(m, nn.Linear))
+    half = quantize_float16(copy.deepcopy(model))
+    assert not any(type(m) is nn.Linear for m in half.modules())
+    # Each layer's weights went from 4 bytes to 2; the LM head (tied to the float32
+    # embedding before) is now its own fp16 copy (128 x 300 x 2 bytes more).
+    assert weight_bytes(half) == weight_bytes(model) - 2 * layers + 128 * 300 * 2
+    ids = torch.randint(0, 300, (2, 10))
+    with torch.inference_mode():  # before the engine: it sets its own attention
+        before, after = model(input_ids=ids).logits, half(input_ids=ids).logits
+    # fp16 weights (11 significant bits) move the logits by about 1e-3 of their scale.
+    torch.testing.assert_close(after, before, rtol=0, atol=2e-3 * before.abs().max().item())
+    prompts = [GenerationRequest([5, 6, 7, 8], 8), GenerationRequest([40, 41], 8)]
+    assert _generate(half, prompts) == _generate(model, prompts)
+
+
+def test_auto_times_float16_weights_beside_float32_and_bfloat16() -> None:
+    assert "float16" in candidates("auto", allow_int8=False)
+    assert candidates("float16", allow_int8=False) == ["float16"]
+    assert "float16" not in candidates("float32", allow_int8=True)
+
+
 def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
-    with pytest.raises(ValueError, match="auto, float32, bfloat16, int8"):
+    with pytest.raises(ValueError, match="auto, float32, float16, bfloat16, int8"):
         check_dtype("int4")
     loaded = load_model("synthetic:tiny", "int8", MODELS_DIR)
     assert loaded.quantized and loaded.precision == "int8"
     assert [t.precision for t in loaded.kernels.table] == ["int8"]
     fp32 = load_model("synthetic:tiny", "float32", MODELS_DIR)
     assert fp32.precision == "float32" and fp32.kernels.chosen in ("float32", "float32+onednn")
+    fp16 = load_model("synthetic:tiny", "float16", MODELS_DIR)
+    assert fp16.precision == fp16.kernels.chosen == "float16"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dtype: str) -> None:
     """Once the projections are copied, nothing may point into the mapped safetensors file:
     its pages would stay resident beside the copies (gpt2-large float32: 6.1 GB, not 3.1).
