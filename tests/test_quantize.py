@@ -125,10 +125,11 @@ def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dt
     assert out.stdout.split()[-1] == "0", out.stdout
 
 
-def test_int8_model_serves_from_preloaded_forked_workers(tiny_model: Path, tmp_path: Path,
-                                                         api_headers) -> None:
-    """Quantized in the master before fork; both workers generate with it (no fork hang)."""
-    env = server_env(tmp_path, DTYPE="int8")
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_packed_weights_serve_from_preloaded_forked_workers(tiny_model: Path, tmp_path: Path,
+                                                            api_headers, dtype: str) -> None:
+    """Packed in the master before fork; both workers generate with it (no fork hang)."""
+    env = server_env(tmp_path, DTYPE=dtype)
     with GunicornServer(tmp_path, env, workers=2) as server:
         ready = requests.get(server.url + "/ready", timeout=10).json()
 
@@ -138,7 +139,7 @@ def test_int8_model_serves_from_preloaded_forked_workers(tiny_model: Path, tmp_p
 
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(post, range(16)))
-    assert ready["dtype"] == "int8"
+    assert ready["dtype"] == dtype
     assert [r.status_code for r in responses] == [200] * 16
     assert len({r.headers["X-Worker-PID"] for r in responses}) == 2
     assert all(r.json()["usage"]["completion_tokens"] >= 1 for r in responses)
