@@ -1,0 +1,95 @@
+"""Time the GEMM paths a decode step could take, on one thread, at a decode step's row counts.
+
+    taskset -c 0 .venv/bin/python scripts/probe_gemm_paths.py            # gpt2-large shapes
+    taskset -c 0 .venv/bin/python scripts/probe_gemm_paths.py --rows 1,8 --reps 9
+
+The four projections of one gpt2-large block (c_attn 1280->3840, attn c_proj 1280->1280,
+c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
+
+    mkl       torch's nn.functional.linear (MKL on x86 wheels)
+    onednn    torch.ops.mkldnn._linear_pointwise on the same weights (server.kernels)
+    openblas  numpy.matmul on the same weights (numpy's OpenBLAS), one thread
+    float16   torch's dynamic fp16 Linear (fbgemm; server.quantize.quantize_float16)
+    int8      torch's dynamic int8 Linear (fbgemm; server.quantize.quantize_int8)
+
+Paths are interleaved and each keeps its best of two rounds of medians, so a busy machine
+slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
+left out). The kernel choice (server.kernels) times whole steps of the served model; this
+probe says which GEMM paths are worth offering it. OpenBLAS's thread count must be fixed
+before numpy loads it, so run this as a script (it sets OPENBLAS_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (one thread, like torch's)
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from server.quantize import quantize_float16, quantize_int8
+
+SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280)]  # (in, out)
+BLOCKS = 36
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()  # not a wait: a measurement
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000.0
+
+
+def paths(rows: int) -> dict[str, Callable[[], object]]:
+    """One callable per GEMM path, each running the four projections on ``rows`` rows."""
+    linears = nn.Sequential(*[nn.Linear(n_in, n_out) for n_in, n_out in SHAPES])
+    half = quantize_float16(copy.deepcopy(linears))  # the same weights, packed
+    int8 = quantize_int8(copy.deepcopy(linears))
+    inputs = [torch.randn(rows, n_in) for n_in, _ in SHAPES]
+    weights_t = [layer.weight.detach().numpy().T for layer in linears]
+    arrays = [x.numpy() for x in inputs]
+    return {
+        "mkl": lambda: [nn.functional.linear(x, m.weight, m.bias)
+                        for x, m in zip(inputs, linears, strict=True)],
+        "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, m.weight, m.bias, "none", [], "")
+                           for x, m in zip(inputs, linears, strict=True)],
+        "openblas": lambda: [np.matmul(a, w) for a, w in zip(arrays, weights_t, strict=True)],
+        "float16": lambda: [m(x) for x, m in zip(inputs, half, strict=True)],
+        "int8": lambda: [m(x) for x, m in zip(inputs, int8, strict=True)],
+    }
+
+
+def main() -> None:
+    """Print one line per row count: ms per decode step's linear layers, per path."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1,4,8,16", help="row counts, comma-separated")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"ms for the linear layers of {BLOCKS} gpt2-large blocks, one thread "
+          f"(torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()})")
+    with torch.inference_mode():
+        for rows in (int(r) for r in args.rows.split(",")):
+            timed = paths(rows)
+            best: dict[str, float] = {}
+            for _ in range(2):
+                for name, fn in timed.items():
+                    fn()  # first-call allocations
+                    ms = _median_ms(fn, args.reps) * BLOCKS
+                    best[name] = min(best.get(name, ms), ms)
+            print(f"{rows:>3} rows: " + ", ".join(f"{k} {v:,.0f}" for k, v in best.items()),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
