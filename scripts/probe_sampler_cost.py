@@ -149,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="synthetic:gpt2-large")
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
-    p.add_argument("--dtype", default="auto", help="DTYPE: auto, float32, bfloat16, int8")
+    p.add_argument("--dtype", default="auto", help="DTYPE: auto, float32, float16, bfloat16, int8")
     p.add_argument("--allow-int8", action="store_true", help="ALLOW_INT8 (auto may pick int8)")
     p.add_argument("--prefill-chunk", type=int, default=128, help="PREFILL_CHUNK")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one worker's)")

@@ -208,7 +208,7 @@ class Scheduler:
         return {index} if row.prompt_left > 0 else set()
 
     def _shed_late(self) -> None:
-        """Refuse (503) each queued job whose forecast from now passes its deadline.
+        """Refuse (503) each queued job whose forecast from now no longer fits its deadline.
 
         Admission forecasts a job's finish when it arrives, but the rows and prompts that
         arrive after it are unknown then; when they make a queued job late, it is refused
@@ -223,7 +223,10 @@ class Scheduler:
             if job.cancelled:
                 continue
             forecast = self._forecast_s(job, ahead)
-            if now + forecast > job.enqueued_at + self._timeout_s:
+            # Admission's rule, kept while the job waits: its forecast may use ADMIT_SHARE
+            # of the time it has left. A job on schedule keeps passing it (its slack only
+            # shrinks in proportion); one the later arrivals delayed fails it in time.
+            if forecast > ADMIT_SHARE * (job.enqueued_at + self._timeout_s - now):
                 log.info("shed a queued job: %.0f s from now, %.0f s left", forecast,
                          job.enqueued_at + self._timeout_s - now)
                 job.finish(error=WouldTimeOut(now - job.enqueued_at + forecast))
