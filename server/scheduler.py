@@ -110,11 +110,7 @@ class Scheduler:
     def predict_s(self, job: Job) -> float:
         """Seconds until ``job`` would finish if queued now: every row at its maximum, every
         prompt token ahead priced in, times the learned ``bias`` of past forecasts."""
-        return self._forecast_s(job, self._waiting())
-
-    def _waiting(self) -> list[Job]:
-        """The queued jobs still to run, in order."""
-        return [job for job in list(self._queue.queue) if job.finished_at is None]
+        return self._forecast_s(job, list(self._queue.queue))
 
     def _forecast_s(self, job: Job, waiting: list[Job]) -> float:
         """Seconds until ``job`` finishes from now, with ``waiting`` queued ahead of it."""
@@ -217,7 +213,7 @@ class Scheduler:
         if self.step_s <= 0.0 or math.isinf(self._timeout_s) or self._queue.empty():
             return
         now = time.monotonic()
-        waiting = self._waiting()
+        waiting = list(self._queue.queue)
         ahead: list[Job] = []
         for job in waiting:
             if job.cancelled:
@@ -265,8 +261,6 @@ class Scheduler:
                 job = self._queue.get(block=block)
             except queue.Empty:
                 return
-            if job.finished_at is not None:
-                continue  # shed while queued (_shed_late): already answered
             if job.cancelled:
                 self._calibrate(job)
                 job.finish(error=TimeoutError("cancelled while queued"))
