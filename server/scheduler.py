@@ -11,9 +11,11 @@ are learned from the steps themselves: a decode step (``step_s``) and each promp
 fed on top of it (``token_s``: a 128-token chunk of gpt2-large costs several decode steps
 on a CPU). A job that would not finish within ``REQUEST_TIMEOUT_S`` is refused at once
 (503 with Retry-After) instead of being admitted only to time out; a full queue is refused
-too. Between steps, a queued job that the rows and prompts which arrived after it have made
-late (its forecast from now passes its deadline) is refused the same way before it costs a
-step (``_shed_late``): a 503 after a wait rather than a 504 after the whole timeout.
+too. Between steps, a queued job that slower-than-forecast steps have made late (its
+forecast from now passes SHED_SHARE of the time it has left, a looser line than
+admission's, so that jobs admitted near the line are not refused moments later) is refused
+the same way before it costs a step (``_shed_late``): a 503 after a wait rather than a 504
+after the whole timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 # The share of REQUEST_TIMEOUT_S a predicted finish may use: the prediction assumes every
 # row runs to its max_new_tokens, but step times wander with the mix (prefill chunks).
 ADMIT_SHARE = 0.8
+# The share of the time left a queued job's forecast may grow to before it is shed. Above
+# ADMIT_SHARE on purpose (hysteresis): a job admitted near the line must not be refused
+# seconds later because one step's timing nudged the averages (the 1 -> 100 sweep shed
+# such jobs 0-23 s after admitting them); only a job the steps have made really late is.
+SHED_SHARE = 0.95
 # How much longer than predicted a running row's remaining decode steps may take before
 # prompt chunks are held back for it (steps vary with the rows and the machine).
 RISK_MARGIN = 1.5
@@ -219,10 +226,9 @@ class Scheduler:
             if job.cancelled:
                 continue
             forecast = self._forecast_s(job, ahead)
-            # Admission's rule, kept while the job waits: its forecast may use ADMIT_SHARE
-            # of the time it has left. A job on schedule keeps passing it (its slack only
-            # shrinks in proportion); one the later arrivals delayed fails it in time.
-            if forecast > ADMIT_SHARE * (job.enqueued_at + self._timeout_s - now):
+            # A job on schedule keeps its slack (it only shrinks in proportion); one the
+            # steps delayed past SHED_SHARE of its time left is refused while it still can be.
+            if forecast > SHED_SHARE * (job.enqueued_at + self._timeout_s - now):
                 log.info("shed a queued job: %.0f s from now, %.0f s left", forecast,
                          job.enqueued_at + self._timeout_s - now)
                 job.finish(error=WouldTimeOut(now - job.enqueued_at + forecast))

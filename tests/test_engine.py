@@ -175,6 +175,19 @@ def test_a_queued_job_made_late_by_slower_steps_is_shed_before_it_runs(loaded) -
     assert scheduler.depth == 1 and third.started_at is None
 
 
+def test_a_job_admitted_near_the_line_is_not_shed_for_a_small_slowdown(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 1, max_queue=8, timeout_s=100.0)
+    scheduler.step_s = 1.0
+    scheduler.submit(Job(GenerationRequest(_prompt(4), 38)))  # 39 s
+    queued = scheduler.submit(Job(GenerationRequest(_prompt(4, 300), 38)))  # 78 s: admitted
+    scheduler.step_s = 1.15  # 90 s now: past admission's 80 s, within the shed line's 95 s
+    scheduler._shed_late()
+    assert queued.finished_at is None
+    scheduler.step_s = 1.25  # 97.5 s: past 95% of the time left
+    scheduler._shed_late()
+    assert isinstance(queued.error, WouldTimeOut)
+
+
 def test_prompt_tokens_ahead_count_in_the_prediction(loaded) -> None:
     scheduler = Scheduler(_engine(loaded), 2, max_queue=8, timeout_s=100.0)
     scheduler.step_s, scheduler.token_s = 0.05, 0.01
