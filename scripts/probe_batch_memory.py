@@ -11,6 +11,7 @@ the growth is KV cache: 36 layers x 2 x 1,280 x 4 bytes = 368 KB a token on gpt2
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 import torch
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from server.decoding import GenerationRequest
@@ -39,7 +41,7 @@ def main() -> int:
     from server.memory import release_free_heap
     from server.model import load_model
 
-    loaded = load_model(args.model, args.dtype, "models", allow_int8=args.dtype == "int8")
+    loaded = load_model(args.model, args.dtype, args.models_dir, allow_int8=args.dtype == "int8")
     engine = StepEngine(loaded.model, int(loaded.tokenizer.eos_token_id), ignore_eos=True,
                         prefill_chunk=128)
     release_free_heap()

@@ -184,21 +184,21 @@ def llama_preset(model: str) -> str:
     return preset
 
 
-def llama_command(args: argparse.Namespace, preset: str) -> list[str]:
-    """llama-server's command for the probe: --parallel = --concurrency, threads = our CPUs;
-    exits with how-to-build when the binary or the GGUF is absent."""
+def llama_command(args: argparse.Namespace, preset: str) -> tuple[list[str], LlamaSettings]:
+    """llama-server's command for the probe and its settings: --parallel = --concurrency,
+    threads = our CPUs; exits with how-to-build when the binary or the GGUF is absent."""
     binary = server_binary(args.llama_dir)
     gguf = gguf_path(args.llama_dir, preset, args.llama)
     check_built([binary, gguf], preset, args.llama_dir)
     settings = LlamaSettings(threads=len(os.sched_getaffinity(0)), parallel=args.concurrency,
                              ctx_size=1024 * args.concurrency)
     return server_command(binary, gguf, free_port(), f"synthetic-{preset}-{args.llama}",
-                          settings)
+                          settings), settings
 
 
 def run_llama(args: argparse.Namespace) -> int:
     """Start llama-server on the GGUF, warm it with one request, print the 1-vs-N timings."""
-    command = llama_command(args, llama_preset(args.model))
+    command, settings = llama_command(args, llama_preset(args.model))
     api_key = secrets.token_urlsafe(32)
     run_dir = Path(tempfile.mkdtemp(prefix=f"probe-llama-{os.getpid()}-"))
     started = time.monotonic()
@@ -210,8 +210,7 @@ def run_llama(args: argparse.Namespace) -> int:
         one_s, many_s, results = _timings(args, post)
         slots = sorted(r["slot"] for r in results)
         facts = json.dumps({"server": "llama.cpp", "quant": args.llama,
-                            "threads": command[command.index("-t") + 1],
-                            "parallel": args.concurrency})
+                            "threads": settings.threads, "parallel": settings.parallel})
         _print_timings(args, one_s, many_s, f"slots {slots}", facts)
         print(f"\nllama-server RSS after load: "
               f"{read_process_memory(server.proc.pid).rss_mb:.0f} MB")
