@@ -43,6 +43,7 @@ class ServerFacts(_Open):
     threads_shared: bool | None = None  # /ready: TORCH_THREADS=0 shares cores among busy workers
     max_batch_size: int | None = None
     prefill_chunk: int | None = None
+    kv_dtype: str | None = None  # /ready: KV cache storage (float16 | model)
     limits: dict[str, Any] | None = None  # /ready: queue, in-flight and rate limits
     workers_seen: int | None = None  # distinct worker pids in /metrics
     weight_mb: float | None = None  # /metrics gpt_model_weight_bytes

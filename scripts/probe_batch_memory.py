@@ -1,11 +1,14 @@
 """How much a worker's private memory grows serving one mixed 8-row batch, per DTYPE.
 
     python scripts/probe_batch_memory.py --model synthetic:gpt2-large --dtype float16 --threads 2
+    python scripts/probe_batch_memory.py ... --kv-dtype float16   # the 16-bit cache, to compare
 
 In-process (no server): loads the model as the master does, runs 8 rows with prompts of
 30-838 tokens (the default mix's routes) and 24 new tokens each through ``StepEngine`` with
-128-token prefill chunks, and prints USS before, at peak and after ``malloc_trim``. Most of
-the growth is KV cache: 36 layers x 2 x 1,280 x 4 bytes = 368 KB a token on gpt2-large.
+128-token prefill chunks, and prints USS before, at peak and after ``malloc_trim``, the KV
+cache's bytes at peak and the median decode step (what the cache's precision costs in time).
+Most of the growth is KV cache: 36 layers x 2 x 1,280 x 4 bytes = 368 KB a token on
+gpt2-large with the default full-width cache (184 KB with ``--kv-dtype float16``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
+import time
 
 import torch
 
@@ -33,6 +38,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--kv-dtype", default="model", help="KV_DTYPE: model | float16")
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,18 +49,26 @@ def main() -> int:
 
     loaded = load_model(args.model, args.dtype, args.models_dir, allow_int8=args.dtype == "int8")
     engine = StepEngine(loaded.model, int(loaded.tokenizer.eos_token_id), ignore_eos=True,
-                        prefill_chunk=128)
+                        prefill_chunk=128, kv_dtype=args.kv_dtype)
     release_free_heap()
     base = peak = uss_mb()
     rng = random.Random(0)
     rows = [engine.new_row(GenerationRequest([rng.randrange(1000, 40000) for _ in range(n)],
                                              args.new_tokens)) for n in PROMPTS]
-    while any(row.finish_reason is None for row in rows):
-        engine.step([row for row in rows if row.finish_reason is None])
+    kv_mb, decode_ms = 0.0, []
+    while any(row.finish_reason is None for row in rows):  # not a wait: a measured batch
+        started = time.perf_counter()
+        report = engine.step([row for row in rows if row.finish_reason is None])
+        if report.phase == "decode":
+            decode_ms.append((time.perf_counter() - started) * 1000.0)
+        kv_mb = max(kv_mb, sum(row.cache.nbytes() for row in rows) / 1e6)
         peak = max(peak, uss_mb())
     release_free_heap()
-    print(f"{args.model} served as {loaded.kernels.chosen}, {args.threads} thread(s): USS "
-          f"{base} MB before, {peak} at peak (+{peak - base}), {uss_mb()} after malloc_trim")
+    print(f"{args.model} served as {loaded.kernels.chosen}, {args.threads} thread(s), KV "
+          f"{args.kv_dtype}: USS {base} MB before, {peak} at peak (+{peak - base}; KV cache "
+          f"{kv_mb:.0f} MB), {uss_mb()} after malloc_trim; decode step median "
+          f"{statistics.median(decode_ms) if decode_ms else float('nan'):.0f} ms over "
+          f"{len(decode_ms)}")
     return 0
 
 

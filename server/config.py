@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # Prompt tokens fed per step (chunked prefill): long prompts are read in pieces between
     # decode steps, so running streams keep producing tokens while an article is read.
     PREFILL_CHUNK: int = 128
+    # KV cache storage: model = as computed (full width); float16 halves it when the model
+    # computes in float32 (widened on read, as llama.cpp's f16 cache). Not the default: on
+    # the AMD EPYC the widening made a mixed 8-row decode step 25% slower (scripts/
+    # probe_batch_memory.py); it cut the steady run's RAM per request p95 671 -> 425 MB.
+    KV_DTYPE: Literal["float16", "model"] = "model"
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
     # Most requests in the running set: rows join and leave it between steps

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from server.decoding import Generation, GenerationRequest, choose_token, make_rng
-from server.row_cache import ATTENTION_NAME, PackedStep, RowCache, Segment, register
+from server.row_cache import ATTENTION_NAME, PackedStep, RowCache, Segment, register, storage_dtype
 
 
 @dataclass
@@ -69,8 +69,10 @@ class StepEngine:
     """Runs packed steps on one model; rows are created with ``new_row``."""
 
     def __init__(self, model: torch.nn.Module, eos_id: int, ignore_eos: bool = False,
-                 prefill_chunk: int = 128) -> None:
+                 prefill_chunk: int = 128, kv_dtype: str = "model") -> None:
         register()
+        storage_dtype(torch.float32, kv_dtype)  # reject an unknown policy here, not mid-step
+        self.kv_dtype = kv_dtype
         model.config._attn_implementation = ATTENTION_NAME
         self.model = model
         self.eos_id = eos_id
@@ -83,7 +85,7 @@ class StepEngine:
             request = GenerationRequest([self.eos_id], request.max_new_tokens,
                                         request.temperature, request.top_p, request.seed)
         capacity = len(request.input_ids) + max(0, request.max_new_tokens)
-        row = Row(request, RowCache(capacity), make_rng(request.seed))
+        row = Row(request, RowCache(capacity, self.kv_dtype), make_rng(request.seed))
         if request.max_new_tokens <= 0:
             row.finish_reason = "length"
         return row

@@ -56,6 +56,7 @@ class Ready(_Strict):
                     "table of {precision, batch_1_ms, batch_max_ms, max_batch}, measure_s")
     max_batch_size: int
     prefill_chunk: int
+    kv_dtype: str = Field(description="KV cache storage: float16 (16-bit) | model (as computed)")
     torch_threads: int = Field(description="this worker's torch threads now")
     threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
                                              "(TORCH_THREADS=0); false: a fixed count")

@@ -62,7 +62,7 @@ class ModelService:
     def _make_scheduler(self, config: dict) -> Scheduler:
         """Continuous batching (server.scheduler) over a step engine of the loaded model."""
         engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
-                            config["PREFILL_CHUNK"])
+                            config["PREFILL_CHUNK"], config["KV_DTYPE"])
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
                          on_step=self._observe_step,

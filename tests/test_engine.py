@@ -300,3 +300,42 @@ def test_onednn_rows_are_bucketed_and_the_result_unchanged() -> None:
     x = torch.randn(2, 5, 64)  # 10 rows: padded to 16 inside
     with torch.inference_mode():
         assert torch.allclose(OneDNNLinear(linear)(x), linear(x), atol=1e-5)
+
+
+class _LogitsEngine(StepEngine):
+    """Records the logits each row samples from (for comparing cache precisions)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[torch.Tensor] = []
+
+    def _sample(self, row, logits):
+        self.seen.append(logits.clone())
+        return super()._sample(row, logits)
+
+
+def test_kv_dtype_float16_halves_a_float32_models_cache_and_reads_it_closely(loaded) -> None:
+    half = _LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8,
+                         kv_dtype="float16")
+    full = _LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
+    request = GenerationRequest(_prompt(21), 6)
+    rows = {}
+    for name, engine in (("half", half), ("full", full)):
+        rows[name] = engine.new_row(request)
+        _run(engine, [rows[name]])
+    assert {k.dtype for k in rows["half"].cache.keys + rows["half"].cache.values} == {
+        torch.float16}
+    assert {k.dtype for k in rows["full"].cache.keys} == {torch.float32}  # the default
+    assert rows["half"].cache.nbytes() * 2 == rows["full"].cache.nbytes()
+    # Fed the same tokens (full's greedy choices), the logits differ by 16-bit rounding only.
+    half.seen.clear()
+    replay = half.new_row(GenerationRequest(request.input_ids + rows["full"].tokens[:-1], 1))
+    _run(half, [replay])
+    last = full.seen[-1]
+    gap = (half.seen[-1] - last).abs().max().item()
+    assert 0 < gap < 1e-2 * last.std().item()
+
+
+def test_an_unknown_kv_dtype_is_refused_when_the_engine_is_built(loaded) -> None:
+    with pytest.raises(ValueError, match="KV dtype 'int4'"):
+        StepEngine(loaded.model, loaded.eos_id, kv_dtype="int4")
