@@ -78,6 +78,7 @@ class StepEngine:
         self.eos_id = eos_id
         self.ignore_eos = ignore_eos
         self.prefill_chunk = max(1, prefill_chunk)
+        self.layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
 
     def new_row(self, request: GenerationRequest) -> Row:
         """A row for ``request`` (an empty prompt is fed the stop token as its context)."""
@@ -85,7 +86,8 @@ class StepEngine:
             request = GenerationRequest([self.eos_id], request.max_new_tokens,
                                         request.temperature, request.top_p, request.seed)
         capacity = len(request.input_ids) + max(0, request.max_new_tokens)
-        row = Row(request, RowCache(capacity, self.kv_dtype), make_rng(request.seed))
+        cache = RowCache(capacity, self.kv_dtype, self.layers)
+        row = Row(request, cache, make_rng(request.seed))
         if request.max_new_tokens <= 0:
             row.finish_reason = "length"
         return row

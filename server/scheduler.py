@@ -307,6 +307,7 @@ class Scheduler:
                 keep.append((job, row))
             else:
                 self._calibrate(job)
+                row.cache.release()  # before the answer: its log's RSS no longer holds it
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
         return finished
