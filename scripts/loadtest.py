@@ -34,7 +34,7 @@ from locustfiles.user_mix import MIX_CHOICES
 REPO = Path(__file__).resolve().parent.parent
 # Server settings shown in run.json's server_command (never the API keys).
 COMMAND_ENV = ("MODEL", "MODELS_DIR", "DTYPE", "TORCH_THREADS", "MAX_BATCH_SIZE",
-               "PREFILL_CHUNK", "KV_DTYPE", "ALLOW_INT8")
+               "PREFILL_CHUNK", "KV_DTYPE", "KV_TOKENS", "ALLOW_INT8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto, float32, float16, bfloat16 or int8 (server/quantize.py)")
     p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", "model"),
                    help="KV cache storage: model (as computed) or float16")
+    p.add_argument("--kv-tokens", type=int, default=int(os.environ.get("KV_TOKENS", "0")),
+                   help="KV positions a worker's running rows may reserve (0: no limit)")
     p.add_argument("--workers", type=int, default=1, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
     p.add_argument("--max-batch-size", type=int, default=8)
@@ -108,6 +110,7 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> Gunic
            "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
            "MAX_BATCH_SIZE": str(args.max_batch_size),
            "PREFILL_CHUNK": str(args.prefill_chunk), "KV_DTYPE": args.kv_dtype,
+           "KV_TOKENS": str(args.kv_tokens),
            "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
            "API_KEYS": api_key}

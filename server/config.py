@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import NonNegativeInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How a boolean is written (pydantic's lax booleans), for the error message.
@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # the AMD EPYC the widening made a mixed 8-row decode step 25% slower (scripts/
     # probe_batch_memory.py); it cut the steady run's RAM per request p95 671 -> 425 MB.
     KV_DTYPE: Literal["float16", "model"] = "model"
+    # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
+    # each, as llama.cpp's -c); a job that does not fit waits in the queue, first come first
+    # served, and admission's forecast counts that wait. 0 = no limit beyond MAX_BATCH_SIZE.
+    KV_TOKENS: NonNegativeInt = 0
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
     # Most requests in the running set: rows join and leave it between steps

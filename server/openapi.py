@@ -57,6 +57,8 @@ class Ready(_Strict):
     max_batch_size: int
     prefill_chunk: int
     kv_dtype: str = Field(description="KV cache storage: float16 (16-bit) | model (as computed)")
+    kv_tokens: int = Field(description="KV positions a worker's running rows may reserve "
+                                       "together (0: no limit)")
     torch_threads: int = Field(description="this worker's torch threads now")
     threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
                                              "(TORCH_THREADS=0); false: a fixed count")

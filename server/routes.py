@@ -98,6 +98,7 @@ def ready() -> Response:
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
                     "kv_dtype": current_app.config["KV_DTYPE"],
+                    "kv_tokens": current_app.config["KV_TOKENS"],
                     "torch_threads": torch.get_num_threads(),
                     "threads_shared": service.cores.sharing,
                     "limits": {key.lower(): current_app.config[key] for key in READY_LIMITS}})

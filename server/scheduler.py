@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from server.decoding import GenerationRequest
 from server.engine import Row, StepEngine, StepReport
 from server.jobs import Job, QueueFull
 from server.memory import HeapReleaser
@@ -70,9 +71,14 @@ class Scheduler:
                  timeout_s: float, on_step: Callable[[StepReport], None] = lambda r: None,
                  on_join: Callable[[int], None] = lambda rows: None,
                  row_growth: float = 0.0,
-                 on_busy: Callable[[bool], None] = lambda busy: None) -> None:
+                 on_busy: Callable[[bool], None] = lambda busy: None,
+                 kv_tokens: int = 0) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
+        # KV positions the running rows may reserve together (0: no limit), as llama.cpp's
+        # -c: a row reserves its prompt + max_new_tokens when it joins, so a worker's KV
+        # memory stays under kv_tokens x bytes per position whatever the mix.
+        self._kv_tokens = max(0, kv_tokens)
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._timeout_s = timeout_s
         self._on_step = on_step
@@ -125,13 +131,11 @@ class Scheduler:
             return 0.0  # nothing measured yet: the warm-up sets it before /ready
         chunk = self.engine.prefill_chunk
         rows = list(self._rows)
-        # Steps until each of the max_rows slots frees up, then the queue takes them in order.
-        slots = [_steps_left(row, chunk) for _, row in rows]
-        slots += [0] * (self._max_rows - len(slots))
-        heapq.heapify(slots)
-        for queued in waiting:
-            heapq.heappush(slots, heapq.heappop(slots) + _job_steps(queued, chunk))
-        steps = heapq.heappop(slots) + _job_steps(job, chunk)
+        start = _start_step([(_steps_left(row, chunk), reserved(row.request)) for _, row in rows],
+                            [(_job_steps(queued, chunk), reserved(queued.request))
+                             for queued in waiting],
+                            reserved(job.request), self._max_rows, self._kv_tokens)
+        steps = start + _job_steps(job, chunk)
         own = len(job.request.input_ids)
         ahead = [row.prompt_left for _, row in rows] + [
             len(queued.request.input_ids) for queued in waiting]
@@ -263,6 +267,8 @@ class Scheduler:
         # Block only while idle (no rows): then the first job ends the wait, the rest of the
         # loop takes whatever else is already queued without waiting.
         while len(self._rows) < self._max_rows:
+            if self._rows and not self._head_fits():
+                return  # first come, first served: the head waits for KV room, none overtakes
             try:
                 job = self._queue.get(block=block)
             except queue.Empty:
@@ -275,6 +281,23 @@ class Scheduler:
             self._rows.append((job, self.engine.new_row(job.request)))
             self._on_join(len(self._rows))
             block = False
+
+    def _head_fits(self) -> bool:
+        """Whether the first queued job's KV reservation fits beside the running rows' (an
+        empty running set takes any job: one row alone may use the whole budget)."""
+        if not self._kv_tokens:
+            return True
+        with self._queue.mutex:  # only this thread takes jobs out: the head stays the head
+            head = self._queue.queue[0] if self._queue.queue else None
+        if head is None or head.cancelled:
+            return True
+        held = sum(reserved(row.request) for _, row in self._rows)
+        return held + reserved(head.request) <= self._kv_tokens
+
+    @property
+    def kv_reserved(self) -> int:
+        """KV positions the running rows have reserved."""
+        return sum(reserved(row.request) for _, row in list(self._rows))
 
     def _drop_cancelled(self) -> None:
         for job, row in self._rows:
@@ -311,6 +334,33 @@ class Scheduler:
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
         return finished
+
+
+def reserved(request: GenerationRequest) -> int:
+    """KV positions a row for ``request`` may fill: its prompt (at least the stop token an
+    empty prompt is fed) and every token it may generate."""
+    return max(1, len(request.input_ids)) + max(0, request.max_new_tokens)
+
+
+def _start_step(running: list[tuple[int, int]], waiting: list[tuple[int, int]], need: int,
+                max_rows: int, kv_tokens: int) -> int:
+    """Steps until a job reserving ``need`` KV positions joins the running set, after the
+    ``waiting`` jobs ahead of it, first come first served. ``running`` and ``waiting`` are
+    (steps, reserved positions); a job joins once a row is free and, with a ``kv_tokens``
+    budget, its reservation fits beside the rows still running."""
+    ends = list(running)  # (step at which the row leaves, its reservation)
+    heapq.heapify(ends)
+    held = sum(tokens for _, tokens in ends)
+    now = 0
+    for steps, tokens in [*waiting, (-1, need)]:
+        while ends and (len(ends) >= max_rows or (kv_tokens and held + tokens > kv_tokens)):
+            end, freed = heapq.heappop(ends)
+            now, held = max(now, end), held - freed
+        if steps < 0:
+            return now
+        heapq.heappush(ends, (now + steps, tokens))
+        held += tokens
+    return now
 
 
 def _steps_left(row: Row, chunk: int) -> int:

@@ -68,7 +68,7 @@ class ModelService:
                          on_step=self._observe_step,
                          on_join=self.metrics.batch_size.observe,
                          row_growth=self.loaded.kernels.row_growth(),
-                         on_busy=self._share_cores)
+                         on_busy=self._share_cores, kv_tokens=config["KV_TOKENS"])
 
     def _share_cores(self, busy: bool) -> None:
         """Before a step (busy) or an idle wait: use this worker's share of the cores."""

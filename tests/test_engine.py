@@ -380,3 +380,29 @@ def test_the_scheduler_releases_a_finished_rows_cache_before_answering(loaded) -
     job = scheduler.submit(Job(GenerationRequest(_prompt(4), 3)))
     assert job.wait(60) and len(job.result.token_ids) == 3
     assert seen and seen[0].cache.keys == [] and seen[0].cache.values == []
+
+
+def test_a_kv_budget_holds_the_next_job_until_its_reservation_fits(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=30)
+    scheduler.start()
+    long = scheduler.submit(Job(GenerationRequest(_prompt(4), 20)))  # reserves 24 of 30
+    wait_until(lambda: long.batch_size, "the long job is running", interval_s=0.01)
+    assert scheduler.kv_reserved == 24
+    small = scheduler.submit(Job(GenerationRequest(_prompt(4, 700), 10)))  # 14: no room
+    late = scheduler.submit(Job(GenerationRequest(_prompt(2, 900), 2)))  # 4 would fit...
+    assert long.wait(60) and small.wait(60) and late.wait(60)
+    assert small.started_at >= long.finished_at  # ... but never ran beside the long job
+    assert late.started_at >= small.started_at  # and nothing overtook the head
+    assert late.batch_size == 2  # the two that fit together ran together
+    assert long.result.token_ids and len(small.result.token_ids) == 10
+
+
+def test_the_forecast_waits_for_kv_room_as_admission_does(loaded) -> None:
+    budget = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=30)
+    unlimited = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0)
+    for scheduler in (budget, unlimited):  # not started: the jobs stay queued
+        scheduler.step_s = 0.05
+        scheduler.submit(Job(GenerationRequest(_prompt(4), 20)))  # 1 prefill + 20 steps
+    small = Job(GenerationRequest(_prompt(4, 700), 10))  # 1 + 10 steps
+    assert unlimited.predict_s(small) == pytest.approx(11 * 0.05)  # a free row at once
+    assert budget.predict_s(small) == pytest.approx((21 + 11) * 0.05)  # after the first

@@ -80,6 +80,8 @@ def test_health_and_ready(client) -> None:
     wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
     assert all(a.headers["Retry-After"] for a in answers[:-1])
     assert answers[-1].status_code == 200 and answers[-1].json["model"] == "synthetic:tiny"
+    assert answers[-1].json["kv_tokens"] == client.application.config["KV_TOKENS"]
+    assert answers[-1].json["kv_dtype"] == client.application.config["KV_DTYPE"]
 
 
 def _assert_envelope(response, status: int, code: str) -> dict:

@@ -137,6 +137,8 @@ def test_run_json_records_what_the_hosts_reported(run) -> None:
     assert kernels["chosen"] in {t["precision"] for t in kernels["table"]}
     assert record["torch_threads"] == 1 and record["max_batch_size"] == DEFAULTS["MAX_BATCH_SIZE"]
     assert record["prefill_chunk"] == 128 and record["host"]["cpu_model"]
+    assert record["server"]["kv_tokens"] == DEFAULTS["KV_TOKENS"]
+    assert record["server"]["kv_dtype"] == DEFAULTS["KV_DTYPE"]
 
 
 def test_everything_torn_down(run, setup) -> None:
