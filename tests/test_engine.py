@@ -406,3 +406,12 @@ def test_the_forecast_waits_for_kv_room_as_admission_does(loaded) -> None:
     small = Job(GenerationRequest(_prompt(4, 700), 10))  # 1 + 10 steps
     assert unlimited.predict_s(small) == pytest.approx(11 * 0.05)  # a free row at once
     assert budget.predict_s(small) == pytest.approx((21 + 11) * 0.05)  # after the first
+
+
+def test_a_job_larger_than_the_kv_budget_runs_alone_rather_than_never(loaded) -> None:
+    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=10)
+    scheduler.step_s = 0.05
+    big = Job(GenerationRequest(_prompt(4), 12))  # reserves 16 > 10
+    assert scheduler.predict_s(big) == pytest.approx((1 + 12) * 0.05)
+    scheduler.start()
+    assert scheduler.submit(big).wait(60) and len(big.result.token_ids) == 12
