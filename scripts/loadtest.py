@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     p.add_argument("--dtype", default=os.environ.get("DTYPE", "auto"),
                    help="auto, float32, float16, bfloat16 or int8 (server/quantize.py)")
-    p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", "model"),
-                   help="KV cache storage: model (as computed) or float16")
+    p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", "auto"),
+                   help="KV cache storage: auto (float16 unless the weights are float32), "
+                        "model (as computed) or float16")
     p.add_argument("--kv-tokens", type=int, default=int(os.environ.get("KV_TOKENS", "0")),
                    help="KV positions a worker's running rows may reserve (0: no limit)")
     p.add_argument("--workers", type=int, default=1, help="Gunicorn workers")

@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--kv-dtype", default="model", help="KV_DTYPE: model | float16")
+    parser.add_argument("--kv-dtype", default="auto", help="KV_DTYPE: auto | model | float16")
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -46,10 +46,12 @@ def main() -> int:
     from server.engine import StepEngine
     from server.memory import release_free_heap
     from server.model import load_model
+    from server.row_cache import resolve_kv_dtype
 
     loaded = load_model(args.model, args.dtype, args.models_dir, allow_int8=args.dtype == "int8")
+    kv_dtype = resolve_kv_dtype(args.kv_dtype, loaded.precision)
     engine = StepEngine(loaded.model, int(loaded.tokenizer.eos_token_id), ignore_eos=True,
-                        prefill_chunk=128, kv_dtype=args.kv_dtype)
+                        prefill_chunk=128, kv_dtype=kv_dtype)
     release_free_heap()
     base = peak = uss_mb()
     rng = random.Random(0)
@@ -65,7 +67,7 @@ def main() -> int:
         peak = max(peak, uss_mb())
     release_free_heap()
     print(f"{args.model} served as {loaded.kernels.chosen}, {args.threads} thread(s), KV "
-          f"{args.kv_dtype}: USS {base} MB before, {peak} at peak (+{peak - base}; KV cache "
+          f"{kv_dtype}: USS {base} MB before, {peak} at peak (+{peak - base}; KV cache "
           f"{kv_mb:.0f} MB), {uss_mb()} after malloc_trim; decode step median "
           f"{statistics.median(decode_ms) if decode_ms else float('nan'):.0f} ms over "
           f"{len(decode_ms)}")

@@ -46,10 +46,11 @@ class Settings(BaseSettings):
     # decode steps, so running streams keep producing tokens while an article is read.
     PREFILL_CHUNK: int = 128
     # KV cache storage: model = as computed (full width); float16 halves it when the model
-    # computes in float32 (widened on read, as llama.cpp's f16 cache). Not the default: on
-    # the AMD EPYC the widening made a mixed 8-row decode step 25% slower (scripts/
-    # probe_batch_memory.py); it cut the steady run's RAM per request p95 671 -> 425 MB.
-    KV_DTYPE: Literal["float16", "model"] = "model"
+    # computes in float32 (widened on read into a reused buffer, as llama.cpp's f16 cache);
+    # auto = float16 unless the weights are served in float32 (server/row_cache.py). On the
+    # AMD EPYC a mixed 8-row decode step took the same time either way (scripts/
+    # probe_batch_memory.py) and the cache's memory halved.
+    KV_DTYPE: Literal["auto", "float16", "model"] = "auto"
     # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
     # each, as llama.cpp's -c); a job that does not fit waits in the queue, first come first
     # served, and admission's forecast counts that wait. 0 = no limit beyond MAX_BATCH_SIZE.

@@ -56,7 +56,8 @@ class Ready(_Strict):
                     "table of {precision, batch_1_ms, batch_max_ms, max_batch}, measure_s")
     max_batch_size: int
     prefill_chunk: int
-    kv_dtype: str = Field(description="KV cache storage: float16 (16-bit) | model (as computed)")
+    kv_dtype: str = Field(description="KV cache storage as served (KV_DTYPE=auto resolved): "
+                                      "float16 (16-bit) | model (as computed)")
     kv_tokens: int = Field(description="KV positions a worker's running rows may reserve "
                                        "together (0: no limit)")
     torch_threads: int = Field(description="this worker's torch threads now")

@@ -97,7 +97,7 @@ def ready() -> Response:
                     "dtype": loaded.precision, "kernels": loaded.kernels.as_dict(),
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
-                    "kv_dtype": current_app.config["KV_DTYPE"],
+                    "kv_dtype": service.scheduler.engine.kv_dtype,  # as resolved
                     "kv_tokens": current_app.config["KV_TOKENS"],
                     "torch_threads": torch.get_num_threads(),
                     "threads_shared": service.cores.sharing,

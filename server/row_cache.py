@@ -35,7 +35,17 @@ import torch
 from torch.nn import functional
 
 ATTENTION_NAME = "gll_packed"
-KV_DTYPES = ("float16", "model")
+KV_DTYPES = ("float16", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
+
+
+def resolve_kv_dtype(kv_dtype: str, precision: str) -> str:
+    """KV_DTYPE as served: ``auto`` is float16 when the weights are served below float32
+    (float16, bfloat16, int8: the precision class already is 16 bits or less, as llama.cpp
+    pairs an f16 model with an f16 cache) and ``model`` (full width) for float32 weights,
+    so ``DTYPE=float32`` stays float32 throughout; any other value is kept."""
+    if kv_dtype != "auto":
+        return kv_dtype
+    return "model" if precision == "float32" else "float16"
 
 
 def storage_dtype(computed: torch.dtype, kv_dtype: str) -> torch.dtype:

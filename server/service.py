@@ -16,6 +16,7 @@ from server.engine import StepEngine, StepReport
 from server.memory import MemorySample, WorkerMemorySampler, read_process_memory
 from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
+from server.row_cache import resolve_kv_dtype
 from server.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class ModelService:
 
     def _make_scheduler(self, config: dict) -> Scheduler:
         """Continuous batching (server.scheduler) over a step engine of the loaded model."""
+        kv_dtype = resolve_kv_dtype(config["KV_DTYPE"], self.loaded.precision)
         engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
-                            config["PREFILL_CHUNK"], config["KV_DTYPE"])
+                            config["PREFILL_CHUNK"], kv_dtype)
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
                          on_step=self._observe_step,

@@ -15,7 +15,7 @@ from server.engine import StepEngine, StepReport, generate_alone
 from server.jobs import Job
 from server.kernels import KernelChoice, KernelTiming
 from server.model import LoadedModel, load_model
-from server.row_cache import RowCache
+from server.row_cache import RowCache, resolve_kv_dtype
 from server.scheduler import Scheduler, WouldTimeOut
 from tests.conftest import MODELS_DIR
 
@@ -415,3 +415,12 @@ def test_a_job_larger_than_the_kv_budget_runs_alone_rather_than_never(loaded) ->
     assert scheduler.predict_s(big) == pytest.approx((1 + 12) * 0.05)
     scheduler.start()
     assert scheduler.submit(big).wait(60) and len(big.result.token_ids) == 12
+
+
+@pytest.mark.parametrize(("setting", "precision", "served"), [
+    ("auto", "float32", "model"), ("auto", "float16", "float16"), ("auto", "int8", "float16"),
+    ("auto", "bfloat16", "float16"), ("model", "float16", "model"),
+    ("float16", "float32", "float16")])
+def test_kv_dtype_auto_is_16_bits_unless_the_weights_are_float32(setting, precision,
+                                                                   served) -> None:
+    assert resolve_kv_dtype(setting, precision) == served

@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 
 from harness.waiting import wait_until
+from server.row_cache import resolve_kv_dtype
 from server.service import ModelService
 
 ROUTES = [
@@ -81,7 +82,8 @@ def test_health_and_ready(client) -> None:
     assert all(a.headers["Retry-After"] for a in answers[:-1])
     assert answers[-1].status_code == 200 and answers[-1].json["model"] == "synthetic:tiny"
     assert answers[-1].json["kv_tokens"] == client.application.config["KV_TOKENS"]
-    assert answers[-1].json["kv_dtype"] == client.application.config["KV_DTYPE"]
+    assert answers[-1].json["kv_dtype"] == resolve_kv_dtype(
+        client.application.config["KV_DTYPE"], answers[-1].json["dtype"])
 
 
 def _assert_envelope(response, status: int, code: str) -> dict:

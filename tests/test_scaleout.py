@@ -21,6 +21,7 @@ from deploy.netns import remove_stale
 from harness.gunicorn_process import REPO
 from harness.processes import stop_process
 from server.config import DEFAULTS
+from server.row_cache import resolve_kv_dtype
 from tests.conftest import MODELS_DIR
 from tests.locust_runs import locust_env, locust_totals, read_csv, read_jsonl
 
@@ -138,7 +139,7 @@ def test_run_json_records_what_the_hosts_reported(run) -> None:
     assert record["torch_threads"] == 1 and record["max_batch_size"] == DEFAULTS["MAX_BATCH_SIZE"]
     assert record["prefill_chunk"] == 128 and record["host"]["cpu_model"]
     assert record["server"]["kv_tokens"] == DEFAULTS["KV_TOKENS"]
-    assert record["server"]["kv_dtype"] == DEFAULTS["KV_DTYPE"]
+    assert record["server"]["kv_dtype"] == resolve_kv_dtype(DEFAULTS["KV_DTYPE"], record["dtype"])
 
 
 def test_everything_torn_down(run, setup) -> None:
