@@ -17,11 +17,12 @@ How it plugs into a Hugging Face model without forking its code:
   buffers only (causal inside a prefill chunk) and concatenates the outputs in packed order.
   transformers builds no mask for an attention it does not know, so none is computed.
 
-Keys and values are stored as the model computes them by default (``KV_DTYPE=model``).
-``KV_DTYPE=float16`` stores them in float16 when the model computes in float32 (halving the
-cache, 368 -> 184 KB a token on gpt2-large, as llama.cpp's default f16 cache does), widened
-to the query's dtype when read; a model that already computes in 16 bits stores what it
-computes. The widening costs time: see server/config.py's KV_DTYPE.
+``KV_DTYPE=model`` stores keys and values as the model computes them; ``float16`` stores
+them in float16 when the model computes in float32 (halving the cache, 368 -> 184 KB a
+token on gpt2-large, as llama.cpp's default f16 cache does), widened to the query's dtype
+when read (``_widened``); a model that already computes in 16 bits stores what it computes.
+The default, ``auto``, is float16 unless the weights are served in float32
+(``resolve_kv_dtype``).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class RowCache:
     With ``layers`` known, every layer's buffers are views of one anonymous memory mapping
     (``anonymous_tensor``): resident memory is the tokens written, and ``release`` (or the
     cache's end) unmaps it at once. Per-layer tensors from the heap were kept by the
-    allocator after their row ended (the probe's 8-row batch grew USS by 140 MB more than
-    its KV), so a worker's RSS charged requests for caches of rows long gone.
+    allocator after their row ended (the probe's 8-row batch with a float16 cache grew USS
+    by 468-485 MB for 347 MB of KV; one mapping per row and a reused widening buffer:
+    403-412 MB), so a worker's RSS charged requests for caches of rows long gone.
     """
 
     capacity: int
@@ -188,11 +190,12 @@ def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) ->
     """``stored[:, :, :total]`` in ``dtype``: the view itself when it already is, else a copy
     into this thread's reusable ``slot`` buffer (one for keys, one for values).
 
-    Why a reused buffer: ``.to(dtype)`` allocated a fresh tensor per row and layer, up to
-    4.5 MB, 576 of them per 8-row step of gpt2-large; the allocator's page faults and the
-    cold memory made a KV_DTYPE=float16 decode step 25% slower than a full-width one. A buffer
-    reused across rows and layers stays in cache. Safe to reuse: the attention has consumed
-    the previous row's copy before the next row is widened into it.
+    Why a reused buffer: ``.to(dtype)`` allocated a fresh tensor per row and layer (up to
+    4.5 MB, 576 of them per 8-row step of gpt2-large), and a float16-cache decode step took
+    169-191 ms against 155 ms full width; widened into one buffer reused across rows and
+    layers (it stays in cache), 131-136 against 120-148 ms (AMD EPYC, 2 threads,
+    scripts/probe_batch_memory.py). Safe to reuse: the attention has consumed the previous
+    row's copy before the next row is widened into it.
     """
     view = stored[:, :, :total]
     if view.dtype == dtype:
