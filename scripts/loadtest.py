@@ -30,6 +30,7 @@ from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
 from locustfiles.stages import DEFAULT_STAGES, parse_stages
 from locustfiles.user_mix import MIX_CHOICES
+from server.config import DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
 # Server settings shown in run.json's server_command (never the API keys).
@@ -46,10 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     p.add_argument("--dtype", default=os.environ.get("DTYPE", "auto"),
                    help="auto, float32, float16, bfloat16 or int8 (server/quantize.py)")
-    p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", "auto"),
+    p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", DEFAULTS["KV_DTYPE"]),
                    help="KV cache storage: auto (float16 unless the weights are float32), "
                         "model (as computed) or float16")
-    p.add_argument("--kv-tokens", type=int, default=int(os.environ.get("KV_TOKENS", "0")),
+    p.add_argument("--kv-tokens", type=int,
+                   default=int(os.environ.get("KV_TOKENS", DEFAULTS["KV_TOKENS"])),
                    help="KV positions a worker's running rows may reserve (0: no limit)")
     p.add_argument("--workers", type=int, default=1, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")

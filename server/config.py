@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
     # each, as llama.cpp's -c); a job that does not fit waits in the queue, first come first
     # served, and admission's forecast counts that wait. 0 = no limit beyond MAX_BATCH_SIZE.
-    KV_TOKENS: NonNegativeInt = 0
+    # 1,280 (a full 1,024-token context and some): 236 MB of float16 cache on gpt2-large. On
+    # the default mix it served as many requests as no limit (116 each, AMD EPYC Zen 4) with
+    # RAM per request p95 101 MB instead of 342 (docs/results.md, KV memory).
+    KV_TOKENS: NonNegativeInt = 1280
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
     # Most requests in the running set: rows join and leave it between steps
