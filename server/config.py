@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # KV cache storage: model = as computed (full width); float16 halves it when the model
     # computes in float32 (widened on read into a reused buffer, as llama.cpp's f16 cache);
     # auto = float16 unless the weights are served in float32 (server/row_cache.py). On the
-    # AMD EPYC a mixed 8-row decode step took the same time either way (scripts/
+    # AMD EPYC Zen 4 a mixed 8-row decode step took the same time either way (scripts/
     # probe_batch_memory.py) and the cache's memory halved.
     KV_DTYPE: Literal["auto", "float16", "model"] = "auto"
     # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
