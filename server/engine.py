@@ -78,15 +78,14 @@ class StepEngine:
         self.eos_id = eos_id
         self.ignore_eos = ignore_eos
         self.prefill_chunk = max(1, prefill_chunk)
-        self.layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
 
     def new_row(self, request: GenerationRequest) -> Row:
         """A row for ``request`` (an empty prompt is fed the stop token as its context)."""
         if not request.input_ids:
             request = GenerationRequest([self.eos_id], request.max_new_tokens,
                                         request.temperature, request.top_p, request.seed)
-        capacity = len(request.input_ids) + max(0, request.max_new_tokens)
-        cache = RowCache(capacity, self.kv_dtype, self.layers)
+        cache = RowCache(kv_positions(request), self.kv_dtype, self.layers)
         row = Row(request, cache, make_rng(request.seed))
         if request.max_new_tokens <= 0:
             row.finish_reason = "length"
@@ -163,6 +162,12 @@ class StepEngine:
         if row.steps_left <= 0:
             row.finish_reason = "length"
         return token
+
+
+def kv_positions(request: GenerationRequest) -> int:
+    """KV positions a row for ``request`` may fill (its cache's capacity): its prompt (at
+    least the stop token an empty prompt is fed) and every token it may generate."""
+    return max(1, len(request.input_ids)) + max(0, request.max_new_tokens)
 
 
 def _phase(decoding: int, prefilling: int) -> str:

@@ -62,39 +62,34 @@ def storage_dtype(computed: torch.dtype, kv_dtype: str) -> torch.dtype:
 class RowCache:
     """One request's keys and values for every layer: [1, kv_heads, capacity, head_dim].
 
-    With ``layers`` known, every layer's buffers are views of one anonymous memory mapping
-    (``anonymous_tensor``): resident memory is the tokens written, and ``release`` (or the
-    cache's end) unmaps it at once. Per-layer tensors from the heap were kept by the
-    allocator after their row ended (the probe's 8-row batch with a float16 cache grew USS
-    by 468-485 MB for 347 MB of KV; one mapping per row and a reused widening buffer:
-    403-412 MB), so a worker's RSS charged requests for caches of rows long gone.
+    Every layer's buffers are views of one anonymous memory mapping (``anonymous_tensor``;
+    all layers shaped as the first, as in GPT-2): resident memory is the tokens written, and
+    ``release`` (or the cache's end) unmaps it at once. Per-layer tensors from the heap were
+    kept by the allocator after their row ended (the probe's 8-row batch with a float16
+    cache grew USS by 468-485 MB for 347 MB of KV; one mapping per row and a reused
+    widening buffer: 403-412 MB), so a worker's RSS charged requests for caches of rows
+    long gone.
     """
 
     capacity: int
     kv_dtype: str = "model"  # storage policy (storage_dtype)
-    layers: int = 0  # the model's layer count; 0: allocate layer by layer from the heap
+    layers: int = 1  # the model's layer count
     length: int = 0  # positions written so far (= the next token's position)
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
 
     def ensure(self, layer: int, like: torch.Tensor) -> None:
-        """Allocate ``layer``'s buffers on first use, shaped after ``like`` [1, h, n, d].
+        """Allocate every layer's buffers on the first use, shaped after ``like`` [1, h, n, d].
 
         Uninitialised memory: pages are touched only as tokens are written, so resident
         memory grows with the tokens this row actually has, not with its capacity.
         """
-        if len(self.keys) > layer:
+        if self.keys:
             return
-        dtype = storage_dtype(like.dtype, self.kv_dtype)
-        shape = (1, like.shape[1], self.capacity, like.shape[3])
-        if self.layers > layer and not self.keys:  # once per row: all layers in one mapping
-            store = anonymous_tensor((self.layers, 2, *shape), dtype)
-            self.keys = [store[i, 0] for i in range(self.layers)]
-            self.values = [store[i, 1] for i in range(self.layers)]
-            return
-        while len(self.keys) <= layer:
-            self.keys.append(torch.empty(shape, dtype=dtype))
-            self.values.append(torch.empty(shape, dtype=dtype))
+        shape = (self.layers, 2, 1, like.shape[1], self.capacity, like.shape[3])
+        store = anonymous_tensor(shape, storage_dtype(like.dtype, self.kv_dtype))
+        self.keys = [store[i, 0] for i in range(self.layers)]
+        self.values = [store[i, 1] for i in range(self.layers)]
 
     def release(self) -> None:
         """Free the buffers now (the row is done); a mapping is unmapped at once."""
@@ -193,7 +188,7 @@ def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) ->
     Why a reused buffer: ``.to(dtype)`` allocated a fresh tensor per row and layer (up to
     4.5 MB, 576 of them per 8-row step of gpt2-large), and a float16-cache decode step took
     169-191 ms against 155 ms full width; widened into one buffer reused across rows and
-    layers (it stays in cache), 131-136 against 120-148 ms (AMD EPYC, 2 threads,
+    layers (it stays in cache), 131-136 against 120-148 ms (AMD EPYC Zen 4, 2 threads,
     scripts/probe_batch_memory.py). Safe to reuse: the attention has consumed the previous
     row's copy before the next row is widened into it.
     """

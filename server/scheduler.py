@@ -29,8 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.decoding import GenerationRequest
-from server.engine import Row, StepEngine, StepReport
+from server.engine import Row, StepEngine, StepReport, kv_positions
 from server.jobs import Job, QueueFull
 from server.memory import HeapReleaser
 
@@ -131,10 +130,10 @@ class Scheduler:
             return 0.0  # nothing measured yet: the warm-up sets it before /ready
         chunk = self.engine.prefill_chunk
         rows = list(self._rows)
-        start = _start_step([(_steps_left(row, chunk), reserved(row.request)) for _, row in rows],
-                            [(_job_steps(queued, chunk), reserved(queued.request))
+        start = _start_step([(_steps_left(row, chunk), row.cache.capacity) for _, row in rows],
+                            [(_job_steps(queued, chunk), kv_positions(queued.request))
                              for queued in waiting],
-                            reserved(job.request), self._max_rows, self._kv_tokens)
+                            kv_positions(job.request), self._max_rows, self._kv_tokens)
         steps = start + _job_steps(job, chunk)
         own = len(job.request.input_ids)
         ahead = [row.prompt_left for _, row in rows] + [
@@ -291,13 +290,12 @@ class Scheduler:
             head = self._queue.queue[0] if self._queue.queue else None
         if head is None or head.cancelled:
             return True
-        held = sum(reserved(row.request) for _, row in self._rows)
-        return held + reserved(head.request) <= self._kv_tokens
+        return self.kv_reserved + kv_positions(head.request) <= self._kv_tokens
 
     @property
     def kv_reserved(self) -> int:
         """KV positions the running rows have reserved."""
-        return sum(reserved(row.request) for _, row in list(self._rows))
+        return sum(row.cache.capacity for _, row in list(self._rows))
 
     def _drop_cancelled(self) -> None:
         for job, row in self._rows:
@@ -334,12 +332,6 @@ class Scheduler:
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
         return finished
-
-
-def reserved(request: GenerationRequest) -> int:
-    """KV positions a row for ``request`` may fill: its prompt (at least the stop token an
-    empty prompt is fed) and every token it may generate."""
-    return max(1, len(request.input_ids)) + max(0, request.max_new_tokens)
 
 
 def _start_step(running: list[tuple[int, int]], waiting: list[tuple[int, int]], need: int,
