@@ -93,11 +93,14 @@ def _quantize_linears(model: nn.Module, qconfig: object) -> nn.Module:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of weights ``model`` holds, packed float16/int8 Linear layers included (their
-    weights are not parameters)."""
+    """Bytes of weights ``model`` holds, packed float16/int8/bf16 Linear layers included
+    (their weights are not parameters; a module that holds such weights itself reports them
+    through a ``weight_bytes()`` method, as server.kernels.PackedBF16Linear does)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     for module in model.modules():
-        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+        if callable(getattr(module, "weight_bytes", None)):
+            total += module.weight_bytes()
+        elif isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
             weight, bias = module.weight(), module.bias()
             # fp16 packed weights unpack to float32: count the 2 bytes they are stored in.
             size = 2 if module._packed_params.dtype == torch.float16 else weight.element_size()

@@ -60,6 +60,44 @@ def test_greedy_tokens_are_the_same_alone_batched_and_joining_mid_generation(loa
     assert all(len(t) == 10 for t in alone)
 
 
+def test_a_bfloat16_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: Path) -> None:
+    """The served bf16 path (prepacked oneDNN weights, rows padded to a bucket, attention in
+    float32): a row's tokens alone, beside others, and joining mid-generation agree."""
+    bf16 = load_model("synthetic:tiny", "bfloat16", MODELS_DIR)
+    engine = StepEngine(bf16.model, bf16.eos_id, ignore_eos=True, prefill_chunk=8)
+    requests = [GenerationRequest(_prompt(n, 100 + n), 8) for n in (3, 21, 12)]
+    alone = [generate_alone(engine, r).token_ids for r in requests]
+    together = [engine.new_row(r) for r in requests]
+    _run(engine, together)
+    early = [engine.new_row(r) for r in requests[:2]]
+    for _ in range(5):
+        engine.step(early)
+    rows = [*early, engine.new_row(requests[2])]
+    _run(engine, rows)
+    assert [r.tokens for r in together] == alone
+    assert [r.tokens for r in rows] == alone
+
+
+def test_a_bfloat16_models_attention_runs_in_float32(tiny_model: Path, monkeypatch) -> None:
+    """torch's CPU attention is several times slower in bf16 than in float32 (see
+    row_cache.attention_dtype): a bf16 model's rows attend in float32, answer in bf16."""
+    from server import row_cache
+
+    bf16 = load_model("synthetic:tiny", "bfloat16", MODELS_DIR)
+    real, seen = row_cache.functional.scaled_dot_product_attention, []
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(row_cache.functional, "scaled_dot_product_attention", recording)
+    engine = StepEngine(bf16.model, bf16.eos_id, ignore_eos=True)
+    row = engine.new_row(GenerationRequest(_prompt(5), 3))
+    _run(engine, [row])
+    assert seen and set(seen) == {(torch.float32,) * 3}
+    assert row.cache.keys[0].dtype == torch.bfloat16 and len(row.tokens) == 3
+
+
 def test_short_request_gets_a_token_before_a_long_prompt_is_read_in(loaded) -> None:
     engine = _engine(loaded, chunk=16)
     long = engine.new_row(GenerationRequest(_prompt(200), 4))

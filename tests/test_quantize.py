@@ -1,5 +1,6 @@
-"""server.quantize: Conv1D as nn.Linear computes the same; float16 and int8 weights load,
-generate and fork under real Gunicorn; the byte count sees the packed weights."""
+"""server.quantize: Conv1D as nn.Linear computes the same; float16, prepacked bfloat16
+(server.kernels) and int8 weights load, generate and fork under real Gunicorn; the byte
+count sees the packed weights."""
 
 from __future__ import annotations
 
@@ -87,6 +88,28 @@ def test_float16_weights_are_half_and_greedy_text_agrees() -> None:
     assert _generate(half, prompts) == _generate(model, prompts)
 
 
+def test_packed_bfloat16_layers_compute_the_plain_bfloat16_result() -> None:
+    from server.kernels import PackedBF16Linear, pack_bfloat16, packing_available
+
+    if not packing_available():
+        pytest.skip("torch built without oneDNN weight packing")
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    plain = copy.deepcopy(model).to(torch.bfloat16)
+    packed = pack_bfloat16(copy.deepcopy(model))
+    # Every projection is packed (2 layers x 4); the LM head stays tied to the embedding.
+    assert sum(isinstance(m, PackedBF16Linear) for m in packed.modules()) == 8
+    assert [m for m in packed.modules() if type(m) is nn.Linear] == [packed.lm_head]
+    assert packed.lm_head.weight is packed.transformer.wte.weight
+    assert weight_bytes(packed) == weight_bytes(plain) == weight_bytes(model) // 2
+    ids = torch.randint(0, 300, (2, 10))
+    with torch.inference_mode():
+        expected, got = plain(input_ids=ids).logits.float(), packed(input_ids=ids).logits.float()
+    # The same bf16 products, summed in another order: bf16-rounding-sized differences.
+    torch.testing.assert_close(got, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
+    assert not torch.equal(got, torch.zeros_like(got))
+
+
 def test_auto_times_float16_weights_beside_float32_and_bfloat16() -> None:
     assert "float16" in candidates("auto", allow_int8=False)
     assert candidates("float16", allow_int8=False) == ["float16"]
@@ -105,7 +128,7 @@ def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
     assert fp16.precision == fp16.kernels.chosen == "float16"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
 def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dtype: str) -> None:
     """Once the projections are copied, nothing may point into the mapped safetensors file:
     its pages would stay resident beside the copies (gpt2-large float32: 6.1 GB, not 3.1).
@@ -125,7 +148,7 @@ def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dt
     assert out.stdout.split()[-1] == "0", out.stdout
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8"])
 def test_packed_weights_serve_from_preloaded_forked_workers(tiny_model: Path, tmp_path: Path,
                                                             api_headers, dtype: str) -> None:
     """Packed in the master before fork; both workers generate with it (no fork hang)."""
