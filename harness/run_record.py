@@ -45,6 +45,7 @@ class ServerFacts(_Open):
     prefill_chunk: int | None = None
     kv_dtype: str | None = None  # /ready: KV cache storage (float16 | model)
     kv_tokens: int | None = None  # /ready: KV positions the running rows may reserve (0: any)
+    prefix_cache_rows: int | None = None  # /ready: finished caches kept for prefix reuse
     limits: dict[str, Any] | None = None  # /ready: queue, in-flight and rate limits
     workers_seen: int | None = None  # distinct worker pids in /metrics
     weight_mb: float | None = None  # /metrics gpt_model_weight_bytes

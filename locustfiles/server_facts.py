@@ -20,7 +20,7 @@ WORKER_GAUGE = "gpt_worker_rss_bytes"
 TOP_LEVEL = ("model", "dtype", "max_batch_size", "prefill_chunk", "torch_threads")
 # ... and to its server block (the full record of what the server reported).
 SERVER_BLOCK = ("kernels", "torch_threads", "threads_shared", "max_batch_size", "prefill_chunk",
-                "kv_dtype", "kv_tokens", "limits")
+                "kv_dtype", "kv_tokens", "prefix_cache_rows", "limits")
 _MB = 1024 * 1024
 
 

@@ -35,7 +35,7 @@ from server.config import DEFAULTS
 REPO = Path(__file__).resolve().parent.parent
 # Server settings shown in run.json's server_command (never the API keys).
 COMMAND_ENV = ("MODEL", "MODELS_DIR", "DTYPE", "TORCH_THREADS", "MAX_BATCH_SIZE",
-               "PREFILL_CHUNK", "KV_DTYPE", "KV_TOKENS", "ALLOW_INT8")
+               "PREFILL_CHUNK", "KV_DTYPE", "KV_TOKENS", "PREFIX_CACHE_ROWS", "ALLOW_INT8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-tokens", type=int,
                    default=int(os.environ.get("KV_TOKENS", DEFAULTS["KV_TOKENS"])),
                    help="KV positions a worker's running rows may reserve (0: no limit)")
+    p.add_argument("--prefix-cache-rows", type=int,
+                   default=int(os.environ.get("PREFIX_CACHE_ROWS",
+                                              DEFAULTS["PREFIX_CACHE_ROWS"])),
+                   help="finished rows' KV caches a worker keeps for prompts that start "
+                        "the same way (0: none)")
     p.add_argument("--workers", type=int, default=1, help="Gunicorn workers")
     p.add_argument("--torch-threads", type=int, default=0, help="per worker; 0 = cores/workers")
     p.add_argument("--max-batch-size", type=int, default=8)
@@ -114,6 +119,7 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> Gunic
            "MAX_BATCH_SIZE": str(args.max_batch_size),
            "PREFILL_CHUNK": str(args.prefill_chunk), "KV_DTYPE": args.kv_dtype,
            "KV_TOKENS": str(args.kv_tokens),
+           "PREFIX_CACHE_ROWS": str(args.prefix_cache_rows),
            "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
            "API_KEYS": api_key}

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # the default mix it served as many requests as no limit (116 each, AMD EPYC Zen 4) with
     # RAM per request p95 101 MB instead of 342 (docs/results.md, KV memory).
     KV_TOKENS: NonNegativeInt = 1280
+    # Finished rows' KV caches a worker keeps so that later prompts starting the same way
+    # copy those positions instead of computing them (server/prefix_cache.py; llama.cpp's
+    # cache_prompt). They use only the KV_TOKENS room the running rows leave. 0 = none.
+    PREFIX_CACHE_ROWS: NonNegativeInt = 8
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
     # Most requests in the running set: rows join and leave it between steps

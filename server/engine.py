@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -80,13 +80,18 @@ class StepEngine:
         self.prefill_chunk = max(1, prefill_chunk)
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
 
-    def new_row(self, request: GenerationRequest) -> Row:
-        """A row for ``request`` (an empty prompt is fed the stop token as its context)."""
+    def new_row(self, request: GenerationRequest,
+                prefix: tuple[RowCache, int] | None = None) -> Row:
+        """A row for ``request`` (an empty prompt is fed the stop token as its context).
+        ``prefix``: a finished row's cache whose first n positions hold this prompt's first
+        n tokens (server.prefix_cache); they are copied, not computed again."""
         if not request.input_ids:
-            request = GenerationRequest([self.eos_id], request.max_new_tokens,
-                                        request.temperature, request.top_p, request.seed)
+            request = replace(request, input_ids=[self.eos_id])
         cache = RowCache(kv_positions(request), self.kv_dtype, self.layers)
         row = Row(request, cache, make_rng(request.seed))
+        if prefix is not None and prefix[1] < len(request.input_ids):
+            cache.copy_prefix(*prefix)
+            row.prefilled = prefix[1]
         if request.max_new_tokens <= 0:
             row.finish_reason = "length"
         return row

@@ -113,6 +113,13 @@ class Metrics:
                                       ["phase"], buckets=_STEP_BUCKETS, registry=r)
         self.step_rows = Counter("gpt_step_rows", "Sequences computed by steps", ["phase"],
                                  registry=r)
+        # Prompt tokens computed by steps, and those a row copied from a kept cache instead
+        # (server/prefix_cache.py): their ratio is the prefix cache's hit rate.
+        self.prompt_tokens = Counter("gpt_prompt_tokens_computed",
+                                     "Prompt tokens computed by generation steps", registry=r)
+        self.cached_prompt_tokens = Counter("gpt_prompt_tokens_cached",
+                                            "Prompt tokens copied from kept KV caches",
+                                            registry=r)
         # Bound once: observe_step runs every generation step (every token).
         self._step_series = {
             phase: (self.forward_seconds.labels(phase=phase),
@@ -158,12 +165,15 @@ class Metrics:
         if tokens:
             self.tokens.inc(tokens)
 
-    def observe_step(self, phase: str, rows: int, forward_s: float, step_s: float) -> None:
+    def observe_step(self, phase: str, rows: int, forward_s: float, step_s: float,
+                     prompt_tokens: int = 0) -> None:
         """Count one generation step (the generation thread; see server.decoding)."""
         forward, step, step_rows = self._step_series[phase]
         forward.observe(forward_s)
         step.observe(step_s)
         step_rows.inc(rows)
+        if prompt_tokens:
+            self.prompt_tokens.inc(prompt_tokens)
 
     def observe_sample(self, sample: MemorySample, queue_depth: int, running: int) -> None:
         """Publish this worker's latest memory sample and queue state (sampler thread)."""

@@ -60,6 +60,8 @@ class Ready(_Strict):
                                       "float16 (16-bit) | model (as computed)")
     kv_tokens: int = Field(description="KV positions a worker's running rows may reserve "
                                        "together (0: no limit)")
+    prefix_cache_rows: int = Field(description="finished rows' KV caches a worker keeps for "
+                                               "prompts that start the same way (0: none)")
     torch_threads: int = Field(description="this worker's torch threads now")
     threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
                                              "(TORCH_THREADS=0); false: a fixed count")

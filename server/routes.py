@@ -99,6 +99,7 @@ def ready() -> Response:
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
                     "kv_dtype": service.scheduler.engine.kv_dtype,  # as resolved
                     "kv_tokens": current_app.config["KV_TOKENS"],
+                    "prefix_cache_rows": current_app.config["PREFIX_CACHE_ROWS"],
                     "torch_threads": torch.get_num_threads(),
                     "threads_shared": service.cores.sharing,
                     "limits": {key.lower(): current_app.config[key] for key in READY_LIMITS}})

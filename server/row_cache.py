@@ -77,6 +77,7 @@ class RowCache:
     length: int = 0  # positions written so far (= the next token's position)
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    store: torch.Tensor | None = None  # [layers, 2, 1, h, capacity, d]: keys and values views
 
     def ensure(self, layer: int, like: torch.Tensor) -> None:
         """Allocate every layer's buffers on the first use, shaped after ``like`` [1, h, n, d].
@@ -86,14 +87,27 @@ class RowCache:
         """
         if self.keys:
             return
-        shape = (self.layers, 2, 1, like.shape[1], self.capacity, like.shape[3])
-        store = anonymous_tensor(shape, storage_dtype(like.dtype, self.kv_dtype))
-        self.keys = [store[i, 0] for i in range(self.layers)]
-        self.values = [store[i, 1] for i in range(self.layers)]
+        self._allocate(like.shape[1], like.shape[3], storage_dtype(like.dtype, self.kv_dtype))
+
+    def _allocate(self, heads: int, head_dim: int, dtype: torch.dtype) -> None:
+        shape = (self.layers, 2, 1, heads, self.capacity, head_dim)
+        self.store = anonymous_tensor(shape, dtype)
+        self.keys = [self.store[i, 0] for i in range(self.layers)]
+        self.values = [self.store[i, 1] for i in range(self.layers)]
+
+    def copy_prefix(self, source: RowCache, count: int) -> None:
+        """Start this (empty) cache with ``source``'s first ``count`` positions, every layer
+        (server.prefix_cache: keys and values of a prefix depend on that prefix only)."""
+        if source.store is None or self.length or count > min(source.length, self.capacity):
+            raise ValueError(f"cannot copy {count} positions into this cache")
+        _, _, _, heads, _, head_dim = source.store.shape
+        self._allocate(heads, head_dim, source.store.dtype)
+        self.store[:, :, :, :, :count] = source.store[:, :, :, :, :count]
+        self.length = count
 
     def release(self) -> None:
         """Free the buffers now (the row is done); a mapping is unmapped at once."""
-        self.keys, self.values = [], []
+        self.keys, self.values, self.store = [], [], None
 
     def nbytes(self) -> int:
         """Bytes of the positions written so far, over all layers."""

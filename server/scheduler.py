@@ -32,6 +32,7 @@ from collections.abc import Callable
 from server.engine import Row, StepEngine, StepReport, kv_positions
 from server.jobs import Job, QueueFull
 from server.memory import HeapReleaser
+from server.prefix_cache import PrefixCache, cached_tokens
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,18 @@ class Scheduler:
                  on_join: Callable[[int], None] = lambda rows: None,
                  row_growth: float = 0.0,
                  on_busy: Callable[[bool], None] = lambda busy: None,
-                 kv_tokens: int = 0) -> None:
+                 kv_tokens: int = 0, prefix_rows: int = 0,
+                 on_cached: Callable[[int], None] = lambda tokens: None) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
         # KV positions the running rows may reserve together (0: no limit), as llama.cpp's
         # -c: a row reserves its prompt + max_new_tokens when it joins, so a worker's KV
         # memory stays under kv_tokens x bytes per position whatever the mix.
         self._kv_tokens = max(0, kv_tokens)
+        # Finished rows' caches kept for prompts that start the same way; they use only the
+        # room the running rows leave in kv_tokens (evicted oldest first when rows need it).
+        self.prefixes = PrefixCache(prefix_rows)
+        self._on_cached = on_cached  # prompt tokens a joining row copied from a kept cache
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._timeout_s = timeout_s
         self._on_step = on_step
@@ -277,8 +283,12 @@ class Scheduler:
                 job.finish(error=TimeoutError("cancelled while queued"))
                 continue
             job.started_at = time.monotonic()
-            self._rows.append((job, self.engine.new_row(job.request)))
+            row = self.engine.new_row(job.request, self.prefixes.find(job.request.input_ids))
+            self._rows.append((job, row))
+            self._trim_prefixes()
             self._on_join(len(self._rows))
+            if row.prefilled:
+                self._on_cached(row.prefilled)
             block = False
 
     def _head_fits(self) -> bool:
@@ -296,6 +306,13 @@ class Scheduler:
     def kv_reserved(self) -> int:
         """KV positions the running rows have reserved."""
         return sum(row.cache.capacity for _, row in list(self._rows))
+
+    def _trim_prefixes(self) -> None:
+        """Evict kept caches, oldest first, until they fit beside the running rows'
+        reservations in the KV budget."""
+        while (self._kv_tokens and self.kv_reserved + self.prefixes.positions > self._kv_tokens
+               and self.prefixes.evict_oldest()):
+            pass
 
     def _drop_cancelled(self) -> None:
         for job, row in self._rows:
@@ -328,9 +345,13 @@ class Scheduler:
                 keep.append((job, row))
             else:
                 self._calibrate(job)
-                row.cache.release()  # before the answer: its log's RSS no longer holds it
+                # Kept for later prompts or released, before the answer: the RSS its log
+                # records holds only what the prefix cache keeps within the KV budget.
+                self.prefixes.keep(cached_tokens(row.request.input_ids, row.tokens,
+                                                 row.cache.length), row.cache)
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
+        self._trim_prefixes()
         return finished
 
 

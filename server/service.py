@@ -70,7 +70,9 @@ class ModelService:
                          on_step=self._observe_step,
                          on_join=self.metrics.batch_size.observe,
                          row_growth=self.loaded.kernels.row_growth(),
-                         on_busy=self._share_cores, kv_tokens=config["KV_TOKENS"])
+                         on_busy=self._share_cores, kv_tokens=config["KV_TOKENS"],
+                         prefix_rows=config["PREFIX_CACHE_ROWS"],
+                         on_cached=self.metrics.cached_prompt_tokens.inc)
 
     def _share_cores(self, busy: bool) -> None:
         """Before a step (busy) or an idle wait: use this worker's share of the cores."""
@@ -80,7 +82,8 @@ class ModelService:
             self.metrics.torch_threads.set(threads)
 
     def _observe_step(self, report: StepReport) -> None:
-        self.metrics.observe_step(report.phase, report.rows, report.forward_s, report.step_s)
+        self.metrics.observe_step(report.phase, report.rows, report.forward_s, report.step_s,
+                                  report.prompt_tokens)
 
     def start(self, torch_threads: int = 0) -> None:
         """Start this process's serving threads once (idempotent; call after fork)."""

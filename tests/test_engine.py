@@ -409,8 +409,8 @@ def test_the_scheduler_releases_a_finished_rows_cache_before_answering(loaded) -
     seen = []
     real_new_row = scheduler.engine.new_row
 
-    def new_row(request: GenerationRequest):
-        row = real_new_row(request)
+    def new_row(request: GenerationRequest, prefix=None):
+        row = real_new_row(request, prefix)
         seen.append(row)
         return row
 

@@ -82,6 +82,8 @@ def test_health_and_ready(client) -> None:
     assert all(a.headers["Retry-After"] for a in answers[:-1])
     assert answers[-1].status_code == 200 and answers[-1].json["model"] == "synthetic:tiny"
     assert answers[-1].json["kv_tokens"] == client.application.config["KV_TOKENS"]
+    assert answers[-1].json["prefix_cache_rows"] == \
+        client.application.config["PREFIX_CACHE_ROWS"]
     assert answers[-1].json["kv_dtype"] == resolve_kv_dtype(
         client.application.config["KV_DTYPE"], answers[-1].json["dtype"])
 

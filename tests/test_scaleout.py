@@ -139,6 +139,7 @@ def test_run_json_records_what_the_hosts_reported(run) -> None:
     assert record["torch_threads"] == 1 and record["max_batch_size"] == DEFAULTS["MAX_BATCH_SIZE"]
     assert record["prefill_chunk"] == 128 and record["host"]["cpu_model"]
     assert record["server"]["kv_tokens"] == DEFAULTS["KV_TOKENS"]
+    assert record["server"]["prefix_cache_rows"] == DEFAULTS["PREFIX_CACHE_ROWS"]
     assert record["server"]["kv_dtype"] == resolve_kv_dtype(DEFAULTS["KV_DTYPE"], record["dtype"])
 
 

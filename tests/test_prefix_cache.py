@@ -1,0 +1,172 @@
+"""server.prefix_cache: a prompt that starts like a finished row copies that row's keys and
+values instead of computing them, generates what it would have alone, and the kept caches
+stay within their count and the KV budget; under real Gunicorn /metrics counts the copied
+tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from harness.gunicorn_process import GunicornServer
+from server.decoding import GenerationRequest
+from server.engine import StepEngine, generate_alone
+from server.jobs import Job
+from server.model import LoadedModel, load_model
+from server.prefix_cache import MIN_SHARED, PrefixCache, cached_tokens
+from server.row_cache import RowCache
+from server.scheduler import Scheduler
+from tests.conftest import MODELS_DIR, server_env
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model: Path) -> LoadedModel:
+    torch.set_num_threads(1)
+    return load_model("synthetic:tiny", "float32", MODELS_DIR)
+
+
+class _LogitsEngine(StepEngine):
+    """Records the logits each row samples from: the tiny model's greedy tokens barely
+    depend on the context, its logits do."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[torch.Tensor] = []
+
+    def _sample(self, row, logits):
+        self.seen.append(logits.clone())
+        return super()._sample(row, logits)
+
+
+def _engine(loaded: LoadedModel) -> _LogitsEngine:
+    return _LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
+
+
+def _assert_same_logits(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * b.abs().max().item())
+
+
+def _finished(engine: StepEngine, request: GenerationRequest):
+    row = engine.new_row(request)
+    while row.finish_reason is None:
+        engine.step([row])
+    return row
+
+
+def _cache_of(tokens: list[int]) -> RowCache:
+    cache = RowCache(len(tokens) + 4, "model", layers=1)
+    cache.ensure(0, torch.zeros(1, 2, 1, 4))
+    cache.length = len(tokens)
+    return cache
+
+
+def test_a_shared_prefix_is_copied_and_the_tokens_are_those_generated_alone(loaded) -> None:
+    engine = _engine(loaded)
+    first = _finished(engine, GenerationRequest(list(range(100, 140)), 6))
+    kept = PrefixCache(4)
+    kept.keep(cached_tokens(first.request.input_ids, first.tokens, first.cache.length),
+              first.cache)
+    assert first.cache.length == 45  # 40 prompt tokens and 5 of the 6 generated fed back
+
+    request = GenerationRequest(list(range(100, 130)) + list(range(500, 512)), 6)
+    found = kept.find(request.input_ids)
+    assert found is not None and found[1] == 30
+    row = engine.new_row(request, found)
+    assert row.prefilled == 30 and row.cache.length == 30
+    prompt_fed = 0
+    engine.seen.clear()
+    while row.finish_reason is None:
+        prompt_fed += engine.step([row]).prompt_tokens
+    assert prompt_fed == 12  # only the tokens after the shared prefix were computed
+    copied, engine.seen = engine.seen, []
+    assert row.tokens == generate_alone(engine, request).token_ids
+    _assert_same_logits(copied, engine.seen)
+
+
+def test_the_same_prompt_again_feeds_only_its_last_token(loaded) -> None:
+    engine = _engine(loaded)
+    request = GenerationRequest(list(range(200, 236)), 4)
+    engine.seen.clear()
+    first = _finished(engine, request)
+    kept = PrefixCache(2)
+    kept.keep(cached_tokens(request.input_ids, first.tokens, first.cache.length), first.cache)
+    cache, shared = kept.find(request.input_ids)
+    assert shared == 35  # the last prompt token's logits give the first new token
+    computed, engine.seen = engine.seen, []
+    row = engine.new_row(request, (cache, shared))
+    assert engine.step([row]).prompt_tokens == 1
+    while row.finish_reason is None:
+        engine.step([row])
+    assert row.tokens == first.tokens
+    _assert_same_logits(engine.seen, computed)
+
+
+def test_find_takes_the_longest_shared_prefix_and_ignores_short_ones() -> None:
+    kept = PrefixCache(4)
+    short, long = list(range(MIN_SHARED + 4)), list(range(MIN_SHARED + 10))
+    kept.keep([*short, 9000], _cache_of([*short, 9000]))
+    kept.keep([*long, 9001], _cache_of([*long, 9001]))
+    assert kept.find([*list(range(MIN_SHARED - 1)), 7, 7]) is None  # too short to copy
+    cache, shared = kept.find([*long, 5, 5])
+    assert shared == MIN_SHARED + 10 and cache.length == MIN_SHARED + 11
+
+
+def test_kept_caches_are_bounded_oldest_first_and_superseded_ones_dropped() -> None:
+    kept = PrefixCache(2)
+    caches = [_cache_of([i] * 20) for i in range(3)]
+    for i, cache in enumerate(caches):
+        kept.keep([i] * 20, cache)
+    assert len(kept) == 2 and caches[0].store is None  # the oldest was released
+    kept.find([1] * 25)  # used: now the newest
+    kept.keep([3] * 20, _cache_of([3] * 20))
+    assert caches[2].store is None and caches[1].store is not None
+    longer = _cache_of([1] * 30)
+    kept.keep([1] * 30, longer)  # holds all of [1] * 20: that entry goes
+    assert caches[1].store is None and kept.positions == 20 + 30
+    none = PrefixCache(0)
+    dropped = _cache_of([4] * 20)
+    none.keep([4] * 20, dropped)
+    assert len(none) == 0 and dropped.store is None
+
+
+def test_the_scheduler_copies_a_kept_prefix_and_keeps_within_the_kv_budget(loaded) -> None:
+    cached = []
+    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=120,
+                          prefix_rows=4, on_cached=cached.append)
+    scheduler.start()
+    shared = list(range(300, 340))
+    first = scheduler.submit(Job(GenerationRequest([*shared, 1, 2], 5)))
+    assert first.wait(60)
+    second = scheduler.submit(Job(GenerationRequest([*shared, 3, 4, 5], 5)))
+    assert second.wait(60)
+    assert cached == [40]
+    engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
+    alone = generate_alone(engine, GenerationRequest([*shared, 3, 4, 5], 5)).token_ids
+    assert second.result.token_ids == alone
+    # A job reserving 110 of the 120 positions makes room by evicting kept caches.
+    big = scheduler.submit(Job(GenerationRequest(list(range(600, 700)), 10)))
+    assert big.wait(60)
+    assert scheduler.prefixes.positions <= 120
+
+
+def test_gunicorn_workers_count_copied_prompt_tokens(tiny_model: Path, tmp_path: Path,
+                                                      api_headers) -> None:
+    env = server_env(tmp_path)
+    body = {"prompt": "The same long instruction, word for word, " * 6 + "then a question",
+            "max_new_tokens": 4}
+    with GunicornServer(tmp_path, env, workers=1) as server:
+        answers = [requests.post(server.url + "/generate-text", headers=api_headers,
+                                 json=body, timeout=60) for _ in range(2)]
+        metrics = requests.get(server.url + "/metrics", timeout=10).text
+        ready = requests.get(server.url + "/ready", timeout=10).json()
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["text"] == answers[1].json()["text"]
+    cached = [line for line in metrics.splitlines()
+              if line.startswith("gpt_prompt_tokens_cached_total")]
+    assert cached and float(cached[0].split()[-1]) >= MIN_SHARED
+    assert ready["prefix_cache_rows"] > 0
