@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     KV_TOKENS: NonNegativeInt = 1280
     # Finished rows' KV caches a worker keeps so that later prompts starting the same way
     # copy those positions instead of computing them (server/prefix_cache.py; llama.cpp's
-    # cache_prompt). They use only the KV_TOKENS room the running rows leave. 0 = none.
+    # cache_prompt). They hold at most KV_TOKENS positions beside the running rows. 0 = none.
     PREFIX_CACHE_ROWS: NonNegativeInt = 8
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0

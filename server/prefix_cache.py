@@ -11,8 +11,8 @@ shared instructions repeat, and prefill is most of a CPU's work on this mix.
 ``PrefixCache`` keeps up to ``max_rows`` finished caches, most recently used last. ``find``
 returns the kept cache with the longest common prefix (at least ``MIN_SHARED`` tokens) and
 that length; the caller copies those positions (``RowCache.copy_prefix``), and the entry
-stays for the next prompt. The scheduler counts the kept positions against ``KV_TOKENS``
-and evicts the oldest entries first when running rows need the room.
+stays for the next prompt. The scheduler keeps at most ``KV_TOKENS`` positions of them
+beside the running rows' reservations, evicting the oldest first.
 """
 
 from __future__ import annotations

@@ -80,8 +80,10 @@ class Scheduler:
         # -c: a row reserves its prompt + max_new_tokens when it joins, so a worker's KV
         # memory stays under kv_tokens x bytes per position whatever the mix.
         self._kv_tokens = max(0, kv_tokens)
-        # Finished rows' caches kept for prompts that start the same way; they use only the
-        # room the running rows leave in kv_tokens (evicted oldest first when rows need it).
+        # Finished rows' caches kept for prompts that start the same way: at most kv_tokens
+        # positions of them beside the running rows' reservations (as llama.cpp's slots keep
+        # their caches in memory of their own), the oldest evicted first. Counted inside the
+        # running rows' budget they were evicted as soon as 8 rows ran, and reused nothing.
         self.prefixes = PrefixCache(prefix_rows)
         self._on_cached = on_cached  # prompt tokens a joining row copied from a kept cache
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
@@ -285,7 +287,6 @@ class Scheduler:
             job.started_at = time.monotonic()
             row = self.engine.new_row(job.request, self.prefixes.find(job.request.input_ids))
             self._rows.append((job, row))
-            self._trim_prefixes()
             self._on_join(len(self._rows))
             if row.prefilled:
                 self._on_cached(row.prefilled)
@@ -308,9 +309,8 @@ class Scheduler:
         return sum(row.cache.capacity for _, row in list(self._rows))
 
     def _trim_prefixes(self) -> None:
-        """Evict kept caches, oldest first, until they fit beside the running rows'
-        reservations in the KV budget."""
-        while (self._kv_tokens and self.kv_reserved + self.prefixes.positions > self._kv_tokens
+        """Evict kept caches, oldest first, until they hold at most the KV budget."""
+        while (self._kv_tokens and self.prefixes.positions > self._kv_tokens
                and self.prefixes.evict_oldest()):
             pass
 
