@@ -46,6 +46,9 @@ class ServerFacts(_Open):
     kv_dtype: str | None = None  # /ready: KV cache storage (float16 | model)
     kv_tokens: int | None = None  # /ready: KV positions the running rows may reserve (0: any)
     prefix_cache_rows: int | None = None  # /ready: finished caches kept for prefix reuse
+    # /metrics at the run's end: prompt tokens computed by steps / copied from kept caches
+    prompt_tokens_computed: int | None = None
+    prompt_tokens_cached: int | None = None
     limits: dict[str, Any] | None = None  # /ready: queue, in-flight and rate limits
     workers_seen: int | None = None  # distinct worker pids in /metrics
     weight_mb: float | None = None  # /metrics gpt_model_weight_bytes

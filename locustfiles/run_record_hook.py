@@ -130,7 +130,11 @@ class RunRecordHook:
     def _on_test_stop(self, environment: Environment, **kwargs: Any) -> None:
         if self._asking is not None:
             self._asking.join(timeout=30)  # the server's facts land before ended_at
-        changes: dict[str, Any] = {"ended_at": utc_now()}
+        # Asked again: the counters of what the run did (prompt tokens computed and copied)
+        # are only known now; the settings read at the start are the same.
+        ended = gevent.spawn(self.server_facts, environment)
+        ended.join(timeout=30)
+        changes: dict[str, Any] = {"ended_at": utc_now(), **(ended.value or {})}
         options = environment.parsed_options
         if not getattr(options, "run_time", None) and getattr(options, "shape", "") != "steps":
             changes["duration_s"] = round(time.monotonic() - self._started, 1)  # web UI: as run

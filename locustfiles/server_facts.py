@@ -22,6 +22,10 @@ TOP_LEVEL = ("model", "dtype", "max_batch_size", "prefill_chunk", "torch_threads
 SERVER_BLOCK = ("kernels", "torch_threads", "threads_shared", "max_batch_size", "prefill_chunk",
                 "kv_dtype", "kv_tokens", "prefix_cache_rows", "limits")
 _MB = 1024 * 1024
+# Prompt tokens computed by steps and copied from kept caches (server/prefix_cache.py),
+# read again when the run ends: their ratio is the run's prefix-cache hit rate.
+PROMPT_COUNTERS = {"gpt_prompt_tokens_computed_total": "prompt_tokens_computed",
+                   "gpt_prompt_tokens_cached_total": "prompt_tokens_cached"}
 
 
 def parse_metrics_facts(text: str) -> dict[str, Any]:
@@ -36,6 +40,9 @@ def parse_metrics_facts(text: str) -> dict[str, Any]:
                 facts["weight_mb"] = round(s.value / _MB, 1)
             elif s.name == "gpt_model_load_seconds":
                 facts["load_s"] = round(s.value, 2)
+            elif s.name in PROMPT_COUNTERS:  # summed over workers' series
+                key = PROMPT_COUNTERS[s.name]
+                facts[key] = facts.get(key, 0) + int(s.value)
     return {**facts, "pids": pids}
 
 

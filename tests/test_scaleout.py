@@ -140,6 +140,9 @@ def test_run_json_records_what_the_hosts_reported(run) -> None:
     assert record["prefill_chunk"] == 128 and record["host"]["cpu_model"]
     assert record["server"]["kv_tokens"] == DEFAULTS["KV_TOKENS"]
     assert record["server"]["prefix_cache_rows"] == DEFAULTS["PREFIX_CACHE_ROWS"]
+    # Read again at the run's end, summed over both hosts' workers: what the steps computed.
+    assert record["server"]["prompt_tokens_computed"] > 0
+    assert record["server"]["prompt_tokens_cached"] >= 0
     assert record["server"]["kv_dtype"] == resolve_kv_dtype(DEFAULTS["KV_DTYPE"], record["dtype"])
 
 
