@@ -2,6 +2,7 @@
 
     taskset -c 0 .venv/bin/python scripts/probe_gemm_paths.py            # gpt2-large shapes
     taskset -c 0 .venv/bin/python scripts/probe_gemm_paths.py --rows 1,8 --reps 9
+    .venv/bin/python scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2
 
 The four projections of one gpt2-large block (c_attn 1280->3840, attn c_proj 1280->1280,
 c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
@@ -11,6 +12,9 @@ c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
     openblas  numpy.matmul on the same weights (numpy's OpenBLAS), one thread
     float16   torch's dynamic fp16 Linear (fbgemm; server.quantize.quantize_float16)
     int8      torch's dynamic int8 Linear (fbgemm; server.quantize.quantize_int8)
+    bf16      bf16 weights and inputs through nn.functional.linear (oneDNN reorders the
+              weight on every call)
+    bf16-packed  the same, weights reordered once (server.kernels.PackedBF16Linear)
 
 Paths are interleaved and each keeps its best of two rounds of medians, so a busy machine
 slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from server.kernels import PackedBF16Linear, packing_available
 from server.quantize import quantize_float16, quantize_int8
 
 SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280)]  # (in, out)
@@ -58,6 +63,10 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
     inputs = [torch.randn(rows, n_in) for n_in, _ in SHAPES]
     weights_t = [layer.weight.detach().numpy().T for layer in linears]
     arrays = [x.numpy() for x in inputs]
+    packed = [PackedBF16Linear(layer) for layer in linears] if packing_available() else []
+    bf16_in = [x.to(torch.bfloat16) for x in inputs]
+    bf16_w = [(m.weight.detach().to(torch.bfloat16), m.bias.detach().to(torch.bfloat16))
+              for m in linears]
     return {
         "mkl": lambda: [nn.functional.linear(x, m.weight, m.bias)
                         for x, m in zip(inputs, linears, strict=True)],
@@ -66,6 +75,10 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
         "openblas": lambda: [np.matmul(a, w) for a, w in zip(arrays, weights_t, strict=True)],
         "float16": lambda: [m(x) for x, m in zip(inputs, half, strict=True)],
         "int8": lambda: [m(x) for x, m in zip(inputs, int8, strict=True)],
+        "bf16": lambda: [nn.functional.linear(x, w, b)
+                         for x, (w, b) in zip(bf16_in, bf16_w, strict=True)],
+        **({"bf16-packed": lambda: [m(x) for x, m in zip(bf16_in, packed, strict=True)]}
+           if packed else {}),
     }
 
 
@@ -74,9 +87,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1,4,8,16", help="row counts, comma-separated")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (OpenBLAS stays on one)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"ms for the linear layers of {BLOCKS} gpt2-large blocks, one thread "
+    torch.set_num_threads(args.threads)
+    print(f"ms for the linear layers of {BLOCKS} gpt2-large blocks, {args.threads} torch "
+          f"thread(s) "
           f"(torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()})")
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):

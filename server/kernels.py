@@ -100,13 +100,7 @@ class OneDNNLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T + bias, any leading dims."""
-        flat = x.reshape(-1, x.shape[-1])
-        rows = flat.shape[0]
-        padded = bucket_rows(rows)
-        if padded != rows:
-            flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, "none", [], "")
-        return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+        return onednn_linear(x, self.weight, self.bias)
 
 
 class PackedBF16Linear(nn.Module):
@@ -128,13 +122,7 @@ class PackedBF16Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T + bias in bf16, any leading dims."""
-        flat = x.reshape(-1, x.shape[-1])
-        rows = flat.shape[0]
-        padded = bucket_rows(rows)
-        if padded != rows:
-            flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+        return onednn_linear(x, self.packed, self.bias)
 
     def weight_bytes(self) -> int:
         """Bytes the packed weight and the bias hold."""
@@ -156,6 +144,19 @@ def pack_bfloat16(model: nn.Module) -> nn.Module:
             if type(child) is nn.Linear:
                 setattr(parent, name, PackedBF16Linear(child))
     return model
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias through oneDNN's matmul (``weight`` plain or prepacked), any
+    leading dims, the rows padded to a bucket (``bucket_rows``)."""
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    padded = bucket_rows(rows)
+    if padded != rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
 
 
 def bucket_rows(rows: int) -> int:

@@ -18,6 +18,7 @@ from server.model import LoadedModel, load_model
 from server.row_cache import RowCache, resolve_kv_dtype
 from server.scheduler import Scheduler, WouldTimeOut
 from tests.conftest import MODELS_DIR
+from tests.logits_engine import LogitsEngine
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +40,27 @@ def _run(engine: StepEngine, rows) -> None:
         engine.step(rows)
 
 
-def test_greedy_tokens_are_the_same_alone_batched_and_joining_mid_generation(loaded) -> None:
-    engine = _engine(loaded, chunk=8)
-    requests = [GenerationRequest(_prompt(n, 100 + n), 10) for n in (3, 37, 12)]
+def _alone_together_and_joining(engine: StepEngine, lengths: tuple[int, ...], new: int,
+                                first_steps: int) -> tuple[list, list, list]:
+    """Each request's tokens alone, all rows started together, and the last row joining
+    after the others ran ``first_steps`` steps (its prompt prefilled beside their decode)."""
+    requests = [GenerationRequest(_prompt(n, 100 + n), new) for n in lengths]
     alone = [generate_alone(engine, r).token_ids for r in requests]
-
     together = [engine.new_row(r) for r in requests]
     _run(engine, together)
-    # The third joins after the first two have decoded a few tokens (its 12-token prompt
-    # is prefilled in chunks of 8 beside their decode steps).
-    early = [engine.new_row(r) for r in requests[:2]]
-    for _ in range(9):
+    early = [engine.new_row(r) for r in requests[:-1]]
+    for _ in range(first_steps):
         engine.step(early)
-    late = engine.new_row(requests[2])
-    rows = [*early, late]
+    rows = [*early, engine.new_row(requests[-1])]
     _run(engine, rows)
+    return alone, [r.tokens for r in together], [r.tokens for r in rows]
 
-    assert [r.tokens for r in together] == alone
-    assert [r.tokens for r in rows] == alone
+
+def test_greedy_tokens_are_the_same_alone_batched_and_joining_mid_generation(loaded) -> None:
+    # The 12-token prompt joins after 9 steps and is prefilled in chunks of 8.
+    alone, together, joined = _alone_together_and_joining(_engine(loaded, chunk=8),
+                                                          (3, 37, 12), 10, first_steps=9)
+    assert together == alone and joined == alone
     assert all(len(t) == 10 for t in alone)
 
 
@@ -65,17 +69,9 @@ def test_a_bfloat16_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: 
     float32): a row's tokens alone, beside others, and joining mid-generation agree."""
     bf16 = load_model("synthetic:tiny", "bfloat16", MODELS_DIR)
     engine = StepEngine(bf16.model, bf16.eos_id, ignore_eos=True, prefill_chunk=8)
-    requests = [GenerationRequest(_prompt(n, 100 + n), 8) for n in (3, 21, 12)]
-    alone = [generate_alone(engine, r).token_ids for r in requests]
-    together = [engine.new_row(r) for r in requests]
-    _run(engine, together)
-    early = [engine.new_row(r) for r in requests[:2]]
-    for _ in range(5):
-        engine.step(early)
-    rows = [*early, engine.new_row(requests[2])]
-    _run(engine, rows)
-    assert [r.tokens for r in together] == alone
-    assert [r.tokens for r in rows] == alone
+    alone, together, joined = _alone_together_and_joining(engine, (3, 21, 12), 8,
+                                                          first_steps=5)
+    assert together == alone and joined == alone
 
 
 def test_a_bfloat16_models_attention_runs_in_float32(tiny_model: Path, monkeypatch) -> None:
@@ -342,22 +338,10 @@ def test_onednn_rows_are_bucketed_and_the_result_unchanged() -> None:
         assert torch.allclose(OneDNNLinear(linear)(x), linear(x), atol=1e-5)
 
 
-class _LogitsEngine(StepEngine):
-    """Records the logits each row samples from (for comparing cache precisions)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seen: list[torch.Tensor] = []
-
-    def _sample(self, row, logits):
-        self.seen.append(logits.clone())
-        return super()._sample(row, logits)
-
-
 def test_kv_dtype_float16_halves_a_float32_models_cache_and_reads_it_closely(loaded) -> None:
-    half = _LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8,
+    half = LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8,
                          kv_dtype="float16")
-    full = _LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
+    full = LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
     request = GenerationRequest(_prompt(21), 6)
     rows = {}
     for name, engine in (("half", half), ("full", full)):

@@ -21,6 +21,7 @@ from server.prefix_cache import MIN_SHARED, PrefixCache, cached_tokens
 from server.row_cache import RowCache
 from server.scheduler import Scheduler
 from tests.conftest import MODELS_DIR, server_env
+from tests.logits_engine import LogitsEngine
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +30,8 @@ def loaded(tiny_model: Path) -> LoadedModel:
     return load_model("synthetic:tiny", "float32", MODELS_DIR)
 
 
-class _LogitsEngine(StepEngine):
-    """Records the logits each row samples from: the tiny model's greedy tokens barely
-    depend on the context, its logits do."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seen: list[torch.Tensor] = []
-
-    def _sample(self, row, logits):
-        self.seen.append(logits.clone())
-        return super()._sample(row, logits)
-
-
-def _engine(loaded: LoadedModel) -> _LogitsEngine:
-    return _LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
+def _engine(loaded: LoadedModel) -> LogitsEngine:
+    return LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
 
 
 def _assert_same_logits(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
