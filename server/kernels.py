@@ -107,10 +107,11 @@ class PackedBF16Linear(nn.Module):
     """``nn.Linear`` in bf16 whose weight oneDNN reordered once, at load, into its blocked
     layout, so no step pays for the reorder.
 
-    The plain bf16 matmul reorders the whole weight on every call: on the Zen 4 (AVX-512
-    BF16, 2 threads) gpt2-large's 36 blocks took 74 / 84 / 497 ms at 1 / 8 / 128 rows
-    that way, 51 / 56 / 441 ms prepacked, against fbgemm fp16's 41 / 71 / 922
-    (scripts/probe_gemm_paths.py). The packed copy replaces the weight: same bytes.
+    The plain bf16 matmul reorders the whole weight on every call: on the AMD EPYC Zen 4
+    (AVX-512 BF16, 2 threads) the linear layers of gpt2-large's 36 blocks took 84 / 99 / 501
+    ms at 1 / 8 / 128 rows that way, 55 / 66 / 447 ms prepacked, against fbgemm fp16's
+    48 / 77 / 938 (scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2). The packed copy
+    replaces the weight: same bytes.
     """
 
     def __init__(self, linear: nn.Linear) -> None:

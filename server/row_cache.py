@@ -195,10 +195,10 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
 def attention_dtype(computed: torch.dtype) -> torch.dtype:
     """The dtype a row's attention runs in for a model computing in ``computed``: float32
-    for bf16 models. torch's CPU attention in bf16 cost 131 / 347 / 1,415 us for one query
-    over 70 / 300 / 900 positions (20 heads of 64), widened to float32 35 / 95 / 278 us
-    (AMD EPYC Zen 4, 2 threads): a bf16 decode step of gpt2-large spent 32 of its 125 ms
-    in attention."""
+    for bf16 models. torch's CPU attention in bf16 cost 168 / 343 / 998 us for one query
+    over 70 / 300 / 900 positions (20 heads of 64), widened to float32 53 / 89 / 225 us
+    (AMD EPYC Zen 4, 2 threads, scripts/probe_attention.py): a bf16 decode step of
+    gpt2-large had spent 32 of its 125 ms in attention."""
     return torch.float32 if computed == torch.bfloat16 else computed
 
 
