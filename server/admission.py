@@ -8,8 +8,10 @@ before its body is parsed or tokenized.
 The counts live in a small shared-memory table created in the Gunicorn master (the app is
 preloaded), so every forked worker sees the same memory: one row per live process
 ``(pid, in_flight)``. A worker killed mid-request would otherwise leak its slots forever, so
-rows of dead processes are cleared (``child_exit`` in gunicorn.conf.py, and whenever a new
-worker claims a row). Without Gunicorn (tests, ``flask run``) the table is simply private.
+rows of dead processes are cleared (``child_exit`` in gunicorn.conf.py, whenever a new
+worker claims a row, and when the cap is reached: a SIGKILLed worker is a zombie until the
+master reaps it, and its clients' retries arrived first often enough to be refused).
+Without Gunicorn (tests, ``flask run``) the table is simply private.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class InFlightTable:
         """Count one more request of this process, unless ``cap`` are already in flight."""
         with self._lock:
             if sum(self._counts) >= cap:
-                return False
+                self._forget_dead()  # only at the cap: it reads /proc per row
+                if sum(self._counts) >= cap:
+                    return False
             self._counts[self._row()] += 1
             return True
 
@@ -62,6 +66,12 @@ class InFlightTable:
             for row, owner in enumerate(self._pids):
                 if owner == pid:
                     self._pids[row], self._counts[row] = 0, 0
+
+    def _forget_dead(self) -> None:
+        # Called under the lock: clear the rows of processes that died, reaped or not.
+        for row, owner in enumerate(self._pids):
+            if owner and self._counts[row] and not _alive(owner):
+                self._pids[row], self._counts[row] = 0, 0
 
     def _row(self) -> int:
         # Called under the lock: this process's row, claimed on first use and remembered
@@ -82,13 +92,19 @@ class InFlightTable:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (dead, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: kill(0) is all we know
+    return state not in (b"Z", b"X")
 
 
 def _admit() -> None:

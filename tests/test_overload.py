@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from server.admission import InFlightTable
+from harness.waiting import wait_until
+from server.admission import InFlightTable, _alive
 from tests.conftest import server_env
 
 CAP, CLIENTS = 12, 100
@@ -66,6 +67,24 @@ def test_hundred_simultaneous_requests_refused_fast_beyond_the_cap(server, api_h
     again = requests.post(f"{server.url}/generate-text", headers=api_headers, timeout=60,
                           json={"prompt": "After the storm", "max_new_tokens": 4})
     assert again.status_code == 200
+
+
+def test_a_full_table_forgets_a_killed_process_before_its_parent_reaps_it() -> None:
+    """A SIGKILLed worker is a zombie until the master reaps it (child_exit); its slots must
+    not refuse the retries of the clients it left, which can arrive first."""
+    table = InFlightTable(rows=4)
+    child = os.fork()
+    if child == 0:  # the child takes both slots, then dies unreaped
+        table.try_acquire(cap=2)
+        table.try_acquire(cap=2)
+        os._exit(0)
+    try:
+        wait_until(lambda: table.total() == 2 and not _alive(child), "the child is a zombie",
+                   interval_s=0.01)
+        assert Path(f"/proc/{child}").exists()  # not reaped yet
+        assert table.try_acquire(cap=2) and table.total() == 1
+    finally:
+        os.waitpid(child, 0)
 
 
 def test_table_caps_the_sum_and_forgets_dead_processes() -> None:
