@@ -11,7 +11,8 @@ load), batch 1 breaking ties:
     float32+onednn   the same fp32 weights through oneDNN's matmul (no copy)
     float16          linear weights stored in fp16, computed in fp32 (fbgemm's fp16 GEMM)
     bfloat16         weights and activations in bf16, each linear weight reordered once
-                     into oneDNN's blocked layout (PackedBF16Linear)
+                     into oneDNN's blocked layout (PackedBF16Linear); a step of fewer rows
+                     is padded to ``min_rows`` when that measures faster (``MIN_ROWS``)
     int8             dynamic int8 Linear (fbgemm); changes the text, so only with ALLOW_INT8
 
 It runs in the Gunicorn master before fork with torch pinned to ONE thread (a multi-threaded
@@ -45,6 +46,12 @@ FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8 = (
 HOPELESS = 3.0
 PROMPT_TOKENS = 4  # the timed rows' prompts: prefill is not what is being chosen
 REPS = 3
+# The row count a packed bf16 step with fewer rows is padded to, if its batch-1 step then
+# measures faster. oneDNN's prepacked bf16 kernel is slower at 1-2 rows than at 4: on the
+# AMD EPYC Zen 4 (AVX-512 BF16) gpt2-large's 144 linear layers took 73 / 63 ms at 1 / 4 rows
+# on 2 threads and 93 / 75 ms on one (interleaved, 15 repetitions each), so a padded lone
+# request's step reads the same weights sooner.
+MIN_ROWS = 4
 
 
 @dataclass
@@ -55,6 +62,7 @@ class KernelTiming:
     batch_1_ms: float
     batch_max_ms: float | None  # None: not timed there (hopeless at batch 1)
     max_batch: int
+    min_rows: int = 1  # steps of fewer rows are padded to this many (measured, bfloat16)
 
 
 @dataclass
@@ -84,6 +92,7 @@ class KernelChoice:
         """One line for the startup log."""
         rows = ", ".join(f"{t.precision} {t.batch_1_ms:.1f}/"
                          f"{'-' if t.batch_max_ms is None else f'{t.batch_max_ms:.1f}'} ms"
+                         + (f" (steps padded to {t.min_rows} rows)" if t.min_rows > 1 else "")
                          for t in self.table)
         return (f"kernel choice ({self.requested}): {self.chosen}; decode step at batch 1/"
                 f"{self.table[0].max_batch if self.table else '?'} on one thread: {rows} "
@@ -121,9 +130,11 @@ class PackedBF16Linear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
 
+    min_rows = 1  # set per model by set_min_rows (what the kernel choice measured)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T + bias in bf16, any leading dims."""
-        return onednn_linear(x, self.packed, self.bias)
+        return onednn_linear(x, self.packed, self.bias, self.min_rows)
 
     def weight_bytes(self) -> int:
         """Bytes the packed weight and the bias hold."""
@@ -147,13 +158,22 @@ def pack_bfloat16(model: nn.Module) -> nn.Module:
     return model
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
+def set_min_rows(model: nn.Module, rows: int) -> int:
+    """Pad every PackedBF16Linear step of ``model`` to at least ``rows`` rows; return how
+    many layers were set."""
+    layers = [m for m in model.modules() if isinstance(m, PackedBF16Linear)]
+    for layer in layers:
+        layer.min_rows = rows
+    return len(layers)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  min_rows: int = 1) -> torch.Tensor:
     """x @ weight.T + bias through oneDNN's matmul (``weight`` plain or prepacked), any
-    leading dims, the rows padded to a bucket (``bucket_rows``)."""
+    leading dims, the rows padded to a bucket (``bucket_rows``) of at least ``min_rows``."""
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
-    padded = bucket_rows(rows)
+    padded = bucket_rows(max(rows, min_rows))
     if padded != rows:
         flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
     out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
@@ -237,10 +257,10 @@ def choose(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_
     for name in candidates(requested, allow_int8):
         variant = _build(model, name, quantize)
         best = min((t.batch_1_ms for t in choice.table), default=float("inf"))
-        one = time_step_ms(variant, eos_id, 1)
+        one, min_rows = _time_one_row(variant, eos_id)
         many = None if one > HOPELESS * best else time_step_ms(variant, eos_id, max_batch)
         choice.table.append(KernelTiming(name, round(one, 2), None if many is None
-                                         else round(many, 2), max_batch))
+                                         else round(many, 2), max_batch, min_rows))
         if name == ONEDNN:
             swap_linears(model, to_onednn=False)  # the same tensors: build it again if chosen
         else:
@@ -254,6 +274,19 @@ def choose(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_
     choice.measure_s = round(time.monotonic() - started, 2)
     log.info(choice.summary())
     return served, choice
+
+
+def _time_one_row(variant: nn.Module, eos_id: int) -> tuple[float, int]:
+    """(batch-1 step ms, rows it is padded to): a packed bf16 model is timed unpadded and
+    padded to MIN_ROWS, and keeps the faster (set on its layers); others as they are."""
+    one = time_step_ms(variant, eos_id, 1)
+    if not set_min_rows(variant, MIN_ROWS):
+        return one, 1
+    padded = time_step_ms(variant, eos_id, 1)
+    if padded < one:
+        return padded, MIN_ROWS
+    set_min_rows(variant, 1)
+    return one, 1
 
 
 def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Module]) -> nn.Module:

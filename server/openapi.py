@@ -53,7 +53,8 @@ class Ready(_Strict):
     dtype: str
     kernels: dict[str, Any] = Field(
         description="startup kernel table (server/kernels.py): chosen, requested, allow_int8, "
-                    "table of {precision, batch_1_ms, batch_max_ms, max_batch}, measure_s")
+                    "table of {precision, batch_1_ms, batch_max_ms, max_batch, min_rows}, "
+                    "measure_s")
     max_batch_size: int
     prefill_chunk: int
     kv_dtype: str = Field(description="KV cache storage as served (KV_DTYPE=auto resolved): "

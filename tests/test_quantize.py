@@ -111,6 +111,62 @@ def test_packed_bfloat16_layers_compute_the_plain_bfloat16_result() -> None:
     assert not torch.equal(got, torch.zeros_like(got))
 
 
+def _linear_rows(model: nn.Module, ids: torch.Tensor) -> set[int]:
+    """The row counts oneDNN's packed linear was called with in one forward of ``ids``."""
+    from torch.profiler import profile
+
+    with torch.inference_mode(), profile(record_shapes=True) as prof:
+        model(input_ids=ids)
+    return {event.input_shapes[0][0] for event in prof.events()
+            if event.name == "mkldnn::_linear_pointwise"}
+
+
+def test_a_packed_bfloat16_step_is_padded_to_min_rows_and_keeps_its_result() -> None:
+    from server.kernels import pack_bfloat16, packing_available, set_min_rows
+
+    if not packing_available():
+        pytest.skip("torch built without oneDNN weight packing")
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    model = pack_bfloat16(model)
+    ids = torch.randint(0, 300, (1, 1))  # one row, as a lone request's decode step
+    with torch.inference_mode():
+        alone = model(input_ids=ids).logits.float()
+    assert _linear_rows(model, ids) == {1}
+    assert set_min_rows(model, 4) == 9
+    assert _linear_rows(model, ids) == {4}  # padded: the kernel sees 4 rows
+    with torch.inference_mode():
+        padded = model(input_ids=ids).logits.float()
+    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-2 * alone.abs().max().item())
+
+
+@pytest.mark.parametrize("unpadded_ms, padded_ms, kept", [(90.0, 75.0, 4), (60.0, 70.0, 1)])
+def test_the_kernel_choice_keeps_the_row_padding_that_measured_faster(
+        monkeypatch: pytest.MonkeyPatch, unpadded_ms: float, padded_ms: float,
+        kept: int) -> None:
+    import server.kernels as kernels
+
+    if not kernels.packing_available():
+        pytest.skip("torch built without oneDNN weight packing")
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+
+    def timed(variant: nn.Module, eos_id: int, batch: int) -> float:
+        """Stand-in timings: the padding under test decides, not this box's noise."""
+        layer = next(m for m in variant.modules() if isinstance(m, kernels.PackedBF16Linear))
+        if batch > 1:
+            return 100.0
+        return padded_ms if layer.min_rows == kernels.MIN_ROWS else unpadded_ms
+
+    monkeypatch.setattr(kernels, "time_step_ms", timed)
+    served, choice = kernels.choose(model, 299, "bfloat16", False, 8, quantize_int8)
+    assert [(t.precision, t.batch_1_ms, t.min_rows) for t in choice.table] == [
+        ("bfloat16", min(unpadded_ms, padded_ms), kept)]
+    assert {m.min_rows for m in served.modules()
+            if isinstance(m, kernels.PackedBF16Linear)} == {kept}
+    assert (f"padded to {kept} rows" in choice.summary()) == (kept > 1)
+
+
 def test_auto_times_float16_weights_beside_float32_and_bfloat16() -> None:
     assert "float16" in candidates("auto", allow_int8=False)
     assert candidates("float16", allow_int8=False) == ["float16"]
