@@ -42,9 +42,9 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
     The head is cut at a probability found from the sorted values alone (numpy's sort of
     the values: no argsort, no scatter back), and every token at least that likely is kept
-    (ties with the last one kept included). On gpt2's 50,257 tokens torch's sort with its
-    indices took 3.5 ms per draw, numpy's value sort 1.0 ms (AMD EPYC Zen 4, 2 threads); a
-    mixed 8-row step of the OpenAI mix samples 8 times.
+    (ties with the last one kept included). On gpt2's 50,257 tokens a top_p token cost
+    5.0-5.3 ms with torch's sort and its indices, 1.9-2.0 ms this way (AMD EPYC Zen 4,
+    2 threads, scripts/probe_token_sampling.py); an 8-row step samples 8 times.
     """
     ordered = np.sort(probs.numpy())[::-1]
     before = np.cumsum(ordered, dtype=np.float64) - ordered  # mass ahead of each token
@@ -54,12 +54,14 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def _draw(probs: torch.Tensor, rng: torch.Generator | None) -> int:
     """One token drawn from ``probs`` (unnormalised, non-negative) with ``rng``: inverse CDF,
-    one uniform number and a binary search (torch.multinomial over the vocabulary cost
-    1.0 ms a draw, this ~0.1 ms)."""
+    one uniform number and a binary search. torch.multinomial over the vocabulary cost
+    1.0 ms a draw; a temperature-only token now costs 0.13-0.40 ms in all
+    (scripts/probe_token_sampling.py). The first index whose CDF passes u has a positive
+    probability, since a zero adds nothing to the CDF."""
     cdf = probs.double().cumsum(-1)
     u = torch.rand((), generator=rng, dtype=torch.float64) * cdf[-1]
     token = int(torch.searchsorted(cdf, u, right=True))
-    if token >= probs.numel() or probs[token] <= 0:  # u rounded up to the total
+    if token >= probs.numel():  # u rounded up to the total: the last possible token
         token = int(torch.nonzero(probs)[-1])
     return token
 

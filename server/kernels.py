@@ -47,10 +47,10 @@ HOPELESS = 3.0
 PROMPT_TOKENS = 4  # the timed rows' prompts: prefill is not what is being chosen
 REPS = 3
 # The row count a packed bf16 step with fewer rows is padded to, if its batch-1 step then
-# measures faster. oneDNN's prepacked bf16 kernel is slower at 1-2 rows than at 4: on the
-# AMD EPYC Zen 4 (AVX-512 BF16) gpt2-large's 144 linear layers took 73 / 63 ms at 1 / 4 rows
-# on 2 threads and 93 / 75 ms on one (interleaved, 15 repetitions each), so a padded lone
-# request's step reads the same weights sooner.
+# measures faster. oneDNN's prepacked bf16 kernel is slower at 1 row than at 4: on the
+# AMD EPYC Zen 4 (AVX-512 BF16) gpt2-large's 144 linear layers took 71 / 60 ms at 1 / 4 rows
+# on 2 threads (scripts/probe_gemm_paths.py --rows 1,4 --threads 2 --reps 9), so a padded
+# lone request's step reads the same weights sooner.
 MIN_ROWS = 4
 
 
@@ -123,14 +123,14 @@ class PackedBF16Linear(nn.Module):
     replaces the weight: same bytes.
     """
 
+    min_rows = 1  # rows a step is padded to at least: set_min_rows, from the kernel choice
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach().to(torch.bfloat16)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
         self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-
-    min_rows = 1  # set per model by set_min_rows (what the kernel choice measured)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T + bias in bf16, any leading dims."""
