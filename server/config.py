@@ -35,10 +35,12 @@ class Settings(BaseSettings):
     MODEL: str = "synthetic:gpt2-large"
     # Where synthetic models are built and cached (git-ignored).
     MODELS_DIR: str = "models"
-    # auto = time float32 (BLAS and oneDNN paths), float16 weights and bfloat16 at startup
-    # and serve the fastest (server/kernels.py); or a fixed float32 | float16 | bfloat16 |
-    # int8. float16 = linear weights stored in fp16, computed in fp32 (server/quantize.py).
-    DTYPE: Literal["auto", "float32", "float16", "bfloat16", "int8"] = "auto"
+    # auto = time float32 (BLAS and oneDNN paths), float16 weights and bfloat16 (oneDNN and,
+    # on AVX-512 BF16 CPUs, the native kernel) at startup and serve the fastest
+    # (server/kernels.py); or a fixed float32 | float16 | bfloat16 (both bf16 paths timed) |
+    # bfloat16+native (that kernel only) | int8. float16 = linear weights stored in fp16,
+    # computed in fp32 (server/quantize.py).
+    DTYPE: Literal["auto", "float32", "float16", "bfloat16", "bfloat16+native", "int8"] = "auto"
     # Let DTYPE=auto choose int8 too when it measures fastest. Off by default: int8 changes
     # the text (judge it on a real checkpoint first); on AVX2-only CPUs it is 3-9x faster.
     ALLOW_INT8: bool = False

@@ -13,6 +13,8 @@ load), batch 1 breaking ties:
     bfloat16         weights and activations in bf16, each linear weight reordered once
                      into oneDNN's blocked layout (PackedBF16Linear); a step of fewer rows
                      is padded to ``min_rows`` when that measures faster (``MIN_ROWS``)
+    bfloat16+native  the same bf16 model computed by the project's own AVX-512 BF16 kernel
+                     (server.native_gemm), where the CPU has it and a C compiler built it
     int8             dynamic int8 Linear (fbgemm); changes the text, so only with ALLOW_INT8
 
 It runs in the Gunicorn master before fork with torch pinned to ONE thread (a multi-threaded
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from server import native_gemm
 from server.decoding import GenerationRequest
 from server.engine import StepEngine
 from server.quantize import quantize_float16
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8 = (
     "float32", "float32+onednn", "float16", "bfloat16", "int8")
+BF16_NATIVE = "bfloat16+native"
 # A candidate whose batch-1 step is this many times the best so far is not timed at the
 # maximum batch (emulated bf16 on gpt2-large would spend ~15 s there for nothing).
 HOPELESS = 3.0
@@ -225,10 +229,13 @@ def packing_available() -> bool:
 def candidates(requested: str, allow_int8: bool) -> list[str]:
     """Precisions to time for DTYPE=``requested``: auto times every allowed one."""
     fp32 = [FLOAT32, ONEDNN] if onednn_available() else [FLOAT32]
+    bf16 = [BFLOAT16, BF16_NATIVE] if native_gemm.available() else [BFLOAT16]
     if requested == "auto":
-        return fp32 + [FLOAT16, BFLOAT16] + ([INT8] if allow_int8 else [])
+        return fp32 + [FLOAT16, *bf16] + ([INT8] if allow_int8 else [])
     if requested == FLOAT32:
         return fp32
+    if requested == BFLOAT16:
+        return bf16
     return [requested]
 
 
@@ -300,7 +307,9 @@ def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Modul
     if name == BFLOAT16:
         bf16 = copy.deepcopy(model)
         return pack_bfloat16(bf16) if packing_available() else bf16.to(torch.bfloat16)
+    if name == BF16_NATIVE:
+        return native_gemm.pack_native(copy.deepcopy(model))
     if name == INT8:
         return quantize(copy.deepcopy(model))
     raise ValueError(f"unknown precision {name!r}; use one of "
-                     f"{', '.join([FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8])}")
+                     f"{', '.join([FLOAT32, ONEDNN, FLOAT16, BFLOAT16, BF16_NATIVE, INT8])}")

@@ -17,12 +17,13 @@ from server.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_
 log = logging.getLogger(__name__)
 
 INT8 = kernels.INT8  # float32 model, every linear layer as a dynamic int8 Linear
-DTYPE_CHOICES = ("auto", kernels.FLOAT32, kernels.FLOAT16, kernels.BFLOAT16, INT8)
+DTYPE_CHOICES = ("auto", kernels.FLOAT32, kernels.FLOAT16, kernels.BFLOAT16,
+                 kernels.BF16_NATIVE, INT8)
 SYNTHETIC_PREFIX = "synthetic:"
 
 
 def check_dtype(name: str) -> str:
-    """Return DTYPE if valid (auto|float32|float16|bfloat16|int8), else raise naming them."""
+    """Return DTYPE if valid (DTYPE_CHOICES), else raise naming them."""
     if name not in DTYPE_CHOICES:
         raise ValueError(f"DTYPE must be one of {', '.join(DTYPE_CHOICES)}; got {name!r}")
     return name

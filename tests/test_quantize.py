@@ -159,6 +159,7 @@ def test_the_kernel_choice_keeps_the_row_padding_that_measured_faster(
         return padded_ms if layer.min_rows == kernels.MIN_ROWS else unpadded_ms
 
     monkeypatch.setattr(kernels, "time_step_ms", timed)
+    monkeypatch.setattr(kernels.native_gemm, "available", lambda: False)  # oneDNN's alone
     served, choice = kernels.choose(model, 299, "bfloat16", False, 8, quantize_int8)
     assert [(t.precision, t.batch_1_ms, t.min_rows) for t in choice.table] == [
         ("bfloat16", min(unpadded_ms, padded_ms), kept)]
@@ -174,7 +175,8 @@ def test_auto_times_float16_weights_beside_float32_and_bfloat16() -> None:
 
 
 def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
-    with pytest.raises(ValueError, match="auto, float32, float16, bfloat16, int8"):
+    with pytest.raises(ValueError,
+                       match=r"auto, float32, float16, bfloat16, bfloat16\+native, int8"):
         check_dtype("int4")
     loaded = load_model("synthetic:tiny", "int8", MODELS_DIR)
     assert loaded.quantized and loaded.precision == "int8"

@@ -1,0 +1,145 @@
+"""A bf16 GEMM of the project's own for CPUs with AVX-512 BF16 (``native/gemm_bf16.c``).
+
+Why: oneDNN's prepacked bf16 kernel (server.kernels.PackedBF16Linear) reads a one-row
+decode step's weights at ~20 GB/s where this box streams ~30 (``python -m bench.roofline``),
+and costs about as much at 8 rows as at 1 only because both are slow. The C kernel packs
+each weight once into blocks of 16 outputs x 2 inputs, the layout ``vdpbf16ps`` multiplies
+with a broadcast pair of activations, and keeps up to 8 rows x 8 blocks of accumulators in
+registers: on the AMD EPYC Zen 4 (2 threads) gpt2-large's 144 linear layers took
+47 / 40 / 48 / 52 / 78 / 471 ms at 1 / 2 / 4 / 8 / 16 / 128 rows, against oneDNN's
+81 / 71 / 80 / 81 / 104 / 518 interleaved in the same process (an ad hoc probe).
+Each output is summed in the same order whatever the rows, so a row's result is the same
+alone or in any batch, bit for bit.
+
+It is one more kernel candidate (``bfloat16+native``, server.kernels), timed at startup
+like the others and served only where it measures fastest. Available when the CPU has
+AVX-512 BF16 and a C compiler (``CC``, default ``cc``) builds the source: once per source
+and flags, into ``GLL_NATIVE_DIR`` (default ``~/.cache/gpt-load-lab/native``); loaded
+with ctypes, whose calls release the GIL. Elsewhere the candidate is simply absent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from server.hardware import cpu_flags
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native") / "gemm_bf16.c"
+NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
+          "-fopenmp", "-shared", "-fPIC")
+BLOCK = 16  # outputs per packed block (one vector of fp32 lanes)
+
+
+def build_dir() -> Path:
+    """Where the shared library is built (``GLL_NATIVE_DIR``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-load-lab"
+    return Path(os.environ.get("GLL_NATIVE_DIR") or default / "native")
+
+
+def build(directory: Path | None = None) -> Path:
+    """Compile the source (if this source and these flags are not built yet); its path."""
+    compiler = os.environ.get("CC", "cc")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *CFLAGS)).encode())
+    target = (directory or build_dir()) / f"gemm_bf16-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built)], check=True,
+                       capture_output=True, text=True, timeout=300)
+        os.replace(built, target)  # atomic: a concurrent builder finds a whole file
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None (logged) where this CPU or this machine cannot run it."""
+    missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
+    if missing:
+        log.info("native bf16 GEMM: not on this CPU (no %s)", ", ".join(missing))
+        return None
+    try:
+        path = build()
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning("native bf16 GEMM: could not build %s: %s", SOURCE, str(detail)[-500:])
+        return None
+    torch.get_num_threads()  # torch (and its libgomp) loaded first: the kernel shares it
+    lib = ctypes.CDLL(str(path))
+    lib.pack_vnni.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.gemm_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+    return lib
+
+
+def available() -> bool:
+    """True where the native kernel runs here."""
+    return library() is not None
+
+
+class NativeBF16Linear(nn.Module):
+    """``nn.Linear`` in bf16 computed by the native kernel, its weight packed once.
+
+    Outputs are padded to a multiple of 16 inside (zero weights), sliced off on return.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        lib = library()
+        if lib is None or linear.in_features % 2:
+            raise ValueError("the native kernel needs AVX-512 BF16 and an even input width")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.padded = -(-self.out_features // BLOCK) * BLOCK
+        weight = _pad_rows(linear.weight.detach().to(torch.bfloat16), self.padded)
+        self.packed = torch.empty_like(weight)
+        lib.pack_vnni(weight.data_ptr(), self.packed.data_ptr(), self.padded, self.in_features)
+        self.bias = None if linear.bias is None else _pad_rows(
+            linear.bias.detach().to(torch.bfloat16), self.padded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T + bias in bf16, any leading dims."""
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        out = torch.empty(flat.shape[0], self.padded, dtype=torch.bfloat16)
+        library().gemm_bf16(flat.data_ptr(), self.packed.data_ptr(),
+                            None if self.bias is None else self.bias.data_ptr(),
+                            out.data_ptr(), flat.shape[0], self.padded, self.in_features,
+                            torch.get_num_threads())
+        if self.padded != self.out_features:
+            out = out[:, :self.out_features]
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def weight_bytes(self) -> int:
+        """Bytes the packed weight and the bias hold (padding included)."""
+        bias = 0 if self.bias is None else self.bias.numel() * 2
+        return self.packed.numel() * 2 + bias
+
+
+def pack_native(model: nn.Module) -> nn.Module:
+    """``model`` in bf16 with every ``nn.Linear`` as a NativeBF16Linear (the LM head too:
+    its own packed copy, as server.kernels.pack_bfloat16 makes)."""
+    model = model.to(torch.bfloat16)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, NativeBF16Linear(child))
+    return model
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] == rows:
+        return tensor.contiguous()
+    pad = tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])
+    return torch.cat([tensor, pad]).contiguous()

@@ -1,0 +1,157 @@
+"""server.native_gemm: the AVX-512 BF16 kernel computes what oneDNN's bf16 matmul does, a
+row's result does not depend on its batch, it shares torch's OpenMP runtime, it is one more
+timed candidate, and a model served by it generates from preloaded, forked Gunicorn workers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from torch import nn
+
+from harness.gunicorn_process import GunicornServer
+from server import kernels, native_gemm
+from server.decoding import GenerationRequest
+from server.engine import StepEngine
+from server.model import load_model, resolve_source
+from server.quantize import conv1d_to_linear
+from tests.conftest import MODELS_DIR, server_env
+
+needs_native = pytest.mark.skipif(not native_gemm.available(),
+                                  reason="no AVX-512 BF16 on this CPU, or no C compiler")
+
+
+def _bf16_reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """float32 math on the bf16-rounded operands."""
+    bias = 0.0 if linear.bias is None else linear.bias.detach().to(torch.bfloat16).float()
+    return x.float() @ linear.weight.detach().to(torch.bfloat16).float().T + bias
+
+
+@needs_native
+@pytest.mark.parametrize(("inputs", "outputs", "bias"),
+                         [(64, 48, True), (128, 50, False), (96, 300, True)])
+def test_native_linear_computes_the_bf16_product(inputs: int, outputs: int, bias: bool) -> None:
+    """Output widths that are not a multiple of 16 are padded inside and sliced off."""
+    torch.manual_seed(inputs + outputs)
+    linear = nn.Linear(inputs, outputs, bias=bias)
+    x = torch.randn(2, 5, inputs).to(torch.bfloat16)
+    out = native_gemm.NativeBF16Linear(linear)(x)
+    assert out.shape == (2, 5, outputs) and out.dtype == torch.bfloat16
+    # Summed in fp32 like the reference, then rounded once to bf16: within bf16's rounding.
+    torch.testing.assert_close(out.float(), _bf16_reference(linear, x), rtol=1e-2, atol=1e-2)
+    if kernels.packing_available():
+        torch.testing.assert_close(out, kernels.PackedBF16Linear(linear)(x), rtol=1e-2,
+                                   atol=1e-2)
+
+
+@needs_native
+def test_a_rows_result_is_the_same_alone_and_in_any_batch() -> None:
+    torch.manual_seed(1)
+    layer = native_gemm.NativeBF16Linear(nn.Linear(256, 200))
+    x = torch.randn(19, 256).to(torch.bfloat16)
+    together = layer(x)
+    for rows in range(1, 20):  # every register tile (1-8 rows) and their combinations
+        assert torch.equal(layer(x[:rows]), together[:rows])
+    assert torch.equal(layer(x[11:12]), together[11:12])
+
+
+@needs_native
+def test_the_kernel_runs_on_torchs_openmp_runtime_and_thread_count() -> None:
+    """One libgomp in the process (the kernel's loops share torch's pool), and the result
+    is the same on one thread and on two."""
+    native_gemm.library()
+    gomp = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+            if "libgomp" in line}
+    assert len(gomp) == 1, gomp
+    layer = native_gemm.NativeBF16Linear(nn.Linear(64, 256))
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = layer(x)
+        torch.set_num_threads(2)
+        assert torch.equal(layer(x), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_build_is_cached_and_a_broken_compiler_is_reported(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    if not native_gemm.available():
+        pytest.skip("no AVX-512 BF16 on this CPU, or no C compiler")
+    built = native_gemm.build(tmp_path)
+    stamp = built.stat().st_mtime_ns
+    assert native_gemm.build(tmp_path) == built and built.stat().st_mtime_ns == stamp
+    monkeypatch.setenv("CC", "false")  # another compiler: another key, and it fails
+    with pytest.raises(subprocess.CalledProcessError):
+        native_gemm.build(tmp_path)
+
+
+def test_without_the_cpu_flag_the_candidate_is_absent(monkeypatch) -> None:
+    monkeypatch.setattr(native_gemm, "cpu_flags", lambda: {"avx2", "avx512f"})
+    native_gemm.library.cache_clear()
+    try:
+        assert native_gemm.library() is None
+        assert kernels.BF16_NATIVE not in kernels.candidates("auto", allow_int8=False)
+        assert kernels.candidates("bfloat16", allow_int8=False) == ["bfloat16"]
+    finally:
+        native_gemm.library.cache_clear()
+
+
+@needs_native
+def test_bfloat16_times_both_kernel_paths_and_serves_the_faster(tiny_model: Path) -> None:
+    loaded = load_model("synthetic:tiny", "bfloat16", MODELS_DIR)
+    table = {t.precision: t for t in loaded.kernels.table}
+    assert set(table) == {"bfloat16", "bfloat16+native"} and loaded.precision == "bfloat16"
+    fastest = min(table.values(), key=lambda t: (t.batch_max_ms, t.batch_1_ms))
+    assert loaded.kernels.chosen == fastest.precision
+    assert "bfloat16+native" in loaded.kernels.summary()
+
+
+@needs_native
+def test_a_native_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_source("synthetic:tiny", MODELS_DIR),
+                                                 dtype=torch.float32).eval()
+    conv1d_to_linear(model)
+    native = native_gemm.pack_native(model)
+    assert any(isinstance(m, native_gemm.NativeBF16Linear) for m in native.modules())
+    engine = StepEngine(native, int(model.config.eos_token_id), ignore_eos=True,
+                        prefill_chunk=8)
+    requests_ = [GenerationRequest(list(range(100 + n, 100 + 2 * n)), 8) for n in (3, 21, 12)]
+    alone = []
+    for request in requests_:
+        row = engine.new_row(request)
+        while row.finish_reason is None:
+            engine.step([row])
+        alone.append(row.tokens)
+    early = [engine.new_row(r) for r in requests_[:-1]]
+    for _ in range(5):
+        engine.step(early)
+    rows = [*early, engine.new_row(requests_[-1])]
+    while any(r.finish_reason is None for r in rows):
+        engine.step(rows)
+    assert [r.tokens for r in rows] == alone and all(len(t) == 8 for t in alone)
+
+
+@needs_native
+def test_the_native_kernel_serves_from_preloaded_forked_workers(tiny_model: Path,
+                                                                 tmp_path: Path,
+                                                                 api_headers) -> None:
+    """Packed in the master before fork (one thread there); both workers then run the
+    kernel on their own threads without hanging."""
+    env = server_env(tmp_path, DTYPE="bfloat16+native", TORCH_THREADS="2")
+    with GunicornServer(tmp_path, env, workers=2) as server:
+        ready = requests.get(server.url + "/ready", timeout=10).json()
+        answers = [requests.post(server.url + "/generate-text", headers=api_headers,
+                                 timeout=60, json={"prompt": f"Count to {i}",
+                                                   "max_new_tokens": 6})
+                   for i in range(8)]
+    assert ready["dtype"] == "bfloat16" and ready["kernels"]["chosen"] == "bfloat16+native"
+    assert [r.status_code for r in answers] == [200] * 8
+    assert all(r.json()["usage"]["completion_tokens"] >= 1 for r in answers)
