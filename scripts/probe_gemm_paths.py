@@ -15,6 +15,8 @@ c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
     bf16      bf16 weights and inputs through nn.functional.linear (oneDNN reorders the
               weight on every call)
     bf16-packed  the same, weights reordered once (server.kernels.PackedBF16Linear)
+    bf16-native  bf16 weights packed once for the project's AVX-512 BF16 kernel
+              (server.native_gemm.NativeBF16Linear; only where that kernel runs)
 
 Paths are interleaved and each keeps its best of two rounds of medians, so a busy machine
 slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from server import native_gemm
 from server.kernels import PackedBF16Linear, packing_available
 from server.quantize import quantize_float16, quantize_int8
 
@@ -64,6 +67,8 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
     weights_t = [layer.weight.detach().numpy().T for layer in linears]
     arrays = [x.numpy() for x in inputs]
     packed = [PackedBF16Linear(layer) for layer in linears] if packing_available() else []
+    native = ([native_gemm.NativeBF16Linear(layer) for layer in linears]
+              if native_gemm.available() else [])
     bf16_in = [x.to(torch.bfloat16) for x in inputs]
     bf16_w = [(m.weight.detach().to(torch.bfloat16), m.bias.detach().to(torch.bfloat16))
               for m in linears]
@@ -79,6 +84,8 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
                          for x, (w, b) in zip(bf16_in, bf16_w, strict=True)],
         **({"bf16-packed": lambda: [m(x) for x, m in zip(bf16_in, packed, strict=True)]}
            if packed else {}),
+        **({"bf16-native": lambda: [m(x) for x, m in zip(bf16_in, native, strict=True)]}
+           if native else {}),
     }
 
 

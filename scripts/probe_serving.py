@@ -123,7 +123,9 @@ def _timed_batch(post: Post, n: int, tokens: int, stagger_s: float = 0.0,
     ``stagger_s`` apart (a request arriving while others generate must not wait for them)."""
     def send(i: int) -> dict:
         time.sleep(i * stagger_s)
-        return post(i, tokens)
+        sent = time.monotonic()
+        answer = post(i, tokens)
+        return {**answer, "latency_s": time.monotonic() - sent}  # its own send to answer
 
     start = time.monotonic()
     with ThreadPoolExecutor(n) as pool:
@@ -140,8 +142,11 @@ def _timings(args: argparse.Namespace, post: Post) -> tuple[float, float, list[d
 
 
 def _print_timings(args: argparse.Namespace, one_s: float, many_s: float, detail: str,
-                   facts: str) -> None:
-    """The 1-vs-N lines: one request, the burst, their ratio, the throughput ratio."""
+                   facts: str, results: list[dict]) -> None:
+    """The 1-vs-N lines: one request, the burst, their ratio, the throughput ratio; with a
+    stagger, the slowest request's own latency and the ratio the stagger alone imposes
+    (the last request is sent (n-1) x stagger after the first, then takes at least one
+    request's time)."""
     tokens_one, tokens_many = args.tokens / one_s, args.concurrency * args.tokens / many_s
     print(f"\n1 request of {args.tokens} tokens: {one_s:.2f} s ({tokens_one:.1f} tok/s)")
     print(f"{args.concurrency} concurrent: {many_s:.2f} s wall ({tokens_many:.1f} tok/s), "
@@ -150,6 +155,11 @@ def _print_timings(args: argparse.Namespace, one_s: float, many_s: float, detail
           f"the time of one ({facts})")
     print(f"throughput ratio {args.concurrency} vs 1: {tokens_many / tokens_one:.2f}x; "
           f"served in sequence it would take {args.concurrency * one_s:.2f} s")
+    if args.stagger_ms > 0:
+        slowest = max(r["latency_s"] for r in results)
+        floor = ((args.concurrency - 1) * args.stagger_ms / 1000.0 + one_s) / one_s
+        print(f"slowest request's own latency {slowest:.2f} s = {slowest / one_s:.2f}x one "
+              f"alone; the stagger alone puts the burst at >= {floor:.2f}x")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,7 +221,7 @@ def run_llama(args: argparse.Namespace) -> int:
         slots = sorted(r["slot"] for r in results)
         facts = json.dumps({"server": "llama.cpp", "quant": args.llama,
                             "threads": settings.threads, "parallel": settings.parallel})
-        _print_timings(args, one_s, many_s, f"slots {slots}", facts)
+        _print_timings(args, one_s, many_s, f"slots {slots}", facts, results)
         print(f"\nllama-server RSS after load: "
               f"{read_process_memory(server.proc.pid).rss_mb:.0f} MB")
     return 0
@@ -238,7 +248,7 @@ def run_ours(args: argparse.Namespace) -> int:
         one_s, many_s, results = _timings(args, _post_ours(url, env["API_KEYS"]))
         detail = (f"batch sizes {sorted(r['batch'] for r in results)}, "
                   f"workers {sorted({r['pid'] for r in results})}")
-        _print_timings(args, one_s, many_s, detail, ready_json(server))
+        _print_timings(args, one_s, many_s, detail, ready_json(server), results)
         print("\nafter load:")
         _memory_table(master)
     return 0
