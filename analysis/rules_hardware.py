@@ -13,7 +13,8 @@ def _measured(hw: Hardware) -> list[KernelTiming]:
 
 # The DTYPE setting that serves a precision of the kernel table (server/kernels.py): oneDNN
 # fp32 has no DTYPE of its own, auto picks it when it measures fastest.
-DTYPE_FOR = {"float32+onednn": "auto", "int8": "int8 (or DTYPE=auto with ALLOW_INT8=1)"}
+DTYPE_FOR = {"float32+onednn": "auto", "bfloat16+native": "bfloat16+native (or auto)",
+             "int8": "int8 (or DTYPE=auto with ALLOW_INT8=1)"}
 # ISA flags that give a CPU native bf16 matmuls; without them int8 is the fast low precision.
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
