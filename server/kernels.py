@@ -38,7 +38,7 @@ from torch import nn
 from server import native_gemm
 from server.decoding import GenerationRequest
 from server.engine import StepEngine
-from server.quantize import quantize_float16
+from server.quantize import quantize_float16, replace_modules
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,7 @@ def pack_bfloat16(model: nn.Module) -> nn.Module:
     129 MB, shared by the preloaded workers).
     """
     model = model.to(torch.bfloat16)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedBF16Linear(child))
+    replace_modules(model, nn.Linear, PackedBF16Linear)
     return model
 
 
@@ -199,14 +196,8 @@ def bucket_rows(rows: int) -> int:
 
 def swap_linears(model: nn.Module, to_onednn: bool) -> int:
     """Turn every nn.Linear into OneDNNLinear (or back), in place; return how many."""
-    swapped = 0
     source, make = (nn.Linear, OneDNNLinear) if to_onednn else (OneDNNLinear, _plain_linear)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is source:
-                setattr(parent, name, make(child))
-                swapped += 1
-    return swapped
+    return replace_modules(model, source, make)
 
 
 def _plain_linear(module: OneDNNLinear) -> nn.Linear:

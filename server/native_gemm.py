@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from server.hardware import cpu_flags
+from server.quantize import replace_modules
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,7 @@ def pack_native(model: nn.Module) -> nn.Module:
     """``model`` in bf16 with every ``nn.Linear`` as a NativeBF16Linear (the LM head too:
     its own packed copy, as server.kernels.pack_bfloat16 makes)."""
     model = model.to(torch.bfloat16)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, NativeBF16Linear(child))
+    replace_modules(model, nn.Linear, NativeBF16Linear)
     return model
 
 

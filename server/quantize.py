@@ -23,9 +23,23 @@ MKL's; rounding a weight to fp16 changes the logits by ~1e-4 relative (less than
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+
+def replace_modules(model: nn.Module, kind: type[nn.Module],
+                    make: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace every submodule of exactly type ``kind`` by ``make(it)``, in place; return
+    how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is kind:
+                setattr(parent, name, make(child))
+                replaced += 1
+    return replaced
 
 
 def conv1d_to_linear(model: nn.Module) -> int:
@@ -33,13 +47,7 @@ def conv1d_to_linear(model: nn.Module) -> int:
     (weights transposed once, contiguous); return how many were replaced."""
     from transformers.pytorch_utils import Conv1D
 
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):
-                setattr(parent, name, _as_linear(child))
-                replaced += 1
-    return replaced
+    return replace_modules(model, Conv1D, _as_linear)
 
 
 def _as_linear(conv: nn.Module) -> nn.Linear:
