@@ -58,14 +58,17 @@ def _cpuinfo(text: str | None = None) -> dict[str, str]:
 
 def cpu_flags(cpuinfo_text: str | None = None) -> set[str]:
     """Every flag /proc/cpuinfo lists for this CPU (x86 ``flags``, Arm ``Features``)."""
-    info = _cpuinfo(cpuinfo_text)
+    return _flags(_cpuinfo(cpuinfo_text))
+
+
+def _flags(info: dict[str, str]) -> set[str]:
     return set(info.get("flags", info.get("Features", "")).split())
 
 
 def cpu_facts(cpuinfo_text: str | None = None) -> dict[str, Any]:
     """cpu_model, cpu_vendor and isa (the ISA_FLAGS this CPU has) from /proc/cpuinfo."""
     info = _cpuinfo(cpuinfo_text)
-    flags = cpu_flags(cpuinfo_text)
+    flags = _flags(info)
     return {
         "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_vendor": info.get("vendor_id") or info.get("CPU implementer", ""),

@@ -5,9 +5,9 @@ decode step's weights at ~20 GB/s where this box streams ~30 (``python -m bench.
 and costs about as much at 8 rows as at 1 only because both are slow. The C kernel packs
 each weight once into blocks of 16 outputs x 2 inputs, the layout ``vdpbf16ps`` multiplies
 with a broadcast pair of activations, and keeps up to 8 rows x 8 blocks of accumulators in
-registers: on the AMD EPYC Zen 4 (2 threads) gpt2-large's 144 linear layers took
-47 / 40 / 48 / 52 / 78 / 471 ms at 1 / 2 / 4 / 8 / 16 / 128 rows, against oneDNN's
-81 / 71 / 80 / 81 / 104 / 518 interleaved in the same process (an ad hoc probe).
+registers: on the AMD EPYC Zen 4 (2 threads) gpt2-large's linear layers took 39 / 43 / 460
+ms at 1 / 8 / 128 rows against oneDNN's prepacked 63 / 63 / 463
+(``python scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2``).
 Each output is summed in the same order whatever the rows, so a row's result is the same
 alone or in any batch, bit for bit.
 
@@ -130,9 +130,11 @@ class NativeBF16Linear(nn.Module):
 
 def pack_native(model: nn.Module) -> nn.Module:
     """``model`` in bf16 with every ``nn.Linear`` as a NativeBF16Linear (the LM head too:
-    its own packed copy, as server.kernels.pack_bfloat16 makes)."""
+    its own packed copy, as server.kernels.pack_bfloat16 makes). A layer of odd input width,
+    which the kernel's input pairs cannot take, stays a plain bf16 ``nn.Linear``."""
     model = model.to(torch.bfloat16)
-    replace_modules(model, nn.Linear, NativeBF16Linear)
+    replace_modules(model, nn.Linear,
+                    lambda layer: layer if layer.in_features % 2 else NativeBF16Linear(layer))
     return model
 
 

@@ -49,6 +49,18 @@ def test_native_linear_computes_the_bf16_product(inputs: int, outputs: int, bias
 
 
 @needs_native
+def test_a_layer_of_odd_input_width_stays_a_plain_bf16_linear() -> None:
+    """The kernel reads inputs in pairs: such a layer keeps torch's bf16 matmul, and the
+    model around it still packs (it used to refuse the whole candidate)."""
+    torch.manual_seed(2)
+    model = native_gemm.pack_native(nn.Sequential(nn.Linear(64, 33), nn.Linear(33, 48)))
+    assert [type(m) for m in model] == [native_gemm.NativeBF16Linear, nn.Linear]
+    assert model[1].weight.dtype == torch.bfloat16
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    assert model(x).shape == (3, 48)
+
+
+@needs_native
 def test_a_rows_result_is_the_same_alone_and_in_any_batch() -> None:
     torch.manual_seed(1)
     layer = native_gemm.NativeBF16Linear(nn.Linear(256, 200))
@@ -79,10 +91,9 @@ def test_the_kernel_runs_on_torchs_openmp_runtime_and_thread_count() -> None:
         torch.set_num_threads(threads)
 
 
+@needs_native
 def test_the_build_is_cached_and_a_broken_compiler_is_reported(tmp_path: Path,
                                                                 monkeypatch) -> None:
-    if not native_gemm.available():
-        pytest.skip("no AVX-512 BF16 on this CPU, or no C compiler")
     built = native_gemm.build(tmp_path)
     stamp = built.stat().st_mtime_ns
     assert native_gemm.build(tmp_path) == built and built.stat().st_mtime_ns == stamp
