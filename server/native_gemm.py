@@ -38,6 +38,8 @@ from server.quantize import replace_modules
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native") / "gemm_bf16.c"
+# Built into the same library: the decode attention over bf16 caches (server.row_cache).
+SOURCES = (SOURCE, SOURCE.with_name("attention_bf16.c"))
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
           "-fopenmp", "-shared", "-fPIC")
@@ -53,14 +55,15 @@ def build_dir() -> Path:
 def build(directory: Path | None = None) -> Path:
     """Compile the source (if this source and these flags are not built yet); its path."""
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *CFLAGS)).encode())
+    code = b"".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(code + " ".join((compiler, *CFLAGS)).encode())
     target = (directory or build_dir()) / f"gemm_bf16-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built)], check=True,
+        subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", str(built)], check=True,
                        capture_output=True, text=True, timeout=300)
         os.replace(built, target)  # atomic: a concurrent builder finds a whole file
     return target
@@ -83,6 +86,10 @@ def library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(path))
     lib.pack_vnni.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.gemm_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
+    lib.attend_decode_bf16.argtypes = (
+        [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4
+        + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int])
+    lib.attend_decode_bf16.restype = ctypes.c_int
     return lib
 
 

@@ -27,6 +27,7 @@ The default, ``auto``, is float16 unless the weights are served in float32
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import threading
@@ -134,23 +135,41 @@ class PackedStep:
         # Each prefill chunk's causal mask, offset by what its row already holds: built once
         # per step here, not once per layer in the attention.
         self.masks = [_chunk_mask(seg.count, seg.cache.length) for seg in segments]
+        self.native = NativeDecode.plan(segments)  # decoding rows the C kernel attends, or None
+
+    def _skipped(self, index: int) -> bool:
+        return self.native is not None and index in self.native.indexes
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Write each row's new keys/values ([1, h, packed, d]) into its buffers."""
-        for seg in self.segments:
-            seg.cache.ensure(layer_idx, key_states)
-            end = seg.cache.length + seg.count
-            seg.cache.keys[layer_idx][:, :, seg.cache.length:end] = \
-                key_states[:, :, seg.start:seg.start + seg.count]
-            seg.cache.values[layer_idx][:, :, seg.cache.length:end] = \
-                value_states[:, :, seg.start:seg.start + seg.count]
+        for index, seg in enumerate(self.segments):
+            if not self._skipped(index):  # the native attention writes its rows' itself
+                _write(seg, key_states, value_states, layer_idx)
         return key_states, value_states
+
+    def write_native(self, key_states: torch.Tensor, value_states: torch.Tensor,
+                     layer_idx: int) -> None:
+        """Write the native rows' keys/values as ``update`` does the others' (used when the
+        native kernel declines a layer's tensors)."""
+        for index in self.native.indexes if self.native is not None else ():
+            _write(self.segments[index], key_states, value_states, layer_idx)
 
     def advance(self) -> None:
         """After the forward: each row's cache now holds its new tokens."""
         for seg in self.segments:
             seg.cache.length += seg.count
+
+
+def _write(seg: Segment, key_states: torch.Tensor, value_states: torch.Tensor,
+           layer: int) -> None:
+    """Copy one row's new keys/values ([1, h, packed, d] at seg.start) into its cache."""
+    seg.cache.ensure(layer, key_states)
+    end = seg.cache.length + seg.count
+    seg.cache.keys[layer][:, :, seg.cache.length:end] = \
+        key_states[:, :, seg.start:seg.start + seg.count]
+    seg.cache.values[layer][:, :, seg.cache.length:end] = \
+        value_states[:, :, seg.start:seg.start + seg.count]
 
 
 def anonymous_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -181,16 +200,89 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if not isinstance(step, PackedStep):
         raise RuntimeError("packed attention needs the model called with packed_step=")
     layer = module.layer_idx
-    compute = attention_dtype(query.dtype)
-    outputs = []
-    for seg, mask in zip(step.segments, step.masks, strict=True):
-        total = seg.cache.length + seg.count
-        q = query[:, :, seg.start:seg.start + seg.count].to(compute)
-        k = _widened(seg.cache.keys[layer], total, compute, "keys")
-        v = _widened(seg.cache.values[layer], total, compute, "values")
-        outputs.append(functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1]))
+    if step.native is not None:
+        if step.native.attend(query, key, value, layer, scaling):
+            out = step.native.out  # [1, packed, heads, dim]: the native rows are written
+            for index, (seg, mask) in enumerate(zip(step.segments, step.masks, strict=True)):
+                if index not in step.native.indexes:
+                    out[:, seg.start:seg.start + seg.count] = _segment_attention(
+                        query, seg, mask, layer, scaling).transpose(1, 2)
+            return out, None
+        step.write_native(key, value, layer)  # declined: torch attends these rows too
+    outputs = [_segment_attention(query, seg, mask, layer, scaling)
+               for seg, mask in zip(step.segments, step.masks, strict=True)]
     return torch.cat(outputs, dim=2).transpose(1, 2).to(query.dtype), None
+
+
+def _segment_attention(query: torch.Tensor, seg: Segment, mask: torch.Tensor | None,
+                       layer: int, scaling: float | None) -> torch.Tensor:
+    """One row's queries over its cache (written already), [1, heads, count, dim]."""
+    compute = attention_dtype(query.dtype)
+    total = seg.cache.length + seg.count
+    q = query[:, :, seg.start:seg.start + seg.count].to(compute)
+    k = _widened(seg.cache.keys[layer], total, compute, "keys")
+    v = _widened(seg.cache.values[layer], total, compute, "values")
+    return functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+
+
+class NativeDecode:
+    """The decoding rows of one packed step whose attention runs in the native kernel
+    (``native/attention_bf16.c``): rows with one new token and a bf16 cache already
+    allocated, on CPUs where server.native_gemm built the library.
+
+    Why: torch widened each row's whole bf16 cache to float32 per layer and ran its attention
+    over the copy; the kernel reads the bf16 cache once, where it lies, writes the new key and
+    value itself, and attends every (row, head) pair in one OpenMP loop per layer.
+    ``ENABLED`` turns it off for side-by-side probes (scripts/probe_attention.py).
+    """
+
+    ENABLED = True
+
+    def __init__(self, lib: object, segments: list[Segment], indexes: list[int]) -> None:
+        self._lib = lib
+        self.indexes = frozenset(indexes)
+        chosen = [segments[i] for i in indexes]
+        self._rows = len(chosen)
+        self._stores = (ctypes.c_void_p * self._rows)(*(s.cache.store.data_ptr() for s in chosen))
+        self._caps = (ctypes.c_int64 * self._rows)(*(s.cache.capacity for s in chosen))
+        self._lens = (ctypes.c_int64 * self._rows)(*(s.cache.length for s in chosen))
+        self._tokens = (ctypes.c_int64 * self._rows)(*(s.start for s in chosen))
+        self.packed = sum(seg.count for seg in segments)
+        self.out = torch.empty(0)
+
+    @classmethod
+    def plan(cls, segments: list[Segment]) -> NativeDecode | None:
+        """The native part of a step over ``segments``, or None (no row qualifies)."""
+        if not cls.ENABLED:
+            return None
+        indexes = [i for i, seg in enumerate(segments) if seg.count == 1
+                   and seg.cache.store is not None and seg.cache.store.dtype == torch.bfloat16]
+        lib = _native_library() if indexes else None
+        return cls(lib, segments, indexes) if lib is not None else None
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               layer: int, scaling: float | None) -> bool:
+        """Write the native rows' keys/values and attention output (into ``out``) for
+        ``layer``; False when these tensors are outside what the kernel takes."""
+        _, heads, packed, dim = query.shape
+        strides = {query.stride(), key.stride(), value.stride()}
+        if (query.dtype != torch.bfloat16 or len(strides) != 1 or packed != self.packed
+                or query.stride(3) != 1 or key.shape != query.shape):
+            return False
+        self.out = torch.empty(1, packed, heads, dim, dtype=torch.bfloat16)
+        scale = dim ** -0.5 if scaling is None else scaling
+        status = self._lib.attend_decode_bf16(
+            query.data_ptr(), key.data_ptr(), value.data_ptr(), query.stride(2),
+            query.stride(1), self._stores, self._caps, self._lens, self._tokens, self._rows,
+            layer, heads, dim, scale, self.out.data_ptr(), heads * dim, torch.get_num_threads())
+        return status == 0
+
+
+def _native_library() -> object | None:
+    from server import native_gemm  # imported here: native_gemm imports torch modules only
+
+    return native_gemm.library()
 
 
 def attention_dtype(computed: torch.dtype) -> torch.dtype:

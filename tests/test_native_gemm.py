@@ -19,6 +19,7 @@ from server.decoding import GenerationRequest
 from server.engine import StepEngine
 from server.model import load_model, resolve_source
 from server.quantize import conv1d_to_linear
+from server.row_cache import NativeDecode
 from tests.conftest import MODELS_DIR, server_env
 
 needs_native = pytest.mark.skipif(not native_gemm.available(),
@@ -124,8 +125,20 @@ def test_bfloat16_times_both_kernel_paths_and_serves_the_faster(tiny_model: Path
 
 
 @needs_native
-def test_a_native_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: Path) -> None:
+def test_a_native_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: Path,
+                                                                  monkeypatch) -> None:
+    """Decoding rows attend in the native kernel (server/native/attention_bf16.c) here:
+    counted, so this test covers that kernel's batch invariance too."""
     from transformers import AutoModelForCausalLM
+
+    attended = []
+    attend = NativeDecode.attend
+
+    def counted(self, *args):
+        attended.append(attend(self, *args))
+        return attended[-1]
+
+    monkeypatch.setattr(NativeDecode, "attend", counted)
 
     model = AutoModelForCausalLM.from_pretrained(resolve_source("synthetic:tiny", MODELS_DIR),
                                                  dtype=torch.float32).eval()
@@ -148,6 +161,7 @@ def test_a_native_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: Pa
     while any(r.finish_reason is None for r in rows):
         engine.step(rows)
     assert [r.tokens for r in rows] == alone and all(len(t) == 8 for t in alone)
+    assert attended and all(attended)
 
 
 @needs_native

@@ -1,0 +1,143 @@
+"""The native decode attention (server/native/attention_bf16.c via server.row_cache): it
+computes what torch's attention over the widened cache does, writes the new key and value
+itself, gives a row the same output alone or beside other rows, leaves prefill chunks to
+torch, and falls back to torch when it declines a layer's tensors.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from server import native_gemm
+from server.row_cache import NativeDecode, PackedStep, RowCache, Segment, packed_attention
+
+needs_native = pytest.mark.skipif(not native_gemm.available(),
+                                  reason="no AVX-512 BF16 on this CPU, or no C compiler")
+
+HEADS, DIM, LAYERS = 4, 32, 2
+
+
+def _caches(held: list[int], dtype: torch.dtype = torch.bfloat16) -> list[RowCache]:
+    """Rows whose caches hold ``held`` positions of random keys/values, room to spare."""
+    caches = []
+    for n in held:
+        cache = RowCache(n + 8, "model", LAYERS)
+        cache.ensure(0, torch.empty(1, HEADS, 1, DIM, dtype=dtype))
+        cache.store.copy_(torch.randn(cache.store.shape).to(dtype))
+        cache.length = n
+        caches.append(cache)
+    return caches
+
+
+def _qkv(tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys, values [1, heads, tokens, dim] as views of one packed projection, the
+    way GPT-2's attention splits its c_attn output."""
+    qkv = torch.randn(1, tokens, 3 * HEADS * DIM).to(torch.bfloat16)
+    q, k, v = qkv.split(HEADS * DIM, dim=2)
+    return tuple(t.view(1, tokens, HEADS, DIM).transpose(1, 2) for t in (q, k, v))
+
+
+def _attend(caches: list[RowCache], counts: list[int], qkv: tuple, layer: int,
+            native: bool) -> torch.Tensor:
+    """One layer of a packed step over ``caches`` (each feeding ``counts`` tokens)."""
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    step = _step(caches, counts, starts, native)
+    q, k, v = qkv
+    step.update(k, v, layer)
+    out, _ = packed_attention(SimpleNamespace(layer_idx=layer), q, k, v, None,
+                              packed_step=step)
+    return out
+
+
+def _step(caches, counts, starts, native: bool) -> PackedStep:
+    NativeDecode.ENABLED = native
+    try:
+        return PackedStep([Segment(c, s, n) for c, s, n in zip(caches, starts, counts,
+                                                                 strict=True)])
+    finally:
+        NativeDecode.ENABLED = True
+
+
+def _clone(caches: list[RowCache]) -> list[RowCache]:
+    copies = []
+    for cache in caches:
+        copy = RowCache(cache.capacity, "model", LAYERS)
+        copy.copy_prefix(cache, cache.length)
+        copies.append(copy)
+    return copies
+
+
+def _held(cache: RowCache, layer: int) -> list[float]:
+    """A layer's keys and values up to and including the new position (the step's
+    ``advance`` is not called here)."""
+    return cache.store[layer, :, :, :, :cache.length + 1].flatten().tolist()
+
+
+@needs_native
+def test_decode_attention_matches_torch_and_writes_the_new_key_and_value() -> None:
+    torch.manual_seed(0)
+    caches = _caches([0, 5, 37])
+    qkv = _qkv(3)
+    reference = _clone(caches)
+    got = _attend(caches, [1, 1, 1], qkv, 1, native=True)
+    want = _attend(reference, [1, 1, 1], qkv, 1, native=False)
+    # fp32 sums in another order, each output rounded once to bf16: within bf16's rounding.
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    for mine, theirs in zip(caches, reference, strict=True):
+        assert _held(mine, 1) == _held(theirs, 1)  # the same key and value written
+
+
+@needs_native
+def test_a_rows_attention_is_the_same_alone_and_beside_other_rows() -> None:
+    torch.manual_seed(1)
+    caches = _caches([9, 120, 3])
+    qkv = _qkv(3)
+    together = _attend(_clone(caches), [1, 1, 1], qkv, 0, native=True)
+    q, k, v = (t[:, :, 1:2] for t in qkv)
+    alone = _attend(_clone(caches[1:2]), [1], (q, k, v), 0, native=True)
+    assert torch.equal(alone[0, 0], together[0, 1])
+
+
+@needs_native
+def test_a_prefill_chunk_beside_decoding_rows_is_left_to_torch() -> None:
+    torch.manual_seed(2)
+    caches = _caches([12, 4])
+    qkv = _qkv(1 + 6)
+    mixed = _attend(_clone(caches), [1, 6], qkv, 1, native=True)
+    plain = _attend(_clone(caches), [1, 6], qkv, 1, native=False)
+    assert torch.equal(mixed[0, 1:], plain[0, 1:])  # the chunk: torch's own result
+    torch.testing.assert_close(mixed[0, :1].float(), plain[0, :1].float(), rtol=1e-2,
+                               atol=1e-2)
+
+
+@needs_native
+def test_a_declined_layer_is_attended_by_torch_with_the_cache_written() -> None:
+    """Keys laid out unlike the queries (not views of one projection): the kernel declines,
+    the rows' keys and values are still written and torch attends them."""
+    torch.manual_seed(3)
+    caches = _caches([7, 30])
+    q, k, v = _qkv(2)
+    qkv = (q, k.contiguous(), v)
+    step = _step(caches, [1, 1], [0, 1], native=True)
+    assert step.native is not None and not step.native.attend(*qkv, 0, None)
+    reference = _clone(caches)
+    got = _attend(caches, [1, 1], qkv, 0, native=True)
+    want = _attend(reference, [1, 1], qkv, 0, native=False)
+    assert torch.equal(got, want)
+    for mine, theirs in zip(caches, reference, strict=True):
+        assert _held(mine, 0) == _held(theirs, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_caches_not_in_bf16_are_never_planned_for_the_kernel(dtype: torch.dtype) -> None:
+    caches = _caches([4], dtype)
+    assert PackedStep([Segment(caches[0], 0, 1)]).native is None
+
+
+def test_a_row_without_a_cache_yet_is_never_planned_for_the_kernel() -> None:
+    """A one-token prompt's first step: its buffers are allocated by update, in torch."""
+    empty = RowCache(4, "model", LAYERS)
+    assert PackedStep([Segment(empty, 0, 1)]).native is None
