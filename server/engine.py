@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from server import gpt2_forward
 from server.decoding import Generation, GenerationRequest, choose_token, make_rng
 from server.row_cache import ATTENTION_NAME, PackedStep, RowCache, Segment, register, storage_dtype
 
@@ -79,6 +80,7 @@ class StepEngine:
         self.ignore_eos = ignore_eos
         self.prefill_chunk = max(1, prefill_chunk)
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
+        self._lean = gpt2_forward.supports(model)
 
     def new_row(self, request: GenerationRequest,
                 prefix: tuple[RowCache, int] | None = None) -> Row:
@@ -137,12 +139,10 @@ class StepEngine:
             if rows[i].prompt_left in (0, len(feed)):
                 due.append((i, len(ids) - 1))  # its last position's logits give a token
         packed = PackedStep(segments)
-        out = self.model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]),
-                         cache=packed, use_cache=True, packed_step=packed,
-                         logits_to_keep=torch.tensor([at for _, at in due], dtype=torch.long))
+        logits = self._forward(torch.tensor(ids), torch.tensor(positions), packed,
+                               torch.tensor([at for _, at in due], dtype=torch.long)).float()
         packed.advance()
         forward_s = time.perf_counter() - started
-        logits = out.logits[0].float()
         for i, feed, prompt in plan:
             if prompt:
                 rows[i].prefilled += len(feed)
@@ -153,6 +153,16 @@ class StepEngine:
                           {i: t for i, t in sampled.items() if t is not None},
                           forward_s, time.perf_counter() - started,
                           sum(len(feed) for _, feed, prompt in plan if prompt))
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, packed: PackedStep,
+                 due: torch.Tensor) -> torch.Tensor:
+        """Logits of the packed indexes ``due``: GPT-2 through server.gpt2_forward, any other
+        model through its own forward."""
+        if self._lean:
+            return gpt2_forward.forward(self.model, ids, positions, packed, due)
+        out = self.model(input_ids=ids[None], position_ids=positions[None], cache=packed,
+                         use_cache=True, packed_step=packed, logits_to_keep=due)
+        return out.logits[0]
 
     def _sample(self, row: Row, logits: torch.Tensor) -> int | None:
         """Append the next token to ``row`` (None when it is the stop token)."""
