@@ -22,6 +22,7 @@ import torch
 
 from server import gpt2_forward
 from server.decoding import Generation, GenerationRequest, choose_token, make_rng
+from server.native_gpt2 import NativeGPT2
 from server.row_cache import ATTENTION_NAME, PackedStep, RowCache, Segment, register, storage_dtype
 
 
@@ -81,6 +82,8 @@ class StepEngine:
         self.prefill_chunk = max(1, prefill_chunk)
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
         self._lean = gpt2_forward.supports(model)
+        # GPT-2 served by the native bf16 kernels: its layers in C (server.native_gpt2).
+        self._native = NativeGPT2.build(model) if self._lean else None
 
     def new_row(self, request: GenerationRequest,
                 prefix: tuple[RowCache, int] | None = None) -> Row:
@@ -156,8 +159,11 @@ class StepEngine:
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, packed: PackedStep,
                  due: torch.Tensor) -> torch.Tensor:
-        """Logits of the packed indexes ``due``: GPT-2 through server.gpt2_forward, any other
-        model through its own forward."""
+        """Logits of the packed indexes ``due``: a native-packed GPT-2 through
+        server.native_gpt2, another GPT-2 through server.gpt2_forward, any other model
+        through its own forward."""
+        if self._native is not None:
+            return self._native.forward(ids, positions, packed, due)
         if self._lean:
             return gpt2_forward.forward(self.model, ids, positions, packed, due)
         out = self.model(input_ids=ids[None], position_ids=positions[None], cache=packed,

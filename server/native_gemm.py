@@ -38,8 +38,9 @@ from server.quantize import replace_modules
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native") / "gemm_bf16.c"
-# Built into the same library: the decode attention over bf16 caches (server.row_cache).
-SOURCES = (SOURCE, SOURCE.with_name("attention_bf16.c"))
+# Built into the same library: the decode attention over bf16 caches (server.row_cache)
+# and GPT-2's layers around the GEMMs (server.native_gpt2).
+SOURCES = (SOURCE, SOURCE.with_name("attention_bf16.c"), SOURCE.with_name("gpt2_bf16.c"))
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
           "-fopenmp", "-shared", "-fPIC")
@@ -90,6 +91,11 @@ def library() -> ctypes.CDLL | None:
         [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 4
         + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int])
     lib.attend_decode_bf16.restype = ctypes.c_int
+    lib.gpt2_attn_in.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.gpt2_attn_out.argtypes = lib.gpt2_attn_in.argtypes
+    lib.gpt2_decode.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_int] + [ctypes.c_void_p] * 4
+    lib.gpt2_decode.restype = ctypes.c_int
     return lib
 
 

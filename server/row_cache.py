@@ -261,6 +261,11 @@ class NativeDecode:
         lib = _native_library() if indexes else None
         return cls(lib, segments, indexes) if lib is not None else None
 
+    def arrays(self) -> tuple[ctypes.Array, ...]:
+        """The native rows' caches for the C kernels: stores, capacities, lengths, and
+        their token indexes in the packed step."""
+        return self._stores, self._caps, self._lens, self._tokens
+
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                layer: int, scaling: float | None) -> bool:
         """Write the native rows' keys/values and attention output (into ``out``) for

@@ -1,0 +1,145 @@
+/* GPT-2's layers in bf16 over the rows of one step, in C (AVX-512 BF16).
+ *
+ * Why: with the GEMMs (gemm_bf16.c) and the decode attention (attention_bf16.c) native, a lone
+ * gpt2-large token still paid ~10 ms for the rest of its 36 layers: about 20 torch calls a
+ * layer (norms, GELU, adds, views) and their Python, each a few microseconds of dispatch for
+ * a few microseconds of work. Here a layer is two C calls around the attention, and a step in
+ * which every row decodes one token runs all layers in one call.
+ *
+ * Numerics: the residual stream is bf16 as in transformers' bf16 model; layer norm and the tanh
+ * GELU compute in fp32 and round to bf16 once; a residual add rounds fp32(h) + fp32(y) to bf16
+ * (as torch's bf16 add). Every row is computed by the same code whatever the other rows of the
+ * step, so a row's result is the same alone, batched, or beside a prompt chunk.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+void gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
+               int N, int K, int threads);
+int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
+                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
+                       int layer, int heads, int dim, float scale, uint16_t *out,
+                       int64_t out_stride, int threads);
+
+/* One block's weights: layer norms (weight, bias), then each linear's packed weight and bias
+ * (gemm_bf16's layout; bias may be NULL). */
+typedef struct {
+  const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+  const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
+} gpt2_block;
+
+/* The model's sizes and the step's scratch: x [rows][width], qkv [rows][3 width],
+ * att [rows][width], inner [rows][hidden], y [rows][width]. */
+typedef struct {
+  int width, hidden, heads, threads;
+  float eps, scale;
+  uint16_t *x, *qkv, *att, *inner, *y;
+} gpt2_step;
+
+static inline __m512 widen16(const uint16_t *p) {
+  __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+static inline void store16(uint16_t *p, __m512 v) {
+  _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+/* out = layer_norm(x) * w + b per row; width % 16 == 0. */
+static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *out,
+                       int rows, int width, float eps) {
+  for (int r = 0; r < rows; r++) {
+    const uint16_t *xr = x + (int64_t)r * width;
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < width; i += 16) sum = _mm512_add_ps(sum, widen16(xr + i));
+    __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / width);
+    __m512 sq = _mm512_setzero_ps();
+    for (int i = 0; i < width; i += 16) {
+      __m512 d = _mm512_sub_ps(widen16(xr + i), mean);
+      sq = _mm512_fmadd_ps(d, d, sq);
+    }
+    __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / width + eps));
+    for (int i = 0; i < width; i += 16) {
+      __m512 n = _mm512_mul_ps(_mm512_sub_ps(widen16(xr + i), mean), rstd);
+      store16(out + (int64_t)r * width + i, _mm512_fmadd_ps(n, widen16(w + i), widen16(b + i)));
+    }
+  }
+}
+
+/* e^x for x <= 0 (as attention_bf16.c's). */
+static inline __m512 exp_nonpos(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+/* GPT-2's gelu_new in place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), n % 16 == 0;
+ * tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|). */
+static void gelu_tanh(uint16_t *x, int64_t n) {
+  const __m512 k0 = _mm512_set1_ps(0.7978845608028654f), k1 = _mm512_set1_ps(0.044715f);
+  const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 v = widen16(x + i);
+    __m512 u = _mm512_mul_ps(k0, _mm512_fmadd_ps(_mm512_mul_ps(k1, v), _mm512_mul_ps(v, v), v));
+    __m512 a = _mm512_abs_ps(u);
+    __m512 e = exp_nonpos(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    __mmask16 neg = _mm512_cmp_ps_mask(u, _mm512_setzero_ps(), _CMP_LT_OQ);
+    t = _mm512_mask_sub_ps(t, neg, _mm512_setzero_ps(), t);
+    store16(x + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t)));
+  }
+}
+
+/* h += y, rounded to bf16; n % 16 == 0. */
+static void add_into(uint16_t *h, const uint16_t *y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) store16(h + i, _mm512_add_ps(widen16(h + i), widen16(y + i)));
+}
+
+/* Before the attention: x = ln_1(h), qkv = x W_attn + b. */
+void gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows) {
+  layer_norm(h, b->ln1_w, b->ln1_b, s->x, rows, s->width, s->eps);
+  gemm_bf16(s->x, b->attn_w, b->attn_b, s->qkv, rows, 3 * s->width, s->width, s->threads);
+}
+
+/* After the attention (s->att): h += att W_proj + b; h += mlp(ln_2(h)). */
+void gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows) {
+  int64_t cells = (int64_t)rows * s->width;
+  gemm_bf16(s->att, b->proj_w, b->proj_b, s->y, rows, s->width, s->width, s->threads);
+  add_into(h, s->y, cells);
+  layer_norm(h, b->ln2_w, b->ln2_b, s->x, rows, s->width, s->eps);
+  gemm_bf16(s->x, b->fc_w, b->fc_b, s->inner, rows, s->hidden, s->width, s->threads);
+  gelu_tanh(s->inner, (int64_t)rows * s->hidden);
+  gemm_bf16(s->inner, b->out_w, b->out_b, s->y, rows, s->width, s->hidden, s->threads);
+  add_into(h, s->y, cells);
+}
+
+/* Every layer of a step in which each of the rows decodes one token (row r is token r; its
+ * cache as attend_decode_bf16 takes it). Returns 0, or -1 if the attention declined a shape
+ * (nothing is written then: it checks before the first layer). */
+int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
+                uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
+                const int64_t *tokens) {
+  int dim = s->width / s->heads;
+  if (dim % 16 || dim > 256) return -1;
+  for (int r = 0; r < rows; r++)
+    if (lens[r] < 0 || lens[r] >= caps[r]) return -1;
+  for (int l = 0; l < layers; l++) {
+    gpt2_attn_in(&blocks[l], s, h, rows);
+    attend_decode_bf16(s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, 3 * s->width, dim,
+                       stores, caps, lens, tokens, rows, l, s->heads, dim, s->scale, s->att,
+                       s->width, s->threads);
+    gpt2_attn_out(&blocks[l], s, h, rows);
+  }
+  return 0;
+}
