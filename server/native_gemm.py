@@ -41,6 +41,7 @@ SOURCE = Path(__file__).with_name("native") / "gemm_bf16.c"
 # Built into the same library: the decode attention over bf16 caches (server.row_cache)
 # and GPT-2's layers around the GEMMs (server.native_gpt2).
 SOURCES = (SOURCE, SOURCE.with_name("attention_bf16.c"), SOURCE.with_name("gpt2_bf16.c"))
+HEADER = SOURCE.with_name("simd_bf16.h")  # included by the last two
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma",
           "-fopenmp", "-shared", "-fPIC")
@@ -56,7 +57,7 @@ def build_dir() -> Path:
 def build(directory: Path | None = None) -> Path:
     """Compile the source (if this source and these flags are not built yet); its path."""
     compiler = os.environ.get("CC", "cc")
-    code = b"".join(source.read_bytes() for source in SOURCES)
+    code = b"".join(source.read_bytes() for source in (*SOURCES, HEADER))
     key = hashlib.sha256(code + " ".join((compiler, *CFLAGS)).encode())
     target = (directory or build_dir()) / f"gemm_bf16-{key.hexdigest()[:16]}.so"
     if target.exists():

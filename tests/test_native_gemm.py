@@ -180,3 +180,17 @@ def test_the_native_kernel_serves_from_preloaded_forked_workers(tiny_model: Path
     assert ready["dtype"] == "bfloat16" and ready["kernels"]["chosen"] == "bfloat16+native"
     assert [r.status_code for r in answers] == [200] * 8
     assert all(r.json()["usage"]["completion_tokens"] >= 1 for r in answers)
+
+
+def test_every_native_source_ships_as_package_data() -> None:
+    """A non-editable install builds the kernels from the installed package: each source and
+    header the build reads must match pyproject's package-data globs."""
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((Path(native_gemm.__file__).parents[1] / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["server"]
+    server_dir = Path(native_gemm.__file__).parent
+    for path in (*native_gemm.SOURCES, native_gemm.HEADER):
+        relative = path.relative_to(server_dir).as_posix()
+        assert any(fnmatch.fnmatch(relative, glob) for glob in globs), relative

@@ -17,31 +17,9 @@
  * Cache layout per row (server.row_cache.RowCache.store): [layers][2][heads][capacity][dim],
  * keys then values of each layer.
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
 
-static inline __m512 widen(const uint16_t *x) {
-  __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)x));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-}
-
-/* e^x for x <= 0 (softmax after the max is subtracted): 2^n * 2^f, f in [-0.5, 0.5], 2^f by
- * its degree-6 Taylor polynomial (relative error ~1e-7). */
-static inline __m512 exp_neg(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
+#include "simd_bf16.h"
 
 /* One row and head: dim is a multiple of 16 and at most 256. */
 static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t *v_new,
@@ -53,13 +31,13 @@ static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t 
     values[(int64_t)len * dim + d] = v_new[d];
   }
   __m512 qv[16];
-  for (int i = 0; i < vecs; i++) qv[i] = widen(q + 16 * i);
+  for (int i = 0; i < vecs; i++) qv[i] = widen16(q + 16 * i);
   int n = len + 1;
   float top = -INFINITY;
   for (int t = 0; t < n; t++) {
     const uint16_t *kt = keys + (int64_t)t * dim;
-    __m512 acc = _mm512_mul_ps(qv[0], widen(kt));
-    for (int i = 1; i < vecs; i++) acc = _mm512_fmadd_ps(qv[i], widen(kt + 16 * i), acc);
+    __m512 acc = _mm512_mul_ps(qv[0], widen16(kt));
+    for (int i = 1; i < vecs; i++) acc = _mm512_fmadd_ps(qv[i], widen16(kt + 16 * i), acc);
     float s = _mm512_reduce_add_ps(acc) * scale;
     scores[t] = s;
     if (s > top) top = s;
@@ -68,13 +46,13 @@ static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t 
   __m512 mx = _mm512_set1_ps(top);
   int t = 0;
   for (; t + 16 <= n; t += 16) {
-    __m512 p = exp_neg(_mm512_sub_ps(_mm512_loadu_ps(scores + t), mx));
+    __m512 p = exp_nonpos(_mm512_sub_ps(_mm512_loadu_ps(scores + t), mx));
     _mm512_storeu_ps(scores + t, p);
     total = _mm512_add_ps(total, p);
   }
   if (t < n) {
     __mmask16 m = (__mmask16)((1u << (n - t)) - 1);
-    __m512 p = exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), mx));
+    __m512 p = exp_nonpos(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), mx));
     _mm512_mask_storeu_ps(scores + t, m, p);
     total = _mm512_add_ps(total, _mm512_maskz_mov_ps(m, p));
   }
@@ -83,12 +61,11 @@ static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t 
   for (t = 0; t < n; t++) {
     __m512 p = _mm512_set1_ps(scores[t]);
     const uint16_t *vt = values + (int64_t)t * dim;
-    for (int i = 0; i < vecs; i++) acc[i] = _mm512_fmadd_ps(p, widen(vt + 16 * i), acc[i]);
+    for (int i = 0; i < vecs; i++) acc[i] = _mm512_fmadd_ps(p, widen16(vt + 16 * i), acc[i]);
   }
   __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
   for (int i = 0; i < vecs; i++)
-    _mm256_storeu_si256((__m256i *)(out + 16 * i),
-                        (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[i], inv)));
+    store16(out + 16 * i, _mm512_mul_ps(acc[i], inv));
 }
 
 /* One layer, every decoding row.

@@ -11,9 +11,9 @@
  * (as torch's bf16 add). Every row is computed by the same code whatever the other rows of the
  * step, so a row's result is the same alone, batched, or beside a prompt chunk.
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
+
+#include "simd_bf16.h"
 
 void gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
                int N, int K, int threads);
@@ -38,15 +38,6 @@ typedef struct {
   uint16_t *x, *qkv, *att, *inner, *y;
 } gpt2_step;
 
-static inline __m512 widen16(const uint16_t *p) {
-  __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-}
-
-static inline void store16(uint16_t *p, __m512 v) {
-  _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
-}
-
 /* out = layer_norm(x) * w + b per row; width % 16 == 0. */
 static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *out,
                        int rows, int width, float eps) {
@@ -66,22 +57,6 @@ static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, 
       store16(out + (int64_t)r * width + i, _mm512_fmadd_ps(n, widen16(w + i), widen16(b + i)));
     }
   }
-}
-
-/* e^x for x <= 0 (as attention_bf16.c's). */
-static inline __m512 exp_nonpos(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
 }
 
 /* GPT-2's gelu_new in place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), n % 16 == 0;

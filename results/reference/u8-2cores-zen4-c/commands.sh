@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Commands run by bench/reference.py, in order, from the repo root (/work/main).
+# Invocation: python -m bench.reference --users 8 --quants f16 --duration 150 --out results/reference/u8-2cores-zen4-c
+# CPU: AMD EPYC, 2 cores
+/work/main/.venv/bin/python scripts/loadtest.py --model synthetic:gpt2-large --models-dir models --mix openai --users 8 --spawn-rate 8 --duration 150 --stop-timeout 120 --label ours-defaults-u8 --run-dir /work/main/results/reference/u8-2cores-zen4-c/01-ours-defaults-u8
+LLAMA_API_KEY=<random> /work/cache/llama/build/bin/llama-server -m /work/cache/llama/gguf/synthetic-gpt2-large-f16.gguf --alias synthetic-gpt2-large-f16 -t 2 --parallel 8 -c 8192 --host 127.0.0.1 --port 42583
+/work/main/.venv/bin/python -m locust -f locustfiles --headless --target openai --mix openai -u 8 -r 8 -t 150s --stop-timeout 120 --host http://127.0.0.1:42583 --run-dir /work/main/results/reference/u8-2cores-zen4-c/02-llama-f16-u8 --label llama-f16-u8 --server-pidfile /work/main/results/reference/u8-2cores-zen4-c/02-llama-f16-u8/llama-server.pid --csv /work/main/results/reference/u8-2cores-zen4-c/02-llama-f16-u8/locust --csv-full-history --html /work/main/results/reference/u8-2cores-zen4-c/02-llama-f16-u8/locust_report.html
+/work/main/.venv/bin/python -m analysis /work/main/results/reference/u8-2cores-zen4-c/02-llama-f16-u8
+/work/main/.venv/bin/python -m analysis compare /work/main/results/reference/u8-2cores-zen4-c/01-ours-defaults-u8 /work/main/results/reference/u8-2cores-zen4-c/02-llama-f16-u8 --out /work/main/results/reference/u8-2cores-zen4-c/compare-u8

@@ -1,0 +1,126 @@
+"""One decode step of a bf16 GPT-2 through each forward path, interleaved in one process.
+
+    python scripts/probe_step_paths.py --model synthetic:gpt2-large --rows 1,8 --context 200
+
+Per row count (rows decoding after a ``--context``-token prompt each), the median ms of:
+
+- ``transformers``: ``model(...)`` over the packed step (the engine's path before
+  server.gpt2_forward);
+- ``torch layers``: server.gpt2_forward (the model's submodules in GPT-2's order);
+- ``C layers``: server.native_gpt2 (every layer in one C call), with ``DTYPE=bfloat16+native``;
+- ``GEMMs only``: the same native linear layers called on random rows, nothing else: what the
+  weights' reading costs, the floor under the three above;
+- ``attention only``: the native decode attention of every layer over these rows' caches.
+
+The variants alternate within each repetition, so the box's drift (±20% from process to
+process on the Zen 4 VM) hits them alike. The numbers in docs/results.md come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from server import gpt2_forward
+from server.decoding import GenerationRequest
+from server.engine import Row, StepEngine
+from server.model import load_model
+from server.native_gemm import NativeBF16Linear, library
+from server.row_cache import PackedStep, Segment
+
+
+def _decoding(engine: StepEngine, rows: int, context: int) -> list[Row]:
+    made = [engine.new_row(GenerationRequest(list(range(100 + i, 100 + i + context)), 64))
+            for i in range(rows)]
+    while any(row.prompt_left for row in made):
+        engine.step(made)
+    engine.step(made)  # every row has a token to feed
+    return made
+
+
+def variants(engine: StepEngine, rows: list[Row]) -> dict[str, Callable[[], object]]:
+    """One callable per path, each one decode step's forward over ``rows`` (their caches
+    are rewritten at the same position each time: nothing advances)."""
+    model = engine.model
+    n = len(rows)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor, PackedStep, torch.Tensor]:
+        packed = PackedStep([Segment(row.cache, i, 1) for i, row in enumerate(rows)])
+        return (torch.tensor([row.tokens[-1] for row in rows]),
+                torch.tensor([row.cache.length for row in rows]), packed, torch.arange(n))
+
+    def transformers() -> object:
+        ids, positions, packed, due = step()
+        return model(input_ids=ids[None], position_ids=positions[None], cache=packed,
+                     use_cache=True, packed_step=packed, logits_to_keep=due).logits
+
+    linears = [m for m in model.modules() if isinstance(m, NativeBF16Linear)]
+    inputs = {m.in_features: torch.randn(n, m.in_features).to(torch.bfloat16) for m in linears}
+    found = {
+        "transformers": transformers,
+        "torch layers": lambda: gpt2_forward.forward(model, *step()),
+    }
+    if linears:
+        found["GEMMs only"] = lambda: [m(inputs[m.in_features]) for m in linears]
+    if engine._native is not None:
+        found["C layers"] = lambda: engine._native.forward(*step())
+        found["attention only"] = _attention(engine, rows)
+    return found
+
+
+def _attention(engine: StepEngine, rows: list[Row]) -> Callable[[], None]:
+    lib, native = library(), engine._native
+    width, heads = native.width, native.heads
+    qkv = torch.randn(len(rows), 3 * width).to(torch.bfloat16)
+    out = torch.empty(len(rows), width, dtype=torch.bfloat16)
+    bytes_in = width * qkv.element_size()
+
+    def run() -> None:
+        packed = PackedStep([Segment(row.cache, i, 1) for i, row in enumerate(rows)])
+        for layer in range(engine.layers):
+            lib.attend_decode_bf16(qkv.data_ptr(), qkv.data_ptr() + bytes_in,
+                                   qkv.data_ptr() + 2 * bytes_in, 3 * width, width // heads,
+                                   *packed.native.arrays(), len(rows), layer, heads,
+                                   width // heads, native.scale, out.data_ptr(), width,
+                                   torch.get_num_threads())
+    return run
+
+
+def main() -> int:
+    """Print one line per row count: median ms per path."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="synthetic:gpt2-large")
+    parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--dtype", default="bfloat16+native")
+    parser.add_argument("--rows", default="1,8")
+    parser.add_argument("--context", type=int, default=200, help="prompt tokens per row")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as the server's master: the kernel choice runs on one thread
+    loaded = load_model(args.model, args.dtype, args.models_dir)
+    torch.set_num_threads(args.threads)
+    engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True)
+    print(f"{args.model} served as {loaded.kernels.chosen}, {args.threads} thread(s), "
+          f"{args.context}-token prompts; median ms of one decode step, interleaved")
+    with torch.inference_mode():
+        for count in (int(r) for r in args.rows.split(",")):
+            timed = variants(engine, _decoding(engine, count, args.context))
+            times: dict[str, list[float]] = {name: [] for name in timed}
+            for _ in range(args.reps):
+                for name, fn in timed.items():
+                    started = time.perf_counter()  # not a wait: a measurement
+                    fn()
+                    times[name].append(time.perf_counter() - started)
+            print(f"{count:>3} rows: " + ", ".join(
+                f"{name} {statistics.median(t) * 1000:.2f}" for name, t in times.items()),
+                flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+/* Helpers shared by the native kernels (attention_bf16.c, gpt2_bf16.c): bf16 <-> fp32 with
+ * AVX-512, and a vector e^x for the softmax and the tanh of GELU. */
+#ifndef GLL_SIMD_BF16_H
+#define GLL_SIMD_BF16_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+/* 16 bf16 values widened exactly to fp32. */
+static inline __m512 widen16(const uint16_t *p) {
+  __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+/* 16 fp32 values rounded (to nearest even) to bf16. */
+static inline void store16(uint16_t *p, __m512 v) {
+  _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+/* e^x for x <= 0: 2^n * 2^f, f in [-0.5, 0.5], 2^f by its degree-6 Taylor polynomial
+ * (relative error ~1e-7). */
+static inline __m512 exp_nonpos(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+#endif
