@@ -23,6 +23,11 @@ token on gpt2-large, as llama.cpp's default f16 cache does), widened to the quer
 when read (``_widened``); a model that already computes in 16 bits stores what it computes.
 The default, ``auto``, is float16 unless the weights are served in float32
 (``resolve_kv_dtype``).
+
+A bf16 cache's decoding rows (one new token each) are attended by the project's C kernel
+where server.native_gemm built it (``NativeDecode``, ``native/attention_bf16.c``): one call
+per layer writes their new keys and values and reads each cache once, in place; prefill
+chunks and every other cache go through torch's ``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional
+
+from server import native_gemm
 
 ATTENTION_NAME = "gll_packed"
 KV_DTYPES = ("float16", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
@@ -234,7 +241,7 @@ class NativeDecode:
     Why: torch widened each row's whole bf16 cache to float32 per layer and ran its attention
     over the copy; the kernel reads the bf16 cache once, where it lies, writes the new key and
     value itself, and attends every (row, head) pair in one OpenMP loop per layer.
-    ``ENABLED`` turns it off for side-by-side probes (scripts/probe_attention.py).
+    ``ENABLED`` turns it off for the tests that compare it with torch's attention.
     """
 
     ENABLED = True
@@ -258,7 +265,7 @@ class NativeDecode:
             return None
         indexes = [i for i, seg in enumerate(segments) if seg.count == 1
                    and seg.cache.store is not None and seg.cache.store.dtype == torch.bfloat16]
-        lib = _native_library() if indexes else None
+        lib = native_gemm.library() if indexes else None
         return cls(lib, segments, indexes) if lib is not None else None
 
     def arrays(self) -> tuple[ctypes.Array, ...]:
@@ -282,12 +289,6 @@ class NativeDecode:
             query.stride(1), self._stores, self._caps, self._lens, self._tokens, self._rows,
             layer, heads, dim, scale, self.out.data_ptr(), heads * dim, torch.get_num_threads())
         return status == 0
-
-
-def _native_library() -> object | None:
-    from server import native_gemm  # imported here: native_gemm imports torch modules only
-
-    return native_gemm.library()
 
 
 def attention_dtype(computed: torch.dtype) -> torch.dtype:
