@@ -2,17 +2,18 @@
 
 The step engine (server.engine) runs one forward per step over a packed sequence. Through
 ``model(...)`` each step also paid for transformers' generic path: keyword plumbing, output
-dataclasses, mask and cache dispatch, the attention-interface lookup, once per layer. For a
-lone row of gpt2-large that was 6-8 ms of a 60-80 ms step, the weights' own reading time
-being ~45 (AMD EPYC Zen 4, 2 threads, side by side in one process; docs/results.md).
+dataclasses, mask and cache dispatch, the attention-interface lookup, once per layer. On
+gpt2-large (AMD EPYC Zen 4, 2 threads, 200-token prompts) a decode step took 58.8 / 105.5 ms
+at 1 / 8 rows through ``model(...)`` and 56.4 / 94.8 ms here, the fused GELU below included
+(``python scripts/probe_step_paths.py --rows 1,8``, interleaved in one process). Not
+measured on an AVX2-only CPU, where the same calls are made with fewer Python frames.
 
 This module calls the same submodules (the same weights, whatever kernel packs them) and
 the same packed attention (server.row_cache) in GPT-2's order, so its logits equal
 ``model(...)``'s bit for bit (tests/test_gpt2_forward.py), with one deliberate exception:
 in bf16, GPT-2's tanh GELU (``gelu_new``) runs as ``torch.nn.functional.gelu(x,
 approximate="tanh")``, one kernel that computes in fp32 and rounds once, instead of
-transformers' eight bf16 ops each rounding to bf16 (more exact, and 2 ms of a lone row's
-step, ~10 of an 8-row step, cheaper).
+transformers' eight bf16 ops each rounding to bf16 (more exact, and cheaper).
 
 Used for models whose config says ``model_type == "gpt2"`` (every synthetic preset and
 real GPT-2 checkpoints); any other model runs through ``model(...)``.
@@ -46,25 +47,37 @@ def forward(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, step: 
     packed indexes ``due``; every row's keys and values go to its cache through ``step``."""
     body = model.transformer
     hidden = body.wte(ids) + body.wpe(positions)
-    tokens = hidden.shape[0]
     for layer, block in enumerate(body.h):
         attn, mlp = block.attn, block.mlp
         x = functional.layer_norm(hidden, block.ln_1.normalized_shape, block.ln_1.weight,
                                   block.ln_1.bias, block.ln_1.eps)
-        # [1, tokens, 3, heads, dim] -> three [1, heads, tokens, dim] views of one tensor, as
-        # GPT-2's attention splits them (the native attention reads them in place).
-        q, k, v = attn.c_attn(x).view(1, tokens, 3, attn.num_heads, attn.head_dim) \
-            .permute(2, 0, 3, 1, 4).unbind(0)
-        step.update(k, v, layer)
-        out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling, packed_step=step)
-        hidden = attn.c_proj(out.reshape(tokens, -1)) + hidden
+        out = attend(attn, attn.c_attn(x), step, layer)
+        hidden = attn.c_proj(out) + hidden
         x = functional.layer_norm(hidden, block.ln_2.normalized_shape, block.ln_2.weight,
                                   block.ln_2.bias, block.ln_2.eps)
         x = mlp.c_fc(x)
         x = functional.gelu(x, approximate="tanh") if _fused_gelu(mlp.act, x.dtype) \
             else mlp.act(x)
         hidden = hidden + mlp.c_proj(x)
-    final = body.ln_f
+    return logits(model, hidden, due)
+
+
+def attend(attn: nn.Module, qkv: torch.Tensor, step: PackedStep, layer: int) -> torch.Tensor:
+    """The packed attention of one layer from its c_attn output ``qkv`` [tokens, 3 width]:
+    each row's keys/values written through ``step``, the output [tokens, width]."""
+    tokens = qkv.shape[0]
+    # [1, tokens, 3, heads, dim] -> three [1, heads, tokens, dim] views of one tensor, as
+    # GPT-2's attention splits them (the native attention reads them in place).
+    q, k, v = qkv.view(1, tokens, 3, attn.num_heads, attn.head_dim) \
+        .permute(2, 0, 3, 1, 4).unbind(0)
+    step.update(k, v, layer)
+    out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling, packed_step=step)
+    return out.reshape(tokens, -1)
+
+
+def logits(model: nn.Module, hidden: torch.Tensor, due: torch.Tensor) -> torch.Tensor:
+    """The LM head over the final layer norm of the packed rows ``due``."""
+    final = model.transformer.ln_f
     last = functional.layer_norm(hidden[due], final.normalized_shape, final.weight,
                                  final.bias, final.eps)
     return model.lm_head(last)

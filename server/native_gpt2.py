@@ -2,7 +2,9 @@
 
 server.gpt2_forward runs GPT-2's layers as torch calls; with ``DTYPE=bfloat16+native`` the
 GEMMs and the decode attention already run in the project's C kernels, and what was left of
-a lone gpt2-large step (~10 ms of 55-60) was dispatch: layer norms, GELU, residual adds and
+a step was dispatch (gpt2-large, Zen 4, 2 threads: 56.4 / 94.8 ms at 1 / 8 rows through torch's
+layers, 45.5 / 80.5 here, 46.7 / 67.3 for the GEMMs alone; ``python
+scripts/probe_step_paths.py --rows 1,8``): layer norms, GELU, residual adds and
 views, ~20 torch calls a layer, each costing more to call than to compute. Here each layer
 is two C calls around the attention (the prefill chunks' attention stays in torch), and a
 step in which every row decodes one token runs all 36 layers in one call.
@@ -19,10 +21,10 @@ import ctypes
 
 import torch
 from torch import nn
-from torch.nn import functional
 
+from server import gpt2_forward
 from server.native_gemm import NativeBF16Linear, library
-from server.row_cache import PackedStep, packed_attention
+from server.row_cache import PackedStep
 
 _WEIGHTS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
             "ln2_w", "ln2_b", "fc_w", "fc_b", "out_w", "out_b")
@@ -79,25 +81,16 @@ class NativeGPT2:
                 and self._lib.gpt2_decode(self.blocks, len(self.blocks), ctypes.byref(scratch),
                                           hidden.data_ptr(), tokens, *native.arrays()) == 0):
             self._layers(hidden, step, scratch, buffers)
-        final = body.ln_f
-        last = functional.layer_norm(hidden[due], final.normalized_shape, final.weight,
-                                     final.bias, final.eps)
-        return self._model.lm_head(last)
+        return gpt2_forward.logits(self._model, hidden, due)
 
     def _layers(self, hidden: torch.Tensor, step: PackedStep, scratch: Step,
                 buffers: dict[str, torch.Tensor]) -> None:
         """Layer by layer: C before and after, the packed attention in between."""
         tokens = hidden.shape[0]
-        dim = self.width // self.heads
         for layer, attn in enumerate(self._attn):
             self._lib.gpt2_attn_in(ctypes.byref(self.blocks[layer]), ctypes.byref(scratch),
                                    hidden.data_ptr(), tokens)
-            q, k, v = buffers["qkv"].view(1, tokens, 3, self.heads, dim) \
-                .permute(2, 0, 3, 1, 4).unbind(0)
-            step.update(k, v, layer)
-            out, _ = packed_attention(attn, q, k, v, None, scaling=self.scale,
-                                      packed_step=step)
-            buffers["att"].copy_(out.reshape(tokens, self.width))
+            buffers["att"].copy_(gpt2_forward.attend(attn, buffers["qkv"], step, layer))
             self._lib.gpt2_attn_out(ctypes.byref(self.blocks[layer]), ctypes.byref(scratch),
                                     hidden.data_ptr(), tokens)
 
