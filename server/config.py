@@ -64,6 +64,22 @@ class Settings(BaseSettings):
     # copy those positions instead of computing them (server/prefix_cache.py; llama.cpp's
     # cache_prompt). They hold at most KV_TOKENS positions beside the running rows. 0 = none.
     PREFIX_CACHE_ROWS: NonNegativeInt = 8
+    # Tenancy (docs/security.md, Tenancy): each API key is a tenant. The queue serves keys
+    # in turn, fewest running rows first (server/fair_queue.py), and a key's share of a
+    # worker is bounded by these; 0 = the whole worker's (MAX_BATCH_SIZE, KV_TOKENS,
+    # MAX_QUEUE), so that one key alone, as in a load test, may still use all of it.
+    # Lower them to reserve room for other keys: rows already running are not preempted.
+    KEY_MAX_ROWS: NonNegativeInt = 0
+    KEY_KV_TOKENS: NonNegativeInt = 0
+    KEY_MAX_QUEUE: NonNegativeInt = 0
+    # Most KV positions (prompt + max_new_tokens) one request may reserve; more is a 413
+    # naming the field. 0 = KV_TOKENS (a request that alone would exceed the budget is
+    # refused instead of holding the whole worker).
+    MAX_REQUEST_KV_TOKENS: NonNegativeInt = 0
+    # A queued job that does not fit yet (KV room) may be overtaken by later jobs that do,
+    # until it has waited this long; then none overtakes it, so it cannot starve. Well
+    # under REQUEST_TIMEOUT_S, so an overtaken job still has most of its time left.
+    QUEUE_AGING_S: float = 20.0
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
     # Most requests in the running set: rows join and leave it between steps

@@ -27,6 +27,17 @@ class GenerationRequest:
     # vLLM's min_tokens: the stop token cannot be chosen before this many new tokens (its
     # logit is masked, so the text stays text); ignore_eos is min_new_tokens = max_new_tokens.
     min_new_tokens: int = 0
+    # Who asked (the API key's id, "" when anonymous): the queue serves tenants fairly
+    # (server.fair_queue) and the prefix cache reuses a tenant's own prompts only.
+    tenant: str = ""
+    # vLLM's cache_salt: narrows prefix-cache reuse to requests of this tenant with the same
+    # salt (a tenant's own users that must not share cached prompts).
+    cache_salt: str = ""
+
+    @property
+    def cache_scope(self) -> tuple[str, str]:
+        """Whose kept caches this request may reuse, and its own may be reused by."""
+        return self.tenant, self.cache_salt
 
 
 @dataclass

@@ -35,7 +35,8 @@ class Row:
     rng: torch.Generator
     prefilled: int = 0  # prompt tokens already in the cache
     tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # set once the row is done: length | stop | cancelled
+    finish_reason: str | None = None  # set once done: length | stop | cancelled | error
+    error: BaseException | None = None  # why this row alone failed (finish_reason "error")
 
     @property
     def prompt_left(self) -> int:
@@ -149,7 +150,7 @@ class StepEngine:
         for i, feed, prompt in plan:
             if prompt:
                 rows[i].prefilled += len(feed)
-        sampled = {i: self._sample(rows[i], logits[n]) for n, (i, _) in enumerate(due)}
+        sampled = {i: self._sample_or_fail(rows[i], logits[n]) for n, (i, _) in enumerate(due)}
         prefilling = sum(1 for _, _, prompt in plan if prompt)
         phase = _phase(len(plan) - prefilling, prefilling)
         return StepReport(phase, len(plan), len(ids),
@@ -169,6 +170,15 @@ class StepEngine:
         out = self.model(input_ids=ids[None], position_ids=positions[None], cache=packed,
                          use_cache=True, packed_step=packed, logits_to_keep=due)
         return out.logits[0]
+
+    def _sample_or_fail(self, row: Row, logits: torch.Tensor) -> int | None:
+        """``_sample``, except that a row whose sampling raises is finished with that error
+        (the other rows of the step keep their tokens)."""
+        try:
+            return self._sample(row, logits)
+        except Exception as error:
+            row.finish_reason, row.error = "error", error
+            return None
 
     def _sample(self, row: Row, logits: torch.Tensor) -> int | None:
         """Append the next token to ``row`` (None when it is the stop token)."""

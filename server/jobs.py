@@ -33,6 +33,7 @@ class Job:
     error: BaseException | None = None
     cancelled: bool = False
     predicted_s: float = 0.0  # the scheduler's forecast at admission (server.scheduler)
+    cached_tokens: int = 0  # prompt tokens copied from its tenant's kept caches at joining
     # Set by a streaming request: receives each token id as it is generated, then None.
     stream: queue.SimpleQueue | None = None
     _done: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -25,6 +25,7 @@ then use their own threads.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import logging
 import statistics
@@ -212,9 +213,25 @@ def onednn_available() -> bool:
                                                             "_linear_pointwise")
 
 
+@functools.cache
 def packing_available() -> bool:
-    """True where oneDNN can prepack a bf16 linear weight (PackedBF16Linear)."""
-    return onednn_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """True where oneDNN can prepack a bf16 linear weight (PackedBF16Linear) on this CPU.
+
+    Asked of oneDNN itself, once: its bf16 reorder needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT, and on an AVX2-only CPU (AMD Zen 3) it raises, which crashed startup
+    with DTYPE=auto; there the bf16 candidate is plain torch bf16 instead. A 16 x 16 weight
+    on the caller's thread count (one in the Gunicorn master: nothing is started that a
+    fork could break).
+    """
+    if not (onednn_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16))
+    except RuntimeError as error:
+        log.info("oneDNN cannot pack bf16 weights on this CPU (%s): bf16 runs as plain torch",
+                 str(error).split(":")[-1].strip())
+        return False
+    return True
 
 
 def candidates(requested: str, allow_int8: bool) -> list[str]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from server.accounting import record
 from server.decoding import Generation, GenerationRequest
 from server.errors import APIError
+from server.fair_queue import TenantQueueFull
 from server.jobs import Job, QueueFull
 from server.scheduler import WouldTimeOut
 from server.validation import TOO_LONG
@@ -60,15 +61,25 @@ def parse_body(schema: type[Body]) -> Body:
 
 
 def check_budget(prompt_tokens: int, max_new_tokens: int, context_window: int,
-                 param: str) -> None:
-    """Raise 413 when the prompt (field ``param``) plus the requested tokens do not fit."""
-    if prompt_tokens + max_new_tokens > context_window:
+                 param: str, kv_limit: int = 0) -> None:
+    """Raise 413 when the prompt (field ``param``) plus the requested tokens do not fit the
+    model's context, or the most KV positions one request may reserve (``kv_limit``, 0:
+    none)."""
+    limit, what = context_window, f"the model's {context_window}-token context"
+    if 0 < kv_limit < context_window:
+        limit, what = kv_limit, f"this server's limit of {kv_limit} positions per request"
+    if prompt_tokens + max_new_tokens > limit:
         raise APIError(
             413, "prompt_too_long",
             f"prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}; "
-            f"together they must fit the model's {context_window}-token context",
+            f"together they must fit {what}",
             details={"prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,
-                     "context_window": context_window}, param=param)
+                     "context_window": context_window, "limit": limit}, param=param)
+
+
+def request_kv_limit(config: dict) -> int:
+    """The most KV positions one request may reserve (0: no limit)."""
+    return config["MAX_REQUEST_KV_TOKENS"] or config["KV_TOKENS"]
 
 
 def submit(generation: GenerationRequest, stream: bool = False) -> Job:
@@ -87,24 +98,33 @@ def submit(generation: GenerationRequest, stream: bool = False) -> Job:
         rec.job = service.scheduler.submit(job)
     except WouldTimeOut as refused:
         raise job_failure(refused) from None
+    except TenantQueueFull:
+        raise APIError(429, "key_share_full",
+                       "this API key already has its share of the queue "
+                       f"(KEY_MAX_QUEUE={service.scheduler.tenant_queue}); retry later",
+                       retry_after_s=config["RETRY_AFTER_S"], details={"scope": "key"}) from None
     except QueueFull:
         raise APIError(503, "overloaded", "server is at capacity; retry later",
-                       retry_after_s=config["RETRY_AFTER_S"]) from None
+                       retry_after_s=config["RETRY_AFTER_S"],
+                       details={"scope": "server"}) from None
     return job
 
 
 def start(ids: list[int], max_new_tokens: int | None, *, param: str, stream: bool = False,
           temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-          min_new_tokens: int = 0) -> Job:
-    """Check the token budget of prompt ``ids`` (field ``param``), then queue it.
+          min_new_tokens: int = 0, cache_salt: str | None = None) -> Job:
+    """Check the token budget of prompt ``ids`` (field ``param``), then queue it as the
+    request's tenant (its key id) with its ``cache_salt``.
 
     ``max_new_tokens`` None is the server's DEFAULT_MAX_NEW_TOKENS.
     """
-    limit = max_new_tokens or current_app.config["DEFAULT_MAX_NEW_TOKENS"]
+    config = current_app.config
+    limit = max_new_tokens or config["DEFAULT_MAX_NEW_TOKENS"]
     context_window = current_app.extensions["model_service"].loaded.context_window
-    check_budget(len(ids), limit, context_window, param)
+    check_budget(len(ids), limit, context_window, param, request_kv_limit(config))
     generation = GenerationRequest(ids, limit, temperature, top_p, seed,
-                                min_new_tokens=min(min_new_tokens, limit))
+                                   min_new_tokens=min(min_new_tokens, limit),
+                                   tenant=record().key_id or "", cache_salt=cache_salt or "")
     return submit(generation, stream=stream)
 
 
@@ -116,7 +136,8 @@ def job_failure(error: BaseException) -> APIError:
         return APIError(503, "overloaded",
                         f"server is busy: this request would finish in about "
                         f"{error.predicted_s:.0f} s, past the {config['REQUEST_TIMEOUT_S']:g} s "
-                        "timeout; retry later", retry_after_s=config["RETRY_AFTER_S"])
+                        "timeout; retry later", retry_after_s=config["RETRY_AFTER_S"],
+                        details={"scope": "server"})
     return APIError(500, "generation_failed", "generation failed")
 
 

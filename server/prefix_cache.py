@@ -13,11 +13,17 @@ returns the kept cache with the longest common prefix (at least ``MIN_SHARED`` t
 that length; the caller copies those positions (``RowCache.copy_prefix``), and the entry
 stays for the next prompt. The scheduler keeps at most ``KV_TOKENS`` positions of them
 beside the running rows' reservations, evicting the oldest first.
+
+Entries belong to a scope: the tenant (API key id) that made them and the request's
+``cache_salt`` (vLLM's name). ``find`` looks only at entries of the prompt's own scope, so a
+tenant can never reuse, or time, another tenant's cached prompt: shared across keys, key B
+reused 78 of key A's cached tokens, a secret included (issue 29). Capacity stays shared
+(least recently used first), as in vLLM, whose ``cache_salt`` isolates hashes, not memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from server.row_cache import RowCache
@@ -28,10 +34,12 @@ MIN_SHARED = 16
 
 @dataclass
 class Entry:
-    """A finished row's cache and the tokens it holds keys and values for, in order."""
+    """A finished row's cache, the tokens it holds keys and values for (in order), and the
+    scope (tenant, cache_salt) that may reuse it."""
 
     tokens: list[int]
     cache: RowCache
+    scope: Hashable = ""
 
 
 class PrefixCache:
@@ -49,12 +57,14 @@ class PrefixCache:
         """KV positions the kept caches hold."""
         return sum(len(entry.tokens) for entry in self._entries)
 
-    def find(self, prompt: Sequence[int]) -> tuple[RowCache, int] | None:
-        """The kept cache sharing the longest prefix with ``prompt`` and that prefix's length,
-        at most ``len(prompt) - 1`` (the last prompt token is fed: its logits give the first
-        new token); None when no entry shares ``MIN_SHARED`` tokens."""
+    def find(self, prompt: Sequence[int], scope: Hashable = "") -> tuple[RowCache, int] | None:
+        """The kept cache of ``scope`` sharing the longest prefix with ``prompt`` and that
+        prefix's length, at most ``len(prompt) - 1`` (the last prompt token is fed: its
+        logits give the first new token); None when no entry shares ``MIN_SHARED`` tokens."""
         best, shared = None, 0
         for entry in self._entries:
+            if entry.scope != scope:
+                continue  # another tenant's (or salt's) prompt: never reused
             n = _common_prefix(entry.tokens, prompt, len(prompt) - 1)
             if n > shared:
                 best, shared = entry, n
@@ -64,16 +74,18 @@ class PrefixCache:
         self._entries.append(best)  # most recently used
         return best.cache, shared
 
-    def keep(self, tokens: list[int], cache: RowCache) -> None:
-        """Keep ``cache`` (holding ``tokens``); entries it extends are dropped, the oldest
-        beyond ``max_rows`` evicted. With ``max_rows`` 0 the cache is released at once."""
+    def keep(self, tokens: list[int], cache: RowCache, scope: Hashable = "") -> None:
+        """Keep ``cache`` (holding ``tokens``) for ``scope``; that scope's entries it extends
+        are dropped, the oldest beyond ``max_rows`` evicted. With ``max_rows`` 0 the cache is
+        released at once."""
         if not self.max_rows or not tokens:
             cache.release()
             return
         for entry in list(self._entries):
-            if _common_prefix(entry.tokens, tokens, len(entry.tokens)) == len(entry.tokens):
+            extended = _common_prefix(entry.tokens, tokens, len(entry.tokens)) == len(entry.tokens)
+            if entry.scope == scope and extended:
                 self._drop(entry)  # the new entry holds all of it
-        self._entries.append(Entry(list(tokens), cache))
+        self._entries.append(Entry(list(tokens), cache, scope))
         while len(self._entries) > self.max_rows:
             self.evict_oldest()
 

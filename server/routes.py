@@ -27,7 +27,7 @@ def _generate(task: str, body: BaseModel, fields: dict[str, str]) -> Response:
     ids = tokenize(loaded.tokenizer, task, fields)
     sampling = {k: getattr(body, k) for k in ("temperature", "top_p", "seed") if hasattr(body, k)}
     job = pipeline.start(ids, body.max_new_tokens, param=next(iter(fields)),
-                         stream=body.stream, **sampling)
+                         stream=body.stream, cache_salt=body.cache_salt, **sampling)
 
     def answer(text: str, token_ids: list[int], finish_reason: str) -> Completion:
         return Completion(text=text, model=loaded.name, finish_reason=finish_reason,

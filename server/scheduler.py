@@ -20,16 +20,16 @@ after the whole timeout.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import math
-import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from server.engine import Row, StepEngine, StepReport, kv_positions
+from server.fair_queue import FairQueue
 from server.jobs import Job, QueueFull
 from server.memory import HeapReleaser
 from server.prefix_cache import PrefixCache, cached_tokens
@@ -73,7 +73,9 @@ class Scheduler:
                  row_growth: float = 0.0,
                  on_busy: Callable[[bool], None] = lambda busy: None,
                  kv_tokens: int = 0, prefix_rows: int = 0,
-                 on_cached: Callable[[int], None] = lambda tokens: None) -> None:
+                 on_cached: Callable[[int], None] = lambda tokens: None,
+                 tenant_rows: int = 0, tenant_kv_tokens: int = 0, tenant_queue: int = 0,
+                 aging_s: float = math.inf) -> None:
         self.engine = engine
         self._max_rows = max(1, max_batch_size)
         # KV positions the running rows may reserve together (0: no limit), as llama.cpp's
@@ -86,7 +88,15 @@ class Scheduler:
         # running rows' budget they were evicted as soon as 8 rows ran, and reused nothing.
         self.prefixes = PrefixCache(prefix_rows)
         self._on_cached = on_cached  # prompt tokens a joining row copied from a kept cache
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        # Waiting jobs, served fairly across tenants (server.fair_queue); a tenant may hold
+        # at most tenant_queue of them, tenant_rows running rows and tenant_kv_tokens KV
+        # positions (0: the whole server's, so one key alone may still use all of it).
+        self._queue = FairQueue(max_queue, tenant_queue)
+        self._tenant_rows = tenant_rows if tenant_rows > 0 else self._max_rows
+        self._tenant_kv = max(0, tenant_kv_tokens)
+        # A job that does not fit may be overtaken by later ones that do until it has
+        # waited this long; then none overtakes it, so big jobs cannot starve.
+        self._aging_s = aging_s
         self._timeout_s = timeout_s
         self._on_step = on_step
         self._on_join = on_join  # rows in the running set as a request joins it
@@ -111,26 +121,35 @@ class Scheduler:
         return self._queue.qsize()
 
     @property
+    def tenant_queue(self) -> int:
+        """Jobs one tenant may have waiting."""
+        return self._queue.tenant_max
+
+    @property
     def running(self) -> int:
         """Rows in the running set."""
         return len(self._rows)
 
     def submit(self, job: Job) -> Job:
-        """Queue ``job``, or raise QueueFull / WouldTimeOut without waiting."""
+        """Queue ``job``, or raise QueueFull (TenantQueueFull: its key's share) or
+        WouldTimeOut without waiting."""
         predicted = self.predict_s(job)
         job.predicted_s = predicted / self.bias  # the forecast before calibration
         if predicted > ADMIT_SHARE * self._timeout_s:
             raise WouldTimeOut(predicted)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull from None
+        self._queue.put(job)
         return job
 
     def predict_s(self, job: Job) -> float:
         """Seconds until ``job`` would finish if queued now: every row at its maximum, every
-        prompt token ahead priced in, times the learned ``bias`` of past forecasts."""
-        return self._forecast_s(job, list(self._queue.queue))
+        prompt token served before it (in the fair order) priced in, times the learned
+        ``bias`` of past forecasts."""
+        order = self._queue.order(self._rows_by_tenant(), extra=job)
+        return self._forecast_s(job, order[:order.index(job)])
+
+    def _rows_by_tenant(self) -> Counter[str]:
+        """Running rows per tenant."""
+        return Counter(job.request.tenant for job, _ in list(self._rows))
 
     def _forecast_s(self, job: Job, waiting: list[Job]) -> float:
         """Seconds until ``job`` finishes from now, with ``waiting`` queued ahead of it."""
@@ -181,14 +200,11 @@ class Scheduler:
             report = self.engine.step([row for _, row in self._rows],
                                       prefill=self._prefill_allowed())
         except Exception as error:  # one bad step must not kill the worker's only generator
-            log.error("step over %d rows failed: %s", len(self._rows), type(error).__name__)
-            for job, _ in self._rows:
-                job.finish(error=error)
-            self._rows = []
-            return
-        finished = self._deliver(report)
-        self._on_step(report)
-        self.learn(report)
+            finished = self._deliver(self._step_each_alone(error))
+        else:
+            finished = self._deliver(report.sampled)
+            self._on_step(report)
+            self.learn(report)
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
 
@@ -231,7 +247,7 @@ class Scheduler:
         if self.step_s <= 0.0 or math.isinf(self._timeout_s) or self._queue.empty():
             return
         now = time.monotonic()
-        waiting = list(self._queue.queue)
+        waiting = self._queue.order(self._rows_by_tenant())
         ahead: list[Job] = []
         for job in waiting:
             if job.cancelled:
@@ -243,17 +259,9 @@ class Scheduler:
                 log.info("shed a queued job: %.0f s from now, %.0f s left", forecast,
                          job.enqueued_at + self._timeout_s - now)
                 job.finish(error=WouldTimeOut(now - job.enqueued_at + forecast))
-                self._unqueue(job)
+                self._queue.remove(job)  # its place is free for the next request at once
             else:
                 ahead.append(job)
-
-    def _unqueue(self, job: Job) -> None:
-        # queue.Queue has no remove: take it out under the queue's own lock, so its place
-        # is free for the next request at once (a shed job is answered already).
-        with self._queue.mutex:
-            with contextlib.suppress(ValueError):
-                self._queue.queue.remove(job)
-            self._queue.not_full.notify()
 
     def learn(self, report: StepReport) -> None:
         """Update the one-row decode-step and prompt-token costs from one step (also the
@@ -271,37 +279,55 @@ class Scheduler:
         self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_s else extra
 
     def _admit(self, block: bool) -> None:
-        # Block only while idle (no rows): then the first job ends the wait, the rest of the
-        # loop takes whatever else is already queued without waiting.
+        """Move jobs from the queue into the running set while rows are free (``block``:
+        idle, so wait for the first job)."""
+        if block:
+            self._queue.wait()
         while len(self._rows) < self._max_rows:
-            if self._rows and not self._head_fits():
-                return  # first come, first served: the head waits for KV room, none overtakes
-            try:
-                job = self._queue.get(block=block)
-            except queue.Empty:
+            job = self._pick()
+            if job is None:
                 return
-            if job.cancelled:
-                self._calibrate(job)
-                job.finish(error=TimeoutError("cancelled while queued"))
-                continue
             job.started_at = time.monotonic()
-            row = self.engine.new_row(job.request, self.prefixes.find(job.request.input_ids))
+            request = job.request
+            row = self.engine.new_row(request, self.prefixes.find(request.input_ids,
+                                                                  request.cache_scope))
             self._rows.append((job, row))
             self._on_join(len(self._rows))
             if row.prefilled:
+                job.cached_tokens = row.prefilled
                 self._on_cached(row.prefilled)
-            block = False
 
-    def _head_fits(self) -> bool:
-        """Whether the first queued job's KV reservation fits beside the running rows' (an
-        empty running set takes any job: one row alone may use the whole budget)."""
-        if not self._kv_tokens:
-            return True
-        with self._queue.mutex:  # only this thread takes jobs out: the head stays the head
-            head = self._queue.queue[0] if self._queue.queue else None
-        if head is None or head.cancelled:
-            return True
-        return self.kv_reserved + kv_positions(head.request) <= self._kv_tokens
+    def _pick(self) -> Job | None:
+        """Take the next job to run out of the queue: the first of the fair order whose
+        key's share has room and whose KV reservation fits beside the running rows' (an
+        empty running set takes any job); a job that does not fit is overtaken only until
+        it has waited ``aging_s``. None when no job may start now."""
+        rows, kv = self._rows_by_tenant(), self._kv_by_tenant()
+        now = time.monotonic()
+        for job in self._queue.order(rows):
+            if job.cancelled:
+                self._queue.remove(job)
+                self._calibrate(job)
+                job.finish(error=TimeoutError("cancelled while queued"))
+                continue
+            tenant, need = job.request.tenant, kv_positions(job.request)
+            if rows[tenant] >= self._tenant_rows or (
+                    self._tenant_kv and rows[tenant] and kv[tenant] + need > self._tenant_kv):
+                continue  # its key's share is full: the other keys' jobs go first
+            if not self._rows or not self._kv_tokens or \
+                    self.kv_reserved + need <= self._kv_tokens:
+                self._queue.remove(job)
+                return job
+            if now - job.enqueued_at >= self._aging_s:
+                return None  # it waited long enough: nothing overtakes it any more
+        return None
+
+    def _kv_by_tenant(self) -> Counter[str]:
+        """KV positions the running rows reserve, per tenant."""
+        kv: Counter[str] = Counter()
+        for job, row in list(self._rows):
+            kv[job.request.tenant] += row.cache.capacity
+        return kv
 
     @property
     def kv_reserved(self) -> int:
@@ -320,11 +346,31 @@ class Scheduler:
                 row.finish_reason = "cancelled"
         self._finish_done()
 
-    def _deliver(self, report: StepReport) -> int:
+    def _step_each_alone(self, error: Exception) -> dict[int, int]:
+        """After a failed step, step every row by itself, so that only a row that fails
+        alone fails (its job gets the error); the tokens the others sampled, by row index.
+        A failed forward leaves the rows as they were: caches advance only after it."""
+        log.error("step over %d rows failed (%s); stepping each row alone", len(self._rows),
+                  type(error).__name__)
+        sampled = {}
+        for index, (_, row) in enumerate(self._rows):
+            try:
+                alone = self.engine.step([row])
+            except Exception as own:
+                log.error("a row failed alone (%s): only its request fails", type(own).__name__)
+                row.finish_reason, row.error = "error", own
+                continue
+            if 0 in alone.sampled:
+                sampled[index] = alone.sampled[0]
+        return sampled
+
+    def _deliver(self, sampled: dict[int, int]) -> int:
+        """Hand each row's new token (row index -> token) to its job; finish the rows that
+        are done; how many there were."""
         rows = len(self._rows)
         for index, (job, _) in enumerate(self._rows):
             job.batch_size = max(job.batch_size, rows)
-            token = report.sampled.get(index)
+            token = sampled.get(index)
             if token is not None:
                 job.on_token(token)
         return self._finish_done()
@@ -343,12 +389,17 @@ class Scheduler:
         for job, row in self._rows:
             if row.finish_reason is None:
                 keep.append((job, row))
+            elif row.error is not None:  # this row alone failed: its cache is not trusted
+                row.cache.release()
+                job.finish(error=row.error)
             else:
                 self._calibrate(job)
-                # Kept for later prompts or released, before the answer: the RSS its log
-                # records holds only what the prefix cache keeps within the KV budget.
+                # Kept for later prompts of its scope or released, before the answer: the
+                # RSS its log records holds only what the prefix cache keeps within the KV
+                # budget.
                 self.prefixes.keep(cached_tokens(row.request.input_ids, row.tokens,
-                                                 row.cache.length), row.cache)
+                                                 row.cache.length), row.cache,
+                                   row.request.cache_scope)
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
         self._trim_prefixes()
@@ -358,22 +409,30 @@ class Scheduler:
 def _start_step(running: list[tuple[int, int]], waiting: list[tuple[int, int]], need: int,
                 max_rows: int, kv_tokens: int) -> int:
     """Steps until a job reserving ``need`` KV positions joins the running set, after the
-    ``waiting`` jobs ahead of it, first come first served. ``running`` and ``waiting`` are
+    ``waiting`` jobs ahead of it (in the fair order). ``running`` and ``waiting`` are
     (steps, reserved positions); a job joins once a row is free and, with a ``kv_tokens``
-    budget, its reservation fits beside the rows still running."""
+    budget, its reservation fits beside the rows still running (an empty set takes any);
+    one that does not fit yet is overtaken by later ones that do (as the scheduler does
+    before a job has aged)."""
     ends = list(running)  # (step at which the row leaves, its reservation)
     heapq.heapify(ends)
     held = sum(tokens for _, tokens in ends)
     now = 0
-    for steps, tokens in [*waiting, (-1, need)]:
-        while ends and (len(ends) >= max_rows or (kv_tokens and held + tokens > kv_tokens)):
-            end, freed = heapq.heappop(ends)
-            now, held = max(now, end), held - freed
-        if steps < 0:
-            return now
-        heapq.heappush(ends, (now + steps, tokens))
-        held += tokens
-    return now
+    pending = [*waiting, (-1, need)]
+    while True:
+        blocked = []
+        for steps, tokens in pending:
+            if len(ends) < max_rows and (not ends or not kv_tokens
+                                         or held + tokens <= kv_tokens):
+                if steps < 0:
+                    return now
+                heapq.heappush(ends, (now + steps, tokens))
+                held += tokens
+            else:
+                blocked.append((steps, tokens))
+        pending = blocked
+        end, freed = heapq.heappop(ends)  # something runs: an empty set would take any job
+        now, held = max(now, end), held - freed
 
 
 def _steps_left(row: Row, chunk: int) -> int:

@@ -6,7 +6,7 @@ OpenAI-compatible bodies; config limits arrive as validation context.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.validation import NewTokens, OptionalText, Seed, Temperature, Text, TopP
 
@@ -18,6 +18,9 @@ class _Body(BaseModel):
     max_new_tokens: NewTokens = None
     # true: server-sent events, one per token (format in server.streaming.task_stream).
     stream: bool = False
+    # vLLM's cache_salt: cached prompt prefixes are reused only among this key's requests
+    # with the same salt (server.prefix_cache).
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 class GenerateBody(_Body):

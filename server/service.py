@@ -72,7 +72,11 @@ class ModelService:
                          row_growth=self.loaded.kernels.row_growth(),
                          on_busy=self._share_cores, kv_tokens=config["KV_TOKENS"],
                          prefix_rows=config["PREFIX_CACHE_ROWS"],
-                         on_cached=self.metrics.cached_prompt_tokens.inc)
+                         on_cached=self.metrics.cached_prompt_tokens.inc,
+                         tenant_rows=config["KEY_MAX_ROWS"],
+                         tenant_kv_tokens=config["KEY_KV_TOKENS"],
+                         tenant_queue=config["KEY_MAX_QUEUE"],
+                         aging_s=config["QUEUE_AGING_S"])
 
     def _share_cores(self, busy: bool) -> None:
         """Before a step (busy) or an idle wait: use this worker's share of the cores."""

@@ -404,8 +404,12 @@ def test_the_scheduler_releases_a_finished_rows_cache_before_answering(loaded) -
     assert seen and seen[0].cache.keys == [] and seen[0].cache.values == []
 
 
-def test_a_kv_budget_holds_the_next_job_until_its_reservation_fits(loaded) -> None:
-    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=30)
+@pytest.mark.parametrize("aged", [True, False])
+def test_a_kv_budget_holds_the_next_job_until_its_reservation_fits(loaded, aged) -> None:
+    """A job that does not fit waits; a later one that fits overtakes it only until the
+    waiting one has aged (aging_s 0: at once, first come first served)."""
+    scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=30,
+                          aging_s=0.0 if aged else 60.0)
     scheduler.start()
     long = scheduler.submit(Job(GenerationRequest(_prompt(4), 20)))  # reserves 24 of 30
     wait_until(lambda: long.batch_size, "the long job is running", interval_s=0.01)
@@ -413,10 +417,13 @@ def test_a_kv_budget_holds_the_next_job_until_its_reservation_fits(loaded) -> No
     small = scheduler.submit(Job(GenerationRequest(_prompt(4, 700), 10)))  # 14: no room
     late = scheduler.submit(Job(GenerationRequest(_prompt(2, 900), 2)))  # 4 would fit...
     assert long.wait(60) and small.wait(60) and late.wait(60)
-    assert small.started_at >= long.finished_at  # ... but never ran beside the long job
-    assert late.started_at >= small.started_at  # and nothing overtook the head
-    assert late.batch_size == 2  # the two that fit together ran together
+    assert small.started_at >= long.finished_at  # ... the small one never ran beside it
     assert long.result.token_ids and len(small.result.token_ids) == 10
+    if aged:
+        assert late.started_at >= small.started_at  # nothing overtook the aged head
+        assert late.batch_size == 2  # the two that fit together ran together
+    else:
+        assert late.finished_at <= long.finished_at  # it fitted beside the long job
 
 
 def test_the_forecast_waits_for_kv_room_as_admission_does(loaded) -> None:

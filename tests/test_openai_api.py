@@ -79,6 +79,10 @@ def test_streamed_chat_matches_the_whole_answer(client, include_usage) -> None:
     assert len({c["id"] for c in chunks}) == 1
     if include_usage:
         *chunks, last = chunks
+        # the stream reused the whole answer's cached prompt: only that count differs
+        details = last["usage"].pop("prompt_tokens_details")
+        assert details["cached_tokens"] > whole["usage"].pop("prompt_tokens_details")[
+            "cached_tokens"] == 0
         assert last["choices"] == [] and last["usage"] == whole["usage"]
         assert all(c["usage"] is None for c in chunks)
     else:

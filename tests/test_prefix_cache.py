@@ -162,3 +162,39 @@ def test_gunicorn_workers_count_copied_prompt_tokens(tiny_model: Path, tmp_path:
               if line.startswith("gpt_prompt_tokens_cached_total")]
     assert cached and float(cached[0].split()[-1]) >= MIN_SHARED
     assert ready["prefix_cache_rows"] > 0
+
+
+def test_kept_caches_are_reused_only_within_their_scope() -> None:
+    kept = PrefixCache(4)
+    secret = list(range(MIN_SHARED + 10))
+    kept.keep([*secret, 1], _cache_of([*secret, 1]), scope=("key-a", ""))
+    assert kept.find([*secret, 2], scope=("key-b", "")) is None  # another key: never
+    assert kept.find([*secret, 2], scope=("key-a", "salt")) is None  # another salt: never
+    assert kept.find([*secret, 2], scope=("key-a", ""))[1] == len(secret)
+    # key b's own copy of the same prompt does not supersede key a's entry
+    kept.keep([*secret, 1, 5], _cache_of([*secret, 1, 5]), scope=("key-b", ""))
+    assert len(kept) == 2
+
+
+def test_one_key_never_reuses_another_keys_cached_prompt(tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    """Issue 29: key B's lookalike of key A's prompt (a secret in it) reused 78 of A's cached
+    tokens. Through real Gunicorn, each answer's usage says how many prompt tokens came from
+    a cache (OpenAI's prompt_tokens_details.cached_tokens)."""
+    key_a, key_b = "tenant-a-0123456789abcdef", "tenant-b-0123456789abcdef"
+    env = server_env(tmp_path, API_KEYS=f"{key_a},{key_b}")
+    secret = "Instructions for the vault: the passphrase is tangerine-4471, " * 4
+
+    def cached(server: GunicornServer, key: str, tail: str, **extra) -> int:
+        answer = requests.post(server.url + "/v1/completions", timeout=60,
+                               headers={"Authorization": f"Bearer {key}"},
+                               json={"prompt": secret + tail, "max_tokens": 2, **extra})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    with GunicornServer(tmp_path, env, workers=1) as server:
+        assert cached(server, key_a, "first") == 0
+        assert cached(server, key_b, "guess") == 0  # A's prompt is not B's to reuse
+        assert cached(server, key_a, "again") >= MIN_SHARED  # A still reuses its own
+        assert cached(server, key_a, "salted", cache_salt="user-7") == 0
+        assert cached(server, key_a, "salted again", cache_salt="user-7") >= MIN_SHARED

@@ -1,6 +1,7 @@
 """The continuous scheduler's queue (server.scheduler) around a real step engine on tiny:
 fast refusal when full, at most max_batch_size rows, cancelled jobs skipped, a failed step
-fails its jobs and the thread goes on, streaming gets every token then the end."""
+fails only the rows that fail alone and the thread goes on, streaming gets every token then
+the end."""
 
 from __future__ import annotations
 
@@ -29,19 +30,19 @@ def loaded(tiny_model: Path) -> LoadedModel:
 
 class _GatedEngine(StepEngine):
     """The real engine, holding each step until ``release`` is set; records rows per step,
-    and fails the next step when ``fail_next`` is set."""
+    fails the next step when ``fail_next`` is set, and every step when ``fail_always``."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded.model, loaded.eos_id, ignore_eos=True)
         self.release, self.entered = threading.Event(), threading.Event()
         self.rows: list[int] = []
-        self.fail_next = False
+        self.fail_next = self.fail_always = False
 
     def step(self, rows, prefill=None) -> StepReport:
         self.entered.set()
         assert self.release.wait(300)
         self.rows.append(len(rows))
-        if self.fail_next:
+        if self.fail_next or self.fail_always:
             self.fail_next = False
             raise RuntimeError("step failed")
         return super().step(rows, prefill)
@@ -94,15 +95,44 @@ def test_cancelled_waiting_job_never_runs(loaded) -> None:
     assert gone.started_at is None and kept.result.finish_reason == "length"
 
 
-def test_failed_step_fails_its_jobs_and_the_thread_goes_on(loaded) -> None:
+def test_failing_step_fails_its_jobs_and_the_thread_goes_on(loaded) -> None:
     scheduler, engine = _start(loaded, max_batch=1, max_queue=4)
-    engine.fail_next = True
+    engine.fail_always = True
     bad = scheduler.submit(_job())
     engine.release.set()
     assert bad.wait(300) and isinstance(bad.error, RuntimeError)
+    engine.fail_always = False
     good = scheduler.submit(_job(3))
     assert good.wait(300) and len(good.result.token_ids) == 3
     wait_until(lambda: scheduler.running == 0, "the finished row to leave", timeout_s=300)
+
+
+def test_step_that_fails_once_is_retried_row_by_row(loaded) -> None:
+    scheduler, engine = _start(loaded, max_batch=2, max_queue=4)
+    engine.fail_next = True
+    job = scheduler.submit(_job(3))
+    engine.release.set()
+    assert job.wait(300) and job.error is None and len(job.result.token_ids) == 3
+
+
+def test_a_row_that_fails_fails_alone(loaded) -> None:
+    """A prompt the model cannot read (a token id past the vocabulary: the embedding raises)
+    packed beside a good row: only its own request fails; the good row's greedy tokens are
+    the ones it gets alone."""
+    alone, engine_alone = _start(loaded, max_batch=2, max_queue=4)
+    engine_alone.release.set()
+    reference = alone.submit(_job(5))
+    assert reference.wait(300) and reference.error is None
+    scheduler, engine = _start(loaded, max_batch=2, max_queue=4)
+    good = scheduler.submit(_job(5))
+    assert engine.entered.wait(300)  # the good row's first step is held: the bad one queues
+    vocab = loaded.model.config.vocab_size
+    bad = scheduler.submit(Job(GenerationRequest([1, vocab + 7], max_new_tokens=5)))
+    engine.release.set()
+    assert good.wait(300) and bad.wait(300)
+    assert isinstance(bad.error, IndexError) and bad.result is None
+    assert good.error is None and good.result.token_ids == reference.result.token_ids
+    assert 2 in engine.rows  # they were stepped together, and that step failed
 
 
 def test_streaming_job_receives_every_token_then_the_end(loaded) -> None:

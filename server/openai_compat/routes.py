@@ -42,12 +42,17 @@ def _check_model(requested: str | None) -> None:
                        f"model {requested!r} is not served here; use {served!r}")
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None
+           ) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens`` (a whole answer's) adds
+    ``prompt_tokens_details``, as OpenAI reports prompt caching."""
+    details = None if cached_tokens is None else {"cached_tokens": cached_tokens}
     return OpenAIUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                       total_tokens=prompt_tokens + completion_tokens).model_dump()
+                       total_tokens=prompt_tokens + completion_tokens,
+                       prompt_tokens_details=details).model_dump(exclude_none=True)
 
 
-def _answer(kind: str, prefix: str, choice: dict[str, Any], usage: dict[str, int]) -> Response:
+def _answer(kind: str, prefix: str, choice: dict[str, Any], usage: dict[str, Any]) -> Response:
     """A whole (not streamed) answer, built through the spec's model."""
     return jsonify(OpenAICompletion(
         id=f"{prefix}-{uuid.uuid4().hex}", object=kind, created=int(time.time()),
@@ -64,19 +69,22 @@ def _start(body: CompletionBody | ChatBody, ids: list[int], param: str) -> Job:
                        details=[{"field": "min_tokens", "message": message}])
     return pipeline.start(ids, limit, param=param, stream=body.stream,
                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                          min_new_tokens=body.min_new_tokens(limit))
+                          min_new_tokens=body.min_new_tokens(limit),
+                          cache_salt=body.cache_salt)
 
 
 class _Chunks:
     """The fields every chunk of one streamed answer repeats, and its usage."""
 
-    def __init__(self, kind: str, body: CompletionBody | ChatBody, prompt_tokens: int) -> None:
+    def __init__(self, kind: str, body: CompletionBody | ChatBody, prompt_tokens: int,
+                 job: Job) -> None:
         prefix = "chatcmpl" if kind == "chat.completion.chunk" else "cmpl"
         self.head = {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind,
                      "created": int(time.time()), "model": _loaded().name}
         self.include_usage = body.include_usage
         self.continuous_usage = body.continuous_usage
         self.prompt_tokens = prompt_tokens
+        self.job = job  # its cached prompt tokens are known once it has joined
 
     def event(self, choice: dict[str, Any], completion_tokens: int = 0) -> str:
         """A chunk with one choice: ``"usage": null`` when usage comes at the end, the usage
@@ -90,7 +98,8 @@ class _Chunks:
         """The usage chunk (``choices: []``) if asked for, then [DONE]."""
         if self.include_usage:
             yield sse({**self.head, "choices": [],
-                       "usage": _usage(self.prompt_tokens, len(outcome.token_ids))})
+                       "usage": _usage(self.prompt_tokens, len(outcome.token_ids),
+                                       self.job.cached_tokens)})
         yield DONE
 
 
@@ -103,7 +112,7 @@ def completions() -> Response:
     ids = tokenizer.encode(body.prompt)
     job = _start(body, ids, param="prompt")
     if body.stream:
-        chunks = _Chunks("text_completion", body, len(ids))
+        chunks = _Chunks("text_completion", body, len(ids), job)
 
         def render(deltas: Iterator[Delta], outcome: StreamedGeneration) -> Iterator[str]:
             for delta in deltas:
@@ -118,7 +127,7 @@ def completions() -> Response:
     return _answer("text_completion", "cmpl", {
         "index": 0, "logprobs": None, "finish_reason": result.finish_reason,
         "text": tokenizer.decode(result.token_ids, skip_special_tokens=True)},
-        _usage(len(ids), len(result.token_ids)))
+        _usage(len(ids), len(result.token_ids), job.cached_tokens))
 
 
 @bp.post("/chat/completions")
@@ -130,7 +139,7 @@ def chat_completions() -> Response:
     ids = chat_ids(tokenizer, [{"role": m.role, "content": m.text} for m in body.messages])
     job = _start(body, ids, param="messages")
     if body.stream:
-        chunks = _Chunks("chat.completion.chunk", body, len(ids))
+        chunks = _Chunks("chat.completion.chunk", body, len(ids), job)
 
         def render(deltas: Iterator[Delta], outcome: StreamedGeneration) -> Iterator[str]:
             yield chunks.event({"delta": {"role": "assistant", "content": ""},
@@ -147,7 +156,8 @@ def chat_completions() -> Response:
     text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
     return _answer("chat.completion", "chatcmpl", {
         "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-        "finish_reason": result.finish_reason}, _usage(len(ids), len(result.token_ids)))
+        "finish_reason": result.finish_reason},
+        _usage(len(ids), len(result.token_ids), job.cached_tokens))
 
 
 @bp.get("/models")

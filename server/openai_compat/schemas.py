@@ -49,6 +49,9 @@ class _Sampling(_Strict):
     logprobs: None = Field(default=None, description="null only: logprobs are not supported")
     repetition_penalty: float = Field(default=1.0, ge=1.0, le=1.0,
                                       description="vLLM: 1.0 only (no penalty)")
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=256,
+                                   description="vLLM: reuse cached prompt prefixes only among "
+                                               "this key's requests with the same salt")
 
     def requested_tokens(self) -> int | None:
         """How many new tokens the client asked for (None: the server's default)."""

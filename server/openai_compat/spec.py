@@ -20,10 +20,16 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class PromptTokensDetails(_Open):
+    cached_tokens: int = Field(ge=0, description="prompt tokens copied from this key's own "
+                                                  "cached prefixes instead of computed")
+
+
 class OpenAIUsage(_Open):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class OpenAICompletion(_Open):
