@@ -16,11 +16,14 @@ from server.config import load_config  # light: no Flask or torch
 _config = load_config()
 
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
-# every worker writes its metrics to files that /metrics merges. Stale files from an earlier
-# server using the same folder would be counted again, so the folder starts empty: once per
-# master. Gunicorn evaluates this file again on SIGHUP (a reload; the systemd unit sends HUP)
-# in the same master, whose live workers' counters are in those files, so a variable set in
-# the master's environment marks the wipe as done. (Module globals are fresh on each read.)
+# every worker writes its metrics to files that /metrics merges. The same per-server folder
+# holds the lock files of the rows the workers share (in_flight.lock, core_share.lock;
+# server/shared_rows.py): created here, in the master, before the app and the fork. Stale
+# .db files from an earlier server using the same folder would be counted again, so the
+# folder starts empty of them: once per master. Gunicorn evaluates this file again on
+# SIGHUP (a reload; the systemd unit sends HUP) in the same master, whose live workers'
+# counters are in those files, so a variable set in the master's environment marks the
+# wipe as done. (Module globals are fresh on each read.)
 _WIPED_BY = "GPT_LOAD_LAB_METRICS_WIPED_BY"
 _first_read = os.environ.get(_WIPED_BY) != str(os.getpid())
 if _first_read:
@@ -163,18 +166,22 @@ def _torch_threads(workers: int) -> int:
 
 def child_exit(server, worker):
     """Drop a dead worker's per-worker gauges from /metrics, its in-flight count and its
-    busy-core slot."""
+    busy-core row. Never waits on a lock: the worker may have died holding one
+    (server/shared_rows.py); a row left behind is recycled when a worker needs it."""
     from server.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
     if server.cfg.preload_app:  # the app (and its shared in-flight table) lives here too
         table = server.app.wsgi().extensions.get("in_flight")
-        if table is not None:
-            table.forget(worker.pid)
-        # A worker that died mid-step still holds a busy slot: the others' shares shrink.
+        if table is not None and not table.forget(worker.pid):
+            server.log.warning("in-flight row of worker %s left to the workers (lock busy)",
+                               worker.pid)
+        # A worker that died mid-step still holds a busy row: the others' shares shrink.
         service = server.app.wsgi().extensions.get("model_service")
-        if service is not None and service.cores is not None:
-            service.cores.release_dead(worker.pid)
+        if service is not None and service.cores is not None \
+                and not service.cores.release_dead(worker.pid):
+            server.log.warning("busy-core row of worker %s left to the workers (lock busy)",
+                               worker.pid)
 
 
 def on_exit(server):

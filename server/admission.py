@@ -5,25 +5,26 @@ hands connections to workers unevenly, so one worker can hold far more than its 
 ``MAX_IN_FLIGHT`` bounds the sum: a request beyond it gets a fast 503 with ``Retry-After``
 before its body is parsed or tokenized.
 
-The counts live in a small shared-memory table created in the Gunicorn master (the app is
-preloaded), so every forked worker sees the same memory: one row per live process
-``(pid, in_flight)``. A worker killed mid-request would otherwise leak its slots forever, so
-rows of dead processes are cleared (``child_exit`` in gunicorn.conf.py, whenever a new
-worker claims a row, and when the cap is reached: a SIGKILLed worker is a zombie until the
-master reaps it, and its clients' retries arrived first often enough to be refused).
+The counts live in shared rows (server.shared_rows) created in the Gunicorn master (the app
+is preloaded), one per process ``(pid, in_flight)``: each worker writes only its own row and
+reads the sum without a lock, so a worker SIGKILLed at any moment cannot wedge the others.
+Its rows are cleared by the master (``child_exit`` in gunicorn.conf.py, without ever waiting
+on a lock) and, at the cap, by any worker: a SIGKILLed worker is a zombie until the master
+reaps it, and its clients' retries arrived first often enough to be refused. The rows' lock
+file is ``in_flight.lock`` in the server's runtime folder (``shared_rows.runtime_dir``).
 Without Gunicorn (tests, ``flask run``) the table is simply private.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
 from server import routing
 from server.errors import APIError
+from server.shared_rows import SharedRows, runtime_dir
 
 # Rows in the table: far above any worker count (Gunicorn replaces dead workers with new
 # pids, and dead rows are recycled).
@@ -31,80 +32,41 @@ _ROWS = 256
 
 
 class InFlightTable:
-    """Shared ``(pid, count)`` rows; all access under one cross-process lock."""
+    """Requests in flight per process, in shared rows that only their owner writes."""
 
-    def __init__(self, rows: int = _ROWS) -> None:
-        self._pids = multiprocessing.RawArray("i", rows)
-        self._counts = multiprocessing.RawArray("i", rows)
-        self._lock = multiprocessing.Lock()
-        self._mine: tuple[int, int] | None = None  # (pid, row) of this process's row
+    def __init__(self, rows: int = _ROWS, directory: Path | None = None) -> None:
+        self.rows = SharedRows("in_flight", rows, directory)
 
     def total(self) -> int:
-        """Requests in flight in all live processes."""
-        with self._lock:
-            return sum(self._counts)
+        """Requests in flight in all live processes (no lock)."""
+        return self.rows.total()
 
     def try_acquire(self, cap: int) -> bool:
-        """Count one more request of this process, unless ``cap`` are already in flight."""
-        with self._lock:
-            if sum(self._counts) >= cap:
-                self._forget_dead()  # only at the cap: it reads /proc per row
-                if sum(self._counts) >= cap:
+        """Count one more request of this process, unless ``cap`` are already in flight.
+
+        Counted first, then checked, with no cross-process lock: two workers racing for the
+        last slot may both see the sum over the cap and both refuse (a fast 503 and a
+        retry), and do not both get in unless their stores and reads meet within the CPU's
+        store buffer (nanoseconds, against the microseconds of Python between them). The
+        threads of one process take turns.
+        """
+        with self.rows.local:
+            self.rows.add(1)
+            if self.rows.total() > cap:
+                self.rows.forget_dead()  # only at the cap: it reads /proc per row
+                if self.rows.total() > cap:
+                    self.rows.add(-1)
                     return False
-            self._counts[self._row()] += 1
             return True
 
     def release(self) -> None:
         """Count one request of this process less."""
-        with self._lock:
-            row = self._row()
-            self._counts[row] = max(0, self._counts[row] - 1)
+        self.rows.add(-1)
 
-    def forget(self, pid: int) -> None:
-        """Drop a dead process's row (its requests died with it)."""
-        with self._lock:
-            for row, owner in enumerate(self._pids):
-                if owner == pid:
-                    self._pids[row], self._counts[row] = 0, 0
-
-    def _forget_dead(self) -> None:
-        # Called under the lock: clear the rows of processes that died, reaped or not.
-        for row, owner in enumerate(self._pids):
-            if owner and self._counts[row] and not _alive(owner):
-                self._pids[row], self._counts[row] = 0, 0
-
-    def _row(self) -> int:
-        # Called under the lock: this process's row, claimed on first use and remembered
-        # (per pid: a forked child must claim its own), so a request does not scan the table.
-        pid = os.getpid()
-        if self._mine is not None and self._mine[0] == pid and self._pids[self._mine[1]] == pid:
-            return self._mine[1]
-        for row, owner in enumerate(self._pids):
-            if owner == pid:
-                self._mine = (pid, row)
-                return row
-        for row, owner in enumerate(self._pids):
-            if owner == 0 or not _alive(owner):
-                self._pids[row], self._counts[row] = pid, 0
-                self._mine = (pid, row)
-                return row
-        raise RuntimeError("in-flight table full")
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie (dead, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc here: kill(0) is all we know
-    return state not in (b"Z", b"X")
+    def forget(self, pid: int) -> bool:
+        """Drop a dead process's row (its requests died with it) without blocking; False if
+        the lock stayed busy (the workers then recycle the row)."""
+        return self.rows.forget(pid)
 
 
 def _admit() -> None:
@@ -139,7 +101,7 @@ def init_app(app: Flask) -> None:
     """Cap generation requests in flight at ``MAX_IN_FLIGHT`` (0 = no cap)."""
     if not app.config["MAX_IN_FLIGHT"]:
         return
-    app.extensions["in_flight"] = InFlightTable()
+    app.extensions["in_flight"] = InFlightTable(directory=runtime_dir())
     app.before_request(_admit)
     app.after_request(_hand_over)
     app.teardown_request(_release_on_error)

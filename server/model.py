@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server import kernels, synthetic
+from server import kernels, native_gemm, synthetic
 from server.kernels import KernelChoice
 from server.memory import release_free_heap
 from server.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
@@ -72,6 +72,9 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     precision and kernel path that ``server.kernels`` measures fastest among those DTYPE
     allows (auto: every one; int8 only with ``allow_int8``).
 
+    An explicit ``DTYPE=bfloat16+native`` this machine cannot run raises ConfigError (naming
+    the missing CPU features) before any weight is read.
+
     Runs in the Gunicorn master before fork, so it must not start torch's thread pools:
     the caller pins torch to one thread first (see server.service).
     """
@@ -79,6 +82,8 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
 
     start = time.monotonic()
     check_dtype(dtype)
+    if dtype == kernels.BF16_NATIVE:
+        native_gemm.require()  # before the weights: a CPU that cannot run it fails at once
     source = resolve_source(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()

@@ -15,7 +15,18 @@ It is one more kernel candidate (``bfloat16+native``, server.kernels), timed at 
 like the others and served only where it measures fastest. Available when the CPU has
 AVX-512 BF16 and a C compiler (``CC``, default ``cc``) builds the source: once per source
 and flags, into ``GLL_NATIVE_DIR`` (default ``~/.cache/gpt-load-lab/native``); loaded
-with ctypes, whose calls release the GIL. Elsewhere the candidate is simply absent.
+with ctypes, whose calls release the GIL. Elsewhere the candidate is simply absent, and an
+explicit ``DTYPE=bfloat16+native`` stops startup with a ConfigError naming the missing CPU
+features and the CPU (``require``).
+
+Loading never crashes startup (``load``): the cache folder is created 0700 and used only if
+it belongs to this user and no one else may write to it (else the library is built in a
+private temporary folder); the library's SHA-256, recorded beside it at build time
+(``<name>.so.sha256``), is checked before ``ctypes.CDLL``; a library that does not match
+or does not load is rebuilt once, and if building fails the candidate is dropped with a
+logged warning. Loading runs none of the library's code, and the compiler's AVX-512 target
+flags only change the code of the kernels, so the library builds and loads on any x86-64
+(the tests check loading on CPUs without AVX-512, where no kernel is ever called).
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,7 +45,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from server.hardware import cpu_flags
+from server.config import ConfigError
+from server.hardware import cpu_facts, cpu_flags
 from server.quantize import replace_modules
 
 log = logging.getLogger(__name__)
@@ -54,37 +68,76 @@ def build_dir() -> Path:
     return Path(os.environ.get("GLL_NATIVE_DIR") or default / "native")
 
 
-def build(directory: Path | None = None) -> Path:
-    """Compile the source (if this source and these flags are not built yet); its path."""
+def build(directory: Path | None = None, rebuild: bool = False) -> Path:
+    """Compile the sources unless this source and these flags are built and verified
+    already (or ``rebuild``); the library's path, its digest recorded beside it."""
     compiler = os.environ.get("CC", "cc")
     code = b"".join(source.read_bytes() for source in (*SOURCES, HEADER))
     key = hashlib.sha256(code + " ".join((compiler, *CFLAGS)).encode())
     target = (directory or build_dir()) / f"gemm_bf16-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not rebuild:
+        problem = _unverified(target)
+        if problem is None:
+            return target
+        log.warning("native bf16 kernels: %s %s: rebuilding", target, problem)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", str(built)], check=True,
                        capture_output=True, text=True, timeout=300)
-        os.replace(built, target)  # atomic: a concurrent builder finds a whole file
+        digest = Path(scratch) / _digest_path(target).name
+        digest.write_text(f"{_sha256(built)}  {target.name}\n")
+        # Each replace is atomic: a concurrent loader finds whole files (at worst a library
+        # that does not match the digest yet, which it rebuilds).
+        os.replace(digest, _digest_path(target))
+        os.replace(built, target)
     return target
 
 
-@functools.cache
-def library() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (logged) where this CPU or this machine cannot run it."""
-    missing = [flag for flag in NEEDED_FLAGS if flag not in cpu_flags()]
-    if missing:
-        log.info("native bf16 GEMM: not on this CPU (no %s)", ", ".join(missing))
-        return None
+def load(directory: Path | None = None) -> ctypes.CDLL | None:
+    """The library built in ``directory`` (default ``build_dir()``), verified against its
+    recorded digest and loaded; rebuilt once if it fails to verify or load; None (logged:
+    the other kernel paths serve) if building or the rebuild fails.
+
+    A directory that is not this user's alone (another owner, or group/world-writable) is
+    not used: the library is built in a private temporary folder instead, removed once
+    loaded. Runs none of the library's code, so it is safe on any x86-64 CPU.
+    """
+    directory = directory or build_dir()
+    scratch = None if _private(directory) else Path(
+        tempfile.mkdtemp(prefix="gpt-load-lab-native-"))
+    if scratch is not None:
+        log.warning("native bf16 kernels: building in the private folder %s instead", scratch)
     try:
-        path = build()
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        log.warning("native bf16 GEMM: could not build %s: %s", SOURCE, str(detail)[-500:])
+        for rebuild in (False, True):
+            try:
+                path = build(scratch or directory, rebuild)
+            except (OSError, subprocess.SubprocessError) as exc:
+                detail = getattr(exc, "stderr", "") or exc
+                log.warning("native bf16 kernels: could not build %s: %s; not used (the "
+                            "other kernel paths serve)", SOURCE, str(detail)[-500:])
+                return None
+            try:
+                return _load(path)
+            except (OSError, AttributeError, NativeLoadError) as exc:
+                log.warning("native bf16 kernels: could not load %s: %s; %s", path, exc,
+                            "not used (the other kernel paths serve)" if rebuild
+                            else "rebuilding once")
         return None
-    torch.get_num_threads()  # torch (and its libgomp) loaded first: the kernel shares it
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)  # a loaded library stays mapped
+
+
+class NativeLoadError(RuntimeError):
+    """A built library does not match the digest recorded when it was built."""
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """``path`` loaded with ctypes once its digest matches; its functions declared."""
+    problem = _unverified(path)
+    if problem is not None:
+        raise NativeLoadError(problem)
     lib = ctypes.CDLL(str(path))
     lib.pack_vnni.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.gemm_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
@@ -98,6 +151,36 @@ def library() -> ctypes.CDLL | None:
                                 ctypes.c_int] + [ctypes.c_void_p] * 4
     lib.gpt2_decode.restype = ctypes.c_int
     return lib
+
+
+def missing_flags() -> list[str]:
+    """The CPU features the native kernels need that this CPU lacks."""
+    flags = cpu_flags()
+    return [flag for flag in NEEDED_FLAGS if flag not in flags]
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (logged) where this CPU or this machine cannot run them."""
+    missing = missing_flags()
+    if missing:
+        log.info("native bf16 GEMM: not on this CPU (no %s)", ", ".join(missing))
+        return None
+    torch.get_num_threads()  # torch (and its libgomp) loaded first: the kernel shares it
+    return load()
+
+
+def require() -> None:
+    """Raise ConfigError (naming the missing CPU features and this CPU) unless the native
+    kernels run here: for an explicit ``DTYPE=bfloat16+native``."""
+    missing = missing_flags()
+    if missing:
+        raise ConfigError(
+            f"DTYPE=bfloat16+native needs the CPU feature(s) {', '.join(missing)}, which this "
+            f"CPU ({cpu_facts()['cpu_model']}) lacks; use DTYPE=bfloat16 or auto")
+    if library() is None:
+        raise ConfigError("DTYPE=bfloat16+native: the native kernels could not be built or "
+                          "loaded (see the warning above); use DTYPE=bfloat16 or auto")
 
 
 def available() -> bool:
@@ -157,3 +240,40 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
         return tensor.contiguous()
     pad = tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])
     return torch.cat([tensor, pad]).contiguous()
+
+
+def _private(directory: Path) -> bool:
+    """Whether ``directory`` (created 0700 if missing) is this user's and writable by no
+    one else; logs why not."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError as exc:
+        log.warning("native bf16 kernels: cannot use %s: %s", directory, exc)
+        return False
+    if info.st_uid != os.geteuid():
+        log.warning("native bf16 kernels: %s belongs to uid %d, not this server's %d: not "
+                    "used", directory, info.st_uid, os.geteuid())
+        return False
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning("native bf16 kernels: %s is writable by others (mode %o): not used",
+                    directory, stat.S_IMODE(info.st_mode))
+        return False
+    return True
+
+
+def _digest_path(library_path: Path) -> Path:
+    return library_path.with_name(library_path.name + ".sha256")
+
+
+def _unverified(library_path: Path) -> str | None:
+    """Why ``library_path`` does not match the digest recorded at build time (None: it does)."""
+    try:
+        recorded = _digest_path(library_path).read_text().split()[0]
+    except (OSError, IndexError):
+        return "has no recorded digest"
+    return None if recorded == _sha256(library_path) else "does not match its recorded digest"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

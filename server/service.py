@@ -18,6 +18,7 @@ from server.model import LoadedModel, load_model
 from server.requestlog import RequestLog
 from server.row_cache import resolve_kv_dtype
 from server.scheduler import Scheduler
+from server.shared_rows import runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class ModelService:
         self.metrics.weight_bytes.set(self.loaded.weight_bytes)
         self.metrics.observe_kernels(self.loaded.kernels)
         # Created before fork: the workers share its slots (server/core_share.py).
-        self.cores = CoreShare(len(os.sched_getaffinity(0)), app.config["TORCH_THREADS"])
+        self.cores = CoreShare(len(os.sched_getaffinity(0)), app.config["TORCH_THREADS"],
+                               runtime_dir())
         self.scheduler = self._make_scheduler(app.config)
         self.request_log = RequestLog(app.config["REQUEST_LOG"],
                                       on_error=self.metrics.log_write_errors.inc)

@@ -16,7 +16,8 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from server.admission import InFlightTable, _alive
+from server.admission import InFlightTable
+from server.shared_rows import alive
 from tests.conftest import server_env
 
 CAP, CLIENTS = 12, 100
@@ -79,7 +80,7 @@ def test_a_full_table_forgets_a_killed_process_before_its_parent_reaps_it() -> N
         table.try_acquire(cap=2)
         os._exit(0)
     try:
-        wait_until(lambda: table.total() == 2 and not _alive(child), "the child is a zombie",
+        wait_until(lambda: table.total() == 2 and not alive(child), "the child is a zombie",
                    interval_s=0.01)
         assert Path(f"/proc/{child}").exists()  # not reaped yet
         assert table.try_acquire(cap=2) and table.total() == 1
