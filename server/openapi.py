@@ -163,8 +163,8 @@ def _components() -> dict[str, Any]:
     return defs["$defs"]
 
 
-def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of this app's configuration."""
+def build_spec(config: dict[str, Any], secured: bool, operator: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this app's configuration (``operator``: OPERATOR_KEYS set)."""
     schemas = copy.deepcopy(_components())
     for body in [*(body for _, body, _ in _TASKS), *SCHEMA_MODELS[:2]]:
         _apply_limits(schemas[body.__name__], config)
@@ -179,14 +179,7 @@ def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
                                "responses": {"200": _response("ready", "Ready"),
                                              "503": _response("not_ready", "ErrorEnvelope",
                                                               headers=("Retry-After",))}}}
-    paths["/metrics"] = {"get": {
-        "operationId": "metrics", "summary": "Prometheus metrics (operator key: OPERATOR_KEYS)",
-        "security": [{"operatorKey": []}],
-        "responses": {"200": _response("text exposition format", "", media="text/plain"),
-                      "401": _response("missing_operator_key / invalid_operator_key (an API "
-                                       "key does not open it)", "ErrorEnvelope"),
-                      "404": _response("not_found: no OPERATOR_KEYS configured",
-                                       "ErrorEnvelope")}}}
+    paths["/metrics"] = _metrics_operation(operator)
     paths.update(v1_paths())
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -201,10 +194,25 @@ def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
             "bearerAuth": {"type": "http", "scheme": "bearer"},
             "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
         spec["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
-    spec["components"].setdefault("securitySchemes", {})["operatorKey"] = {
-        "type": "http", "scheme": "bearer",
-        "description": "a key of OPERATOR_KEYS (server/operator_auth.py), not an API key"}
+    if operator:
+        spec["components"].setdefault("securitySchemes", {})["operatorKey"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "a key of OPERATOR_KEYS (server/operator_auth.py), not an API key"}
     return spec
+
+
+def _metrics_operation(operator: bool) -> dict[str, Any]:
+    """/metrics: the operator's (server/operator_auth.py), or off (404) without OPERATOR_KEYS."""
+    summary = "Prometheus metrics (operator key: OPERATOR_KEYS)"
+    if not operator:
+        return {"get": {"operationId": "metrics", "summary": summary, "security": [],
+                        "responses": {"404": _response("not_found: no OPERATOR_KEYS configured",
+                                                       "ErrorEnvelope")}}}
+    return {"get": {
+        "operationId": "metrics", "summary": summary, "security": [{"operatorKey": []}],
+        "responses": {"200": _response("text exposition format", "", media="text/plain"),
+                      "401": _response("missing_operator_key / invalid_operator_key (an API "
+                                       "key does not open it)", "ErrorEnvelope")}}}
 
 
 # The docs page loads nothing but itself and /openapi.json: no CDN, enforced by the browser.
@@ -214,7 +222,8 @@ _DOCS_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-
 
 def init_app(app: Flask) -> None:
     """Serve the spec at ``/openapi.json`` and the docs page at ``/docs`` (both public)."""
-    spec = build_spec(app.config, secured=app.extensions["api_keys"] is not None)
+    spec = build_spec(app.config, secured=app.extensions["api_keys"] is not None,
+                      operator=app.extensions["operator_keys"] is not None)
     page = resources.files("server").joinpath("docs.html").read_text()
 
     def openapi_json() -> Response:

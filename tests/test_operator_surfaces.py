@@ -142,6 +142,9 @@ def test_allow_anonymous_counts_as_authenticated(tiny_model, request_log, monkey
     served = app.test_client().post("/generate-text", json=BODY)
     assert served.status_code == 200 and _telemetry_in(served.headers) == TELEMETRY
     assert app.test_client().get("/metrics").status_code == 404  # still the operator's
+    spec = app.test_client().get("/openapi.json").json
+    assert "securitySchemes" not in spec["components"]
+    assert set(spec["paths"]["/metrics"]["get"]["responses"]) == {"404"}
 
 
 def test_through_gunicorn(tiny_model: Path, tmp_path: Path) -> None:
@@ -175,3 +178,11 @@ def test_through_gunicorn(tiny_model: Path, tmp_path: Path) -> None:
         assert detailed.json()["limits"]["max_queue"] == 32
         assert requests.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
     assert server.operator_key not in server.log_text()
+
+
+def test_the_spec_says_metrics_needs_the_operator_key(make_app) -> None:
+    spec = make_app().test_client(api_key="").get("/openapi.json").json
+    operation = spec["paths"]["/metrics"]["get"]
+    assert operation["security"] == [{"operatorKey": []}]
+    assert set(operation["responses"]) == {"200", "401"}
+    assert spec["components"]["securitySchemes"]["operatorKey"]["scheme"] == "bearer"

@@ -54,7 +54,7 @@ def test_keys_never_appear_in_the_server_log_request_log_or_responses(tiny_model
         # 10: with memory:// each of the 2 workers counts 4/minute on its own.
         statuses = [send(headers=bearer) for _ in range(10)]
         assert 429 in statuses
-        requests.get(f"{server.url}/metrics", timeout=10)
+        requests.get(f"{server.url}/metrics", timeout=10, headers=server.operator_headers)
     server_log = server.log_text()
     logged = server_log + request_log.read_text()
     answered = "".join(r.text + str(dict(r.headers)) for r in seen)
