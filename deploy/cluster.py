@@ -49,19 +49,21 @@ def render_nginx_conf(text: str, upstreams: list[str], files: Path, log_dir: Pat
 
 
 def host_env(args: argparse.Namespace, net: Network, run_dir: Path, host: str,
-             keys: list[str]) -> dict[str, str]:
-    """Environment of one Gunicorn host: the model, both keys, limits counted in Redis."""
+             keys: list[str], operator_key: str) -> dict[str, str]:
+    """Environment of one Gunicorn host: the model, both keys and the operator key (for
+    /ready's worker pids and the /metrics scrapes), limits counted in Redis."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LOCUST_", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_"))}
     return {**env, "MODEL": args.model, "MODELS_DIR": str(Path(args.models_dir).resolve()),
             "DTYPE": args.dtype, "TORCH_THREADS": "1", "API_KEYS": ",".join(keys),
+            "OPERATOR_KEYS": operator_key,
             "RATE_LIMIT": args.rate_limit,
             "RATELIMIT_STORAGE_URI": f"redis://{net.address('redis')}:6379/0",
             "REQUEST_LOG": str(run_dir / "hosts" / host / "server_requests.jsonl")}
 
 
 def start_cluster(args: argparse.Namespace, net: Network, services: Services, run_dir: Path,
-                  keys: list[str], nginx_files: Path) -> None:
+                  keys: list[str], operator_key: str, nginx_files: Path) -> None:
     """Start Redis, both Gunicorn hosts and nginx, each in its namespace; wait until ready."""
     services.start("redis", net.command(
         "redis", "redis-server", "--bind", net.address("redis"), "--port", "6379",
@@ -74,7 +76,7 @@ def start_cluster(args: argparse.Namespace, net: Network, services: Services, ru
             host, sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
             "--bind", f"{net.address(host)}:{PORT}", "--workers", str(args.workers),
             "--pid", str(folder / "gunicorn.pid")), folder / "gunicorn.log",
-            env=host_env(args, net, run_dir, host, keys))
+            env=host_env(args, net, run_dir, host, keys, operator_key))
     lb_dir = run_dir / "lb"
     lb_dir.mkdir(exist_ok=True)
     conf = lb_dir / "nginx.conf"
@@ -83,8 +85,10 @@ def start_cluster(args: argparse.Namespace, net: Network, services: Services, ru
                                       nginx_files, lb_dir))
     nginx = ["nginx", "-c", str(conf), "-p", f"{nginx_files}/", "-g", "daemon off;"]
     subprocess.run([*nginx, "-t"], check=True, capture_output=True)
+    # Each host's /ready with the operator key: its answer names the worker (X-Worker-PID).
     wait_ready(args, net, services, {f"http://{net.address(h)}:{PORT}/ready": args.workers
-                                     for h in HOSTS})
+                                     for h in HOSTS},
+               headers={"Authorization": f"Bearer {operator_key}"})
     # nginx after the hosts: connections refused while they load would mark them as failed.
     services.start("nginx", net.command("lb", *nginx), lb_dir / "nginx.out")
     wait_ready(args, net, services, {f"http://{net.address('lb')}/health": 1})
@@ -108,8 +112,9 @@ def wait_redis(args: argparse.Namespace, net: Network, services: Services) -> No
 
 
 def wait_ready(args: argparse.Namespace, net: Network, services: Services,
-               pending: dict[str, int]) -> None:
-    """Poll each URL from the lb namespace until that many worker pids answered 200.
+               pending: dict[str, int], headers: dict[str, str] | None = None) -> None:
+    """Poll each URL from the lb namespace (sending ``headers``) until that many worker pids
+    answered 200.
 
     Follows the processes (harness.waiting): fails at once when one exited, waits while they
     still load or warm up (two hosts preloading on 2 busy cores can take minutes).
@@ -120,7 +125,8 @@ def wait_ready(args: argparse.Namespace, net: Network, services: Services,
         with inside(net.ns("lb")):
             for url in pending:
                 try:
-                    response = requests.get(url, timeout=2, headers={"Connection": "close"})
+                    response = requests.get(url, timeout=2,
+                                            headers={"Connection": "close", **(headers or {})})
                 except requests.RequestException:
                     continue
                 if response.status_code == 200:

@@ -85,14 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def probe_proxy(net: Network, key: str) -> dict[str, Any]:
+def probe_proxy(net: Network, key: str, operator_key: str) -> dict[str, Any]:
     """Check the nginx config's promises once, with the probe key (its own rate limit)."""
     base = f"http://{net.address('lb')}"
     auth = {"Authorization": f"Bearer {key}"}
     with inside(net.ns("lb")):
         health = requests.get(f"{base}/health", headers={"X-Request-ID": "scaleout-probe-1"},
                               timeout=5)
-        metrics = requests.get(f"{base}/metrics", timeout=5)
+        # Hidden even from the operator: through the balancer a scrape hits a random host.
+        metrics = requests.get(f"{base}/metrics", timeout=5,
+                               headers={"Authorization": f"Bearer {operator_key}"})
         too_large = requests.post(f"{base}/generate-text", headers=auth, timeout=5,
                                   json={"prompt": "x" * (70 * 1024)})
         with requests.post(f"{base}/generate-text", headers=auth, stream=True, timeout=30,
@@ -117,10 +119,11 @@ def _error_code(response: requests.Response) -> str:
 
 
 def run_locust(args: argparse.Namespace, net: Network, services: Services, run_dir: Path,
-               key: str) -> int:
-    """Headless Locust in the lb namespace: a master expecting 2 workers, through nginx."""
+               key: str, operator_key: str) -> int:
+    """Headless Locust in the lb namespace: a master expecting 2 workers, through nginx;
+    it scrapes each host's /metrics (and reads /ready) with the operator key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
-    env["LOCUST_API_KEY"] = key
+    env["LOCUST_API_KEY"], env["LOCUST_OPERATOR_KEY"] = key, operator_key
     metrics = ",".join(f"http://{net.address(h)}:{PORT}" for h in HOSTS)
     master = net.command(
         "lb", sys.executable, "-m", "locust", "-f", "locustfiles", "--headless", "--master",
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in remove_stale():
         print(f"== removed namespace {name} left by an earlier run", flush=True)
     load_key, probe_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    operator_key = secrets.token_urlsafe(32)
     net, services = Network(ROLES, subnet=args.subnet), Services(cwd=REPO)
     nginx_files = Path(tempfile.mkdtemp(prefix="gll-nginx-"))
     nginx_files.chmod(0o755)  # nginx's worker user makes its temp files under it
@@ -217,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         net.create()
-        start_cluster(args, net, services, run_dir, [load_key, probe_key], nginx_files)
-        proxy = probe_proxy(net, probe_key)
-        code = run_locust(args, net, services, run_dir, load_key)
+        start_cluster(args, net, services, run_dir, [load_key, probe_key], operator_key,
+                      nginx_files)
+        proxy = probe_proxy(net, probe_key, operator_key)
+        code = run_locust(args, net, services, run_dir, load_key, operator_key)
     finally:
         tear_down()
     update_record(run_dir, **scaleout_facts(args, net, services, load_key, proxy))

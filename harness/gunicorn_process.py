@@ -4,6 +4,11 @@ bench and deploy.
     with GunicornServer(workdir, env, workers=2) as server:   # returns once all ready
         requests.get(server.url + "/health")
 
+The server gets an operator key (``OPERATOR_KEYS``): the first plain entry of the
+environment's, else one generated here. ``wait_ready`` sends it to ``/ready``, whose worker
+pid and details answer only the operator (server/operator_auth.py); callers send
+``server.operator_headers`` to ``/metrics`` and ``/ready`` the same way.
+
 Readiness follows the process (harness.waiting): it fails at once if Gunicorn died, keeps
 waiting while the master loads, forks and the workers warm up (CPU time, children and log
 keep changing), and gives up only when nothing moved for ``stall_s`` or ``cap_s`` passed.
@@ -12,6 +17,7 @@ keep changing), and gives up only when nothing moved for ``stall_s`` or ``cap_s`
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +37,14 @@ class GunicornServer(ServerProcess):
     def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2,
                  extra_args: tuple[str, ...] = (), cap_s: float = CAP_S,
                  stall_s: float = STALL_S, inherit_env: bool = True,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, operator_key: str | None = None) -> None:
+        env = {**os.environ, **env} if inherit_env else dict(env)
+        self.operator_key = operator_key or operator_key_of(env)
+        if self.operator_key is None:  # none configured, or only sha256: digests
+            if env.get("OPERATOR_KEYS", "").strip():
+                raise ValueError("OPERATOR_KEYS holds only sha256: digests: pass operator_key=")
+            self.operator_key = secrets.token_urlsafe(32)
+            env["OPERATOR_KEYS"] = self.operator_key
         self.port = free_port()
         self.workers = workers
         # With TLS_CERTFILE set, Gunicorn serves HTTPS; the caller's cert is the trust root.
@@ -42,11 +55,15 @@ class GunicornServer(ServerProcess):
         args = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
                 "--pid", str(self.pidfile), *extra_args]
-        super().__init__(args, log_path or workdir / "gunicorn.log",
-                         {**os.environ, **env} if inherit_env else dict(env), cwd=REPO,
+        super().__init__(args, log_path or workdir / "gunicorn.log", env, cwd=REPO,
                          cap_s=cap_s, stall_s=stall_s)
         self.ready: dict[str, Any] = {}  # the last /ready body (model, dtype, kernels, ...)
         self.ready_s = 0.0
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        """Headers that open the operator surfaces: /metrics, /ready's details."""
+        return {"Authorization": f"Bearer {self.operator_key}"}
 
     def wait_ready(self, workers: int | None = None) -> float:
         """Return once ``workers`` (default: all) distinct worker pids answered /ready 200."""
@@ -57,7 +74,8 @@ class GunicornServer(ServerProcess):
             try:
                 # A fresh connection each time, so the kernel may hand it to another worker.
                 response = requests.get(f"{self.url}/ready", timeout=5, verify=self.verify,
-                                        headers={"Connection": "close"})
+                                        headers={"Connection": "close",
+                                                 **self.operator_headers})
             except requests.RequestException:
                 return False  # not listening yet, or busy loading
             if response.status_code == 200:
@@ -95,3 +113,9 @@ class GunicornServer(ServerProcess):
         self.follow(counted, f"{workers} live workers, none of {list(without)}",
                     detail=lambda: f"workers now: {pids}\n")
         return pids
+
+
+def operator_key_of(env: dict[str, str]) -> str | None:
+    """The first plain key of ``env``'s OPERATOR_KEYS (None: none, or digests only)."""
+    entries = (entry.strip() for entry in env.get("OPERATOR_KEYS", "").split(","))
+    return next((e for e in entries if e and not e.lower().startswith("sha256:")), None)

@@ -1,7 +1,8 @@
 """GPT Load Lab's Locust suite: three kinds of users and the RAM hooks of a run folder.
 
     locust -f locustfiles --headless -u 10 -r 5 -t 60s --host http://127.0.0.1:8000 \\
-        --api-key KEY --run-dir results/my-run --server-pidfile /path/gunicorn.pid \\
+        --api-key KEY --operator-key OPKEY --run-dir results/my-run \\
+        --server-pidfile /path/gunicorn.pid \\
         --csv results/my-run/locust --csv-full-history --html results/my-run/locust_report.html \\
         --stop-timeout 180
 
@@ -33,7 +34,7 @@ from locustfiles.memory_sampler import MemorySampler, split_urls
 from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
 from locustfiles.run_record_hook import RunRecordHook
-from locustfiles.run_options import add_options, resolve_run_dir
+from locustfiles.run_options import add_options, option, resolve_run_dir
 from locustfiles.shapes import StepShape
 from locustfiles.stages import parse_stages
 from locustfiles.openai_users import (
@@ -96,7 +97,8 @@ def set_up_run(environment: Environment) -> None:
         # /proc through its pidfile like Gunicorn, so its RSS/PSS stand next to ours.
         urls = () if foreign else split_urls(getattr(options, "metrics_urls", "") or "")
         sampler = MemorySampler(run_dir / "memory.csv", pidfile=pidfile, metrics_urls=urls,
-                                interval_s=sample_s)
+                                interval_s=sample_s, operator_key=option(
+                                    options, "operator_key", "LOCUST_OPERATOR_KEY"))
         sampler.register(environment)
         MemoryTab(sampler, recorder).register(environment)
         log.info("run folder %s (memory from %s)", run_dir, sampler.source)

@@ -9,7 +9,8 @@ Two sources, picked by what is known about the server:
   (per-worker ``gpt_worker_rss_bytes``, ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes``
   gauges labelled by ``pid``): Locust's host, or each of ``--metrics-urls`` when the server
   runs on several hosts behind a load balancer (a scrape through the balancer would reach
-  one host at random). Each round scrapes every host; their processes form one sample, so
+  one host at random), sending ``--operator-key`` (the scrape is an operator surface,
+  server/operator_auth.py). Each round scrapes every host; their processes form one sample, so
   the total row is the whole fleet's footprint. A host that does not answer is missing
   from that round's sample.
 
@@ -54,6 +55,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from locustfiles.server_facts import operator_headers
 from server.memory import read_process_memory, system_available_mb
 
 log = logging.getLogger(__name__)
@@ -156,10 +158,13 @@ def parse_metrics(text: str, timestamp: float, host: str = "") -> TreeSample | N
     return TreeSample(timestamp, processes, available) if processes else None
 
 
-def sample_metrics(base_url: str, timeout_s: float = 2.0) -> TreeSample | None:
-    """Scrape ``base_url``/metrics; None when unreachable or without the gauges."""
+def sample_metrics(base_url: str, timeout_s: float = 2.0,
+                   operator_key: str = "") -> TreeSample | None:
+    """Scrape ``base_url``/metrics with ``operator_key``; None when unreachable, refused or
+    without the gauges."""
     try:
-        response = requests.get(base_url.rstrip("/") + "/metrics", timeout=timeout_s)
+        response = requests.get(base_url.rstrip("/") + "/metrics", timeout=timeout_s,
+                                headers=operator_headers(operator_key))
         response.raise_for_status()
     except requests.RequestException:
         return None
@@ -179,9 +184,10 @@ def merge_samples(samples: Sequence[TreeSample | None]) -> TreeSample | None:
                       min(available) if available else None)
 
 
-def sample_hosts(base_urls: Sequence[str], timeout_s: float = 2.0) -> TreeSample | None:
+def sample_hosts(base_urls: Sequence[str], timeout_s: float = 2.0,
+                 operator_key: str = "") -> TreeSample | None:
     """Scrape every server in ``base_urls`` and merge their processes into one sample."""
-    return merge_samples([sample_metrics(url, timeout_s) for url in base_urls])
+    return merge_samples([sample_metrics(url, timeout_s, operator_key) for url in base_urls])
 
 
 def split_urls(value: str) -> tuple[str, ...]:
@@ -194,11 +200,12 @@ class MemorySampler:
 
     def __init__(self, path: Path | str | None, *, pidfile: Path | str | None = None,
                  metrics_urls: Sequence[str] = (), interval_s: float = 1.0,
-                 history: int = 3600) -> None:
+                 history: int = 3600, operator_key: str = "") -> None:
         self.path = Path(path) if path else None
         self.pidfile = Path(pidfile) if pidfile else None
         # Servers whose /metrics are scraped; empty: Locust's host.
         self.metrics_urls = tuple(metrics_urls)
+        self.operator_key = operator_key  # opens /metrics (OPERATOR_KEYS)
         self.interval_s = interval_s
         self.history: deque[TreeSample] = deque(maxlen=history)
         self.samples_written = 0
@@ -237,10 +244,10 @@ class MemorySampler:
             # In a real OS thread: the reads release the GIL, the loop keeps serving users.
             sample = gevent.get_hub().threadpool.spawn(sample_pidfile, self.pidfile).get()
         elif self.metrics_urls:
-            sample = sample_hosts(self.metrics_urls)
+            sample = sample_hosts(self.metrics_urls, operator_key=self.operator_key)
         else:
             host = self._environment.host if self._environment else None
-            sample = sample_metrics(host) if host else None
+            sample = sample_metrics(host, operator_key=self.operator_key) if host else None
         if sample is not None:
             self.history.append(sample)
             if self._writer is not None:

@@ -27,6 +27,11 @@ def add_options(parser: LocustArgumentParser) -> None:
     """
     parser.add_argument("--api-key", env_var="LOCUST_API_KEY", default="", is_secret=True,
                         help="API key sent as 'Authorization: Bearer <key>' (none if empty)")
+    parser.add_argument("--operator-key", env_var="LOCUST_OPERATOR_KEY", default="",
+                        is_secret=True,
+                        help="the server's operator key (OPERATOR_KEYS), sent to /ready and "
+                             "/metrics for run.json and memory.csv; without it the run "
+                             "records no server facts nor scraped memory")
     parser.add_argument("--run-dir", env_var="LOCUST_RUN_DIR", default="",
                         help="folder for requests.csv and memory.csv "
                              "(default: a new results/<UTC timestamp>-<label>/)")

@@ -14,7 +14,7 @@ label, mix, target      --label, --mix, --target
 users, spawn_rate       the runner's target user count / -r (a steps shape: its stages)
 duration_s              -t, or the stage table; else the time between start and stop
 target_url              --host (or the host typed into the web UI)
-model, dtype, workers   the server's /ready and /metrics (lab target only)
+model, dtype, workers   the server's /ready and /metrics (lab target, --operator-key)
 server.*                the server's /ready and /metrics, or ``facts_error``
 client.*                Locust's version, mode, role, workers, user classes, machine
 host                    this machine, when the target is on it (loopback or --server-pidfile)
@@ -36,6 +36,7 @@ from locust.runners import MasterRunner
 from harness.provenance import versions
 from harness.run_folder import update_record, utc_now
 from locustfiles.memory_sampler import split_urls
+from locustfiles.run_options import option
 from locustfiles.server_facts import read_server_facts
 from locustfiles.stages import parse_stages, shape_record
 from locustfiles.user_mix import is_openai_target
@@ -113,7 +114,8 @@ class RunRecordHook:
         changes: dict[str, Any] = {}
         if not is_openai_target(options) and host_url:
             urls = split_urls(getattr(options, "metrics_urls", "") or "")
-            changes.update(read_server_facts(host_url, urls))
+            operator_key = option(options, "operator_key", "LOCUST_OPERATOR_KEY")
+            changes.update(read_server_facts(host_url, urls, operator_key=operator_key))
         pidfile = getattr(options, "server_pidfile", "") or ""
         if self._local_host is not None and is_local_target(host_url, pidfile):
             changes["host"] = self._local_host

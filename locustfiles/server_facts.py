@@ -1,6 +1,8 @@
 """What a GPT Load Lab server says about itself, for run.json: ``/ready`` and ``/metrics``.
 
-Both routes are public (no API key). ``/ready`` answers from one worker: model, precision
+Both are the operator's (server/operator_auth.py): they are read with the operator key
+(``--operator-key``), not an API key; without it ``/ready`` says only its status, ``/metrics``
+answers 401 and ``server.facts_error`` says so. ``/ready`` answers from one worker: model, precision
 served, the kernel table measured at startup, batch size, threads and, where the
 server has them, its limits. ``/metrics`` merges every worker: the distinct ``pid`` labels of
 the per-worker memory gauges count the live workers (summed over several hosts behind a
@@ -46,17 +48,24 @@ def parse_metrics_facts(text: str) -> dict[str, Any]:
     return {**facts, "pids": pids}
 
 
-def _get(url: str, timeout_s: float) -> requests.Response:
-    response = requests.get(url, timeout=timeout_s, headers={"Connection": "close"})
+def operator_headers(operator_key: str) -> dict[str, str]:
+    """The headers that send ``operator_key`` to the server's operator surfaces (none if "")."""
+    return {"Authorization": f"Bearer {operator_key}"} if operator_key else {}
+
+
+def _get(url: str, timeout_s: float, operator_key: str) -> requests.Response:
+    response = requests.get(url, timeout=timeout_s,
+                            headers={"Connection": "close", **operator_headers(operator_key)})
     response.raise_for_status()
     return response
 
 
 def read_server_facts(host_url: str, metrics_urls: Sequence[str] = (),
-                      timeout_s: float = 10.0) -> dict[str, Any]:
+                      timeout_s: float = 10.0, operator_key: str = "") -> dict[str, Any]:
     """run.json changes from the server at ``host_url``: top-level settings and ``server``.
 
-    ``metrics_urls`` (default: ``host_url``) are the servers whose /metrics count workers.
+    ``metrics_urls`` (default: ``host_url``) are the servers whose /metrics count workers;
+    ``operator_key`` opens /metrics and /ready's details.
     Never raises for an unreachable or foreign server: ``server.facts_error`` says why.
     """
     base = host_url.rstrip("/")
@@ -64,15 +73,19 @@ def read_server_facts(host_url: str, metrics_urls: Sequence[str] = (),
     changes: dict[str, Any] = {}
     errors = []
     try:
-        ready = _get(f"{base}/ready", timeout_s).json()
+        ready = _get(f"{base}/ready", timeout_s, operator_key).json()
         changes.update({k: ready[k] for k in TOP_LEVEL if k in ready})
         server.update({k: ready[k] for k in SERVER_BLOCK if k in ready})
+        if set(ready) == {"status"}:
+            errors.append("/ready: status only (its details need the operator key: "
+                          "--operator-key)")
     except (requests.RequestException, ValueError) as error:
         errors.append(f"/ready: {type(error).__name__}: {error}"[:300])
     workers = 0
     for url in metrics_urls or (base,):
         try:
-            facts = parse_metrics_facts(_get(f"{url.rstrip('/')}/metrics", timeout_s).text)
+            facts = parse_metrics_facts(
+                _get(f"{url.rstrip('/')}/metrics", timeout_s, operator_key).text)
         except (requests.RequestException, ValueError) as error:
             errors.append(f"{url}/metrics: {type(error).__name__}: {error}"[:300])
             continue

@@ -6,7 +6,8 @@
 
 Steps: build the synthetic model if missing; create results/<UTC timestamp>-<label>/; start
 Gunicorn on 127.0.0.1 (pidfile, request log and log in the run folder, a fresh random API
-key); wait until every worker answers /ready; run headless Locust with --csv, --html and the
+key and operator key: Locust reads /ready's details and /metrics with the latter); wait until
+every worker answers /ready; run headless Locust with --csv, --html and the
 suite's hooks (which write run.json: the client's and the server's facts); stop the server
 (SIGTERM, wait, SIGKILL); add to run.json what only this script knows (the server's command
 line, the git commit, its SLO options); then run ``python -m analysis`` on the folder when
@@ -33,7 +34,7 @@ from locustfiles.user_mix import MIX_CHOICES
 from server.config import DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
-# Server settings shown in run.json's server_command (never the API keys).
+# Server settings shown in run.json's server_command (never the API or operator keys).
 COMMAND_ENV = ("MODEL", "MODELS_DIR", "DTYPE", "TORCH_THREADS", "MAX_BATCH_SIZE",
                "PREFILL_CHUNK", "KV_DTYPE", "KV_TOKENS", "PREFIX_CACHE_ROWS", "ALLOW_INT8")
 
@@ -111,7 +112,8 @@ def build_model(args: argparse.Namespace) -> None:
                     "--models-dir", args.models_dir], cwd=REPO, check=True)
 
 
-def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> GunicornServer:
+def start_server(args: argparse.Namespace, run_dir: Path, api_key: str,
+                 operator_key: str) -> GunicornServer:
     """Gunicorn serving the model on loopback, its pidfile, log and request log in the run
     folder; returns once every worker answered /ready (harness.gunicorn_process)."""
     env = {"MODEL": args.model, "MODELS_DIR": args.models_dir,
@@ -122,7 +124,7 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str) -> Gunic
            "PREFIX_CACHE_ROWS": str(args.prefix_cache_rows),
            "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
-           "API_KEYS": api_key}
+           "API_KEYS": api_key, "OPERATOR_KEYS": operator_key}
     server = GunicornServer(run_dir, env, args.workers, cap_s=args.ready_timeout)
     server.start()
     print(f"== server pid {server.proc.pid} on {server.url}; log {server.log_path}", flush=True)
@@ -180,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or new_run_dir(args.label)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"== run folder {run_dir}", flush=True)
-    api_key = secrets.token_urlsafe(32)
-    locust_env = {**os.environ, "LOCUST_API_KEY": api_key}
+    api_key, operator_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    locust_env = {**os.environ, "LOCUST_API_KEY": api_key, "LOCUST_OPERATOR_KEY": operator_key}
     locust_env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
-    server = start_server(args, run_dir, api_key)
+    server = start_server(args, run_dir, api_key, operator_key)
     try:
         print("== locust: " + " ".join(locust_command(args, run_dir, server)), flush=True)
         locust = subprocess.Popen(locust_command(args, run_dir, server), cwd=REPO, env=locust_env)

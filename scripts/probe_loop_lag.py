@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_both(args: argparse.Namespace, out: Path, sample_s: float) -> dict[str, Path]:
     """Serve once; run the sampling and the non-sampling Locust at the same time."""
-    api_key = secrets.token_urlsafe(32)
-    env = {**os.environ, "LOCUST_API_KEY": api_key}
+    api_key, operator_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    env = {**os.environ, "LOCUST_API_KEY": api_key, "LOCUST_OPERATOR_KEY": operator_key}
     env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
     runs = {"sampler-on": out / "sampler-on", "sampler-off": out / "sampler-off"}
-    server = loadtest.start_server(args, out, api_key)
+    server = loadtest.start_server(args, out, api_key, operator_key)
     try:
         procs = []
         for name, run_dir in runs.items():

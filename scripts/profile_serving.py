@@ -69,9 +69,11 @@ class Window:
         return 1000 * self.forward_s[phase] / max(self.steps[phase], 1)
 
 
-def scrape(url: str) -> dict[tuple[str, str], float]:
-    """{(sample name, phase label or ""): value} of the step and token series."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
+def scrape(server: GunicornServer) -> dict[tuple[str, str], float]:
+    """{(sample name, phase label or ""): value} of the step and token series (read with
+    the server's operator key: /metrics is an operator surface)."""
+    text = requests.get(f"{server.url}/metrics", timeout=10,
+                        headers=server.operator_headers).text
     values: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -288,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.warmup_s)
         spy_out = workdir / "py-spy.txt"
         spy = py_spy(server.worker_pids()[0], args.py_spy, spy_out) if args.py_spy else None
-        before, started = scrape(server.url), time.monotonic()
+        before, started = scrape(server), time.monotonic()
         time.sleep(args.measure_s)
-        after, seconds = scrape(server.url), time.monotonic() - started
+        after, seconds = scrape(server), time.monotonic() - started
         load.stop.set()
         if spy is not None:
             spy.wait()

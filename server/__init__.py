@@ -16,7 +16,16 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
 
     from flask import Flask
 
-    from server import accounting, admission, auth, drain, limits, openai_compat, openapi
+    from server import (
+        accounting,
+        admission,
+        auth,
+        drain,
+        limits,
+        openai_compat,
+        openapi,
+        operator_auth,
+    )
     from server.config import load_config
     from server.errors import register_error_handlers
     from server.metrics import Metrics
@@ -31,10 +40,12 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
     register_error_handlers(app)
     drain.init_app(app)  # runs last of the after_request hooks: after the answer is built
     Metrics().init_app(app)
-    # Hooks run in this order: request id and timers, then the key, then the rate limits;
-    # keys and limits are checked before the (slow) model load so bad config fails fast.
+    # Hooks run in this order: request id and timers, then the key, then the operator
+    # credential (and who gets telemetry), then the rate limits; keys and limits are checked
+    # before the (slow) model load so bad config fails fast.
     accounting.init_app(app)
     auth.init_app(app)
+    operator_auth.init_app(app)
     limits.init_app(app)
     admission.init_app(app)  # after the key and limits: refused requests take no slot
     ModelService().init_app(app)

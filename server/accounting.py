@@ -1,5 +1,10 @@
 """Per-request bookkeeping: request id, timings, worker memory headers and the log record.
 
+``X-Request-ID`` goes on every response; the telemetry headers (worker memory, queue and
+inference time, batch size) only to authenticated callers (``RequestRecord.authenticated``,
+set by ``server.operator_auth`` once auth let the request through): an unauthenticated
+client must not watch the server's load move with other tenants' requests.
+
 A request's facts travel in one typed ``RequestRecord`` (``record()``), created here when
 the request begins, filled by auth (key id) and the generation pipeline (job, token
 counts), and written to the request log once when the request ends: after the view for an
@@ -19,7 +24,7 @@ from flask import Flask, Response, current_app, g, request
 
 from server import routing
 from server.jobs import Job
-from server.memory import current_rss_mb
+from server.memory import MemorySample, current_rss_mb
 
 # Echo a client's request id only if it is short and plain (it ends up in logs and headers).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -34,6 +39,8 @@ class RequestRecord:
     rss_start_mb: float
     route: str  # the matched rule, not the raw path: random URLs must not mint new series
     key_id: str | None = None
+    operator: bool = False  # the operator credential was presented (server.operator_auth)
+    authenticated: bool = False  # a tenant key, the operator key or ALLOW_ANONYMOUS: telemetry
     job: Job | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -78,18 +85,10 @@ def _begin() -> None:
 
 def _finish(response: Response) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    memory = app.extensions["model_service"].memory()
     rec = record()
-    response.headers.update({
-        "X-Request-ID": rec.request_id,
-        "X-Worker-PID": str(os.getpid()),
-        "X-Worker-RSS-MB": f"{memory.rss_mb:.1f}",
-        "X-Worker-USS-MB": f"{memory.uss_mb:.1f}",
-        "X-Worker-PSS-MB": f"{memory.pss_mb:.1f}",
-        "X-Queue-Ms": f"{rec.queue_ms:.1f}",
-        "X-Inference-Ms": f"{rec.inference_ms:.1f}",
-        "X-Batch-Size": str(rec.batch_size),
-    })
+    response.headers["X-Request-ID"] = rec.request_id
+    if rec.authenticated:
+        response.headers.update(_telemetry(app.extensions["model_service"].memory(), rec))
     if not routing.current().logged:
         return response
     status = response.status_code
@@ -99,6 +98,19 @@ def _finish(response: Response) -> Response:
     else:
         _write(app, rec, status)
     return response
+
+
+def _telemetry(memory: MemorySample, rec: RequestRecord) -> dict[str, str]:
+    """The per-request telemetry headers: serving worker, its memory, queue and batch."""
+    return {
+        "X-Worker-PID": str(os.getpid()),
+        "X-Worker-RSS-MB": f"{memory.rss_mb:.1f}",
+        "X-Worker-USS-MB": f"{memory.uss_mb:.1f}",
+        "X-Worker-PSS-MB": f"{memory.pss_mb:.1f}",
+        "X-Queue-Ms": f"{rec.queue_ms:.1f}",
+        "X-Inference-Ms": f"{rec.inference_ms:.1f}",
+        "X-Batch-Size": str(rec.batch_size),
+    }
 
 
 def _write(app: Flask, rec: RequestRecord, status: int) -> None:
@@ -133,6 +145,6 @@ def _write(app: Flask, rec: RequestRecord, status: int) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Tag every request with an id and every response with timings and worker memory."""
+    """Tag every request with an id, and authenticated callers' answers with telemetry."""
     app.before_request(_begin)
     app.after_request(_finish)

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     API_KEYS_FILE: str = ""
     # Serve without keys when none are configured; otherwise the server refuses to start.
     ALLOW_ANONYMOUS: bool = False
+    # Operator credential(s), comma-separated ("sha256:<hex>" entries too; hashed at startup,
+    # never logged): they open /metrics and /ready's details, and no tenant route. Empty by
+    # default so that nothing about the server's load is served until an operator asks for
+    # it: /metrics answers 404 and /ready only {"status"} (server/operator_auth.py).
+    OPERATOR_KEYS: str = ""
     # Per API key (flask-limiter syntax, ";"-separated; "" = off). Generous by default so a
     # load test with one key measures the model, not the limiter; tighten it per deployment.
     RATE_LIMIT: str = "600/minute;20/second"

@@ -5,9 +5,10 @@ imported; every worker writes its values to files there, ``/metrics`` merges the
 ``child_exit`` marks dead workers so their per-worker gauges disappear. Without that
 variable (tests, ``flask run``) the app's own registry is served.
 
-``/metrics`` is public, like ``/health``: Prometheus scrapers rarely carry API keys, it
-reveals no request content, and the server binds to loopback by default. Put it behind the
-proxy's access rules when the server faces a network.
+``/metrics`` is an operator surface (``server.operator_auth``): it shows every tenant's
+traffic together (request counts, prompt tokens copied from kept caches, per-worker memory),
+so it answers only the operator credential (``OPERATOR_KEYS``), 401 to anyone else and 404
+when none is configured. Prometheus sends it as a bearer token (docs/security.md).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Metrics:
         """Attach to ``app`` and serve ``GET /metrics``."""
         app.extensions["metrics"] = self
 
-        @routing.declare(routing.PROBE)
+        @routing.declare(routing.OPERATOR)
         def metrics() -> Response:
             return self.render()
 

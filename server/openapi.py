@@ -48,25 +48,36 @@ class Health(_Strict):
 
 
 class Ready(_Strict):
+    """Probes get the status only; the operator credential adds the rest (absent otherwise)."""
+
     status: str
-    model: str
-    dtype: str
-    kernels: dict[str, Any] = Field(
+    model: str | None = None
+    dtype: str | None = None
+    kernels: dict[str, Any] | None = Field(
+        default=None,
         description="startup kernel table (server/kernels.py): chosen, requested, allow_int8, "
                     "table of {precision, batch_1_ms, batch_max_ms, max_batch, min_rows}, "
                     "measure_s")
-    max_batch_size: int
-    prefill_chunk: int
-    kv_dtype: str = Field(description="KV cache storage as served (KV_DTYPE=auto resolved): "
-                                      "float16 (16-bit) | model (as computed)")
-    kv_tokens: int = Field(description="KV positions a worker's running rows may reserve "
-                                       "together (0: no limit)")
-    prefix_cache_rows: int = Field(description="finished rows' KV caches a worker keeps for "
-                                               "prompts that start the same way (0: none)")
-    torch_threads: int = Field(description="this worker's torch threads now")
-    threads_shared: bool = Field(description="true: a busy worker uses cores / busy workers "
-                                             "(TORCH_THREADS=0); false: a fixed count")
-    limits: dict[str, Any] = Field(
+    max_batch_size: int | None = None
+    prefill_chunk: int | None = None
+    kv_dtype: str | None = Field(default=None,
+                                 description="KV cache storage as served (KV_DTYPE=auto "
+                                             "resolved): float16 (16-bit) | model (as computed)")
+    kv_tokens: int | None = Field(default=None,
+                                  description="KV positions a worker's running rows may "
+                                              "reserve together (0: no limit)")
+    prefix_cache_rows: int | None = Field(default=None,
+                                          description="finished rows' KV caches a worker keeps "
+                                                      "for prompts that start the same way "
+                                                      "(0: none)")
+    torch_threads: int | None = Field(default=None,
+                                      description="this worker's torch threads now")
+    threads_shared: bool | None = Field(default=None,
+                                        description="true: a busy worker uses cores / busy "
+                                                    "workers (TORCH_THREADS=0); false: a "
+                                                    "fixed count")
+    limits: dict[str, Any] | None = Field(
+        default=None,
         description="max_queue, max_in_flight, request_timeout_s, admit_predicted, "
                     "max_new_tokens_cap, max_input_chars, rate_limit, global_rate_limit")
 
@@ -152,8 +163,8 @@ def _components() -> dict[str, Any]:
     return defs["$defs"]
 
 
-def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of this app's configuration."""
+def build_spec(config: dict[str, Any], secured: bool, operator: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this app's configuration (``operator``: OPERATOR_KEYS set)."""
     schemas = copy.deepcopy(_components())
     for body in [*(body for _, body, _ in _TASKS), *SCHEMA_MODELS[:2]]:
         _apply_limits(schemas[body.__name__], config)
@@ -163,13 +174,12 @@ def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
     paths["/health"] = {"get": {"operationId": "health", "summary": "Liveness", **public,
                                 "responses": {"200": _response("alive", "Health")}}}
     paths["/ready"] = {"get": {"operationId": "ready", **public,
-                               "summary": "Readiness: model loaded and warmed in this worker",
+                               "summary": "Readiness: model loaded and warmed in this worker "
+                                          "(details with the operator key)",
                                "responses": {"200": _response("ready", "Ready"),
                                              "503": _response("not_ready", "ErrorEnvelope",
                                                               headers=("Retry-After",))}}}
-    paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
-                                 **public, "responses": {"200": _response(
-                                     "text exposition format", "", media="text/plain")}}}
+    paths["/metrics"] = _metrics_operation(operator)
     paths.update(v1_paths())
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -184,7 +194,25 @@ def build_spec(config: dict[str, Any], secured: bool) -> dict[str, Any]:
             "bearerAuth": {"type": "http", "scheme": "bearer"},
             "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
         spec["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    if operator:
+        spec["components"].setdefault("securitySchemes", {})["operatorKey"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "a key of OPERATOR_KEYS (server/operator_auth.py), not an API key"}
     return spec
+
+
+def _metrics_operation(operator: bool) -> dict[str, Any]:
+    """/metrics: the operator's (server/operator_auth.py), or off (404) without OPERATOR_KEYS."""
+    summary = "Prometheus metrics (operator key: OPERATOR_KEYS)"
+    if not operator:
+        return {"get": {"operationId": "metrics", "summary": summary, "security": [],
+                        "responses": {"404": _response("not_found: no OPERATOR_KEYS configured",
+                                                       "ErrorEnvelope")}}}
+    return {"get": {
+        "operationId": "metrics", "summary": summary, "security": [{"operatorKey": []}],
+        "responses": {"200": _response("text exposition format", "", media="text/plain"),
+                      "401": _response("missing_operator_key / invalid_operator_key (an API "
+                                       "key does not open it)", "ErrorEnvelope")}}}
 
 
 # The docs page loads nothing but itself and /openapi.json: no CDN, enforced by the browser.
@@ -194,7 +222,8 @@ _DOCS_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-
 
 def init_app(app: Flask) -> None:
     """Serve the spec at ``/openapi.json`` and the docs page at ``/docs`` (both public)."""
-    spec = build_spec(app.config, secured=app.extensions["api_keys"] is not None)
+    spec = build_spec(app.config, secured=app.extensions["api_keys"] is not None,
+                      operator=app.extensions["operator_keys"] is not None)
     page = resources.files("server").joinpath("docs.html").read_text()
 
     def openapi_json() -> Response:

@@ -6,7 +6,7 @@ import torch
 from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel
 
-from server import pipeline, routing
+from server import operator_auth, pipeline, routing
 from server.answers import Completion, Timings, Usage
 from server.errors import APIError
 from server.jobs import Job
@@ -87,11 +87,17 @@ READY_LIMITS = ("MAX_QUEUE", "MAX_IN_FLIGHT", "REQUEST_TIMEOUT_S", "ADMIT_PREDIC
 @bp.get("/ready")
 @routing.declare(routing.PROBE)
 def ready() -> Response:
-    """Readiness: this worker has loaded the model and finished its warm-up."""
+    """Readiness: this worker has loaded the model and finished its warm-up.
+
+    Probes get ``{"status": "ready"}``; the operator credential adds the details (model,
+    precision, kernels, limits: server/operator_auth.py).
+    """
     service = _service()
     service.start()
     if not service.ready.is_set():
         raise APIError(503, "not_ready", "model is warming up", retry_after_s=1)
+    if not operator_auth.granted():
+        return jsonify({"status": "ready"})
     loaded = service.loaded
     return jsonify({"status": "ready", "model": loaded.name,
                     "dtype": loaded.precision, "kernels": loaded.kernels.as_dict(),

@@ -1,10 +1,10 @@
 """What each route is, declared once where it is registered.
 
-A route's properties (does it queue a generation? is it public? is it logged? which error
-shape does it answer in?) used to be path lists in four modules. Now a view carries a
-``RouteProps`` (``@declare(...)``), a blueprint family carries the default for its paths
-that match no view (a 404 or 405 under ``/v1``), and auth, admission, accounting and the
-error handlers all ask ``current()``.
+A route's properties (does it queue a generation? is it public? is it an operator surface?
+is it logged? which error shape does it answer in?) used to be path lists in four modules.
+Now a view carries a ``RouteProps`` (``@declare(...)``), a blueprint family carries the
+default for its paths that match no view (a 404 or 405 under ``/v1``), and auth, the
+operator credential, admission, accounting and the error handlers all ask ``current()``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ class RouteProps:
     """The properties of one route."""
 
     generation: bool = False  # queues a generation: counted against MAX_IN_FLIGHT
-    public: bool = False  # answered without an API key, exempt from rate limits
+    public: bool = False  # answered without a tenant API key, exempt from rate limits
+    # An operator surface: answered only to the operator credential (OPERATOR_KEYS; a
+    # tenant key does not open it), 404 when none is configured (server/operator_auth.py).
+    operator: bool = False
     logged: bool = True  # one record in the request log (probes are not)
     openai: bool = False  # OpenAI's error shape and statuses (400 for invalid bodies)
 
@@ -32,7 +35,9 @@ class RouteProps:
 TASK = RouteProps(generation=True)
 OPENAI = RouteProps(openai=True)
 OPENAI_GENERATION = RouteProps(generation=True, openai=True)
-PROBE = RouteProps(public=True, logged=False)  # polled all day by balancers and Prometheus
+PROBE = RouteProps(public=True, logged=False)  # polled all day by balancers and probes
+# Scraped all day by Prometheus with the operator credential instead of a tenant key.
+OPERATOR = RouteProps(public=True, logged=False, operator=True)
 PUBLIC_DOC = RouteProps(public=True)
 # Unmatched paths: a key is required (a scanner learns nothing), our error shape.
 DEFAULT = RouteProps()

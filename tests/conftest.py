@@ -87,6 +87,7 @@ def make_app(tiny_model: Path, request_log: Path) -> Callable[..., Flask]:
             "REQUEST_LOG": str(request_log),
             "TORCH_THREADS": 1,
             "API_KEYS": TEST_API_KEY,
+            "OPERATOR_KEYS": TEST_OPERATOR_KEY,
             # Off unless a test sets them: other tests must not trip over a limit.
             "RATE_LIMIT": "",
             "GLOBAL_RATE_LIMIT": "",
@@ -113,22 +114,32 @@ def client(app: Flask) -> FlaskClient:
 
 # The API key tests run the server with (never a real secret).
 TEST_API_KEY = "test-key-0123456789abcdef"
+# The operator key (OPERATOR_KEYS) that opens /metrics and /ready's details in tests.
+TEST_OPERATOR_KEY = "test-operator-key-0123456789abcdef"
 
 
 def server_env(workdir: Path, **overrides: str) -> dict[str, str]:
     """Environment of a Gunicorn server under test (the twin of ``make_app``'s config).
 
-    synthetic:tiny in float32 on one torch thread, the test API key, rate limits off (bursts
+    synthetic:tiny in float32 on one torch thread, the test API key and operator key (which
+    GunicornServer sends to /ready and tests send to /metrics), rate limits off (bursts
     from one key are how these tests load the server), the request log in ``workdir``;
     ``overrides`` on top (``""`` turns a setting off). A plain function, not a fixture, so
     module-scoped fixtures and helpers that start servers use it too.
     """
     return {"MODEL": "synthetic:tiny", "MODELS_DIR": MODELS_DIR, "DTYPE": "float32",
             "TORCH_THREADS": "1", "REQUEST_LOG": str(workdir / "server_requests.jsonl"),
-            "API_KEYS": TEST_API_KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", **overrides}
+            "API_KEYS": TEST_API_KEY, "OPERATOR_KEYS": TEST_OPERATOR_KEY, "RATE_LIMIT": "",
+            "GLOBAL_RATE_LIMIT": "", **overrides}
 
 
 @pytest.fixture
 def api_headers() -> dict[str, str]:
     """Headers that authenticate a request to a server under test."""
     return {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+
+@pytest.fixture
+def operator_headers() -> dict[str, str]:
+    """Headers that open a server's operator surfaces (/metrics, /ready's details)."""
+    return {"Authorization": f"Bearer {TEST_OPERATOR_KEY}"}

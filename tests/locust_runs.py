@@ -21,7 +21,7 @@ USER_CLASSES = {"PromptUser", "SummarizeUser", "QAUser"}
 
 def locust_env(**extra: str) -> dict[str, str]:
     """Environment for a real locust process: gevent patching on, nothing inherited."""
-    drop = ("LOCUST_SKIP_MONKEY_PATCH", "LOCUST_API_KEY", "LOCUST_RUN_DIR",
+    drop = ("LOCUST_SKIP_MONKEY_PATCH", "LOCUST_API_KEY", "LOCUST_OPERATOR_KEY", "LOCUST_RUN_DIR",
             "LOCUST_SERVER_PIDFILE", "LOCUST_SHAPE", "LOCUST_STAGES", "LOCUST_LABEL",
             "LOCUST_MIX", "LOCUST_TARGET", "LOCUST_OPENAI_MODEL", "LOCUST_METRICS_URLS")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
@@ -34,13 +34,15 @@ def locust_command(run_dir: Path, host: str, *args: str) -> list[str]:
             "--html", str(run_dir / "locust_report.html"), *args]
 
 
-def run_headless(run_dir: Path, host: str, api_key: str,
-                 *args: str) -> subprocess.CompletedProcess:
+def run_headless(run_dir: Path, host: str, api_key: str, *args: str,
+                 operator_key: str = "") -> subprocess.CompletedProcess:
     """Run headless Locust to the end, following it (harness.script_run), not a fixed clock;
-    its output goes to run_dir/locust.log."""
+    its output goes to run_dir/locust.log. ``operator_key`` (the server's
+    ``GunicornServer.operator_key``) lets run.json and memory.csv read /ready and /metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_script(locust_command(run_dir, host, "--headless", *args), cwd=REPO,
-                      env=locust_env(LOCUST_API_KEY=api_key), log_path=run_dir / "locust.log")
+                      env=locust_env(LOCUST_API_KEY=api_key, LOCUST_OPERATOR_KEY=operator_key),
+                      log_path=run_dir / "locust.log")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

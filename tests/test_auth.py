@@ -12,7 +12,7 @@ import pytest
 from harness.waiting import wait_until
 from server import create_app
 from server.auth import ConfigError
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY
 
 OTHER_KEY = "other-key-fedcba9876543210"
 BODY = {"prompt": "Hello there", "max_new_tokens": 2}
@@ -50,7 +50,8 @@ def test_auth_matrix(make_app, headers, status, code) -> None:
     if code:
         assert response.json["error"]["code"] == code
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert "X-Worker-PSS-MB" in response.headers  # memory headers on refusals too
+        # X-Request-ID, but no telemetry for a caller who is not authenticated.
+        assert response.headers["X-Request-ID"] and "X-Worker-PSS-MB" not in response.headers
         assert TEST_API_KEY not in response.get_data(as_text=True)
 
 
@@ -60,10 +61,18 @@ def test_key_in_query_string_is_not_accepted(make_app) -> None:
     assert response.status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics", "/openapi.json", "/docs"])
+@pytest.mark.parametrize("path", ["/health", "/ready", "/openapi.json", "/docs"])
 def test_public_paths_need_no_key(make_app, path) -> None:
     response = make_app().test_client(api_key="").get(path)
     assert response.status_code in (200, 503) and response.status_code != 401  # 503: warming
+
+
+def test_metrics_needs_the_operator_key_not_an_api_key(make_app) -> None:
+    # The operator surfaces in full: tests/test_operator_surfaces.py.
+    app = make_app()
+    assert app.test_client(api_key="").get("/metrics").status_code == 401
+    assert app.test_client().get("/metrics").status_code == 401
+    assert app.test_client(api_key=TEST_OPERATOR_KEY).get("/metrics").status_code == 200
 
 
 def test_unknown_paths_say_401_without_a_key_and_404_with_one(client, make_app) -> None:
@@ -159,7 +168,9 @@ def test_allow_anonymous_serves_without_keys_and_says_so(make_app, caplog) -> No
         app = make_app(API_KEYS="", ALLOW_ANONYMOUS=True)
     assert "ALLOW_ANONYMOUS=1" in caplog.text and "ANYONE" in caplog.text
     assert app.test_client(api_key="").post("/generate-text", json=BODY).status_code == 200
-    assert "securitySchemes" not in app.test_client().get("/openapi.json").json["components"]
+    # No API-key schemes; only /metrics asks the operator key (tests/test_operator_surfaces.py).
+    schemes = app.test_client().get("/openapi.json").json["components"]["securitySchemes"]
+    assert set(schemes) == {"operatorKey"}
 
 
 def test_keys_win_over_allow_anonymous(make_app) -> None:

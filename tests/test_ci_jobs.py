@@ -104,7 +104,7 @@ def test_loadtest_script_loads_a_deployed_server_by_url(tiny_model, tmp_path) ->
     run_dir = tmp_path / "ci"
     with GunicornServer(tmp_path, server_env(tmp_path, API_KEYS=api_key), workers=1) as server:
         env = ci_env(tmp_path, RUN_DIR=str(run_dir), TARGET_URL=server.url,
-                     LOCUST_API_KEY=api_key)
+                     LOCUST_API_KEY=api_key, LOCUST_OPERATOR_KEY=server.operator_key)
         done = run_script(env, "deploy/ci/loadtest.sh")
 
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]

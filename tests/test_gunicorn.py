@@ -56,10 +56,11 @@ def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tm
 def test_kernel_choice_is_measured_logged_and_reported(server: GunicornServer) -> None:
     """DTYPE=float32 times both fp32 kernel paths in the master; /ready, /metrics and the
     startup log carry the same table and choice."""
-    ready = requests.get(server.url + "/ready", timeout=10).json()
+    ready = requests.get(server.url + "/ready", timeout=10, headers=server.operator_headers).json()
     kernels = ready["kernels"]
     table = {t["precision"]: t for t in kernels["table"]}
-    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    metrics = requests.get(server.url + "/metrics", timeout=10,
+                           headers=server.operator_headers).text
     log = server.log_text()
 
     assert ready["dtype"] == "float32" and "scheduler" not in ready
@@ -142,7 +143,7 @@ def test_sigterm_stops_cleanly(server: GunicornServer) -> None:
 
 def _served(server: GunicornServer, route: str) -> float:
     """The /metrics counter of 200 answers on ``route`` (0 if it has none yet)."""
-    text = requests.get(server.url + "/metrics", timeout=10).text
+    text = requests.get(server.url + "/metrics", timeout=10, headers=server.operator_headers).text
     pattern = rf'^gpt_requests_total{{route="{re.escape(route)}",status="200"}} ([\d.]+)$'
     return sum(float(m) for m in re.findall(pattern, text, re.MULTILINE))
 

@@ -14,7 +14,7 @@ import requests
 from harness.gunicorn_process import GunicornServer
 from server.auth import ConfigError
 from server.limits import per_worker_warning, redact_uri
-from tests.conftest import TEST_API_KEY, server_env
+from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY, server_env
 
 OTHER_KEY = "other-key-fedcba9876543210"
 BODY = {"prompt": "Count me", "max_new_tokens": 1}
@@ -69,9 +69,12 @@ def test_global_ceiling_counts_all_keys_together(make_app) -> None:
 
 
 def test_probes_and_the_spec_are_not_limited(make_app) -> None:
-    client = make_app(RATE_LIMIT="1/minute", GLOBAL_RATE_LIMIT="1/minute").test_client()
-    for path in ("/health", "/openapi.json", "/docs", "/metrics"):
+    app = make_app(RATE_LIMIT="1/minute", GLOBAL_RATE_LIMIT="1/minute")
+    client = app.test_client()
+    for path in ("/health", "/openapi.json", "/docs"):
         assert [client.get(path).status_code for _ in range(3)] == [200] * 3, path
+    scraper = app.test_client(api_key=TEST_OPERATOR_KEY)
+    assert [scraper.get("/metrics").status_code for _ in range(3)] == [200] * 3
     assert _statuses(client, 2) == [200, 429]
 
 

@@ -22,8 +22,9 @@ def server(tiny_model: Path, tmp_path: Path):
         yield running
 
 
-def _samples(url: str) -> dict[str, list]:
-    text = requests.get(f"{url}/metrics", timeout=10).text
+def _samples(server: GunicornServer) -> dict[str, list]:
+    text = requests.get(f"{server.url}/metrics", timeout=10,
+                        headers=server.operator_headers).text
     samples: dict[str, list] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -31,8 +32,8 @@ def _samples(url: str) -> dict[str, list]:
     return samples
 
 
-def _memory_pids(url: str) -> set[int]:
-    return {int(s.labels["pid"]) for s in _samples(url).get("gpt_worker_pss_bytes", [])}
+def _memory_pids(server: GunicornServer) -> set[int]:
+    return {int(s.labels["pid"]) for s in _samples(server).get("gpt_worker_pss_bytes", [])}
 
 
 def _until(condition, timeout_s: float = 300.0) -> None:
@@ -46,7 +47,7 @@ def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) 
         assert response.status_code == 200
     requests.post(f"{server.url}/generate-text", headers=api_headers, json={"prompt": ""},
                   timeout=30)
-    samples = _samples(server.url)
+    samples = _samples(server)
     counts = {(s.labels["route"], s.labels["status"]): s.value
               for s in samples["gpt_requests_total"]}
     assert counts[("/generate-text", "200")] == 3
@@ -71,18 +72,18 @@ def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) 
 
 
 def test_per_worker_memory_only_for_live_workers(server: GunicornServer) -> None:
-    _until(lambda: _memory_pids(server.url) == set(server.worker_pids()))
+    _until(lambda: _memory_pids(server) == set(server.worker_pids()))
     pss = {int(s.labels["pid"]): s.value
-           for s in _samples(server.url)["gpt_worker_pss_bytes"]}
+           for s in _samples(server)["gpt_worker_pss_bytes"]}
     assert all(value > 1e6 for value in pss.values())
     # The host's available memory, one value (the lowest any live worker saw), near /proc's.
-    [available] = _samples(server.url)["gpt_system_available_bytes"]
+    [available] = _samples(server)["gpt_system_available_bytes"]
     assert abs(available.value / 2**20 - system_available_mb()) < 1024
     victim = server.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     _until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2)
-    _until(lambda: _memory_pids(server.url) == set(server.worker_pids()))
-    assert victim not in _memory_pids(server.url)
+    _until(lambda: _memory_pids(server) == set(server.worker_pids()))
+    assert victim not in _memory_pids(server)
 
 
 def test_a_starting_workers_unsized_file_does_not_break_the_scrape(
@@ -90,6 +91,6 @@ def test_a_starting_workers_unsized_file_does_not_break_the_scrape(
     # What a worker leaves for an instant as it starts: its file created, not yet sized.
     # Reading it raised struct.error and /metrics answered 500 (seen under load in CI).
     (tmp_path / "metrics" / "gauge_liveall_999999.db").touch()
-    response = requests.get(f"{server.url}/metrics", timeout=10)
+    response = requests.get(f"{server.url}/metrics", timeout=10, headers=server.operator_headers)
     assert response.status_code == 200
     assert list(text_string_to_metric_families(response.text))

@@ -172,7 +172,8 @@ def test_the_native_kernel_serves_from_preloaded_forked_workers(tiny_model: Path
     kernel on their own threads without hanging."""
     env = server_env(tmp_path, DTYPE="bfloat16+native", TORCH_THREADS="2")
     with GunicornServer(tmp_path, env, workers=2) as server:
-        ready = requests.get(server.url + "/ready", timeout=10).json()
+        ready = requests.get(server.url + "/ready", timeout=10,
+                             headers=server.operator_headers).json()
         answers = [requests.post(server.url + "/generate-text", headers=api_headers,
                                  timeout=60, json={"prompt": f"Count to {i}",
                                                    "max_new_tokens": 6})

@@ -152,7 +152,7 @@ def test_concurrent_streams_in_one_batch_each_get_their_own_tokens(server, clien
 
 
 def _running(server: GunicornServer) -> float:
-    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    text = requests.get(f"{server.url}/metrics", timeout=5, headers=server.operator_headers).text
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("gpt_batch_running"))
 

@@ -154,8 +154,10 @@ def test_gunicorn_workers_count_copied_prompt_tokens(tiny_model: Path, tmp_path:
     with GunicornServer(tmp_path, env, workers=1) as server:
         answers = [requests.post(server.url + "/generate-text", headers=api_headers,
                                  json=body, timeout=60) for _ in range(2)]
-        metrics = requests.get(server.url + "/metrics", timeout=10).text
-        ready = requests.get(server.url + "/ready", timeout=10).json()
+        metrics = requests.get(server.url + "/metrics", timeout=10,
+                               headers=server.operator_headers).text
+        ready = requests.get(server.url + "/ready", timeout=10,
+                             headers=server.operator_headers).json()
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json()["text"] == answers[1].json()["text"]
     cached = [line for line in metrics.splitlines()

@@ -213,7 +213,8 @@ def test_packed_weights_serve_from_preloaded_forked_workers(tiny_model: Path, tm
     """Packed in the master before fork; both workers generate with it (no fork hang)."""
     env = server_env(tmp_path, DTYPE=dtype)
     with GunicornServer(tmp_path, env, workers=2) as server:
-        ready = requests.get(server.url + "/ready", timeout=10).json()
+        ready = requests.get(server.url + "/ready", timeout=10,
+                             headers=server.operator_headers).json()
 
         def post(i: int) -> requests.Response:
             return requests.post(server.url + "/generate-text", headers=api_headers, timeout=60,

@@ -174,7 +174,8 @@ def test_request_log_on_a_full_disk_still_answers_and_is_counted(
                         max_requests=40, max_s=60) as load:
             load.wait_for(40)
         outcomes = load.stop()
-        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        metrics = requests.get(f"{server.url}/metrics", timeout=10,
+                               headers=server.operator_headers).text
         log_text = server.log_text()
     assert Counter(o.status for o in outcomes) == {200: 40}
     match = re.search(r"^gpt_request_log_write_errors_total (\S+)$", metrics, re.MULTILINE)

@@ -49,7 +49,8 @@ def _log_records(path: Path) -> list[dict]:
 
 
 def _weight_mb(server: GunicornServer) -> float:
-    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    metrics = requests.get(f"{server.url}/metrics", timeout=10,
+                           headers=server.operator_headers).text
     match = re.search(r"^gpt_model_weight_bytes (\S+)$", metrics, re.MULTILINE)
     assert match, metrics
     return float(match[1]) / 2**20

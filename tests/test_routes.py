@@ -70,12 +70,12 @@ def test_request_id_is_echoed_or_made(client) -> None:
     assert len(unsafe.headers["X-Request-ID"]) == 32
 
 
-def test_health_and_ready(client) -> None:
+def test_health_and_ready(client, operator_headers) -> None:
     assert client.get("/health").json == {"status": "ok"}
     answers = []
 
-    def ready() -> bool:
-        answers.append(client.get("/ready"))
+    def ready() -> bool:  # the details are the operator's (tests/test_operator_surfaces.py)
+        answers.append(client.get("/ready", headers=operator_headers))
         return answers[-1].status_code != 503
 
     wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)

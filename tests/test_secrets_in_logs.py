@@ -22,8 +22,9 @@ def test_keys_never_appear_in_the_server_log_request_log_or_responses(tiny_model
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text(f"{file_key}\nsha256:{hashlib.sha256(hashed_key.encode()).hexdigest()}\n")
     request_log = tmp_path / "server_requests.jsonl"
+    operator_key, wrong_operator_key = _key(), _key()
     env = server_env(tmp_path, API_KEYS=",".join(env_keys), API_KEYS_FILE=str(keys_file),
-                     RATE_LIMIT="4/minute")
+                     OPERATOR_KEYS=operator_key, RATE_LIMIT="4/minute")
     body = {"prompt": "Say something", "max_new_tokens": 2}
     seen: list[requests.Response] = []
     with GunicornServer(tmp_path, env, workers=2) as server:
@@ -54,11 +55,18 @@ def test_keys_never_appear_in_the_server_log_request_log_or_responses(tiny_model
         # 10: with memory:// each of the 2 workers counts 4/minute on its own.
         statuses = [send(headers=bearer) for _ in range(10)]
         assert 429 in statuses
-        requests.get(f"{server.url}/metrics", timeout=10)
+        # The operator key, right and wrong, on the operator surfaces.
+        scraped = requests.get(f"{server.url}/metrics", timeout=10,
+                               headers=server.operator_headers)
+        assert scraped.status_code == 200 and server.operator_key == operator_key
+        refused = requests.get(f"{server.url}/metrics", timeout=10,
+                               headers={"Authorization": f"Bearer {wrong_operator_key}"})
+        assert refused.status_code == 401
     server_log = server.log_text()
     logged = server_log + request_log.read_text()
-    answered = "".join(r.text + str(dict(r.headers)) for r in seen)
-    for secret in [*env_keys, file_key, hashed_key, near_miss]:
+    answered = "".join(r.text + str(dict(r.headers)) for r in [*seen, refused])
+    for secret in [*env_keys, file_key, hashed_key, near_miss, operator_key,
+                   wrong_operator_key]:
         assert secret not in logged
         assert secret not in answered
     # The logs were really written: the key ids are there, and the access log saw every call.

@@ -3,13 +3,14 @@
 #
 # Serves synthetic:$PRESET locally with scripts/loadtest.py (Gunicorn, 2 workers, loopback),
 # or, with TARGET_URL set, loads that deployed server with plain Locust (its key in
-# LOCUST_API_KEY). Either way the suite writes a complete run folder to $RUN_DIR (run.json
+# LOCUST_API_KEY, its operator key in LOCUST_OPERATOR_KEY: run.json's server facts come from
+# its /ready details and /metrics, which only the operator key opens). Either way the suite writes a complete run folder to $RUN_DIR (run.json
 # with the client's and the server's facts), which the job uploads as its artefact.
 #
 # Environment (all optional): PRESET (tiny), USERS (4), DURATION (60, seconds of load),
 # RUN_DIR (results/ci), BASELINE (results/ci-baseline: a run folder to gate against; the
 # regression gate is skipped while there is none), SLO_FILE (deploy/ci/slo.toml),
-# TARGET_URL, LOCUST_API_KEY, PYTHON (.venv/bin/python).
+# TARGET_URL, LOCUST_API_KEY, LOCUST_OPERATOR_KEY, PYTHON (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}

@@ -29,7 +29,8 @@ def test_master_and_two_workers_record_every_request(tiny_model: Path, tmp_path:
     with GunicornServer(tmp_path, env, workers=2) as server:
         result = run_headless(run_dir, server.url, api_key, "--processes", "2", "-u", "6",
                               "-r", "6", "-t", "15s", "--stop-timeout", "30",
-                              "--server-pidfile", str(server.pidfile))
+                              "--server-pidfile", str(server.pidfile),
+                              operator_key=server.operator_key)
         worker_pids = set(map(str, server.worker_pids()))
     log = (run_dir / "locust.log").read_text()
 

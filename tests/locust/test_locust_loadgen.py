@@ -137,9 +137,9 @@ def test_memory_sampling_leaves_the_loop_lag_alone(tiny_model, tmp_path) -> None
                   "--label", secrets.token_hex(4))
         with ThreadPoolExecutor(2) as pool:
             done = [pool.submit(run_headless, runs["on"], server.url, TEST_API_KEY, *common,
-                                "--memory-sample-s", "1"),
+                                "--memory-sample-s", "1", operator_key=server.operator_key),
                     pool.submit(run_headless, runs["off"], server.url, TEST_API_KEY, *common,
-                                "--memory-sample-s", "0")]
+                                "--memory-sample-s", "0", operator_key=server.operator_key)]
             for future in done:
                 future.result()
 

@@ -142,12 +142,15 @@ def test_metrics_scrape_of_a_real_server_matches_its_workers(tiny_model, tmp_pat
         samples = []
 
         def gauged() -> bool:
-            samples.append(sample_metrics(server.url))
+            samples.append(sample_metrics(server.url, operator_key=server.operator_key))
             return samples[-1] is not None and len(samples[-1].processes) >= 2
 
         server.follow(gauged, "per-worker gauges on /metrics", interval_s=0.3)
         sample = samples[-1]
         workers = set(server.worker_pids())
+        # Without the operator key the scrape is refused (401): no sample, never a wrong one.
+        assert sample_metrics(server.url) is None
+        assert sample_metrics(server.url, operator_key=secrets.token_urlsafe(24)) is None
 
     assert {p.pid for p in sample.processes} == workers
     assert all(0 < p.uss_mb <= p.pss_mb <= p.rss_mb for p in sample.processes)
@@ -216,17 +219,22 @@ def _metrics_text(pid: int, rss_mb: float, uss_mb: float, pss_mb: float,
         f"gpt_system_available_bytes {available_mb * 2**20}\n")
 
 
+SCRAPE_KEY = "scrape-key-0123456789abcdef"
+
+
 @pytest.fixture
 def metrics_hosts() -> Iterator[list[str]]:
-    """Base URLs of two loopback servers whose /metrics hold one worker each."""
+    """Base URLs of two loopback servers whose /metrics hold one worker each (for
+    ``SCRAPE_KEY`` only, as the real server's operator key)."""
     texts = [_metrics_text(11, 400.0, 40.0, 200.0, 9000.0),
              _metrics_text(11, 300.0, 30.0, 150.0, 7000.0)]  # same pid: another host
 
     def handler_for(text: str) -> type[BaseHTTPRequestHandler]:
         class Metrics(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = text.encode()
-                self.send_response(200 if self.path == "/metrics" else 404)
+                keyed = self.headers.get("Authorization") == f"Bearer {SCRAPE_KEY}"
+                body = text.encode() if keyed else b'{"error": {}}'
+                self.send_response(404 if self.path != "/metrics" else 200 if keyed else 401)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -248,7 +256,8 @@ def metrics_hosts() -> Iterator[list[str]]:
 
 def test_sampler_scrapes_every_metrics_url_into_one_sample(environment, metrics_hosts,
                                                            tmp_path) -> None:
-    sampler = MemorySampler(tmp_path / "memory.csv", metrics_urls=metrics_hosts)
+    sampler = MemorySampler(tmp_path / "memory.csv", metrics_urls=metrics_hosts,
+                            operator_key=SCRAPE_KEY)
     sampler.register(environment)
     sample = sampler.sample_once()
     environment.events.quitting.fire(environment=environment)
@@ -265,11 +274,12 @@ def test_sampler_scrapes_every_metrics_url_into_one_sample(environment, metrics_
 def test_a_silent_host_is_missing_from_the_sample(metrics_hosts) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 
-    sample = sample_hosts([dead, metrics_hosts[1]], timeout_s=1.0)
+    sample = sample_hosts([dead, metrics_hosts[1]], timeout_s=1.0, operator_key=SCRAPE_KEY)
 
     assert [(p.pid, p.host) for p in sample.processes] == [
         (11, metrics_hosts[1].removeprefix("http://"))]
-    assert sample_hosts([dead], timeout_s=1.0) is None
+    assert sample_hosts([dead], timeout_s=1.0, operator_key=SCRAPE_KEY) is None
+    assert sample_hosts(metrics_hosts, timeout_s=1.0) is None  # refused without the key
     assert merge_samples([None, None]) is None
 
 

@@ -42,10 +42,13 @@ def run(request: pytest.FixtureRequest, tiny_model: Path,
                 cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", "--host", server.url,
                        "--run-dir", str(run_dir), "--csv", str(run_dir / "locust"),
                        "--csv-full-history", *MODES[mode], *args]
-                done = subprocess.run(cmd, cwd=REPO, env=locust_env(LOCUST_API_KEY=api_key),
-                                      stdout=log, stderr=subprocess.STDOUT, timeout=300)
+                env = locust_env(LOCUST_API_KEY=api_key,
+                                 LOCUST_OPERATOR_KEY=server.operator_key)
+                done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, timeout=300)
         else:
-            done = run_headless(run_dir, server.url, api_key, *MODES[mode][1:], *args)
+            done = run_headless(run_dir, server.url, api_key, *MODES[mode][1:], *args,
+                                operator_key=server.operator_key)
     log = (run_dir / "locust.log").read_text()
     assert done.returncode == EXIT_CODES[mode], log[-4000:]
     assert ("target missed: p95" in log) == (mode == "headless")

@@ -31,8 +31,8 @@ def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
                              str(port), "--autostart", "-u", "4", "-r", "4", "-t", "120s",
                              "--server-pidfile", str(server.pidfile))
         log = open(tmp_path / "locust.log", "wb")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=locust_env(LOCUST_API_KEY=api_key),
-                                stdout=log, stderr=subprocess.STDOUT)
+        env = locust_env(LOCUST_API_KEY=api_key, LOCUST_OPERATOR_KEY=server.operator_key)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until(lambda: _answers(url), "Locust's web UI answers", timeout_s=300,
