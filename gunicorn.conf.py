@@ -71,7 +71,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # no free thread waits unseen in gthread's own queue, where neither MAX_QUEUE nor
 # MAX_IN_FLIGHT can refuse it fast. Idle threads cost a stack each, not model memory.
 # GracefulThreadWorker is gthread that closes its listening socket the moment it stops, so
-# on SIGTERM new connections are refused at once instead of hanging (server/worker.py).
+# on SIGTERM new connections are refused at once instead of hanging, and that keeps slow
+# clients out of the threads: a connection gets one only once its request head is in, and its
+# reads end CLIENT_READ_TIMEOUT_S later (server/worker.py). Stalled connections still count
+# against worker_connections (1000 per worker, Gunicorn's default) until that deadline.
 worker_class = "server.worker.GracefulThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS")
               or _config["MAX_BATCH_SIZE"] + _config["MAX_QUEUE"] + 8)
@@ -152,8 +155,12 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    """Start serving in this worker: torch threads (cores / workers to start), sampler,
-    warm-up."""
+    """Start serving in this worker: API keys re-read (a SIGHUP forks new workers from the
+    preloaded app, whose keys are the ones read at startup), torch threads (cores / workers
+    to start), sampler, warm-up."""
+    from server.auth import reload_keys
+
+    reload_keys(worker.wsgi)
     service = worker.wsgi.extensions["model_service"]
     service.start(_torch_threads(worker.cfg.workers))
 

@@ -11,7 +11,14 @@ Nothing in this module logs or raises a key.
 Requests name their key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; when both
 are sent, ``Authorization`` wins. Routes declared public (``server.routing``: probes, metrics
 and the API description) need no key; every other path, unknown ones included, answers 401
-without a valid key, so a scanner learns nothing about the routes.
+without a valid key, so a scanner learns nothing about the routes. Wrong keys are counted per
+client address and, past ``AUTH_FAILURE_LIMIT``, refused with 429 (``server.auth_throttle``).
+
+Key rotation: ``API_KEYS_FILE`` is looked at (one ``stat``) at most once a second per worker
+and re-read when it changed; each worker re-reads it when it starts, so ``SIGHUP`` to the
+master (which forks new workers from the preloaded app) reloads it too. A file that cannot be
+read, has a malformed line or holds no key at all leaves the current keys in place and logs an
+error naming the line (never a key). ``API_KEYS`` from the environment is fixed at startup.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import hashlib
 import hmac
 import logging
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +38,7 @@ from flask import Flask, Response, current_app, request
 
 from server import routing
 from server.accounting import record
+from server.auth_throttle import AuthThrottle
 from server.config import ConfigError
 from server.errors import APIError
 
@@ -38,6 +48,9 @@ log = logging.getLogger(__name__)
 _WEAK_KEY_CHARS = 16
 _DIGEST = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 _BEARER = re.compile(r"^Bearer[ \t]+(\S+)[ \t]*$", re.IGNORECASE)
+# Seconds between looks at API_KEYS_FILE (a stat) in a worker: a removed key stops working
+# within about this long, at the cost of one stat a second.
+KEY_FILE_CHECK_S = 1.0
 
 
 def key_id_of(digest: bytes) -> str:
@@ -56,6 +69,30 @@ def _digest(entry: str, where: str) -> bytes:
     return hashlib.sha256(entry.encode()).digest()
 
 
+def _env_digests(config: Mapping[str, Any]) -> list[bytes]:
+    return [_digest(entry.strip(), f"API_KEYS entry {n}")
+            for n, entry in enumerate(str(config["API_KEYS"]).split(","), 1) if entry.strip()]
+
+
+def _file_digests(path: Path) -> list[bytes]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"API_KEYS_FILE {path}: "
+                          f"{getattr(error, 'strerror', None) or 'not UTF-8 text'}") from None
+    return [_digest(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is rewritten or replaced (None: it cannot be stat'ed)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 @dataclass(frozen=True)
 class KeyRing:
     """The SHA-256 digests of the accepted API keys."""
@@ -65,18 +102,9 @@ class KeyRing:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> KeyRing:
         """Read ``API_KEYS`` and ``API_KEYS_FILE``; raise ConfigError on a malformed entry."""
-        digests = [_digest(entry.strip(), f"API_KEYS entry {n}")
-                   for n, entry in enumerate(str(config["API_KEYS"]).split(","), 1)
-                   if entry.strip()]
+        digests = _env_digests(config)
         if config["API_KEYS_FILE"]:
-            path = Path(config["API_KEYS_FILE"])
-            try:
-                lines = path.read_text().splitlines()
-            except OSError as error:
-                raise ConfigError(f"API_KEYS_FILE {path}: {error.strerror}") from None
-            digests += [_digest(line.strip(), f"{path} line {n}")
-                        for n, line in enumerate(lines, 1)
-                        if line.strip() and not line.lstrip().startswith("#")]
+            digests += _file_digests(Path(config["API_KEYS_FILE"]))
         return cls(tuple(dict.fromkeys(digests)))
 
     def identify(self, presented: str) -> str | None:
@@ -87,6 +115,62 @@ class KeyRing:
             if hmac.compare_digest(digest, known):
                 found = known
         return key_id_of(found) if found is not None else None
+
+
+class KeySource:
+    """The accepted keys: ``API_KEYS`` (fixed) plus ``API_KEYS_FILE``, re-read on change."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.fixed = _env_digests(config)
+        self.path = Path(config["API_KEYS_FILE"]) if config["API_KEYS_FILE"] else None
+        self.seen = _file_signature(self.path) if self.path else None
+        self.ring = KeyRing.from_config(config)
+        self._checked_at = time.monotonic()
+        self._lock = threading.Lock()  # one request thread looks at the file, not all
+
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        """The current keys' digests."""
+        return self.ring.digests
+
+    def identify(self, presented: str) -> str | None:
+        """The id of ``presented`` if it is a current key (the file looked at first)."""
+        if (self.path and time.monotonic() - self._checked_at >= KEY_FILE_CHECK_S
+                and self._lock.acquire(blocking=False)):
+            try:
+                self._checked_at = time.monotonic()
+                if _file_signature(self.path) != self.seen:
+                    self.reload()
+            finally:
+                self._lock.release()
+        return self.ring.identify(presented)
+
+    def reload(self) -> None:
+        """Re-read the key file; an unusable one leaves the current keys and logs why."""
+        if self.path is None:
+            return
+        self.seen = _file_signature(self.path)  # a bad file is reported once, not each second
+        try:
+            digests = tuple(dict.fromkeys(self.fixed + _file_digests(self.path)))
+            if not digests:
+                raise ConfigError(f"API_KEYS_FILE {self.path}: no keys in it")
+        except ConfigError as error:
+            log.error("API keys not reloaded, the %d current key(s) stay: %s",
+                      len(self.ring.digests), error)
+            return
+        added = [key_id_of(d) for d in digests if d not in self.ring.digests]
+        removed = [key_id_of(d) for d in self.ring.digests if d not in digests]
+        self.ring = KeyRing(digests)
+        if added or removed:
+            log.info("API keys reloaded from %s: %d key(s); added %s; removed %s", self.path,
+                     len(digests), ", ".join(added) or "none", ", ".join(removed) or "none")
+
+
+def reload_keys(app: Flask) -> None:
+    """Re-read ``API_KEYS_FILE`` now (a worker starting, e.g. after SIGHUP)."""
+    source = app.extensions.get("api_keys")
+    if isinstance(source, KeySource):
+        source.reload()
 
 
 def presented_key() -> str | None:
@@ -101,15 +185,21 @@ def presented_key() -> str | None:
 def _require_key() -> None:
     if routing.current().public:
         return
-    keys: KeyRing | None = current_app.extensions["api_keys"]
+    keys: KeySource | None = current_app.extensions["api_keys"]
     if keys is None:  # ALLOW_ANONYMOUS=1 and no keys: open by explicit choice
         return
+    throttle: AuthThrottle | None = current_app.extensions["auth_throttle"]
+    address = request.remote_addr or ""
+    if throttle is not None:
+        throttle.check(address)  # before the key: a throttled guesser learns nothing
     presented = presented_key()
     if presented is None:
         raise APIError(401, "missing_api_key",
                        "send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
     key_id = record().key_id = keys.identify(presented)
     if key_id is None:
+        if throttle is not None:
+            throttle.failed(address)
         raise APIError(401, "invalid_api_key", "the API key is not valid")
 
 
@@ -119,13 +209,26 @@ def _challenge(response: Response) -> Response:
     return response
 
 
+def _throttle(config: Mapping[str, Any]) -> AuthThrottle | None:
+    limit = str(config["AUTH_FAILURE_LIMIT"]).strip()
+    try:
+        throttle = AuthThrottle(limit) if limit else None
+    except ValueError:
+        raise ConfigError(f"AUTH_FAILURE_LIMIT={limit!r} is not a rate limit; use e.g. "
+                          "'20/minute' (units: second, minute, hour, day) or '' for off") from None
+    log.info("failed authentication throttle: %s per client address", limit or "off")
+    return throttle
+
+
 def init_app(app: Flask) -> None:
     """Require a valid key on every non-public path; refuse to start without keys."""
-    keys = KeyRing.from_config(app.config)
+    keys = KeySource(app.config)
     # The plaintext keys are not needed once hashed: keep them out of any config dump.
-    app.config["API_KEYS"] = f"<{len(keys.digests)} key(s), redacted>" if keys.digests else ""
+    app.config["API_KEYS"] = f"<{len(keys.fixed)} key(s), redacted>" if keys.fixed else ""
+    app.extensions["auth_throttle"] = None
     if keys.digests:
         app.extensions["api_keys"] = keys
+        app.extensions["auth_throttle"] = _throttle(app.config)
         log.info("API keys required: %d key(s) loaded, ids %s", len(keys.digests),
                  ", ".join(key_id_of(d) for d in keys.digests))
     elif app.config["ALLOW_ANONYMOUS"]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import NonNegativeInt, ValidationError
+from pydantic import NonNegativeInt, PositiveFloat, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How a boolean is written (pydantic's lax booleans), for the error message.
@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     GLOBAL_RATE_LIMIT: str = "3000/minute;100/second"
     # Where limits are counted: memory:// (per worker) or redis://host:port (exact, shared).
     RATELIMIT_STORAGE_URI: str = "memory://"
+    # Seconds a client gets to send a request's line and headers (counted from its connection
+    # or, kept alive, its next first byte), and again to send its body; a connection that
+    # misses either is closed (a missed body gets a 408 first). nginx allows 60 s for each;
+    # 10 s is ample for this API's bodies (at most MAX_CONTENT_LENGTH, 64 KiB) and bounds what
+    # a stalled client holds (server/worker.py, docs/security.md "Slow and hostile clients").
+    CLIENT_READ_TIMEOUT_S: PositiveFloat = 10.0
+    # Failed authentications (a wrong key) one client address may make before it is refused
+    # with 429 auth_throttled, keyed requests included, counted in RATELIMIT_STORAGE_URI
+    # (flask-limiter syntax; "" = off). 20 a minute leaves room for a mistyped key and makes
+    # guessing a key (2^128 of them) hopeless (server/auth_throttle.py).
+    AUTH_FAILURE_LIMIT: str = "20/minute"
 
 
 DEFAULTS: dict[str, Any] = {name: field.default for name, field in Settings.model_fields.items()}

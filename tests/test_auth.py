@@ -95,8 +95,9 @@ def test_request_log_has_the_key_id_never_the_key(make_app, request_log) -> None
 
 
 def test_unauthorized_requests_cost_no_model_time(make_app) -> None:
+    # 25 wrong keys: under the failed-authentication throttle (test_hostile_clients.py).
     app = make_app(MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
-                   ADMIT_PREDICTED=False)
+                   ADMIT_PREDICTED=False, AUTH_FAILURE_LIMIT="100/minute")
     service = app.extensions["model_service"]
     # Before any authorized request, 401s never start the model service at all.
     outsider = app.test_client(api_key="wrong-key-0123456789")
