@@ -25,11 +25,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
 from server import routing
 from server.accounting import record
 from server.auth import KeyRing, _digest, key_id_of, presented_key
+from server.auth_throttle import AuthThrottle
 from server.config import ConfigError
 from server.errors import APIError
 
@@ -65,9 +66,17 @@ def _check() -> None:
     ring: KeyRing | None = current_app.extensions["operator_keys"]
     rec = record()
     presented = presented_key()
+    # Public routes (/ready, /metrics) answer more to a valid key, so a key sent there is a
+    # guess like any other: throttled per address as auth throttles the others.
+    guess = presented is not None and routing.current().public
+    throttle: AuthThrottle | None = current_app.extensions.get("auth_throttle")
+    if guess and throttle is not None:
+        throttle.check(request.remote_addr or "")
     if ring is not None and presented is not None:
         rec.operator = ring.identify(presented) is not None
     rec.authenticated = _authenticated(presented)
+    if guess and throttle is not None and not (rec.operator or rec.authenticated):
+        throttle.failed(request.remote_addr or "")
     if not routing.current().operator or rec.operator:
         return
     rec.authenticated = False  # a refused credential gets no telemetry, whoever asks

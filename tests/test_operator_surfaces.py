@@ -186,3 +186,16 @@ def test_the_spec_says_metrics_needs_the_operator_key(make_app) -> None:
     assert operation["security"] == [{"operatorKey": []}]
     assert set(operation["responses"]) == {"200", "401"}
     assert spec["components"]["securitySchemes"]["operatorKey"]["scheme"] == "bearer"
+
+
+def test_keys_guessed_on_public_routes_are_throttled_too(make_app) -> None:
+    """/metrics and /ready answer more to a valid key, so they must not be a free oracle
+    for guessing either: wrong keys there count against AUTH_FAILURE_LIMIT like anywhere."""
+    client = make_app(AUTH_FAILURE_LIMIT="5/minute").test_client(api_key="")
+    statuses = [client.get("/metrics", headers={"Authorization": f"Bearer guess-{i:020d}"})
+                .status_code for i in range(5)]
+    statuses.append(client.get("/ready", headers={"X-API-Key": "guess-x"}).status_code)
+    assert statuses[:5] == [401] * 5 and statuses[5] == 429
+    throttled = client.get("/metrics", headers=OPERATOR)  # even the right key, meanwhile
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
+    assert client.get("/health").status_code == 200  # probes without a key are not guesses
