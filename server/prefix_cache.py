@@ -32,7 +32,7 @@ from server.row_cache import RowCache
 MIN_SHARED = 16
 
 
-@dataclass
+@dataclass(eq=False)  # entries are distinct by identity: two scopes may hold equal tokens
 class Entry:
     """A finished row's cache, the tokens it holds keys and values for (in order), and the
     scope (tenant, cache_salt) that may reuse it."""

@@ -181,7 +181,10 @@ class Scheduler:
         def main() -> None:
             before_loop()
             while True:
-                self.run_once()
+                try:
+                    self.run_once()
+                except Exception as error:  # the worker's only generator must go on
+                    self._fail_running(error)
 
         self._thread = threading.Thread(target=main, name="generation", daemon=True)
         self._thread.start()
@@ -207,6 +210,17 @@ class Scheduler:
             self.learn(report)
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
+
+    def _fail_running(self, error: Exception) -> None:
+        """Fail every running row's job after an error outside a step (bookkeeping): its
+        rows' state is unknown, the queued jobs are not touched."""
+        log.error("generation loop error (%s): failing %d running request(s)",
+                  type(error).__name__, len(self._rows))
+        rows, self._rows = self._rows, []
+        for job, row in rows:
+            row.cache.release()
+            if not job.wait(0):
+                job.finish(error=error)
 
     def _prefill_allowed(self) -> set[int] | None:
         """Which rows may read prompt chunks this step (None: any, shortest first).

@@ -174,8 +174,14 @@ def test_kept_caches_are_reused_only_within_their_scope() -> None:
     assert kept.find([*secret, 2], scope=("key-a", "salt")) is None  # another salt: never
     assert kept.find([*secret, 2], scope=("key-a", ""))[1] == len(secret)
     # key b's own copy of the same prompt does not supersede key a's entry
-    kept.keep([*secret, 1, 5], _cache_of([*secret, 1, 5]), scope=("key-b", ""))
+    kept.keep([*secret, 1], _cache_of([*secret, 1]), scope=("key-b", ""))
     assert len(kept) == 2
+    # equal tokens in two scopes: extending b's drops b's alone (a crash here once stopped
+    # the generation thread)
+    kept.keep([*secret, 1, 5], _cache_of([*secret, 1, 5]), scope=("key-b", ""))
+    assert len(kept) == 2 and kept.find([*secret, 1, 5, 6], scope=("key-b", ""))[1] == \
+        len(secret) + 2
+    assert kept.find([*secret, 1, 5, 6], scope=("key-a", ""))[1] == len(secret) + 1
 
 
 def test_one_key_never_reuses_another_keys_cached_prompt(tiny_model: Path,

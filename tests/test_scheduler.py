@@ -145,3 +145,24 @@ def test_streaming_job_receives_every_token_then_the_end(loaded) -> None:
     while (token := job.stream.get(timeout=1)) is not None:
         streamed.append(token)
     assert streamed == job.result.token_ids and len(streamed) == 5
+
+
+def test_an_error_outside_a_step_fails_the_running_jobs_and_the_thread_goes_on(
+        loaded) -> None:
+    """A bug in the bookkeeping around a step (once: a prefix-cache compare that raised)
+    stopped the generation thread, and every later request hung."""
+    scheduler, engine = _start(loaded, max_batch=2, max_queue=4)
+    engine.release.set()
+    broken = {"once": True}
+    real_keep = scheduler.prefixes.keep
+
+    def keep(*args, **kwargs):
+        if broken.pop("once", False):
+            raise RuntimeError("bookkeeping failed")
+        return real_keep(*args, **kwargs)
+
+    scheduler.prefixes.keep = keep
+    first = scheduler.submit(_job(2))
+    assert first.wait(300) and isinstance(first.error, RuntimeError)
+    second = scheduler.submit(_job(2))
+    assert second.wait(300) and second.error is None and len(second.result.token_ids) == 2
