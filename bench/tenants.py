@@ -51,14 +51,10 @@ class HeadOfLine:
     """What the scenario measured (seconds)."""
 
     b_lone_s: float
+    step_s: float  # one decode step alone: B's prompt for 3x its tokens, less B, per token
     b: Outcome
     a_first: Outcome  # the streamed one, running when B was sent
     a_rest: list[Outcome] = field(default_factory=list)
-
-    @property
-    def step_s(self) -> float:
-        """A decode step as A's first request saw it (its inference time per token)."""
-        return self.a_first.inference_ms / 1000.0 / max(1, self.a_first.completion_tokens)
 
     @property
     def bound_s(self) -> float:
@@ -77,8 +73,8 @@ def _post(url: str, key: str, body: dict, started: float, stream: bool = False,
         for line in response.iter_lines():
             if first_token is not None:
                 first_token.set()
-            if line.startswith(b"data: {") and b'"usage": {' in line:
-                usage = json.loads(line[6:])["usage"]
+            if line.startswith(b"data: {"):
+                usage = json.loads(line[6:]).get("usage") or usage
     elif response.status_code == 200:
         usage = response.json()["usage"]
     if first_token is not None:
@@ -95,6 +91,10 @@ def head_of_line(url: str, key_a: str, key_b: str, a_prompt: str, a_tokens: int 
     ``queued_s``: how long A's queued requests get to reach the queue before B is sent."""
     b_body = {"prompt": "hi", "max_tokens": b_tokens, "ignore_eos": True, "temperature": 0}
     lone = [_post(url, key_b, b_body, time.monotonic()).latency_s for _ in range(3)]
+    longer = {**b_body, "max_tokens": 3 * b_tokens}
+    longer_s = statistics.median(
+        _post(url, key_b, longer, time.monotonic()).latency_s for _ in range(3))
+    step_s = max(0.0, longer_s - statistics.median(lone)) / (2 * b_tokens)
     a_body = {"prompt": a_prompt, "max_tokens": a_tokens, "ignore_eos": True,
               "temperature": 0, "stream_options": {"include_usage": True}}
     started, first_token, outcomes = time.monotonic(), threading.Event(), {}
@@ -114,7 +114,7 @@ def head_of_line(url: str, key_a: str, key_b: str, a_prompt: str, a_tokens: int 
     threads.append(run("b", key_b, b_body))
     for thread in threads:
         thread.join(900)
-    return HeadOfLine(statistics.median(lone), outcomes["b"], outcomes["a0"],
+    return HeadOfLine(statistics.median(lone), step_s, outcomes["b"], outcomes["a0"],
                       [outcomes[f"a{i}"] for i in range(1, a_count)])
 
 
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="words of key A's prompt (560 shipped-corpus words: ~735 tokens)")
     p.add_argument("--a-tokens", type=int, default=256)
     p.add_argument("--kv-tokens", default="1280")
+    p.add_argument("--checkout", type=Path, default=None,
+                   help="serve this checkout of the project instead (e.g. a git worktree of "
+                        "an older commit: before and after on one box)")
     args = p.parse_args(argv)
     synthetic.build(args.model.removeprefix("synthetic:"), "models") \
         if args.model.startswith("synthetic:") else None
@@ -143,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
            "RATE_LIMIT": "", "REQUEST_LOG": ""}
     facts = fingerprint_subprocess()
     with tempfile.TemporaryDirectory() as work, \
-            GunicornServer(Path(work), env, workers=1) as server:
+            GunicornServer(Path(work), env, workers=1,
+                           **({"repo": args.checkout} if args.checkout else {})) as server:
         result = head_of_line(server.url, key_a, key_b, corpus_prompt(args.a_prompt_words),
                               args.a_tokens)
-    print(f"host: {describe(facts)}")
+        precision = server.ready.get("dtype", "")
+    print(f"host: {describe(facts)}; served {args.model} as {precision or '?'}")
     print(f"B alone {result.b_lone_s:.3f} s; B beside A's work {result.b.latency_s:.3f} s "
           f"(status {result.b.status}); bound 2 x lone + one step ({result.step_s:.3f} s) = "
           f"{result.bound_s:.3f} s: {'met' if result.b.latency_s <= result.bound_s else 'MISSED'}")
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {a.status} after {a.latency_s:.2f} s")
     run_dir = new_run_dir("tenants")
     (run_dir / "run.json").write_text(json.dumps(
-        {"kind": "bench.tenants", "args": vars(args), "host": facts,
+        {"kind": "bench.tenants", "args": {**vars(args), "checkout": str(args.checkout or "")},
+         "precision": precision, "host": facts,
          "b_lone_s": result.b_lone_s, "step_s": result.step_s, "bound_s": result.bound_s,
          "b": asdict(result.b), "a_first": asdict(result.a_first),
          "a_rest": [asdict(a) for a in result.a_rest]}, indent=2) + "\n")

@@ -37,7 +37,10 @@ class GunicornServer(ServerProcess):
     def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2,
                  extra_args: tuple[str, ...] = (), cap_s: float = CAP_S,
                  stall_s: float = STALL_S, inherit_env: bool = True,
-                 log_path: Path | None = None, operator_key: str | None = None) -> None:
+                 log_path: Path | None = None, operator_key: str | None = None,
+                 repo: Path = REPO) -> None:
+        """``repo``: the checkout to serve (another one, e.g. a worktree of an older
+        commit, measures before and after on one box)."""
         env = {**os.environ, **env} if inherit_env else dict(env)
         self.operator_key = operator_key or operator_key_of(env)
         if self.operator_key is None:  # none configured, or only sha256: digests
@@ -52,10 +55,10 @@ class GunicornServer(ServerProcess):
         scheme = "https" if env.get("TLS_CERTFILE") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.pidfile = workdir / "gunicorn.pid"
-        args = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py"),
+        args = [sys.executable, "-m", "gunicorn", "-c", str(repo / "gunicorn.conf.py"),
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
                 "--pid", str(self.pidfile), *extra_args]
-        super().__init__(args, log_path or workdir / "gunicorn.log", env, cwd=REPO,
+        super().__init__(args, log_path or workdir / "gunicorn.log", env, cwd=repo,
                          cap_s=cap_s, stall_s=stall_s)
         self.ready: dict[str, Any] = {}  # the last /ready body (model, dtype, kernels, ...)
         self.ready_s = 0.0
