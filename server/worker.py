@@ -170,12 +170,9 @@ class GracefulThreadWorker(ThreadWorker):
 
     def on_head_bytes(self, conn: DeadlineConn, client: socket.socket) -> None:
         """Read what the client sent; hand the connection over once its head is whole."""
-        try:
-            data = client.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv_ready(client)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.head += data
         if data and not head_complete(conn.head) and len(conn.head) < _HEAD_GATHER_BYTES:
             return
@@ -208,12 +205,9 @@ class GracefulThreadWorker(ThreadWorker):
 
     def on_linger_bytes(self, conn: DeadlineConn, client: socket.socket) -> None:
         """Discard a closing client's bytes; close at its end or at the byte cap."""
-        try:
-            data = client.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv_ready(client)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.lingered_bytes += len(data)
         if data and conn.lingered_bytes < LINGER_MAX_BYTES:
             return
@@ -246,3 +240,14 @@ class GracefulThreadWorker(ThreadWorker):
         if not enabled and not self.alive:
             for listener in self.sockets:
                 listener.close()  # idempotent: gthread closes them again when it exits
+
+
+def _recv_ready(client: socket.socket) -> bytes | None:
+    """What a non-blocking socket the poller found readable holds: b"" at its end or on an
+    error (the client is gone), None when nothing was there after all."""
+    try:
+        return client.recv(_RECV_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
