@@ -79,7 +79,8 @@ def _admit() -> None:
     if not table.try_acquire(config["MAX_IN_FLIGHT"]):
         raise APIError(503, "overloaded",
                        f"server is at capacity ({config['MAX_IN_FLIGHT']} requests in "
-                       "flight); retry later", retry_after_s=config["RETRY_AFTER_S"])
+                       "flight); retry later", retry_after_s=config["RETRY_AFTER_S"],
+                       details={"scope": "server"})
     g.in_flight = True
 
 

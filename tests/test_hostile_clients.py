@@ -44,6 +44,7 @@ def _until_closed(sock: socket.socket, by: float) -> tuple[bytes, bool]:
     """What the server sent, and whether it closed the connection (EOF or reset) by ``by``."""
     received = b""
     try:
+        # not a wait: blocking reads of one socket, each bounded by what is left of ``by``
         while (left := by - time.monotonic()) > 0:
             sock.settimeout(left)
             data = sock.recv(65536)

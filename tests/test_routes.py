@@ -202,8 +202,8 @@ def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
     started = time.monotonic()
     response = app.test_client().post("/generate-text", json={"prompt": "one more"})
     elapsed = time.monotonic() - started
-    _assert_envelope(response, 503, "overloaded")
-    assert response.headers["Retry-After"] == "2"
+    error = _assert_envelope(response, 503, "overloaded")
+    assert response.headers["Retry-After"] == "2" and error["details"]["scope"] == "server"
     assert elapsed < 0.5
     running.join(60)
     waiting.join(60)
