@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.readers import stored
+
 LOADGEN_COLUMNS = ["timestamp", "elapsed_s", "pid", "role", "loop_lag_ms", "cpu_s",
                    "cpu_percent", "cores"]
 # Roles whose loop runs simulated users: their lag is in the measured response times.
@@ -114,6 +116,6 @@ def load_loadgen(folder: Path, start_ts: float | None = None) -> pd.DataFrame:
     """loadgen.csv of run ``folder``; empty when the run has none (older runs) or it is
     unreadable (the report's section then says it was not recorded)."""
     try:
-        return read_loadgen(Path(folder) / "loadgen.csv", start_ts)
+        return read_loadgen(stored(Path(folder) / "loadgen.csv"), start_ts)
     except (OSError, ValueError, KeyError, pd.errors.EmptyDataError, pd.errors.ParserError):
         return pd.DataFrame(columns=LOADGEN_COLUMNS)

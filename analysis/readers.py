@@ -37,6 +37,13 @@ SERVER_LOG_COLUMNS = [
 ]  # fmt: skip
 
 
+def stored(path: Path) -> Path:
+    """``path``, or its gzipped copy ``<name>.gz`` when only that exists: committed runs keep
+    their larger raw files gzipped (pandas reads them by the extension)."""
+    zipped = path.with_name(path.name + ".gz")
+    return zipped if not path.is_file() and zipped.is_file() else path
+
+
 def locust_column(name: str) -> str:
     """Turn a Locust CSV header into snake_case with its unit: "95%" -> "p95_ms"."""
     if name.endswith("%"):

@@ -64,6 +64,7 @@ def parse_iso_ts(value: Any) -> float | None:
 def _read(path: Path, reader: Callable[..., Any], notes: list[str], *args: Any) -> Any:
     """Call ``reader`` on ``path``; on a missing or unreadable file note why and return None."""
     role = FILE_ROLES[path.name]
+    path = readers.stored(path)
     if not path.is_file():
         notes.append(f"`{path.name}` is missing: no {role}.")
         return None

@@ -68,3 +68,14 @@ def test_write_is_whole_file_and_keeps_unknown_blocks(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run.json").read_text()) == {
         "label": "x", "reference": {"row": 1}, "shape": None}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temp file left
+
+
+def test_committed_runs_read_their_gzipped_raw_files() -> None:
+    """Committed runs keep their larger raw files gzipped (results/ stays small): the loader
+    reads ``<name>.gz`` where the plain file is gone, and nothing is reported missing."""
+    zipped = [d for d in committed_run_dirs() if (d / "server_requests.jsonl.gz").is_file()
+              and (d / "locust_stats_history.csv.gz").is_file()]
+    assert zipped
+    run = load_run(zipped[0])
+    assert len(run.server_log) and len(run.history)
+    assert not [n for n in run.notes if "missing" in n and ("jsonl" in n or "history" in n)]
