@@ -297,7 +297,7 @@ class Scheduler:
         idle, so wait for the first job)."""
         if block:
             self._queue.wait()
-        while len(self._rows) < self._max_rows:
+        while len(self._rows) < self._max_rows and not self._queue.empty():
             job = self._pick()
             if job is None:
                 return
