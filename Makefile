@@ -13,10 +13,10 @@ venv:
 
 # Build the default heavy synthetic model (~3.1 GB, once) and the tiny test model.
 model:
-	$(PY) -m server.synthetic build $(subst synthetic:,,$(MODEL))
+	$(PY) -m server.engine.synthetic build $(subst synthetic:,,$(MODEL))
 
 tiny:
-	$(PY) -m server.synthetic build tiny
+	$(PY) -m server.engine.synthetic build tiny
 
 test: tiny
 	$(PY) -m pytest -q --durations=25

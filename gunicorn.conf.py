@@ -18,7 +18,7 @@ _config = load_config()
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
 # every worker writes its metrics to files that /metrics merges. The same per-server folder
 # holds the lock files of the rows the workers share (in_flight.lock, core_share.lock;
-# server/shared_rows.py): created here, in the master, before the app and the fork. Stale
+# server/engine/shared_rows.py): created here, in the master, before the app and the fork. Stale
 # .db files from an earlier server using the same folder would be counted again, so the
 # folder starts empty of them: once per master. Gunicorn evaluates this file again on
 # SIGHUP (a reload; the systemd unit sends HUP) in the same master, whose live workers'
@@ -38,7 +38,7 @@ if _first_read:
         _stale.unlink()
     os.environ[_WIPED_BY] = str(os.getpid())
 
-# oneDNN (the float32+onednn kernel path, server/kernels.py) caches a compiled kernel per
+# oneDNN (the float32+onednn kernel path, server/engine/kernels.py) caches a compiled kernel per
 # matrix shape; shapes are bucketed, and this bounds the cache whatever a model's layers are.
 # Read once when oneDNN starts, so it is set before the app (and torch) is imported.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
@@ -55,7 +55,7 @@ preload_app = os.environ.get("GUNICORN_PRELOAD", "1") != "0"
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 
 # One worker on every core (its steps take cores / busy workers torch threads,
-# server/core_share.py). Measured with continuous batching on the 2-core AMD EPYC box
+# server/engine/core_share.py). Measured with continuous batching on the 2-core AMD EPYC box
 # (docs/results.md, "One user gets the whole box"): one worker served a lone request as fast
 # as two sharing workers (10.2 vs 10.5 s for 32 tokens of gpt2-large), 8 staggered requests
 # in 26 s instead of 37 s (all 8 rows in one step instead of 4 + 4 on one thread each), and
@@ -73,9 +73,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # GracefulThreadWorker is gthread that closes its listening socket the moment it stops, so
 # on SIGTERM new connections are refused at once instead of hanging, and that keeps slow
 # clients out of the threads: a connection gets one only once its request head is in, and its
-# reads end CLIENT_READ_TIMEOUT_S later (server/worker.py). Stalled connections still count
+# reads end CLIENT_READ_TIMEOUT_S later (server/web/worker.py). Stalled connections still count
 # against worker_connections (1000 per worker, Gunicorn's default) until that deadline.
-worker_class = "server.worker.GracefulThreadWorker"
+worker_class = "server.web.worker.GracefulThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS")
               or _config["MAX_BATCH_SIZE"] + _config["MAX_QUEUE"] + 8)
 
@@ -128,7 +128,7 @@ keyfile = os.environ.get("TLS_KEYFILE") or None
 def on_starting(server):
     """Warn when rate limits are counted by each worker separately (memory:// storage)."""
     from server.config import load_config
-    from server.limits import per_worker_warning
+    from server.web.limits import per_worker_warning
 
     warning = per_worker_warning(load_config(), server.cfg.workers)
     if warning:
@@ -138,27 +138,27 @@ def on_starting(server):
 def when_ready(server):
     """Freeze the master's objects so the cycle collector does not touch (and un-share)
     their pages in the children; trim the heap the load freed so no child inherits it."""
-    from server.memory import release_free_heap
+    from server.engine.memory import release_free_heap
 
     release_free_heap()
     gc.freeze()
     # The master never samples memory: drop the zero-valued live gauges its metric objects
     # created, so /metrics lists workers only.
-    from server.metrics import mark_worker_dead
+    from server.web.metrics import mark_worker_dead
 
     mark_worker_dead(os.getpid())
     server.log.info("model preloaded; gc frozen; forking %d workers x %d torch threads%s",
                     server.cfg.workers, _torch_threads(server.cfg.workers),
                     "" if _config["TORCH_THREADS"] else
                     " to start; a busy worker then uses cores / busy workers "
-                    "(server/core_share.py)")
+                    "(server/engine/core_share.py)")
 
 
 def post_worker_init(worker):
     """Start serving in this worker: API keys re-read (a SIGHUP forks new workers from the
     preloaded app, whose keys are the ones read at startup), torch threads (cores / workers
     to start), sampler, warm-up."""
-    from server.auth import reload_keys
+    from server.web.auth import reload_keys
 
     reload_keys(worker.wsgi)
     service = worker.wsgi.extensions["model_service"]
@@ -174,8 +174,8 @@ def _torch_threads(workers: int) -> int:
 def child_exit(server, worker):
     """Drop a dead worker's per-worker gauges from /metrics, its in-flight count and its
     busy-core row. Never waits on a lock: the worker may have died holding one
-    (server/shared_rows.py); a row left behind is recycled when a worker needs it."""
-    from server.metrics import mark_worker_dead
+    (server/engine/shared_rows.py); a row left behind is recycled when a worker needs it."""
+    from server.web.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
     if server.cfg.preload_app:  # the app (and its shared in-flight table) lives here too

@@ -66,7 +66,7 @@ convert_f16() {
   local preset=$1 model="$MODELS_DIR/synthetic-$1" copy="$LLAMA_DIR/hf/synthetic-$1"
   local f16="$LLAMA_DIR/gguf/synthetic-$preset-f16.gguf"
   if [ ! -f "$model/config.json" ]; then
-    nice -n 19 "$PYTHON" -m server.synthetic build "$preset" --models-dir "$MODELS_DIR"
+    nice -n 19 "$PYTHON" -m server.engine.synthetic build "$preset" --models-dir "$MODELS_DIR"
   fi
   if [ ! -f "$f16" ]; then
     mkdir -p "$copy"
@@ -87,7 +87,7 @@ json.dump(tokenizer, open(f"{copy}/tokenizer_config.json", "w"), indent=2)
 EOF
     nice -n 19 "$VENV/bin/python" - "$SRC" "$copy" "$f16" <<'EOF'
 # Run the vendored converter with the pre-tokenizer mapped to gpt-2: its hash table only knows
-# published tokenizers, and ours is a byte-level BPE with GPT-2's pre-tokenizer (server/synthetic.py).
+# published tokenizers, and ours is a byte-level BPE with GPT-2's pre-tokenizer (server/engine/synthetic.py).
 import sys
 src, model, out = sys.argv[1:]
 sys.path[:0] = [src, f"{src}/gguf-py"]

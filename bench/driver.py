@@ -28,7 +28,7 @@ from bench.prompts import write_prompts
 from bench.table import bench_frame, bench_row, notes, render_table
 from harness.run_folder import RESULTS, update_record, utc_stamp
 from locustfiles.inputs import DATA_DIR
-from server.hardware import describe, fingerprint_subprocess
+from server.engine.hardware import describe, fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_LOCUSTFILE = "locustfiles/_bench.py"

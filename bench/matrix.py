@@ -67,7 +67,7 @@ ROWS: tuple[Row, ...] = (
     Row("2w2t-bf16", "2 workers x 2 torch threads (oversubscribed: 4 threads on 2 cores)",
         workers=2, torch_threads=2, dtype="bfloat16", max_batch_size=8),
     Row("batch-int8", "2 preloaded workers batching up to 8, linear layers in int8 "
-        "(server/quantize.py)", workers=2, torch_threads=0, dtype="int8", max_batch_size=8),
+        "(server/engine/quantize.py)", workers=2, torch_threads=0, dtype="int8", max_batch_size=8),
     Row("1w2t-int8", "1 worker x 2 torch threads, all 10 users in one batch, int8", workers=1,
         torch_threads=2, dtype="int8", max_batch_size=16),
 )

@@ -39,7 +39,7 @@ def write_prompts(model: str, models_dir: str, source: Path, out: Path, tokens: 
     ``out`` in the same format; raise ValueError when the texts are too short."""
     from transformers import AutoTokenizer
 
-    from server.model import resolve_source
+    from server.engine.model import resolve_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(model, models_dir))
     with open(source, encoding="utf-8") as f:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# Bytes a decode step reads per parameter, by the server's DTYPE. int8 (server.quantize):
+# Bytes a decode step reads per parameter, by the server's DTYPE. int8 (server.engine.quantize):
 # the linear layers' weights are int8; the embedding stays float32 but a step reads only
 # the rows of its tokens, and the LM head is its own int8 copy.
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
@@ -106,7 +106,7 @@ def matmul_gflop_s(dtype: torch.dtype, size: int, seconds: float) -> float:
 
 
 def int8_matmul_gflop_s(size: int, seconds: float) -> float:
-    """GFLOP/s of torch's dynamic int8 Linear (server.quantize's layers) on a ``size`` x
+    """GFLOP/s of torch's dynamic int8 Linear (server.engine.quantize's layers) on a ``size`` x
     ``size`` float32 input and ``size`` x ``size`` weights, activation quantization included."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
@@ -188,7 +188,7 @@ def model_params(model: str, models_dir: str) -> int:
     """Parameter count of ``model`` (tied weights once), built on the meta device: no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from server.model import resolve_source
+    from server.engine.model import resolve_source
 
     config = AutoConfig.from_pretrained(resolve_source(model, models_dir))
     with torch.device("meta"):

@@ -30,8 +30,8 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from harness.run_folder import new_run_dir
-from server import synthetic
-from server.hardware import describe, fingerprint_subprocess
+from server.engine import synthetic
+from server.engine.hardware import describe, fingerprint_subprocess
 
 
 @dataclass
@@ -119,7 +119,7 @@ def head_of_line(url: str, key_a: str, key_b: str, a_prompt: str, a_tokens: int 
 
 
 def corpus_prompt(words: int) -> str:
-    """The first ``words`` words of the shipped corpus (server/corpus/*.txt)."""
+    """The first ``words`` words of the shipped corpus (server/engine/corpus/*.txt)."""
     texts = sorted((Path(synthetic.__file__).parent / "corpus").glob("*.txt"))
     return " ".join(" ".join(p.read_text() for p in texts).split()[:words])
 

@@ -48,8 +48,8 @@ from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
 from harness.waiting import wait_until
 from locustfiles.user_mix import MIX_CHOICES
-from server.auth import key_id_of
-from server.hardware import fingerprint_subprocess
+from server.engine.hardware import fingerprint_subprocess
+from server.web.auth import key_id_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("needs root: ip netns add, veth links, a bridge")
-    subprocess.run([sys.executable, "-m", "server.synthetic", "build",
+    subprocess.run([sys.executable, "-m", "server.engine.synthetic", "build",
                     args.model.removeprefix("synthetic:"), "--models-dir", args.models_dir],
                    cwd=REPO, check=True)
     run_dir = (args.run_dir or new_run_dir(args.label)).resolve()

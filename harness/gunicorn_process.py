@@ -6,7 +6,7 @@ bench and deploy.
 
 The server gets an operator key (``OPERATOR_KEYS``): the first plain entry of the
 environment's, else one generated here. ``wait_ready`` sends it to ``/ready``, whose worker
-pid and details answer only the operator (server/operator_auth.py); callers send
+pid and details answer only the operator (server/web/operator_auth.py); callers send
 ``server.operator_headers`` to ``/metrics`` and ``/ready`` the same way.
 
 Readiness follows the process (harness.waiting): it fails at once if Gunicorn died, keeps

@@ -23,7 +23,7 @@ class _Open(BaseModel):
 
 
 class HostFacts(_Open):
-    """A machine: server/hardware.py's fingerprint (cores = CPUs this process may use)."""
+    """A machine: server/engine/hardware.py's fingerprint (cores = CPUs this process may use)."""
 
     cores: int | None = None
     ram_gb: float | None = None

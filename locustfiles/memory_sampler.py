@@ -4,13 +4,13 @@ Two sources, picked by what is known about the server:
 
 * ``--server-pidfile PATH`` (the server runs on this machine): the Gunicorn master's pid from
   the file, its children from /proc, and each one's RSS/USS/PSS/shared read from
-  ``smaps_rollup`` via psutil (``server.memory.read_process_memory``);
+  ``smaps_rollup`` via psutil (``server.engine.memory.read_process_memory``);
 * otherwise (no pidfile given, or not there) the server's Prometheus ``/metrics``
   (per-worker ``gpt_worker_rss_bytes``, ``gpt_worker_uss_bytes``, ``gpt_worker_pss_bytes``
   gauges labelled by ``pid``): Locust's host, or each of ``--metrics-urls`` when the server
   runs on several hosts behind a load balancer (a scrape through the balancer would reach
   one host at random), sending ``--operator-key`` (the scrape is an operator surface,
-  server/operator_auth.py). Each round scrapes every host; their processes form one sample, so
+  server/web/operator_auth.py). Each round scrapes every host; their processes form one sample, so
   the total row is the whole fleet's footprint. A host that does not answer is missing
   from that round's sample.
 
@@ -56,7 +56,7 @@ from locust.runners import WorkerRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from locustfiles.server_facts import operator_headers
-from server.memory import read_process_memory, system_available_mb
+from server.engine.memory import read_process_memory, system_available_mb
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from locustfiles.run_options import option
 from locustfiles.server_facts import read_server_facts
 from locustfiles.stages import parse_stages, shape_record
 from locustfiles.user_mix import is_openai_target
-from server.hardware import fingerprint_subprocess, host_fingerprint
+from server.engine.hardware import fingerprint_subprocess, host_fingerprint
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

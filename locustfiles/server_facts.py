@@ -1,6 +1,6 @@
 """What a GPT Load Lab server says about itself, for run.json: ``/ready`` and ``/metrics``.
 
-Both are the operator's (server/operator_auth.py): they are read with the operator key
+Both are the operator's (server/web/operator_auth.py): they are read with the operator key
 (``--operator-key``), not an API key; without it ``/ready`` says only its status, ``/metrics``
 answers 401 and ``server.facts_error`` says so. ``/ready`` answers from one worker: model, precision
 served, the kernel table measured at startup, batch size, threads and, where the
@@ -24,7 +24,7 @@ TOP_LEVEL = ("model", "dtype", "max_batch_size", "prefill_chunk", "torch_threads
 SERVER_BLOCK = ("kernels", "torch_threads", "threads_shared", "max_batch_size", "prefill_chunk",
                 "kv_dtype", "kv_tokens", "prefix_cache_rows", "limits")
 _MB = 1024 * 1024
-# Prompt tokens computed by steps and copied from kept caches (server/prefix_cache.py),
+# Prompt tokens computed by steps and copied from kept caches (server/engine/prefix_cache.py),
 # read again when the run ends: their ratio is the run's prefix-cache hit rate.
 PROMPT_COUNTERS = {"gpt_prompt_tokens_computed_total": "prompt_tokens_computed",
                    "gpt_prompt_tokens_cached_total": "prompt_tokens_cached"}

@@ -3,7 +3,7 @@
     python scripts/bench_decoding.py --model models/synthetic-gpt2-large --dtype bfloat16
 
 Rows: one request after another (what the naive servers do), our step engine with every
-request in the running set (server.engine: packed rows, per-row KV caches, no padding),
+request in the running set (server.engine.step: packed rows, per-row KV caches, no padding),
 transformers' ``generate`` on the left-padded batch, and transformers' continuous batching
 (``generate_batch``, paged cache). Every row generates exactly --tokens new tokens
 per request from the same prompts; output tokens/s and the ratio to the sequential row.
@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from server.decoding import GenerationRequest
-from server.engine import StepEngine, generate_alone
+from server.engine.decoding import GenerationRequest
+from server.engine.step import StepEngine, generate_alone
 
 
 def _prompts(n: int, length: int) -> list[list[int]]:

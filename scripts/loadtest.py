@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="synthetic:<preset>, a local HF folder or a hub id")
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     p.add_argument("--dtype", default=os.environ.get("DTYPE", "auto"),
-                   help="auto, float32, float16, bfloat16 or int8 (server/quantize.py)")
+                   help="auto, float32, float16, bfloat16 or int8 (server/engine/quantize.py)")
     p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", DEFAULTS["KV_DTYPE"]),
                    help="KV cache storage: auto (float16 unless the weights are float32), "
                         "model (as computed) or float16")
@@ -108,7 +108,7 @@ def build_model(args: argparse.Namespace) -> None:
         return
     preset = args.model.removeprefix("synthetic:")
     print(f"== model {args.model}: building if missing (minutes the first time)", flush=True)
-    subprocess.run([sys.executable, "-m", "server.synthetic", "build", preset,
+    subprocess.run([sys.executable, "-m", "server.engine.synthetic", "build", preset,
                     "--models-dir", args.models_dir], cwd=REPO, check=True)
 
 

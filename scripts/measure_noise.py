@@ -30,7 +30,7 @@ from analysis.regression import DEFAULT_BANDS
 from analysis.run import load_run
 from analysis.tables import table
 from harness.run_folder import new_run_dir
-from server.hardware import describe, fingerprint_subprocess
+from server.engine.hardware import describe, fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ query (a decode step) over 70 / 300 / 900 cached positions, gpt2-large's 20 head
     .venv/bin/python scripts/probe_attention.py --threads 2
 
 Rows: bf16 as is (a bf16 model's own attention), and the cache widened to float32 first
-(what server.row_cache.attention_dtype does for a bf16 model; the widening copy is timed
+(what server.engine.row_cache.attention_dtype does for a bf16 model; the widening copy is timed
 with it). Prints microseconds per call, median of --reps.
 """
 

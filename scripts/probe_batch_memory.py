@@ -26,7 +26,7 @@ PROMPTS = (30, 100, 300, 60, 120, 838, 50, 200)
 
 def uss_mb() -> int:
     """This process's USS in MB."""
-    from server.memory import read_process_memory
+    from server.engine.memory import read_process_memory
 
     return round(read_process_memory().uss_mb)
 
@@ -42,11 +42,11 @@ def main() -> int:
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from server.decoding import GenerationRequest
-    from server.engine import StepEngine
-    from server.memory import release_free_heap
-    from server.model import load_model
-    from server.row_cache import resolve_kv_dtype
+    from server.engine.decoding import GenerationRequest
+    from server.engine.memory import release_free_heap
+    from server.engine.model import load_model
+    from server.engine.row_cache import resolve_kv_dtype
+    from server.engine.step import StepEngine
 
     loaded = load_model(args.model, args.dtype, args.models_dir, allow_int8=args.dtype == "int8")
     kv_dtype = resolve_kv_dtype(args.kv_dtype, loaded.precision)

@@ -2,7 +2,7 @@
 
     python scripts/probe_compile.py --dtype int8 --threads 1
 
-Loads the model as the server does (server.model.load_model), then times single-token decode
+Loads the model as the server does (server.engine.model.load_model), then times single-token decode
 steps after a 64-token prefill at batch 1 and 5: eager, then ``torch.compile(model,
 dynamic=True)`` (first pass includes compiling; the KV cache grows every step, so shapes
 change), then compiled again. Prints the median step and the slowest one, in ms.
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from server.model import load_model
+from server.engine.model import load_model
 
 BATCHES = (1, 5)
 

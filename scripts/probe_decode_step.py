@@ -3,8 +3,8 @@
     python scripts/probe_decode_step.py --model models/synthetic-gpt2-large --threads 1
 
 Rows: bf16 as transformers loads it (Conv1D), bf16 with Conv1D as nn.Linear, and int8
-(server/quantize.py). Each: a 64-token prefill, then the median of 10 single-token steps
-at batch 1, 8 and 16 (model forward only, no server). The numbers in server/quantize.py's
+(server/engine/quantize.py). Each: a 64-token prefill, then the median of 10 single-token steps
+at batch 1, 8 and 16 (model forward only, no server). The numbers in server/engine/quantize.py's
 docstring and docs/results.md come from this script.
 """
 
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from server.quantize import conv1d_to_linear, quantize_int8
+from server.engine.quantize import conv1d_to_linear, quantize_int8
 
 
 def step_ms(model: torch.nn.Module, batch: int) -> float:

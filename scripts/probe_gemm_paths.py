@@ -8,19 +8,19 @@ The four projections of one gpt2-large block (c_attn 1280->3840, attn c_proj 128
 c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
 
     mkl       torch's nn.functional.linear (MKL on x86 wheels)
-    onednn    torch.ops.mkldnn._linear_pointwise on the same weights (server.kernels)
+    onednn    torch.ops.mkldnn._linear_pointwise on the same weights (server.engine.kernels)
     openblas  numpy.matmul on the same weights (numpy's OpenBLAS), one thread
-    float16   torch's dynamic fp16 Linear (fbgemm; server.quantize.quantize_float16)
-    int8      torch's dynamic int8 Linear (fbgemm; server.quantize.quantize_int8)
+    float16   torch's dynamic fp16 Linear (fbgemm; server.engine.quantize.quantize_float16)
+    int8      torch's dynamic int8 Linear (fbgemm; server.engine.quantize.quantize_int8)
     bf16      bf16 weights and inputs through nn.functional.linear (oneDNN reorders the
               weight on every call)
-    bf16-packed  the same, weights reordered once (server.kernels.PackedBF16Linear)
+    bf16-packed  the same, weights reordered once (server.engine.kernels.PackedBF16Linear)
     bf16-native  bf16 weights packed once for the project's AVX-512 BF16 kernel
-              (server.native_gemm.NativeBF16Linear; only where that kernel runs)
+              (server.engine.native_gemm.NativeBF16Linear; only where that kernel runs)
 
 Paths are interleaved and each keeps its best of two rounds of medians, so a busy machine
 slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
-left out). The kernel choice (server.kernels) times whole steps of the served model; this
+left out). The kernel choice (server.engine.kernels) times whole steps of the served model; this
 probe says which GEMM paths are worth offering it. OpenBLAS's thread count must be fixed
 before numpy loads it, so run this as a script (it sets OPENBLAS_NUM_THREADS=1).
 """
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from server import native_gemm
-from server.kernels import PackedBF16Linear, packing_available
-from server.quantize import quantize_float16, quantize_int8
+from server.engine import native_gemm
+from server.engine.kernels import PackedBF16Linear, packing_available
+from server.engine.quantize import quantize_float16, quantize_int8
 
 SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280)]  # (in, out)
 BLOCKS = 36

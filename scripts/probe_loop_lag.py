@@ -25,7 +25,7 @@ from analysis.loadgen import load_window, loadgen_summary, read_loadgen
 from analysis.readers import read_requests
 from harness.run_folder import new_run_dir
 from scripts import loadtest
-from server.hardware import describe, fingerprint_subprocess
+from server.engine.hardware import describe, fingerprint_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,14 +3,14 @@ side by side in one run.
 
     python scripts/probe_sampler_cost.py --model synthetic:gpt2-large --threads 1 --batch 8
 
-One process loads the model as a worker does (server.model.load_model, which also times and
+One process loads the model as a worker does (server.engine.model.load_model, which also times and
 picks the kernel path; one worker's torch threads) and generates fixed-length batches
-(greedy, IGNORE_EOS) step by step with server.engine.StepEngine on this thread, the way a
+(greedy, IGNORE_EOS) step by step with server.engine.step.StepEngine on this thread, the way a
 worker's generation thread does, in windows of ``--window-s`` seconds under three
 conditions, rotated every round so drift and neighbours hit each alike:
 
 * ``off``: no sampler thread;
-* ``on``: server.memory.WorkerMemorySampler at the defaults (statm every MEMORY_SAMPLE_S, the
+* ``on``: server.engine.memory.WorkerMemorySampler at the defaults (statm every MEMORY_SAMPLE_S, the
   costly smaps_rollup only within its CPU budget);
 * ``every-sample``: smaps_rollup on every sample, the sampler as it was before issue 14.
 
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from server.decoding import GenerationRequest
-from server.engine import StepEngine
-from server.hardware import host_fingerprint
-from server.memory import DEFAULT_FULL_BUDGET, WorkerMemorySampler
-from server.model import load_model
+from server.engine.decoding import GenerationRequest
+from server.engine.hardware import host_fingerprint
+from server.engine.memory import DEFAULT_FULL_BUDGET, WorkerMemorySampler
+from server.engine.model import load_model
+from server.engine.step import StepEngine
 
 # Condition -> the sampler's smaps budget (None: no sampler).
 CONDITIONS = {"off": None, "on": DEFAULT_FULL_BUDGET, "every-sample": math.inf}

@@ -39,7 +39,7 @@ from bench.llama_reference import (
 from harness.gunicorn_process import GunicornServer
 from harness.llama_server import LlamaServer
 from harness.processes import free_port
-from server.memory import read_process_memory
+from server.engine.memory import read_process_memory
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "The history of the printing press begins"

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import torch
 
-from server.decoding import GenerationRequest
-from server.engine import Row, StepEngine
-from server.model import load_model
+from server.engine.decoding import GenerationRequest
+from server.engine.model import load_model
+from server.engine.step import Row, StepEngine
 
 CHUNK = 128
 

@@ -5,9 +5,10 @@
 Per row count (rows decoding after a ``--context``-token prompt each), the median ms of:
 
 - ``transformers``: ``model(...)`` over the packed step (the engine's path before
-  server.gpt2_forward);
-- ``torch layers``: server.gpt2_forward (the model's submodules in GPT-2's order);
-- ``C layers``: server.native_gpt2 (every layer in one C call), with ``DTYPE=bfloat16+native``;
+  server.engine.gpt2_forward);
+- ``torch layers``: server.engine.gpt2_forward (the model's submodules in GPT-2's order);
+- ``C layers``: server.engine.native_gpt2 (every layer in one C call), with
+  ``DTYPE=bfloat16+native``;
 - ``GEMMs only``: the same native linear layers called on random rows, nothing else: what the
   weights' reading costs, the floor under the three above;
 - ``attention only``: the native decode attention of every layer over these rows' caches.
@@ -25,12 +26,12 @@ from collections.abc import Callable
 
 import torch
 
-from server import gpt2_forward
-from server.decoding import GenerationRequest
-from server.engine import Row, StepEngine
-from server.model import load_model
-from server.native_gemm import NativeBF16Linear, library
-from server.row_cache import PackedStep, Segment
+from server.engine import gpt2_forward
+from server.engine.decoding import GenerationRequest
+from server.engine.model import load_model
+from server.engine.native_gemm import NativeBF16Linear, library
+from server.engine.row_cache import PackedStep, Segment
+from server.engine.step import Row, StepEngine
 
 
 def _decoding(engine: StepEngine, rows: int, context: int) -> list[Row]:

@@ -3,7 +3,7 @@
     python scripts/probe_token_sampling.py --vocab 50257 --threads 2
 
 The engine samples each row after the step's forward, one row after another, so an 8-row
-step pays eight draws. Times ``server.decoding.choose_token`` (median ms of ``--repeats``)
+step pays eight draws. Times ``server.engine.decoding.choose_token`` (median ms of ``--repeats``)
 on logits shaped like a synthetic checkpoint's (nearly flat: the top_p=0.95 head holds
 most of the vocabulary, the slowest case for a sort).
 """
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from server.decoding import GenerationRequest, choose_token, make_rng
+from server.engine.decoding import GenerationRequest, choose_token, make_rng
 
 CASES = {"greedy": {}, "temperature 0.8": {"temperature": 0.8},
          "temperature 0.8, top_p 0.95": {"temperature": 0.8, "top_p": 0.95}}

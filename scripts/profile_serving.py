@@ -41,8 +41,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.prompts import fixed_length_prompts
 from harness.gunicorn_process import GunicornServer
-from server.hardware import describe, host_fingerprint
-from server.model import load_model
+from server.engine.hardware import describe, host_fingerprint
+from server.engine.model import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     print("host facts: " + json.dumps(host_fingerprint()), flush=True)
     from transformers import AutoTokenizer
 
-    from server.model import resolve_source
+    from server.engine.model import resolve_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(args.model, args.models_dir))
     texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]

@@ -1,6 +1,6 @@
 """GPT Load Lab server: a causal LM behind Flask, built by the ``create_app`` factory.
 
-Imports stay inside the factory so ``python -m server.synthetic`` and tools that only need
+Imports stay inside the factory so ``python -m server.engine.synthetic`` and tools that only need
 a submodule do not pay for Flask, torch and transformers at import time.
 """
 
@@ -16,7 +16,8 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
 
     from flask import Flask
 
-    from server import (
+    from server.config import load_config
+    from server.web import (
         accounting,
         admission,
         auth,
@@ -26,11 +27,10 @@ def create_app(config: Mapping[str, Any] | None = None):  # -> flask.Flask
         openapi,
         operator_auth,
     )
-    from server.config import load_config
-    from server.errors import register_error_handlers
-    from server.metrics import Metrics
-    from server.routes import bp
-    from server.service import ModelService
+    from server.web.errors import register_error_handlers
+    from server.web.metrics import Metrics
+    from server.web.routes import bp
+    from server.web.service import ModelService
 
     app = Flask(__name__)
     app.config.update(load_config(config))

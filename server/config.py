@@ -37,9 +37,9 @@ class Settings(BaseSettings):
     MODELS_DIR: str = "models"
     # auto = time float32 (BLAS and oneDNN paths), float16 weights and bfloat16 (oneDNN and,
     # on AVX-512 BF16 CPUs, the native kernel) at startup and serve the fastest
-    # (server/kernels.py); or a fixed float32 | float16 | bfloat16 (both bf16 paths timed) |
+    # (server/engine/kernels.py); or a fixed float32 | float16 | bfloat16 (both bf16 paths timed) |
     # bfloat16+native (that kernel only) | int8. float16 = linear weights stored in fp16,
-    # computed in fp32 (server/quantize.py).
+    # computed in fp32 (server/engine/quantize.py).
     DTYPE: Literal["auto", "float32", "float16", "bfloat16", "bfloat16+native", "int8"] = "auto"
     # Let DTYPE=auto choose int8 too when it measures fastest. Off by default: int8 changes
     # the text (judge it on a real checkpoint first); on AVX2-only CPUs it is 3-9x faster.
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     PREFILL_CHUNK: int = 128
     # KV cache storage: model = as computed (full width); float16 halves it when the model
     # computes in float32 (widened on read into a reused buffer, as llama.cpp's f16 cache);
-    # auto = float16 unless the weights are served in float32 (server/row_cache.py). On the
+    # auto = float16 unless the weights are served in float32 (server/engine/row_cache.py). On the
     # AMD EPYC Zen 4 a mixed 8-row decode step took the same time either way (scripts/
     # probe_batch_memory.py) and the cache's memory halved.
     KV_DTYPE: Literal["auto", "float16", "model"] = "auto"
@@ -61,11 +61,11 @@ class Settings(BaseSettings):
     # RAM per request p95 101 MB instead of 342 (docs/results.md, KV memory).
     KV_TOKENS: NonNegativeInt = 1280
     # Finished rows' KV caches a worker keeps so that later prompts starting the same way
-    # copy those positions instead of computing them (server/prefix_cache.py; llama.cpp's
+    # copy those positions instead of computing them (server/engine/prefix_cache.py; llama.cpp's
     # cache_prompt). They hold at most KV_TOKENS positions beside the running rows. 0 = none.
     PREFIX_CACHE_ROWS: NonNegativeInt = 8
     # Tenancy (docs/security.md, Tenancy): each API key is a tenant. The queue serves keys
-    # in turn, fewest running rows first (server/fair_queue.py), and a key's share of a
+    # in turn, fewest running rows first (server/engine/fair_queue.py), and a key's share of a
     # worker is bounded by these; 0 = the whole worker's (MAX_BATCH_SIZE, KV_TOKENS,
     # MAX_QUEUE), so that one key alone, as in a load test, may still use all of it.
     # Lower them to reserve room for other keys: rows already running are not preempted.
@@ -83,17 +83,17 @@ class Settings(BaseSettings):
     # Torch intra-op threads per worker; 0 = cores / workers, set after fork.
     TORCH_THREADS: int = 0
     # Most requests in the running set: rows join and leave it between steps
-    # (server/scheduler.py).
+    # (server/engine/scheduler.py).
     MAX_BATCH_SIZE: int = 8
     # Requests waiting beyond the running batch; more are refused with 503 (never OOM).
     MAX_QUEUE: int = 32
     # Generation requests in flight across all workers together; more get a fast 503
-    # (server/admission.py). Workers x (MAX_BATCH_SIZE + MAX_QUEUE) is what they could hold.
+    # (server/web/admission.py). Workers x (MAX_BATCH_SIZE + MAX_QUEUE) is what they could hold.
     MAX_IN_FLIGHT: int = 64
     # A request not finished after this many seconds gets 504 and its slot is freed.
     REQUEST_TIMEOUT_S: float = 120.0
     # Refuse (503) a request whose predicted finish, from the measured step time and the
-    # rows ahead of it, is past REQUEST_TIMEOUT_S (server/scheduler.py); off = admit and 504.
+    # rows ahead of it, is past REQUEST_TIMEOUT_S (server/engine/scheduler.py); off = admit and 504.
     ADMIT_PREDICTED: bool = True
     # Seconds a client is told to wait after a 503.
     RETRY_AFTER_S: int = 2
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     # Operator credential(s), comma-separated ("sha256:<hex>" entries too; hashed at startup,
     # never logged): they open /metrics and /ready's details, and no tenant route. Empty by
     # default so that nothing about the server's load is served until an operator asks for
-    # it: /metrics answers 404 and /ready only {"status"} (server/operator_auth.py).
+    # it: /metrics answers 404 and /ready only {"status"} (server/web/operator_auth.py).
     OPERATOR_KEYS: str = ""
     # Per API key (flask-limiter syntax, ";"-separated; "" = off). Generous by default so a
     # load test with one key measures the model, not the limiter; tighten it per deployment.
@@ -134,12 +134,12 @@ class Settings(BaseSettings):
     # or, kept alive, its next first byte), and again to send its body; a connection that
     # misses either is closed (a missed body gets a 408 first). nginx allows 60 s for each;
     # 10 s is ample for this API's bodies (at most MAX_CONTENT_LENGTH, 64 KiB) and bounds what
-    # a stalled client holds (server/worker.py, docs/security.md "Slow and hostile clients").
+    # a stalled client holds (server/web/worker.py, docs/security.md "Slow and hostile clients").
     CLIENT_READ_TIMEOUT_S: PositiveFloat = 10.0
     # Failed authentications (a wrong key) one client address may make before it is refused
     # with 429 auth_throttled, keyed requests included, counted in RATELIMIT_STORAGE_URI
     # (flask-limiter syntax; "" = off). 20 a minute leaves room for a mistyped key and makes
-    # guessing a key (2^128 of them) hopeless (server/auth_throttle.py).
+    # guessing a key (2^128 of them) hopeless (server/web/auth_throttle.py).
     AUTH_FAILURE_LIMIT: str = "20/minute"
 
 

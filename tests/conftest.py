@@ -12,7 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from harness.processes import MARKER, descendants, kill_all, owned_processes
-from server import create_app, synthetic
+from server import create_app
+from server.engine import synthetic
 from tests.browser import browser  # noqa: F401  (headless Chromium, shared by the page tests)
 from tests.redis_server import redis_server  # noqa: F401  (fixture shared by the limit tests)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from server.engine import StepEngine
+from server.engine.step import StepEngine
 
 
 class LogitsEngine(StepEngine):

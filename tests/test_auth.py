@@ -11,7 +11,7 @@ import pytest
 
 from harness.waiting import wait_until
 from server import create_app
-from server.auth import ConfigError
+from server.web.auth import ConfigError
 from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY
 
 OTHER_KEY = "other-key-fedcba9876543210"
@@ -165,7 +165,7 @@ def test_no_keys_refuses_to_start_before_loading_the_model(make_app, monkeypatch
 
 
 def test_allow_anonymous_serves_without_keys_and_says_so(make_app, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="server.auth"):
+    with caplog.at_level(logging.WARNING, logger="server.web.auth"):
         app = make_app(API_KEYS="", ALLOW_ANONYMOUS=True)
     assert "ALLOW_ANONYMOUS=1" in caplog.text and "ANYONE" in caplog.text
     assert app.test_client(api_key="").post("/generate-text", json=BODY).status_code == 200

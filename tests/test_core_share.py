@@ -1,11 +1,11 @@
-"""server.core_share across real fork: busy workers split the cores, an idle one frees its
+"""server.engine.core_share across real fork: busy workers split the cores, an idle one frees its
 share, a fixed TORCH_THREADS does not share, and a dead worker's slot is released."""
 
 from __future__ import annotations
 
 import multiprocessing
 
-from server.core_share import CoreShare
+from server.engine.core_share import CoreShare
 
 _fork = multiprocessing.get_context("fork")
 

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from server import synthetic
-from server.memory import read_process_memory
+from server.engine import synthetic
+from server.engine.memory import read_process_memory
 from tests.conftest import MODELS_DIR, server_env
 
 

@@ -1,9 +1,9 @@
-"""Sampling (server.decoding): greedy is the argmax, top_p keeps the head of the
+"""Sampling (server.engine.decoding): greedy is the argmax, top_p keeps the head of the
 distribution, and a seeded request draws the same tokens whatever else runs."""
 
 import torch
 
-from server.decoding import GenerationRequest, choose_token, make_rng
+from server.engine.decoding import GenerationRequest, choose_token, make_rng
 
 
 def _logits(probs: list[float]) -> torch.Tensor:
@@ -44,7 +44,7 @@ def _reference_head(probs: torch.Tensor, top_p: float) -> set[int]:
 
 
 def test_top_p_keeps_exactly_the_head_the_sorted_definition_keeps() -> None:
-    from server.decoding import _top_p_filter
+    from server.engine.decoding import _top_p_filter
 
     generator = torch.Generator().manual_seed(0)
     for scale, top_p in [(0.5, 0.95), (3.0, 0.9), (8.0, 0.5), (1.0, 0.05), (4.0, 0.999)]:

@@ -1,4 +1,5 @@
-"""The step engine (server.engine) and the continuous scheduler (server.scheduler) on tiny."""
+"""The step engine (server.engine.step) and the continuous scheduler (server.engine.scheduler)
+on tiny."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import pytest
 import torch
 
 from harness.waiting import wait_until
-from server.decoding import GenerationRequest
-from server.engine import StepEngine, StepReport, generate_alone
-from server.jobs import Job
-from server.kernels import KernelChoice, KernelTiming
-from server.model import LoadedModel, load_model
-from server.row_cache import RowCache, resolve_kv_dtype
-from server.scheduler import Scheduler, WouldTimeOut
+from server.engine.decoding import GenerationRequest
+from server.engine.jobs import Job
+from server.engine.kernels import KernelChoice, KernelTiming
+from server.engine.model import LoadedModel, load_model
+from server.engine.row_cache import RowCache, resolve_kv_dtype
+from server.engine.scheduler import Scheduler, WouldTimeOut
+from server.engine.step import StepEngine, StepReport, generate_alone
 from tests.conftest import MODELS_DIR
 from tests.logits_engine import LogitsEngine
 
@@ -77,7 +78,7 @@ def test_a_bfloat16_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: 
 def test_a_bfloat16_models_attention_runs_in_float32(tiny_model: Path, monkeypatch) -> None:
     """torch's CPU attention is several times slower in bf16 than in float32 (see
     row_cache.attention_dtype): a bf16 model's rows attend in float32, answer in bf16."""
-    from server import row_cache
+    from server.engine import row_cache
 
     bf16 = load_model("synthetic:tiny", "bfloat16", MODELS_DIR)
     real, seen = row_cache.functional.scaled_dot_product_attention, []
@@ -326,7 +327,7 @@ def test_step_costs_are_learned_from_decode_and_prefill_steps(loaded) -> None:
 
 
 def test_onednn_rows_are_bucketed_and_the_result_unchanged() -> None:
-    from server.kernels import OneDNNLinear, bucket_rows, onednn_available
+    from server.engine.kernels import OneDNNLinear, bucket_rows, onednn_available
 
     assert [bucket_rows(n) for n in (1, 2, 3, 5, 9, 16, 17, 33, 129)] == \
         [1, 2, 4, 8, 16, 16, 32, 64, 160]

@@ -1,4 +1,5 @@
-"""Tenants share a worker fairly (server.fair_queue, server.scheduler): keys are served in
+"""Tenants share a worker fairly (server.engine.fair_queue, server.engine.scheduler): keys are
+served in
 turn, a small job runs ahead of a big one still waiting for KV room (until the big one has
 aged), a key's share of rows and of the queue is bounded, and the forecast follows the
 same order. Around the real step engine on tiny."""
@@ -11,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.decoding import GenerationRequest
-from server.engine import StepEngine
-from server.fair_queue import FairQueue, TenantQueueFull
-from server.jobs import Job, QueueFull
-from server.model import LoadedModel, load_model
-from server.scheduler import Scheduler, _start_step
+from server.engine.decoding import GenerationRequest
+from server.engine.fair_queue import FairQueue, TenantQueueFull
+from server.engine.jobs import Job, QueueFull
+from server.engine.model import LoadedModel, load_model
+from server.engine.scheduler import Scheduler, _start_step
+from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR
 
 

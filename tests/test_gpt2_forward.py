@@ -1,4 +1,4 @@
-"""server.gpt2_forward: the engine's own GPT-2 forward gives the logits transformers' forward
+"""server.engine.gpt2_forward: the engine's own GPT-2 forward gives the logits transformers' forward
 gives over the same packed step (bit for bit, bf16's fused GELU aside), and the step engine
 uses it for GPT-2 models."""
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from server import gpt2_forward
-from server.decoding import GenerationRequest
-from server.engine import StepEngine
-from server.model import resolve_source
-from server.row_cache import PackedStep, Segment
+from server.engine import gpt2_forward
+from server.engine.decoding import GenerationRequest
+from server.engine.model import resolve_source
+from server.engine.row_cache import PackedStep, Segment
+from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR
 
 

@@ -82,12 +82,12 @@ def test_kernel_choice_is_measured_logged_and_reported(server: GunicornServer) -
 def test_model_is_loaded_once_by_the_master(server: GunicornServer) -> None:
     master = int(server.pidfile.read_text())
     log = server.log_text()
-    loads = re.findall(r"\[(\d+)\] server\.model: loaded synthetic:tiny as float32(?:\+onednn)?: "
-                       r"[\d.]+ GB of weights in [\d.]+ s", log)
+    loads = re.findall(r"\[(\d+)\] server\.engine\.model: loaded synthetic:tiny as "
+                       r"float32(?:\+onednn)?: [\d.]+ GB of weights in [\d.]+ s", log)
     assert loads == [str(master)]
     assert re.search(r"forking 2 workers x \d+ torch threads", log)
     # Each worker reports its own memory once warm (startup log of the memory issue).
-    pattern = (r"\[(\d+)\] server\.service: worker \d+ warmed up in [\d.]+ s: RSS \d+ MB, "
+    pattern = (r"\[(\d+)\] server\.web\.service: worker \d+ warmed up in [\d.]+ s: RSS \d+ MB, "
                r"USS \d+ MB, PSS \d+ MB")
     server.follow(lambda: len(re.findall(pattern, server.log_text())) >= 2,
                   "both workers logged their warm-up", interval_s=0.1)

@@ -1,4 +1,4 @@
-"""server.hardware: the host fingerprint from /proc/cpuinfo and torch's build facts."""
+"""server.engine.hardware: the host fingerprint from /proc/cpuinfo and torch's build facts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
-from server.hardware import blas_name, cpu_facts, fingerprint_subprocess, host_fingerprint
+from server.engine.hardware import blas_name, cpu_facts, fingerprint_subprocess, host_fingerprint
 
 SAPPHIRE_RAPIDS = """\
 processor\t: 0
@@ -69,7 +69,7 @@ def test_fingerprint_starts_no_torch_threads() -> None:
     """Safe in a Gunicorn master before fork: no op runs, so no OpenMP pool is made."""
     # Compared with the threads right after ``import torch`` (which may start one of its
     # own on some machines), not with a fixed count.
-    code = ("import os, json, torch\nfrom server.hardware import host_fingerprint\n"
+    code = ("import os, json, torch\nfrom server.engine.hardware import host_fingerprint\n"
             "before = len(os.listdir('/proc/self/task'))\n"
             "facts = host_fingerprint()\n"
             "print(json.dumps([before, len(os.listdir('/proc/self/task')), facts]))")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.memory import HeapReleaser
+from server.engine.memory import HeapReleaser
 
 
 class Clock:

@@ -117,3 +117,37 @@ def test_no_import_cycle(package: str) -> None:
 def test_no_import_cycle_across_packages() -> None:
     graph = project_graph()
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def third_party(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (``flask`` for ``flask.json``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+WEB_ONLY = {"flask", "flask_limiter", "werkzeug", "gunicorn", "pydantic"}
+
+
+def test_the_engine_never_imports_the_web_layer() -> None:
+    """server.engine (scheduler, caches, kernels, model) knows nothing of HTTP: it imports no
+    server.web module, not the app factory, and no web framework."""
+    engine = {n: p for n, p in modules().items() if n.startswith("server.engine")}
+    assert len(engine) > 10, sorted(engine)  # the package is where this test looks
+    graph = project_graph()
+    for name, path in engine.items():
+        bad = {t for t in graph[name] if t == "server" or t.startswith("server.web")}
+        assert not bad, f"{name} imports {sorted(bad)}"
+        assert not third_party(path) & WEB_ONLY, f"{name} imports {third_party(path) & WEB_ONLY}"
+
+
+def test_the_engine_rule_would_catch_a_web_import(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    from server.web import routes\n    import flask\n")
+    known = {"server", "server.web", "server.web.routes"}
+    assert "server.web.routes" in imported("server.engine.mod", source, known)
+    assert "flask" in third_party(source)

@@ -12,8 +12,8 @@ import redis
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from server.auth import ConfigError
-from server.limits import per_worker_warning, redact_uri
+from server.web.auth import ConfigError
+from server.web.limits import per_worker_warning, redact_uri
 from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY, server_env
 
 OTHER_KEY = "other-key-fedcba9876543210"
@@ -105,7 +105,7 @@ def test_storage_password_is_redacted_for_logs() -> None:
 
 
 def test_the_flask_limiter_internals_we_extend_are_the_pinned_ones(app) -> None:
-    """server.limits extends two non-public parts of flask-limiter 4.1.1 (its check method,
+    """server.web.limits extends two non-public parts of flask-limiter 4.1.1 (its check method,
     re-run against the fallback, and its header hook, wrapped); swallow_errors=True would
     replace both but logs a traceback, which no log of ours may hold. An upgrade that moves
     either must fail here, not in production."""

@@ -1,4 +1,5 @@
-"""server.memory.WorkerMemorySampler: statm every sample, smaps_rollup only within its budget."""
+"""server.engine.memory.WorkerMemorySampler: statm every sample, smaps_rollup only within its
+budget."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from harness.waiting import wait_until
-from server.memory import (
+from server.engine.memory import (
     MemorySample,
     WorkerMemorySampler,
     estimate_from,

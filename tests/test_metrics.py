@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from server.memory import system_available_mb
+from server.engine.memory import system_available_mb
 from tests.conftest import server_env
 
 

@@ -1,4 +1,5 @@
-"""The native decode attention (server/native/attention_bf16.c via server.row_cache): it
+"""The native decode attention (server/engine/native/attention_bf16.c via
+server.engine.row_cache): it
 computes what torch's attention over the widened cache does, writes the new key and value
 itself, gives a row the same output alone or beside other rows, leaves prefill chunks to
 torch, and falls back to torch when it declines a layer's tensors.
@@ -11,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from server import native_gemm
-from server.row_cache import NativeDecode, PackedStep, RowCache, Segment, packed_attention
+from server.engine import native_gemm
+from server.engine.row_cache import NativeDecode, PackedStep, RowCache, Segment, packed_attention
 
 needs_native = pytest.mark.skipif(not native_gemm.available(),
                                   reason="no AVX-512 BF16 on this CPU, or no C compiler")

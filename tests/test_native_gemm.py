@@ -1,4 +1,4 @@
-"""server.native_gemm: the AVX-512 BF16 kernel computes what oneDNN's bf16 matmul does, a
+"""server.engine.native_gemm: the AVX-512 BF16 kernel computes what oneDNN's bf16 matmul does, a
 row's result does not depend on its batch, it shares torch's OpenMP runtime, it is one more
 timed candidate, and a model served by it generates from preloaded, forked Gunicorn workers.
 """
@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from harness.gunicorn_process import GunicornServer
-from server import kernels, native_gemm
-from server.decoding import GenerationRequest
-from server.engine import StepEngine
-from server.model import load_model, resolve_source
-from server.quantize import conv1d_to_linear
-from server.row_cache import NativeDecode
+from server.engine import kernels, native_gemm
+from server.engine.decoding import GenerationRequest
+from server.engine.model import load_model, resolve_source
+from server.engine.quantize import conv1d_to_linear
+from server.engine.row_cache import NativeDecode
+from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR, server_env
 
 needs_native = pytest.mark.skipif(not native_gemm.available(),
@@ -127,7 +127,7 @@ def test_bfloat16_times_both_kernel_paths_and_serves_the_faster(tiny_model: Path
 @needs_native
 def test_a_native_models_greedy_tokens_do_not_depend_on_the_batch(tiny_model: Path,
                                                                   monkeypatch) -> None:
-    """Decoding rows attend in the native kernel (server/native/attention_bf16.c) here:
+    """Decoding rows attend in the native kernel (server/engine/native/attention_bf16.c) here:
     counted, so this test covers that kernel's batch invariance too."""
     from transformers import AutoModelForCausalLM
 

@@ -1,4 +1,4 @@
-"""server.native_gpt2: a native-packed GPT-2's layers in C give the logits of the torch path
+"""server.engine.native_gpt2: a native-packed GPT-2's layers in C give the logits of the torch path
 within bf16 rounding, a decoding row computes the same bits in a decode-only step (all layers
 in one call) as beside a prompt chunk (layer by layer), and the engine serves through it."""
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from server import gpt2_forward, native_gemm
-from server.decoding import GenerationRequest
-from server.engine import StepEngine
-from server.model import resolve_source
-from server.native_gpt2 import NativeGPT2
-from server.quantize import conv1d_to_linear
-from server.row_cache import PackedStep, RowCache, Segment
+from server.engine import gpt2_forward, native_gemm
+from server.engine.decoding import GenerationRequest
+from server.engine.model import resolve_source
+from server.engine.native_gpt2 import NativeGPT2
+from server.engine.quantize import conv1d_to_linear
+from server.engine.row_cache import PackedStep, RowCache, Segment
+from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.skipif(not native_gemm.available(),

@@ -1,4 +1,4 @@
-"""server.native_gemm's loading, on any x86-64 (issue 29, part 6): a corrupt library in the
+"""server.engine.native_gemm's loading, on any x86-64 (issue 29, part 6): a corrupt library in the
 native cache is rebuilt (or, if the rebuild fails too, dropped with a logged fallback), never
 a crash; a cache folder others could write to is not used; an explicit
 ``DTYPE=bfloat16+native`` on a CPU without AVX-512 BF16 stops startup naming the feature.
@@ -19,10 +19,10 @@ import pytest
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from server import native_gemm
 from server.config import ConfigError
-from server.hardware import cpu_facts
-from server.model import load_model
+from server.engine import native_gemm
+from server.engine.hardware import cpu_facts
+from server.engine.model import load_model
 from tests.conftest import MODELS_DIR, server_env
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,

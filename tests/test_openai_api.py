@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from server.decoding import GenerationRequest
-from server.engine import generate_alone
-from server.prompts import chat_ids
+from server.engine.decoding import GenerationRequest
+from server.engine.step import generate_alone
+from server.web.prompts import chat_ids
 from tests.test_streaming import read_log, sse_events
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]

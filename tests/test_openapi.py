@@ -9,7 +9,7 @@ from werkzeug.serving import make_server
 
 from harness.processes import free_port
 from harness.waiting import wait_until
-from server.schemas import AnswerBody, GenerateBody, SummarizeBody
+from server.web.schemas import AnswerBody, GenerateBody, SummarizeBody
 from tests.conftest import TEST_API_KEY
 
 TASKS = {"/generate-text": GenerateBody, "/summarize-text": SummarizeBody,

@@ -65,7 +65,7 @@ def test_metrics_answers_the_operator_key_with_prometheus_text(make_app, headers
 
 
 def test_without_operator_keys_metrics_is_off_and_startup_says_so(make_app, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="server.operator_auth"):
+    with caplog.at_level(logging.INFO, logger="server.web.operator_auth"):
         app = make_app(OPERATOR_KEYS="")
     assert "operator surfaces are off" in caplog.text
     for headers in ({}, TENANT, OPERATOR):

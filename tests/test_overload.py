@@ -16,8 +16,8 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from server.admission import InFlightTable
-from server.shared_rows import alive
+from server.engine.shared_rows import alive
+from server.web.admission import InFlightTable
 from tests.conftest import server_env
 
 CAP, CLIENTS = 12, 100

@@ -1,4 +1,4 @@
-"""server.prefix_cache: a prompt that starts like a finished row copies that row's keys and
+"""server.engine.prefix_cache: a prompt that starts like a finished row copies that row's keys and
 values instead of computing them, generates what it would have alone, and the kept caches
 stay within their count and the KV budget; under real Gunicorn /metrics counts the copied
 tokens."""
@@ -13,13 +13,13 @@ import torch
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from server.decoding import GenerationRequest
-from server.engine import StepEngine, generate_alone
-from server.jobs import Job
-from server.model import LoadedModel, load_model
-from server.prefix_cache import MIN_SHARED, PrefixCache, cached_tokens
-from server.row_cache import RowCache
-from server.scheduler import Scheduler
+from server.engine.decoding import GenerationRequest
+from server.engine.jobs import Job
+from server.engine.model import LoadedModel, load_model
+from server.engine.prefix_cache import MIN_SHARED, PrefixCache, cached_tokens
+from server.engine.row_cache import RowCache
+from server.engine.scheduler import Scheduler
+from server.engine.step import StepEngine, generate_alone
 from tests.conftest import MODELS_DIR, server_env
 from tests.logits_engine import LogitsEngine
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from harness.gunicorn_process import REPO
-from server import native_gemm
+from server.engine import native_gemm
 
 
 def test_probe_times_each_forward_path(tiny_model) -> None:

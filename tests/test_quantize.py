@@ -1,5 +1,5 @@
-"""server.quantize: Conv1D as nn.Linear computes the same; float16, prepacked bfloat16
-(server.kernels) and int8 weights load, generate and fork under real Gunicorn; the byte
+"""server.engine.quantize: Conv1D as nn.Linear computes the same; float16, prepacked bfloat16
+(server.engine.kernels) and int8 weights load, generate and fork under real Gunicorn; the byte
 count sees the packed weights."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from transformers.pytorch_utils import Conv1D
 
 from harness.gunicorn_process import GunicornServer
 from harness.script_run import run_script
-from server.decoding import GenerationRequest
-from server.engine import StepEngine, generate_alone
-from server.kernels import candidates
-from server.model import check_dtype, load_model
-from server.quantize import conv1d_to_linear, quantize_float16, quantize_int8, weight_bytes
+from server.engine.decoding import GenerationRequest
+from server.engine.kernels import candidates
+from server.engine.model import check_dtype, load_model
+from server.engine.quantize import conv1d_to_linear, quantize_float16, quantize_int8, weight_bytes
+from server.engine.step import StepEngine, generate_alone
 from tests.conftest import MODELS_DIR, server_env
 
 
@@ -89,7 +89,7 @@ def test_float16_weights_are_half_and_greedy_text_agrees() -> None:
 
 
 def test_packed_bfloat16_layers_compute_the_plain_bfloat16_result() -> None:
-    from server.kernels import PackedBF16Linear, pack_bfloat16, packing_available
+    from server.engine.kernels import PackedBF16Linear, pack_bfloat16, packing_available
 
     if not packing_available():
         pytest.skip("torch built without oneDNN weight packing")
@@ -122,7 +122,7 @@ def _linear_rows(model: nn.Module, ids: torch.Tensor) -> set[int]:
 
 
 def test_a_packed_bfloat16_step_is_padded_to_min_rows_and_keeps_its_result() -> None:
-    from server.kernels import pack_bfloat16, packing_available, set_min_rows
+    from server.engine.kernels import pack_bfloat16, packing_available, set_min_rows
 
     if not packing_available():
         pytest.skip("torch built without oneDNN weight packing")
@@ -144,7 +144,7 @@ def test_a_packed_bfloat16_step_is_padded_to_min_rows_and_keeps_its_result() -> 
 def test_the_kernel_choice_keeps_the_row_padding_that_measured_faster(
         monkeypatch: pytest.MonkeyPatch, unpadded_ms: float, padded_ms: float,
         kept: int) -> None:
-    import server.kernels as kernels
+    import server.engine.kernels as kernels
 
     if not kernels.packing_available():
         pytest.skip("torch built without oneDNN weight packing")
@@ -195,7 +195,7 @@ def test_loaded_model_does_not_keep_the_weights_file_mapped(tiny_model: Path, dt
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from server.model import load_model\n"
+        "from server.engine.model import load_model\n"
         f"loaded = load_model('synthetic:tiny', '{dtype}', sys.argv[1])\n"
         "maps = Path('/proc/self/maps').read_text().splitlines()\n"
         "print(sum('synthetic-tiny' in line for line in maps))\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import requests
 
 from harness.gunicorn_process import GunicornServer
-from server.requestlog import FIELDS, RequestLog
+from server.engine.requestlog import FIELDS, RequestLog
 from tests.conftest import server_env
 
 

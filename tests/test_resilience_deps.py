@@ -181,8 +181,8 @@ def test_request_log_on_a_full_disk_still_answers_and_is_counted(
     match = re.search(r"^gpt_request_log_write_errors_total (\S+)$", metrics, re.MULTILINE)
     assert match and float(match[1]) == 40, metrics
     # Logged once per worker, not once per request; no traceback.
-    complaints = re.findall(r"\[(\d+)\] server\.requestlog: request log /dev/full not writable: "
-                            r"No space left on device", log_text)
+    complaints = re.findall(r"\[(\d+)\] server\.engine\.requestlog: request log /dev/full "
+                            r"not writable: No space left on device", log_text)
     served_by = {o.worker_pid for o in outcomes}
     assert sorted(map(int, complaints)) == sorted(served_by), log_text[-3000:]
     assert "Traceback" not in log_text

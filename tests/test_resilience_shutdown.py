@@ -1,7 +1,7 @@
 """Graceful shutdown on real Gunicorn: SIGTERM to the master while generations are running.
 
 The generations accepted before SIGTERM finish with 200 and are logged; a new connection is
-refused at once (server/worker.py closes each worker's listening socket as it stops), not
+refused at once (server/web/worker.py closes each worker's listening socket as it stops), not
 parked in a backlog nobody will accept from; the master exits 0 once its workers are done.
 """
 

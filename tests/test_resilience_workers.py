@@ -23,9 +23,9 @@ import requests
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
-from server import synthetic
-from server.memory import read_process_memory
-from server.requestlog import FIELDS
+from server.engine import synthetic
+from server.engine.memory import read_process_memory
+from server.engine.requestlog import FIELDS
 from tests.conftest import MODELS_DIR, server_env
 from tests.steady_load import Outcome, SteadyLoad
 

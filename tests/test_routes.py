@@ -8,8 +8,8 @@ import pytest
 from flask import Flask
 
 from harness.waiting import wait_until
-from server.row_cache import resolve_kv_dtype
-from server.service import ModelService
+from server.engine.row_cache import resolve_kv_dtype
+from server.web.service import ModelService
 
 ROUTES = [
     ("/generate-text", {"prompt": "The weather today is", "max_new_tokens": 5}),

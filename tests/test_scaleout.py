@@ -21,7 +21,7 @@ from deploy.netns import remove_stale
 from harness.gunicorn_process import REPO
 from harness.processes import stop_process
 from server.config import DEFAULTS
-from server.row_cache import resolve_kv_dtype
+from server.engine.row_cache import resolve_kv_dtype
 from tests.conftest import MODELS_DIR
 from tests.locust_runs import locust_env, locust_totals, read_csv, read_jsonl
 

@@ -1,4 +1,4 @@
-"""The continuous scheduler's queue (server.scheduler) around a real step engine on tiny:
+"""The continuous scheduler's queue (server.engine.scheduler) around a real step engine on tiny:
 fast refusal when full, at most max_batch_size rows, cancelled jobs skipped, a failed step
 fails only the rows that fail alone and the thread goes on, streaming gets every token then
 the end."""
@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from harness.waiting import wait_until
-from server.decoding import GenerationRequest
-from server.engine import StepEngine, StepReport
-from server.jobs import Job, QueueFull
-from server.model import LoadedModel, load_model
-from server.scheduler import Scheduler
+from server.engine.decoding import GenerationRequest
+from server.engine.jobs import Job, QueueFull
+from server.engine.model import LoadedModel, load_model
+from server.engine.scheduler import Scheduler
+from server.engine.step import StepEngine, StepReport
 from tests.conftest import MODELS_DIR
 
 

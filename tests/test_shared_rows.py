@@ -1,4 +1,4 @@
-"""server.shared_rows across real fork: a process SIGKILLed while it holds the rows' lock
+"""server.engine.shared_rows across real fork: a process SIGKILLed while it holds the rows' lock
 wedges neither the other processes nor the master's clean-up, which never waits on a live
 holder either; the threads of one process exclude each other too.
 
@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
-from server.admission import InFlightTable
-from server.core_share import CoreShare
-from server.shared_rows import FORGET_ATTEMPTS, FORGET_INTERVAL_S, SharedRows
+from server.engine.core_share import CoreShare
+from server.engine.shared_rows import FORGET_ATTEMPTS, FORGET_INTERVAL_S, SharedRows
+from server.web.admission import InFlightTable
 
 BOUND_S = 10.0  # far above what these operations take; a wedged lock never returns
 

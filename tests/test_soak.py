@@ -6,14 +6,14 @@ its open files do not grow, and no thread starts beyond its request pool.
 
 Drift is read idle: the soak runs in 4 rounds of 300 requests, and after warm-up and after
 each round the load pauses until every connection is closed, the generation thread has
-trimmed its heap (server/memory.py) and each worker is read. The drift is the robust trend
+trimmed its heap (server/engine/memory.py) and each worker is read. The drift is the robust trend
 (Theil-Sen, the median of pairwise slopes) through those 5 readings. Under load a worker's
 memory moves by +-50 MB with each batch's activations and the load's mix between the two
 workers wanders for tens of seconds, so a trend fitted to samples taken under load moved by
 +14 MB in 200 s on a healthy server (seen in CI): it is printed, not judged.
 
 PSS is checked on anonymous pages (smaps_rollup's Pss_Anon): what a worker can leak or
-un-share. The loader copies the weights out of the safetensors file (server/quantize.py,
+un-share. The loader copies the weights out of the safetensors file (server/engine/quantize.py,
 own_memory), so they are anonymous copy-on-write pages; while they were served from the
 mapped file, a worker's file-backed PSS jumped by ~190 MB whenever the kernel reclaimed
 pages only the master had mapped and the workers faulted them back in alone.
@@ -47,8 +47,8 @@ from analysis.readers import MEMORY_COLUMNS
 from analysis.run import load_run
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import WaitTimeout, wait_until
-from server import synthetic
-from server.memory import read_process_memory
+from server.engine import synthetic
+from server.engine.memory import read_process_memory
 from tests.conftest import MODELS_DIR, server_env
 from tests.steady_load import Outcome, SteadyLoad, post_once
 

@@ -9,9 +9,9 @@ import pytest
 from flask import Flask
 
 from harness.waiting import wait_until
-from server.decoding import GenerationRequest
-from server.jobs import Job
-from server.streaming import TextDeltas
+from server.engine.decoding import GenerationRequest
+from server.engine.jobs import Job
+from server.web.streaming import TextDeltas
 
 
 def sse_events(text: str) -> list:

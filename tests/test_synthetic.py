@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from server import synthetic
+from server.engine import synthetic
 
 
 @pytest.mark.parametrize(

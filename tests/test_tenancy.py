@@ -10,9 +10,9 @@ from pathlib import Path
 
 from bench.tenants import corpus_prompt, head_of_line
 from harness.gunicorn_process import GunicornServer
-from server.auth import key_id_of
-from server.decoding import GenerationRequest
-from server.jobs import Job
+from server.engine.decoding import GenerationRequest
+from server.engine.jobs import Job
+from server.web.auth import key_id_of
 from tests.conftest import server_env
 
 KEY_A, KEY_B = "tenant-a-0123456789abcdef", "tenant-b-0123456789abcdef"

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoTokenizer
 from locustfiles.inputs import USERS_PER_PROCESS
 from locustfiles.users import PromptUser, QAUser, SummarizeUser
 from server.config import DEFAULTS
-from server.prompts import tokenize
+from server.web.prompts import tokenize
 
 USERS = (PromptUser, SummarizeUser, QAUser)
 TASKS = {PromptUser: "generate", SummarizeUser: "summarize", QAUser: "answer"}

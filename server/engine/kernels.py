@@ -1,0 +1,323 @@
+"""Choose the precision and kernel path by timing this CPU, not by reading its flags.
+
+CPUs of the same kind differ by several times: an Intel core with AMX runs bf16 matmuls
+~2.6x faster than fp32, an AVX2-only EPYC emulates bf16 at ~1 GB/s, and there torch's MKL
+fp32 GEMM with 4-16 rows (a decode step's batch) is 2-3x slower than oneDNN's or fbgemm's.
+So ``choose`` times one decode step of the served model at batch 1 and at the maximum batch
+for each allowed candidate and keeps the fastest at the maximum batch (throughput under
+load), batch 1 breaking ties:
+
+    float32          nn.Linear -> torch's BLAS (MKL)
+    float32+onednn   the same fp32 weights through oneDNN's matmul (no copy)
+    float16          linear weights stored in fp16, computed in fp32 (fbgemm's fp16 GEMM)
+    bfloat16         weights and activations in bf16, each linear weight reordered once
+                     into oneDNN's blocked layout (PackedBF16Linear); a step of fewer rows
+                     is padded to ``min_rows`` when that measures faster (``MIN_ROWS``)
+    bfloat16+native  the same bf16 model computed by the project's own AVX-512 BF16 kernel
+                     (server.engine.native_gemm), where the CPU has it and a C compiler built it
+    int8             dynamic int8 Linear (fbgemm); changes the text, so only with ALLOW_INT8
+
+It runs in the Gunicorn master before fork with torch pinned to ONE thread (a multi-threaded
+op there would leave forked workers hanging), so the table is per-thread speed; workers
+then use their own threads.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gc
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from server.engine import native_gemm
+from server.engine.decoding import GenerationRequest
+from server.engine.quantize import quantize_float16, replace_modules
+from server.engine.step import StepEngine
+
+log = logging.getLogger(__name__)
+
+FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8 = (
+    "float32", "float32+onednn", "float16", "bfloat16", "int8")
+BF16_NATIVE = "bfloat16+native"
+# A candidate whose batch-1 step is this many times the best so far is not timed at the
+# maximum batch (emulated bf16 on gpt2-large would spend ~15 s there for nothing).
+HOPELESS = 3.0
+PROMPT_TOKENS = 4  # the timed rows' prompts: prefill is not what is being chosen
+REPS = 3
+# The row count a packed bf16 step with fewer rows is padded to, if its batch-1 step then
+# measures faster. oneDNN's prepacked bf16 kernel is slower at 1 row than at 4: on the
+# AMD EPYC Zen 4 (AVX-512 BF16) gpt2-large's 144 linear layers took 71 / 60 ms at 1 / 4 rows
+# on 2 threads (scripts/probe_gemm_paths.py --rows 1,4 --threads 2 --reps 9), so a padded
+# lone request's step reads the same weights sooner.
+MIN_ROWS = 4
+
+
+@dataclass
+class KernelTiming:
+    """One candidate's decode-step time (ms, one thread) at batch 1 and at ``max_batch``."""
+
+    precision: str
+    batch_1_ms: float
+    batch_max_ms: float | None  # None: not timed there (hopeless at batch 1)
+    max_batch: int
+    min_rows: int = 1  # steps of fewer rows are padded to this many (measured, bfloat16)
+
+
+@dataclass
+class KernelChoice:
+    """What was measured and what is served."""
+
+    chosen: str
+    allow_int8: bool
+    requested: str  # the DTYPE setting: auto or a fixed precision
+    table: list[KernelTiming] = field(default_factory=list)
+    measure_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        """The JSON form (/ready, run.json ``server.kernels``)."""
+        return asdict(self)
+
+    def row_growth(self) -> float:
+        """What one more row adds to the served kernel's decode step, as a share of a
+        one-row step (linear between the batch-1 and batch-max timings; 0 if untimed)."""
+        timing = next((t for t in self.table if t.precision == self.chosen), None)
+        if timing is None or not timing.batch_max_ms or timing.max_batch <= 1:
+            return 0.0
+        ratio = timing.batch_max_ms / timing.batch_1_ms
+        return max(0.0, ratio - 1.0) / (timing.max_batch - 1)
+
+    def summary(self) -> str:
+        """One line for the startup log."""
+        rows = ", ".join(f"{t.precision} {t.batch_1_ms:.1f}/"
+                         f"{'-' if t.batch_max_ms is None else f'{t.batch_max_ms:.1f}'} ms"
+                         + (f" (steps padded to {t.min_rows} rows)" if t.min_rows > 1 else "")
+                         for t in self.table)
+        return (f"kernel choice ({self.requested}): {self.chosen}; decode step at batch 1/"
+                f"{self.table[0].max_batch if self.table else '?'} on one thread: {rows} "
+                f"(measured in {self.measure_s:.1f} s)")
+
+
+class OneDNNLinear(nn.Module):
+    """``nn.Linear`` computed by oneDNN's matmul, sharing the original's weight and bias."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T + bias, any leading dims."""
+        return onednn_linear(x, self.weight, self.bias)
+
+
+class PackedBF16Linear(nn.Module):
+    """``nn.Linear`` in bf16 whose weight oneDNN reordered once, at load, into its blocked
+    layout, so no step pays for the reorder.
+
+    The plain bf16 matmul reorders the whole weight on every call: on the AMD EPYC Zen 4
+    (AVX-512 BF16, 2 threads) the linear layers of gpt2-large's 36 blocks took 84 / 99 / 501
+    ms at 1 / 8 / 128 rows that way, 55 / 66 / 447 ms prepacked, against fbgemm fp16's
+    48 / 77 / 938 (scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2). The packed copy
+    replaces the weight: same bytes.
+    """
+
+    min_rows = 1  # rows a step is padded to at least: set_min_rows, from the kernel choice
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T + bias in bf16, any leading dims."""
+        return onednn_linear(x, self.packed, self.bias, self.min_rows)
+
+    def weight_bytes(self) -> int:
+        """Bytes the packed weight and the bias hold."""
+        bias = 0 if self.bias is None else self.bias.numel() * 2
+        return self.in_features * self.out_features * 2 + bias
+
+
+def pack_bfloat16(model: nn.Module) -> nn.Module:
+    """``model`` in bf16 with every ``nn.Linear`` as a PackedBF16Linear.
+
+    The LM head too, though it is tied to the token embedding (which keeps its bf16 copy
+    for the lookup): the plain bf16 head cost 8.2 of gpt2's 25 ms one-row decode step on
+    one thread; its packed copy costs the vocabulary x width in bf16 once more (gpt2-large:
+    129 MB, shared by the preloaded workers).
+    """
+    model = model.to(torch.bfloat16)
+    replace_modules(model, nn.Linear, PackedBF16Linear)
+    return model
+
+
+def set_min_rows(model: nn.Module, rows: int) -> int:
+    """Pad every PackedBF16Linear step of ``model`` to at least ``rows`` rows; return how
+    many layers were set."""
+    layers = [m for m in model.modules() if isinstance(m, PackedBF16Linear)]
+    for layer in layers:
+        layer.min_rows = rows
+    return len(layers)
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  min_rows: int = 1) -> torch.Tensor:
+    """x @ weight.T + bias through oneDNN's matmul (``weight`` plain or prepacked), any
+    leading dims, the rows padded to a bucket (``bucket_rows``) of at least ``min_rows``."""
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    padded = bucket_rows(max(rows, min_rows))
+    if padded != rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[1])])
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return out[:rows].reshape(*x.shape[:-1], out.shape[-1])
+
+
+def bucket_rows(rows: int) -> int:
+    """Rows padded to one of a few sizes (1, 2, 4, 8, 16, then multiples of 32).
+
+    oneDNN compiles and caches one kernel per matrix shape; a packed step's row count
+    changes with every step (decode rows plus prefill tokens), so unpadded shapes kept adding
+    cache entries for hundreds of requests: the soak's workers grew ~85 MB. Padding costs
+    little at small row counts, where a step reads every weight whatever the rows.
+    """
+    if rows <= 16:
+        return 1 << max(0, rows - 1).bit_length()
+    return -(-rows // 32) * 32
+
+
+def swap_linears(model: nn.Module, to_onednn: bool) -> int:
+    """Turn every nn.Linear into OneDNNLinear (or back), in place; return how many."""
+    source, make = (nn.Linear, OneDNNLinear) if to_onednn else (OneDNNLinear, _plain_linear)
+    return replace_modules(model, source, make)
+
+
+def _plain_linear(module: OneDNNLinear) -> nn.Linear:
+    linear = nn.Linear(module.in_features, module.out_features, device="meta")
+    linear.weight, linear.bias = module.weight, module.bias
+    return linear
+
+
+def onednn_available() -> bool:
+    """True where torch was built with oneDNN (x86 and aarch64 wheels)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                            "_linear_pointwise")
+
+
+@functools.cache
+def packing_available() -> bool:
+    """True where oneDNN can prepack a bf16 linear weight (PackedBF16Linear) on this CPU.
+
+    Asked of oneDNN itself, once: its bf16 reorder needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT, and on an AVX2-only CPU (AMD Zen 3) it raises, which crashed startup
+    with DTYPE=auto; there the bf16 candidate is plain torch bf16 instead. A 16 x 16 weight
+    on the caller's thread count (one in the Gunicorn master: nothing is started that a
+    fork could break).
+    """
+    if not (onednn_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16))
+    except RuntimeError as error:
+        log.info("oneDNN cannot pack bf16 weights on this CPU (%s): bf16 runs as plain torch",
+                 str(error).split(":")[-1].strip())
+        return False
+    return True
+
+
+def candidates(requested: str, allow_int8: bool) -> list[str]:
+    """Precisions to time for DTYPE=``requested``: auto times every allowed one."""
+    fp32 = [FLOAT32, ONEDNN] if onednn_available() else [FLOAT32]
+    bf16 = [BFLOAT16, BF16_NATIVE] if native_gemm.available() else [BFLOAT16]
+    if requested == "auto":
+        return fp32 + [FLOAT16, *bf16] + ([INT8] if allow_int8 else [])
+    if requested == FLOAT32:
+        return fp32
+    if requested == BFLOAT16:
+        return bf16
+    return [requested]
+
+
+def time_step_ms(model: nn.Module, eos_id: int, batch: int, reps: int = REPS) -> float:
+    """Median ms of one decode step of ``batch`` rows (short prompts, greedy)."""
+    engine = StepEngine(model, eos_id, ignore_eos=True, prefill_chunk=batch * PROMPT_TOKENS)
+    prompt = [(eos_id + 1 + i) % 50_000 for i in range(PROMPT_TOKENS)]
+    rows = [engine.new_row(GenerationRequest(prompt, reps + 2)) for _ in range(batch)]
+    while any(r.prompt_left for r in rows):
+        engine.step(rows)
+    engine.step(rows)  # one untimed decode step: first-call allocations
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        engine.step(rows)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+def choose(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_batch: int,
+           quantize: Callable[[nn.Module], nn.Module]) -> tuple[nn.Module, KernelChoice]:
+    """Time each candidate built from the float32 ``model``; return the fastest, ready."""
+    started = time.monotonic()
+    choice = KernelChoice(requested, allow_int8, requested)
+    variants: dict[str, nn.Module] = {}
+    for name in candidates(requested, allow_int8):
+        variant = _build(model, name, quantize)
+        best = min((t.batch_1_ms for t in choice.table), default=float("inf"))
+        one, min_rows = _time_one_row(variant, eos_id)
+        many = None if one > HOPELESS * best else time_step_ms(variant, eos_id, max_batch)
+        choice.table.append(KernelTiming(name, round(one, 2), None if many is None
+                                         else round(many, 2), max_batch, min_rows))
+        if name == ONEDNN:
+            swap_linears(model, to_onednn=False)  # the same tensors: build it again if chosen
+        else:
+            variants[name] = variant
+    timed = [t for t in choice.table if t.batch_max_ms is not None]
+    choice.chosen = min(timed, key=lambda t: (t.batch_max_ms, t.batch_1_ms)).precision
+    served = _build(model, ONEDNN, quantize) if choice.chosen == ONEDNN \
+        else variants[choice.chosen]
+    variants.clear()
+    gc.collect()
+    choice.measure_s = round(time.monotonic() - started, 2)
+    log.info(choice.summary())
+    return served, choice
+
+
+def _time_one_row(variant: nn.Module, eos_id: int) -> tuple[float, int]:
+    """(batch-1 step ms, rows it is padded to): a packed bf16 model is timed unpadded and
+    padded to MIN_ROWS, and keeps the faster (set on its layers); others as they are."""
+    one = time_step_ms(variant, eos_id, 1)
+    if not set_min_rows(variant, MIN_ROWS):
+        return one, 1
+    padded = time_step_ms(variant, eos_id, 1)
+    if padded < one:
+        return padded, MIN_ROWS
+    set_min_rows(variant, 1)
+    return one, 1
+
+
+def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    if name == FLOAT32:
+        return model
+    if name == ONEDNN:
+        swap_linears(model, to_onednn=True)
+        return model
+    if name == FLOAT16:
+        return quantize_float16(copy.deepcopy(model))
+    if name == BFLOAT16:
+        bf16 = copy.deepcopy(model)
+        return pack_bfloat16(bf16) if packing_available() else bf16.to(torch.bfloat16)
+    if name == BF16_NATIVE:
+        return native_gemm.pack_native(copy.deepcopy(model))
+    if name == INT8:
+        return quantize(copy.deepcopy(model))
+    raise ValueError(f"unknown precision {name!r}; use one of "
+                     f"{', '.join([FLOAT32, ONEDNN, FLOAT16, BFLOAT16, BF16_NATIVE, INT8])}")

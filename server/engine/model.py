@@ -1,0 +1,107 @@
+"""Load a causal LM (HF folder, hub id, or synthetic preset) in the precision measured fastest."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from server.engine import kernels, native_gemm, synthetic
+from server.engine.kernels import KernelChoice
+from server.engine.memory import release_free_heap
+from server.engine.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
+
+log = logging.getLogger(__name__)
+
+INT8 = kernels.INT8  # float32 model, every linear layer as a dynamic int8 Linear
+DTYPE_CHOICES = ("auto", kernels.FLOAT32, kernels.FLOAT16, kernels.BFLOAT16,
+                 kernels.BF16_NATIVE, INT8)
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def check_dtype(name: str) -> str:
+    """Return DTYPE if valid (DTYPE_CHOICES), else raise naming them."""
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"DTYPE must be one of {', '.join(DTYPE_CHOICES)}; got {name!r}")
+    return name
+
+
+def resolve_source(model: str, models_dir: str) -> str:
+    """Return what from_pretrained should load: a folder, or a hub id as given."""
+    if model.startswith(SYNTHETIC_PREFIX):
+        preset = model.removeprefix(SYNTHETIC_PREFIX)
+        return str(synthetic.ensure_built(preset, models_dir))
+    return model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate: weights in eval mode, its tokenizer, and load facts."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    kernels: KernelChoice  # what was timed at startup and what is served
+    context_window: int
+    load_s: float
+    weight_bytes: int
+
+    @property
+    def precision(self) -> str:
+        """The number format served: float32, float16, bfloat16 or int8 (the kernel path, e.g.
+        float32+onednn, is ``kernels.chosen``)."""
+        return self.kernels.chosen.split("+")[0]
+
+    @property
+    def quantized(self) -> bool:
+        """True when the linear layers are int8."""
+        return self.precision == INT8
+
+    @property
+    def eos_id(self) -> int:
+        """The id that ends a generation."""
+        return int(self.tokenizer.eos_token_id)
+
+
+def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
+               allow_int8: bool = False, max_batch: int = 8) -> LoadedModel:
+    """Load ``name`` with the ordinary from_pretrained code in float32, then serve the
+    precision and kernel path that ``server.engine.kernels`` measures fastest among those DTYPE
+    allows (auto: every one; int8 only with ``allow_int8``).
+
+    An explicit ``DTYPE=bfloat16+native`` this machine cannot run raises ConfigError (naming
+    the missing CPU features) before any weight is read.
+
+    Runs in the Gunicorn master before fork, so it must not start torch's thread pools:
+    the caller pins torch to one thread first (see server.web.service).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.monotonic()
+    check_dtype(dtype)
+    if dtype == kernels.BF16_NATIVE:
+        native_gemm.require()  # before the weights: a CPU that cannot run it fails at once
+    source = resolve_source(name, models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    attention = model.config._attn_implementation
+    conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.engine.quantize)
+    own_memory(model)  # let go of the mapped file (server.engine.quantize.own_memory)
+    model, choice = kernels.choose(model, int(tokenizer.eos_token_id), dtype,
+                                   allow_int8 or dtype == INT8, max_batch, quantize_int8)
+    model.config._attn_implementation = attention  # the step engine sets its own again
+    # Replaced modules and the candidates not chosen sit in reference cycles: collect them
+    # now, before the master's gc.freeze() would keep them for good (int8 gpt2: 974 MB USS
+    # without, 633 with), and hand the C heap they held back to the kernel.
+    gc.collect()
+    release_free_heap()
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    loaded = LoadedModel(name, model, tokenizer, choice, int(context),
+                         time.monotonic() - start, weight_bytes(model))
+    log.info("loaded %s as %s: %.2f GB of weights in %.1f s (context %d tokens)",
+             name, choice.chosen, loaded.weight_bytes / 1e9, loaded.load_s,
+             loaded.context_window)
+    return loaded

@@ -1,0 +1,117 @@
+"""Weight layouts for fast CPU decoding: GPT-2's Conv1D as nn.Linear, float16 and int8 weights.
+
+GPT-2 (transformers' ``Conv1D``) stores each projection as ``[in, out]`` and computes
+``addmm(bias, x, weight)``; ``nn.Linear`` stores ``[out, in]``, the layout oneDNN and fbgemm
+are tuned for. Same arithmetic, and a decode step of synthetic gpt2-large in bf16 on one
+thread took 161 ms instead of 204 ms at batch 1, 239 instead of 297 ms at batch 8 (measured
+on the 2-core box by scripts/probe_decode_step.py).
+
+``DTYPE=int8`` goes further: every linear layer (the converted Conv1Ds and the LM head)
+becomes torch's dynamic int8 Linear (fbgemm): weights int8 per output channel, activations
+quantized per batch on the fly, float everywhere else. A decode step reads a quarter of
+the fp32 bytes: 49 ms at batch 1 and 96 ms at batch 8 on one thread (4x and 3x bf16). The
+text changes: on the synthetic models (random weights) nothing measures by how much, so
+judge it on a real checkpoint before serving it (README, Recommendations).
+
+``float16`` keeps the model float32 but stores every linear layer's weights in fp16
+(torch's dynamic fp16 Linear, fbgemm's fp16 GEMM: weights widened to fp32 inside the
+kernel, activations and everything else float32): the precision class of llama.cpp's f16
+GGUF. Half the fp32 bytes per step, and on an AVX2-only CPU fbgemm's small-batch GEMM beats
+MKL's; rounding a weight to fp16 changes the logits by ~1e-4 relative (less than bf16).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def replace_modules(model: nn.Module, kind: type[nn.Module],
+                    make: Callable[[nn.Module], nn.Module]) -> int:
+    """Replace every submodule of exactly type ``kind`` by ``make(it)``, in place; return
+    how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is kind:
+                setattr(parent, name, make(child))
+                replaced += 1
+    return replaced
+
+
+def conv1d_to_linear(model: nn.Module) -> int:
+    """Replace every transformers ``Conv1D`` in ``model`` by an equivalent ``nn.Linear``
+    (weights transposed once, contiguous); return how many were replaced."""
+    from transformers.pytorch_utils import Conv1D
+
+    return replace_modules(model, Conv1D, _as_linear)
+
+
+def _as_linear(conv: nn.Module) -> nn.Linear:
+    n_in, n_out = conv.weight.shape
+    linear = nn.Linear(n_in, n_out, device="meta")  # no throw-away init of a big matrix
+    linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=False)
+    linear.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+    return linear
+
+
+def own_memory(model: nn.Module) -> None:
+    """Copy every parameter and buffer of ``model`` into memory of its own, in place (tied
+    weights stay tied: the Parameter objects are kept, only their data is replaced).
+
+    from_pretrained maps a float32 safetensors file and serves its tensors straight from
+    that mapping. Once conv1d_to_linear has copied the projections, the embedding and
+    layer norms still point into it, so the whole mapping stays, and every page the copy
+    read stays resident: a float32 gpt2 held 993 MB instead of 500 (measured), a gpt2-large
+    6.1 GB instead of 3.1. Copying the rest drops the last reference and the mapping.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
+def quantize_float16(model: nn.Module) -> nn.Module:
+    """Return ``model`` (float32) with every ``nn.Linear``'s weights stored in fp16 (torch's
+    dynamic fp16 Linear, computed by fbgemm in fp32)."""
+    from torch.ao.quantization import float16_dynamic_qconfig
+
+    return _quantize_linears(model, float16_dynamic_qconfig)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Return ``model`` (float32) with every ``nn.Linear`` as a dynamic int8 Linear, weights
+    quantized per output channel."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    return _quantize_linears(model, per_channel_dynamic_qconfig)
+
+
+def _quantize_linears(model: nn.Module, qconfig: object) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated in favour of torchao, which this
+        # project does not ship; the pinned torch still runs it (tests/test_quantize.py).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, {nn.Linear: qconfig}, inplace=True)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of weights ``model`` holds, packed float16/int8/bf16 Linear layers included
+    (their weights are not parameters; a module that holds such weights itself reports them
+    through a ``weight_bytes()`` method, as server.engine.kernels.PackedBF16Linear does)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for module in model.modules():
+        if callable(getattr(module, "weight_bytes", None)):
+            total += module.weight_bytes()
+        elif isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            weight, bias = module.weight(), module.bias()
+            # fp16 packed weights unpack to float32: count the 2 bytes they are stored in.
+            size = 2 if module._packed_params.dtype == torch.float16 else weight.element_size()
+            total += weight.numel() * size
+            total += 0 if bias is None else bias.numel() * bias.element_size()
+    return total

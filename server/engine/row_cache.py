@@ -1,0 +1,335 @@
+"""Per-request KV caches packed into one forward pass, and the attention that reads them.
+
+Continuous batching without padding: every step runs ONE forward over a packed sequence
+(batch 1) that holds, one after another, the new tokens of each row in the step (one token
+per decoding row, a chunk of prompt tokens per prefilling row). Each row keeps its own key
+and value buffers per layer, sized for its own prompt plus its own ``max_new_tokens``: no
+row carries another row's length, and nothing is padded. Positions come from each row's
+own count (``position_ids``), so a row computes what it would alone.
+
+How it plugs into a Hugging Face model without forking its code:
+
+- ``PackedStep`` is passed as the model's ``cache``: the attention layer calls
+  ``cache.update(keys, values, layer_idx)`` with the packed step's new keys and values; the
+  step writes each row's slice into that row's buffers.
+- ``packed_attention`` is registered with transformers' ``AttentionInterface`` and selected
+  with ``model.config._attn_implementation``; it attends each row's queries to that row's
+  buffers only (causal inside a prefill chunk) and concatenates the outputs in packed order.
+  transformers builds no mask for an attention it does not know, so none is computed.
+
+``KV_DTYPE=model`` stores keys and values as the model computes them; ``float16`` stores
+them in float16 when the model computes in float32 (halving the cache, 368 -> 184 KB a
+token on gpt2-large, as llama.cpp's default f16 cache does), widened to the query's dtype
+when read (``_widened``); a model that already computes in 16 bits stores what it computes.
+The default, ``auto``, is float16 unless the weights are served in float32
+(``resolve_kv_dtype``).
+
+A bf16 cache's decoding rows (one new token each) are attended by the project's C kernel
+where server.engine.native_gemm built it (``NativeDecode``, ``native/attention_bf16.c``): one call
+per layer writes their new keys and values and reads each cache once, in place; prefill
+chunks and every other cache go through torch's ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional
+
+from server.engine import native_gemm
+
+ATTENTION_NAME = "gll_packed"
+KV_DTYPES = ("float16", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
+
+
+def resolve_kv_dtype(kv_dtype: str, precision: str) -> str:
+    """KV_DTYPE as served: ``auto`` is float16 when the weights are served below float32
+    (float16, bfloat16, int8: the precision class already is 16 bits or less, as llama.cpp
+    pairs an f16 model with an f16 cache) and ``model`` (full width) for float32 weights,
+    so ``DTYPE=float32`` stays float32 throughout; any other value is kept."""
+    if kv_dtype != "auto":
+        return kv_dtype
+    return "model" if precision == "float32" else "float16"
+
+
+def storage_dtype(computed: torch.dtype, kv_dtype: str) -> torch.dtype:
+    """The dtype a cache keeps for keys/values ``computed`` in this dtype (``KV_DTYPES``)."""
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"KV dtype {kv_dtype!r}: expected one of {', '.join(KV_DTYPES)}")
+    if kv_dtype == "float16" and computed == torch.float32:
+        return torch.float16
+    return computed
+
+
+@dataclass
+class RowCache:
+    """One request's keys and values for every layer: [1, kv_heads, capacity, head_dim].
+
+    Every layer's buffers are views of one anonymous memory mapping (``anonymous_tensor``;
+    all layers shaped as the first, as in GPT-2): resident memory is the tokens written, and
+    ``release`` (or the cache's end) unmaps it at once. Per-layer tensors from the heap were
+    kept by the allocator after their row ended (the probe's 8-row batch with a float16
+    cache grew USS by 468-485 MB for 347 MB of KV; one mapping per row and a reused
+    widening buffer: 403-412 MB), so a worker's RSS charged requests for caches of rows
+    long gone.
+    """
+
+    capacity: int
+    kv_dtype: str = "model"  # storage policy (storage_dtype)
+    layers: int = 1  # the model's layer count
+    length: int = 0  # positions written so far (= the next token's position)
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    store: torch.Tensor | None = None  # [layers, 2, 1, h, capacity, d]: keys and values views
+
+    def ensure(self, layer: int, like: torch.Tensor) -> None:
+        """Allocate every layer's buffers on the first use, shaped after ``like`` [1, h, n, d].
+
+        Uninitialised memory: pages are touched only as tokens are written, so resident
+        memory grows with the tokens this row actually has, not with its capacity.
+        """
+        if self.keys:
+            return
+        self._allocate(like.shape[1], like.shape[3], storage_dtype(like.dtype, self.kv_dtype))
+
+    def _allocate(self, heads: int, head_dim: int, dtype: torch.dtype) -> None:
+        shape = (self.layers, 2, 1, heads, self.capacity, head_dim)
+        self.store = anonymous_tensor(shape, dtype)
+        self.keys = [self.store[i, 0] for i in range(self.layers)]
+        self.values = [self.store[i, 1] for i in range(self.layers)]
+
+    def copy_prefix(self, source: RowCache, count: int) -> None:
+        """Start this (empty) cache with ``source``'s first ``count`` positions, every layer
+        (server.engine.prefix_cache: keys and values of a prefix depend on that prefix only)."""
+        if source.store is None or self.length or count > min(source.length, self.capacity):
+            raise ValueError(f"cannot copy {count} positions into this cache")
+        _, _, _, heads, _, head_dim = source.store.shape
+        self._allocate(heads, head_dim, source.store.dtype)
+        self.store[:, :, :, :, :count] = source.store[:, :, :, :, :count]
+        self.length = count
+
+    def release(self) -> None:
+        """Free the buffers now (the row is done); a mapping is unmapped at once."""
+        self.keys, self.values, self.store = [], [], None
+
+    def nbytes(self) -> int:
+        """Bytes of the positions written so far, over all layers."""
+        per_position = sum(k.shape[1] * k.shape[3] * k.element_size() for k in self.keys)
+        return 2 * per_position * self.length
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A row's place in the packed step: its cache and its ``count`` new tokens at
+    ``start`` in the packed sequence."""
+
+    cache: RowCache
+    start: int
+    count: int
+
+
+class PackedStep:
+    """The ``cache`` object of one packed forward: routes each row's new keys and values to
+    its RowCache (``update``), and tells the attention which rows are where."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+        # Each prefill chunk's causal mask, offset by what its row already holds: built once
+        # per step here, not once per layer in the attention.
+        self.masks = [_chunk_mask(seg.count, seg.cache.length) for seg in segments]
+        self.native = NativeDecode.plan(segments)  # decoding rows the C kernel attends, or None
+
+    def _skipped(self, index: int) -> bool:
+        return self.native is not None and index in self.native.indexes
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write each row's new keys/values ([1, h, packed, d]) into its buffers."""
+        for index, seg in enumerate(self.segments):
+            if not self._skipped(index):  # the native attention writes its rows' itself
+                _write(seg, key_states, value_states, layer_idx)
+        return key_states, value_states
+
+    def write_native(self, key_states: torch.Tensor, value_states: torch.Tensor,
+                     layer_idx: int) -> None:
+        """Write the native rows' keys/values as ``update`` does the others' (used when the
+        native kernel declines a layer's tensors)."""
+        for index in self.native.indexes if self.native is not None else ():
+            _write(self.segments[index], key_states, value_states, layer_idx)
+
+    def advance(self) -> None:
+        """After the forward: each row's cache now holds its new tokens."""
+        for seg in self.segments:
+            seg.cache.length += seg.count
+
+
+def _write(seg: Segment, key_states: torch.Tensor, value_states: torch.Tensor,
+           layer: int) -> None:
+    """Copy one row's new keys/values ([1, h, packed, d] at seg.start) into its cache."""
+    seg.cache.ensure(layer, key_states)
+    end = seg.cache.length + seg.count
+    seg.cache.keys[layer][:, :, seg.cache.length:end] = \
+        key_states[:, :, seg.start:seg.start + seg.count]
+    seg.cache.values[layer][:, :, seg.cache.length:end] = \
+        value_states[:, :, seg.start:seg.start + seg.count]
+
+
+def anonymous_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in a private anonymous mapping of its own: the kernel maps a
+    page when it is first written and unmaps the whole when the tensor is freed, whatever
+    the allocator's thresholds (glibc serves blocks under its adaptive mmap threshold, up to
+    32 MB, from a heap it keeps)."""
+    count = math.prod(shape)
+    size = max(1, count * torch.empty(0, dtype=dtype).element_size())
+    return torch.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=count).view(shape)
+
+
+def _chunk_mask(count: int, held: int) -> torch.Tensor | None:
+    """Causal mask of ``count`` new tokens after ``held`` cached ones (None for one token)."""
+    if count == 1:
+        return None
+    return torch.arange(held + count).unsqueeze(0) <= torch.arange(count).unsqueeze(1) + held
+
+
+def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, attention_mask: torch.Tensor | None,
+                     scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs: object):
+    """Attention of each row's queries over its own cache only; [1, packed, heads, dim].
+
+    The step arrives as the ``packed_step`` keyword, which the model passes through."""
+    step = kwargs.get("packed_step")
+    if not isinstance(step, PackedStep):
+        raise RuntimeError("packed attention needs the model called with packed_step=")
+    layer = module.layer_idx
+    if step.native is not None:
+        if step.native.attend(query, key, value, layer, scaling):
+            out = step.native.out  # [1, packed, heads, dim]: the native rows are written
+            for index, (seg, mask) in enumerate(zip(step.segments, step.masks, strict=True)):
+                if index not in step.native.indexes:
+                    out[:, seg.start:seg.start + seg.count] = _segment_attention(
+                        query, seg, mask, layer, scaling).transpose(1, 2)
+            return out, None
+        step.write_native(key, value, layer)  # declined: torch attends these rows too
+    outputs = [_segment_attention(query, seg, mask, layer, scaling)
+               for seg, mask in zip(step.segments, step.masks, strict=True)]
+    return torch.cat(outputs, dim=2).transpose(1, 2).to(query.dtype), None
+
+
+def _segment_attention(query: torch.Tensor, seg: Segment, mask: torch.Tensor | None,
+                       layer: int, scaling: float | None) -> torch.Tensor:
+    """One row's queries over its cache (written already), [1, heads, count, dim]."""
+    compute = attention_dtype(query.dtype)
+    total = seg.cache.length + seg.count
+    q = query[:, :, seg.start:seg.start + seg.count].to(compute)
+    k = _widened(seg.cache.keys[layer], total, compute, "keys")
+    v = _widened(seg.cache.values[layer], total, compute, "values")
+    return functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+
+
+class NativeDecode:
+    """The decoding rows of one packed step whose attention runs in the native kernel
+    (``native/attention_bf16.c``): rows with one new token and a bf16 cache already
+    allocated, on CPUs where server.engine.native_gemm built the library.
+
+    Why: torch widened each row's whole bf16 cache to float32 per layer and ran its attention
+    over the copy; the kernel reads the bf16 cache once, where it lies, writes the new key and
+    value itself, and attends every (row, head) pair in one OpenMP loop per layer.
+    ``ENABLED`` turns it off for the tests that compare it with torch's attention.
+    """
+
+    ENABLED = True
+
+    def __init__(self, lib: object, segments: list[Segment], indexes: list[int]) -> None:
+        self._lib = lib
+        self.indexes = frozenset(indexes)
+        chosen = [segments[i] for i in indexes]
+        self._rows = len(chosen)
+        self._stores = (ctypes.c_void_p * self._rows)(*(s.cache.store.data_ptr() for s in chosen))
+        self._caps = (ctypes.c_int64 * self._rows)(*(s.cache.capacity for s in chosen))
+        self._lens = (ctypes.c_int64 * self._rows)(*(s.cache.length for s in chosen))
+        self._tokens = (ctypes.c_int64 * self._rows)(*(s.start for s in chosen))
+        self.packed = sum(seg.count for seg in segments)
+        self.out = torch.empty(0)
+
+    @classmethod
+    def plan(cls, segments: list[Segment]) -> NativeDecode | None:
+        """The native part of a step over ``segments``, or None (no row qualifies)."""
+        if not cls.ENABLED:
+            return None
+        indexes = [i for i, seg in enumerate(segments) if seg.count == 1
+                   and seg.cache.store is not None and seg.cache.store.dtype == torch.bfloat16]
+        lib = native_gemm.library() if indexes else None
+        return cls(lib, segments, indexes) if lib is not None else None
+
+    def arrays(self) -> tuple[ctypes.Array, ...]:
+        """The native rows' caches for the C kernels: stores, capacities, lengths, and
+        their token indexes in the packed step."""
+        return self._stores, self._caps, self._lens, self._tokens
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               layer: int, scaling: float | None) -> bool:
+        """Write the native rows' keys/values and attention output (into ``out``) for
+        ``layer``; False when these tensors are outside what the kernel takes."""
+        _, heads, packed, dim = query.shape
+        strides = {query.stride(), key.stride(), value.stride()}
+        if (query.dtype != torch.bfloat16 or len(strides) != 1 or packed != self.packed
+                or query.stride(3) != 1 or key.shape != query.shape):
+            return False
+        self.out = torch.empty(1, packed, heads, dim, dtype=torch.bfloat16)
+        scale = dim ** -0.5 if scaling is None else scaling
+        status = self._lib.attend_decode_bf16(
+            query.data_ptr(), key.data_ptr(), value.data_ptr(), query.stride(2),
+            query.stride(1), self._stores, self._caps, self._lens, self._tokens, self._rows,
+            layer, heads, dim, scale, self.out.data_ptr(), heads * dim, torch.get_num_threads())
+        return status == 0
+
+
+def attention_dtype(computed: torch.dtype) -> torch.dtype:
+    """The dtype a row's attention runs in for a model computing in ``computed``: float32
+    for bf16 models. torch's CPU attention in bf16 cost 168 / 343 / 998 us for one query
+    over 70 / 300 / 900 positions (20 heads of 64), widened to float32 53 / 89 / 225 us
+    (AMD EPYC Zen 4, 2 threads, scripts/probe_attention.py): a bf16 decode step of
+    gpt2-large had spent 32 of its 125 ms in attention."""
+    return torch.float32 if computed == torch.bfloat16 else computed
+
+
+_scratch = threading.local()
+
+
+def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) -> torch.Tensor:
+    """``stored[:, :, :total]`` in ``dtype``: the view itself when it already is, else a copy
+    into this thread's reusable ``slot`` buffer (one for keys, one for values).
+
+    Why a reused buffer: ``.to(dtype)`` allocated a fresh tensor per row and layer (up to
+    4.5 MB, 576 of them per 8-row step of gpt2-large), and a float16-cache decode step took
+    169-191 ms against 155 ms full width; widened into one buffer reused across rows and
+    layers (it stays in cache), 131-136 against 120-148 ms (AMD EPYC Zen 4, 2 threads,
+    scripts/probe_batch_memory.py). Safe to reuse: the attention has consumed the previous
+    row's copy before the next row is widened into it.
+    """
+    view = stored[:, :, :total]
+    if view.dtype == dtype:
+        return view
+    buffer = getattr(_scratch, slot, None)
+    if (buffer is None or buffer.dtype != dtype or buffer.shape[1] != stored.shape[1]
+            or buffer.shape[3] != stored.shape[3] or buffer.shape[2] < total):
+        size = (1, stored.shape[1], max(total, stored.shape[2]), stored.shape[3])
+        buffer = torch.empty(size, dtype=dtype)
+        setattr(_scratch, slot, buffer)
+    widened = buffer[:, :, :total]
+    widened.copy_(view)
+    return widened
+
+
+def register() -> None:
+    """Make ``ATTENTION_NAME`` available to every transformers model (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, packed_attention)

@@ -1,0 +1,129 @@
+"""The model holder: loaded once in the Gunicorn master, started in each worker after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import torch
+from flask import Flask
+
+from server.engine.core_share import CoreShare
+from server.engine.decoding import GenerationRequest
+from server.engine.memory import MemorySample, WorkerMemorySampler, read_process_memory
+from server.engine.model import LoadedModel, load_model
+from server.engine.requestlog import RequestLog
+from server.engine.row_cache import resolve_kv_dtype
+from server.engine.scheduler import Scheduler
+from server.engine.shared_rows import runtime_dir
+from server.engine.step import StepEngine, StepReport
+
+log = logging.getLogger(__name__)
+
+
+class ModelService:
+    """Owns the model, the worker's scheduler, memory sampler and request log.
+
+    ``init_app`` loads the weights (in the master under ``preload_app``, before fork, with
+    torch pinned to one thread so no OpenMP pool exists to be broken by fork).
+    ``start`` runs in each worker after fork: torch threads, sampler, generation thread,
+    warm-up; ``ready`` is set when the warm-up generation has finished.
+    """
+
+    def __init__(self) -> None:
+        self.loaded: LoadedModel | None = None
+        self.scheduler: Scheduler | None = None
+        self.cores: CoreShare | None = None
+        self.sampler: WorkerMemorySampler | None = None
+        self.request_log: RequestLog | None = None
+        self.ready = threading.Event()
+        self.config: dict = {}
+        self._start_lock = threading.Lock()
+        self._started_pid: int | None = None
+
+    def init_app(self, app: Flask) -> None:
+        """Load the configured model and attach this service to ``app``."""
+        self.config = app.config
+        self.metrics = app.extensions["metrics"]
+        torch.set_num_threads(1)  # no multi-threaded torch op before fork (see docstring)
+        self.loaded = load_model(app.config["MODEL"], app.config["DTYPE"],
+                                 app.config["MODELS_DIR"], app.config["ALLOW_INT8"],
+                                 app.config["MAX_BATCH_SIZE"])
+        self.metrics.load_seconds.set(self.loaded.load_s)
+        self.metrics.weight_bytes.set(self.loaded.weight_bytes)
+        self.metrics.observe_kernels(self.loaded.kernels)
+        # Created before fork: the workers share its slots (server/engine/core_share.py).
+        self.cores = CoreShare(len(os.sched_getaffinity(0)), app.config["TORCH_THREADS"],
+                               runtime_dir())
+        self.scheduler = self._make_scheduler(app.config)
+        self.request_log = RequestLog(app.config["REQUEST_LOG"],
+                                      on_error=self.metrics.log_write_errors.inc)
+        app.extensions["model_service"] = self
+
+    def _make_scheduler(self, config: dict) -> Scheduler:
+        """Continuous batching (server.engine.scheduler) over a step engine of the loaded model."""
+        kv_dtype = resolve_kv_dtype(config["KV_DTYPE"], self.loaded.precision)
+        engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
+                            config["PREFILL_CHUNK"], kv_dtype)
+        timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
+        return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
+                         on_step=self._observe_step,
+                         on_join=self.metrics.batch_size.observe,
+                         row_growth=self.loaded.kernels.row_growth(),
+                         on_busy=self._share_cores, kv_tokens=config["KV_TOKENS"],
+                         prefix_rows=config["PREFIX_CACHE_ROWS"],
+                         on_cached=self.metrics.cached_prompt_tokens.inc,
+                         tenant_rows=config["KEY_MAX_ROWS"],
+                         tenant_kv_tokens=config["KEY_KV_TOKENS"],
+                         tenant_queue=config["KEY_MAX_QUEUE"],
+                         aging_s=config["QUEUE_AGING_S"])
+
+    def _share_cores(self, busy: bool) -> None:
+        """Before a step (busy) or an idle wait: use this worker's share of the cores."""
+        threads = self.cores.threads(busy)
+        if busy and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            self.metrics.torch_threads.set(threads)
+
+    def _observe_step(self, report: StepReport) -> None:
+        self.metrics.observe_step(report.phase, report.rows, report.forward_s, report.step_s,
+                                  report.prompt_tokens)
+
+    def start(self, torch_threads: int = 0) -> None:
+        """Start this process's serving threads once (idempotent; call after fork)."""
+        with self._start_lock:
+            if self._started_pid == os.getpid():
+                return
+            self._started_pid = os.getpid()
+        # The first step's share (server/engine/core_share.py) replaces this unless it is fixed.
+        threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        self.metrics.torch_threads.set(threads)
+        self.sampler = WorkerMemorySampler(self.config["MEMORY_SAMPLE_S"], on_sample=self._publish)
+        self.sampler.start()
+        self.scheduler.start(before_loop=self._warm_up)
+        log.info("worker %d serving with %d torch threads", os.getpid(), threads)
+
+    def _publish(self, sample: MemorySample) -> None:
+        self.metrics.observe_sample(sample, self.scheduler.depth, self.scheduler.running)
+
+    def _warm_up(self) -> None:
+        start = time.monotonic()
+        ids = self.loaded.tokenizer.encode("Warm-up: the quick brown fox")
+        request = GenerationRequest(ids, max_new_tokens=self.config["WARMUP_TOKENS"])
+        row = self.scheduler.engine.new_row(request)
+        while row.finish_reason is None:
+            # The admission's first estimates of a step and of a prompt token.
+            self.scheduler.learn(self.scheduler.engine.step([row]))
+        elapsed_s = time.monotonic() - start
+        self.ready.set()
+        m = read_process_memory()  # once per worker: the per-request path reads the sampler
+        log.info("worker %d warmed up in %.2f s: RSS %.0f MB, USS %.0f MB, PSS %.0f MB, "
+                 "shared %.0f MB", os.getpid(), elapsed_s, m.rss_mb, m.uss_mb, m.pss_mb,
+                 m.shared_mb)
+
+    def memory(self) -> MemorySample:
+        """This worker's latest memory sample (a direct read before the sampler runs)."""
+        return self.sampler.latest if self.sampler else read_process_memory()
