@@ -177,3 +177,21 @@ def test_an_unknown_option_is_caught() -> None:
 @pytest.mark.parametrize(("doc", "argv"), COMMANDS, ids=[" ".join(a)[:60] for _, a in COMMANDS])
 def test_documented_command_runs_as_written(doc: str, argv: list[str]) -> None:
     check(argv)
+
+
+def test_every_server_module_is_in_the_architecture_table_and_the_readme_picture() -> None:
+    """docs/architecture.md's tables name every module of server/, and README's picture does
+    too (a module added without a role in the docs fails here)."""
+    root = Path(__file__).resolve().parent.parent
+    architecture = (root / "docs" / "architecture.md").read_text()
+    readme = (root / "README.md").read_text()
+    modules = sorted((root / "server").rglob("*.py"))
+    assert len(modules) > 30
+    for path in modules:
+        if path.name == "__init__.py" and path.parent.name != "server":
+            continue
+        parent = path.parent.name
+        named = f"`{path.name}`" in architecture or (parent == "openai_compat"
+                                                      and "`openai_compat/`" in architecture)
+        assert named, f"{path.relative_to(root)} has no row in docs/architecture.md"
+        assert path.name in readme or parent in readme, f"{path.relative_to(root)} not in README"
