@@ -121,8 +121,10 @@ def reference(root: Path, prefix: str, folders: tuple[str, str, str],
                                 ("float16", "fp16")]:
             k = f.hardware.timing(precision) if f.hardware else None
             for rows, ms in [(1, k.batch_1_ms), (k.max_batch, k.batch_max_ms)] if k else []:
-                yield Figure("Startup kernel table of the lone-user run", f"kern_{name}_b{rows}_ms",
-                             f"{precision}, {rows}-row decode step, ms", num(ms, 0), src)
+                yield Figure("Startup kernel table of the lone-user run",
+                             f"kern_{name}_b{rows}_ms",
+                             f"{precision}, {rows}-row decode step on one thread, ms",
+                             num(ms, 0), src)
 
 
 def int8(root: Path) -> Iterator[Figure]:
