@@ -2,6 +2,7 @@
 
     python -m bench                                     # every row, synthetic:gpt2-large
     python -m bench --model synthetic:tiny --rows naive,batch-bf16 --warmup 2 --seconds 5
+    python -m bench figures                             # docs/figures.md (bench.figures)
 
 Steps: measure the roofline (``python -m bench.roofline``) while no server runs; write
 prompts of exactly ``--prompt-tokens`` tokens; for each row start the project's run script

@@ -96,11 +96,15 @@ def reference_row(f: Findings, requests: pd.DataFrame) -> ReferenceRow:
         peak_total_rss_mb=_value(memory and memory.peak_rss_mb))
 
 
+def read_findings(run_dir: Path) -> tuple[Findings, pd.DataFrame]:
+    """Analyse one run folder with the default analysis settings: its Findings and requests."""
+    run = load_run(run_dir)
+    return build_findings(run, load_config().for_run(run.settings)), run.requests
+
+
 def read_row(run_dir: Path) -> ReferenceRow:
     """Analyse one run folder with the default analysis settings and return its row."""
-    run = load_run(run_dir)
-    findings = build_findings(run, load_config().for_run(run.settings))
-    return reference_row(findings, run.requests)
+    return reference_row(*read_findings(run_dir))
 
 
 def baseline(rows: Sequence[ReferenceRow], row: ReferenceRow) -> ReferenceRow | None:
@@ -108,8 +112,14 @@ def baseline(rows: Sequence[ReferenceRow], row: ReferenceRow) -> ReferenceRow | 
     return next((r for r in rows if r.server == "llama.cpp" and r.users == row.users), None)
 
 
+def ratio(value: float, base: float) -> float:
+    """value / base, NaN when either is missing or base is 0."""
+    return NAN if math.isnan(value) or math.isnan(base) or base == 0 else value / base
+
+
 def _ratio(value: float, base: float) -> str:
-    return "n/a" if math.isnan(value) or math.isnan(base) or base == 0 else f"{value / base:.2f}x"
+    r = ratio(value, base)
+    return "n/a" if math.isnan(r) else f"{r:.2f}x"
 
 
 HEADERS = ["run", "users", "requests (failed)", "output tok/s", "req/s", "p50 s", "p95 s",

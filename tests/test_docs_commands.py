@@ -28,7 +28,8 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "resul
 OTHER_PROGRAMS = {"export", "systemctl", "curl", "printf", "sha256sum", "redis-server", "nginx",
                   "guidellm"}  # guidellm: in its own venv (docs/api.md shows it was run)
 # Subcommands with their own --help.
-SUBCOMMANDS = {"analysis": {"compare"}, "server.engine.synthetic": {"build", "params"}}
+SUBCOMMANDS = {"analysis": {"compare"}, "bench": {"figures"},
+               "server.engine.synthetic": {"build", "params"}}
 # Make variables that pass options on, and the command whose --help must list them.
 ARGS_OF = {"loadtest": ["scripts/loadtest.py"], "loadtest-ui": ["scripts/loadtest.py"],
            "scaleout": ["deploy/netns_scaleout.py"], "bench": ["-m", "bench"]}

@@ -1,0 +1,245 @@
+"""The headline figures, one generated table (docs/figures.md) from the committed runs.
+
+    python -m bench figures            # (re)write docs/figures.md
+    python -m bench figures --check    # exit 1 when docs/figures.md is not what the runs give
+
+Each figure has a stable key. README.md and docs/ quote one as ``<!-- fig:KEY -->VALUE``, and
+tests/bench/test_figures.py fails when a quoted VALUE is not this table's. The numbers are
+the reference table's (``bench.reference_table``: its rows and ratios) and the analysis
+report's (the run's Findings), formatted here and not derived again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.formatting import num
+from analysis.records import Findings
+from analysis.tables import table
+from bench.reference_table import ReferenceRow, ratio, read_findings, reference_row
+
+REPO = Path(__file__).resolve().parent.parent
+FIGURES_MD = REPO / "docs" / "figures.md"
+
+# The runs the headline rests on: (command folder, our row, llama.cpp's rows).
+REF_U8 = ("results/reference/u8-2cores-zen4-c", "01-ours-defaults-u8", "02-llama-f16-u8")
+REF_U1 = ("results/reference/lone-user-2cores-zen4-c", "01-ours-defaults-u1", "02-llama-f16-u1")
+REF_INT8 = ("results/reference/u8-2cores-zen4-v3", "02-ours-int8-u8", "03-llama-f16-u8",
+            "04-llama-q8_0-u8")
+MAIN_JOB = "results/sample/steady-10-users-native-zen4"  # make loadtest: 10 users, 300 s
+TENANTS = ("results/tenants/before-fifo-zen3", "results/tenants/after-fair-zen3")
+SAMPLER = "results/profile/sampler-cost.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a figure was measured: a run folder or file, and the CPU its host record names."""
+
+    path: str  # relative to the repository
+    cpu_model: str
+    cores: int
+    isa: tuple[str, ...]
+
+    def cpu(self) -> str:
+        """Short label: model, cores and the widest vector ISA that matters here."""
+        best = next((label for flag, label in [("avx512_bf16", "AVX-512 BF16"),
+                                              ("avx512f", "AVX-512"), ("avx2", "AVX2")]
+                     if flag in self.isa), "no AVX2")
+        return f"{self.cpu_model}, {self.cores} core{'s' if self.cores != 1 else ''}, {best}"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One quotable number: its key, what it is (with the unit), its text, its source."""
+
+    section: str
+    key: str
+    what: str
+    value: str  # exactly as the docs quote it
+    source: Source
+
+
+def _run(root: Path, path: str) -> tuple[Findings, ReferenceRow, Source]:
+    findings, requests = read_findings(root / path)
+    hw = findings.hardware
+    source = Source(path, (hw and hw.cpu_model) or "?", int(findings.settings.get("host.cores", 0)),
+                    tuple(hw.isa) if hw else ())
+    return findings, reference_row(findings, requests), source
+
+
+def _json(root: Path, path: str) -> tuple[dict, Source]:
+    data = json.loads((root / path / "run.json" if (root / path).is_dir() else root / path)
+                      .read_text())
+    host = data.get("host", {})
+    return data, Source(path, host.get("cpu_model", "?"), int(host.get("cores", 0)),
+                        tuple(host.get("isa", ())))
+
+
+TIMES = "\u00d7"  # the multiplication sign the docs write ratios with
+
+
+def _x(value: float, base: float) -> str:
+    return num(ratio(value, base), 2) + TIMES
+
+
+def _figures(section: str, rows: list[tuple[str, str, str, Source]]) -> list[Figure]:
+    return [Figure(section, key, what, value, source) for key, what, value, source in rows]
+
+
+def reference(root: Path, prefix: str, folders: tuple[str, str, str],
+              section: str) -> Iterator[Figure]:
+    """Ours (defaults) against llama.cpp f16 from one ``python -m bench.reference`` command."""
+    top, ours_dir, llama_dir = folders
+    f, us, src = _run(root, f"{top}/{ours_dir}")
+    _, ref, ref_src = _run(root, f"{top}/{llama_dir}")
+    pair = Source(top, src.cpu_model, src.cores, src.isa)
+    yield from _figures(section, [
+        (f"{prefix}_ours_tok_s", "ours, output tokens/s", num(us.output_tokens_per_s, 2), src),
+        (f"{prefix}_llama_tok_s", "llama.cpp f16, output tokens/s",
+         num(ref.output_tokens_per_s, 2), ref_src),
+        (f"{prefix}_tok_ratio", "output tokens/s, ours / llama.cpp's (higher is better)",
+         _x(us.output_tokens_per_s, ref.output_tokens_per_s), pair),
+        (f"{prefix}_ours_ttft_s", "ours, TTFT p50, s", num(us.ttft_p50_s, 2), src),
+        (f"{prefix}_llama_ttft_s", "llama.cpp f16, TTFT p50, s", num(ref.ttft_p50_s, 2), ref_src),
+        (f"{prefix}_ttft_ratio", "TTFT p50, ours / llama.cpp's (lower is better)",
+         _x(us.ttft_p50_s, ref.ttft_p50_s), pair),
+        (f"{prefix}_ours_pss_mb", "ours, peak total PSS, MB", num(us.peak_total_pss_mb, 0), src),
+        (f"{prefix}_llama_rss_mb", "llama.cpp f16, peak RSS, MB",
+         num(ref.peak_total_rss_mb, 0), ref_src),
+        (f"{prefix}_mem_ratio", "our peak PSS / llama.cpp's peak RSS (lower is better)",
+         _x(us.peak_total_pss_mb, ref.peak_total_rss_mb), pair),
+        (f"{prefix}_ours_served", "ours, requests served", num(us.requests - us.failures), src),
+        (f"{prefix}_llama_served", "llama.cpp f16, requests served",
+         num(ref.requests - ref.failures), ref_src),
+    ])
+    if prefix == "ref_u1":  # the lone-user run's startup kernel table, ms a decode step
+        for precision, name in [("bfloat16+native", "native"), ("bfloat16", "bf16"),
+                                ("float16", "fp16")]:
+            k = f.hardware.timing(precision) if f.hardware else None
+            for rows, ms in [(1, k.batch_1_ms), (k.max_batch, k.batch_max_ms)] if k else []:
+                yield Figure("Startup kernel table of the lone-user run",
+                             f"kern_{name}_b{rows}_ms",
+                             f"{precision}, {rows}-row decode step on one thread, ms",
+                             num(ms, 0), src)
+
+
+def int8(root: Path) -> Iterator[Figure]:
+    """int8 against llama.cpp's q8_0 and f16, 8 users, one command (before the native path)."""
+    top, ours_dir, f16_dir, q8_dir = REF_INT8
+    _, us, src = _run(root, f"{top}/{ours_dir}")
+    _, f16, _ = _run(root, f"{top}/{f16_dir}")
+    _, q8, _ = _run(root, f"{top}/{q8_dir}")
+    pair = Source(top, src.cpu_model, src.cores, src.isa)
+    yield from _figures("int8 against llama.cpp: 8 users, an earlier command", [
+        ("int8_u8_tok_s", "ours int8, output tokens/s", num(us.output_tokens_per_s, 2), src),
+        ("int8_u8_q8_ratio", "output tokens/s, int8 / llama.cpp q8_0's",
+         _x(us.output_tokens_per_s, q8.output_tokens_per_s), pair),
+        ("int8_u8_f16_ratio", "output tokens/s, int8 / llama.cpp f16's",
+         _x(us.output_tokens_per_s, f16.output_tokens_per_s), pair),
+        ("int8_u8_pss_mb", "ours int8, peak total PSS, MB", num(us.peak_total_pss_mb, 0), src),
+        ("int8_u8_mem_ratio", "int8 peak PSS / llama.cpp f16's peak RSS",
+         _x(us.peak_total_pss_mb, f16.peak_total_rss_mb), pair),
+    ])
+
+
+def main_job(root: Path) -> Iterator[Figure]:
+    """The main job (``make loadtest``: 10 users, 300 s, the default mix), its report's numbers."""
+    f, _, src = _run(root, MAIN_JOB)
+    t, ram, memory = f.traffic, f.ram, f.memory
+    yield from _figures("The main job: `make loadtest`, 10 users, 300 s", [
+        ("main_requests", "requests sent", num(t.requests), src),
+        ("main_served", "requests served", num(t.successes), src),
+        ("main_504", "requests timed out (504)", num(t.status_counts.get(504, 0)), src),
+        ("main_tok_s", "output tokens/s", num(t.output_tokens_per_s, 1), src),
+        ("main_ram_p95_mb", "RAM per request p95 (RSS delta), MB", num(ram.p95_rss_delta_mb, 0),
+         src),
+        ("main_peak_pss_mb", "peak total PSS, MB", num(memory.peak_pss_mb, 0), src),
+    ])
+
+
+def tenants(root: Path) -> Iterator[Figure]:
+    """Issue 29: key B's latency beside key A's queue, before and after the fair queue."""
+    for path, name in zip(TENANTS, ("fifo", "fair"), strict=True):
+        data, src = _json(root, path)
+        yield from _figures("Tenants: key B beside key A's queue (`python -m bench.tenants`)", [
+            (f"tenant_{name}_lone_s", f"{name}: B alone, s", num(data["b_lone_s"], 2), src),
+            (f"tenant_{name}_b_s", f"{name}: B beside A, s", num(data["b"]["latency_s"], 2), src),
+            (f"tenant_{name}_bound_s", f"{name}: bound (twice alone + one step), s",
+             num(data["bound_s"], 2), src),
+        ])
+
+
+def sampler(root: Path) -> Iterator[Figure]:
+    """The server's memory sampler (``scripts/probe_sampler_cost.py``)."""
+    data, src = _json(root, SAMPLER)
+    on, every = data["summary"]["on"], data["summary"]["every-sample"]
+    yield from _figures("What measuring costs: the server's memory sampler", [
+        ("sampler_cpu_pct", "defaults: the sampler thread's CPU, % of a core",
+         num(on["sampler_cpu_share"] * 100, 2) + "%", src),
+        ("sampler_vs_off", "defaults: tokens/s, sampler on / off",
+         num(on["throughput_vs_off"], 3), src),
+        ("sampler_every_cpu_pct", "smaps_rollup every sample (before): CPU, % of a core",
+         num(every["sampler_cpu_share"] * 100, 2) + "%", src),
+    ])
+
+
+def collect(root: Path = REPO) -> list[Figure]:
+    """Every headline figure, read from the committed runs under ``root``."""
+    return [*reference(root, "ref_u8", REF_U8, "Ours against llama.cpp's server: 8 users"),
+            *reference(root, "ref_u1", REF_U1, "Ours against llama.cpp's server: one user"),
+            *int8(root), *main_job(root), *tenants(root), *sampler(root)]
+
+
+def values(figures: list[Figure]) -> dict[str, str]:
+    """key -> the value as quoted."""
+    return {f.key: f.value for f in figures}
+
+
+def render(figures: list[Figure]) -> str:
+    """docs/figures.md: one table per section, then each source's CPU record."""
+    out = ["# Headline figures", "",
+           "Generated by `python -m bench figures` from the committed runs named in each row; "
+           "do not edit by hand. The docs quote a figure as `<!-- fig:KEY -->VALUE`, and "
+           "`tests/bench/test_figures.py` fails when a quote and this table differ. Ratios are "
+           "ours over llama.cpp's. Model: gpt2-large with synthetic weights; ours serves its "
+           "defaults except where a figure says int8.", ""]
+    sections = list(dict.fromkeys(f.section for f in figures))
+    for section in sections:
+        rows = [(f"`{f.key}`", f.what, f"`{f.source.path}`", f.source.cpu(), f.value)
+                for f in figures if f.section == section]
+        out += [f"## {section}", "",
+                table(["key", "figure", "source", "CPU", "value"], rows, left_columns=4), ""]
+    sources = sorted({f.source for f in figures}, key=lambda s: s.path)
+    out += ["## Sources: the host each was measured on (run.json `host`)", "",
+            table(["source", "CPU model", "ISA", "cores"],
+                  [(f"`{s.path}`", s.cpu_model, " ".join(s.isa), s.cores) for s in sources],
+                  left_columns=3), ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write docs/figures.md, or with --check say whether it is up to date."""
+    p = argparse.ArgumentParser(prog="python -m bench figures", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=FIGURES_MD, help="default: docs/figures.md")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when --out differs from the runs' figures")
+    args = p.parse_args(argv)
+    text = render(collect())
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date: run python -m bench figures")
+            return 1
+        return 0
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
