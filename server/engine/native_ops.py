@@ -50,6 +50,11 @@ class NativeError(RuntimeError):
     """A kernel returned an error code, or the library cannot be used."""
 
 
+class Declined(ValueError):
+    """Tensors of a layout the kernel does not take (``attention_declines``): the caller
+    attends them in torch instead."""
+
+
 # -- the library ---------------------------------------------------------------------------
 
 
@@ -314,7 +319,7 @@ def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     the positions of other tokens are left unwritten)."""
     problem = attention_declines(query, key, value)
     if problem is not None:
-        raise ValueError(f"attend_decode: the kernel does not take these tensors ({problem})")
+        raise Declined(f"attend_decode: the kernel does not take these tensors ({problem})")
     _, heads, tokens, dim = query.shape
     if (heads, dim) != (caches.heads, caches.dim):
         raise ValueError(f"cache geometry: the caches hold {caches.heads} heads of "

@@ -270,11 +270,13 @@ class NativeDecode:
                layer: int, scaling: float | None) -> bool:
         """Write the native rows' keys/values and attention output (into ``out``) for
         ``layer``; False when these tensors are outside what the kernel takes."""
-        if query.shape[2:3] != (self.packed,) or native_ops.attention_declines(query, key,
-                                                                               value):
+        if query.shape[2:3] != (self.packed,):
             return False
         scale = query.shape[3] ** -0.5 if scaling is None else scaling
-        self.out = native_ops.attend_decode(query, key, value, self.caches, layer, scale)
+        try:
+            self.out = native_ops.attend_decode(query, key, value, self.caches, layer, scale)
+        except native_ops.Declined:
+            return False
         return True
 
 
