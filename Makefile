@@ -4,12 +4,22 @@ PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
 .PHONY: venv model tiny test soak ci-slow lint serve loadtest loadtest-ui bench bench-reference \
-	llama-reference roofline scaleout
+	llama-reference roofline scaleout native native-sanitize
 
 venv:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q -e .   # the project's packages, importable from anywhere
+
+# Rebuild the native bf16 kernels in place after editing server/engine/native/*.c: what
+# `pip install -e .` does at install (setup.py; a stale build is reported, not used).
+native:
+	$(PY) -m pip install -q --no-deps -e .
+
+# The kernels' C tests under AddressSanitizer + UBSan (tests/native): compiled anywhere, the
+# plain-C checks run anywhere, the kernels where the CPU has AVX-512 BF16 (else: SKIP named).
+native-sanitize:
+	$(MAKE) -C tests/native run
 
 # Build the default heavy synthetic model (~3.1 GB, once) and the tiny test model.
 model:

@@ -26,10 +26,10 @@ from collections.abc import Callable
 
 import torch
 
-from server.engine import gpt2_forward
+from server.engine import gpt2_forward, native_ops
 from server.engine.decoding import GenerationRequest
 from server.engine.model import load_model
-from server.engine.native_gemm import NativeBF16Linear, library
+from server.engine.native_gemm import NativeBF16Linear
 from server.engine.row_cache import PackedStep, Segment
 from server.engine.step import Row, StepEngine
 
@@ -74,20 +74,18 @@ def variants(engine: StepEngine, rows: list[Row]) -> dict[str, Callable[[], obje
 
 
 def _attention(engine: StepEngine, rows: list[Row]) -> Callable[[], None]:
-    lib, native = library(), engine._native
+    """Every layer's decode attention alone (server.engine.native_ops.attend_decode), on the
+    packed q/k/v layout of GPT-2's c_attn output."""
+    native = engine._native
     width, heads = native.width, native.heads
     qkv = torch.randn(len(rows), 3 * width).to(torch.bfloat16)
-    out = torch.empty(len(rows), width, dtype=torch.bfloat16)
-    bytes_in = width * qkv.element_size()
+    q, k, v = (qkv[:, i * width:(i + 1) * width].view(len(rows), heads, width // heads)
+               .transpose(0, 1).unsqueeze(0) for i in range(3))
 
     def run() -> None:
         packed = PackedStep([Segment(row.cache, i, 1) for i, row in enumerate(rows)])
         for layer in range(engine.layers):
-            lib.attend_decode_bf16(qkv.data_ptr(), qkv.data_ptr() + bytes_in,
-                                   qkv.data_ptr() + 2 * bytes_in, 3 * width, width // heads,
-                                   *packed.native.arrays(), len(rows), layer, heads,
-                                   width // heads, native.scale, out.data_ptr(), width,
-                                   torch.get_num_threads())
+            native_ops.attend_decode(q, k, v, packed.native.caches, layer, native.scale)
     return run
 
 

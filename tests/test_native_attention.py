@@ -16,7 +16,7 @@ from server.engine import native_gemm
 from server.engine.row_cache import NativeDecode, PackedStep, RowCache, Segment, packed_attention
 
 needs_native = pytest.mark.skipif(not native_gemm.available(),
-                                  reason="no AVX-512 BF16 on this CPU, or no C compiler")
+                                  reason=f"not run here: {native_gemm.unavailable()}")
 
 HEADS, DIM, LAYERS = 4, 32, 2
 

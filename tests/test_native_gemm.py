@@ -5,7 +5,6 @@ timed candidate, and a model served by it generates from preloaded, forked Gunic
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.gunicorn_process import GunicornServer
-from server.engine import kernels, native_gemm
+from server.engine import kernels, native_gemm, native_ops
 from server.engine.decoding import GenerationRequest
 from server.engine.model import load_model, resolve_source
 from server.engine.quantize import conv1d_to_linear
@@ -23,7 +22,7 @@ from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR, server_env
 
 needs_native = pytest.mark.skipif(not native_gemm.available(),
-                                  reason="no AVX-512 BF16 on this CPU, or no C compiler")
+                                  reason=f"not run here: {native_gemm.unavailable()}")
 
 
 def _bf16_reference(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -92,19 +91,8 @@ def test_the_kernel_runs_on_torchs_openmp_runtime_and_thread_count() -> None:
         torch.set_num_threads(threads)
 
 
-@needs_native
-def test_the_build_is_cached_and_a_broken_compiler_is_reported(tmp_path: Path,
-                                                                monkeypatch) -> None:
-    built = native_gemm.build(tmp_path)
-    stamp = built.stat().st_mtime_ns
-    assert native_gemm.build(tmp_path) == built and built.stat().st_mtime_ns == stamp
-    monkeypatch.setenv("CC", "false")  # another compiler: another key, and it fails
-    with pytest.raises(subprocess.CalledProcessError):
-        native_gemm.build(tmp_path)
-
-
 def test_without_the_cpu_flag_the_candidate_is_absent(monkeypatch) -> None:
-    monkeypatch.setattr(native_gemm, "cpu_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(native_ops, "cpu_flags", lambda: {"avx2", "avx512f"})
     native_gemm.library.cache_clear()
     try:
         assert native_gemm.library() is None
@@ -184,14 +172,19 @@ def test_the_native_kernel_serves_from_preloaded_forked_workers(tiny_model: Path
 
 
 def test_every_native_source_ships_as_package_data() -> None:
-    """A non-editable install builds the kernels from the installed package: each source and
-    header the build reads must match pyproject's package-data globs."""
+    """An installed package checks its built library against the sources beside it
+    (native_ops.source_digest): each source and header must match pyproject's package-data
+    globs, and setup.py builds every .c of native/."""
     import fnmatch
     import tomllib
 
-    config = tomllib.loads((Path(native_gemm.__file__).parents[1] / "pyproject.toml").read_text())
-    globs = config["tool"]["setuptools"]["package-data"]["server"]
-    server_dir = Path(native_gemm.__file__).parent
-    for path in (*native_gemm.SOURCES, native_gemm.HEADER):
-        relative = path.relative_to(server_dir).as_posix()
+    root = Path(native_ops.__file__).parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["server.engine"]
+    sources = [*native_ops.NATIVE.glob("*.c"), *native_ops.NATIVE.glob("*.h")]
+    assert {p.name for p in sources} >= {"gemm_bf16.c", "attention_bf16.c", "gpt2_bf16.c",
+                                          "simd_bf16.h", "module.c"}
+    for path in sources:
+        relative = path.relative_to(native_ops.NATIVE.parent).as_posix()
         assert any(fnmatch.fnmatch(relative, glob) for glob in globs), relative
+    assert 'NATIVE.glob("*.c")' in (root / "setup.py").read_text()

@@ -19,7 +19,7 @@ from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.skipif(not native_gemm.available(),
-                                reason="no AVX-512 BF16 on this CPU, or no C compiler")
+                                reason=f"not run here: {native_gemm.unavailable()}")
 
 
 def _native_tiny() -> torch.nn.Module:

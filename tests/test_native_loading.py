@@ -1,128 +1,109 @@
-"""server.engine.native_gemm's loading, on any x86-64 (issue 29, part 6): a corrupt library in the
-native cache is rebuilt (or, if the rebuild fails too, dropped with a logged fallback), never
-a crash; a cache folder others could write to is not used; an explicit
-``DTYPE=bfloat16+native`` on a CPU without AVX-512 BF16 stops startup naming the feature.
-
-The library is really compiled and loaded here, through the same ``load`` the server calls;
-none of its functions is called, so no AVX-512 instruction runs on a CPU without it.
+"""server.engine.native_ops's library, on any x86-64: it is built when the package is
+installed (setup.py) and loads here, none of its kernels run; the entry points' own checks are
+plain C and run on any CPU; a missing or stale build is reported, and an explicit
+``DTYPE=bfloat16+native`` that cannot run here stops startup naming the missing CPU feature or
+the missing build.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-import os
-import shutil
-import stat
+import platform
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.gunicorn_process import GunicornServer
 from harness.waiting import wait_until
 from server.config import ConfigError
-from server.engine import native_gemm
+from server.engine import native_gemm, native_ops
 from server.engine.hardware import cpu_facts
 from server.engine.model import load_model
 from tests.conftest import MODELS_DIR, server_env
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
-                                reason="no C compiler")
-ELF = b"\x7fELF"
+x86 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                         reason="the native kernels are x86-64 only (setup.py skips them)")
+ALL_FLAGS = {"avx2", *native_ops.NEEDED_FLAGS}
 
 
-def _digest(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+@pytest.fixture
+def fresh_library():
+    """library() recomputed for the test, and again after it."""
+    native_ops.library.cache_clear()
+    yield
+    native_ops.library.cache_clear()
 
 
-def _corrupt(library: Path, how: str) -> None:
-    """Spoil the built library; with ``digest`` the recorded digest is made to match it."""
-    if how.startswith("truncated"):
-        library.write_bytes(library.read_bytes()[:4096])
-    else:
-        library.write_bytes(b"not a shared object\n" * 100)
-    if how.endswith("digest"):
-        _digest(library).write_text(f"{native_gemm._sha256(library)}  {library.name}\n")
+@x86
+def test_the_library_is_built_at_install_and_loads_on_any_x86_64() -> None:
+    """`pip install -e .` (make venv, .ci/run) built it from these very sources."""
+    path = native_ops.library_path()
+    assert path is not None, "not built: run `make native` (or `pip install -e .`)"
+    assert path.parent == native_ops.NATIVE.parent and path.read_bytes().startswith(b"\x7fELF")
+    lib = native_ops.load()  # runs no kernel: safe without AVX-512
+    assert lib.gll_source_digest().decode() == native_ops.source_digest()
 
 
-def _warnings(caplog) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+@x86
+def test_the_entry_points_check_their_sizes_in_plain_c() -> None:
+    """The C's own last line of checks (no AVX-512 instruction before it): bad sizes return
+    GLL_BAD_SHAPE (-1) on any CPU, and pack_vnni (plain C) packs here."""
+    lib = native_ops.load()
+    w = torch.arange(32 * 6, dtype=torch.int16).view(32, 6)
+    out = torch.empty_like(w)
+    assert lib.pack_vnni(w.data_ptr(), out.data_ptr(), 24, 6) == -1  # outputs % 16
+    assert lib.pack_vnni(w.data_ptr(), out.data_ptr(), 32, 5) == -1  # odd inputs
+    assert lib.pack_vnni(w.data_ptr(), out.data_ptr(), 32, 6) == 0
+    expected = w.view(2, 16, 3, 2).permute(0, 2, 1, 3).flatten()
+    assert torch.equal(out.flatten(), expected)
+    assert lib.gemm_bf16(w.data_ptr(), out.data_ptr(), None, out.data_ptr(), 1, 20, 6, 1) == -1
+    caps, lens = (ctypes.c_int64 * 1)(4), (ctypes.c_int64 * 1)(4)  # full: no room
+    stores, tokens = (ctypes.c_void_p * 1)(out.data_ptr()), (ctypes.c_int64 * 1)(0)
+    ptr = w.data_ptr()
+    assert lib.attend_decode_bf16(ptr, ptr, ptr, 48, 16, stores, caps, lens, tokens, 1, 0, 1,
+                                  16, 0.25, ptr, 16, 1) == -1
+    lens[0] = 3
+    assert lib.attend_decode_bf16(ptr, ptr, ptr, 48, 16, stores, caps, lens, tokens, 1, 0, 1,
+                                  24, 0.25, ptr, 16, 1) == -1  # dim % 16
+    assert lib.gpt2_decode(None, 1, None, ptr, 1, stores, caps, lens, tokens) == -1
 
 
-@pytest.mark.parametrize(("how", "says"), [
-    ("garbage", "does not match its recorded digest: rebuilding"),
-    ("garbage with a matching digest", "rebuilding once"),
-    # Caught by the digest only: dlopen of a truncated ELF touches pages past the end of
-    # the file and dies of SIGBUS, which no try can catch.
-    ("truncated", "does not match its recorded digest: rebuilding"),
-])
-def test_a_corrupt_library_in_the_cache_is_rebuilt(tmp_path: Path, caplog, how, says) -> None:
-    cache = tmp_path / "native"
-    built = native_gemm.build(cache)  # built, not loaded: a load would be cached by path
-    assert built.read_bytes().startswith(ELF) and native_gemm._unverified(built) is None
-    _corrupt(built, how)
-    with caplog.at_level(logging.WARNING, logger=native_gemm.__name__):
-        lib = native_gemm.load(cache)
-    assert lib is not None and lib.gemm_bf16 is not None  # loaded, functions declared
-    assert says in _warnings(caplog) and str(built) in _warnings(caplog)
-    assert built.read_bytes().startswith(ELF) and native_gemm._unverified(built) is None
+@x86
+def test_a_stale_build_is_reported_not_run(monkeypatch) -> None:
+    monkeypatch.setattr(native_ops, "source_digest", lambda: "0" * 64)
+    with pytest.raises(native_ops.NativeError, match="rebuild: `make native`"):
+        native_ops.load()
 
 
-def test_a_failed_rebuild_falls_back_with_a_log_line(tmp_path: Path, caplog,
-                                                     monkeypatch) -> None:
-    """The compiler breaks between the first build and the rebuild (same CC, same name)."""
-    compiler = tmp_path / "cc"
-    compiler.write_text(f"#!/bin/sh\nexec {shutil.which(os.environ.get('CC', 'cc'))} \"$@\"\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CC", str(compiler))
-    cache = tmp_path / "native"
-    built = native_gemm.build(cache)
-    _corrupt(built, "garbage with a matching digest")
-    compiler.write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
-    with caplog.at_level(logging.WARNING, logger=native_gemm.__name__):
-        assert native_gemm.load(cache) is None
-    said = _warnings(caplog)
-    assert "could not load" in said and "rebuilding once" in said
-    assert "could not build" in said and "cc: broken" in said
-    assert "not used (the other kernel paths serve)" in said
+def test_a_missing_build_is_logged_and_the_candidate_absent(monkeypatch, caplog,
+                                                            fresh_library) -> None:
+    monkeypatch.setattr(native_ops, "cpu_flags", lambda: ALL_FLAGS)
+    monkeypatch.setattr(native_ops, "library_path", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=native_ops.__name__):
+        assert native_gemm.library() is None and not native_gemm.available()
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the native kernels are not built" in said and "make native" in said
 
 
-def test_the_cache_folder_is_created_private(tmp_path: Path) -> None:
-    cache = tmp_path / "new" / "native"
-    assert native_gemm.load(cache) is not None
-    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
-    assert [p.suffix for p in sorted(cache.iterdir())] == [".so", ".sha256"]
-
-
-def _others_can_write(folder: Path) -> str:
-    folder.chmod(0o777)
-    return "is writable by others (mode 777): not used"
-
-
-def _another_owner(folder: Path) -> str:
-    if os.geteuid() != 0:
-        pytest.skip("giving a folder to another user needs root")
-    os.chown(folder, 65534, 65534)
-    return "belongs to uid 65534"
-
-
-@pytest.mark.parametrize("spoil", [_others_can_write, _another_owner],
-                         ids=["writable-by-others", "another-owner"])
-def test_a_cache_folder_not_ours_alone_is_not_used(tmp_path: Path, caplog, spoil) -> None:
-    cache = tmp_path / "shared"
-    cache.mkdir()
-    says = spoil(cache)
-    with caplog.at_level(logging.WARNING, logger=native_gemm.__name__):
-        lib = native_gemm.load(cache)
-    assert lib is not None  # built and loaded in a private temporary folder instead
-    assert says in _warnings(caplog) and list(cache.iterdir()) == []
-    private = Path(lib._name).parent
-    assert private != cache and not private.exists()  # removed once loaded
+def test_explicit_native_names_the_missing_build(tiny_model: Path, monkeypatch,
+                                                 fresh_library) -> None:
+    monkeypatch.setattr(native_ops, "cpu_flags", lambda: ALL_FLAGS)
+    monkeypatch.setattr(native_ops, "library_path", lambda: None)
+    with pytest.raises(ConfigError, match=r"DTYPE=bfloat16\+native: the native kernels are not "
+                                          r"built .*make native"):
+        load_model("synthetic:tiny", "bfloat16+native", MODELS_DIR)
 
 
 def test_explicit_native_names_the_missing_cpu_feature(tiny_model: Path, monkeypatch) -> None:
-    monkeypatch.setattr(native_gemm, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})
-    with pytest.raises(ConfigError, match="avx512vl, avx512_bf16") as raised:
-        load_model("synthetic:tiny", "bfloat16+native", MODELS_DIR)
+    monkeypatch.setattr(native_ops, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw"})
+    native_ops.library.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="avx512vl, avx512_bf16") as raised:
+            load_model("synthetic:tiny", "bfloat16+native", MODELS_DIR)
+    finally:
+        native_ops.library.cache_clear()
     assert cpu_facts()["cpu_model"] in str(raised.value)
 
 

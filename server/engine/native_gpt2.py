@@ -17,41 +17,21 @@ by bf16 rounding only.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import nn
 
-from server.engine import gpt2_forward
+from server.engine import gpt2_forward, native_ops
 from server.engine.native_gemm import NativeBF16Linear, library
+from server.engine.native_ops import Block, GPT2Scratch
 from server.engine.row_cache import PackedStep
-
-_WEIGHTS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
-            "ln2_w", "ln2_b", "fc_w", "fc_b", "out_w", "out_b")
-
-
-class Block(ctypes.Structure):
-    """gpt2_bf16.c's ``gpt2_block``: one layer's weights."""
-
-    _fields_ = [(name, ctypes.c_void_p) for name in _WEIGHTS]
-
-
-class Step(ctypes.Structure):
-    """gpt2_bf16.c's ``gpt2_step``: sizes, and the step's scratch buffers."""
-
-    _fields_ = [("width", ctypes.c_int), ("hidden", ctypes.c_int), ("heads", ctypes.c_int),
-                ("threads", ctypes.c_int), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
-                ("x", ctypes.c_void_p), ("qkv", ctypes.c_void_p), ("att", ctypes.c_void_p),
-                ("inner", ctypes.c_void_p), ("y", ctypes.c_void_p)]
 
 
 class NativeGPT2:
     """A native-packed GPT-2's layers as C calls (``build``; the step engine keeps one)."""
 
-    def __init__(self, model: nn.Module, lib: ctypes.CDLL) -> None:
+    def __init__(self, model: nn.Module) -> None:
         body = model.transformer
         first = body.h[0]
-        self._lib = lib
         self._model = model
         self._attn = [block.attn for block in body.h]
         self.width = first.attn.c_attn.in_features
@@ -59,7 +39,7 @@ class NativeGPT2:
         self.heads = first.attn.num_heads
         self.eps = float(first.ln_1.eps)
         self.scale = float(first.attn.scaling)
-        self.blocks = (Block * len(body.h))(*(_block(block) for block in body.h))
+        self.blocks = (Block * len(body.h))(*(self._block(block) for block in body.h))
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeGPT2 | None:
@@ -67,7 +47,7 @@ class NativeGPT2:
         packing), or None unless every layer is native-packed bf16 GPT-2 of sizes the C code
         takes."""
         lib = library()
-        return cls(model, lib) if lib is not None and _fits(model) else None
+        return cls(model) if lib is not None and _fits(model) else None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, step: PackedStep,
                 due: torch.Tensor) -> torch.Tensor:
@@ -75,41 +55,28 @@ class NativeGPT2:
         body = self._model.transformer
         hidden = (body.wte(ids) + body.wpe(positions)).contiguous()
         tokens = hidden.shape[0]
-        scratch, buffers = self._scratch(tokens)
+        scratch = GPT2Scratch(self.width, self.hidden, self.heads, self.eps, self.scale, tokens)
         native = step.native
-        if not (native is not None and len(native.indexes) == len(step.segments)
-                and self._lib.gpt2_decode(self.blocks, len(self.blocks), ctypes.byref(scratch),
-                                          hidden.data_ptr(), tokens, *native.arrays()) == 0):
-            self._layers(hidden, step, scratch, buffers)
+        if native is not None and len(native.indexes) == len(step.segments):
+            native_ops.gpt2_decode(self.blocks, scratch, hidden, native.caches)
+        else:
+            self._layers(hidden, step, scratch)
         return gpt2_forward.logits(self._model, hidden, due)
 
-    def _layers(self, hidden: torch.Tensor, step: PackedStep, scratch: Step,
-                buffers: dict[str, torch.Tensor]) -> None:
+    def _layers(self, hidden: torch.Tensor, step: PackedStep, scratch: GPT2Scratch) -> None:
         """Layer by layer: C before and after, the packed attention in between."""
-        tokens = hidden.shape[0]
         for layer, attn in enumerate(self._attn):
-            self._lib.gpt2_attn_in(ctypes.byref(self.blocks[layer]), ctypes.byref(scratch),
-                                   hidden.data_ptr(), tokens)
-            buffers["att"].copy_(gpt2_forward.attend(attn, buffers["qkv"], step, layer))
-            self._lib.gpt2_attn_out(ctypes.byref(self.blocks[layer]), ctypes.byref(scratch),
-                                    hidden.data_ptr(), tokens)
+            native_ops.gpt2_attn_in(self.blocks[layer], scratch, hidden)
+            scratch.buffers["att"].copy_(
+                gpt2_forward.attend(attn, scratch.buffers["qkv"], step, layer))
+            native_ops.gpt2_attn_out(self.blocks[layer], scratch, hidden)
 
-    def _scratch(self, tokens: int) -> tuple[Step, dict[str, torch.Tensor]]:
-        widths = {"x": self.width, "qkv": 3 * self.width, "att": self.width,
-                  "inner": self.hidden, "y": self.width}
-        buffers = {name: torch.empty(tokens, n, dtype=torch.bfloat16)
-                   for name, n in widths.items()}
-        scratch = Step(self.width, self.hidden, self.heads, torch.get_num_threads(), self.eps,
-                       self.scale, *(buffers[name].data_ptr() for name in widths))
-        return scratch, buffers
-
-
-def _block(block: nn.Module) -> Block:
-    tensors = (block.ln_1.weight, block.ln_1.bias, block.attn.c_attn.packed,
-               block.attn.c_attn.bias, block.attn.c_proj.packed, block.attn.c_proj.bias,
-               block.ln_2.weight, block.ln_2.bias, block.mlp.c_fc.packed, block.mlp.c_fc.bias,
-               block.mlp.c_proj.packed, block.mlp.c_proj.bias)
-    return Block(*(None if t is None else t.data_ptr() for t in tensors))
+    def _block(self, block: nn.Module) -> Block:
+        tensors = (block.ln_1.weight, block.ln_1.bias, block.attn.c_attn.packed,
+                   block.attn.c_attn.bias, block.attn.c_proj.packed, block.attn.c_proj.bias,
+                   block.ln_2.weight, block.ln_2.bias, block.mlp.c_fc.packed,
+                   block.mlp.c_fc.bias, block.mlp.c_proj.packed, block.mlp.c_proj.bias)
+        return native_ops.gpt2_block(self.width, self.hidden, tensors)
 
 
 def _fits(model: nn.Module) -> bool:

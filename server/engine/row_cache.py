@@ -32,7 +32,6 @@ chunks and every other cache go through torch's ``scaled_dot_product_attention``
 
 from __future__ import annotations
 
-import ctypes
 import math
 import mmap
 import threading
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional
 
-from server.engine import native_gemm
+from server.engine import native_gemm, native_ops
 
 ATTENTION_NAME = "gll_packed"
 KV_DTYPES = ("float16", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
@@ -246,15 +245,14 @@ class NativeDecode:
 
     ENABLED = True
 
-    def __init__(self, lib: object, segments: list[Segment], indexes: list[int]) -> None:
-        self._lib = lib
+    def __init__(self, segments: list[Segment], indexes: list[int]) -> None:
         self.indexes = frozenset(indexes)
         chosen = [segments[i] for i in indexes]
-        self._rows = len(chosen)
-        self._stores = (ctypes.c_void_p * self._rows)(*(s.cache.store.data_ptr() for s in chosen))
-        self._caps = (ctypes.c_int64 * self._rows)(*(s.cache.capacity for s in chosen))
-        self._lens = (ctypes.c_int64 * self._rows)(*(s.cache.length for s in chosen))
-        self._tokens = (ctypes.c_int64 * self._rows)(*(s.start for s in chosen))
+        # Checked once per step (server.engine.native_ops): every store's geometry, and each
+        # row's length below its capacity; a bad one raises here, before any C runs.
+        self.caches = native_ops.DecodeCaches([s.cache.store for s in chosen],
+                                              [s.cache.length for s in chosen],
+                                              [s.start for s in chosen])
         self.packed = sum(seg.count for seg in segments)
         self.out = torch.empty(0)
 
@@ -266,29 +264,20 @@ class NativeDecode:
         indexes = [i for i, seg in enumerate(segments) if seg.count == 1
                    and seg.cache.store is not None and seg.cache.store.dtype == torch.bfloat16]
         lib = native_gemm.library() if indexes else None
-        return cls(lib, segments, indexes) if lib is not None else None
-
-    def arrays(self) -> tuple[ctypes.Array, ...]:
-        """The native rows' caches for the C kernels: stores, capacities, lengths, and
-        their token indexes in the packed step."""
-        return self._stores, self._caps, self._lens, self._tokens
+        return cls(segments, indexes) if lib is not None else None
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                layer: int, scaling: float | None) -> bool:
         """Write the native rows' keys/values and attention output (into ``out``) for
         ``layer``; False when these tensors are outside what the kernel takes."""
-        _, heads, packed, dim = query.shape
-        strides = {query.stride(), key.stride(), value.stride()}
-        if (query.dtype != torch.bfloat16 or len(strides) != 1 or packed != self.packed
-                or query.stride(3) != 1 or key.shape != query.shape):
+        if query.shape[2:3] != (self.packed,):
             return False
-        self.out = torch.empty(1, packed, heads, dim, dtype=torch.bfloat16)
-        scale = dim ** -0.5 if scaling is None else scaling
-        status = self._lib.attend_decode_bf16(
-            query.data_ptr(), key.data_ptr(), value.data_ptr(), query.stride(2),
-            query.stride(1), self._stores, self._caps, self._lens, self._tokens, self._rows,
-            layer, heads, dim, scale, self.out.data_ptr(), heads * dim, torch.get_num_threads())
-        return status == 0
+        scale = query.shape[3] ** -0.5 if scaling is None else scaling
+        try:
+            self.out = native_ops.attend_decode(query, key, value, self.caches, layer, scale)
+        except native_ops.Declined:
+            return False
+        return True
 
 
 def attention_dtype(computed: torch.dtype) -> torch.dtype:

@@ -22,7 +22,7 @@
 #include "simd_bf16.h"
 
 /* One row and head: dim is a multiple of 16 and at most 256. */
-static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t *v_new,
+GLL_AVX512 static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t *v_new,
                        uint16_t *keys, uint16_t *values, int len, int dim, float scale,
                        float *scores, uint16_t *out) {
   int vecs = dim / 16;
@@ -68,29 +68,26 @@ static void attend_one(const uint16_t *q, const uint16_t *k_new, const uint16_t 
     store16(out + 16 * i, _mm512_mul_ps(acc[i], inv));
 }
 
-/* One layer, every decoding row.
- *   q, k, v: the new tokens' queries, keys, values (bf16); element (row r, head h, d) at
- *     [tokens[r] * token_stride + h * head_stride + d] of each.
- *   stores[r]: row r's cache (layout above), capacity caps[r]; lens[r] positions held before
- *     this token (it is written at lens[r]); layer: which layer's keys and values.
- *   out: [tokens[r] * out_stride + h * dim + d].
- * Returns 0, or -1 when a shape is outside what this kernel takes (nothing written then). */
-int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
-                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
-                       int layer, int heads, int dim, float scale, uint16_t *out,
-                       int64_t out_stride, int threads) {
-  if (dim % 16 || dim > 256 || rows <= 0) return -1;
-  for (int r = 0; r < rows; r++)
-    if (lens[r] < 0 || lens[r] >= caps[r]) return -1;
+GLL_AVX512 static int attend_run(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                 int64_t token_stride, int64_t head_stride,
+                                 uint16_t *const *stores, const int64_t *caps,
+                                 const int64_t *lens, const int64_t *tokens, int rows, int layer,
+                                 int heads, int dim, float scale, uint16_t *out,
+                                 int64_t out_stride, int threads) {
   int64_t longest = 0;
   for (int r = 0; r < rows; r++)
     if (lens[r] + 1 > longest) longest = lens[r] + 1;
+  int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
     float *scores = (float *)_mm_malloc(sizeof(float) * (longest + 16), 64);
+    if (!scores) {
+#pragma omp atomic write
+      failed = 1;
+    }
 #pragma omp for schedule(static)
     for (int task = 0; task < rows * heads; task++) {
+      if (!scores) continue; /* this thread's share is left undone: the call fails */
       int r = task / heads, h = task % heads;
       int64_t plane = caps[r] * dim;  /* one head's keys (or values) in one layer */
       uint16_t *keys = stores[r] + ((int64_t)layer * 2 * heads + h) * plane;
@@ -101,5 +98,43 @@ int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     }
     _mm_free(scores);
   }
-  return 0;
+  return failed ? GLL_NO_MEMORY : GLL_OK;
+}
+
+/* The geometry attend_decode_bf16 takes (plain C: runs on any x86-64). The caller (Python:
+ * server.engine.native_ops) checks the same and more before calling; this is the last line. */
+int attend_decode_check(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
+                        const int64_t *tokens, int rows, int layer, int heads, int dim,
+                        const uint16_t *out, int threads) {
+  if (!q || !k || !v || !stores || !caps || !lens || !tokens || !out) return GLL_BAD_SHAPE;
+  if (dim <= 0 || dim % 16 || dim > 256 || rows <= 0 || heads <= 0 || layer < 0 || threads <= 0)
+    return GLL_BAD_SHAPE;
+  for (int r = 0; r < rows; r++)
+    if (!stores[r] || lens[r] < 0 || lens[r] >= caps[r] || lens[r] >= INT32_MAX ||
+        tokens[r] < 0)
+      return GLL_BAD_SHAPE;
+  return GLL_OK;
+}
+
+/* One layer, every decoding row.
+ *   q, k, v: the new tokens' queries, keys, values (bf16); element (row r, head h, d) at
+ *     [tokens[r] * token_stride + h * head_stride + d] of each.
+ *   stores[r]: row r's cache (layout above), capacity caps[r]; lens[r] positions held before
+ *     this token (it is written at lens[r]); layer: which layer's keys and values.
+ *   out: [tokens[r] * out_stride + h * dim + d].
+ * Returns GLL_OK; GLL_BAD_SHAPE when a size is outside what this kernel takes (nothing written
+ * then); GLL_NO_MEMORY when a thread's scores could not be allocated (its rows not computed).
+ * What it cannot see (the stores' layer count and heads, the extent of q/k/v/out) the caller
+ * checks: server.engine.native_ops.attend_decode. */
+int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
+                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
+                       int layer, int heads, int dim, float scale, uint16_t *out,
+                       int64_t out_stride, int threads) {
+  int status = attend_decode_check(q, k, v, stores, caps, lens, tokens, rows, layer, heads, dim,
+                                   out, threads);
+  if (status != GLL_OK) return status;
+  return attend_run(q, k, v, token_stride, head_stride, stores, caps, lens, tokens, rows, layer,
+                    heads, dim, scale, out, out_stride, threads);
 }

@@ -14,12 +14,15 @@
  * loaded into a process where torch already loaded its own libgomp.so.1: the loader reuses
  * that library (same soname), so these loops share torch's thread pool and thread count.
  */
-#include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
 
-/* w: [N, K] row-major bf16 -> dst: [N/16][K/2][16][2]; N % 16 == 0, K % 2 == 0. */
-void pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K) {
+#include "simd_bf16.h"
+
+/* w: [N, K] row-major bf16 -> dst: [N/16][K/2][16][2]; N % 16 == 0, K % 2 == 0 (else
+ * GLL_BAD_SHAPE, nothing written). Plain C: runs on any x86-64. */
+int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K) {
+  if (!w || !dst || N <= 0 || K <= 0 || N % 16 || K % 2) return GLL_BAD_SHAPE;
   for (int b = 0; b < N / 16; b++)
     for (int p = 0; p < K / 2; p++)
       for (int j = 0; j < 16; j++) {
@@ -28,15 +31,16 @@ void pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K) {
         d[0] = s[0];
         d[1] = s[1];
       }
+  return GLL_OK;
 }
 
-static inline __m512i pair(const uint16_t *x) {
+GLL_AVX512 static inline __m512i pair(const uint16_t *x) {
   int32_t v;
   memcpy(&v, x, 4);
   return _mm512_set1_epi32(v);
 }
 
-static inline void finish(__m512 acc, const uint16_t *bias, uint16_t *out) {
+GLL_AVX512 static inline void finish(__m512 acc, const uint16_t *bias, uint16_t *out) {
   if (bias) {
     __m512i b = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)bias)), 16);
     acc = _mm512_add_ps(acc, _mm512_castsi512_ps(b));
@@ -45,7 +49,7 @@ static inline void finish(__m512 acc, const uint16_t *bias, uint16_t *out) {
 }
 
 #define TILE(MR, NB)                                                                      \
-  static void tile_##MR##_##NB(const uint16_t *x, int K, const uint16_t *w,               \
+  GLL_AVX512 static void tile_##MR##_##NB(const uint16_t *x, int K, const uint16_t *w,               \
                                const uint16_t *bias, uint16_t *out, int N) {              \
     __m512 acc[MR][NB];                                                                   \
     for (int i = 0; i < MR; i++)                                                          \
@@ -79,10 +83,8 @@ static const tile_fn ONE[9] = {0, tile_1_1, tile_2_1, tile_3_1, tile_4_1,
                                tile_5_1, tile_6_1, tile_7_1, tile_8_1};
 #define GROUP 8 /* 16-output blocks per parallel task */
 
-/* x: [M, K] bf16, w: packed [N/16][K/2][16][2], bias: [N] or NULL, out: [M, N], on
-   ``threads`` threads (torch's count: the calling thread's OpenMP default may differ). */
-void gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out,
-               int M, int N, int K, int threads) {
+GLL_AVX512 static void gemm_run(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
+                                uint16_t *out, int M, int N, int K, int threads) {
   const int blocks = N / 16, tasks = (blocks + GROUP - 1) / GROUP;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int t = 0; t < tasks; t++) {
@@ -98,4 +100,15 @@ void gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint1
         ONE[mr](xs, K, w + (size_t)b * K * 16, bias ? bias + 16 * b : 0, os + 16 * b, N);
     }
   }
+}
+
+/* x: [M, K] bf16, w: packed [N/16][K/2][16][2], bias: [N] or NULL, out: [M, N], on
+   ``threads`` threads (torch's count: the calling thread's OpenMP default may differ).
+   GLL_BAD_SHAPE (nothing written) unless M, N, K, threads > 0, N % 16 == 0, K % 2 == 0. */
+int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
+              int N, int K, int threads) {
+  if (!x || !w || !out || M <= 0 || N <= 0 || K <= 0 || threads <= 0 || N % 16 || K % 2)
+    return GLL_BAD_SHAPE;
+  gemm_run(x, w, bias, out, M, N, K, threads);
+  return GLL_OK;
 }

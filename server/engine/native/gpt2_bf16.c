@@ -15,13 +15,17 @@
 
 #include "simd_bf16.h"
 
-void gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
-               int N, int K, int threads);
+int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
+              int N, int K, int threads);
 int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                        int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
                        const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
                        int layer, int heads, int dim, float scale, uint16_t *out,
                        int64_t out_stride, int threads);
+int attend_decode_check(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
+                        const int64_t *tokens, int rows, int layer, int heads, int dim,
+                        const uint16_t *out, int threads);
 
 /* One block's weights: layer norms (weight, bias), then each linear's packed weight and bias
  * (gemm_bf16's layout; bias may be NULL). */
@@ -39,7 +43,7 @@ typedef struct {
 } gpt2_step;
 
 /* out = layer_norm(x) * w + b per row; width % 16 == 0. */
-static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *out,
+GLL_AVX512 static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *out,
                        int rows, int width, float eps) {
   for (int r = 0; r < rows; r++) {
     const uint16_t *xr = x + (int64_t)r * width;
@@ -61,7 +65,7 @@ static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, 
 
 /* GPT-2's gelu_new in place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), n % 16 == 0;
  * tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|). */
-static void gelu_tanh(uint16_t *x, int64_t n) {
+GLL_AVX512 static void gelu_tanh(uint16_t *x, int64_t n) {
   const __m512 k0 = _mm512_set1_ps(0.7978845608028654f), k1 = _mm512_set1_ps(0.044715f);
   const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
   for (int64_t i = 0; i < n; i += 16) {
@@ -77,44 +81,78 @@ static void gelu_tanh(uint16_t *x, int64_t n) {
 }
 
 /* h += y, rounded to bf16; n % 16 == 0. */
-static void add_into(uint16_t *h, const uint16_t *y, int64_t n) {
+GLL_AVX512 static void add_into(uint16_t *h, const uint16_t *y, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) store16(h + i, _mm512_add_ps(widen16(h + i), widen16(y + i)));
 }
 
-/* Before the attention: x = ln_1(h), qkv = x W_attn + b. */
-void gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows) {
-  layer_norm(h, b->ln1_w, b->ln1_b, s->x, rows, s->width, s->eps);
-  gemm_bf16(s->x, b->attn_w, b->attn_b, s->qkv, rows, 3 * s->width, s->width, s->threads);
+/* The sizes every entry point below takes (plain C: runs on any x86-64); the caller
+ * (server.engine.native_ops) checks these and the buffers' shapes before calling. */
+static int step_check(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows) {
+  if (!b || !s || !h || rows <= 0 || s->width <= 0 || s->hidden <= 0 || s->heads <= 0 ||
+      s->threads <= 0 || s->width % 16 || s->hidden % 16 || s->width % s->heads)
+    return GLL_BAD_SHAPE;
+  if (!s->x || !s->qkv || !s->att || !s->inner || !s->y) return GLL_BAD_SHAPE;
+  return GLL_OK;
 }
 
-/* After the attention (s->att): h += att W_proj + b; h += mlp(ln_2(h)). */
-void gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows) {
+GLL_AVX512 static int attn_in_run(const gpt2_block *b, const gpt2_step *s, const uint16_t *h,
+                                  int rows) {
+  layer_norm(h, b->ln1_w, b->ln1_b, s->x, rows, s->width, s->eps);
+  return gemm_bf16(s->x, b->attn_w, b->attn_b, s->qkv, rows, 3 * s->width, s->width, s->threads);
+}
+
+GLL_AVX512 static int attn_out_run(const gpt2_block *b, const gpt2_step *s, uint16_t *h,
+                                   int rows) {
   int64_t cells = (int64_t)rows * s->width;
-  gemm_bf16(s->att, b->proj_w, b->proj_b, s->y, rows, s->width, s->width, s->threads);
+  int status = gemm_bf16(s->att, b->proj_w, b->proj_b, s->y, rows, s->width, s->width,
+                         s->threads);
+  if (status != GLL_OK) return status;
   add_into(h, s->y, cells);
   layer_norm(h, b->ln2_w, b->ln2_b, s->x, rows, s->width, s->eps);
-  gemm_bf16(s->x, b->fc_w, b->fc_b, s->inner, rows, s->hidden, s->width, s->threads);
+  status = gemm_bf16(s->x, b->fc_w, b->fc_b, s->inner, rows, s->hidden, s->width, s->threads);
+  if (status != GLL_OK) return status;
   gelu_tanh(s->inner, (int64_t)rows * s->hidden);
-  gemm_bf16(s->inner, b->out_w, b->out_b, s->y, rows, s->width, s->hidden, s->threads);
+  status = gemm_bf16(s->inner, b->out_w, b->out_b, s->y, rows, s->width, s->hidden, s->threads);
+  if (status != GLL_OK) return status;
   add_into(h, s->y, cells);
+  return GLL_OK;
+}
+
+/* Before the attention: x = ln_1(h), qkv = x W_attn + b. GLL_OK or GLL_BAD_SHAPE. */
+int gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows) {
+  int status = step_check(b, s, h, rows);
+  return status != GLL_OK ? status : attn_in_run(b, s, h, rows);
+}
+
+/* After the attention (s->att): h += att W_proj + b; h += mlp(ln_2(h)). GLL_OK or
+ * GLL_BAD_SHAPE. */
+int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows) {
+  int status = step_check(b, s, h, rows);
+  return status != GLL_OK ? status : attn_out_run(b, s, h, rows);
 }
 
 /* Every layer of a step in which each of the rows decodes one token (row r is token r; its
- * cache as attend_decode_bf16 takes it). Returns 0, or -1 if the attention declined a shape
- * (nothing is written then: it checks before the first layer). */
+ * cache as attend_decode_bf16 takes it). Returns GLL_OK; GLL_BAD_SHAPE if a size is outside
+ * what the kernels take (checked before the first layer: nothing written then); or the first
+ * failing kernel's code (GLL_NO_MEMORY from the attention: h is then partly computed and the
+ * step must fail). */
 int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
                 uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
                 const int64_t *tokens) {
+  int status = step_check(blocks, s, h, rows);
+  if (status != GLL_OK || layers <= 0) return GLL_BAD_SHAPE;
   int dim = s->width / s->heads;
-  if (dim % 16 || dim > 256) return -1;
-  for (int r = 0; r < rows; r++)
-    if (lens[r] < 0 || lens[r] >= caps[r]) return -1;
+  status = attend_decode_check(s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, stores, caps,
+                               lens, tokens, rows, layers - 1, s->heads, dim, s->att, s->threads);
+  if (status != GLL_OK) return status;
   for (int l = 0; l < layers; l++) {
-    gpt2_attn_in(&blocks[l], s, h, rows);
-    attend_decode_bf16(s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, 3 * s->width, dim,
-                       stores, caps, lens, tokens, rows, l, s->heads, dim, s->scale, s->att,
-                       s->width, s->threads);
-    gpt2_attn_out(&blocks[l], s, h, rows);
+    status = attn_in_run(&blocks[l], s, h, rows);
+    if (status == GLL_OK)
+      status = attend_decode_bf16(s->qkv, s->qkv + s->width, s->qkv + 2 * s->width,
+                                  3 * s->width, dim, stores, caps, lens, tokens, rows, l,
+                                  s->heads, dim, s->scale, s->att, s->width, s->threads);
+    if (status == GLL_OK) status = attn_out_run(&blocks[l], s, h, rows);
+    if (status != GLL_OK) return status;
   }
-  return 0;
+  return GLL_OK;
 }

@@ -1,25 +1,37 @@
-/* Helpers shared by the native kernels (attention_bf16.c, gpt2_bf16.c): bf16 <-> fp32 with
- * AVX-512, and a vector e^x for the softmax and the tanh of GELU. */
+/* Helpers shared by the native kernels (gemm_bf16.c, attention_bf16.c, gpt2_bf16.c): the
+ * target attribute of every AVX-512 function, bf16 <-> fp32 with AVX-512, and a vector e^x for
+ * the softmax and the tanh of GELU. */
 #ifndef GLL_SIMD_BF16_H
 #define GLL_SIMD_BF16_H
 
 #include <immintrin.h>
 #include <stdint.h>
 
+/* The instructions a kernel may use, per function rather than as global -m flags: the library
+ * compiles with plain `cc -O3` on any x86-64, and a function without this attribute (the
+ * entry points' argument checks, pack_vnni) runs on any x86-64 too. Python calls a kernel only
+ * where the CPU has all of these (server.engine.native_ops.missing_flags). */
+#define GLL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+/* Return codes of the entry points (server.engine.native_ops raises on any but GLL_OK). */
+#define GLL_OK 0
+#define GLL_BAD_SHAPE -1 /* a size or geometry outside what the kernel takes: nothing written */
+#define GLL_NO_MEMORY -2 /* a scratch allocation failed */
+
 /* 16 bf16 values widened exactly to fp32. */
-static inline __m512 widen16(const uint16_t *p) {
+GLL_AVX512 static inline __m512 widen16(const uint16_t *p) {
   __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
 /* 16 fp32 values rounded (to nearest even) to bf16. */
-static inline void store16(uint16_t *p, __m512 v) {
+GLL_AVX512 static inline void store16(uint16_t *p, __m512 v) {
   _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
 }
 
 /* e^x for x <= 0: 2^n * 2^f, f in [-0.5, 0.5], 2^f by its degree-6 Taylor polynomial
  * (relative error ~1e-7). */
-static inline __m512 exp_nonpos(__m512 x) {
+GLL_AVX512 static inline __m512 exp_nonpos(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
   __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
   __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

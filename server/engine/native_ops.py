@@ -1,0 +1,433 @@
+"""The project's native bf16 kernels (``native/*.c``) as checked operations.
+
+The library is compiled when the package is installed (``setup.py``: ``pip install -e .`` in
+``make venv`` and .ci/run; ``make native`` rebuilds it after the C changes) into
+``server/engine/_native_bf16.<abi>.so``, beside these sources, and loaded here with ctypes by
+its path (ctypes calls release the GIL). Nothing is compiled at run time. Its AVX-512
+functions carry their own target attributes, so it builds and loads on any x86-64; a kernel is
+called only where the CPU has every feature in ``NEEDED_FLAGS`` (``library`` is None
+elsewhere, and an explicit ``DTYPE=bfloat16+native`` stops startup naming what is missing:
+``require``).
+
+Every operation checks what the C cannot: dtype (bf16), device (CPU), contiguity or strides,
+shapes against each other, and the cache geometry (layers, heads, head dim, each row's
+capacity and length), raising ValueError before the library is even looked up (so the checks
+work, and are tested, on CPUs without AVX-512). The C entry points check their sizes once more
+in plain C and return a code; a code other than 0 raises NativeError here. Pointers need no
+alignment beyond the element's (2 bytes for bf16, which every tensor has): the kernels use
+unaligned loads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.util
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from server.config import ConfigError
+from server.engine.hardware import cpu_facts, cpu_flags
+
+log = logging.getLogger(__name__)
+
+NATIVE = Path(__file__).with_name("native")
+MODULE = "server.engine._native_bf16"  # what setup.py builds
+NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+BLOCK = 16  # outputs per packed weight block (one vector of fp32 lanes)
+MAX_HEAD_DIM = 256  # the attention keeps a query in 16 vectors
+_INT_MAX = 2**31 - 1
+_CODES = {-1: "a size outside what the kernel takes (nothing written)",
+          -2: "a scratch allocation failed"}
+
+
+class NativeError(RuntimeError):
+    """A kernel returned an error code, or the library cannot be used."""
+
+
+class Declined(ValueError):
+    """Tensors of a layout the kernel does not take (``attention_declines``): the caller
+    attends them in torch instead."""
+
+
+# -- the library ---------------------------------------------------------------------------
+
+
+def missing_flags() -> list[str]:
+    """The CPU features the native kernels need that this CPU lacks."""
+    flags = cpu_flags()
+    return [flag for flag in NEEDED_FLAGS if flag not in flags]
+
+
+def library_path() -> Path | None:
+    """The built library (found like an extension module, never imported), or None."""
+    spec = importlib.util.find_spec(MODULE)
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def source_digest() -> str:
+    """SHA-256 of native/*.c and *.h in name order (setup.py builds it into the library)."""
+    digest = hashlib.sha256()
+    for path in sorted([*NATIVE.glob("*.c"), *NATIVE.glob("*.h")], key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def load() -> ctypes.CDLL:
+    """The installed library, loaded and its functions declared, on any x86-64 (runs none of
+    its kernels); NativeError saying what to do if it is not built, does not load, or was built
+    from other sources than those beside it (an editable install whose C changed)."""
+    path = library_path()
+    if path is None:
+        raise NativeError(f"the native kernels are not built ({MODULE}: `pip install -e .` or "
+                          "`make native` builds them; needs a C compiler)")
+    try:
+        lib = ctypes.CDLL(str(path))
+        _declare(lib)
+    except (OSError, AttributeError) as exc:
+        raise NativeError(f"the native kernels at {path} do not load: {exc}") from exc
+    built = lib.gll_source_digest().decode()
+    if built != source_digest():
+        raise NativeError(f"the native kernels at {path} were built from other sources than "
+                          f"those in {NATIVE} (rebuild: `make native`)")
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.gll_source_digest.argtypes, lib.gll_source_digest.restype = [], ctypes.c_char_p
+    lib.pack_vnni.argtypes = [ptr, ptr, i32, i32]
+    lib.gemm_bf16.argtypes = [ptr] * 4 + [i32] * 4
+    lib.attend_decode_bf16.argtypes = (
+        [ptr] * 3 + [i64] * 2 + [ptr] * 4 + [i32] * 4 + [ctypes.c_float, ptr, i64, i32])
+    lib.gpt2_attn_in.argtypes = [ptr, ptr, ptr, i32]
+    lib.gpt2_attn_out.argtypes = [ptr, ptr, ptr, i32]
+    lib.gpt2_decode.argtypes = [ptr, i32, ptr, ptr, i32] + [ptr] * 4
+    for name in ("pack_vnni", "gemm_bf16", "attend_decode_bf16", "gpt2_attn_in",
+                 "gpt2_attn_out", "gpt2_decode"):
+        getattr(lib, name).restype = i32
+
+
+_problem: str | None = None  # why library() is None (set by it)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (logged) where this CPU or this install cannot run them."""
+    global _problem
+    missing = missing_flags()
+    if missing:
+        _problem = (f"needs the CPU feature(s) {', '.join(missing)}, which this CPU "
+                    f"({cpu_facts()['cpu_model']}) lacks")
+        log.info("native bf16 kernels not used: %s", _problem)
+        return None
+    torch.get_num_threads()  # torch (and its libgomp) loaded first: the kernels share it
+    try:
+        lib = load()
+    except NativeError as exc:
+        _problem = str(exc)
+        log.warning("native bf16 kernels not used (the other kernel paths serve): %s", _problem)
+        return None
+    _problem = None
+    return lib
+
+
+def unavailable() -> str | None:
+    """Why the native kernels do not run here (None: they do); for errors and skip reasons."""
+    library()
+    return _problem
+
+
+def available() -> bool:
+    """True where the native kernels run here."""
+    return library() is not None
+
+
+def require() -> None:
+    """Raise ConfigError (naming the missing CPU features and this CPU, or the missing build)
+    unless the native kernels run here: for an explicit ``DTYPE=bfloat16+native``."""
+    problem = unavailable()
+    if problem is not None:
+        said = problem if problem.startswith("needs") else f": {problem}"
+        raise ConfigError(f"DTYPE=bfloat16+native{' ' * said.startswith('needs')}{said}; use "
+                          "DTYPE=bfloat16 or auto")
+
+
+def _lib() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise NativeError(f"native bf16 kernels: {unavailable()}")
+    return lib
+
+
+def _call(name: str, *args: object) -> None:
+    code = getattr(_lib(), name)(*args)
+    if code != 0:
+        raise NativeError(f"native {name} failed ({code}): {_CODES.get(code, 'unknown code')}")
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def _bf16(name: str, tensor: object, shape: tuple[int, ...] | None = None,
+          contiguous: bool = True) -> torch.Tensor:
+    """``tensor`` if it is a CPU bf16 tensor (of ``shape``, contiguous), else ValueError."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name}: expected a tensor, got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{name}: on {tensor.device}, the native kernels take CPU tensors")
+    if tensor.dtype != torch.bfloat16:
+        raise ValueError(f"{name}: dtype {tensor.dtype}, the native kernels take bfloat16")
+    if shape is not None and tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+    if contiguous and not tensor.is_contiguous():
+        raise ValueError(f"{name}: not contiguous (strides {tensor.stride()})")
+    return tensor
+
+
+def _size(name: str, value: int, multiple: int = 1, most: int = _INT_MAX) -> int:
+    if not 0 < value <= most or value % multiple:
+        rule = f"a positive multiple of {multiple}" if multiple > 1 else "positive"
+        raise ValueError(f"{name} = {value}: must be {rule} and at most {most}")
+    return value
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+# -- GEMM ----------------------------------------------------------------------------------
+
+
+def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [N, K] (bf16, contiguous; N % 16 == 0, K even) packed into the GEMM's layout
+    [N/16][K/2][16][2], returned with the shape [N, K]."""
+    _bf16("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight: {weight.dim()}-D, expected [outputs, inputs]")
+    rows, cols = weight.shape
+    _size("weight outputs", rows, BLOCK)
+    _size("weight inputs", cols, 2)
+    packed = torch.empty_like(weight)
+    _call("pack_vnni", weight.data_ptr(), packed.data_ptr(), rows, cols)
+    return packed
+
+
+def gemm(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] @ weight.T + bias in bf16 (summed in fp32): ``packed`` [N, K] from
+    ``pack_vnni``, ``bias`` [N] or None; [M, N]."""
+    _bf16("packed weight", packed)
+    if packed.dim() != 2:
+        raise ValueError(f"packed weight: {packed.dim()}-D, expected [outputs, inputs]")
+    outputs, inputs = packed.shape
+    _size("packed weight outputs", outputs, BLOCK)
+    _size("packed weight inputs", inputs, 2)
+    _bf16("x", x)
+    if x.dim() != 2 or x.shape[1] != inputs:
+        raise ValueError(f"x: shape {tuple(x.shape)}, expected [rows, {inputs}]")
+    if bias is not None:
+        _bf16("bias", bias, (outputs,))
+    out = torch.empty(x.shape[0], outputs, dtype=torch.bfloat16)
+    if x.shape[0] == 0:
+        return out
+    _size("rows", x.shape[0])
+    _call("gemm_bf16", x.data_ptr(), packed.data_ptr(),
+          None if bias is None else bias.data_ptr(), out.data_ptr(), x.shape[0], outputs, inputs,
+          _threads())
+    return out
+
+
+# -- decode attention over bf16 caches -----------------------------------------------------
+
+
+class DecodeCaches:
+    """The caches of the rows one step decodes in C, checked once for the step (every layer's
+    call reuses them): each a bf16 row store [layers, 2, 1, heads, capacity, dim]
+    (server.engine.row_cache.RowCache.store; keys then values of each layer), all of one
+    layer count, heads and head dim; ``lens[r]`` positions held, and ``new`` tokens to come,
+    so ``0 <= lens[r]`` and ``lens[r] + new <= capacity``; ``tokens[r]`` the row's (distinct)
+    index in the step's packed tokens. Holds the stores, so their memory lives while the C
+    may write it."""
+
+    def __init__(self, stores: Sequence[torch.Tensor], lens: Sequence[int],
+                 tokens: Sequence[int], new: int = 1) -> None:
+        if not stores or not len(stores) == len(lens) == len(tokens):
+            raise ValueError(f"cache geometry: {len(stores)} stores, {len(lens)} lengths, "
+                             f"{len(tokens)} token indexes (one of each per row, at least one)")
+        if new != 1:
+            raise ValueError("cache geometry: the decode kernel writes one new token per row")
+        first = stores[0]
+        if not isinstance(first, torch.Tensor) or first.dim() != 6:
+            raise ValueError("cache geometry: a store is [layers, 2, 1, heads, capacity, dim]")
+        self.layers, _, _, self.heads, _, self.dim = first.shape
+        for r, (store, held) in enumerate(zip(stores, lens, strict=True)):
+            _bf16(f"row {r}'s cache store", store)
+            if store.dim() != 6:
+                raise ValueError(f"cache geometry: row {r}'s store is {store.dim()}-D")
+            layers, pair, one, heads, capacity, dim = store.shape
+            if pair != 2 or one != 1 or (layers, heads, dim) != (self.layers, self.heads,
+                                                                  self.dim):
+                raise ValueError(
+                    f"cache geometry: row {r}'s store is {tuple(store.shape)}, expected "
+                    f"({self.layers}, 2, 1, {self.heads}, capacity, {self.dim})")
+            if held < 0 or held + new > capacity:
+                raise ValueError(f"cache geometry: row {r} holds {held} of {capacity} positions"
+                                 f" and {new} more do not fit (need 0 <= length < capacity)")
+        if min(tokens) < 0 or len(set(tokens)) != len(tokens):
+            raise ValueError(f"cache geometry: token indexes {list(tokens)} must be distinct "
+                             "and non-negative")
+        _size("cache layers", self.layers)
+        _size("heads", self.heads)
+        _size("head dim", self.dim, BLOCK, MAX_HEAD_DIM)
+        self.stores = tuple(stores)
+        self.rows = len(stores)
+        self.last_token = max(tokens)
+        rows = self.rows
+        self.arrays = ((ctypes.c_void_p * rows)(*(s.data_ptr() for s in stores)),
+                       (ctypes.c_int64 * rows)(*(s.shape[4] for s in stores)),
+                       (ctypes.c_int64 * rows)(*lens), (ctypes.c_int64 * rows)(*tokens))
+
+
+def attention_declines(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> str | None:
+    """Why the kernel does not take these queries/keys/values [1, heads, tokens, dim] (the
+    caller then attends in torch), or None: bf16 views sharing one stride pattern (the packed
+    q/k/v projection's), unit stride in dim, dim a multiple of 16 up to 256."""
+    tensors = (query, key, value)
+    if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
+        return "not bf16 CPU tensors"
+    if (query.dim() != 4 or query.shape[0] != 1 or key.shape != query.shape
+            or value.shape != query.shape):
+        return f"shapes {[tuple(t.shape) for t in tensors]}"
+    if len({t.stride() for t in tensors}) != 1 or query.stride(3) != 1:
+        return f"strides {[t.stride() for t in tensors]}"
+    dim = query.shape[3]
+    if dim % BLOCK or dim > MAX_HEAD_DIM:
+        return f"head dim {dim}"
+    return None
+
+
+def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  caches: DecodeCaches, layer: int, scale: float) -> torch.Tensor:
+    """One layer's attention for the decoding rows of ``caches``: writes each row's new key
+    and value (``key``/``value`` [1, heads, tokens, dim] at its token) at its length in its
+    store, attends its query over its cache, and returns [1, tokens, heads, dim] (bf16;
+    the positions of other tokens are left unwritten)."""
+    problem = attention_declines(query, key, value)
+    if problem is not None:
+        raise Declined(f"attend_decode: the kernel does not take these tensors ({problem})")
+    _, heads, tokens, dim = query.shape
+    if (heads, dim) != (caches.heads, caches.dim):
+        raise ValueError(f"cache geometry: the caches hold {caches.heads} heads of "
+                         f"{caches.dim}, the queries {heads} of {dim}")
+    if not 0 <= layer < caches.layers:
+        raise ValueError(f"cache geometry: layer {layer} of caches holding {caches.layers}")
+    if caches.last_token >= tokens:
+        raise ValueError(f"cache geometry: token index {caches.last_token} of {tokens} tokens")
+    if not math.isfinite(scale):
+        raise ValueError(f"attend_decode: scale {scale}")
+    out = torch.empty(1, tokens, heads, dim, dtype=torch.bfloat16)
+    _call("attend_decode_bf16", query.data_ptr(), key.data_ptr(), value.data_ptr(),
+          query.stride(2), query.stride(1), *caches.arrays, caches.rows, layer, heads, dim,
+          scale, out.data_ptr(), heads * dim, _threads())
+    return out
+
+
+# -- GPT-2's layers ------------------------------------------------------------------------
+
+_WEIGHTS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
+            "ln2_w", "ln2_b", "fc_w", "fc_b", "out_w", "out_b")
+
+
+class Block(ctypes.Structure):
+    """gpt2_bf16.c's ``gpt2_block``: one layer's weights (built by ``gpt2_block``)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in _WEIGHTS]
+
+
+class Step(ctypes.Structure):
+    """gpt2_bf16.c's ``gpt2_step``: sizes, and the step's scratch buffers."""
+
+    _fields_ = [("width", ctypes.c_int), ("hidden", ctypes.c_int), ("heads", ctypes.c_int),
+                ("threads", ctypes.c_int), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                ("x", ctypes.c_void_p), ("qkv", ctypes.c_void_p), ("att", ctypes.c_void_p),
+                ("inner", ctypes.c_void_p), ("y", ctypes.c_void_p)]
+
+
+def gpt2_block(width: int, hidden: int, tensors: Sequence[torch.Tensor | None]) -> Block:
+    """One layer's weights, in ``_WEIGHTS`` order, checked against the sizes: norms [width]
+    (weight and bias required), linears packed [outputs, inputs] with biases [outputs] or
+    None. The caller keeps the tensors alive (the model's own parameters)."""
+    _size("width", width, BLOCK)
+    _size("hidden", hidden, BLOCK)
+    shapes = {"ln1_w": (width,), "ln1_b": (width,), "attn_w": (3 * width, width),
+              "attn_b": (3 * width,), "proj_w": (width, width), "proj_b": (width,),
+              "ln2_w": (width,), "ln2_b": (width,), "fc_w": (hidden, width),
+              "fc_b": (hidden,), "out_w": (width, hidden), "out_b": (width,)}
+    if len(tensors) != len(_WEIGHTS):
+        raise ValueError(f"gpt2_block: {len(tensors)} tensors, expected {len(_WEIGHTS)}")
+    for name, tensor in zip(_WEIGHTS, tensors, strict=True):
+        if tensor is None and name.endswith("_b") and not name.startswith("ln"):
+            continue
+        _bf16(name, tensor, shapes[name])
+    return Block(*(None if t is None else t.data_ptr() for t in tensors))
+
+
+class GPT2Scratch:
+    """The sizes and scratch buffers of one step of ``tokens`` rows (gpt2_bf16.c's
+    ``gpt2_step``): ``buffers`` x, qkv, att, inner, y of [tokens, n] bf16."""
+
+    def __init__(self, width: int, hidden: int, heads: int, eps: float, scale: float,
+                 tokens: int) -> None:
+        _size("width", width, BLOCK)
+        _size("hidden", hidden, BLOCK)
+        _size("heads", heads)
+        if width % heads:
+            raise ValueError(f"width {width} is not a whole number of {heads} heads")
+        _size("head dim", width // heads, BLOCK, MAX_HEAD_DIM)
+        _size("tokens", tokens)
+        self.width, self.hidden, self.heads, self.tokens = width, hidden, heads, tokens
+        widths = {"x": width, "qkv": 3 * width, "att": width, "inner": hidden, "y": width}
+        self.buffers = {name: torch.empty(tokens, n, dtype=torch.bfloat16)
+                        for name, n in widths.items()}
+        self.step = Step(width, hidden, heads, _threads(), eps, scale,
+                         *(self.buffers[name].data_ptr() for name in widths))
+
+    def _hidden(self, hidden: torch.Tensor) -> None:
+        _bf16("hidden states", hidden, (self.tokens, self.width))
+
+
+def gpt2_attn_in(block: Block, scratch: GPT2Scratch, hidden: torch.Tensor) -> None:
+    """scratch x = ln_1(hidden), qkv = x W_attn + b (one layer, every token)."""
+    scratch._hidden(hidden)
+    _call("gpt2_attn_in", ctypes.byref(block), ctypes.byref(scratch.step), hidden.data_ptr(),
+          scratch.tokens)
+
+
+def gpt2_attn_out(block: Block, scratch: GPT2Scratch, hidden: torch.Tensor) -> None:
+    """hidden += att W_proj + b; hidden += mlp(ln_2(hidden)), from scratch att."""
+    scratch._hidden(hidden)
+    _call("gpt2_attn_out", ctypes.byref(block), ctypes.byref(scratch.step), hidden.data_ptr(),
+          scratch.tokens)
+
+
+def gpt2_decode(blocks: ctypes.Array, scratch: GPT2Scratch, hidden: torch.Tensor,
+                caches: DecodeCaches) -> None:
+    """Every layer of a step in which each row decodes one token (token r is a row of
+    ``caches``), ``hidden`` [tokens, width] updated in place."""
+    scratch._hidden(hidden)
+    if caches.rows != scratch.tokens or caches.last_token >= scratch.tokens:
+        raise ValueError(f"cache geometry: {caches.rows} cached rows (last token "
+                         f"{caches.last_token}) for a step of {scratch.tokens} tokens")
+    if (caches.heads, caches.dim) != (scratch.heads, scratch.width // scratch.heads):
+        raise ValueError(f"cache geometry: the caches hold {caches.heads} heads of "
+                         f"{caches.dim}, the model {scratch.heads} of "
+                         f"{scratch.width // scratch.heads}")
+    if not 0 < len(blocks) <= caches.layers:
+        raise ValueError(f"cache geometry: {len(blocks)} layers, caches of {caches.layers}")
+    _call("gpt2_decode", blocks, len(blocks), ctypes.byref(scratch.step), hidden.data_ptr(),
+          scratch.tokens, *caches.arrays)

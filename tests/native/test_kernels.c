@@ -1,0 +1,299 @@
+/* C-level tests of the native kernels (the .c files of server/engine/native), built and run under
+ * AddressSanitizer and UBSan by tests/native/Makefile (`make native-sanitize`; CI through
+ * tests/test_native_sanitize.py).
+ *
+ * Every buffer is allocated at its exact size, so a read or write one element past any edge is
+ * a sanitizer error. Part 1 runs on any x86-64: the entry points' own checks reject bad sizes
+ * and geometry (they run no AVX-512 instruction). Part 2 runs where the CPU has AVX-512 BF16:
+ * pack + GEMM against a double-precision reference of the bf16 operands, the decode attention
+ * against a scalar softmax over the cache (new key/value written, nothing else), and
+ * gpt2_decode against its layers called one by one (bit for bit), at odd shapes: rows 1, 3, 7,
+ * 9, 13; widths 2, 34, 66, 98 (not multiples of 32); 3 heads. Elsewhere it exits 77 (skipped)
+ * naming the missing CPU features. The Python tests (tests/test_native_ops.py) compare the
+ * same kernels with torch's float math.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+  const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
+} gpt2_block;
+
+typedef struct {
+  int width, hidden, heads, threads;
+  float eps, scale;
+  uint16_t *x, *qkv, *att, *inner, *y;
+} gpt2_step;
+
+int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K);
+int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
+              int N, int K, int threads);
+int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
+                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
+                       int layer, int heads, int dim, float scale, uint16_t *out,
+                       int64_t out_stride, int threads);
+int gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows);
+int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows);
+int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
+                uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
+                const int64_t *tokens);
+
+static int failures = 0;
+#define CHECK(cond, ...)                                   \
+  do {                                                     \
+    if (!(cond)) {                                         \
+      failures++;                                          \
+      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      fprintf(stderr, __VA_ARGS__);                        \
+      fprintf(stderr, "\n");                               \
+    }                                                      \
+  } while (0)
+
+static float from_bf16(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static uint16_t to_bf16(float f) { /* round to nearest even (finite values) */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+static uint32_t seed = 12345;
+static float uniform(void) { /* [-1, 1) */
+  seed = seed * 1664525u + 1013904223u;
+  return (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static uint16_t *random_bf16(size_t n, float scale) {
+  uint16_t *p = malloc(n * sizeof *p);
+  if (!p) abort();
+  for (size_t i = 0; i < n; i++) p[i] = to_bf16(uniform() * scale);
+  return p;
+}
+
+static int close_to(float got, double want) {
+  return fabs(got - want) <= 2e-2 + 1.6e-2 * fabs(want);
+}
+
+/* Part 1: any x86-64. */
+static void test_checks(void) {
+  uint16_t *w = random_bf16(32 * 6, 1), *dst = random_bf16(32 * 6, 1);
+  CHECK(pack_vnni(w, dst, 24, 6) == -1, "pack_vnni took 24 outputs");
+  CHECK(pack_vnni(w, dst, 32, 5) == -1, "pack_vnni took 5 inputs");
+  CHECK(pack_vnni(w, dst, 32, 6) == 0, "pack_vnni refused 32 x 6");
+  CHECK(dst[2] == w[6] && dst[3] == w[7] && dst[32] == w[2],
+        "pack_vnni layout [N/16][K/2][16][2]");
+  CHECK(gemm_bf16(w, dst, NULL, dst, 1, 20, 6, 1) == -1, "gemm took 20 outputs");
+  CHECK(gemm_bf16(w, dst, NULL, dst, 0, 16, 6, 1) == -1, "gemm took 0 rows");
+  CHECK(gemm_bf16(w, dst, NULL, dst, 1, 16, 6, 0) == -1, "gemm took 0 threads");
+  int64_t caps[2] = {4, 8}, lens[2] = {3, 8}, tokens[2] = {0, 1};
+  uint16_t *stores[2] = {w, dst};
+  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, 0, 1, 16, 0.25f, dst,
+                           16, 1) == -1, "attention took a full cache (lens == caps)");
+  lens[1] = 2;
+  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, 0, 1, 24, 0.25f, dst,
+                           16, 1) == -1, "attention took head dim 24");
+  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, -1, 1, 16, 0.25f,
+                           dst, 16, 1) == -1, "attention took layer -1");
+  tokens[1] = -1;
+  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, 0, 1, 16, 0.25f, dst,
+                           16, 1) == -1, "attention took token -1");
+  gpt2_step s = {48, 80, 5, 1, 1e-5f, 0.25f, w, w, w, w, w};
+  gpt2_block b = {0};
+  CHECK(gpt2_attn_in(&b, &s, w, 1) == -1, "gpt2 took 48 wide in 5 heads");
+  CHECK(gpt2_decode(&b, 0, &s, w, 1, stores, caps, lens, tokens) == -1, "gpt2 took 0 layers");
+  free(w);
+  free(dst);
+}
+
+/* Part 2: AVX-512 BF16. */
+static void test_gemm(int M, int K, int N, int with_bias) {
+  uint16_t *x = random_bf16((size_t)M * K, 1), *w = random_bf16((size_t)N * K, 1);
+  uint16_t *bias = with_bias ? random_bf16(N, 1) : NULL;
+  uint16_t *packed = malloc((size_t)N * K * 2), *out = malloc((size_t)M * N * 2);
+  CHECK(pack_vnni(w, packed, N, K) == 0, "pack %d x %d", N, K);
+  CHECK(gemm_bf16(x, packed, bias, out, M, N, K, 2) == 0, "gemm %d x %d x %d", M, K, N);
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double want = bias ? from_bf16(bias[n]) : 0;
+      for (int k = 0; k < K; k++)
+        want += (double)from_bf16(x[(size_t)m * K + k]) * from_bf16(w[(size_t)n * K + k]);
+      float got = from_bf16(out[(size_t)m * N + n]);
+      if (!close_to(got, want)) {
+        CHECK(0, "gemm %dx%dx%d bias %d: out[%d,%d] = %g, expected %g", M, K, N, with_bias, m, n,
+              got, want);
+        m = M;
+        break;
+      }
+    }
+  free(x), free(w), free(bias), free(packed), free(out);
+}
+
+static void test_attention(int dim) {
+  enum { ROWS = 3, HEADS = 3, LAYERS = 2, TOKENS = 4, LAYER = 1 };
+  const int64_t caps[ROWS] = {1, 9, 21}, lens[ROWS] = {0, 5, 20}, tokens[ROWS] = {2, 0, 1};
+  const int64_t width = HEADS * dim, token_stride = 3 * width;
+  uint16_t *qkv = random_bf16(TOKENS * 3 * width, 1), *stores[ROWS], *before[ROWS];
+  for (int r = 0; r < ROWS; r++) {
+    size_t cells = (size_t)LAYERS * 2 * HEADS * caps[r] * dim;
+    stores[r] = random_bf16(cells, 1);
+    before[r] = malloc(cells * 2);
+    memcpy(before[r], stores[r], cells * 2);
+  }
+  uint16_t *out = malloc(TOKENS * width * 2);
+  float scale = 1.0f / sqrtf((float)dim);
+  CHECK(attend_decode_bf16(qkv, qkv + width, qkv + 2 * width, token_stride, dim, stores, caps,
+                           lens, tokens, ROWS, LAYER, HEADS, dim, scale, out, width, 2) == 0,
+        "attention dim %d", dim);
+  double *p = malloc(sizeof(double) * 21);
+  for (int r = 0; r < ROWS; r++) {
+    int64_t plane = caps[r] * dim, n = lens[r] + 1;
+    for (int h = 0; h < HEADS; h++) {
+      const uint16_t *q = qkv + tokens[r] * token_stride + h * dim;
+      const uint16_t *kn = q + width, *vn = q + 2 * width;
+      uint16_t *keys = stores[r] + ((int64_t)LAYER * 2 * HEADS + h) * plane;
+      uint16_t *values = keys + HEADS * plane;
+      CHECK(!memcmp(keys + lens[r] * dim, kn, dim * 2) &&
+                !memcmp(values + lens[r] * dim, vn, dim * 2),
+            "dim %d row %d head %d: new key/value not written", dim, r, h);
+      double top = -INFINITY, total = 0;
+      for (int64_t t = 0; t < n; t++) {
+        double s = 0;
+        for (int d = 0; d < dim; d++) s += (double)from_bf16(q[d]) * from_bf16(keys[t * dim + d]);
+        p[t] = s * scale;
+        if (p[t] > top) top = p[t];
+      }
+      for (int64_t t = 0; t < n; t++) total += p[t] = exp(p[t] - top);
+      for (int d = 0; d < dim; d++) {
+        double want = 0;
+        for (int64_t t = 0; t < n; t++) want += p[t] * from_bf16(values[t * dim + d]);
+        want /= total;
+        float got = from_bf16(out[tokens[r] * width + h * dim + d]);
+        if (!close_to(got, want)) {
+          CHECK(0, "attention dim %d row %d head %d: out[%d] = %g, expected %g", dim, r, h, d,
+                got, want);
+          break;
+        }
+      }
+    }
+    /* Nothing else of the store changed: restore the written slots and compare. */
+    for (int h = 0; h < 2 * HEADS; h++) {
+      size_t at = (((size_t)LAYER * 2 * HEADS + h) * caps[r] + lens[r]) * dim;
+      memcpy(stores[r] + at, before[r] + at, dim * 2);
+    }
+    CHECK(!memcmp(stores[r], before[r], (size_t)LAYERS * 2 * HEADS * caps[r] * dim * 2),
+          "dim %d row %d: the attention wrote outside the new position", dim, r);
+  }
+  free(p), free(qkv), free(out);
+  for (int r = 0; r < ROWS; r++) free(stores[r]), free(before[r]);
+}
+
+typedef struct {
+  uint16_t *w[12];
+} weights;
+
+static gpt2_block make_block(weights *ws, int width, int hidden) {
+  const int outs[12] = {width, width, 3 * width, 3 * width, width, width,
+                        width, width, hidden, hidden, width, width};
+  const int ins[12] = {1, 1, width, 1, width, 1, 1, 1, width, 1, hidden, 1};
+  for (int i = 0; i < 12; i++) {
+    uint16_t *raw = random_bf16((size_t)outs[i] * ins[i], ins[i] > 1 ? 0.3f : 1.0f);
+    if (ins[i] > 1) {
+      ws->w[i] = malloc((size_t)outs[i] * ins[i] * 2);
+      CHECK(pack_vnni(raw, ws->w[i], outs[i], ins[i]) == 0, "pack weight %d", i);
+      free(raw);
+    } else {
+      ws->w[i] = raw;
+    }
+  }
+  gpt2_block b = {ws->w[0], ws->w[1], ws->w[2], ws->w[3], ws->w[4],  ws->w[5],
+                  ws->w[6], ws->w[7], ws->w[8], ws->w[9], ws->w[10], ws->w[11]};
+  return b;
+}
+
+static gpt2_step make_step(int width, int hidden, int heads, int rows) {
+  gpt2_step s = {width, hidden, heads, 2, 1e-5f, 1.0f / sqrtf((float)(width / heads)),
+                 malloc((size_t)rows * width * 2), malloc((size_t)rows * 3 * width * 2),
+                 malloc((size_t)rows * width * 2), malloc((size_t)rows * hidden * 2),
+                 malloc((size_t)rows * width * 2)};
+  return s;
+}
+
+static void free_step(gpt2_step *s) { free(s->x), free(s->qkv), free(s->att), free(s->inner), free(s->y); }
+
+static void test_gpt2_decode(int rows) {
+  enum { WIDTH = 48, HIDDEN = 80, HEADS = 3, LAYERS = 2, DIM = WIDTH / HEADS };
+  weights ws[LAYERS];
+  gpt2_block blocks[LAYERS];
+  for (int l = 0; l < LAYERS; l++) blocks[l] = make_block(&ws[l], WIDTH, HIDDEN);
+  int64_t caps[7], lens[7], tokens[7];
+  uint16_t *stores[7], *copies[7];
+  for (int r = 0; r < rows; r++) {
+    caps[r] = 1 + 5 * r, lens[r] = 5 * r, tokens[r] = r;
+    size_t cells = (size_t)LAYERS * 2 * HEADS * caps[r] * DIM;
+    stores[r] = random_bf16(cells, 1);
+    copies[r] = malloc(cells * 2);
+    memcpy(copies[r], stores[r], cells * 2);
+  }
+  uint16_t *h = random_bf16((size_t)rows * WIDTH, 1), *h2 = malloc((size_t)rows * WIDTH * 2);
+  memcpy(h2, h, (size_t)rows * WIDTH * 2);
+  gpt2_step s = make_step(WIDTH, HIDDEN, HEADS, rows);
+  CHECK(gpt2_decode(blocks, LAYERS, &s, h, rows, stores, caps, lens, tokens) == 0,
+        "gpt2_decode %d rows", rows);
+  for (int l = 0; l < LAYERS; l++) {
+    CHECK(gpt2_attn_in(&blocks[l], &s, h2, rows) == 0, "attn_in layer %d", l);
+    CHECK(attend_decode_bf16(s.qkv, s.qkv + WIDTH, s.qkv + 2 * WIDTH, 3 * WIDTH, DIM, copies,
+                             caps, lens, tokens, rows, l, HEADS, DIM, s.scale, s.att, WIDTH,
+                             2) == 0, "attention layer %d", l);
+    CHECK(gpt2_attn_out(&blocks[l], &s, h2, rows) == 0, "attn_out layer %d", l);
+  }
+  CHECK(!memcmp(h, h2, (size_t)rows * WIDTH * 2), "gpt2_decode %d rows != its layers", rows);
+  for (int r = 0; r < rows; r++) {
+    CHECK(!memcmp(stores[r], copies[r], (size_t)LAYERS * 2 * HEADS * caps[r] * DIM * 2),
+          "gpt2_decode row %d's cache != its layers'", r);
+    free(stores[r]), free(copies[r]);
+  }
+  for (int l = 0; l < LAYERS; l++)
+    for (int i = 0; i < 12; i++) free(ws[l].w[i]);
+  free(h), free(h2);
+  free_step(&s);
+}
+
+int main(void) {
+  test_checks();
+  printf("checks: %s\n", failures ? "FAILED" : "ok");
+  __builtin_cpu_init();
+  const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
+  const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
+                     __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};
+  int missing = 0;
+  for (int i = 0; i < 4; i++)
+    if (!has[i]) printf("%s%s", missing++ ? ", " : "SKIP kernels: this CPU lacks ", needed[i]);
+  if (missing) {
+    printf("\n");
+    return failures ? 1 : 77;
+  }
+  const int ms[] = {1, 3, 7, 9, 13}, ks[] = {2, 34, 98, 66}, ns[] = {16, 48, 80, 144};
+  for (int i = 0; i < 5; i++)
+    for (int j = 0; j < 4; j++) {
+      test_gemm(ms[i], ks[j], ns[j], 1);
+      test_gemm(ms[i], ks[j], ns[j], 0);
+    }
+  test_attention(16);
+  test_attention(48);
+  test_attention(80);
+  test_gpt2_decode(1);
+  test_gpt2_decode(3);
+  test_gpt2_decode(7);
+  printf("kernels: %s\n", failures ? "FAILED" : "ok");
+  return failures ? 1 : 0;
+}

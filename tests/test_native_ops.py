@@ -1,0 +1,261 @@
+"""server.engine.native_ops: every operation checks its tensors and the cache geometry before
+any C runs (these tests run on any CPU: the library is never reached), and, where the CPU has
+AVX-512 BF16, each kernel computes torch's float math on bf16 operands at odd shapes (rows 1,
+3, 7; widths not a multiple of 32; 3 heads), within bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional
+
+from server.engine import native_ops
+from server.engine.native_ops import DecodeCaches, GPT2Scratch
+
+BF16 = torch.bfloat16
+runs_here = pytest.mark.skipif(not native_ops.available(),
+                               reason=f"native kernels do not run here: {native_ops.unavailable()}")
+
+
+@pytest.fixture
+def no_library(monkeypatch):
+    """Fail the test if an operation reaches the library: its checks must come first."""
+    def reached() -> None:
+        raise AssertionError("the library was reached before the checks failed")
+    monkeypatch.setattr(native_ops, "_lib", reached)
+
+
+def _store(layers: int = 2, heads: int = 3, capacity: int = 9, dim: int = 16,
+           dtype: torch.dtype = BF16) -> torch.Tensor:
+    """A row cache's store, as server.engine.row_cache.RowCache allocates it."""
+    return torch.randn(layers, 2, 1, heads, capacity, dim).to(dtype)
+
+
+def _qkv(tokens: int, heads: int = 3, dim: int = 16) -> tuple[torch.Tensor, ...]:
+    """q, k, v [1, heads, tokens, dim] as views of one packed projection (GPT-2's c_attn)."""
+    qkv = torch.randn(1, tokens, 3 * heads * dim).to(BF16)
+    return tuple(t.view(1, tokens, heads, dim).transpose(1, 2)
+                 for t in qkv.split(heads * dim, dim=2))
+
+
+# -- checks: raise before the library (any CPU) -------------------------------------------
+
+
+@pytest.mark.parametrize(("stores", "lens", "says"), [
+    ([_store(capacity=9)], [9], "holds 9 of 9 positions"),      # lens == caps: no room
+    ([_store(capacity=9)], [12], "holds 12 of 9 positions"),    # past the end
+    ([_store(capacity=9)], [-1], "holds -1 of 9"),
+    ([_store(), _store(heads=4)], [0, 0], r"expected \(2, 2, 1, 3, capacity, 16\)"),
+    ([_store(), _store(layers=1)], [0, 0], "expected"),
+    ([_store(), _store(dim=32)], [0, 0], "expected"),
+    ([_store(dtype=torch.float16)], [0], "dtype torch.float16"),
+    ([_store()[:, :, :, :, :4]], [0], "not contiguous"),
+    ([torch.zeros(2, 2, 3, 9, 16, dtype=BF16)], [0], "store is"),
+    ([_store(dim=24)], [0], "head dim = 24"),
+    ([_store(dim=272)], [0], "head dim = 272"),
+], ids=["full", "past-end", "negative", "heads", "layers", "dim", "dtype", "strided", "5-d",
+        "dim-24", "dim-272"])
+def test_an_out_of_bounds_cache_geometry_raises(no_library, stores, lens, says) -> None:
+    with pytest.raises(ValueError, match=says):
+        DecodeCaches(stores, lens, list(range(len(stores))))
+
+
+def test_token_indexes_must_be_distinct_and_one_per_row(no_library) -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        DecodeCaches([_store(), _store()], [1, 2], [0, 0])
+    with pytest.raises(ValueError, match="one of each per row"):
+        DecodeCaches([_store(), _store()], [1], [0, 1])
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"layer": 2}, "layer 2 of caches holding 2"),
+    ({"layer": -1}, "layer -1"),
+    ({"heads": 4}, "the caches hold 3 heads of 16, the queries 4 of 16"),
+    ({"dim": 32}, "the queries 3 of 32"),
+    ({"tokens": 2}, "token index 2 of 2 tokens"),
+    ({"dtype": torch.float32}, "does not take these tensors"),
+    ({"scale": float("nan")}, "scale nan"),
+])
+def test_attention_checks_its_tensors_against_the_caches(no_library, change, says) -> None:
+    caches = DecodeCaches([_store(), _store(), _store()], [0, 4, 8], [0, 1, 2])
+    q, k, v = _qkv(change.get("tokens", 3), change.get("heads", 3), change.get("dim", 16))
+    if "dtype" in change:
+        q, k, v = (t.to(change["dtype"]) for t in (q, k, v))
+    with pytest.raises(ValueError, match=says):
+        native_ops.attend_decode(q, k, v, caches, change.get("layer", 0),
+                                 change.get("scale", 0.25))
+
+
+def test_attention_declines_what_the_kernel_does_not_take() -> None:
+    q, k, v = _qkv(3)
+    assert native_ops.attention_declines(q, k, v) is None
+    assert "strides" in native_ops.attention_declines(q.contiguous(), k, v)
+    assert "shapes" in native_ops.attention_declines(q, k[:, :2], v)
+    assert "head dim 24" in native_ops.attention_declines(*_qkv(3, dim=24))
+
+
+@pytest.mark.parametrize(("call", "says"), [
+    (lambda: native_ops.pack_vnni(torch.zeros(24, 8, dtype=BF16)), "outputs = 24"),
+    (lambda: native_ops.pack_vnni(torch.zeros(16, 7, dtype=BF16)), "inputs = 7"),
+    (lambda: native_ops.pack_vnni(torch.zeros(16, 8)), "dtype torch.float32"),
+    (lambda: native_ops.gemm(torch.zeros(3, 10, dtype=BF16), torch.zeros(16, 8, dtype=BF16),
+                             None), r"x: shape \(3, 10\), expected \[rows, 8\]"),
+    (lambda: native_ops.gemm(torch.zeros(8, 3, dtype=BF16).T, torch.zeros(16, 8, dtype=BF16),
+                             None), "x: not contiguous"),
+    (lambda: native_ops.gemm(torch.zeros(3, 8, dtype=BF16), torch.zeros(16, 8, dtype=BF16),
+                             torch.zeros(15, dtype=BF16)), r"bias: shape \(15,\)"),
+    (lambda: native_ops.gemm(torch.zeros(3, 8, dtype=BF16), torch.zeros(20, 8, dtype=BF16),
+                             None), "outputs = 20"),
+], ids=["outputs", "inputs", "dtype", "widths", "strided", "bias", "unpacked"])
+def test_gemm_checks_dtype_shape_and_contiguity(no_library, call, says) -> None:
+    with pytest.raises(ValueError, match=says):
+        call()
+
+
+def _gpt2_weights(width: int, hidden: int) -> list[torch.Tensor]:
+    shapes = [(width,), (width,), (3 * width, width), (3 * width,), (width, width), (width,),
+              (width,), (width,), (hidden, width), (hidden,), (width, hidden), (width,)]
+    return [(torch.randn(*shape) * (0.2 if len(shape) == 2 else 1)).to(BF16)
+            for shape in shapes]
+
+
+def test_gpt2_operations_check_weights_scratch_and_geometry(no_library) -> None:
+    weights = _gpt2_weights(48, 80)
+    with pytest.raises(ValueError, match=r"fc_w: shape \(80, 48\), expected \(96, 48\)"):
+        native_ops.gpt2_block(48, 96, weights)
+    with pytest.raises(ValueError, match="ln1_b: expected a tensor"):
+        native_ops.gpt2_block(48, 80, [weights[0], None, *weights[2:]])
+    with pytest.raises(ValueError, match="not a whole number of 5 heads"):
+        GPT2Scratch(48, 80, 5, 1e-5, 0.25, 3)
+    with pytest.raises(ValueError, match="head dim = 8"):
+        GPT2Scratch(48, 80, 6, 1e-5, 0.25, 3)
+    block = native_ops.gpt2_block(48, 80, weights)
+    scratch = GPT2Scratch(48, 80, 3, 1e-5, 0.25, 3)
+    with pytest.raises(ValueError, match=r"hidden states: shape \(2, 48\)"):
+        native_ops.gpt2_attn_in(block, scratch, torch.zeros(2, 48, dtype=BF16))
+    blocks = (native_ops.Block * 2)(block, block)
+    hidden = torch.zeros(3, 48, dtype=BF16)
+    for caches, says in [
+        (DecodeCaches([_store(), _store()], [0, 0], [0, 1]), "2 cached rows"),
+        (DecodeCaches([_store(heads=4)] * 3, [0, 0, 0], [0, 1, 2]), "the caches hold 4 heads"),
+        (DecodeCaches([_store(layers=1)] * 3, [0, 0, 0], [0, 1, 2]), "2 layers, caches of 1"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            native_ops.gpt2_decode(blocks, scratch, hidden, caches)
+
+
+def test_without_the_library_an_operation_names_why(monkeypatch) -> None:
+    monkeypatch.setattr(native_ops, "cpu_flags", lambda: {"avx2", "avx512f"})
+    native_ops.library.cache_clear()
+    try:
+        with pytest.raises(native_ops.NativeError, match="avx512bw, avx512vl, avx512_bf16"):
+            native_ops.gemm(torch.zeros(3, 8, dtype=BF16), torch.zeros(16, 8, dtype=BF16), None)
+    finally:
+        native_ops.library.cache_clear()
+
+
+# -- the kernels against torch (where the CPU has AVX-512 BF16) ----------------------------
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal within bf16 rounding of the result (and of the fp32 sums' order)."""
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=1.6e-2, atol=2e-2)
+
+
+@runs_here
+@pytest.mark.parametrize("rows", [1, 3, 7, 9])
+@pytest.mark.parametrize(("inputs", "outputs"), [(2, 16), (34, 48), (98, 80), (66, 144)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gemm_is_the_bf16_product(rows: int, inputs: int, outputs: int, bias: bool) -> None:
+    torch.manual_seed(rows * 1000 + inputs + outputs)
+    x = torch.randn(rows, inputs).to(BF16)
+    weight = (torch.randn(outputs, inputs) / inputs ** 0.5).to(BF16)
+    b = torch.randn(outputs).to(BF16) if bias else None
+    out = native_ops.gemm(x, native_ops.pack_vnni(weight), b)
+    expected = x.float() @ weight.float().T + (0 if b is None else b.float())
+    assert out.shape == (rows, outputs) and out.dtype == BF16
+    _close(out, expected)
+
+
+@runs_here
+@pytest.mark.parametrize("dim", [16, 48, 80])
+def test_decode_attention_is_torchs_over_the_cache_with_the_new_token(dim: int) -> None:
+    torch.manual_seed(dim)
+    heads, layers, lens, caps = 3, 2, [0, 5, 20], [1, 9, 21]  # row 2 fills its last slot
+    stores = [_store(layers, heads, cap, dim) for cap in caps]
+    before = [s.clone() for s in stores]
+    q, k, v = _qkv(4, heads, dim)  # token 3 is a prompt token: left unwritten
+    caches = DecodeCaches(stores, lens, [2, 0, 1])
+    out = native_ops.attend_decode(q, k, v, caches, 1, dim ** -0.5)
+    for store, old, held, token in zip(stores, before, lens, [2, 0, 1], strict=True):
+        expected_store = old.clone()
+        expected_store[1, 0, 0, :, held] = k[0, :, token]
+        expected_store[1, 1, 0, :, held] = v[0, :, token]
+        assert torch.equal(store, expected_store)  # the new key/value, and nothing else
+        keys = store[1, 0, :, :, :held + 1].float()
+        values = store[1, 1, :, :, :held + 1].float()
+        ref = functional.scaled_dot_product_attention(
+            q[:, :, token:token + 1].float(), keys, values, scale=dim ** -0.5)
+        _close(out[0, token], ref[0, :, 0])
+
+
+def _gpt2_reference(weights: list[torch.Tensor], h: torch.Tensor, att: torch.Tensor,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(qkv of ln_1(h), h after the attention output and the MLP), torch's bf16 rounding
+    at the same points as gpt2_bf16.c."""
+    ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b = (
+        w.float() for w in weights)
+    def norm(x, w, b):
+        return functional.layer_norm(x.float(), (x.shape[1],), w, b, eps).to(BF16).float()
+    qkv = norm(h, ln1_w, ln1_b) @ attn_w.T + attn_b
+    h = (h.float() + (att.float() @ proj_w.T + proj_b).to(BF16).float()).to(BF16)
+    inner = (norm(h, ln2_w, ln2_b) @ fc_w.T + fc_b).to(BF16).float()
+    inner = functional.gelu(inner, approximate="tanh").to(BF16).float()
+    h = (h.float() + (inner @ out_w.T + out_b).to(BF16).float()).to(BF16)
+    return qkv, h
+
+
+@runs_here
+@pytest.mark.parametrize("tokens", [1, 3, 7])
+def test_gpt2_layer_is_torchs_layer_norm_gemm_and_gelu(tokens: int) -> None:
+    torch.manual_seed(tokens)
+    width, hidden, heads, eps = 48, 80, 3, 1e-5
+    weights = _gpt2_weights(width, hidden)
+    packed = [native_ops.pack_vnni(w) if w.dim() == 2 else w for w in weights]
+    block = native_ops.gpt2_block(width, hidden, packed)
+    scratch = GPT2Scratch(width, hidden, heads, eps, 0.25, tokens)
+    h = torch.randn(tokens, width).to(BF16)
+    native_ops.gpt2_attn_in(block, scratch, h)
+    att = torch.randn(tokens, width).to(BF16)
+    scratch.buffers["att"].copy_(att)
+    qkv, after = _gpt2_reference(weights, h, att, eps)
+    _close(scratch.buffers["qkv"], qkv)
+    native_ops.gpt2_attn_out(block, scratch, h)
+    _close(h, after)
+
+
+@runs_here
+def test_gpt2_decode_is_its_layers_one_by_one_bit_for_bit() -> None:
+    torch.manual_seed(7)
+    width, hidden, heads, layers, eps, scale = 48, 80, 3, 2, 1e-5, 16 ** -0.5
+    blocks = [native_ops.gpt2_block(width, hidden, [native_ops.pack_vnni(w) if w.dim() == 2
+                                                    else w for w in _gpt2_weights(width, hidden)])
+              for _ in range(layers)]
+    stores = [_store(layers, heads, cap, 16) for cap in (4, 11, 30)]
+    lens = [3, 0, 17]
+    h = torch.randn(3, width).to(BF16)
+    copies, h_copy = [s.clone() for s in stores], h.clone()
+    scratch = GPT2Scratch(width, hidden, heads, eps, scale, 3)
+    native_ops.gpt2_decode((native_ops.Block * layers)(*blocks), scratch, h,
+                           DecodeCaches(stores, lens, [0, 1, 2]))
+    caches = DecodeCaches(copies, lens, [0, 1, 2])
+    for layer, block in enumerate(blocks):
+        native_ops.gpt2_attn_in(block, scratch, h_copy)
+        q, k, v = (scratch.buffers["qkv"][:, i * width:(i + 1) * width].view(3, heads, 16)
+                   .transpose(0, 1).unsqueeze(0) for i in range(3))
+        scratch.buffers["att"].copy_(
+            native_ops.attend_decode(q, k, v, caches, layer, scale).view(3, width))
+        native_ops.gpt2_attn_out(block, scratch, h_copy)
+    assert torch.equal(h, h_copy)
+    assert all(torch.equal(a, b) for a, b in zip(stores, copies, strict=True))
