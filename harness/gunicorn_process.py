@@ -27,6 +27,7 @@ import requests
 from harness.processes import free_port, running
 from harness.server_process import ServerProcess
 from harness.waiting import CAP_S, STALL_S
+from server.engine.procfs import child_pids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,9 +98,7 @@ class GunicornServer(ServerProcess):
 
     def worker_pids(self) -> list[int]:
         """PIDs of the master's current children (the workers)."""
-        master = self.master_pid()
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        return [int(pid) for pid in children if running(int(pid))]
+        return [pid for pid in child_pids(self.master_pid()) if running(pid)]
 
     def wait_worker_pids(self, workers: int, without: tuple[int, ...] = ()) -> list[int]:
         """Worker pids once the master has ``workers`` live children again, none in ``without``.
