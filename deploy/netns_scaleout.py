@@ -46,6 +46,7 @@ from deploy.scaleout_checks import read_jsonl, report, summarize
 from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
 from harness.server_process import ProcessGroup
+from harness.waiting import add_wait_options
 from locustfiles.user_mix import MIX_CHOICES
 from server.engine.hardware import fingerprint_subprocess
 from server.web.auth import key_id_of
@@ -75,11 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subnet", default="10.213.0", help="first three octets of the /24")
     p.add_argument("--label", default="scaleout")
     p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")
-    p.add_argument("--ready-timeout", type=float, default=900.0,
-                   help="most seconds to wait for Redis, the hosts, nginx and Locust's workers "
-                        "while they are still making progress (harness.waiting)")
-    p.add_argument("--stall-timeout", type=float, default=180.0,
-                   help="give up when the starting processes made no progress this long")
+    add_wait_options(p, "Redis, the hosts, nginx and Locust's workers")
     p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
     return p.parse_args(argv)
 
