@@ -10,10 +10,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from server.config import load_config  # light: no Flask or torch
+from server.config import load_config, load_gunicorn_settings  # light: no Flask or torch
 
-# The server's settings (defaults + environment), for the Gunicorn values derived from them.
+# The server's settings (defaults + environment), for the Gunicorn values derived from them,
+# and this file's own (server/config.py, GunicornSettings): each validated, so
+# WEB_CONCURRENCY=two stops the master with a ConfigError naming the variable.
 _config = load_config()
+_gunicorn = load_gunicorn_settings()
 
 # Prometheus multiprocess mode: set before the app (and prometheus_client) is imported, so
 # every worker writes its metrics to files that /metrics merges. The same per-server folder
@@ -49,10 +52,10 @@ wsgi_app = "server:create_app()"
 # Load the app (and the multi-GB weights) once in the master, then fork: workers share
 # those pages copy-on-write instead of each holding its own copy.
 # GUNICORN_PRELOAD=0 exists only to measure what preloading saves.
-preload_app = os.environ.get("GUNICORN_PRELOAD", "1") != "0"
+preload_app = _gunicorn["GUNICORN_PRELOAD"]
 
 # Bind to loopback unless told otherwise; PORT follows the common PaaS convention.
-bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+bind = _gunicorn["BIND"] or f"127.0.0.1:{_gunicorn['PORT']}"
 
 # One worker on every core (its steps take cores / busy workers torch threads,
 # server/engine/core_share.py). Measured with continuous batching on the 2-core AMD EPYC box
@@ -64,7 +67,7 @@ bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 # recycled, at that cost; preloaded workers share the weights either way. On the Intel box
 # with native bf16 (old engine, results/bench/) 1 x 2 and 2 x 1 were within noise, so one
 # worker costs nothing there; re-measure with scripts/probe_serving.py on a new CPU.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = _gunicorn["WEB_CONCURRENCY"]
 
 # gthread: request threads wait on the worker's generation thread, which batches them.
 # Enough threads for a running batch plus a full queue plus probes: a connection that finds
@@ -76,19 +79,19 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # reads end CLIENT_READ_TIMEOUT_S later (server/web/worker.py). Stalled connections still count
 # against worker_connections (1000 per worker, Gunicorn's default) until that deadline.
 worker_class = "server.web.worker.GracefulThreadWorker"
-threads = int(os.environ.get("GUNICORN_THREADS")
-              or _config["MAX_BATCH_SIZE"] + _config["MAX_QUEUE"] + 8)
+threads = _gunicorn["GUNICORN_THREADS"] or _config["MAX_BATCH_SIZE"] + _config["MAX_QUEUE"] + 8
 
 # Above the worst generation (REQUEST_TIMEOUT_S, default 120 s): the generation thread does
 # not block the worker's heartbeat, but a worker stuck in a C call for this long is dead.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "180"))
+timeout = _gunicorn["GUNICORN_TIMEOUT"]
 
 # In-flight generations get this long to finish on SIGTERM (or a max_requests restart)
 # before the worker is killed. A request that reached a request thread ends within
 # REQUEST_TIMEOUT_S (answer or 504), so the default is that plus a margin: stopping does not
 # cut a running generation off. (Raise the service manager's stop timeout above it.)
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT")
-                       or _config["REQUEST_TIMEOUT_S"] + 10)
+graceful_timeout = _gunicorn["GUNICORN_GRACEFUL_TIMEOUT"]
+if graceful_timeout is None:
+    graceful_timeout = int(_config["REQUEST_TIMEOUT_S"] + 10)
 
 # Restart a worker after this many requests plus a random 0..max_requests_jitter more (drawn
 # per worker, so workers do not all restart at once). It bounds slow memory growth nothing
@@ -97,32 +100,34 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT")
 # and costs a warm-up, not a reload. The stopping worker finishes what it accepted (see
 # graceful_timeout): recycling drops no request. The soak test shows no growth over 2,000
 # requests, so the default is a rare safety net. 0 turns recycling off.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", max_requests // 10))
+max_requests = _gunicorn["GUNICORN_MAX_REQUESTS"]
+max_requests_jitter = _gunicorn["GUNICORN_MAX_REQUESTS_JITTER"]
+if max_requests_jitter is None:
+    max_requests_jitter = max_requests // 10
 
 # Keep idle client connections open this long between requests. Above the clients' think
 # time (Locust users wait up to 5 s): with keepalive = 5 the server closed a connection at the
 # moment a user reused it, and the user saw RemoteDisconnected (seen once in the gpt2-large
 # sweep). Idle connections sit in gthread's poller, not in a request thread.
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "30"))
+keepalive = _gunicorn["GUNICORN_KEEPALIVE"]
 
 # The PID file lets the load-test tooling find the master and sample its process tree.
-pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+pidfile = _gunicorn["GUNICORN_PIDFILE"] or None
 
 # No runtime control socket: its default path is per user, so several servers on one host
 # (tests, the benchmark matrix) would fight over it. Pass --control-socket PATH to enable.
 control_socket_disable = True
 
 # Access log to stderr; the per-request RAM record is the app's own REQUEST_LOG.
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None  # "" turns it off
+accesslog = _gunicorn["GUNICORN_ACCESSLOG"] or None  # "" turns it off
 # The default format logs the query string and the Basic-auth user name, either of which can
 # carry a careless client's API key: log the path without the query, and no user.
 access_log_format = ('%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss '
                      '"%(a)s" %({x-request-id}o)s')
 
 # TLS is usually terminated at a reverse proxy; for direct HTTPS give both files (PEM).
-certfile = os.environ.get("TLS_CERTFILE") or None
-keyfile = os.environ.get("TLS_KEYFILE") or None
+certfile = _gunicorn["TLS_CERTFILE"] or None
+keyfile = _gunicorn["TLS_KEYFILE"] or None
 
 
 def on_starting(server):

@@ -20,6 +20,7 @@ from bench.reference_rows import Row
 from harness.provenance import git_commit
 from harness.run_folder import RUN_JSON, read_record, update_record
 from harness.run_record import HostFacts
+from server.engine.hardware import cpu_flags
 
 REPO = Path(__file__).resolve().parent.parent
 # CPU flags that decide which kernels either server can use.
@@ -47,12 +48,7 @@ def host_record() -> dict[str, Any]:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
         lscpu = ""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                  if line.startswith("flags")), [])
+    flags = cpu_flags()
     vendor = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
                    if line.startswith("Vendor ID")), "")
     return {"cpu_model": cpu_model(lscpu), "cpu_vendor": vendor,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from server.engine.hardware import cpu_facts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Bytes a decode step reads per parameter, by the server's DTYPE. int8 (server.engine.quantize):
@@ -197,13 +198,7 @@ def model_params(model: str, models_dir: str) -> int:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return cpu_facts()["cpu_model"]
 
 
 def measure(model: str, models_dir: str, threads: int, size: int, buffer_mb: int | None,

@@ -2,7 +2,9 @@
 
 Started in that order, each once the one before answers: Redis first (a host whose first
 request met no Redis would count limits on its own), nginx last (connections refused while
-the hosts load would mark them as failed for fail_timeout).
+the hosts load would mark them as failed for fail_timeout). The processes are a
+harness.server_process.ProcessGroup and readiness is harness's WorkersReady, polled from the
+lb namespace.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import sys
 from pathlib import Path
 
 import redis
-import requests
 
 from deploy.netns import Network, inside
-from deploy.services import Services
-from harness.waiting import wait_until
+from harness.gunicorn_process import WorkersReady
+from harness.server_process import ProcessGroup
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = {"lb": 10, "h1": 11, "h2": 12, "redis": 20}  # role -> last octet of its address
@@ -62,13 +63,13 @@ def host_env(args: argparse.Namespace, net: Network, run_dir: Path, host: str,
             "REQUEST_LOG": str(run_dir / "hosts" / host / "server_requests.jsonl")}
 
 
-def start_cluster(args: argparse.Namespace, net: Network, services: Services, run_dir: Path,
+def start_cluster(args: argparse.Namespace, net: Network, services: ProcessGroup, run_dir: Path,
                   keys: list[str], operator_key: str, nginx_files: Path) -> None:
     """Start Redis, both Gunicorn hosts and nginx, each in its namespace; wait until ready."""
     services.start("redis", net.command(
         "redis", "redis-server", "--bind", net.address("redis"), "--port", "6379",
         "--save", "", "--appendonly", "no", "--protected-mode", "no"), run_dir / "redis.log")
-    wait_redis(args, net, services)
+    wait_redis(net, services)
     for host in HOSTS:
         folder = run_dir / "hosts" / host
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,15 +87,15 @@ def start_cluster(args: argparse.Namespace, net: Network, services: Services, ru
     nginx = ["nginx", "-c", str(conf), "-p", f"{nginx_files}/", "-g", "daemon off;"]
     subprocess.run([*nginx, "-t"], check=True, capture_output=True)
     # Each host's /ready with the operator key: its answer names the worker (X-Worker-PID).
-    wait_ready(args, net, services, {f"http://{net.address(h)}:{PORT}/ready": args.workers
-                                     for h in HOSTS},
+    wait_ready(net, services, {f"http://{net.address(h)}:{PORT}/ready": args.workers
+                               for h in HOSTS},
                headers={"Authorization": f"Bearer {operator_key}"})
     # nginx after the hosts: connections refused while they load would mark them as failed.
     services.start("nginx", net.command("lb", *nginx), lb_dir / "nginx.out")
-    wait_ready(args, net, services, {f"http://{net.address('lb')}/health": 1})
+    wait_ready(net, services, {f"http://{net.address('lb')}/health": 1})
 
 
-def wait_redis(args: argparse.Namespace, net: Network, services: Services) -> None:
+def wait_redis(net: Network, services: ProcessGroup) -> None:
     """Wait until Redis answers PING (a host that met no Redis would count limits alone)."""
     client = redis.Redis(host=net.address("redis"), port=6379, socket_timeout=1)
 
@@ -107,33 +108,23 @@ def wait_redis(args: argparse.Namespace, net: Network, services: Services) -> No
         finally:
             client.close()
 
-    wait_until(pong, "redis-server answers PING", timeout_s=args.ready_timeout,
-               alive=services.all_alive, progress=services.progress)
+    services.follow(pong, "redis-server answers PING")
 
 
-def wait_ready(args: argparse.Namespace, net: Network, services: Services,
-               pending: dict[str, int], headers: dict[str, str] | None = None) -> None:
+def wait_ready(net: Network, services: ProcessGroup, wanted: dict[str, int],
+               headers: dict[str, str] | None = None) -> None:
     """Poll each URL from the lb namespace (sending ``headers``) until that many worker pids
-    answered 200.
+    answered 200 (an answer without X-Worker-PID counts as "nginx").
 
     Follows the processes (harness.waiting): fails at once when one exited, waits while they
     still load or warm up (two hosts preloading on 2 busy cores can take minutes).
     """
-    seen: dict[str, set[str]] = {url: set() for url in pending}
+    ready = WorkersReady(wanted, headers=headers, timeout_s=2, unnamed="nginx")
 
-    def all_ready() -> bool:
+    def from_lb() -> bool:
         with inside(net.ns("lb")):
-            for url in pending:
-                try:
-                    response = requests.get(url, timeout=2,
-                                            headers={"Connection": "close", **(headers or {})})
-                except requests.RequestException:
-                    continue
-                if response.status_code == 200:
-                    seen[url].add(response.headers.get("X-Worker-PID", "nginx"))
-        return all(len(seen[u]) >= n for u, n in pending.items())
+            return ready()
 
-    wait_until(all_ready, f"ready: {seen}", timeout_s=args.ready_timeout, interval_s=0.3,
-               alive=services.all_alive, stall_s=args.stall_timeout,
-               progress=lambda: (services.progress(), str(seen)), detail=services.log_tails)
-    print(f"== ready: {', '.join(f'{u} {sorted(p)}' for u, p in seen.items())}", flush=True)
+    services.follow(from_lb, "ready: " + ", ".join(f"{u} x{n}" for u, n in wanted.items()),
+                    progress=lambda: str(ready), interval_s=0.3)
+    print(f"== ready: {ready}", flush=True)

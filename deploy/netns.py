@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.engine.procfs import pid_exists, thread_net_namespace
+
 PREFIX = "gll"
 NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
@@ -48,7 +50,7 @@ def remove_stale() -> list[str]:
     removed = []
     for name in listed_namespaces():
         match = _OURS.match(name)
-        if not match or Path(f"/proc/{match.group(1)}").exists():
+        if not match or pid_exists(match.group(1)):
             continue
         pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
         for pid in pids.stdout.split():
@@ -117,7 +119,7 @@ def _setns(fd: int) -> None:
 @contextmanager
 def inside(namespace: str) -> Iterator[None]:
     """Open this thread's sockets in ``namespace`` while the block runs, then come back."""
-    with open("/proc/thread-self/ns/net") as home, open(NETNS_DIR / namespace) as target:
+    with open(thread_net_namespace()) as home, open(NETNS_DIR / namespace) as target:
         _setns(target.fileno())
         try:
             yield

@@ -43,10 +43,10 @@ import requests
 from deploy.cluster import HOSTS, PORT, ROLES, start_cluster
 from deploy.netns import Network, inside, remove_stale
 from deploy.scaleout_checks import read_jsonl, report, summarize
-from deploy.services import Services
 from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
-from harness.waiting import wait_until
+from harness.server_process import ProcessGroup
+from harness.waiting import add_wait_options
 from locustfiles.user_mix import MIX_CHOICES
 from server.engine.hardware import fingerprint_subprocess
 from server.web.auth import key_id_of
@@ -76,11 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subnet", default="10.213.0", help="first three octets of the /24")
     p.add_argument("--label", default="scaleout")
     p.add_argument("--run-dir", type=Path, help="default: results/<UTC timestamp>-<label>/")
-    p.add_argument("--ready-timeout", type=float, default=900.0,
-                   help="most seconds to wait for Redis, the hosts, nginx and Locust's workers "
-                        "while they are still making progress (harness.waiting)")
-    p.add_argument("--stall-timeout", type=float, default=180.0,
-                   help="give up when the starting processes made no progress this long")
+    add_wait_options(p, "Redis, the hosts, nginx and Locust's workers")
     p.add_argument("--no-analysis", action="store_true", help="skip python -m analysis")
     return p.parse_args(argv)
 
@@ -118,7 +114,7 @@ def _error_code(response: requests.Response) -> str:
         return ""
 
 
-def run_locust(args: argparse.Namespace, net: Network, services: Services, run_dir: Path,
+def run_locust(args: argparse.Namespace, net: Network, services: ProcessGroup, run_dir: Path,
                key: str, operator_key: str) -> int:
     """Headless Locust in the lb namespace: a master expecting 2 workers, through nginx;
     it scrapes each host's /metrics (and reads /ready) with the operator key."""
@@ -137,20 +133,18 @@ def run_locust(args: argparse.Namespace, net: Network, services: Services, run_d
         "--run-dir", str(run_dir), "--metrics-urls", metrics,
         "--csv", str(run_dir / "locust"), "--csv-full-history",
         "--html", str(run_dir / "locust_report.html"), *args.user_classes)
-    proc = services.start("locust-master", master, run_dir / "locust-master.log", env=env)
+    locust = services.start("locust-master", master, run_dir / "locust-master.log", env=env)
     for i in (1, 2):
         services.start(f"locust-worker-{i}", net.command(
             "lb", sys.executable, "-m", "locust", "-f", "locustfiles", "--worker",
             "--master-host", "127.0.0.1", *args.user_classes),
             run_dir / f"locust-worker-{i}.log", env=env)
     # Workers leave with 0 when the master ends the run; any other exit is a failure.
-    wait_until(lambda: proc.poll() is not None, "the Locust run ends",
-               timeout_s=args.ready_timeout + args.duration + args.stop_timeout,
-               interval_s=0.5, alive=lambda: all(p.poll() in (None, 0)
-                                                 for p in services.procs.values()),
-               progress=services.progress, stall_s=args.stall_timeout,
-               detail=services.log_tails)
-    code = proc.returncode
+    services.follow(lambda: not locust.alive(), "the Locust run ends",
+                    timeout_s=args.ready_timeout + args.duration + args.stop_timeout,
+                    interval_s=0.5, alive=lambda: all(p.poll() in (None, 0)
+                                                      for p in services.procs.values()))
+    code = locust.proc.returncode
     for i in (1, 2):
         services.wait(f"locust-worker-{i}", timeout_s=30)
     return code
@@ -165,8 +159,8 @@ def merge_server_logs(run_dir: Path) -> None:
         "".join(json.dumps(r) + "\n" for r in records))
 
 
-def scaleout_facts(args: argparse.Namespace, net: Network, services: Services, load_key: str,
-                   proxy: dict[str, Any] | None) -> dict[str, Any]:
+def scaleout_facts(args: argparse.Namespace, net: Network, services: ProcessGroup,
+                   load_key: str, proxy: dict[str, Any] | None) -> dict[str, Any]:
     """What only this script knows, for run.json: every host's workers, the machine they
     share, and the ``scaleout`` record (the Locust master wrote the rest, from /ready)."""
     return {
@@ -207,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== removed namespace {name} left by an earlier run", flush=True)
     load_key, probe_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     operator_key = secrets.token_urlsafe(32)
-    net, services = Network(ROLES, subnet=args.subnet), Services(cwd=REPO)
+    net = Network(ROLES, subnet=args.subnet)
+    services = ProcessGroup(cwd=REPO, cap_s=args.ready_timeout, stall_s=args.stall_timeout)
     nginx_files = Path(tempfile.mkdtemp(prefix="gll-nginx-"))
     nginx_files.chmod(0o755)  # nginx's worker user makes its temp files under it
 

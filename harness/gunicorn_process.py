@@ -27,6 +27,7 @@ import requests
 from harness.processes import free_port, running
 from harness.server_process import ServerProcess
 from harness.waiting import CAP_S, STALL_S
+from server.engine.procfs import child_pids
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,24 +72,12 @@ class GunicornServer(ServerProcess):
     def wait_ready(self, workers: int | None = None) -> float:
         """Return once ``workers`` (default: all) distinct worker pids answered /ready 200."""
         want = self.workers if workers is None else workers
-        seen: set[str] = set()
-
-        def all_ready() -> bool:
-            try:
-                # A fresh connection each time, so the kernel may hand it to another worker.
-                response = requests.get(f"{self.url}/ready", timeout=5, verify=self.verify,
-                                        headers={"Connection": "close",
-                                                 **self.operator_headers})
-            except requests.RequestException:
-                return False  # not listening yet, or busy loading
-            if response.status_code == 200:
-                seen.add(response.headers.get("X-Worker-PID", ""))
-                self.ready = response.json()
-            return len(seen) >= want
-
+        ready = WorkersReady({f"{self.url}/ready": want}, headers=self.operator_headers,
+                             verify=self.verify)
         self.ready_s = self.follow(
-            all_ready, f"gunicorn {self.url}: {want} workers ready",
-            progress=lambda: len(seen), detail=lambda: f"workers ready: {sorted(seen)}\n")
+            ready, f"gunicorn {self.url}: {want} workers ready",
+            progress=ready.count, detail=lambda: f"workers ready: {ready}\n")
+        self.ready = ready.body()
         return self.ready_s
 
     def master_pid(self) -> int:
@@ -97,9 +86,7 @@ class GunicornServer(ServerProcess):
 
     def worker_pids(self) -> list[int]:
         """PIDs of the master's current children (the workers)."""
-        master = self.master_pid()
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        return [int(pid) for pid in children if running(int(pid))]
+        return [pid for pid in child_pids(self.master_pid()) if running(pid)]
 
     def wait_worker_pids(self, workers: int, without: tuple[int, ...] = ()) -> list[int]:
         """Worker pids once the master has ``workers`` live children again, none in ``without``.
@@ -116,6 +103,46 @@ class GunicornServer(ServerProcess):
         self.follow(counted, f"{workers} live workers, none of {list(without)}",
                     detail=lambda: f"workers now: {pids}\n")
         return pids
+
+
+class WorkersReady:
+    """A readiness predicate: true once each URL got 200 from as many distinct workers
+    (``X-Worker-PID``) as wanted, for one Gunicorn or several hosts behind a balancer.
+
+    Each poll opens a fresh connection, so the kernel may hand it to another worker.
+    """
+
+    def __init__(self, wanted: dict[str, int], headers: dict[str, str] | None = None,
+                 verify: str | bool = True, timeout_s: float = 5.0,
+                 unnamed: str = "") -> None:
+        """``unnamed``: what an answer without X-Worker-PID counts as (a proxy's own)."""
+        self.wanted, self.verify, self.timeout_s, self.unnamed = wanted, verify, timeout_s, unnamed
+        self.headers = {"Connection": "close", **(headers or {})}
+        self.seen: dict[str, set[str]] = {url: set() for url in wanted}
+        self.last: requests.Response | None = None
+
+    def __call__(self) -> bool:
+        for url in self.wanted:
+            try:
+                response = requests.get(url, timeout=self.timeout_s, verify=self.verify,
+                                        headers=self.headers)
+            except requests.RequestException:
+                continue  # not listening yet, or busy loading
+            if response.status_code == 200:
+                self.seen[url].add(response.headers.get("X-Worker-PID", self.unnamed))
+                self.last = response
+        return all(len(self.seen[url]) >= n for url, n in self.wanted.items())
+
+    def count(self) -> int:
+        """Distinct workers that answered so far (all URLs): progress while starting."""
+        return sum(len(pids) for pids in self.seen.values())
+
+    def body(self) -> dict[str, Any]:
+        """The last 200's JSON body (/ready's model, dtype, kernels, ...); {} before one."""
+        return self.last.json() if self.last is not None else {}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{url} {sorted(pids)}" for url, pids in self.seen.items())
 
 
 def operator_key_of(env: dict[str, str]) -> str | None:

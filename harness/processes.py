@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from server.engine.procfs import environ_entries
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -98,10 +100,10 @@ def owned_processes(owner: str) -> list[psutil.Process]:
     needle = f"{MARKER}={owner}".encode()
     for pid in psutil.pids():
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            environ = environ_entries(pid)
         except OSError:
             continue
-        if needle in environ.split(b"\0") and running(pid):
+        if needle in environ and running(pid):
             with contextlib.suppress(psutil.NoSuchProcess):
                 found.append(psutil.Process(pid))
     return found

@@ -9,6 +9,7 @@ and gives up only when there was no progress for ``stall_s`` or ``cap_s`` passed
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Hashable
 
@@ -20,6 +21,16 @@ STALL_S = 180.0
 # How often progress is read: a stall is minutes, and reading a process tree costs CPU that a
 # fast poll (every 20 ms) would take from the server it waits for.
 PROGRESS_EVERY_S = 1.0
+
+
+def add_wait_options(parser: argparse.ArgumentParser, waited_for: str) -> None:
+    """Add --ready-timeout (the cap, CAP_S) and --stall-timeout (STALL_S) to a command that
+    starts processes and waits for them."""
+    parser.add_argument("--ready-timeout", type=float, default=CAP_S,
+                        help=f"most seconds to wait for {waited_for} while they are still "
+                             "making progress (harness.waiting)")
+    parser.add_argument("--stall-timeout", type=float, default=STALL_S,
+                        help="give up when the starting processes made no progress this long")
 
 
 class WaitTimeout(TimeoutError):

@@ -57,6 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from locustfiles.server_facts import operator_headers
 from server.engine.memory import read_process_memory, system_available_mb
+from server.engine.procfs import child_pids
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,6 @@ class TreeSample:
         return [[round(self.timestamp, 3), p.pid, p.role, round(p.rss_mb, 1), round(p.uss_mb, 1),
                  round(p.pss_mb, 1), round(p.shared_mb, 1), available, p.host]
                 for p in (*self.processes, self.total)]
-
-
-def child_pids(pid: int) -> list[int]:
-    """The children of process ``pid`` from /proc (a few small reads, no scan of all pids)."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:  # the thread ended while we listed
-            continue
-    return children
 
 
 def sample_pidfile(pidfile: Path) -> TreeSample | None:

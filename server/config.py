@@ -5,15 +5,23 @@ environment (variables of the same name) overrides the defaults and a mapping pa
 ``create_app()`` overrides both; every value is validated, so ``MAX_BATCH_SIZE=eight`` or
 ``IGNORE_EOS=ture`` stops startup with a ``ConfigError`` naming the variable and what it
 accepts, instead of crashing in ``int()`` or silently reading as false. Light on purpose
-(no Flask, no torch): gunicorn.conf.py imports it.
+(no Flask, no torch): gunicorn.conf.py imports it, and reads its own keys (workers, bind,
+timeouts, TLS files, logs) validated the same way from ``GunicornSettings``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import NonNegativeInt, PositiveFloat, ValidationError
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How a boolean is written (pydantic's lax booleans), for the error message.
@@ -145,11 +153,56 @@ class Settings(BaseSettings):
 
 DEFAULTS: dict[str, Any] = {name: field.default for name, field in Settings.model_fields.items()}
 
+# An empty variable means "not set" for the Gunicorn keys whose default is derived (None).
+_Unset = BeforeValidator(lambda value: None if value == "" else value)
 
-def _problem(error: dict[str, Any], given: Mapping[str, Any]) -> str:
+
+class GunicornSettings(BaseSettings):
+    """Every variable gunicorn.conf.py reads, with its default; the reason for each value is
+    beside its Gunicorn setting in gunicorn.conf.py. None = derived there from the server's
+    settings; the command line (``--workers 3``) and GUNICORN_CMD_ARGS still win over all."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore",
+                                      validate_default=True)
+
+    # Workers (Gunicorn's and the PaaS convention): one on every core does best here.
+    WEB_CONCURRENCY: PositiveInt = 1
+    # Port on 127.0.0.1 when BIND is not given (the PaaS convention).
+    PORT: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # host:port to listen on; unset = 127.0.0.1:PORT (loopback unless told otherwise).
+    BIND: Annotated[str | None, _Unset] = None
+    # Load the model once in the master and fork (0 only to measure what preloading saves).
+    GUNICORN_PRELOAD: bool = True
+    # Request threads per worker; unset = MAX_BATCH_SIZE + MAX_QUEUE + 8.
+    GUNICORN_THREADS: Annotated[PositiveInt | None, _Unset] = None
+    # Seconds a silent worker lives before the master kills it; above REQUEST_TIMEOUT_S.
+    GUNICORN_TIMEOUT: NonNegativeInt = 180
+    # Seconds in-flight requests get on SIGTERM; unset = REQUEST_TIMEOUT_S + 10.
+    GUNICORN_GRACEFUL_TIMEOUT: Annotated[NonNegativeInt | None, _Unset] = None
+    # Requests before a worker is recycled (0 = never); a rare safety net.
+    GUNICORN_MAX_REQUESTS: NonNegativeInt = 10000
+    # Up to this many more, drawn per worker; unset = GUNICORN_MAX_REQUESTS // 10.
+    GUNICORN_MAX_REQUESTS_JITTER: Annotated[NonNegativeInt | None, _Unset] = None
+    # Seconds an idle client connection stays open; above Locust users' think time.
+    GUNICORN_KEEPALIVE: NonNegativeInt = 30
+    # Where the master writes its pid ("" = nowhere), for the memory sampler.
+    GUNICORN_PIDFILE: str = ""
+    # Access log destination: "-" = stderr, "" = off.
+    GUNICORN_ACCESSLOG: str = "-"
+    # PEM certificate and key for direct HTTPS ("" = plain HTTP, TLS at a proxy).
+    TLS_CERTFILE: str = ""
+    TLS_KEYFILE: str = ""
+
+
+GUNICORN_DEFAULTS: dict[str, Any] = {name: field.default
+                                     for name, field in GunicornSettings.model_fields.items()}
+
+
+def _problem(error: dict[str, Any], given: Mapping[str, Any],
+             fields: dict[str, Any] = Settings.model_fields) -> str:
     name = str(error["loc"][0])
     source = "given" if name in given else "environment"
-    accepted = f" (use {_BOOLEANS})" if Settings.model_fields[name].annotation is bool else ""
+    accepted = f" (use {_BOOLEANS})" if fields[name].annotation is bool else ""
     return f"{name}={error['input']!r} ({source}): {error['msg']}{accepted}"
 
 
@@ -167,3 +220,16 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         problems = [_problem(e, known) for e in error.errors(include_url=False)]
         raise ConfigError("invalid setting(s): " + "; ".join(problems)) from None
     return {**overrides, **settings.model_dump()}
+
+
+def load_gunicorn_settings() -> dict[str, Any]:
+    """Return gunicorn.conf.py's keys: the defaults, updated by the environment.
+
+    Raises ConfigError naming each invalid variable, as ``load_config`` does.
+    """
+    try:
+        return GunicornSettings().model_dump()
+    except ValidationError as error:
+        problems = [_problem(e, {}, GunicornSettings.model_fields)
+                    for e in error.errors(include_url=False)]
+        raise ConfigError("invalid Gunicorn setting(s): " + "; ".join(problems)) from None

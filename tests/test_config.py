@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from harness.gunicorn_process import GunicornServer
+from harness.gunicorn_process import REPO, GunicornServer
 from harness.waiting import wait_until
 from server import create_app
-from server.config import DEFAULTS, ConfigError, Settings, load_config
+from server.config import (
+    DEFAULTS,
+    GUNICORN_DEFAULTS,
+    ConfigError,
+    GunicornSettings,
+    Settings,
+    load_config,
+    load_gunicorn_settings,
+)
 from tests.conftest import server_env
+
+# gunicorn.conf.py's values with no setting in the environment (as before GunicornSettings).
+GUNICORN_CONF = {
+    "workers": 1, "bind": "127.0.0.1:8000", "preload_app": True, "threads": 48,
+    "timeout": 180, "graceful_timeout": 130, "max_requests": 10000,
+    "max_requests_jitter": 1000, "keepalive": 30, "pidfile": None, "accesslog": "-",
+    "certfile": None, "keyfile": None, "worker_class": "server.web.worker.GracefulThreadWorker",
+    "wsgi_app": "server:create_app()",
+}
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No setting from the shell that runs the tests."""
-    for name in Settings.model_fields:
+    for name in (*Settings.model_fields, *GunicornSettings.model_fields):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -71,3 +92,54 @@ def test_gunicorn_refuses_to_start_with_a_bad_value(tmp_path: Path, name, value)
         code = server.stop()
     assert code != 0
     assert f"{name}={value!r} (environment)" in server.log_text()
+
+
+def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment without any setting, metrics files in ``tmp_path``."""
+    names = {*Settings.model_fields, *GunicornSettings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    return {**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), **extra}
+
+
+def test_gunicorn_conf_keeps_its_defaults_without_flask_or_torch(tmp_path: Path) -> None:
+    probe = ("import json, runpy, sys\n"
+             "ns = runpy.run_path('gunicorn.conf.py')\n"
+             f"print(json.dumps({{k: ns[k] for k in {list(GUNICORN_CONF)!r}}}))\n"
+             "print(json.dumps(sorted({'flask', 'torch'} & set(sys.modules))))\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_clean_env(tmp_path),
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert json.loads(out[0]) == GUNICORN_CONF
+    assert json.loads(out[1]) == []  # the master imports them only when it loads the app
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    # Gunicorn parses WEB_CONCURRENCY itself first (its --workers default): "two" dies there
+    # with a bare ValueError before this file is read (see the import test below).
+    ("WEB_CONCURRENCY", "0", "greater than 0"),
+    ("GUNICORN_PRELOAD", "maybe", "true/false"),
+    ("GUNICORN_TIMEOUT", "-1", "greater than or equal to 0"),
+    ("PORT", "http", "valid integer"),
+])
+def test_gunicorn_check_config_refuses_a_bad_gunicorn_value(tmp_path: Path, name, value,
+                                                            says) -> None:
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                           "--check-config"], cwd=REPO,
+                          env=_clean_env(tmp_path, **{name: value}),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"{name}={value!r} (environment)" in done.stderr + done.stdout
+    assert says in done.stderr + done.stdout
+
+
+def test_reading_gunicorn_conf_refuses_web_concurrency_two(tmp_path: Path) -> None:
+    read_conf = "import runpy; runpy.run_path('gunicorn.conf.py')"
+    done = subprocess.run([sys.executable, "-c", read_conf], cwd=REPO,
+                          env=_clean_env(tmp_path, WEB_CONCURRENCY="two"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "ConfigError: invalid Gunicorn setting(s): WEB_CONCURRENCY='two' (environment)" \
+        in done.stderr
+
+
+def test_gunicorn_defaults_are_those_documented() -> None:
+    assert load_gunicorn_settings() == GUNICORN_DEFAULTS

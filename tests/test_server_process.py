@@ -1,5 +1,6 @@
 """The process plumbing on stand-ins that start in a second: ServerProcess through LlamaServer
-(ready, pidfile, stop; a server that dies is reported at once) and run_script."""
+(ready, pidfile, stop; a server that dies is reported at once), ProcessGroup with WorkersReady
+(deploy/cluster.py's hosts and proxy) and run_script."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.gunicorn_process import WorkersReady
 from harness.llama_server import LlamaServer
 from harness.processes import free_port, running
 from harness.script_run import run_script
+from harness.server_process import ProcessGroup
 from harness.waiting import ProcessDied, WaitTimeout
 
 # Answers /health 503 for half a second ("loading"), then 200, like llama-server.
@@ -76,3 +79,63 @@ def test_run_script_stops_children_the_script_left_behind(tmp_path: Path) -> Non
             "time.sleep(1.5)\n")  # alive through a progress reading, then gone without it
     result = run_script([sys.executable, "-c", code])
     assert result.returncode == 0 and not running(int(result.stdout))
+
+
+# Answers every GET 200 with X-Worker-PID (pid given on the command line; "-" = no header),
+# as a Gunicorn worker's /ready does; a proxy answers without one.
+FAKE_WORKER = textwrap.dedent("""
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    port, pid = int(sys.argv[1]), sys.argv[2]
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"status": "ready", "pid": pid}).encode()
+            self.send_response(200)
+            if pid != "-":
+                self.send_header("X-Worker-PID", pid)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    print("serving", flush=True)
+    HTTPServer(("127.0.0.1", port), Ready).serve_forever()
+""")
+
+
+def test_a_group_is_ready_when_every_url_saw_its_workers(tmp_path: Path) -> None:
+    group = ProcessGroup(cwd=tmp_path, cap_s=60, stall_s=30)
+    ports = {"h1": free_port(), "lb": free_port()}
+    try:
+        for name, pid in (("h1", "101"), ("lb", "-")):
+            group.start(name, [sys.executable, "-c", FAKE_WORKER, str(ports[name]), pid],
+                        tmp_path / f"{name}.log")
+        ready = WorkersReady({f"http://127.0.0.1:{ports['h1']}/ready": 1,
+                              f"http://127.0.0.1:{ports['lb']}/health": 1}, unnamed="nginx")
+        group.follow(ready, "both answer", progress=ready.count)
+        assert [sorted(pids) for pids in ready.seen.values()] == [["101"], ["nginx"]]
+        assert ready.body()["status"] == "ready"
+        assert set(group.procs) == {"h1", "lb"} and group.all_alive()
+    finally:
+        group.stop_all()
+    assert not group.all_alive()
+    assert not any(running(proc.pid) for proc in group.procs.values())
+
+
+def test_a_member_that_dies_fails_the_groups_wait_with_its_log(tmp_path: Path) -> None:
+    group = ProcessGroup(cwd=tmp_path, cap_s=60, stall_s=30)
+    try:
+        group.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                    tmp_path / "sleeper.log")
+        group.start("quitter", [sys.executable, "-c", "print('bad flag'); raise SystemExit(3)"],
+                    tmp_path / "quitter.log")
+        started = time.monotonic()
+        with pytest.raises(ProcessDied, match=r"(?s)--- quitter \(exit 3\)\nbad flag"):
+            group.follow(lambda: False, "never")
+        assert time.monotonic() - started < 20
+    finally:
+        group.stop_all()
+    assert group.wait("sleeper", timeout_s=1) is not None

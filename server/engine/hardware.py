@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from server.engine.procfs import cpuinfo_text
+
 # CPU flags that decide the kernel path of a transformer on CPU: AVX2/FMA are the baseline
 # for fast fp32; AVX-512 widens it; *_bf16 / amx_* make bf16 native; *_vnni / amx_int8
 # speed up int8 dot products; f16c converts halves.
@@ -39,13 +41,12 @@ _BLAS_NAMES = {"mkl": "MKL", "open": "OpenBLAS", "openblas": "OpenBLAS", "blis":
 
 
 def _cpuinfo(text: str | None = None) -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (``text`` given: parse that instead)."""
+    """The first processor's fields of /proc/cpuinfo (``text`` given: parse that instead).
+
+    The project's one cpuinfo parser: bench and the run records ask ``cpu_facts`` and
+    ``cpu_flags``, never the file."""
     if text is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                text = f.read()
-        except OSError:
-            return {}
+        text = cpuinfo_text()
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():

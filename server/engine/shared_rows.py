@@ -36,6 +36,8 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+from server.engine.procfs import process_state
+
 # The master's attempts at the file lock in ``forget``: a live holder keeps it for
 # microseconds (a row claim), so a few tries 5 ms apart find it free; never more than ~50 ms.
 FORGET_ATTEMPTS = 10
@@ -175,11 +177,7 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc here: kill(0) is all we know
+    state = process_state(pid)  # None: no /proc here, and kill(0) is all we know
     return state not in (b"Z", b"X")
 
 
