@@ -97,17 +97,19 @@ def decide(model: nn.Module, kv_dtype: str = "model", precision: str | None = No
     kv_dtype = resolve_kv_dtype(kv_dtype, precision.split("+")[0])
     computed = _computed_dtype(model)
     cache = storage_dtype(computed, kv_dtype)
-    layers, layers_why = _layers(model, machine)
+    layers, layers_why = _layers(model, linear, machine)
     attention, attention_why = _attention(cache, machine)
     return CodePath(precision, linear, linear_why, layers, layers_why, attention,
                     attention_why, _name(attention_dtype(computed)), kv_dtype, _name(cache))
 
 
-def _layers(model: nn.Module, machine: Machine) -> tuple[str, str]:
+def _layers(model: nn.Module, linear: str, machine: Machine) -> tuple[str, str]:
     if not gpt2_forward.supports(model):
         kind = getattr(getattr(model, "config", None), "model_type", None)
         return MODEL_FORWARD, f"not GPT-2 (model_type {kind})"
     misfit = native_gpt2.misfit(model)
+    if misfit and linear != "native_bf16":
+        return LEAN_LAYERS, f"linear layers run {linear}: the C layers need native_bf16"
     if misfit or machine.native_blocked:
         return LEAN_LAYERS, misfit or machine.native_blocked
     return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"

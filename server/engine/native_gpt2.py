@@ -122,7 +122,7 @@ def misfit(model: nn.Module) -> str | None:
         norms = (block.ln_1, block.ln_2)
         if not all(isinstance(m, NativeBF16Linear) and m.padded == m.out_features
                    for m in linears):
-            return f"layer {layer}: a linear layer is not native-packed bf16 (unpadded)"
+            return f"layer {layer}: a linear layer is not native-packed bf16, or padded"
         if not all(n.weight is not None and n.bias is not None
                    and n.weight.dtype == n.bias.dtype == torch.bfloat16
                    and n.eps == first.ln_1.eps and tuple(n.normalized_shape) == (width,)
