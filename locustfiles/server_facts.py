@@ -21,8 +21,8 @@ WORKER_GAUGE = "gpt_worker_rss_bytes"
 # /ready keys copied to run.json's top level (the settings analysis reads) ...
 TOP_LEVEL = ("model", "dtype", "max_batch_size", "prefill_chunk", "torch_threads")
 # ... and to its server block (the full record of what the server reported).
-SERVER_BLOCK = ("kernels", "torch_threads", "threads_shared", "max_batch_size", "prefill_chunk",
-                "kv_dtype", "kv_tokens", "prefix_cache_rows", "limits")
+SERVER_BLOCK = ("kernels", "code_path", "torch_threads", "threads_shared", "max_batch_size",
+                "prefill_chunk", "kv_dtype", "kv_tokens", "prefix_cache_rows", "limits")
 _MB = 1024 * 1024
 # Prompt tokens computed by steps and copied from kept caches (server/engine/prefix_cache.py),
 # read again when the run ends: their ratio is the run's prefix-cache hit rate.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.engine import gpt2_forward, native_gemm
+from server.engine import code_path, gpt2_forward, native_gemm
 from server.engine.decoding import GenerationRequest
 from server.engine.model import resolve_source
 from server.engine.native_gpt2 import NativeGPT2
@@ -110,4 +110,5 @@ def test_a_model_with_a_torch_layer_left_is_not_taken(tiny_model: Path) -> None:
     block = model.transformer.h[1]
     block.mlp.c_fc = torch.nn.Linear(block.mlp.c_fc.in_features,
                                      block.mlp.c_fc.out_features).to(torch.bfloat16)
-    assert NativeGPT2.build(model) is None
+    path = code_path.decide(model)
+    assert path.layers == code_path.LEAN_LAYERS and path.layers_why.startswith("layer 1:")

@@ -107,6 +107,8 @@ class KernelChoice:
 class OneDNNLinear(nn.Module):
     """``nn.Linear`` computed by oneDNN's matmul, sharing the original's weight and bias."""
 
+    linear_kernel = "onednn_fp32"  # its name in server.engine.code_path
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
@@ -129,6 +131,7 @@ class PackedBF16Linear(nn.Module):
     """
 
     min_rows = 1  # rows a step is padded to at least: set_min_rows, from the kernel choice
+    linear_kernel = "onednn_packed_bf16"  # its name in server.engine.code_path
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from server.engine import gpt2_forward, native_ops
-from server.engine.native_gemm import NativeBF16Linear, library
+from server.engine.native_gemm import NativeBF16Linear
 from server.engine.native_ops import Block, GPT2Scratch
 from server.engine.row_cache import PackedStep
 
@@ -42,12 +42,10 @@ class NativeGPT2:
         self.blocks = (Block * len(body.h))(*(self._block(block) for block in body.h))
 
     @classmethod
-    def build(cls, model: nn.Module) -> NativeGPT2 | None:
+    def build(cls, model: nn.Module) -> NativeGPT2:
         """The C layers for ``model`` (pointers to its weights as they are now: build after
-        packing), or None unless every layer is native-packed bf16 GPT-2 of sizes the C code
-        takes."""
-        lib = library()
-        return cls(model) if lib is not None and _fits(model) else None
+        packing), which server.engine.code_path found they take (``misfit``)."""
+        return cls(model)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, step: PackedStep,
                 due: torch.Tensor) -> torch.Tensor:
@@ -79,26 +77,31 @@ class NativeGPT2:
         return native_ops.gpt2_block(self.width, self.hidden, tensors)
 
 
-def _fits(model: nn.Module) -> bool:
-    """Every block native-packed, unpadded, bf16 norms with biases, one scale and one eps,
-    gelu_new, widths in whole vectors: what gpt2_bf16.c takes."""
+def misfit(model: nn.Module) -> str | None:
+    """What in ``model`` gpt2_bf16.c does not take (None: it takes it all): every block
+    native-packed, unpadded, bf16 norms with biases, one scale and one eps, gelu_new, widths
+    in whole vectors."""
     blocks = list(model.transformer.h)
     first = blocks[0]
     width = getattr(first.attn.c_attn, "in_features", 0)
-    for block in blocks:
+    for layer, block in enumerate(blocks):
         linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
         norms = (block.ln_1, block.ln_2)
         if not all(isinstance(m, NativeBF16Linear) and m.padded == m.out_features
                    for m in linears):
-            return False
+            return f"layer {layer}: a linear layer is not native-packed bf16, or padded"
         if not all(n.weight is not None and n.bias is not None
                    and n.weight.dtype == n.bias.dtype == torch.bfloat16
                    and n.eps == first.ln_1.eps and tuple(n.normalized_shape) == (width,)
                    for n in norms):
-            return False
-        if (block.attn.scaling != first.attn.scaling
-                or type(block.mlp.act).__name__ != "NewGELUActivation"):
-            return False
+            return f"layer {layer}: a layer norm is not bf16 with a bias, or differs"
+        if block.attn.scaling != first.attn.scaling:
+            return f"layer {layer}: an attention scale unlike layer 0's"
+        if type(block.mlp.act).__name__ != "NewGELUActivation":
+            return f"layer {layer}: activation {type(block.mlp.act).__name__}, not gelu_new"
     hidden = first.mlp.c_fc.out_features
     dim = width // first.attn.num_heads
-    return width % 16 == 0 and hidden % 16 == 0 and dim % 16 == 0 and dim <= 256
+    if not (width % 16 == 0 and hidden % 16 == 0 and dim % 16 == 0 and dim <= 256):
+        return (f"widths {width}/{hidden}, head dim {dim}: not multiples of 16 "
+                f"(head dim at most 256)")
+    return None

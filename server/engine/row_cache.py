@@ -27,7 +27,9 @@ The default, ``auto``, is float16 unless the weights are served in float32
 A bf16 cache's decoding rows (one new token each) are attended by the project's C kernel
 where server.engine.native_gemm built it (``NativeDecode``, ``native/attention_bf16.c``): one call
 per layer writes their new keys and values and reads each cache once, in place; prefill
-chunks and every other cache go through torch's ``scaled_dot_product_attention``.
+chunks and every other cache go through torch's ``scaled_dot_product_attention``. Whether
+the kernel applies, and the dtype torch's attention computes in, are decided once per model
+by server.engine.code_path; the step engine passes them to each ``PackedStep``.
 """
 
 from __future__ import annotations
@@ -134,14 +136,22 @@ class Segment:
 
 class PackedStep:
     """The ``cache`` object of one packed forward: routes each row's new keys and values to
-    its RowCache (``update``), and tells the attention which rows are where."""
+    its RowCache (``update``), and tells the attention which rows are where.
 
-    def __init__(self, segments: list[Segment]) -> None:
+    ``native`` and ``attention_dtype`` come from the step engine's code path
+    (server.engine.code_path): whether the C kernel may attend the decoding rows, and the
+    dtype torch's attention computes in (None: ``attention_dtype`` of the query's).
+    """
+
+    def __init__(self, segments: list[Segment], native: bool = True,
+                 attention_dtype: torch.dtype | None = None) -> None:
         self.segments = segments
+        self.attention_dtype = attention_dtype
         # Each prefill chunk's causal mask, offset by what its row already holds: built once
         # per step here, not once per layer in the attention.
         self.masks = [_chunk_mask(seg.count, seg.cache.length) for seg in segments]
-        self.native = NativeDecode.plan(segments)  # decoding rows the C kernel attends, or None
+        # Decoding rows the C kernel attends, or None.
+        self.native = NativeDecode.plan(segments) if native else None
 
     def _skipped(self, index: int) -> bool:
         return self.native is not None and index in self.native.indexes
@@ -212,18 +222,20 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             for index, (seg, mask) in enumerate(zip(step.segments, step.masks, strict=True)):
                 if index not in step.native.indexes:
                     out[:, seg.start:seg.start + seg.count] = _segment_attention(
-                        query, seg, mask, layer, scaling).transpose(1, 2)
+                        query, seg, mask, layer, scaling, step.attention_dtype).transpose(1, 2)
             return out, None
         step.write_native(key, value, layer)  # declined: torch attends these rows too
-    outputs = [_segment_attention(query, seg, mask, layer, scaling)
+    outputs = [_segment_attention(query, seg, mask, layer, scaling, step.attention_dtype)
                for seg, mask in zip(step.segments, step.masks, strict=True)]
     return torch.cat(outputs, dim=2).transpose(1, 2).to(query.dtype), None
 
 
 def _segment_attention(query: torch.Tensor, seg: Segment, mask: torch.Tensor | None,
-                       layer: int, scaling: float | None) -> torch.Tensor:
-    """One row's queries over its cache (written already), [1, heads, count, dim]."""
-    compute = attention_dtype(query.dtype)
+                       layer: int, scaling: float | None,
+                       compute: torch.dtype | None) -> torch.Tensor:
+    """One row's queries over its cache (written already), [1, heads, count, dim], computed
+    in ``compute`` (None: ``attention_dtype`` of the query's)."""
+    compute = compute or attention_dtype(query.dtype)
     total = seg.cache.length + seg.count
     q = query[:, :, seg.start:seg.start + seg.count].to(compute)
     k = _widened(seg.cache.keys[layer], total, compute, "keys")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from server.engine import gpt2_forward
+from server.engine import code_path, gpt2_forward
+from server.engine.code_path import CodePath
 from server.engine.decoding import Generation, GenerationRequest, choose_token, make_rng
 from server.engine.native_gpt2 import NativeGPT2
 from server.engine.row_cache import (
@@ -76,22 +77,31 @@ class StepReport:
 
 
 class StepEngine:
-    """Runs packed steps on one model; rows are created with ``new_row``."""
+    """Runs packed steps on one model; rows are created with ``new_row``.
+
+    ``path`` is the code path decided for the model (server.engine.code_path, once per loaded
+    model); None decides it here from the model and ``kv_dtype``. The engine follows it: the
+    layers' forward, whether the C decode attention may run, the attention's dtype and the
+    caches' KV dtype (``path.kv_dtype``, in place of ``kv_dtype``).
+    """
 
     def __init__(self, model: torch.nn.Module, eos_id: int, ignore_eos: bool = False,
-                 prefill_chunk: int = 128, kv_dtype: str = "model") -> None:
+                 prefill_chunk: int = 128, kv_dtype: str = "model",
+                 path: CodePath | None = None) -> None:
         register()
-        storage_dtype(torch.float32, kv_dtype)  # reject an unknown policy here, not mid-step
-        self.kv_dtype = kv_dtype
+        self.path = path or code_path.decide(model, kv_dtype)
+        self.kv_dtype = self.path.kv_dtype
+        storage_dtype(torch.float32, self.kv_dtype)  # reject an unknown policy here, not mid-step
         model.config._attn_implementation = ATTENTION_NAME
         self.model = model
         self.eos_id = eos_id
         self.ignore_eos = ignore_eos
         self.prefill_chunk = max(1, prefill_chunk)
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
-        self._lean = gpt2_forward.supports(model)
+        self._lean = self.path.layers != code_path.MODEL_FORWARD
         # GPT-2 served by the native bf16 kernels: its layers in C (server.engine.native_gpt2).
-        self._native = NativeGPT2.build(model) if self._lean else None
+        self._native = NativeGPT2.build(model) \
+            if self.path.layers == code_path.NATIVE_LAYERS else None
 
     def new_row(self, request: GenerationRequest,
                 prefix: tuple[RowCache, int] | None = None) -> Row:
@@ -149,7 +159,8 @@ class StepEngine:
             positions.extend(range(first, first + len(feed)))
             if rows[i].prompt_left in (0, len(feed)):
                 due.append((i, len(ids) - 1))  # its last position's logits give a token
-        packed = PackedStep(segments)
+        packed = PackedStep(segments, self.path.attention == code_path.NATIVE_ATTENTION,
+                            self.path.torch_attention_dtype)
         logits = self._forward(torch.tensor(ids), torch.tensor(positions), packed,
                                torch.tensor([at for _, at in due], dtype=torch.long)).float()
         packed.advance()

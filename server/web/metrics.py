@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response
@@ -36,6 +37,9 @@ if TYPE_CHECKING:  # type only: importing server.engine.kernels pulls in torch
     from server.engine.kernels import KernelChoice
 
 _MB = 2**20
+# gpt_code_path's labels: CodePath's fields without the reasons.
+CODE_PATH_LABELS = ("precision", "linear", "layers", "attention", "attention_dtype",
+                    "cache_dtype")
 # Generations take seconds to minutes: buckets from 50 ms to 5 min.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -135,6 +139,10 @@ class Metrics:
                                     registry=r)
         self.kernel_chosen = Gauge("gpt_kernel_chosen", "1 for the precision served",
                                    ["precision"], multiprocess_mode="max", registry=r)
+        # The model's code path (server.engine.code_path) as labels of a constant 1; the
+        # reasons are /ready's (code_path.*_why).
+        self.code_path = Gauge("gpt_code_path", "1, labelled with the code path served",
+                               list(CODE_PATH_LABELS), multiprocess_mode="max", registry=r)
         self.log_write_errors = Counter("gpt_request_log_write_errors",
                                         "Request-log lines that could not be written",
                                         registry=r)
@@ -158,6 +166,10 @@ class Metrics:
                     timing.batch_max_ms)
             self.kernel_chosen.labels(timing.precision).set(
                 float(timing.precision == choice.chosen))
+
+    def observe_code_path(self, path: Mapping[str, str]) -> None:
+        """Publish the code path (``CodePath.as_dict()``) as the labels of gpt_code_path."""
+        self.code_path.labels(*(path[key] for key in CODE_PATH_LABELS)).set(1)
 
     def observe_request(self, route: str, status: int, seconds: float, tokens: int) -> None:
         """Count one answered request."""

@@ -59,6 +59,14 @@ class Ready(_Strict):
                     "allow_int8, "
                     "table of {precision, batch_1_ms, batch_max_ms, max_batch, min_rows}, "
                     "measure_s")
+    code_path: dict[str, str] | None = Field(
+        default=None,
+        description="the code path decided for the model (server/engine/code_path.py): "
+                    "precision, linear (blas_fp32 | onednn_fp32 | fbgemm_fp16 | "
+                    "onednn_packed_bf16 | torch_bf16 | native_bf16 | fbgemm_int8), "
+                    "layers (native_c | gpt2_forward | transformers), attention "
+                    "(native_decode | torch_sdpa), attention_dtype, kv_dtype, cache_dtype, "
+                    "and linear_why, layers_why, attention_why")
     max_batch_size: int | None = None
     prefill_chunk: int | None = None
     kv_dtype: str | None = Field(default=None,

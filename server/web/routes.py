@@ -90,7 +90,7 @@ def ready() -> Response:
     """Readiness: this worker has loaded the model and finished its warm-up.
 
     Probes get ``{"status": "ready"}``; the operator credential adds the details (model,
-    precision, kernels, limits: server/web/operator_auth.py).
+    precision, kernels, the code path with its reasons, limits: server/web/operator_auth.py).
     """
     service = _service()
     service.start()
@@ -101,6 +101,7 @@ def ready() -> Response:
     loaded = service.loaded
     return jsonify({"status": "ready", "model": loaded.name,
                     "dtype": loaded.precision, "kernels": loaded.kernels.as_dict(),
+                    "code_path": service.scheduler.engine.path.as_dict(),
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
                     "kv_dtype": service.scheduler.engine.kv_dtype,  # as resolved

@@ -10,12 +10,12 @@ import time
 import torch
 from flask import Flask
 
+from server.engine import code_path
 from server.engine.core_share import CoreShare
 from server.engine.decoding import GenerationRequest
 from server.engine.memory import MemorySample, WorkerMemorySampler, read_process_memory
 from server.engine.model import LoadedModel, load_model
 from server.engine.requestlog import RequestLog
-from server.engine.row_cache import resolve_kv_dtype
 from server.engine.scheduler import Scheduler
 from server.engine.shared_rows import runtime_dir
 from server.engine.step import StepEngine, StepReport
@@ -63,10 +63,14 @@ class ModelService:
         app.extensions["model_service"] = self
 
     def _make_scheduler(self, config: dict) -> Scheduler:
-        """Continuous batching (server.engine.scheduler) over a step engine of the loaded model."""
-        kv_dtype = resolve_kv_dtype(config["KV_DTYPE"], self.loaded.precision)
+        """Continuous batching (server.engine.scheduler) over a step engine of the loaded model,
+        on the code path decided for it once, here (server.engine.code_path)."""
+        path = code_path.decide(self.loaded.model, config["KV_DTYPE"],
+                                self.loaded.kernels.chosen)
+        log.info(path.summary())
+        self.metrics.observe_code_path(path.as_dict())
         engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
-                            config["PREFILL_CHUNK"], kv_dtype)
+                            config["PREFILL_CHUNK"], path=path)
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
                          on_step=self._observe_step,

@@ -1,0 +1,159 @@
+"""Decide, once per loaded model, which code runs its steps: one record, with the reasons.
+
+Four choices make a step's path, and each used to be made where it was used:
+
+- precision: the number format and kernel candidate measured fastest at startup
+  (server.engine.kernels ``choose``), e.g. ``bfloat16+native``;
+- linear: the kernel the model's linear layers run on, read from their modules;
+- layers: the project's C layers (server.engine.native_gpt2) for a native-packed GPT-2,
+  the lean torch GPT-2 forward (server.engine.gpt2_forward) for another GPT-2, or the model's
+  own transformers forward;
+- attention: the C decode attention over bf16 caches (row_cache.NativeDecode) or torch's
+  ``scaled_dot_product_attention``, the dtype torch's attention computes in and the dtype
+  the caches store.
+
+``decide`` makes them all from the model, the KV_DTYPE setting and what this machine runs
+(``Machine``: passed explicitly, tests decide for a CPU they are not on); the step engine
+(server.engine.step) follows the ``CodePath`` it is given, and /ready reports it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from server.engine import gpt2_forward, native_gemm, native_gpt2
+from server.engine.row_cache import attention_dtype, resolve_kv_dtype, storage_dtype
+
+NATIVE_LAYERS, LEAN_LAYERS, MODEL_FORWARD = "native_c", "gpt2_forward", "transformers"
+NATIVE_ATTENTION, TORCH_ATTENTION = "native_decode", "torch_sdpa"
+# Linear kernel -> the precision server.engine.kernels names that candidate.
+PRECISIONS = {"blas_fp32": "float32", "onednn_fp32": "float32+onednn",
+              "fbgemm_fp16": "float16", "onednn_packed_bf16": "bfloat16",
+              "torch_bf16": "bfloat16", "native_bf16": "bfloat16+native",
+              "fbgemm_int8": "int8"}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine can run: ``native_blocked`` says why the project's C kernels cannot
+    (e.g. "no avx512_bf16"), None when they run."""
+
+    native_blocked: str | None
+
+    @classmethod
+    def here(cls) -> Machine:
+        """This CPU, with the kernels as server.engine.native_gemm built and loaded them."""
+        missing = native_gemm.missing_flags()
+        if missing:
+            return cls(f"no {', '.join(missing)} on this CPU")
+        return cls(None if native_gemm.library() is not None
+                   else "the native kernels did not build or load (see the startup log)")
+
+
+@dataclass(frozen=True)
+class CodePath:
+    """The path of a model's steps, and why each part was chosen."""
+
+    precision: str  # kernels' choice (or read from the modules when not measured)
+    linear: str  # a PRECISIONS key
+    linear_why: str
+    layers: str  # NATIVE_LAYERS | LEAN_LAYERS | MODEL_FORWARD
+    layers_why: str
+    attention: str  # NATIVE_ATTENTION | TORCH_ATTENTION (decoding rows; chunks: torch)
+    attention_why: str
+    attention_dtype: str  # what torch's attention computes in
+    kv_dtype: str  # the KV_DTYPE policy as resolved: float16 | model
+    cache_dtype: str  # what the caches store
+
+    def as_dict(self) -> dict:
+        """The JSON form (/ready and run.json ``code_path``)."""
+        return asdict(self)
+
+    @property
+    def torch_attention_dtype(self) -> torch.dtype:
+        """``attention_dtype`` as a torch dtype."""
+        return getattr(torch, self.attention_dtype)
+
+    def summary(self) -> str:
+        """One line for the startup log."""
+        return (f"code path: {self.precision}; linear {self.linear} ({self.linear_why}); "
+                f"layers {self.layers} ({self.layers_why}); attention {self.attention} "
+                f"({self.attention_why}) in {self.attention_dtype}, caches in "
+                f"{self.cache_dtype}")
+
+
+def decide(model: nn.Module, kv_dtype: str = "model", precision: str | None = None,
+           machine: Machine | None = None) -> CodePath:
+    """The code path for ``model`` as it is now (packed or quantized already) with KV_DTYPE
+    ``kv_dtype`` (auto resolves), on ``machine`` (default: this one); ``precision`` is
+    kernels' measured choice. Raises ValueError for an unknown KV dtype."""
+    machine = machine or Machine.here()
+    linear, linear_why = _linear(model)
+    precision = precision or PRECISIONS.get(linear, "float32")
+    kv_dtype = resolve_kv_dtype(kv_dtype, precision.split("+")[0])
+    computed = _computed_dtype(model)
+    cache = storage_dtype(computed, kv_dtype)
+    layers, layers_why = _layers(model, linear, machine)
+    attention, attention_why = _attention(cache, machine)
+    return CodePath(precision, linear, linear_why, layers, layers_why, attention,
+                    attention_why, _name(attention_dtype(computed)), kv_dtype, _name(cache))
+
+
+def _layers(model: nn.Module, linear: str, machine: Machine) -> tuple[str, str]:
+    if not gpt2_forward.supports(model):
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        return MODEL_FORWARD, f"not GPT-2 (model_type {kind})"
+    misfit = native_gpt2.misfit(model)
+    if misfit and linear != "native_bf16":
+        return LEAN_LAYERS, f"linear layers run {linear}: the C layers need native_bf16"
+    if misfit or machine.native_blocked:
+        return LEAN_LAYERS, misfit or machine.native_blocked
+    return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"
+
+
+def _attention(cache: torch.dtype, machine: Machine) -> tuple[str, str]:
+    if cache != torch.bfloat16:
+        return TORCH_ATTENTION, f"{_name(cache)} caches: the C kernel reads bf16 caches only"
+    if machine.native_blocked:
+        return TORCH_ATTENTION, machine.native_blocked
+    return NATIVE_ATTENTION, "decoding rows of bf16 caches in C; prompt chunks in torch"
+
+
+def _linear(model: nn.Module) -> tuple[str, str]:
+    """The kernel most of the model's linear layers run on, and how many do."""
+    kinds = Counter(kind for kind in map(_linear_kind, model.modules()) if kind is not None)
+    if not kinds:
+        return "blas_fp32", "no linear layer"
+    (kind, count), total = kinds.most_common(1)[0], sum(kinds.values())
+    return kind, f"{count} of {total} linear layers"
+
+
+def _linear_kind(module: nn.Module) -> str | None:
+    if isinstance(module, native_gemm.NativeBF16Linear):
+        return "native_bf16"
+    kind = getattr(type(module), "linear_kernel", None)  # server.engine.kernels' modules
+    if kind is not None:
+        return kind
+    if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+        return "fbgemm_fp16" if module._packed_params.dtype == torch.float16 else "fbgemm_int8"
+    if isinstance(module, nn.Linear):
+        return "torch_bf16" if module.weight.dtype == torch.bfloat16 else "blas_fp32"
+    return None
+
+
+def _computed_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model's activations (and so its keys and values) are computed in: its
+    token embedding's (float16 and int8 weights compute in float32)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
+        else None
+    if embeddings is not None:
+        return embeddings.weight.dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
