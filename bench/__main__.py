@@ -1,7 +1,7 @@
-"""``python -m bench``: see bench.driver."""
+"""``python -m bench [COMMAND]``: see bench.cli (and bench/README.md for the index)."""
 
 import sys
 
-from bench.driver import main
+from bench.cli import main
 
 sys.exit(main())

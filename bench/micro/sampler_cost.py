@@ -1,7 +1,7 @@
 """What the server's memory sampler costs a worker: generation throughput with it on and off,
 side by side in one run.
 
-    python scripts/probe_sampler_cost.py --model synthetic:gpt2-large --threads 1 --batch 8
+    python -m bench sampler-cost --model synthetic:gpt2-large --threads 1 --batch 8
 
 One process loads the model as a worker does (server.engine.model.load_model, which also times and
 picks the kernel path; one worker's torch threads) and generates fixed-length batches
@@ -145,7 +145,7 @@ def render(args: argparse.Namespace, rows: dict[str, dict[str, float]], rss_mb: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench sampler-cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="synthetic:gpt2-large")
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
@@ -193,7 +193,3 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch, "interval_s": args.interval_s, "rss_mb": rss_mb,
             "summary": rows, "windows": [asdict(w) for w in windows]}, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
