@@ -35,10 +35,11 @@ COMPILE_BATCHES = (1, 5)
 
 @torch.inference_mode()
 def decode_step_times(model: torch.nn.Module, forward: Callable, batch: int, steps: int,
-                      cache_name: str) -> list[float]:
+                      cache_name: str, prompt_tokens: int = 64) -> list[float]:
     """Seconds of ``steps`` single-token decode steps through ``forward`` at ``batch`` after a
-    64-token prefill; the cache (output field and keyword ``cache_name``) grows each step."""
-    out = model(input_ids=torch.randint(0, 50000, (batch, 64)), use_cache=True,
+    ``prompt_tokens`` prefill; the cache (output field and keyword ``cache_name``) grows each
+    step, as it would in a request."""
+    out = model(input_ids=torch.randint(0, 50000, (batch, prompt_tokens)), use_cache=True,
                 logits_to_keep=1)
     state = [getattr(out, cache_name), out.logits[:, -1].argmax(-1, keepdim=True)]
 

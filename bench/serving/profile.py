@@ -1,11 +1,12 @@
 """Where a Gunicorn worker's time goes under steady load, measured side by side in one run.
 
-    python scripts/profile_serving.py --model synthetic:gpt2-large --dtype int8 \
+    python -m bench profile --model synthetic:gpt2-large --dtype int8 \
         --workers 2 --users 10 --warmup-s 90 --measure-s 120 --py-spy 60
 
-1. Serves the model with real Gunicorn and drives a closed loop of ``--users`` clients
-   (no think time; prompts of exactly ``--prompt-tokens`` tokens; exactly ``--tokens`` new
-   tokens each, greedy), like the bench rows.
+1. Serves the model with real Gunicorn (harness) and drives a closed loop of ``--users``
+   Locust users (locustfiles/_bench.py's BenchUser, through harness.locust_process: no
+   think time; prompts of exactly ``--prompt-tokens`` tokens; exactly ``--tokens`` new
+   tokens each, greedy), like the bench rows; the Locust run folder is kept.
 2. Over the measured window, reads the server's own step metrics from ``/metrics``
    (``gpt_forward_seconds``, ``gpt_step_seconds``, ``gpt_step_rows``, by phase) and splits
    each worker's wall time into: prefill forward, decode forward, the rest of each step
@@ -13,24 +14,20 @@
    batch, waiting for requests).
 3. With ``--py-spy S``, samples one worker for S seconds of the window with py-spy
    (``--native``: torch's C++ frames too) and prints the hottest functions.
-4. After the server stops, times the same steps on a quiet process (same dtype, one worker's
-   torch threads, batch = the mean batch seen under load), so the table shows what load
-   itself costs a step.
+4. After the server stops, times the same steps (bench.timing) on a quiet process (same
+   dtype, one worker's torch threads, batch = the mean batch seen under load), so the
+   table shows what load itself costs a step.
 
-Loopback only. py-spy must be installed (``pip install py-spy``; it is not a dependency).
+Loopback only. py-spy must be installed for ``--py-spy`` (bench/serving/pyspy.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import shutil
-import subprocess
-import sys
+import secrets
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +36,16 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.prompts import fixed_length_prompts
+from bench.micro.step_layouts import decode_step_times
+from bench.prompts import write_prompts
+from bench.serving.pyspy import hottest, py_spy
+from bench.timing import repeat
 from harness.gunicorn_process import GunicornServer
+from harness.locust_process import LocustProcess, locust_env, suite_command
+from harness.waiting import wait_until
+from locustfiles.inputs import DATA_DIR
 from server.engine.hardware import describe, host_fingerprint
 from server.engine.model import load_model
-
-REPO = Path(__file__).resolve().parent.parent
-
-PROMPTS = REPO / "locustfiles" / "data" / "prompts.jsonl"
-KEY = "profile-key-0123456789"
 
 
 @dataclass
@@ -101,109 +99,41 @@ def window(before: dict, after: dict) -> Window:
         tokens=delta("gpt_generated_tokens_total", ""))
 
 
-class ClosedLoop:
-    """``users`` threads, each posting one generation after another until stopped."""
-
-    def __init__(self, url: str, prompts: list[str], tokens: int, users: int) -> None:
-        self.url, self.prompts, self.tokens = url, prompts, tokens
-        self.stop = threading.Event()
-        self.errors = 0
-        self._errors_lock = threading.Lock()  # += from several threads is not atomic
-        self.threads = [threading.Thread(target=self._user, args=(i,), daemon=True)
-                        for i in range(users)]
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def _user(self, index: int) -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {KEY}"
-        n = 0
-        while not self.stop.is_set():
-            prompt = self.prompts[(index + n) % len(self.prompts)]
-            n += 1
-            try:
-                r = session.post(f"{self.url}/generate-text", timeout=600,
-                                 json={"prompt": prompt, "max_new_tokens": self.tokens})
-                failed = r.status_code != 200
-            except requests.RequestException:
-                failed = not self.stop.is_set()  # cut off by the end of the run: no error
-            with self._errors_lock:
-                self.errors += failed
-
-
-def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
+def server_env(args: argparse.Namespace, workdir: Path, api_key: str) -> dict[str, str]:
     """Gunicorn's environment: greedy fixed-length generations, no limits."""
     (workdir / "metrics").mkdir(exist_ok=True)
     return {"MODEL": args.model, "DTYPE": args.dtype, "IGNORE_EOS": "1",
-            "API_KEYS": KEY, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
+            "API_KEYS": api_key, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
             "GUNICORN_ACCESSLOG": "", "TORCH_THREADS": str(args.threads),
             "MAX_BATCH_SIZE": str(args.batch), "REQUEST_TIMEOUT_S": "600",
             "MODELS_DIR": args.models_dir, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
 
 
-def py_spy(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
-    """Start sampling ``pid`` with py-spy (collapsed stacks to ``out``), or say why not."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists():
-        print("py-spy not installed: no sampled profile (pip install py-spy)")
-        return None
-    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds),
-                             "--rate", "50", "--native", "--format", "raw", "--threads",
-                             "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+def closed_loop(args: argparse.Namespace, server: GunicornServer, api_key: str,
+                run_dir: Path) -> LocustProcess:
+    """Headless Locust: ``--users`` BenchUsers, no think time, fixed-length prompts and
+    answers, until stopped (the -t is a safety cap)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prompts = run_dir / "prompts.jsonl"
+    write_prompts(args.model, args.models_dir, DATA_DIR / "prompts.jsonl", prompts,
+                  args.prompt_tokens, count=args.users)
+    cap_s = args.warmup_s + args.measure_s + max(args.py_spy, 0) + 600
+    command = suite_command("locustfiles/_bench.py", server.url, run_dir, "profile", [
+        "--headless", "-u", str(args.users), "-r", str(args.users), "-t", f"{cap_s:g}s",
+        "--server-pidfile", str(server.pidfile), "BenchUser"])
+    env = locust_env(api_key, server.operator_key, LOCUST_BENCH_PROMPTS=str(prompts),
+                     LOCUST_BENCH_TOKENS=str(args.tokens))
+    return LocustProcess(command, env, log_path=run_dir / "locust.log")
 
 
-def _frame_name(frame: str) -> str:
-    # "function (file.py:line)" -> "function (file.py)"; native frames have no line.
-    name, _, where = frame.partition(" (")
-    return f"{name} ({where.split(':')[0].rstrip(')')})" if where else name
+def client_errors(run_dir: Path) -> int:
+    """Failed requests Locust recorded (requests cut off by the end of the run are not)."""
+    path = run_dir / "requests.csv"
+    if not path.exists():
+        return 0
+    import pandas as pd
 
-
-# Leaf frames of the generation thread, by what they are (first match wins).
-_KINDS = (
-    ("matmul kernels (MKL, fbgemm, oneDNN)", ("gemv", "gemm", "fbgemm", "mkl_blas", "dnnl")),
-    ("JIT-compiled kernels (no symbol; oneDNN/fbgemm code)", ("(?)",)),
-    ("elementwise loops (GELU, add, norms, softmax, copies)",
-     ("function_ref", "vectorized_loop", "Sleef", "vml", "copy", "softmax", "layer_norm")),
-    ("Python code", (".py)",)),
-    ("lock waits (GIL, queues)", ("pthread_cond", "PyThread_acquire", "futex")),
-)
-
-
-def _kind(leaf: str) -> str:
-    for kind, marks in _KINDS:
-        if any(mark in leaf for mark in marks):
-            return kind
-    return "other native code (interpreter, dispatch, libc)"
-
-
-def hottest(raw: Path, top: int = 12) -> str:
-    """py-spy's collapsed stacks: samples by thread, then the generation thread's own time
-    by kind of code and by function. py-spy --native counts a thread blocked in a lock wait
-    as active, so request threads waiting for their batch show up; they use no CPU."""
-    by_thread: collections.Counter = collections.Counter()
-    kinds: collections.Counter = collections.Counter()
-    own: collections.Counter = collections.Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames, n = stack.split(";"), int(count)
-        by_thread[frames[0]] += n
-        if "generation" in frames[0] and len(frames) > 1:
-            leaf = _frame_name(frames[-1])
-            own[leaf] += n
-            kinds[_kind(leaf)] += n
-    total, generation = sum(by_thread.values()), sum(own.values())
-    if not generation:
-        return "py-spy recorded no samples of the generation thread"
-    lines = [f"{total} samples (50/s); by thread:"]
-    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_thread.most_common(5)]
-    lines.append(f"generation thread ({generation} samples), by kind of code:")
-    lines += [f"  {100 * n / generation:5.1f}%  {kind}" for kind, n in kinds.most_common()]
-    lines.append("generation thread, hottest functions:")
-    lines += [f"  {100 * n / generation:5.1f}%  {name[:110]}" for name, n in own.most_common(top)]
-    return "\n".join(lines)
+    return int((pd.read_csv(path)["success"] == 0).sum())
 
 
 @torch.inference_mode()
@@ -212,25 +142,13 @@ def quiet_step_ms(args: argparse.Namespace, prefill_rows: int,
     """(best of 3 prefills of ``prefill_rows`` prompts, median decode step at
     ``decode_rows``) in ms: the model alone in this process on one worker's torch threads."""
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.dtype, args.models_dir)
-    model = loaded.model
-    ids = torch.randint(0, 50000, (max(prefill_rows, decode_rows), args.prompt_tokens))
-    model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)  # warm-up
-    prefill_times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        model(input_ids=ids[:prefill_rows], use_cache=True, logits_to_keep=1)
-        prefill_times.append(time.perf_counter() - started)
-    prefill_ms = min(prefill_times) * 1000
-    out = model(input_ids=ids[:decode_rows], use_cache=True, logits_to_keep=1)
-    cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
-    times = []
-    for _ in range(min(args.tokens, 24)):  # context grows as it would in a request
-        started = time.perf_counter()
-        out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
-        times.append(time.perf_counter() - started)
-        cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
-    return prefill_ms, sorted(times)[len(times) // 2] * 1000
+    model = load_model(args.model, args.dtype, args.models_dir).model
+    ids = torch.randint(0, 50000, (prefill_rows, args.prompt_tokens))
+    prefill = repeat(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), 3,
+                     warmup=1)
+    decode = decode_step_times(model, model, decode_rows, min(args.tokens, 24), "cache",
+                               args.prompt_tokens)
+    return min(prefill) * 1000, sorted(decode)[len(decode) // 2] * 1000
 
 
 def report(args: argparse.Namespace, w: Window, seconds: float) -> None:
@@ -253,7 +171,8 @@ def report(args: argparse.Namespace, w: Window, seconds: float) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m bench profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="synthetic:gpt2-large")
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
@@ -276,29 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"host: {describe(host_fingerprint())}", flush=True)
     print("host facts: " + json.dumps(host_fingerprint()), flush=True)
-    from transformers import AutoTokenizer
-
-    from server.engine.model import resolve_source
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source(args.model, args.models_dir))
-    texts = [json.loads(line)["prompt"] for line in PROMPTS.open() if line.strip()]
-    prompts = fixed_length_prompts(tokenizer, texts, args.prompt_tokens, args.users)
+    api_key = secrets.token_urlsafe(32)
     workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))
-    with GunicornServer(workdir, server_env(args, workdir), args.workers) as server:
-        load = ClosedLoop(server.url, prompts, args.tokens, args.users)
-        load.start()
-        time.sleep(args.warmup_s)
-        spy_out = workdir / "py-spy.txt"
-        spy = py_spy(server.worker_pids()[0], args.py_spy, spy_out) if args.py_spy else None
-        before, started = scrape(server), time.monotonic()
-        time.sleep(args.measure_s)
-        after, seconds = scrape(server), time.monotonic() - started
-        load.stop.set()
+    with GunicornServer(workdir, server_env(args, workdir, api_key), args.workers) as server:
+        with closed_loop(args, server, api_key, workdir / "locust") as load:
+            first = scrape(server)  # the window starts once Locust's users are generating
+            wait_until(lambda: scrape(server) != first, "Locust's first tokens",
+                       interval_s=0.5, alive=lambda: load.proc.poll() is None)
+            time.sleep(args.warmup_s)
+            spy_out = workdir / "py-spy.txt"
+            spy = py_spy(server.worker_pids()[0], args.py_spy, spy_out) if args.py_spy else None
+            before, started = scrape(server), time.monotonic()
+            time.sleep(args.measure_s)
+            after, seconds = scrape(server), time.monotonic() - started
         if spy is not None:
             spy.wait()
     print(f"{args.model} {args.dtype}: {args.workers} workers x {args.threads} torch threads, "
           f"batches <= {args.batch}, {args.users} users, {args.prompt_tokens}-token prompts, "
-          f"{args.tokens} new tokens; client errors {load.errors}")
+          f"{args.tokens} new tokens; client errors {client_errors(workdir / 'locust')}")
     w = window(before, after)
     report(args, w, seconds)
     if spy is not None and spy_out.exists():
@@ -313,7 +227,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{decode_ms:.1f} ms (under load {load_decode:.1f} ms, {load_decode / decode_ms:.2f}x)")
     print(f"server folder: {workdir}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
