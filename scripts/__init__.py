@@ -1,1 +1,1 @@
-"""What a user runs: ``python scripts/loadtest.py`` (the main job). Measurements: ``python -m bench``."""
+"""What a user runs: ``python scripts/loadtest.py``. Measurements: ``python -m bench``."""

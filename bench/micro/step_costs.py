@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from bench.micro.step_engine import add_model_options, decoding_rows, load_engine
+from bench.micro.step_engine import decoding_rows, load_engine
+from bench.options import add_model_options
 from bench.timing import median_ms
 from server.engine.decoding import GenerationRequest
 from server.engine.step import Row

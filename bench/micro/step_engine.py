@@ -4,21 +4,12 @@ step engine on it, and rows brought to decoding."""
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
 from server.engine.decoding import GenerationRequest
 from server.engine.model import LoadedModel, load_model
 from server.engine.step import Row, StepEngine
-
-
-def add_model_options(parser: argparse.ArgumentParser, dtype: str, threads: int) -> None:
-    """--model, --models-dir, --dtype and --threads with this mode's defaults."""
-    parser.add_argument("--model", default="synthetic:gpt2-large")
-    parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
-    parser.add_argument("--dtype", default=dtype)
-    parser.add_argument("--threads", type=int, default=threads)
 
 
 def load_engine(args: argparse.Namespace, prefill_chunk: int | None = None,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.micro.step_engine import add_model_options
+from bench.options import add_model_options
 from bench.timing import repeat
 from server.engine.model import load_model
 from server.engine.quantize import conv1d_to_linear, quantize_int8

@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from bench.micro.step_engine import add_model_options, decoding_rows, load_engine
+from bench.micro.step_engine import decoding_rows, load_engine
+from bench.options import add_model_options
 from bench.timing import interleaved, ms
 from server.engine import gpt2_forward
 from server.engine.native_gemm import NativeBF16Linear, library

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from bench.options import add_model_options
 from bench.timing import repeat
 from harness.gunicorn_process import GunicornServer
 from harness.locust_process import LocustProcess, locust_env, suite_command
@@ -111,15 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m bench burst", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="synthetic:gpt2-large")
-    parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
+    add_model_options(parser, dtype="auto", threads=0,
+                      threads_help="TORCH_THREADS (0: cores/workers)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--stagger-ms", type=float, default=0.0,
                         help="spawn the concurrent users this many ms apart")
-    parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS (0: cores/workers)")
     parser.add_argument("--extra", default="", help="extra gunicorn args, e.g. '--threads 8'")
     parser.add_argument("--no-preload", action="store_true",
                         help="each worker loads its own copy (to measure what preload saves)")

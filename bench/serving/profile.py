@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import tempfile
 import time
@@ -37,6 +36,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.micro.step_layouts import decode_step_times
+from bench.options import add_model_options
 from bench.prompts import write_prompts
 from bench.serving.pyspy import hottest, py_spy
 from bench.timing import repeat
@@ -174,11 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m bench profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="synthetic:gpt2-large")
-    parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
-    parser.add_argument("--dtype", default="auto")
+    add_model_options(parser, dtype="auto", threads=1, threads_help="torch threads per worker")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--batch", type=int, default=8, help="MAX_BATCH_SIZE")
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--prompt-tokens", type=int, default=64)
