@@ -69,13 +69,13 @@ loadtest-ui: model
 # prompts, exactly 64 new tokens) for BENCH_WARMUP + BENCH_SECONDS s; writes
 # results/bench-<UTC timestamp>/ with each run folder, comparison/, roofline.json and
 # table.md. BENCH_ROWS picks rows (e.g. naive,batch-bf16); BENCH_ARGS passes more options
-# (see `python -m bench --help`).
+# (see `python -m bench matrix --help`; every measurement: `python -m bench --help`).
 BENCH_MODEL ?= $(MODEL)
 BENCH_SECONDS ?= 120
 BENCH_WARMUP ?= 180
 BENCH_ROWS ?=
 bench:
-	$(PY) -m bench --model $(BENCH_MODEL) --seconds $(BENCH_SECONDS) --warmup $(BENCH_WARMUP) \
+	$(PY) -m bench matrix --model $(BENCH_MODEL) --seconds $(BENCH_SECONDS) --warmup $(BENCH_WARMUP) \
 		--rows "$(BENCH_ROWS)" $(BENCH_ARGS)
 
 # The yardstick (issue 13): our server, then llama.cpp's llama-server with the f16 and q8_0
@@ -83,13 +83,13 @@ bench:
 # with the OpenAI mix (REF_USERS users, REF_DURATION s); writes results/reference-<UTC
 # timestamp>/ with the run folders, analysis compare tables, table.md and commands.sh.
 # REF_ARGS passes more options (e.g. REF_ARGS="--lone-user --ours 'int8=--dtype int8'"; see
-# `python -m bench.reference --help`). Needs `make llama-reference` once; never in CI.
+# `python -m bench reference --help`). Needs `make llama-reference` once; never in CI.
 REF_PRESET ?= $(subst synthetic:,,$(MODEL))
 REF_USERS ?= 8
 REF_DURATION ?= 150
 REF_ARGS ?=
 bench-reference:
-	$(PY) -m bench.reference --preset $(REF_PRESET) --users $(REF_USERS) \
+	$(PY) -m bench reference --preset $(REF_PRESET) --users $(REF_USERS) \
 		--duration $(REF_DURATION) $(REF_ARGS)
 
 # Build llama.cpp's server and the GGUFs of REF_PRESET (and gpt2) under LLAMA_DIR (default
@@ -99,7 +99,7 @@ llama-reference:
 
 # This host's matmul GFLOP/s (fp32, bf16), memory read GB/s and BENCH_MODEL's decode limit.
 roofline:
-	$(PY) -m bench.roofline --model $(BENCH_MODEL)
+	$(PY) -m bench roofline --model $(BENCH_MODEL)
 
 # Scale-out on this machine (root: network namespaces): 2 Gunicorn hosts on synthetic:tiny
 # behind nginx (deploy/nginx.conf), rate limits in Redis, distributed Locust (master + 2

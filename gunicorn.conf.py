@@ -66,7 +66,7 @@ bind = _gunicorn["BIND"] or f"127.0.0.1:{_gunicorn['PORT']}"
 # workers). WEB_CONCURRENCY=2 buys a second worker that serves while the other is killed or
 # recycled, at that cost; preloaded workers share the weights either way. On the Intel box
 # with native bf16 (old engine, results/bench/) 1 x 2 and 2 x 1 were within noise, so one
-# worker costs nothing there; re-measure with scripts/probe_serving.py on a new CPU.
+# worker costs nothing there; re-measure with python -m bench burst on a new CPU.
 workers = _gunicorn["WEB_CONCURRENCY"]
 
 # gthread: request threads wait on the worker's generation thread, which batches them.

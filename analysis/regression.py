@@ -34,7 +34,7 @@ class Band:
 
 # Gated headline metrics: key (for overrides), HEADLINES name, default band. Relative bands
 # are three median absolute deviations of five 30 s runs of synthetic:tiny and of gpt2, the
-# wider of the two (docs/ci.md, "How wide is the noise"; scripts/measure_noise.py).
+# wider of the two (docs/ci.md, "How wide is the noise"; python -m bench noise).
 DEFAULT_BANDS: dict[str, tuple[str, Band]] = {
     "throughput": ("Throughput", Band(0.70)),
     "output_tokens_per_s": ("Output tokens/s", Band(0.85)),

@@ -1,13 +1,7 @@
-"""``python -m bench``: the benchmark matrix (bench.driver); ``python -m bench figures``: the
-headline table (bench.figures)."""
+"""``python -m bench [COMMAND]``: see bench.cli (and bench/README.md for the index)."""
 
 import sys
 
-if sys.argv[1:2] == ["figures"]:
-    from bench.figures import main
-
-    sys.exit(main(sys.argv[2:]))
-
-from bench.driver import main
+from bench.cli import main
 
 sys.exit(main())

@@ -1,10 +1,9 @@
 """Run the benchmark matrix and write results/bench-<UTC timestamp>/.
 
-    python -m bench                                     # every row, synthetic:gpt2-large
-    python -m bench --model synthetic:tiny --rows naive,batch-bf16 --warmup 2 --seconds 5
-    python -m bench figures                             # docs/figures.md (bench.figures)
+    python -m bench matrix                              # every row, synthetic:gpt2-large
+    python -m bench matrix --model synthetic:tiny --rows naive,batch-bf16 --warmup 2 --seconds 5
 
-Steps: measure the roofline (``python -m bench.roofline``) while no server runs; write
+Steps: measure the roofline (``python -m bench roofline``) while no server runs; write
 prompts of exactly ``--prompt-tokens`` tokens; for each row start the project's run script
 (``scripts/loadtest.py``) with the benchmark user (``locustfiles/_bench.py``), the row's
 settings, the same users and the same duration, into ``<NN>-<row>/``; add the row to its
@@ -38,7 +37,7 @@ BENCH_NEW_TOKENS = 64  # BenchUser.max_new_tokens in that file (not imported: it
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults: the issue's load on the default heavy model)."""
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench matrix", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("MODEL", "synthetic:gpt2-large"))
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
@@ -54,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds in-flight requests get to finish after the load stops")
     p.add_argument("--roofline", type=Path, help="reuse this roofline.json (default: measure)")
     p.add_argument("--roofline-args", default="",
-                   help="extra options of python -m bench.roofline, e.g. '--seconds 0.5'")
+                   help="extra options of python -m bench roofline, e.g. '--seconds 0.5'")
     p.add_argument("--run-analysis", action=argparse.BooleanOptionalAction, default=True,
                    help="per-run charts and report.md (python -m analysis RUN)")
     p.add_argument("--out", type=Path, help="default: results/bench-<UTC timestamp>/")
@@ -69,7 +68,7 @@ def measure_roofline(args: argparse.Namespace, out: Path) -> roofline_probe.Roof
     if args.roofline:
         target.write_text(Path(args.roofline).read_text())
     else:
-        subprocess.run([sys.executable, "-m", "bench.roofline", "--model", args.model,
+        subprocess.run([sys.executable, "-m", "bench", "roofline", "--model", args.model,
                         "--models-dir", args.models_dir, "--out", str(target),
                         *args.roofline_args.split()], cwd=REPO, check=True)
     return roofline_probe.load(target)

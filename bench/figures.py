@@ -92,7 +92,7 @@ def _figures(section: str, rows: list[tuple[str, str, str, Source]]) -> list[Fig
 
 def reference(root: Path, prefix: str, folders: tuple[str, str, str],
               section: str) -> Iterator[Figure]:
-    """Ours (defaults) against llama.cpp f16 from one ``python -m bench.reference`` command."""
+    """Ours (defaults) against llama.cpp f16 from one ``python -m bench reference`` command."""
     top, ours_dir, llama_dir = folders
     f, us, src = _run(root, f"{top}/{ours_dir}")
     _, ref, ref_src = _run(root, f"{top}/{llama_dir}")
@@ -165,7 +165,7 @@ def tenants(root: Path) -> Iterator[Figure]:
     """Issue 29: key B's latency beside key A's queue, before and after the fair queue."""
     for path, name in zip(TENANTS, ("fifo", "fair"), strict=True):
         data, src = _json(root, path)
-        yield from _figures("Tenants: key B beside key A's queue (`python -m bench.tenants`)", [
+        yield from _figures("Tenants: key B beside key A's queue (`python -m bench tenants`)", [
             (f"tenant_{name}_lone_s", f"{name}: B alone, s", num(data["b_lone_s"], 2), src),
             (f"tenant_{name}_b_s", f"{name}: B beside A, s", num(data["b"]["latency_s"], 2), src),
             (f"tenant_{name}_bound_s", f"{name}: bound (twice alone + one step), s",
@@ -174,7 +174,7 @@ def tenants(root: Path) -> Iterator[Figure]:
 
 
 def sampler(root: Path) -> Iterator[Figure]:
-    """The server's memory sampler (``scripts/probe_sampler_cost.py``)."""
+    """The server's memory sampler (``python -m bench sampler-cost``)."""
     data, src = _json(root, SAMPLER)
     on, every = data["summary"]["on"], data["summary"]["every-sample"]
     yield from _figures("What measuring costs: the server's memory sampler", [

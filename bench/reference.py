@@ -1,9 +1,9 @@
 """The yardstick (issue 13): our server and llama.cpp's, one after the other on this box, each
 driven by our own Locust suite with the OpenAI mix; run folders, a comparison, one table.
 
-    python -m bench.reference                       # synthetic:gpt2-large, 8 users, 150 s
-    python -m bench.reference --preset gpt2 --duration 30 --lone-user
-    python -m bench.reference --ours defaults= --ours "int8=--dtype int8"
+    python -m bench reference                       # synthetic:gpt2-large, 8 users, 150 s
+    python -m bench reference --preset gpt2 --duration 30 --lone-user
+    python -m bench reference --ours defaults= --ours "int8=--dtype int8"
 
 Rows, in order, for each user count (``--users``, plus 1 with ``--lone-user``): every
 ``--ours`` variant served by ``scripts/loadtest.py --mix openai`` (Gunicorn, memory read from
@@ -37,6 +37,7 @@ from bench.reference_record import Record, render_report, utc_now
 from bench.reference_rows import Row, llama_locust_command, ours_command, parse_variant, plan_rows
 from bench.reference_table import read_row, render_rows
 from harness.llama_server import LlamaServer
+from harness.locust_process import LocustProcess, locust_env
 from harness.processes import free_port
 from harness.run_folder import RESULTS, utc_stamp
 
@@ -45,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults: the issue's comparison on the default heavy model)."""
-    p = argparse.ArgumentParser(prog="python -m bench.reference", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench reference", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=os.environ.get("REF_PRESET", "gpt2-large"),
                    help="synthetic preset served by both (its GGUFs must be built)")
@@ -87,10 +88,10 @@ def check_reference(args: argparse.Namespace) -> Path:
     return Path(binary)
 
 
-def run_logged(cmd: list[str], record: Record, env: dict[str, str] | None = None) -> int:
+def run_logged(cmd: list[str], record: Record) -> int:
     """Record ``cmd`` in commands.sh, print it, run it from the repo; its exit code."""
     record.command(cmd)
-    return subprocess.run(cmd, cwd=REPO, env=env).returncode
+    return subprocess.run(cmd, cwd=REPO).returncode
 
 
 def run_ours(args: argparse.Namespace, row: Row, run_dir: Path,
@@ -117,14 +118,14 @@ def run_llama(args: argparse.Namespace, row: Row, run_dir: Path, binary: Path,
     command = server_command(binary, gguf, free_port(), f"synthetic-{args.preset}-{row.quant}",
                              settings)
     api_key = secrets.token_urlsafe(32)
-    env = {**os.environ, "LOCUST_API_KEY": api_key}
-    env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
     started_at = utc_now()
     with LlamaServer(command, run_dir, api_key) as server:
         record.command(command, env_note="LLAMA_API_KEY=<random>")
         record.write_llama_run(args, row, run_dir, command, settings, started_at, None)
-        code = run_logged(llama_locust_command(args, row, run_dir, server.url,
-                                               server.pidfile), record, env)
+        locust = llama_locust_command(args, row, run_dir, server.url, server.pidfile)
+        record.command(locust)
+        with LocustProcess(locust, locust_env(api_key)) as load:
+            code = load.wait()
     require_requests(row, run_dir, code, "llama-server.log")
     record.write_llama_run(args, row, run_dir, command, settings, started_at, utc_now())
     run_logged([sys.executable, "-m", "analysis", str(run_dir)], record)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or RESULTS / f"reference-{utc_stamp()}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"== reference folder {out}", flush=True)
-    record = Record(out, args, binary)
+    record = Record(out, args, binary, sys.argv[1:] if argv is None else argv)
     runs = []
     for i, row in enumerate(args.rows, 1):
         run_dir = out / f"{i:02d}-{row.name}"
@@ -168,7 +169,3 @@ def main(argv: list[str] | None = None) -> int:
     record.save()
     print("\n" + text + f"\n== reference done: {out / 'table.md'}", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -70,14 +70,16 @@ def llama_version(binary: Path) -> str:
 class Record:
     """The reference folder's records, written as the rows run."""
 
-    def __init__(self, out: Path, args: argparse.Namespace, binary: Path) -> None:
+    def __init__(self, out: Path, args: argparse.Namespace, binary: Path,
+                 argv: list[str] | None = None) -> None:
+        """``argv``: the command's options as given (default: this process's)."""
         self.out, self.args = out, args
         self.host = host_record()
         self.llama_version = llama_version(binary) if any(r.quant for r in args.rows) else ""
         self.loads: dict[str, float] = {}  # row name -> 1-minute load average at its start
         self.commands = out / "commands.sh"
-        invocation = shlex.join([Path(sys.executable).name, "-m", "bench.reference",
-                                 *sys.argv[1:]])
+        invocation = shlex.join([Path(sys.executable).name, "-m", "bench", "reference",
+                                 *(sys.argv[1:] if argv is None else argv)])
         self.commands.write_text(
             "#!/usr/bin/env bash\n# Commands run by bench/reference.py, in order, from the "
             f"repo root ({REPO}).\n# Invocation: {invocation}\n# CPU: {self.host['cpu_model']}"

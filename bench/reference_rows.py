@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.llama_reference import QUANTS
+from harness.locust_process import suite_command
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,6 @@ def ours_command(args: argparse.Namespace, row: Row, run_dir: Path) -> list[str]
 def llama_locust_command(args: argparse.Namespace, row: Row, run_dir: Path, host: str,
                          pidfile: Path) -> list[str]:
     """Headless Locust, --target openai, against llama-server at ``host`` into ``run_dir``."""
-    return [sys.executable, "-m", "locust", "-f", "locustfiles", "--headless",
-            "--target", "openai", "--mix", "openai", *load_options(args, row),
-            "--host", host, "--run-dir", str(run_dir), "--label", row.name,
-            "--server-pidfile", str(pidfile),
-            "--csv", str(run_dir / "locust"), "--csv-full-history",
-            "--html", str(run_dir / "locust_report.html")]
+    return suite_command("locustfiles", host, run_dir, row.name, [
+        "--headless", "--target", "openai", "--mix", "openai", *load_options(args, row),
+        "--server-pidfile", str(pidfile)])

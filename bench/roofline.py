@@ -1,7 +1,7 @@
 """Measure this host's matmul throughput and memory read bandwidth; compute the decode limit.
 
-    python -m bench.roofline                          # synthetic:gpt2-large, all cores
-    python -m bench.roofline --model synthetic:tiny --out roofline.json
+    python -m bench roofline                          # synthetic:gpt2-large, all cores
+    python -m bench roofline --model synthetic:tiny --out roofline.json
 
 One decode step of a batch of ``b`` sequences reads every weight once and does about
 ``2 x params`` FLOPs per sequence, so the tokens/s it can reach is bounded by both the memory
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench.timing import repeat_for
 from server.engine.hardware import cpu_facts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -81,20 +81,9 @@ def decode_limit(batch: float, bandwidth_bytes_s: float, weight_bytes: float,
     return min(batch * bandwidth_bytes_s / weight_bytes, compute_flop_s / (2.0 * params))
 
 
-def _timings(fn: Callable[[], object], seconds: float, min_reps: int = 3) -> list[float]:
-    """Times of ``fn()`` over repeated calls for about ``seconds`` (>= min_reps)."""
-    fn()  # warm-up: page faults, oneDNN kernel selection
-    times, ends_at = [], time.monotonic() + seconds
-    while len(times) < min_reps or time.monotonic() < ends_at:  # not a wait: a measurement
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _best_seconds(fn: Callable[[], object], seconds: float, min_reps: int = 3) -> float:
     """Shortest time of ``fn()`` over repeated calls for about ``seconds`` (>= min_reps)."""
-    return min(_timings(fn, seconds, min_reps))
+    return min(repeat_for(fn, seconds, min_reps))
 
 
 def matmul_gflop_s(dtype: torch.dtype, size: int, seconds: float) -> float:
@@ -121,7 +110,7 @@ def read_bandwidth_gb_s(buffer_mb: int, seconds: float, median: bool = False) ->
     """GB/s of summing a ``buffer_mb`` MiB float32 tensor (a streaming read): the best rate,
     or with ``median`` the median one."""
     data = torch.ones(buffer_mb * 2**20 // 4, dtype=torch.float32)
-    times = _timings(data.sum, seconds)
+    times = repeat_for(data.sum, seconds)
     took = statistics.median(times) if median else min(times)
     return data.numel() * data.element_size() / took / 1e9
 
@@ -158,11 +147,7 @@ def _reader(buffer_mb: int, seconds: float, barrier, results) -> None:
     data = torch.ones(buffer_mb * 2**20 // 4, dtype=torch.float32)
     data.sum()
     barrier.wait()
-    times, ends_at = [], time.monotonic() + seconds
-    while time.monotonic() < ends_at:  # not a wait: a timed measurement
-        start = time.perf_counter()
-        data.sum()
-        times.append(time.perf_counter() - start)
+    times = repeat_for(data.sum, seconds, min_reps=1, warmup=0)
     results.put(data.numel() * 4 / sorted(times)[len(times) // 2] / 1e9)
 
 
@@ -298,7 +283,7 @@ def render(roofline: Roofline, batches: tuple[int, ...] = (1, 2, 4, 8, 10, 16, 3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench roofline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("MODEL", "synthetic:gpt2-large"))
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
@@ -325,7 +310,3 @@ def main(argv: list[str] | None = None) -> int:
         save(roofline, args.out)
         print(f"wrote {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

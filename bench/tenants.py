@@ -1,7 +1,7 @@
 """Head-of-line blocking across keys (issue 29): does one key's long work hold up another's?
 
-    python -m bench.tenants                          # synthetic:gpt2-large, the issue's sizes
-    python -m bench.tenants --model synthetic:tiny --a-prompt-words 20 --a-tokens 900
+    python -m bench tenants                          # synthetic:gpt2-large, the issue's sizes
+    python -m bench tenants --model synthetic:tiny --a-prompt-words 20 --a-tokens 900
 
 Key A streams one long completion (a ~735-token prompt, 256 new tokens, ``ignore_eos``) and,
 once its first token is out, sends four more like it: with ``KV_TOKENS`` 1,280 only one
@@ -126,7 +126,7 @@ def corpus_prompt(words: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve ``--model`` with two keys on 127.0.0.1, run the scenario, print and save it."""
-    p = argparse.ArgumentParser(prog="python -m bench.tenants", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench tenants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="synthetic:gpt2-large")
     p.add_argument("--dtype", default="auto")
@@ -167,7 +167,3 @@ def main(argv: list[str] | None = None) -> int:
          "a_rest": [asdict(a) for a in result.a_rest]}, indent=2) + "\n")
     print(f"wrote {run_dir}/run.json")
     return 0 if result.b.status == 200 and result.b.latency_s <= result.bound_s else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

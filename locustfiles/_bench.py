@@ -11,7 +11,11 @@ class too (``BenchUser``): named classes override the suite's ``--mix``. Importi
 Prompts come from the JSON-lines file in ``LOCUST_BENCH_PROMPTS`` (``python -m bench`` writes
 one with prompts of exactly 64 tokens for the model's tokenizer); without it, the suite's
 prompts are sent. The server must run with ``IGNORE_EOS=1`` for every answer to be
-exactly ``max_new_tokens`` long.
+exactly ``max_new_tokens`` long (``LOCUST_BENCH_TOKENS``, default 64).
+
+``LOCUST_BENCH_REQUESTS=N`` turns the closed loop into a burst: each user sends N requests,
+then stops, and the run ends when every user (``-u``) is done (``python -m bench burst``;
+one Locust process, no ``--processes``).
 """
 
 import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
@@ -22,7 +26,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import constant, task
+from locust.exception import StopUser
 
 import locustfiles.locustfile  # noqa: F401  (registers the suite's options and hooks)
 from locustfiles.inputs import DATA_DIR
@@ -36,18 +42,30 @@ def bench_prompts(path: Path) -> tuple[str, ...]:
         return tuple(json.loads(line)["prompt"] for line in f if line.strip())
 
 
+_finished: list[str] = []  # users of this process that sent their LOCUST_BENCH_REQUESTS
+
+
 class BenchUser(LabUser):
     """Sends the next fixed prompt as soon as the last answer arrived (a closed loop)."""
 
     wait_time = constant(0)
     route = "/generate-text"
-    max_new_tokens = 64
+    max_new_tokens = int(os.environ.get("LOCUST_BENCH_TOKENS") or 64)
     # The naive server answers 10 users one after another: ~3 minutes for the last one.
     request_timeout_s = 1200.0
+    sent = 0
 
     @task
     def generate(self) -> None:
         self.send(*self.next_request())
+        self.sent += 1
+        budget = int(os.environ.get("LOCUST_BENCH_REQUESTS") or 0)
+        if budget and self.sent >= budget:
+            _finished.append(self.draws.next_ref())
+            runner = self.environment.runner
+            if runner is not None and len(_finished) >= runner.target_user_count:
+                gevent.spawn(runner.quit)  # not from this user's greenlet: quit stops it
+            raise StopUser
 
     def next_request(self) -> tuple[str, dict[str, Any]]:
         """(reference, body): greedy, exactly ``max_new_tokens`` with IGNORE_EOS on the server."""

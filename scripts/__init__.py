@@ -1,1 +1,1 @@
-"""Command-line tools run as ``python scripts/<name>.py`` (or ``python -m scripts.<name>``)."""
+"""What a user runs: ``python scripts/loadtest.py``. Measurements: ``python -m bench``."""

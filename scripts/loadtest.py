@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.gunicorn_process import GunicornServer
+from harness.locust_process import LocustProcess, locust_env, suite_command
 from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
 from locustfiles.stages import DEFAULT_STAGES, parse_stages
@@ -141,21 +142,19 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str,
 def locust_command(args: argparse.Namespace, run_dir: Path, server: GunicornServer) -> list[str]:
     """Headless Locust with the run folder's outputs and the suite's options."""
     mode = ["--web-host", "127.0.0.1"] if args.ui else ["--headless"]
-    cmd = [sys.executable, "-m", "locust", "-f", args.locustfile, *mode,
-           "--host", server.url, "--run-dir", str(run_dir), "--label", args.label,
-           "--server-pidfile", str(server.pidfile),
-           "--csv", str(run_dir / "locust"), "--csv-full-history",
-           "--html", str(run_dir / "locust_report.html"),
-           "--stop-timeout", f"{args.stop_timeout:g}", "-r", f"{args.spawn_rate:g}",
-           "--mix", args.mix]
+    options = [*mode, "--server-pidfile", str(server.pidfile),
+               "--stop-timeout", f"{args.stop_timeout:g}", "-r", f"{args.spawn_rate:g}",
+               "--mix", args.mix]
     if args.shape == "steps":
-        cmd += ["--shape", "steps", "--stages", args.stages]
+        options += ["--shape", "steps", "--stages", args.stages]
     else:
-        cmd += ["-u", str(args.users)]
-        cmd += [] if args.ui else ["-t", f"{args.duration:g}s"]
+        options += ["-u", str(args.users)]
+        options += [] if args.ui else ["-t", f"{args.duration:g}s"]
     if args.processes:
-        cmd += ["--processes", str(args.processes)]
-    return cmd + args.user_classes  # Locust's positional user class names
+        options += ["--processes", str(args.processes)]
+    # Locust's positional user class names last.
+    return suite_command(args.locustfile, server.url, run_dir, args.label,
+                         [*options, *args.user_classes])
 
 
 def server_command(server: GunicornServer) -> str:
@@ -183,15 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"== run folder {run_dir}", flush=True)
     api_key, operator_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    locust_env = {**os.environ, "LOCUST_API_KEY": api_key, "LOCUST_OPERATOR_KEY": operator_key}
-    locust_env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
     server = start_server(args, run_dir, api_key, operator_key)
     try:
-        print("== locust: " + " ".join(locust_command(args, run_dir, server)), flush=True)
-        locust = subprocess.Popen(locust_command(args, run_dir, server), cwd=REPO, env=locust_env)
-        try:
-            code = locust.wait()
-        except KeyboardInterrupt:  # Ctrl+C reaches Locust too; let it write its reports
+        command = locust_command(args, run_dir, server)
+        print("== locust: " + " ".join(command), flush=True)
+        with LocustProcess(command, locust_env(api_key, operator_key)) as locust:
             code = locust.wait()
     finally:
         server.stop(timeout_s=90)

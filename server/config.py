@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # computes in float32 (widened on read into a reused buffer, as llama.cpp's f16 cache);
     # auto = float16 unless the weights are served in float32 (server/engine/row_cache.py). On the
     # AMD EPYC Zen 4 a mixed 8-row decode step took the same time either way (scripts/
-    # probe_batch_memory.py) and the cache's memory halved.
+    # bench memory) and the cache's memory halved.
     KV_DTYPE: Literal["auto", "float16", "model"] = "auto"
     # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
     # each, as llama.cpp's -c); a job that does not fit waits in the queue, first come first

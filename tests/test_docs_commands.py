@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import COMMANDS as BENCH_COMMANDS
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "results/README.md",
         REPO / "analysis/README.md", REPO / "deploy/README.md"]
@@ -28,11 +30,12 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "resul
 OTHER_PROGRAMS = {"export", "systemctl", "curl", "printf", "sha256sum", "redis-server", "nginx",
                   "guidellm"}  # guidellm: in its own venv (docs/api.md shows it was run)
 # Subcommands with their own --help.
-SUBCOMMANDS = {"analysis": {"compare"}, "bench": {"figures"},
-               "server.engine.synthetic": {"build", "params"}}
+SUBCOMMANDS = {"analysis": {"compare"}, "server.engine.synthetic": {"build", "params"},
+               "bench": set(BENCH_COMMANDS), "bench step": {"costs", "paths", "layouts",
+                                                            "compile"}}
 # Make variables that pass options on, and the command whose --help must list them.
 ARGS_OF = {"loadtest": ["scripts/loadtest.py"], "loadtest-ui": ["scripts/loadtest.py"],
-           "scaleout": ["deploy/netns_scaleout.py"], "bench": ["-m", "bench"]}
+           "scaleout": ["deploy/netns_scaleout.py"], "bench": ["-m", "bench", "matrix"]}
 PLACEHOLDERS = {"...", "…"}
 # Locust's --help leaves out the options a locustfile adds: print its parser with ours added.
 LOCUST_HELP = ("-c", "from locust.argument_parser import get_parser; "
@@ -116,7 +119,10 @@ def python_help_argv(args: list[str]) -> tuple[tuple[str, ...], list[str]]:
     if args[0] == "-m":
         module, rest = args[1], args[2:]
         assert importlib.util.find_spec(module), f"no module {module}"
-        sub = [rest[0]] if rest and rest[0] in SUBCOMMANDS.get(module, ()) else []
+        sub: list[str] = []  # e.g. python -m bench step paths: two levels
+        while len(rest) > len(sub) and rest[len(sub)] in SUBCOMMANDS.get(
+                " ".join([module, *sub]), ()):
+            sub.append(rest[len(sub)])
         if module == "pytest":  # its own options; the suite's conftest would import torch
             sub = ["--noconftest"]
             return ("-m", module, *sub), rest
@@ -178,21 +184,3 @@ def test_an_unknown_option_is_caught() -> None:
 @pytest.mark.parametrize(("doc", "argv"), COMMANDS, ids=[" ".join(a)[:60] for _, a in COMMANDS])
 def test_documented_command_runs_as_written(doc: str, argv: list[str]) -> None:
     check(argv)
-
-
-def test_every_server_module_is_in_the_architecture_table_and_the_readme_picture() -> None:
-    """docs/architecture.md's tables name every module of server/, and README's picture does
-    too (a module added without a role in the docs fails here)."""
-    root = Path(__file__).resolve().parent.parent
-    architecture = (root / "docs" / "architecture.md").read_text()
-    readme = (root / "README.md").read_text()
-    modules = sorted((root / "server").rglob("*.py"))
-    assert len(modules) > 30
-    for path in modules:
-        if path.name == "__init__.py" and path.parent.name != "server":
-            continue
-        parent = path.parent.name
-        named = f"`{path.name}`" in architecture or (parent == "openai_compat"
-                                                      and "`openai_compat/`" in architecture)
-        assert named, f"{path.relative_to(root)} has no row in docs/architecture.md"
-        assert path.name in readme or parent in readme, f"{path.relative_to(root)} not in README"

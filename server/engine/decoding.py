@@ -55,7 +55,7 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     the values: no argsort, no scatter back), and every token at least that likely is kept
     (ties with the last one kept included). On gpt2's 50,257 tokens a top_p token cost
     5.0-5.3 ms with torch's sort and its indices, 1.9-2.0 ms this way (AMD EPYC Zen 4,
-    2 threads, scripts/probe_token_sampling.py); an 8-row step samples 8 times.
+    2 threads, python -m bench sampling); an 8-row step samples 8 times.
     """
     ordered = np.sort(probs.numpy())[::-1]
     before = np.cumsum(ordered, dtype=np.float64) - ordered  # mass ahead of each token
@@ -67,7 +67,7 @@ def _draw(probs: torch.Tensor, rng: torch.Generator | None) -> int:
     """One token drawn from ``probs`` (unnormalised, non-negative) with ``rng``: inverse CDF,
     one uniform number and a binary search. torch.multinomial over the vocabulary cost
     1.0 ms a draw; a temperature-only token now costs 0.13-0.40 ms in all
-    (scripts/probe_token_sampling.py). The first index whose CDF passes u has a positive
+    (python -m bench sampling). The first index whose CDF passes u has a positive
     probability, since a zero adds nothing to the CDF."""
     cdf = probs.double().cumsum(-1)
     u = torch.rand((), generator=rng, dtype=torch.float64) * cdf[-1]

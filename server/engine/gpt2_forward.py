@@ -5,7 +5,7 @@ The step engine (server.engine.step) runs one forward per step over a packed seq
 dataclasses, mask and cache dispatch, the attention-interface lookup, once per layer. On
 gpt2-large (AMD EPYC Zen 4, 2 threads, 200-token prompts) a decode step took 58.8 / 105.5 ms
 at 1 / 8 rows through ``model(...)`` and 56.4 / 94.8 ms here, the fused GELU below included
-(``python scripts/probe_step_paths.py --rows 1,8``, interleaved in one process). Not
+(``python -m bench step paths --rows 1,8``, interleaved in one process). Not
 measured on an AVX2-only CPU, where the same calls are made with fewer Python frames.
 
 This module calls the same submodules (the same weights, whatever kernel packs them) and

@@ -54,7 +54,7 @@ REPS = 3
 # The row count a packed bf16 step with fewer rows is padded to, if its batch-1 step then
 # measures faster. oneDNN's prepacked bf16 kernel is slower at 1 row than at 4: on the
 # AMD EPYC Zen 4 (AVX-512 BF16) gpt2-large's 144 linear layers took 71 / 60 ms at 1 / 4 rows
-# on 2 threads (scripts/probe_gemm_paths.py --rows 1,4 --threads 2 --reps 9), so a padded
+# on 2 threads (python -m bench gemm --rows 1,4 --threads 2 --reps 9), so a padded
 # lone request's step reads the same weights sooner.
 MIN_ROWS = 4
 
@@ -126,7 +126,7 @@ class PackedBF16Linear(nn.Module):
     The plain bf16 matmul reorders the whole weight on every call: on the AMD EPYC Zen 4
     (AVX-512 BF16, 2 threads) the linear layers of gpt2-large's 36 blocks took 84 / 99 / 501
     ms at 1 / 8 / 128 rows that way, 55 / 66 / 447 ms prepacked, against fbgemm fp16's
-    48 / 77 / 938 (scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2). The packed copy
+    48 / 77 / 938 (python -m bench gemm --rows 1,8,128 --threads 2). The packed copy
     replaces the weight: same bytes.
     """
 

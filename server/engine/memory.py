@@ -185,7 +185,7 @@ class WorkerMemorySampler:
         self._next_full_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # What sampling cost so far (read by scripts/probe_sampler_cost.py).
+        # What sampling cost so far (read by python -m bench sampler-cost).
         self.samples_taken = 0
         self.full_reads = 0
         self.full_read_s = 0.0

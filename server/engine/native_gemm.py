@@ -1,13 +1,13 @@
 """A bf16 GEMM of the project's own for CPUs with AVX-512 BF16 (``native/gemm_bf16.c``).
 
 Why: oneDNN's prepacked bf16 kernel (server.engine.kernels.PackedBF16Linear) reads a one-row
-decode step's weights at ~20 GB/s where this box streams ~30 (``python -m bench.roofline``),
+decode step's weights at ~20 GB/s where this box streams ~30 (``python -m bench roofline``),
 and costs about as much at 8 rows as at 1 only because both are slow. The C kernel packs
 each weight once into blocks of 16 outputs x 2 inputs, the layout ``vdpbf16ps`` multiplies
 with a broadcast pair of activations, and keeps up to 8 rows x 8 blocks of accumulators in
 registers: on the AMD EPYC Zen 4 (2 threads) gpt2-large's linear layers took 39 / 43 / 460
 ms at 1 / 8 / 128 rows against oneDNN's prepacked 63 / 63 / 463
-(``python scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2``).
+(``python -m bench gemm --rows 1,8,128 --threads 2``).
 Each output is summed in the same order whatever the rows, so a row's result is the same
 alone or in any batch, bit for bit.
 

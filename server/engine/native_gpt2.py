@@ -4,7 +4,7 @@ server.engine.gpt2_forward runs GPT-2's layers as torch calls; with ``DTYPE=bflo
 GEMMs and the decode attention already run in the project's C kernels, and what was left of
 a step was dispatch (gpt2-large, Zen 4, 2 threads: 56.4 / 94.8 ms at 1 / 8 rows through torch's
 layers, 45.5 / 80.5 here, 46.7 / 67.3 for the GEMMs alone; ``python
-scripts/probe_step_paths.py --rows 1,8``): layer norms, GELU, residual adds and
+python -m bench step paths --rows 1,8``): layer norms, GELU, residual adds and
 views, ~20 torch calls a layer, each costing more to call than to compute. Here each layer
 is two C calls around the attention (the prefill chunks' attention stays in torch), and a
 step in which every row decodes one token runs all 36 layers in one call.

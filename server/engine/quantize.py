@@ -4,7 +4,7 @@ GPT-2 (transformers' ``Conv1D``) stores each projection as ``[in, out]`` and com
 ``addmm(bias, x, weight)``; ``nn.Linear`` stores ``[out, in]``, the layout oneDNN and fbgemm
 are tuned for. Same arithmetic, and a decode step of synthetic gpt2-large in bf16 on one
 thread took 161 ms instead of 204 ms at batch 1, 239 instead of 297 ms at batch 8 (measured
-on the 2-core box by scripts/probe_decode_step.py).
+on the 2-core box by python -m bench step layouts).
 
 ``DTYPE=int8`` goes further: every linear layer (the converted Conv1Ds and the LM head)
 becomes torch's dynamic int8 Linear (fbgemm): weights int8 per output channel, activations

@@ -296,7 +296,7 @@ def attention_dtype(computed: torch.dtype) -> torch.dtype:
     """The dtype a row's attention runs in for a model computing in ``computed``: float32
     for bf16 models. torch's CPU attention in bf16 cost 168 / 343 / 998 us for one query
     over 70 / 300 / 900 positions (20 heads of 64), widened to float32 53 / 89 / 225 us
-    (AMD EPYC Zen 4, 2 threads, scripts/probe_attention.py): a bf16 decode step of
+    (AMD EPYC Zen 4, 2 threads, python -m bench attention): a bf16 decode step of
     gpt2-large had spent 32 of its 125 ms in attention."""
     return torch.float32 if computed == torch.bfloat16 else computed
 
@@ -312,7 +312,7 @@ def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) ->
     4.5 MB, 576 of them per 8-row step of gpt2-large), and a float16-cache decode step took
     169-191 ms against 155 ms full width; widened into one buffer reused across rows and
     layers (it stays in cache), 131-136 against 120-148 ms (AMD EPYC Zen 4, 2 threads,
-    scripts/probe_batch_memory.py). Safe to reuse: the attention has consumed the previous
+    python -m bench memory). Safe to reuse: the attention has consumed the previous
     row's copy before the next row is widened into it.
     """
     view = stored[:, :, :total]

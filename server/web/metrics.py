@@ -109,7 +109,7 @@ class Metrics:
                                   multiprocess_mode="max", registry=r)
         self.weight_bytes = Gauge("gpt_model_weight_bytes", "Bytes of model parameters",
                                   multiprocess_mode="max", registry=r)
-        # Where the generation thread's time goes (scripts/profile_serving.py reads these):
+        # Where the generation thread's time goes (python -m bench profile reads these):
         # the model forward per step, the whole step (forward + sampling + KV bookkeeping),
         # and the rows computed, each by phase (prefill | decode).
         self.forward_seconds = Histogram("gpt_forward_seconds", "Model forward time per step",

@@ -1,11 +1,11 @@
-"""scripts/measure_noise.py: the spread of each gated metric over runs, and its band."""
+"""python -m bench noise: the spread of each gated metric over runs, and its band."""
 
 from __future__ import annotations
 
 import pytest
 from analysis_run_builders import request_row
 
-from scripts.measure_noise import metric_spreads, spread, suggested_band
+from bench.serving.noise import metric_spreads, spread, suggested_band
 
 
 def test_spread_is_the_widest_and_the_median_deviation_from_the_median() -> None:

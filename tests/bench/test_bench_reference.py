@@ -80,8 +80,9 @@ def test_llama_rows_get_the_issues_locust_command(tmp_path: Path) -> None:
                                tmp_path / "llama-server.pid")
     line = " ".join(cmd)
 
-    assert ("-m locust -f locustfiles --headless --target openai --mix openai -u 8 -r 8 "
-            "-t 150s --stop-timeout 120 --host http://127.0.0.1:9001") in line
+    assert "-m locust -f locustfiles --host http://127.0.0.1:9001 " in line
+    assert ("--headless --target openai --mix openai -u 8 -r 8 -t 150s --stop-timeout 120"
+            in line)
     assert value_after(cmd, "--run-dir") == str(tmp_path)
     assert value_after(cmd, "--server-pidfile") == str(tmp_path / "llama-server.pid")
     assert value_after(cmd, "--csv") == str(tmp_path / "locust")

@@ -66,7 +66,7 @@ def test_model_params_counts_the_loaded_weights(tiny_model: Path) -> None:
 def test_probe_command_measures_and_saves(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "roofline.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.roofline", "--model", "synthetic:tiny", "--models-dir",
+        [sys.executable, "-m", "bench", "roofline", "--model", "synthetic:tiny", "--models-dir",
          MODELS_DIR, "--threads", "1", "--size", "128", "--buffer-mb", "16", "--seconds",
          "0.05", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

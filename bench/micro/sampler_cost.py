@@ -1,7 +1,7 @@
 """What the server's memory sampler costs a worker: generation throughput with it on and off,
 side by side in one run.
 
-    python scripts/probe_sampler_cost.py --model synthetic:gpt2-large --threads 1 --batch 8
+    python -m bench sampler-cost --model synthetic:gpt2-large --threads 1 --batch 8
 
 One process loads the model as a worker does (server.engine.model.load_model, which also times and
 picks the kernel path; one worker's torch threads) and generates fixed-length batches
@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
 import torch
 
 from server.engine.decoding import GenerationRequest
@@ -41,7 +42,6 @@ from server.engine.step import StepEngine
 
 # Condition -> the sampler's smaps budget (None: no sampler).
 CONDITIONS = {"off": None, "on": DEFAULT_FULL_BUDGET, "every-sample": math.inf}
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -63,9 +63,11 @@ class Window:
 
 
 def thread_cpu_s(native_id: int) -> float:
-    """User + system CPU seconds of one thread of this process (/proc/self/task/<tid>/stat)."""
-    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14, 15)
+    """User + system CPU seconds of one thread of this process (psutil's per-thread times)."""
+    for thread in psutil.Process().threads():
+        if thread.id == native_id:
+            return thread.user_time + thread.system_time
+    raise LookupError(f"no thread {native_id} in this process")
 
 
 def generate(engine: StepEngine, requests: list[GenerationRequest]) -> int:
@@ -145,7 +147,7 @@ def render(args: argparse.Namespace, rows: dict[str, dict[str, float]], rss_mb: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench sampler-cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="synthetic:gpt2-large")
     p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
@@ -193,7 +195,3 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch, "interval_s": args.interval_s, "rss_mb": rss_mb,
             "summary": rows, "windows": [asdict(w) for w in windows]}, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

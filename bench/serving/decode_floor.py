@@ -1,12 +1,12 @@
 """How close each run's decode comes to this box's memory floor for one request.
 
-    python scripts/decode_floor.py --roofline results/profile/roofline-zen4.json \
+    python -m bench decode-floor --roofline results/profile/roofline-zen4.json \
         results/reference/lone-user-2cores-zen4-v2/01-ours-defaults-u1 \
         results/reference/lone-user-2cores-zen4-v2/02-llama-f16-u1
 
 A lone request's decode step reads every weight once, so at ``--bytes-per-param`` (2: bf16
 and f16 alike) it can take no less than the weights' bytes over the read bandwidth (the
-roofline's median streaming read, ``python -m bench.roofline``): the floor. For each run
+roofline's median streaming read, ``python -m bench roofline``): the floor. For each run
 folder it prints the p10 and p50 time per output token of the streamed requests
 (requests.csv; TPOT as the report defines it, analysis.streaming) and, for a llama.cpp row,
 the ``eval time`` ms per token its llama-server.log printed per request; each also as the
@@ -68,7 +68,7 @@ def lines(run_dirs: list[Path], floor: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the floor and the table."""
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench decode-floor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
     parser.add_argument("--roofline", type=Path, required=True, help="a roofline.json")
@@ -81,7 +81,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{roofline.measured_at}) = {floor:.1f} ms a token\n")
     print("\n".join(lines(args.runs, floor)))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

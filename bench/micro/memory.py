@@ -1,12 +1,13 @@
 """How much a worker's private memory grows serving one mixed 8-row batch, per DTYPE.
 
-    python scripts/probe_batch_memory.py --model synthetic:gpt2-large --dtype float16 --threads 2
-    python scripts/probe_batch_memory.py ... --kv-dtype float16   # the 16-bit cache, to compare
+    python -m bench memory --model synthetic:gpt2-large --dtype float16 --threads 2
+    python -m bench memory ... --kv-dtype float16   # the 16-bit cache, to compare
 
 In-process (no server): loads the model as the master does, runs 8 rows with prompts of
 30-838 tokens (the default mix's routes) and 24 new tokens each through ``StepEngine`` with
 128-token prefill chunks, and prints USS before, at peak and after ``malloc_trim``, the KV
-cache's bytes at peak and the median decode step (what the cache's precision costs in time).
+cache's bytes at peak and the median decode step (what the cache's precision costs in time;
+bench.timing).
 Most of the growth is KV cache: 36 layers x 2 x 1,280 x 4 bytes = 368 KB a token on
 gpt2-large with the default full-width cache (184 KB with ``--kv-dtype float16``).
 """
@@ -17,9 +18,10 @@ import argparse
 import os
 import random
 import statistics
-import time
 
 import torch
+
+from bench.timing import timed
 
 PROMPTS = (30, 100, 300, 60, 120, 838, 50, 200)
 
@@ -31,16 +33,17 @@ def uss_mb() -> int:
     return round(read_process_memory().uss_mb)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the batch and print the USS figures."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="synthetic:gpt2-large")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--kv-dtype", default="auto", help="KV_DTYPE: auto | model | float16")
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from server.engine.decoding import GenerationRequest
     from server.engine.memory import release_free_heap
@@ -59,10 +62,9 @@ def main() -> int:
                                              args.new_tokens)) for n in PROMPTS]
     kv_mb, decode_ms = 0.0, []
     while any(row.finish_reason is None for row in rows):  # not a wait: a measured batch
-        started = time.perf_counter()
-        report = engine.step([row for row in rows if row.finish_reason is None])
+        report, seconds = timed(lambda: engine.step([r for r in rows if r.finish_reason is None]))
         if report.phase == "decode":
-            decode_ms.append((time.perf_counter() - started) * 1000.0)
+            decode_ms.append(seconds * 1000.0)
         kv_mb = max(kv_mb, sum(row.cache.nbytes() for row in rows) / 1e6)
         peak = max(peak, uss_mb())
     release_free_heap()
@@ -72,7 +74,3 @@ def main() -> int:
           f"{statistics.median(decode_ms) if decode_ms else float('nan'):.0f} ms over "
           f"{len(decode_ms)}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

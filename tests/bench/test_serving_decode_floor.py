@@ -1,4 +1,4 @@
-"""scripts/decode_floor.py: each run's time per token against the weights-read floor."""
+"""python -m bench decode-floor: each run's time per token against the weights-read floor."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def test_floor_and_shares_come_from_the_roofline_and_the_runs(tmp_path: Path) ->
          roofline)
     ours = _run_folder(tmp_path / "ours", [100.0] * 9, None)
     llama = _run_folder(tmp_path / "llama", [50.0] * 4, [62.5, 62.5, 62.5])
-    run = subprocess.run([sys.executable, "scripts/decode_floor.py", "--roofline", str(roofline),
-                          str(ours), str(llama)],
+    run = subprocess.run([sys.executable, "-m", "bench", "decode-floor", "--roofline",
+                          str(roofline), str(ours), str(llama)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "at 40.0 GB/s (Test CPU" in run.stdout and "= 50.0 ms a token" in run.stdout

@@ -1,4 +1,4 @@
-"""scripts/probe_sampler_cost.py on the tiny model: three conditions side by side, host named."""
+"""python -m bench sampler-cost on the tiny model: three conditions side by side, host named."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.conftest import MODELS_DIR
 def test_probe_measures_the_sampler_on_and_off(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     run = run_script(
-        [sys.executable, "scripts/probe_sampler_cost.py", "--model", "synthetic:tiny",
+        [sys.executable, "-m", "bench", "sampler-cost", "--model", "synthetic:tiny",
          "--models-dir", MODELS_DIR, "--dtype", "float32", "--batch", "2",
          "--prompt-tokens", "8", "--tokens", "8", "--rounds", "2", "--window-s", "1.5",
          "--interval-s", "0.05", "--json", str(out)],

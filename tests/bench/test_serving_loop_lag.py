@@ -1,4 +1,4 @@
-"""scripts/probe_loop_lag.py on the tiny model: two Locust runs at once, sampling on and off."""
+"""python -m bench loop-lag on the tiny model: two Locust runs at once, sampling on and off."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_probe_compares_loop_lag_with_and_without_sampling(tiny_model: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "lag"
     run = run_script(
-        [sys.executable, "scripts/probe_loop_lag.py", "--out", str(out), "--model",
+        [sys.executable, "-m", "bench", "loop-lag", "--out", str(out), "--model",
          "synthetic:tiny", "--models-dir", MODELS_DIR, "--dtype", "float32", "--workers", "1",
          "--users", "2", "--spawn-rate", "2", "--duration", "10", "--stop-timeout", "20"],
         cwd=REPO, env=locust_env())

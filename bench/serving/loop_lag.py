@@ -1,53 +1,51 @@
 """Locust's event-loop lag with and without the server-memory sampler, side by side in one run.
 
-    python scripts/probe_loop_lag.py --model synthetic:gpt2-large --users 5 --duration 300
+    python -m bench loop-lag --model synthetic:gpt2-large --users 5 --duration 300
 
 Serves the model once (scripts/loadtest.py's server, its options and defaults), then runs two
 headless Locust processes against it at the same time, each with ``--users`` users: one
 samples the server's memory every ``--sample-s`` seconds (memory.csv, the default 1 s), the
-other does not sample at all. Both see the same server and the same CPU contention; only
-the sampling differs. Each writes its run folder (loadgen.csv: the 100 ms timer's lateness
-and Locust's CPU) under ``--out``; the script prints loop lag p50/p99/max and CPU per run
-and writes loop_lag.json with the host fingerprint. Loopback only.
+other does not sample at all (both started through harness.locust_process). Both see the
+same server and the same CPU contention; only the sampling differs. Each writes its run
+folder (loadgen.csv: the 100 ms timer's lateness and Locust's CPU) under ``--out``; the
+command prints loop lag p50/p99/max and CPU per run and writes loop_lag.json with the host
+fingerprint. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
-import subprocess
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
 from analysis.loadgen import load_window, loadgen_summary, read_loadgen
 from analysis.readers import read_requests
+from harness.locust_process import LocustProcess, locust_env
 from harness.run_folder import new_run_dir
 from scripts import loadtest
 from server.engine.hardware import describe, fingerprint_subprocess
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def run_both(args: argparse.Namespace, out: Path, sample_s: float) -> dict[str, Path]:
     """Serve once; run the sampling and the non-sampling Locust at the same time."""
     api_key, operator_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    env = {**os.environ, "LOCUST_API_KEY": api_key, "LOCUST_OPERATOR_KEY": operator_key}
-    env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the unit tests only
+    env = locust_env(api_key, operator_key)
     runs = {"sampler-on": out / "sampler-on", "sampler-off": out / "sampler-off"}
     server = loadtest.start_server(args, out, api_key, operator_key)
     try:
-        procs = []
-        for name, run_dir in runs.items():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            every = sample_s if name == "sampler-on" else 0.0
-            cmd = [*loadtest.locust_command(args, run_dir, server), "--memory-sample-s",
-                   f"{every:g}"]
-            with open(run_dir / "locust.log", "wb") as log:
-                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
-        codes = [proc.wait() for proc in procs]
+        with ExitStack() as stack:
+            procs = []
+            for name, run_dir in runs.items():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                every = sample_s if name == "sampler-on" else 0.0
+                cmd = [*loadtest.locust_command(args, run_dir, server), "--memory-sample-s",
+                       f"{every:g}"]
+                procs.append(stack.enter_context(
+                    LocustProcess(cmd, env, log_path=run_dir / "locust.log")))
+            codes = [proc.wait() for proc in procs]
     finally:
         server.stop(timeout_s=90)
     print(f"== locust exit codes {codes}", flush=True)
@@ -64,7 +62,8 @@ def summarise(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both, print the comparison, write loop_lag.json; return 0."""
-    p = argparse.ArgumentParser(description=__doc__, add_help=False,
+    p = argparse.ArgumentParser(prog="python -m bench loop-lag", description=__doc__,
+                                add_help=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="default: results/<UTC timestamp>-loop-lag/")
     p.add_argument("--sample-s", type=float, default=1.0, help="memory sampling interval")
@@ -92,7 +91,3 @@ def main(argv: list[str] | None = None) -> int:
         indent=2) + "\n")
     print(f"== wrote {out / 'loop_lag.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

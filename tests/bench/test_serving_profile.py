@@ -1,4 +1,4 @@
-"""scripts/profile_serving.py on the tiny model: it runs, and its attribution adds up."""
+"""python -m bench profile on the tiny model (Locust load): it runs, and its attribution adds up."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
+from tests.locust_runs import locust_env
 
 
 def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: Path) -> None:
     run = run_script(
-        [sys.executable, "scripts/profile_serving.py", "--model", "synthetic:tiny",
+        [sys.executable, "-m", "bench", "profile", "--model", "synthetic:tiny",
          "--models-dir", MODELS_DIR, "--dtype", "float32", "--workers", "1", "--users", "2",
          "--prompt-tokens", "16", "--tokens", "8", "--warmup-s", "3", "--measure-s", "6"],
-        cwd=REPO)
+        cwd=REPO, env=locust_env())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
     assert "client errors 0" in out

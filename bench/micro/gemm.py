@@ -1,8 +1,8 @@
 """Time the GEMM paths a decode step could take, on one thread, at a decode step's row counts.
 
-    taskset -c 0 .venv/bin/python scripts/probe_gemm_paths.py            # gpt2-large shapes
-    taskset -c 0 .venv/bin/python scripts/probe_gemm_paths.py --rows 1,8 --reps 9
-    .venv/bin/python scripts/probe_gemm_paths.py --rows 1,8,128 --threads 2
+    taskset -c 0 python -m bench gemm                     # gpt2-large shapes
+    taskset -c 0 python -m bench gemm --rows 1,8 --reps 9
+    python -m bench gemm --rows 1,8,128 --threads 2
 
 The four projections of one gpt2-large block (c_attn 1280->3840, attn c_proj 1280->1280,
 c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
@@ -22,7 +22,8 @@ Paths are interleaved and each keeps its best of two rounds of medians, so a bus
 slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
 left out). The kernel choice (server.engine.kernels) times whole steps of the served model; this
 probe says which GEMM paths are worth offering it. OpenBLAS's thread count must be fixed
-before numpy loads it, so run this as a script (it sets OPENBLAS_NUM_THREADS=1).
+before numpy loads it: this module sets OPENBLAS_NUM_THREADS=1 on import, before numpy
+(``python -m bench`` imports nothing heavy before it).
 """
 
 from __future__ import annotations
@@ -33,29 +34,19 @@ import os
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy is imported (one thread, like torch's)
 
 import copy
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from bench.timing import median_ms
 from server.engine import native_gemm
 from server.engine.kernels import PackedBF16Linear, packing_available
 from server.engine.quantize import quantize_float16, quantize_int8
 
 SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280)]  # (in, out)
 BLOCKS = 36
-
-
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()  # not a wait: a measurement
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000.0
 
 
 def paths(rows: int) -> dict[str, Callable[[], object]]:
@@ -89,14 +80,15 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print one line per row count: ms per decode step's linear layers, per path."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench gemm",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1,4,8,16", help="row counts, comma-separated")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (OpenBLAS stays on one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"ms for the linear layers of {BLOCKS} gpt2-large blocks, {args.threads} torch "
           f"thread(s) "
@@ -107,12 +99,8 @@ def main() -> None:
             best: dict[str, float] = {}
             for _ in range(2):
                 for name, fn in timed.items():
-                    fn()  # first-call allocations
-                    ms = _median_ms(fn, args.reps) * BLOCKS
+                    ms = median_ms(fn, args.reps, warmup=1) * BLOCKS  # 1st: allocations
                     best[name] = min(best.get(name, ms), ms)
             print(f"{rows:>3} rows: " + ", ".join(f"{k} {v:,.0f}" for k, v in best.items()),
                   flush=True)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

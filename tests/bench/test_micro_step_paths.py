@@ -1,4 +1,4 @@
-"""scripts/probe_step_paths.py: one line per row count, every forward path timed."""
+"""python -m bench step paths: one line per row count, every forward path timed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from server.engine import native_gemm
 def test_probe_times_each_forward_path(tiny_model) -> None:
     native = native_gemm.available()
     dtype = "bfloat16+native" if native else "bfloat16"
-    run = subprocess.run([sys.executable, "scripts/probe_step_paths.py", "--model",
+    run = subprocess.run([sys.executable, "-m", "bench", "step", "paths", "--model",
                           "synthetic:tiny", "--dtype", dtype, "--rows", "1,3", "--context", "12",
                           "--threads", "1", "--reps", "3"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -1,7 +1,7 @@
 """Run-to-run spread of the same configuration on the same machine: the regression gate's
 noise bands (analysis/regression.py DEFAULT_BANDS) are set from it.
 
-    taskset -c 1 python scripts/measure_noise.py --presets tiny,gpt2 --runs 5 --duration 30
+    taskset -c 1 python -m bench noise --presets tiny,gpt2 --runs 5 --duration 30
 
 Runs scripts/loadtest.py ``--runs`` times per preset, one after the other, with the same
 options (each a fresh server); then reads every run folder with the analysis and prints,
@@ -32,12 +32,12 @@ from analysis.tables import table
 from harness.run_folder import new_run_dir
 from server.engine.hardware import describe, fingerprint_subprocess
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults: five 30 s runs of tiny and gpt2, 4 users, 1 worker)."""
-    p = argparse.ArgumentParser(prog="python scripts/measure_noise.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench noise", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="tiny,gpt2", help="comma-separated synthetic presets")
     p.add_argument("--runs", type=int, default=5, help="runs per preset")
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or new_run_dir("noise")
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
-        "command": " ".join(["python", "scripts/measure_noise.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "bench", "noise",
+                             *(sys.argv[2:] if argv is None else argv)]),
         "host": describe(fingerprint_subprocess()), "presets": {}}
     for preset in args.presets.split(","):
         dirs = []
@@ -137,7 +138,3 @@ def main(argv: list[str] | None = None) -> int:
     (out / "noise.md").write_text(text)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

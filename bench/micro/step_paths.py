@@ -1,6 +1,7 @@
-"""One decode step of a bf16 GPT-2 through each forward path, interleaved in one process.
+"""``python -m bench step paths``: one decode step of a bf16 GPT-2 through each forward path,
+interleaved in one process.
 
-    python scripts/probe_step_paths.py --model synthetic:gpt2-large --rows 1,8 --context 200
+    python -m bench step paths --model synthetic:gpt2-large --rows 1,8 --context 200
 
 Per row count (rows decoding after a ``--context``-token prompt each), the median ms of:
 
@@ -14,31 +15,28 @@ Per row count (rows decoding after a ``--context``-token prompt each), the media
 - ``attention only``: the native decode attention of every layer over these rows' caches.
 
 The variants alternate within each repetition, so the box's drift (±20% from process to
-process on the Zen 4 VM) hits them alike. The numbers in docs/results.md come from this script.
+process on the Zen 4 VM) hits them alike (bench.timing.interleaved). The numbers in
+docs/results.md come from this mode.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from bench.micro.step_engine import decoding_rows, load_engine
+from bench.options import add_model_options
+from bench.timing import interleaved, ms
 from server.engine import gpt2_forward, native_ops
-from server.engine.decoding import GenerationRequest
-from server.engine.model import load_model
 from server.engine.native_gemm import NativeBF16Linear
 from server.engine.row_cache import PackedStep, Segment
 from server.engine.step import Row, StepEngine
 
 
 def _decoding(engine: StepEngine, rows: int, context: int) -> list[Row]:
-    made = [engine.new_row(GenerationRequest(list(range(100 + i, 100 + i + context)), 64))
-            for i in range(rows)]
-    while any(row.prompt_left for row in made):
-        engine.step(made)
+    made = decoding_rows(engine, rows, context, max_new_tokens=64)
     engine.step(made)  # every row has a token to feed
     return made
 
@@ -89,37 +87,23 @@ def _attention(engine: StepEngine, rows: list[Row]) -> Callable[[], None]:
     return run
 
 
-def main() -> int:
-    """Print one line per row count: median ms per path."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="synthetic:gpt2-large")
-    parser.add_argument("--models-dir", default="models")
-    parser.add_argument("--dtype", default="bfloat16+native")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This mode's options."""
+    add_model_options(parser, dtype="bfloat16+native", threads=2)
     parser.add_argument("--rows", default="1,8")
     parser.add_argument("--context", type=int, default=200, help="prompt tokens per row")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=15)
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # as the server's master: the kernel choice runs on one thread
-    loaded = load_model(args.model, args.dtype, args.models_dir)
-    torch.set_num_threads(args.threads)
-    engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one line per row count: median ms per path."""
+    loaded, engine = load_engine(args, prefill_chunk=None)
     print(f"{args.model} served as {loaded.kernels.chosen}, {args.threads} thread(s), "
           f"{args.context}-token prompts; median ms of one decode step, interleaved")
     with torch.inference_mode():
         for count in (int(r) for r in args.rows.split(",")):
-            timed = variants(engine, _decoding(engine, count, args.context))
-            times: dict[str, list[float]] = {name: [] for name in timed}
-            for _ in range(args.reps):
-                for name, fn in timed.items():
-                    started = time.perf_counter()  # not a wait: a measurement
-                    fn()
-                    times[name].append(time.perf_counter() - started)
+            times = interleaved(variants(engine, _decoding(engine, count, args.context)),
+                                args.reps)
             print(f"{count:>3} rows: " + ", ".join(
-                f"{name} {statistics.median(t) * 1000:.2f}" for name, t in times.items()),
-                flush=True)
+                f"{name} {ms(t):.2f}" for name, t in times.items()), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""scripts/probe_token_sampling.py: one timed line per sampling case, on a small vocabulary."""
+"""python -m bench sampling: one timed line per sampling case, on a small vocabulary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from harness.gunicorn_process import REPO
 
 
 def test_probe_times_each_sampling_case() -> None:
-    run = subprocess.run([sys.executable, "scripts/probe_token_sampling.py", "--vocab", "500",
+    run = subprocess.run([sys.executable, "-m", "bench", "sampling", "--vocab", "500",
                           "--threads", "1", "--repeats", "5"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
