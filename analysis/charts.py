@@ -82,8 +82,8 @@ def plot_latency_over_time(
 
 def plot_throughput(ax: Axes, history: pd.DataFrame) -> None:
     """Requests/s and failures/s over the run (Locust's rolling window)."""
-    title = "Requests/s (higher is better) and failures/s (lower is better)"
     agg = _aggregated(history)
+    title = "Requests/s (higher is better) and failures/s (lower is better)"
     if agg.empty:
         no_data(ax, title)
         return

@@ -71,27 +71,32 @@ def _run_dir(value: str) -> Path:
 
 Draw = Callable[[Axes, RunData, Findings], None]
 
+
+def _draw(plot: Callable[..., None], frame: str, *settings: str) -> Draw:
+    """Draw the run's ``frame`` (a RunData field) with ``plot``, passing the named config
+    values after it: ``plot(ax, run.<frame>, findings.config.<setting>, ...)``."""
+    return lambda ax, run, findings: plot(
+        ax, getattr(run, frame), *(getattr(findings.config, s) for s in settings))
+
+
 # file stem, caption, how to draw it from the run and its findings.
 CHARTS: list[tuple[str, str, Draw]] = [
     ("latency_over_time", "Response time percentiles over time, with users",
-     lambda ax, r, f: charts.plot_latency_over_time(ax, r.history, f.config.slo_p95_ms)),
-    ("throughput", "Requests/s and failures/s",
-     lambda ax, r, f: charts.plot_throughput(ax, r.history)),
+     _draw(charts.plot_latency_over_time, "history", "slo_p95_ms")),
+    ("throughput", "Requests/s and failures/s", _draw(charts.plot_throughput, "history")),
     ("route_latency", "Latency distribution per route",
-     lambda ax, r, f: charts.plot_route_latency(ax, r.requests)),
+     _draw(charts.plot_route_latency, "requests")),
     ("tokens_per_s", "Output tokens/s over time",
-     lambda ax, r, f: charts.plot_tokens_per_s(ax, r.requests, f.config.bin_s)),
+     _draw(charts.plot_tokens_per_s, "requests", "bin_s")),
     ("memory_over_time", "Server memory: total PSS vs summed RSS, per worker",
-     lambda ax, r, f: charts_memory.plot_memory_over_time(ax, r.memory)),
-    ("ram_per_request", "RAM per request",
-     lambda ax, r, f: charts_memory.plot_ram_per_request(ax, r.server_log)),
+     _draw(charts_memory.plot_memory_over_time, "memory")),
+    ("ram_per_request", "RAM per request", _draw(charts_memory.plot_ram_per_request, "server_log")),
     ("latency_vs_batch_size", "Latency vs batch size",
-     lambda ax, r, f: charts.plot_latency_vs_batch_size(ax, r.requests)),
+     _draw(charts.plot_latency_vs_batch_size, "requests")),
     ("queue_vs_inference", "Queue time vs inference time",
-     lambda ax, r, f: charts.plot_queue_vs_inference(ax, r.requests)),
+     _draw(charts.plot_queue_vs_inference, "requests")),
     ("ttft_tpot", "Streamed requests: TTFT vs TPOT, with the targets",
-     lambda ax, r, f: charts.plot_ttft_tpot(ax, r.requests, f.config.slo_ttft_ms,
-                                            f.config.slo_tpot_ms)),
+     _draw(charts.plot_ttft_tpot, "requests", "slo_ttft_ms", "slo_tpot_ms")),
 ]  # fmt: skip
 SWEEP_CHART: tuple[str, str, Draw] = (
     "sweep", "Step sweep: throughput and p95 vs users, knee marked",

@@ -21,8 +21,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from analysis.loadgen import load_window, loadgen_summary, read_loadgen
-from analysis.readers import read_requests
+from analysis.loadgen import load_window, loadgen_summary
+from analysis.readers import read_loadgen, read_requests
 from harness.run_folder import new_run_dir
 from scripts import loadtest
 from server.hardware import describe, fingerprint_subprocess
