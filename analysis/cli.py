@@ -28,7 +28,7 @@ USAGE = """\
 python -m analysis RUN_DIR [--gate] [--slo-file FILE] [--slo-p95-ms MS] [--slo-error-rate R]
                    [--slo-count-refusals true|false] [--slo-ttft-ms MS] [--slo-tpot-ms MS]
                    [--slo-e2e-ms MS] [--slo-attainment R] [--slo-memory-slope-mb-per-min S]
-                   [--junit FILE] [--summary FILE] [--no-html]
+                   [--junit FILE] [--summary FILE] [--no-html] [--no-charts]
 python -m analysis compare RUN_DIR RUN_DIR [RUN_DIR ...] [--out DIR]
 python -m analysis compare BASELINE RUN --gate [--band METRIC=FRACTION ...] [--slo-file FILE]"""
 
@@ -125,14 +125,17 @@ def write_charts(run: RunData, findings: Findings, out_dir: Path) -> list[tuple[
 
 
 def analyze(path: Path, args: argparse.Namespace) -> Findings:
-    """Write charts/*.png, report.md and (unless --no-html) report.html into run ``path``."""
+    """Write charts/*.png (unless --no-charts), report.md and (unless --no-html) report.html
+    into run ``path``."""
     run = load_run(path)
     findings = build_findings(run, _config(args, run.settings))
-    pngs = write_charts(run, findings, path / "charts")
+    pngs = [] if args.no_charts else write_charts(run, findings, path / "charts")
     links = [(caption, f"charts/{png.name}") for caption, png in pngs]
     document = report_document(findings, links)
     (path / "report.md").write_text(to_markdown(document))
-    print(f"wrote {path / 'report.md'} and {len(pngs)} charts in {path / 'charts'}")
+    drawn = "no charts (--no-charts)" if args.no_charts else \
+        f"{len(pngs)} charts in {path / 'charts'}"
+    print(f"wrote {path / 'report.md'} and {drawn}")
     if not args.no_html:
         images = {link: png.read_bytes() for (_, link), (_, png) in zip(links, pngs, strict=True)}
         (path / "report.html").write_text(render_html(document, images))
@@ -202,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-html", action="store_true", help="skip the self-contained report.html"
     )
+    parser.add_argument("--no-charts", action="store_true",
+                        help="report.md (and report.html) without charts/: a quick look")
     parser.add_argument("--gate", action="store_true",
                         help="SLO gate: print one line per verdict, exit 1 when one failed")
     _add_slo_options(parser)
