@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.chart_style import LEGEND_BELOW, no_data, slo_line
+from analysis.charts import LEGEND_BELOW, no_data, slo_line
 from analysis.memory import totals
 
 

@@ -1,5 +1,6 @@
 """Command line: ``python -m analysis RUN [--gate]`` and ``python -m analysis compare RUN RUN
-... [--gate]``; the gates themselves live in analysis.cli_gate."""
+... [--gate]``: read, compute, then write the charts and reports (the only module here that
+makes, saves and closes figures). The gates themselves live in analysis.gate."""
 
 from __future__ import annotations
 
@@ -7,27 +8,27 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from analysis.charts_compare import COMPARE_CHARTS, plot_headline
-from analysis.cli_gate import regression_gate, slo_gate
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from analysis import charts, charts_memory
 from analysis.compare import headline_frame, render_comparison
 from analysis.config import SLO_KEYS, AnalysisConfig, load_config
-from analysis.document import to_markdown
-from analysis.figures import save_chart, write_charts
+from analysis.document import render_html, to_markdown
 from analysis.findings import build_findings
+from analysis.gate import read_slo_file, regression_gate, slo_gate
 from analysis.records import Findings
 from analysis.report import report_document
-from analysis.report_html import render_html
-from analysis.run import load_run
-from analysis.slo_file import read_slo_file
+from analysis.run import RunData, load_run
 
 USAGE = """\
 python -m analysis RUN_DIR [--gate] [--slo-file FILE] [--slo-p95-ms MS] [--slo-error-rate R]
                    [--slo-count-refusals true|false] [--slo-ttft-ms MS] [--slo-tpot-ms MS]
                    [--slo-e2e-ms MS] [--slo-attainment R] [--slo-memory-slope-mb-per-min S]
-                   [--junit FILE] [--summary FILE] [--no-html]
+                   [--junit FILE] [--summary FILE] [--no-html] [--no-charts]
 python -m analysis compare RUN_DIR RUN_DIR [RUN_DIR ...] [--out DIR]
 python -m analysis compare BASELINE RUN --gate [--band METRIC=FRACTION ...] [--slo-file FILE]"""
 
@@ -35,7 +36,7 @@ python -m analysis compare BASELINE RUN --gate [--band METRIC=FRACTION ...] [--s
 def _add_slo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-file", default=os.environ.get("ANALYSIS_SLO_FILE", ""),
                         help="TOML file with [slo] targets and [regression] bands "
-                             "(default: $ANALYSIS_SLO_FILE; see analysis/slo_file.py)")
+                             "(default: $ANALYSIS_SLO_FILE; see analysis/gate.py)")
     parser.add_argument("--slo-p95-ms", type=float, help="p95 latency target (ms)")
     parser.add_argument("--slo-error-rate", type=float, help="error-rate target (0..1)")
     parser.add_argument("--slo-count-refusals", choices=["true", "false"],
@@ -66,17 +67,77 @@ def _run_dir(value: str) -> Path:
     return path
 
 
+# The figures: one per chart, made, saved and closed here (the I/O side of analysis.charts).
+
+Draw = Callable[[Axes, RunData, Findings], None]
+
+
+def _draw(plot: Callable[..., None], frame: str, *settings: str) -> Draw:
+    """Draw the run's ``frame`` (a RunData field) with ``plot``, passing the named config
+    values after it: ``plot(ax, run.<frame>, findings.config.<setting>, ...)``."""
+    return lambda ax, run, findings: plot(
+        ax, getattr(run, frame), *(getattr(findings.config, s) for s in settings))
+
+
+# file stem, caption, how to draw it from the run and its findings.
+CHARTS: list[tuple[str, str, Draw]] = [
+    ("latency_over_time", "Response time percentiles over time, with users",
+     _draw(charts.plot_latency_over_time, "history", "slo_p95_ms")),
+    ("throughput", "Requests/s and failures/s", _draw(charts.plot_throughput, "history")),
+    ("route_latency", "Latency distribution per route",
+     _draw(charts.plot_route_latency, "requests")),
+    ("tokens_per_s", "Output tokens/s over time",
+     _draw(charts.plot_tokens_per_s, "requests", "bin_s")),
+    ("memory_over_time", "Server memory: total PSS vs summed RSS, per worker",
+     _draw(charts_memory.plot_memory_over_time, "memory")),
+    ("ram_per_request", "RAM per request", _draw(charts_memory.plot_ram_per_request, "server_log")),
+    ("latency_vs_batch_size", "Latency vs batch size",
+     _draw(charts.plot_latency_vs_batch_size, "requests")),
+    ("queue_vs_inference", "Queue time vs inference time",
+     _draw(charts.plot_queue_vs_inference, "requests")),
+    ("ttft_tpot", "Streamed requests: TTFT vs TPOT, with the targets",
+     _draw(charts.plot_ttft_tpot, "requests", "slo_ttft_ms", "slo_tpot_ms")),
+]  # fmt: skip
+SWEEP_CHART: tuple[str, str, Draw] = (
+    "sweep", "Step sweep: throughput and p95 vs users, knee marked",
+    lambda ax, r, f: (charts_memory.plot_sweep(ax, f.sweep.steps, f.config.slo_p95_ms)
+                      if f.sweep else None),
+)  # fmt: skip
+
+
+def save_chart(draw: Callable[[Axes], None], path: Path) -> Path:
+    """Draw on a fresh 10x5 inch figure and save it as PNG at ``path``."""
+    # A bare Figure (no pyplot): no global state, no GUI backend, nothing left open.
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    draw(fig.add_subplot())
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_charts(run: RunData, findings: Findings, out_dir: Path) -> list[tuple[str, Path]]:
+    """Write every chart of ``run`` into ``out_dir``; the sweep chart only for a sweep."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [*CHARTS, SWEEP_CHART] if findings.sweep is not None else CHARTS
+    return [
+        (caption, save_chart(lambda ax, d=draw: d(ax, run, findings), out_dir / f"{stem}.png"))
+        for stem, caption, draw in chosen
+    ]
+
+
 def analyze(path: Path, args: argparse.Namespace) -> Findings:
-    """Write charts/*.png, report.md and (unless --no-html) report.html into run ``path``."""
+    """Write charts/*.png (unless --no-charts), report.md and (unless --no-html) report.html
+    into run ``path``."""
     run = load_run(path)
     findings = build_findings(run, _config(args, run.settings))
-    charts = write_charts(run, findings, path / "charts")
-    links = [(caption, f"charts/{png.name}") for caption, png in charts]
+    pngs = [] if args.no_charts else write_charts(run, findings, path / "charts")
+    links = [(caption, f"charts/{png.name}") for caption, png in pngs]
     document = report_document(findings, links)
     (path / "report.md").write_text(to_markdown(document))
-    print(f"wrote {path / 'report.md'} and {len(charts)} charts in {path / 'charts'}")
+    drawn = "no charts (--no-charts)" if args.no_charts else \
+        f"{len(pngs)} charts in {path / 'charts'}"
+    print(f"wrote {path / 'report.md'} and {drawn}")
     if not args.no_html:
-        images = {link: png.read_bytes() for (_, link), (_, png) in zip(links, charts, strict=True)}
+        images = {link: png.read_bytes() for (_, link), (_, png) in zip(links, pngs, strict=True)}
         (path / "report.html").write_text(render_html(document, images))
         print(f"wrote {path / 'report.html'}")
     return findings
@@ -94,13 +155,14 @@ def compare(paths: Sequence[Path], out: Path | None, args: argparse.Namespace
         out = paths[0].resolve().parent / f"compare-{name}"
     out.mkdir(parents=True, exist_ok=True)
     headlines = headline_frame(runs)
-    charts = []
-    for stem, metric in COMPARE_CHARTS:
-        png = save_chart(lambda ax, m=metric: plot_headline(ax, headlines, m), out / f"{stem}.png")
-        charts.append((f"{metric} per run", png.name))
+    pngs = []
+    for stem, metric in charts.COMPARE_CHARTS:
+        png = save_chart(lambda ax, m=metric: charts.plot_headline(ax, headlines, m),
+                         out / f"{stem}.png")
+        pngs.append((f"{metric} per run", png.name))
     target = out / "comparison.md"
-    target.write_text(render_comparison(runs, charts))
-    print(f"wrote {target} and {len(charts)} charts")
+    target.write_text(render_comparison(runs, pngs))
+    print(f"wrote {target} and {len(pngs)} charts")
     return out, runs
 
 
@@ -143,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-html", action="store_true", help="skip the self-contained report.html"
     )
+    parser.add_argument("--no-charts", action="store_true",
+                        help="report.md (and report.html) without charts/: a quick look")
     parser.add_argument("--gate", action="store_true",
                         help="SLO gate: print one line per verdict, exit 1 when one failed")
     _add_slo_options(parser)

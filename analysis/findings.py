@@ -6,15 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from analysis import goodput, locust_stats, memory, streaming, sweep, traffic
+from analysis import goodput, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
 from analysis.loadgen import load_window, loadgen_summary
+from analysis.memory import memory_headers_absent, memory_headers_note
 from analysis.records import Findings
-from analysis.rules import evaluate
+from analysis.rules import evaluate, slo_verdicts
 from analysis.run import RunData
-from analysis.server_headers import memory_headers_absent, memory_headers_note
-from analysis.slo import slo_verdicts
 
 # run.json keys that describe when or where, not how: left out of the settings table.
 _NOT_SETTINGS = {"started_at", "ended_at"}
@@ -45,8 +44,8 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     routes = traffic.route_latency(run.requests)
     summary = traffic.traffic(run.requests)
     if not routes and not run.stats.empty:
-        routes = locust_stats.route_latency_from_stats(run.stats)
-        summary = locust_stats.traffic_from_stats(run.stats, run.failures)
+        routes = traffic.route_latency_from_stats(run.stats)
+        summary = traffic.traffic_from_stats(run.stats, run.failures)
         notes.append(
             "Latency and counts come from `locust_stats.csv`: percentiles include "
             "failed requests and are rounded by Locust; tokens/s is not available."

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.formatting import num
+from analysis.document import num
 
 # Flattened run.json keys that describe the hardware and the kernel path (analysis.compare
 # lists them first among the settings that differ).

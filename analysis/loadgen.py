@@ -1,8 +1,9 @@
 """The load generator's own load: Locust's CPU and event-loop lag from loadgen.csv.
 
 A load generator that is short of CPU, or whose event loop is blocked, adds its own delay to
-every response time it records. loadgen.csv (locustfiles/loadgen_monitor.py) has one row
-per ~100 ms tick of each Locust process: how late the tick fired and the CPU time so far.
+every response time it records. loadgen.csv (locustfiles/loadgen_monitor.py; read by
+analysis.readers) has one row per ~100 ms tick of each Locust process: how late the tick
+fired and the CPU time so far.
 """
 
 from __future__ import annotations
@@ -13,26 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.readers import stored
+from analysis.readers import LOADGEN_COLUMNS, read_loadgen, stored
 
-LOADGEN_COLUMNS = ["timestamp", "elapsed_s", "pid", "role", "loop_lag_ms", "cpu_s",
-                   "cpu_percent", "cores"]
 # Roles whose loop runs simulated users: their lag is in the measured response times.
 USER_ROLES = ("local", "worker")
-
-
-def read_loadgen(path: Path, start_ts: float | None = None) -> pd.DataFrame:
-    """Read loadgen.csv; ``elapsed_s`` becomes seconds since the run start (``start_ts``)."""
-    return (
-        pd.read_csv(path, dtype={"role": str})
-        .reindex(columns=LOADGEN_COLUMNS)
-        .assign(
-            role=lambda d: d["role"].fillna("").astype(str),
-            elapsed_s=lambda d: d["timestamp"] - (
-                d["timestamp"].min() if start_ts is None else start_ts),
-        )
-        .sort_values(["timestamp", "pid"], kind="stable", ignore_index=True)
-    )
 
 
 @dataclass(frozen=True)

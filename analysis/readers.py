@@ -30,6 +30,9 @@ REQUEST_COLUMNS = [
 MEMORY_COLUMNS = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",
 ]  # fmt: skip
+# loadgen.csv (locustfiles/loadgen_monitor.py): one row per tick of each Locust process.
+LOADGEN_COLUMNS = ["timestamp", "elapsed_s", "pid", "role", "loop_lag_ms", "cpu_s",
+                   "cpu_percent", "cores"]
 SERVER_LOG_COLUMNS = [
     "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
     "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
@@ -117,17 +120,28 @@ def read_requests(path: Path, start_ts: float | None = None) -> pd.DataFrame:
     )
 
 
-def read_memory(path: Path, start_ts: float | None = None) -> pd.DataFrame:
-    """Read memory.csv: long format, one row per process per sample plus a "total" row."""
+def _per_process(path: Path, columns: list[str], start_ts: float | None) -> pd.DataFrame:
+    """Read a per-process sample file (memory.csv, loadgen.csv): ``columns``, ``role`` as text,
+    ``elapsed_s`` since the run start, sorted by time then pid."""
     return (
         pd.read_csv(path, dtype={"role": str})
-        .reindex(columns=MEMORY_COLUMNS)
+        .reindex(columns=columns)
         .assign(
             role=lambda d: d["role"].fillna("").astype(str),
             elapsed_s=lambda d: _elapsed(d["timestamp"], start_ts),
         )
         .sort_values(["timestamp", "pid"], kind="stable", ignore_index=True)
     )
+
+
+def read_memory(path: Path, start_ts: float | None = None) -> pd.DataFrame:
+    """Read memory.csv: long format, one row per process per sample plus a "total" row."""
+    return _per_process(path, MEMORY_COLUMNS, start_ts)
+
+
+def read_loadgen(path: Path, start_ts: float | None = None) -> pd.DataFrame:
+    """Read loadgen.csv; ``elapsed_s`` becomes seconds since the run start (``start_ts``)."""
+    return _per_process(path, LOADGEN_COLUMNS, start_ts)
 
 
 def read_server_log(path: Path, start_ts: float | None = None) -> pd.DataFrame:

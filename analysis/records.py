@@ -1,7 +1,8 @@
 """The findings of a run as data: every number the report and the rules read, and nothing else.
 
-Records only (no computation): analysis.findings builds them, analysis.rules_* read them,
-analysis.report renders them. Imports go one way: records <- rules_* <- rules <- findings.
+Records only (no computation): analysis.findings builds them, analysis.rules_traffic and
+analysis.rules_machine read them, analysis.report renders them. Imports go one way:
+records <- rules_traffic, rules_machine <- rules <- findings.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import charts_memory, charts_streaming, charts_traffic, memory, traffic
+from analysis import charts, charts_memory, memory, traffic
 from analysis.config import load_config
 from analysis.findings import build_findings
 from analysis.report import render_markdown
@@ -79,23 +79,23 @@ def chart(draw) -> Figure:
     return fig
 
 
-chart(lambda ax: charts_traffic.plot_latency_over_time(ax, run.history, cfg.slo_p95_ms))
+chart(lambda ax: charts.plot_latency_over_time(ax, run.history, cfg.slo_p95_ms))
 
 # %%
-chart(lambda ax: charts_traffic.plot_throughput(ax, run.history))
+chart(lambda ax: charts.plot_throughput(ax, run.history))
 
 # %%
-chart(lambda ax: charts_traffic.plot_tokens_per_s(ax, run.requests, cfg.bin_s))
+chart(lambda ax: charts.plot_tokens_per_s(ax, run.requests, cfg.bin_s))
 
 # %% [markdown]
 # ## 4. Where the time goes: queue vs inference, batch size
 
 # %%
 print(traffic.time_split(run.requests))
-chart(lambda ax: charts_traffic.plot_queue_vs_inference(ax, run.requests))
+chart(lambda ax: charts.plot_queue_vs_inference(ax, run.requests))
 
 # %%
-chart(lambda ax: charts_traffic.plot_latency_vs_batch_size(ax, run.requests))
+chart(lambda ax: charts.plot_latency_vs_batch_size(ax, run.requests))
 
 # %% [markdown]
 # ## 5. Memory: total PSS vs summed RSS
@@ -137,8 +137,8 @@ if findings.streaming is not None:
     print(findings.goodput)
 else:
     print("no streamed requests in this run: TTFT/TPOT not measured")
-chart(lambda ax: charts_streaming.plot_ttft_tpot(ax, run.requests, cfg.slo_ttft_ms,
-                                                 cfg.slo_tpot_ms))  # fmt: skip
+chart(lambda ax: charts.plot_ttft_tpot(ax, run.requests, cfg.slo_ttft_ms,
+                                         cfg.slo_tpot_ms))  # fmt: skip
 
 # %% [markdown]
 # ## 8. Verdicts and recommendations

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.formatting import num
+from analysis.document import num, table
 from analysis.records import Findings
-from analysis.tables import table
 from bench.reference_table import ReferenceRow, ratio, read_findings, reference_row
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,11 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.config import load_config
+from analysis.document import num, table
 from analysis.findings import build_findings
-from analysis.formatting import num
 from analysis.records import Findings
 from analysis.run import load_run
-from analysis.tables import table
 from analysis.traffic import ALL_ROUTES
 
 NAN = float("nan")

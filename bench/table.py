@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.formatting import MISSING
+from analysis.document import MISSING, table
 from analysis.memory import totals
 from analysis.readers import read_memory, read_requests, read_run_json
-from analysis.tables import table
 from bench.roofline import Roofline
 
 

@@ -21,8 +21,8 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
-from analysis.loadgen import load_window, loadgen_summary, read_loadgen
-from analysis.readers import read_requests
+from analysis.loadgen import load_window, loadgen_summary
+from analysis.readers import read_loadgen, read_requests
 from harness.locust_process import LocustProcess, locust_env
 from harness.run_folder import new_run_dir
 from scripts import loadtest

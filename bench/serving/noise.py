@@ -1,5 +1,5 @@
 """Run-to-run spread of the same configuration on the same machine: the regression gate's
-noise bands (analysis/regression.py DEFAULT_BANDS) are set from it.
+noise bands (analysis/compare.py DEFAULT_BANDS) are set from it.
 
     taskset -c 1 python -m bench noise --presets tiny,gpt2 --runs 5 --duration 30
 
@@ -23,12 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analysis.compare import HEADLINES, headline_values
+from analysis.compare import DEFAULT_BANDS, HEADLINES, headline_values
 from analysis.config import load_config
+from analysis.document import table
 from analysis.findings import build_findings
-from analysis.regression import DEFAULT_BANDS
 from analysis.run import load_run
-from analysis.tables import table
 from harness.run_folder import new_run_dir
 from server.engine.hardware import describe, fingerprint_subprocess
 

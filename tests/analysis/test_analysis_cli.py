@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from analysis_run_builders import request_row
 
-from analysis.charts_compare import COMPARE_CHARTS
-from analysis.cli import main
-from analysis.figures import CHARTS
+from analysis.charts import COMPARE_CHARTS
+from analysis.cli import CHARTS, main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]

@@ -10,10 +10,9 @@ from analysis_run_builders import START_TS, request_row, write_csv
 from analysis.cli import main
 from analysis.config import AnalysisConfig
 from analysis.findings import build_findings
-from analysis.loadgen import LOADGEN_COLUMNS
+from analysis.readers import LOADGEN_COLUMNS
 from analysis.report import render_markdown
-from analysis.rules_hardware import kernel_path
-from analysis.rules_loadgen import load_generator_busy
+from analysis.rules_machine import kernel_path, load_generator_busy
 from analysis.run import load_run
 
 EPYC = {"cores": 2, "ram_gb": 16, "cpu_model": "AMD EPYC 7B13", "cpu_vendor": "AuthenticAMD",

@@ -8,14 +8,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis import rules_failures as rf
-from analysis import rules_memory as rm
+from analysis import rules_machine as rm
 from analysis import rules_traffic as rt
 from analysis.config import AnalysisConfig
 from analysis.memory import MemorySummary
 from analysis.records import Findings
-from analysis.rules import all_rules, evaluate
-from analysis.slo import slo_verdicts
+from analysis.rules import all_rules, evaluate, slo_verdicts
 from analysis.sweep import Sweep
 from analysis.traffic import ALL_ROUTES, RouteLatency, TimeSplit, Traffic
 
@@ -98,21 +96,21 @@ CASES = [
     (rt.slo_missed, make(traffic=failed(503, "overloaded", 5), sweep=PLATEAU),
      ["error rate was 0.050 against a target of 0.010", "held up to 30 users"],
      make(traffic=failed(503, "overloaded", 1))),
-    (rf.rate_limited, make(traffic=failed(429, "rate_limited", 7)),
+    (rt.rate_limited, make(traffic=failed(429, "rate_limited", 7)),
      ["7 request(s) (7.0%)", "429", "(10 users)"], make(traffic=failed(503, "overloaded", 7))),
-    (rf.overloaded, make(traffic=failed(503, "overloaded", 3)),
+    (rt.overloaded, make(traffic=failed(503, "overloaded", 3)),
      ["3 request(s) (3.0%)", "503", "p99 (1,500 ms)", "SLO (10,000 ms)"],
      make(traffic=failed(429, "rate_limited", 3))),
-    (rf.timed_out, make(traffic=failed(504, "timeout", 2)), ["2 request(s) (2.0%)", "504"],
+    (rt.timed_out, make(traffic=failed(504, "timeout", 2)), ["2 request(s) (2.0%)", "504"],
      make()),
-    (rf.server_errors, make(traffic=failed(502, "http_502", 1)), ["1 request(s) (1.0%)", "5xx"],
+    (rt.server_errors, make(traffic=failed(502, "http_502", 1)), ["1 request(s) (1.0%)", "5xx"],
      make(traffic=failed(504, "timeout", 1))),
-    (rf.no_answer, make(traffic=failed(0, "connection_error", 4)),
+    (rt.no_answer, make(traffic=failed(0, "connection_error", 4)),
      ["4 request(s) (4.0%)", "no HTTP answer"], make()),
-    (rf.bad_body, make(traffic=failed(200, "bad_body", 2)), ["2 request(s) (2.0%)", "bad_body"],
+    (rt.bad_body, make(traffic=failed(200, "bad_body", 2)), ["2 request(s) (2.0%)", "bad_body"],
      make(traffic=failed(0, "connection_error", 2))),
     # Locust's failure table only (no status codes): matched by the error text.
-    (rf.overloaded, make(traffic=dataclasses.replace(failed(503, "HTTP 503 overloaded", 3),
+    (rt.overloaded, make(traffic=dataclasses.replace(failed(503, "HTTP 503 overloaded", 3),
                                                      status_counts={})),
      ["3 request(s)"], make(traffic=dataclasses.replace(failed(429, "HTTP 429", 3),
                                                         status_counts={}))),

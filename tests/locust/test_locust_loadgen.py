@@ -17,8 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
-from analysis.loadgen import load_window, loadgen_summary, read_loadgen
-from analysis.readers import read_requests
+from analysis.loadgen import load_window, loadgen_summary
+from analysis.readers import read_loadgen, read_requests
 from harness.gunicorn_process import GunicornServer
 from harness.processes import tree_progress
 from harness.waiting import wait_until

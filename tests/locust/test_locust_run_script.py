@@ -50,7 +50,7 @@ def test_every_file_of_the_run_folder_is_there(run_dir: Path) -> None:
 def test_analysis_wrote_every_chart_and_the_report(run_dir: Path) -> None:
     import matplotlib.image
 
-    from analysis.figures import CHARTS
+    from analysis.cli import CHARTS
 
     charts = {p.stem: p for p in (run_dir / "charts").glob("*.png")}
     assert set(charts) >= {stem for stem, _, _ in CHARTS}

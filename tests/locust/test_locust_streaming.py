@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report_streaming import NO_STREAMS
+from analysis.report_sections import NO_STREAMS
 from harness.gunicorn_process import REPO, GunicornServer
 from harness.script_run import run_script
 from tests.conftest import MODELS_DIR, TEST_API_KEY, server_env

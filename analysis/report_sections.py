@@ -1,19 +1,21 @@
-"""The report's "Streaming and goodput" section. Pure: Findings in, a Section out.
+"""The report's topic sections: "Streaming and goodput", "Hardware and kernel path" (the
+server's startup kernel table) and "Load generator" (Locust's own CPU and event-loop lag).
 
-The formulas themselves are stated once, in "How each number is computed"
-(analysis.report_methods quotes the docstrings of analysis.streaming and analysis.goodput).
+Pure: Findings in, a Section out. The formulas themselves are stated once, in "How each
+number is computed" (analysis.report quotes the docstrings of analysis.streaming and
+analysis.goodput).
 """
 
 from __future__ import annotations
 
 from analysis.config import AnalysisConfig
-from analysis.document import Paragraph, Section, Table
-from analysis.formatting import num, pct
+from analysis.document import Paragraph, Section, Table, num, pct
 from analysis.goodput import Goodput
+from analysis.hardware import header_line
 from analysis.records import Findings
 from analysis.streaming import StreamSummary
 
-TITLE = "Streaming and goodput"
+STREAMING_TITLE = "Streaming and goodput"
 NO_STREAMS = (
     "No streamed requests in this run: TTFT/TPOT not measured, so goodput and SLO "
     "attainment are not computed either. Streaming users (`StreamingPromptUser`, ...) or "
@@ -82,7 +84,7 @@ def streaming_section(f: Findings) -> Section:
     """TTFT/TPOT/E2E percentiles, tokens/s, goodput and attainment; a note when none streamed."""
     s, g = f.streaming, f.goodput
     if s is None or g is None:
-        return Section(TITLE, [Paragraph(NO_STREAMS)])
+        return Section(STREAMING_TITLE, [Paragraph(NO_STREAMS)])
     parts: list[Paragraph | Section] = [Paragraph(
         f"{num(s.requests)} streamed requests ({num(s.successes)} successful). "
         + _targets(f.config)
@@ -94,4 +96,66 @@ def streaming_section(f: Findings) -> Section:
             "measured for them, and they miss any TPOT target."
         ))  # fmt: skip
     parts += [_latency(s), _goodput(s, g, f.config)]
-    return Section(TITLE, parts)
+    return Section(STREAMING_TITLE, parts)
+
+
+# The server's startup kernel table.
+
+HARDWARE_TITLE = "Hardware and kernel path"
+
+
+def hardware_section(f: Findings) -> Section:
+    """The precision served and, when the server reported one, its measured kernel table."""
+    hw = f.hardware
+    if hw is None or not hw.kernels:
+        return Section(HARDWARE_TITLE, [Paragraph(
+            f"{header_line(hw)} The server reported no kernel table (`/ready` has no "
+            "`kernels`): the precision was not chosen by measurement, or the server predates "
+            "it.")])
+    rows = [(k.precision, k.batch_1_ms, k.batch_max_ms, k.max_batch,
+             "yes" if k.precision == hw.chosen else "")
+            for k in hw.kernels]
+    headers = ["Precision", "Step ms, batch 1", "Step ms, largest batch", "Largest batch",
+               "Chosen"]
+    return Section(HARDWARE_TITLE, [
+        Paragraph(f"Precision and kernel path served: **{hw.chosen or hw.served or 'n/a'}**. "
+                  "Decode-step time per candidate, measured by the server at startup on one "
+                  "thread (lower is better):"),
+        Table(headers, rows)])
+
+
+# Locust's own CPU and event-loop lag.
+
+LOADGEN_TITLE = "Load generator"
+NOT_RECORDED = (
+    "Not recorded: the run folder has no `loadgen.csv` (Locust's CPU and event-loop lag are "
+    "written by the suite's locustfiles since issue 14)."
+)
+
+
+def load_generator_section(f: Findings) -> Section:
+    """Locust's CPU share of the box, its loop lag p50/p99, per role, and a verdict."""
+    g, cfg = f.loadgen, f.config
+    if g is None:
+        return Section(LOADGEN_TITLE, [Paragraph(NOT_RECORDED)])
+    measured = Paragraph(
+        f"Over {num(g.window_s, 0)} s of load, Locust used {num(g.cpu_cores, 2)} cores: "
+        f"**{pct(g.box_share)} of the box's {g.box_cores} cores**. Its event loop (a timer's "
+        f"lateness, {num(g.ticks)} ticks of the processes running users) lagged "
+        f"**p50 {num(g.lag_p50_ms, 1)} ms, p99 {num(g.lag_p99_ms, 1)} ms** "
+        f"(max {num(g.lag_max_ms, 0)} ms)."
+    )
+    busy = g.lag_p99_ms > cfg.loadgen_lag_p99_ms or g.box_share > cfg.loadgen_cpu_share
+    verdict = Paragraph(
+        f"**Warning**: above the limits (loop lag p99 {num(cfg.loadgen_lag_p99_ms, 0)} ms, "
+        f"{pct(cfg.loadgen_cpu_share, 0)} of the box): the generator's own delays are in the "
+        "measured times (see the findings)."
+        if busy else
+        f"Within the limits (loop lag p99 <= {num(cfg.loadgen_lag_p99_ms, 0)} ms, CPU <= "
+        f"{pct(cfg.loadgen_cpu_share, 0)} of the box): the generator did not skew the numbers."
+    )
+    rows = [(r.role, r.processes, pct(r.cpu_cores), r.lag_p50_ms, r.lag_p99_ms, r.lag_max_ms)
+            for r in g.roles]
+    headers = ["Role", "Processes", "CPU (% of one core)", "Lag p50 ms", "Lag p99 ms",
+               "Lag max ms"]
+    return Section(LOADGEN_TITLE, [measured, verdict, Table(headers, rows)])

@@ -13,7 +13,7 @@ from analysis_run_builders import (
 )
 from matplotlib.figure import Figure
 
-from analysis.charts_streaming import plot_ttft_tpot
+from analysis.charts import plot_ttft_tpot
 from analysis.cli import main
 from analysis.config import AnalysisConfig
 from analysis.findings import build_findings
