@@ -15,7 +15,9 @@ exactly ``max_new_tokens`` long (``LOCUST_BENCH_TOKENS``, default 64).
 
 ``LOCUST_BENCH_REQUESTS=N`` turns the closed loop into a burst: each user sends N requests,
 then stops, and the run ends when every user (``-u``) is done (``python -m bench burst``;
-one Locust process, no ``--processes``).
+one Locust process, no ``--processes``). ``LOCUST_BENCH_STAGGER_MS=M`` holds the k-th user of
+the process k x M ms before its first request: a burst sent M ms apart. (Locust's spawn rate
+cannot do it: at a rate of one user a second or more it dispatches floor(rate) users at once.)
 """
 
 import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
@@ -43,6 +45,7 @@ def bench_prompts(path: Path) -> tuple[str, ...]:
 
 
 _finished: list[str] = []  # users of this process that sent their LOCUST_BENCH_REQUESTS
+_started: list[int] = []  # users of this process that started, in order (the stagger)
 
 
 class BenchUser(LabUser):
@@ -54,6 +57,12 @@ class BenchUser(LabUser):
     # The naive server answers 10 users one after another: ~3 minutes for the last one.
     request_timeout_s = 1200.0
     sent = 0
+
+    def on_start(self) -> None:
+        super().on_start()
+        stagger_ms = float(os.environ.get("LOCUST_BENCH_STAGGER_MS") or 0)
+        _started.append(len(_started))
+        gevent.sleep(_started[-1] * stagger_ms / 1000.0)
 
     @task
     def generate(self) -> None:

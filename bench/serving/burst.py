@@ -6,7 +6,7 @@
 Loopback only. Generation is greedy with IGNORE_EOS so every request makes exactly
 --tokens new tokens. Memory is read from /proc/<pid>/smaps_rollup (RSS, USS, PSS). The
 requests are Locust's (harness.locust_process; locustfiles/_bench.py's BenchUser with
-``LOCUST_BENCH_REQUESTS=1``): one user alone, then --concurrency users spawned --stagger-ms
+``LOCUST_BENCH_REQUESTS=1``): one user alone, then --concurrency users sending --stagger-ms
 apart, each sending one request; the times come from each run's requests.csv (first send
 to last answer). The llama.cpp side of the old probe (``--llama``) is not here:
 ``python -m bench reference`` compares against llama-server under the same Locust suite.
@@ -65,18 +65,18 @@ def ready_json(server: GunicornServer) -> str:
 
 def burst(server: GunicornServer, api_key: str, folder: Path, users: int, tokens: int,
           stagger_ms: float) -> tuple[float, pd.DataFrame]:
-    """Send one request from each of ``users`` Locust users spawned ``stagger_ms`` apart;
+    """Send one request from each of ``users`` Locust users, ``stagger_ms`` apart;
     (seconds from the first send to the last answer, the requests.csv rows)."""
     folder.mkdir(parents=True, exist_ok=True)
     prompts = folder / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"{i}: {PROMPT}"}) + "\n"
                                for i in range(users)))
-    rate = 1000.0 / stagger_ms if stagger_ms > 0 else users
     command = suite_command("locustfiles/_bench.py", server.url, folder, folder.name, [
-        "--headless", "-u", str(users), "-r", f"{rate:g}", "-t", "3600s",
+        "--headless", "-u", str(users), "-r", str(users), "-t", "3600s",
         "--server-pidfile", str(server.pidfile), "BenchUser"])
     env = locust_env(api_key, server.operator_key, LOCUST_BENCH_PROMPTS=str(prompts),
-                     LOCUST_BENCH_TOKENS=str(tokens), LOCUST_BENCH_REQUESTS="1")
+                     LOCUST_BENCH_TOKENS=str(tokens), LOCUST_BENCH_REQUESTS="1",
+                     LOCUST_BENCH_STAGGER_MS=f"{stagger_ms:g}")
     with LocustProcess(command, env, log_path=folder / "locust.log") as locust:
         code = locust.wait()
     rows = pd.read_csv(folder / "requests.csv")
