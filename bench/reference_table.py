@@ -23,23 +23,18 @@ from analysis.findings import build_findings
 from analysis.records import Findings
 from analysis.run import load_run
 from analysis.traffic import ALL_ROUTES
+from bench.table import Throughput
 
 NAN = float("nan")
 
 
-@dataclass(frozen=True)
-class ReferenceRow:
+@dataclass(frozen=True, kw_only=True)
+class ReferenceRow(Throughput):
     """One run's headline numbers (NaN where not measured); times in seconds."""
 
     run: str
     server: str  # "ours" or "llama.cpp"
     users: int
-    requests: int
-    failures: int
-    output_tokens_per_s: float
-    requests_per_s: float
-    p50_s: float
-    p95_s: float
     ttft_p50_s: float
     peak_total_pss_mb: float
     peak_total_rss_mb: float

@@ -32,18 +32,25 @@ class Window:
         return self.end - self.start
 
 
-@dataclass(frozen=True)
-class BenchRow:
-    """One configuration's steady-state result."""
+@dataclass(frozen=True, kw_only=True)
+class Throughput:
+    """What a run served: requests (and failures), tokens and requests per second, latency
+    percentiles in seconds; the part every bench table's row shares (keyword-only)."""
 
-    row: str
-    dtype: str
     requests: int
     failures: int
     output_tokens_per_s: float
     requests_per_s: float
     p50_s: float
     p95_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchRow(Throughput):
+    """One configuration's steady-state result."""
+
+    row: str
+    dtype: str
     mean_total_pss_mb: float
     mean_total_rss_mb: float
     mean_batch: float

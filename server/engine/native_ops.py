@@ -204,15 +204,22 @@ def _threads() -> int:
 # -- GEMM ----------------------------------------------------------------------------------
 
 
+def _weight(name: str, weight: torch.Tensor) -> tuple[int, int]:
+    """(outputs, inputs) of a GEMM weight: bf16, contiguous, 2-D, outputs in whole blocks of
+    16, inputs even (the packed layout's pairs); raises ValueError naming ``name``."""
+    _bf16(name, weight)
+    if weight.dim() != 2:
+        raise ValueError(f"{name}: {weight.dim()}-D, expected [outputs, inputs]")
+    outputs, inputs = weight.shape
+    _size(f"{name} outputs", outputs, BLOCK)
+    _size(f"{name} inputs", inputs, 2)
+    return outputs, inputs
+
+
 def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` [N, K] (bf16, contiguous; N % 16 == 0, K even) packed into the GEMM's layout
     [N/16][K/2][16][2], returned with the shape [N, K]."""
-    _bf16("weight", weight)
-    if weight.dim() != 2:
-        raise ValueError(f"weight: {weight.dim()}-D, expected [outputs, inputs]")
-    rows, cols = weight.shape
-    _size("weight outputs", rows, BLOCK)
-    _size("weight inputs", cols, 2)
+    rows, cols = _weight("weight", weight)
     packed = torch.empty_like(weight)
     _call("pack_vnni", weight.data_ptr(), packed.data_ptr(), rows, cols)
     return packed
@@ -221,12 +228,7 @@ def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
 def gemm(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] @ weight.T + bias in bf16 (summed in fp32): ``packed`` [N, K] from
     ``pack_vnni``, ``bias`` [N] or None; [M, N]."""
-    _bf16("packed weight", packed)
-    if packed.dim() != 2:
-        raise ValueError(f"packed weight: {packed.dim()}-D, expected [outputs, inputs]")
-    outputs, inputs = packed.shape
-    _size("packed weight outputs", outputs, BLOCK)
-    _size("packed weight inputs", inputs, 2)
+    outputs, inputs = _weight("packed weight", packed)
     _bf16("x", x)
     if x.dim() != 2 or x.shape[1] != inputs:
         raise ValueError(f"x: shape {tuple(x.shape)}, expected [rows, {inputs}]")

@@ -154,7 +154,9 @@ def test_cpu_model_is_lscpus_model_name() -> None:
 
 def row(run: str, server: str, users: int, tok_s: float, ttft_s: float, pss: float,
         rss: float) -> ReferenceRow:
-    return ReferenceRow(run, server, users, 40, 1, tok_s, 0.3, 17.5, 42.7, ttft_s, pss, rss)
+    return ReferenceRow(run=run, server=server, users=users, requests=40, failures=1,
+                        output_tokens_per_s=tok_s, requests_per_s=0.3, p50_s=17.5, p95_s=42.7,
+                        ttft_p50_s=ttft_s, peak_total_pss_mb=pss, peak_total_rss_mb=rss)
 
 
 def test_table_ratios_are_against_llama_with_as_many_users() -> None:
