@@ -116,3 +116,16 @@ def test_the_showcase_run_regenerates_complete(tmp_path: Path) -> None:
     assert all(f"(charts/{s}.png)" in report for s in stems)
     html = (folder / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(stems)
+
+
+COMPLETE = "results/sample/steady-10-users-native-zen4"  # the main job's headline run
+
+
+def test_the_complete_showcase_run_is_committed_with_every_chart_its_report_links() -> None:
+    """One run stays complete in git (report.md, report.html, charts/) for a reader who runs
+    nothing; every chart its report.md links is committed beside it."""
+    report = (REPO / COMPLETE / "report.md").read_text()
+    linked = set(re.findall(r"\]\((charts/[\w.-]+\.png)\)", report))
+    assert len(linked) >= 5, linked
+    committed = {p.removeprefix(f"{COMPLETE}/") for p in TRACKED if p.startswith(COMPLETE)}
+    assert {"report.md", "report.html", *linked} <= committed, sorted(linked - committed)
