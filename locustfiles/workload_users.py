@@ -1,7 +1,8 @@
 """The users of ``--workload``: drawn lengths, ShareGPT prompts, multi-turn chat, shared prefixes.
 
-They are OpenAI-API users (``OpenAIUser``: the model name, auth, validation) whose bodies come
-from the run's workload (locustfiles/workloads.py), not from locustfiles/data. Each request's
+They are OpenAI-API users (the model name as ``OpenAIUser`` finds it, auth and validation;
+not its subclasses, since Locust would inherit its task too) whose bodies come from the run's
+workload (locustfiles/workloads.py), not from locustfiles/data. Each request's
 context carries ``workload_group`` (prefix group or conversation), ``turn`` and
 ``context_tokens`` (the prompt's tokens as the client counted them), which the request
 recorder writes to requests.csv next to the server's ``cached_tokens``. Answers are asked
@@ -16,11 +17,13 @@ from typing import Any, ClassVar
 from locust import between, task
 
 from locustfiles.openai_users import OpenAIUser, _answer_text, check_openai_answer
+from locustfiles.run_options import option
 from locustfiles.token_text import load_token_text
+from locustfiles.users import LabUser
 from locustfiles.workloads import Item, Workload, WorkloadSpec, load_workload
 
 
-class WorkloadUser(OpenAIUser):
+class WorkloadUser(LabUser):
     """Shared: the run's workload, the sampling fields, sending one body and reading it."""
 
     abstract = True
@@ -29,12 +32,17 @@ class WorkloadUser(OpenAIUser):
     default_kind: ClassVar[str]
 
     def on_start(self) -> None:
-        """Do OpenAIUser's set-up, then load (once per process) the run's workload."""
+        """Do LabUser's set-up, find the model to ask for, load the run's workload (once per
+        process)."""
         super().on_start()
+        self.model = option(self.environment.parsed_options, "openai_model",
+                            "LOCUST_OPENAI_MODEL") or self._served_model()
         spec = WorkloadSpec.from_options(self.environment.parsed_options)
         if spec.kind == "mix":
             spec = replace(spec, kind=self.default_kind)
         self.workload: Workload = load_workload(spec)
+
+    _served_model = OpenAIUser._served_model  # GET /v1/models
 
     def sampling(self, item: Item) -> dict[str, Any]:
         """The body's answer length and seeded sampling fields."""
