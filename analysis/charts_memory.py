@@ -1,12 +1,14 @@
-"""Charts of server memory, RAM per request and the step sweep: one ``plot_*(ax, df)`` each."""
+"""Charts of server memory, RAM per request (and against context length) and the step sweep:
+one ``plot_*(ax, df)`` each."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
 from analysis.charts import LEGEND_BELOW, no_data, slo_line
-from analysis.memory import totals
+from analysis.memory import CONTEXT_BINS, context_ram, ram_by_context, totals
 
 
 def plot_memory_over_time(ax: Axes, memory: pd.DataFrame) -> None:
@@ -75,3 +77,23 @@ def plot_sweep(ax: Axes, steps: pd.DataFrame, slo_p95_ms: float | None = None) -
     lines = ax.get_legend_handles_labels()
     more = latency.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], **LEGEND_BELOW)
+
+
+def plot_ram_vs_context(ax: Axes, server_log: pd.DataFrame) -> None:
+    """Each request's worker peak-RSS growth against its context (prompt + output tokens)."""
+    title = "RAM per request vs context length (lower is better)"
+    rows = context_ram(server_log)
+    if rows.empty:
+        no_data(ax, title, "no server log (server_requests.jsonl)")
+        return
+    ax.scatter(rows["context_tokens"], rows["peak_growth_mb"], s=10, alpha=0.5,
+               label="peak RSS - RSS at start")
+    means = ram_by_context(server_log)
+    centres = rows.groupby(pd.cut(rows["context_tokens"], [*CONTEXT_BINS, np.inf],
+                                  right=False), observed=True)["context_tokens"].median()
+    ax.plot(centres.to_numpy(), means["mean_growth_mb"].to_numpy(), color="black",
+            marker="o", label="bin mean")
+    ax.set(title=title, xlabel="context length (prompt + output tokens)",
+           ylabel="worker RSS growth over the request (MB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")

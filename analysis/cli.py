@@ -91,6 +91,8 @@ CHARTS: list[tuple[str, str, Draw]] = [
     ("memory_over_time", "Server memory: total PSS vs summed RSS, per worker",
      _draw(charts_memory.plot_memory_over_time, "memory")),
     ("ram_per_request", "RAM per request", _draw(charts_memory.plot_ram_per_request, "server_log")),
+    ("ram_vs_context", "RAM per request vs context length",
+     _draw(charts_memory.plot_ram_vs_context, "server_log")),
     ("latency_vs_batch_size", "Latency vs batch size",
      _draw(charts.plot_latency_vs_batch_size, "requests")),
     ("queue_vs_inference", "Queue time vs inference time",

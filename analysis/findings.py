@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import goodput, memory, streaming, sweep, traffic
+from analysis import goodput, memory, streaming, sweep, traffic, workloads
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
 from analysis.loadgen import load_window, loadgen_summary
@@ -82,6 +82,9 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     findings.hardware = hardware(run.settings)
     host_cores = (run.settings.get("host") or {}).get("cores")
     findings.loadgen = loadgen_summary(run.loadgen, load_window(run.requests), host_cores)
+    findings.workload = run.settings.get("workload")
+    findings.ram_by_context = memory.ram_by_context(run.server_log)
+    findings.prefix_cache = workloads.prefix_cache_hits(run.requests)
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

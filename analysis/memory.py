@@ -11,6 +11,7 @@ none, so requests.csv has those columns empty. The report says so instead of sho
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,3 +221,51 @@ def memory_headers_note(settings: dict) -> str:
         "The memory columns of `requests.csv` (worker_rss_mb, worker_uss_mb, worker_pss_mb) "
         f"are absent: {why}, so per-request worker memory is not measured."
     )
+
+
+# RAM per request against the context it held (prompt + output tokens).
+
+# Context-length bins (tokens) of the RAM-by-context table; the last is open-ended.
+CONTEXT_BINS = (0, 128, 256, 512, 1024, 2048)
+
+
+def context_ram(server_log: pd.DataFrame) -> pd.DataFrame:
+    """Per logged request: ``context_tokens`` (prompt + completion) and ``peak_growth_mb``
+    (its worker's peak RSS above the RSS at its start), rows without either dropped."""
+    if server_log.empty:
+        return pd.DataFrame(columns=["context_tokens", "peak_growth_mb", "rss_delta_mb"])
+    return (
+        server_log.assign(
+            context_tokens=lambda d: d["prompt_tokens"] + d["completion_tokens"].fillna(0),
+            peak_growth_mb=lambda d: (d["rss_peak_mb"] - (d["rss_mb"] - d["rss_delta_mb"]))
+            .clip(lower=0),
+        )
+        .dropna(subset=["context_tokens", "peak_growth_mb"])
+        .loc[:, ["context_tokens", "peak_growth_mb", "rss_delta_mb"]]
+    )  # fmt: skip
+
+
+def ram_by_context(server_log: pd.DataFrame) -> pd.DataFrame:
+    """RAM per request by context-length bin: requests, mean and p95 peak growth, mean delta.
+
+    Formula: context_tokens = prompt_tokens + completion_tokens of the server log's line;
+    peak_growth_mb = rss_peak_mb - (rss_mb - rss_delta_mb), floored at 0; requests binned by
+    context_tokens at 0, 128, 256, 512, 1024, 2048 tokens (last bin open); per bin the count,
+    mean and 95th percentile of peak_growth_mb and the mean rss_delta_mb (empty bins left out).
+    """
+    rows = context_ram(server_log)
+    if rows.empty:
+        return pd.DataFrame(columns=["context", "requests", "mean_growth_mb",
+                                     "p95_growth_mb", "mean_delta_mb"])
+    edges = [*CONTEXT_BINS, np.inf]
+    labels = [f"{lo}-{hi - 1}" if hi != np.inf else f">= {lo}"
+              for lo, hi in itertools.pairwise(edges)]
+    return (
+        rows.assign(context=pd.cut(rows["context_tokens"], edges, right=False, labels=labels))
+        .groupby("context", observed=True)
+        .agg(requests=("peak_growth_mb", "size"), mean_growth_mb=("peak_growth_mb", "mean"),
+             p95_growth_mb=("peak_growth_mb", lambda s: s.quantile(0.95)),
+             mean_delta_mb=("rss_delta_mb", "mean"))
+        .reset_index()
+        .assign(context=lambda d: d["context"].astype(str))
+    )  # fmt: skip

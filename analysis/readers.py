@@ -26,6 +26,8 @@ REQUEST_COLUMNS = [
     "batch_size", "prompt_tokens", "completion_tokens",
     # Streamed answers only (blank otherwise; absent in runs from before streaming).
     "stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    # --workload requests (blank otherwise), and the server's cached prompt tokens.
+    "workload_group", "turn", "context_tokens", "cached_tokens",
 ]  # fmt: skip
 MEMORY_COLUMNS = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",
@@ -107,7 +109,8 @@ def read_locust_exceptions(path: Path) -> pd.DataFrame:
 def read_requests(path: Path, start_ts: float | None = None) -> pd.DataFrame:
     """Read requests.csv: one row per request, the client's view plus server headers."""
     return (
-        pd.read_csv(path, dtype={"failure_reason": str, "request_id": str, "chunk_gaps_ms": str})
+        pd.read_csv(path, dtype={"failure_reason": str, "request_id": str, "chunk_gaps_ms": str,
+                                 "workload_group": str})
         .reindex(columns=REQUEST_COLUMNS)
         .assign(
             success=lambda d: d["success"].fillna(0).astype(int).astype(bool),

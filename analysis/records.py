@@ -11,7 +11,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis import goodput, memory, streaming, sweep, traffic
+import pandas as pd
+
+from analysis import goodput, memory, streaming, sweep, traffic, workloads
 from analysis.config import AnalysisConfig
 from analysis.hardware import Hardware
 from analysis.loadgen import LoadGen
@@ -61,6 +63,10 @@ class Findings:
     goodput: goodput.Goodput | None = None
     hardware: Hardware | None = None  # run.json host and server.kernels (analysis.hardware)
     loadgen: LoadGen | None = None  # Locust's own CPU and loop lag (analysis.loadgen)
+    # --workload: run.json's manifest, RAM per request by context bin, prefix-cache hits
+    workload: dict[str, Any] | None = None
+    ram_by_context: pd.DataFrame | None = None
+    prefix_cache: workloads.PrefixCacheHits | None = None
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
-from analysis import goodput, loadgen, memory, streaming, sweep, traffic
+from analysis import goodput, loadgen, memory, streaming, sweep, traffic, workloads
 from analysis.document import (
     MISSING,
     Bullets,
@@ -30,6 +30,7 @@ from analysis.document import (
 from analysis.hardware import header_line
 from analysis.records import Findings
 from analysis.report_sections import hardware_section, load_generator_section, streaming_section
+from analysis.report_workload import workload_section
 from analysis.rules import all_rules
 
 
@@ -188,6 +189,7 @@ def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Docu
     doc.sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
     doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
                      load_generator_section(f)]
+    doc.sections.append(workload_section(f))
     if charts:
         doc.sections.append(Section("Charts", [Image(c, p) for c, p in charts]))
     settings = Table(["Setting", "Value"], sorted(f.settings.items()))
@@ -212,6 +214,8 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Memory slope", memory.memory_slope),
     ("Memory slope standard error", memory.memory_slope_se),
     ("RAM per request", memory.ram_per_request),
+    ("RAM per request by context length", memory.ram_by_context),
+    ("Prefix-cache hit rate", workloads.prefix_cache_hits),
     ("Sweep steps", sweep.step_metrics),
     ("Saturation knee", sweep.find_knee),
     ("TPOT", streaming.tpot_ms),

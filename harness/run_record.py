@@ -110,6 +110,9 @@ class RunRecord(_Open):
     started_at: str | None = None
     ended_at: str | None = None
     slo: SloTargets | None = None
+    # --workload's dataset manifest (locustfiles/workloads.py manifest()): kind, source,
+    # seed, counts, content_sha256, tokenizer, lengths; absent for the --mix users
+    workload: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form: the keys that were set (None included), unknown keys kept."""

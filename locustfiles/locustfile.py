@@ -11,8 +11,10 @@ folder, extends the web UI with server memory, and applies ``--shape steps``; Lo
 forward their request rows to the master. See docs/load-testing.md.
 
 ``--mix streaming|openai|all`` runs the streaming and OpenAI-API users instead of the three
-task users; ``--target openai`` loads any OpenAI-compatible server (locustfiles/user_mix.py),
-with memory.csv only when ``--server-pidfile`` names the pidfile of a server on this machine.
+task users; ``--workload lengths|sharegpt|chat|prefix`` a seeded workload's /v1 user
+(locustfiles/workloads.py); ``--target openai`` loads any OpenAI-compatible server
+(locustfiles/user_mix.py), with memory.csv only when ``--server-pidfile`` names the
+pidfile of a server on this machine.
 """
 
 import locust  # noqa: F401, I001  (first: Locust patches the stdlib with gevent on import)
@@ -50,10 +52,11 @@ from locustfiles.streaming_users import (
 )
 from locustfiles.user_mix import is_openai_target, select_users
 from locustfiles.users import PromptUser, QAUser, SummarizeUser
+from locustfiles.workload_users import LengthsUser, MultiTurnChatUser, SharedPrefixUser
 
-__all__ = ["ChatUser", "CompletionUser", "PromptUser", "QAUser", "StreamingChatUser",
-           "StreamingCompletionUser", "StreamingPromptUser", "StreamingQAUser",
-           "StreamingSummarizeUser", "SummarizeUser"]
+__all__ = ["ChatUser", "CompletionUser", "LengthsUser", "MultiTurnChatUser", "PromptUser",
+           "QAUser", "SharedPrefixUser", "StreamingChatUser", "StreamingCompletionUser",
+           "StreamingPromptUser", "StreamingQAUser", "StreamingSummarizeUser", "SummarizeUser"]
 log = logging.getLogger(__name__)
 
 

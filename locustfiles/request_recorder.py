@@ -32,6 +32,13 @@ tpot_ms               streamed: (response_time_ms - ttft_ms) / (completion_token
 chunks                streamed: events that carried text
 max_chunk_gap_ms      streamed: longest gap between two text events, ms
 chunk_gaps_ms         streamed: every gap between text events, ms, space-separated
+workload_group        --workload: the request's prefix group (g0, g1 ...) or conversation
+                      (<id>@<user>-<n>); "" for the other users
+turn                  --workload chat: the turn in its conversation, 1 = first; "" otherwise
+context_tokens        --workload: the prompt's tokens as the client counted them (served
+                      tokenizer; message texts only, no chat template), tokens
+cached_tokens         usage.prompt_tokens_details.cached_tokens (successes only): prompt
+                      tokens the server copied from its prefix cache; "" = not reported
 ====================  ==============================================================
 
 For a streamed answer response_time_ms is the end-to-end time (to the end of the stream)
@@ -63,10 +70,13 @@ COLUMNS = (
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    "workload_group", "turn", "context_tokens", "cached_tokens",
 )  # fmt: skip
 # Columns of a streamed answer, copied from the request context the streaming users fill.
 STREAM_COLUMNS = ("stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
                   "chunk_gaps_ms")
+# Columns of a --workload request, copied from the context the workload users fill.
+WORKLOAD_COLUMNS = ("workload_group", "turn", "context_tokens")
 
 # Columns copied from response headers, in COLUMNS order.
 HEADERS = {
@@ -89,16 +99,20 @@ def _status_code(response: Any) -> int:
         return 0
 
 
-def _usage(response: Any, status_code: int, context: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(prompt_tokens, completion_tokens) from a 2xx JSON body or a stream's usage, else blanks."""
+def _usage(response: Any, status_code: int, context: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """(prompt_tokens, completion_tokens, cached_tokens) from a 2xx JSON body or a stream's
+    usage, else blanks; cached_tokens is blank when the server does not report it."""
     if not 200 <= status_code < 300:
-        return "", ""
+        return "", "", ""
     try:
         # A streamed body has been consumed: its usage came in the context instead.
         usage = context["usage"] if context.get("stream") else response.json()["usage"]
-        return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        counts = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
     except (ValueError, KeyError, TypeError):
-        return "", ""
+        return "", "", ""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return *counts, cached if isinstance(cached, int) else ""
 
 
 def _stream_cell(value: Any) -> Any:
@@ -128,7 +142,7 @@ def request_row(
     context = context or {}
     status_code = _status_code(response)
     headers: Mapping[str, str] = getattr(response, "headers", None) or {}
-    prompt_tokens, completion_tokens = _usage(response, status_code, context)
+    prompt_tokens, completion_tokens, cached_tokens = _usage(response, status_code, context)
     return [
         round(start_time, 6) if start_time is not None else "",
         context.get("user_class", ""),
@@ -144,6 +158,8 @@ def request_row(
         prompt_tokens,
         completion_tokens,
         *(_stream_cell(context.get(column)) for column in STREAM_COLUMNS),
+        *(_stream_cell(context.get(column)) for column in WORKLOAD_COLUMNS),
+        cached_tokens,
     ]
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from harness.run_folder import new_run_dir
 from locustfiles.stages import DEFAULT_STAGES
 from locustfiles.user_mix import MIX_CHOICES, TARGETS
+from locustfiles.workload_options import add_workload_options
 
 if TYPE_CHECKING:
     from locust.argument_parser import LocustArgumentParser
@@ -80,6 +81,7 @@ def add_options(parser: LocustArgumentParser) -> None:
                         help="--check-fail-ratio leaves out the server's 429/503 refusals")
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
                         help="model name the /v1 users ask for (default: GET /v1/models)")
+    add_workload_options(parser)
 
 
 def option(options: Any, name: str, env_var: str, default: str = "") -> str:

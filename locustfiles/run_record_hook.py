@@ -17,6 +17,7 @@ target_url              --host (or the host typed into the web UI)
 model, dtype, workers   the server's /ready and /metrics (lab target, --operator-key)
 server.*                the server's /ready and /metrics, or ``facts_error``
 client.*                Locust's version, mode, role, workers, user classes, machine
+workload                --workload's dataset manifest (locustfiles/workloads.py)
 host                    this machine, when the target is on it (loopback or --server-pidfile)
 ======================  ==============================================================
 """
@@ -40,6 +41,7 @@ from locustfiles.run_options import option
 from locustfiles.server_facts import read_server_facts
 from locustfiles.stages import parse_stages, shape_record
 from locustfiles.user_mix import is_openai_target
+from locustfiles.workloads import workload_facts
 from server.engine.hardware import fingerprint_subprocess, host_fingerprint
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -105,6 +107,7 @@ class RunRecordHook:
                 "stop_timeout_s": getattr(options, "stop_timeout", None),
                 "host": host_fingerprint(with_torch=False),
             },
+            **workload_facts(options),
         }
 
     def server_facts(self, environment: Environment) -> dict[str, Any]:

@@ -22,6 +22,7 @@ CONTRACT_COLUMNS = [
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    "workload_group", "turn", "context_tokens", "cached_tokens",
 ]  # fmt: skip
 
 
@@ -68,6 +69,7 @@ def test_success_row_has_client_view_server_headers_and_usage(
         "inference_ms": "120.4", "batch_size": "3", "prompt_tokens": "11",
         "completion_tokens": "5", "stream": "", "ttfb_ms": "", "ttft_ms": "", "tpot_ms": "",
         "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "",
+        "workload_group": "", "turn": "", "context_tokens": "", "cached_tokens": "",
     }
     assert recorder.rows_written == 1
     assert recorder.workers["4242"].pss_mb == 455.3
