@@ -1,0 +1,121 @@
+"""--shape search on Locust: live windows from Locust's stats (synthetic request events on a
+bare Environment), the web UI tab's rows, and real headless runs against the tiny model."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from locust.env import Environment
+
+from harness.gunicorn_process import REPO, GunicornServer
+from locustfiles.capacity import SearchShape, UsersKnob, measure, snapshot
+from locustfiles.capacity_search import LATENCY, MAX_LEVEL, RAM, Limits, Plan
+from locustfiles.capacity_tab import capacity_rows
+from locustfiles.failures import Overloaded
+from tests.conftest import server_env
+from tests.locust_runs import run_headless
+
+
+def fire(env: Environment, response_time_ms: float, exception: Exception | None = None,
+         method: str = "POST") -> None:
+    env.events.request.fire(request_type=method, name="/generate-text",
+                            response_time=response_time_ms, response_length=10,
+                            exception=exception, context={})
+
+
+def test_a_window_counts_only_what_happened_inside_it(environment: Environment) -> None:
+    for _ in range(50):
+        fire(environment, 5_000)  # before the window: must not count
+    start = snapshot(environment.stats)
+    for ms in range(1, 11):
+        fire(environment, ms * 10)
+    middle = snapshot(environment.stats)
+    for ms in range(1, 11):
+        fire(environment, ms * 20)
+    fire(environment, 3, Overloaded())
+    fire(environment, 40, method="TTFT")  # a streaming metric entry, not a request
+    window = measure(start, middle, snapshot(environment.stats), None)
+
+    assert (window.requests, window.refusals, window.errors) == (21, 1, 0)
+    assert window.p95_ms == 180 and window.p95_halves_ms == (100, 200)  # 20th of 21
+    assert window.ttft_p95_ms == 40 and window.peak_pss_mb is None
+
+
+def test_shape_probes_levels_and_judges_each_window(environment: Environment) -> None:
+    # A server whose response time is 100 ms per user, against a 450 ms p95 limit.
+    shape = SearchShape(Plan(settle_s=2, measure_s=4, max_level=16), Limits(p95_ms=450),
+                        UsersKnob(spawn_rate=5))
+    shape.runner = environment.runner
+    ticks = []
+    for second in range(200):
+        shape.start_time = time.perf_counter() - second
+        tick = shape.tick()
+        ticks.append(tick)
+        if tick is None:
+            break
+        for _ in range(10):
+            fire(environment, tick[0] * 100)
+
+    assert [p.level for p in shape.search.probes] == [1, 2, 4, 8, 6, 5]
+    found = shape.search.result()
+    assert (found.level, found.limit, found.bracket) == (4, LATENCY, (4, 5))
+    assert ticks[0] == (1, 5) and ticks[-1] is None
+    rows = capacity_rows(shape)
+    assert rows[0]["verdict"] == "bracket 4.0 .. 5.0 users; stopped: converged"
+    assert rows[1]["level"] == 5 and rows[1]["verdict"] == "FAIL: latency"
+
+
+def test_the_ui_tab_shows_the_probe_under_way(environment: Environment) -> None:
+    shape = SearchShape(Plan(settle_s=5, measure_s=10), Limits(), UsersKnob())
+    shape.runner = environment.runner
+    shape.tick()
+    shape.start_time -= 3
+    shape.tick()
+
+    assert capacity_rows(shape)[1]["verdict"].startswith("settling")
+
+
+def search_run(run_dir: Path, server: GunicornServer, api_key: str, *options: str):
+    return run_headless(run_dir, server.url, api_key, "--shape", "search", "-r", "20",
+                        "--search-settle-s", "1", "--search-window-s", "4",
+                        "--server-pidfile", str(server.pidfile), "--stop-timeout", "20",
+                        "--mix", "tasks", *options, operator_key=server.operator_key)
+
+
+def test_search_runs_headless_and_records_capacity(tiny_model: Path, tmp_path: Path) -> None:
+    api_key = secrets.token_urlsafe(24)
+    searched, ram_bound = tmp_path / "searched", tmp_path / "ram-bound"
+    with GunicornServer(tmp_path, server_env(tmp_path, API_KEYS=api_key), workers=1) as server:
+        started = time.monotonic()
+        result = search_run(searched, server, api_key, "--search-max", "4",
+                            "--search-slo-p95-ms", "60000")
+        elapsed_s = time.monotonic() - started
+        ram = search_run(ram_bound, server, api_key, "--search-max", "4",
+                         "--search-ram-mb", "1")
+
+    log = (searched / "locust.log").read_text()
+    assert result.returncode == 0, log
+    assert elapsed_s < 60  # 1, 2, 4 users, ~6 s each, then it stopped by itself
+    record = json.loads((searched / "run.json").read_text())
+    capacity = record["capacity"]
+    assert record["shape"]["kind"] == "search" and record["users"] == 4
+    assert [p["level"] for p in capacity["probes"]] == [1, 2, 4]
+    assert all(p["requests"] > 0 and p["peak_pss_mb"] > 0 for p in capacity["probes"])
+    assert (capacity["level"], capacity["limit"]) == (4, MAX_LEVEL)
+    assert "capacity: 4 users (limit: max level; bracket 4 .. none" in log
+
+    # A 1 MB RAM budget: the first probe breaks it, and RAM is the limit reported.
+    capacity = json.loads((ram_bound / "run.json").read_text())["capacity"]
+    assert (capacity["level"], capacity["limit"]) == (None, RAM), ram.stdout
+    assert capacity["stopped_by"] == "min level failed"
+
+    # The analysis reports it.
+    subprocess.run([sys.executable, "-m", "analysis", str(searched), "--no-charts"], cwd=REPO,
+                   check=True, capture_output=True)
+    report = (searched / "report.md").read_text()
+    assert "## Capacity search" in report and "**4 users**" in report
