@@ -7,6 +7,8 @@ locust.conf without the dashes, like the suite's other options (run_options.py).
 
 from __future__ import annotations
 
+import argparse
+import os
 from typing import TYPE_CHECKING, Any
 
 from locustfiles.capacity_search import Limits, Plan, parse_resolution
@@ -49,9 +51,22 @@ SEARCH_OPTIONS: list[tuple[str, str, type, Any, str]] = [
 
 
 def add_search_options(parser: LocustArgumentParser) -> None:
-    """Add the ``--search-*`` options to Locust's parser."""
+    """Add the ``--search-*`` options to Locust's parser, each with its environment variable."""
     for flag, env_var, kind, default, text in SEARCH_OPTIONS:
         parser.add_argument(flag, env_var=env_var, type=kind, default=default, help=text)
+
+
+def add_script_search_options(parser: argparse.ArgumentParser) -> None:
+    """The same options on a plain argparse parser (scripts/loadtest.py); the environment
+    variable, when set, is the default."""
+    for flag, env_var, kind, default, text in SEARCH_OPTIONS:
+        parser.add_argument(flag, type=kind, default=kind(os.environ.get(env_var, default)),
+                            help=text)
+
+
+def search_arguments(options: Any) -> list[str]:
+    """The ``--search-*`` options of ``options`` as command-line arguments for Locust."""
+    return [arg for flag, *_ in SEARCH_OPTIONS for arg in (flag, f"{_get(options, flag)}")]
 
 
 def _get(options: Any, flag: str) -> Any:

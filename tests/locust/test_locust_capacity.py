@@ -9,7 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
 from harness.gunicorn_process import REPO, GunicornServer
@@ -17,6 +20,9 @@ from locustfiles.capacity import SearchShape, UsersKnob, measure, snapshot
 from locustfiles.capacity_search import LATENCY, MAX_LEVEL, RAM, Limits, Plan
 from locustfiles.capacity_tab import capacity_rows
 from locustfiles.failures import Overloaded
+from locustfiles.run_options import add_options
+from locustfiles.search_options import limits_from_options, plan_from_options
+from scripts import loadtest
 from tests.conftest import server_env
 from tests.locust_runs import run_headless
 
@@ -78,6 +84,36 @@ def test_the_ui_tab_shows_the_probe_under_way(environment: Environment) -> None:
     shape.tick()
 
     assert capacity_rows(shape)[1]["verdict"].startswith("settling")
+
+
+def test_search_options_reach_the_plan_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCUST_SEARCH_RAM_MB", "900")
+    parser = LocustArgumentParser()
+    add_options(parser)
+    options = parser.parse_args(["--shape", "search", "--search-slo-p95-ms", "4000",
+                                 "--search-window-s", "40", "--search-resolution", "10%",
+                                 "--search-min", "2", "--search-max", "64"])
+    plan, limits = plan_from_options(options), limits_from_options(options)
+
+    assert (plan.min_level, plan.max_level, plan.measure_s) == (2, 64, 40)
+    assert (plan.resolution, plan.resolution_relative) == (0.1, True)
+    assert (limits.p95_ms, limits.ram_mb, limits.max_refusals) == (4000, 900, 0.05)
+
+
+def test_the_run_script_passes_the_search_through(tmp_path: Path) -> None:
+    args = loadtest.parse_args(["--shape", "search", "--search-ram-mb", "700",
+                                "--search-max", "48", "--search-resolution", "2"])
+    server = SimpleNamespace(pidfile=tmp_path / "g.pid", url="http://127.0.0.1:1")
+    command = loadtest.locust_command(args, tmp_path, server)
+
+    assert "-t" not in command and "-u" not in command  # the search stops by itself
+    at = command.index("--shape")
+    assert command[at + 1] == "search"
+    assert command[command.index("--search-ram-mb") + 1] == "700.0"
+    assert command[command.index("--search-max") + 1] == "48.0"
+    assert command[command.index("--search-resolution") + 1] == "2"
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(["--shape", "search", "--search-min", "9", "--search-max", "4"])
 
 
 def search_run(run_dir: Path, server: GunicornServer, api_key: str, *options: str):
