@@ -16,10 +16,13 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
 from harness.gunicorn_process import REPO, GunicornServer
-from locustfiles.capacity import SearchShape, UsersKnob, measure, snapshot
+from locustfiles.capacity import CapacitySearch, SearchShape, UsersKnob, measure, snapshot
 from locustfiles.capacity_search import LATENCY, MAX_LEVEL, RAM, Limits, Plan
-from locustfiles.capacity_tab import capacity_rows
+from locustfiles.capacity_tab import CapacityTab, capacity_rows
 from locustfiles.failures import Overloaded
+from locustfiles.memory_sampler import MemorySampler
+from locustfiles.memory_tab import MemoryTab
+from locustfiles.request_recorder import RequestRecorder
 from locustfiles.run_options import add_options
 from locustfiles.search_options import limits_from_options, plan_from_options
 from scripts import loadtest
@@ -128,22 +131,22 @@ def test_search_runs_headless_and_records_capacity(tiny_model: Path, tmp_path: P
     searched, ram_bound = tmp_path / "searched", tmp_path / "ram-bound"
     with GunicornServer(tmp_path, server_env(tmp_path, API_KEYS=api_key), workers=1) as server:
         started = time.monotonic()
-        result = search_run(searched, server, api_key, "--search-max", "4",
+        result = search_run(searched, server, api_key, "--search-max", "2",
                             "--search-slo-p95-ms", "60000")
         elapsed_s = time.monotonic() - started
-        ram = search_run(ram_bound, server, api_key, "--search-max", "4",
+        ram = search_run(ram_bound, server, api_key, "--search-max", "2",
                          "--search-ram-mb", "1")
 
     log = (searched / "locust.log").read_text()
     assert result.returncode == 0, log
-    assert elapsed_s < 60  # 1, 2, 4 users, ~6 s each, then it stopped by itself
+    assert elapsed_s < 40  # 1 and 2 users, ~6 s each, then it stopped by itself
     record = json.loads((searched / "run.json").read_text())
     capacity = record["capacity"]
-    assert record["shape"]["kind"] == "search" and record["users"] == 4
-    assert [p["level"] for p in capacity["probes"]] == [1, 2, 4]
+    assert record["shape"]["kind"] == "search" and record["users"] == 2
+    assert [p["level"] for p in capacity["probes"]] == [1, 2]
     assert all(p["requests"] > 0 and p["peak_pss_mb"] > 0 for p in capacity["probes"])
-    assert (capacity["level"], capacity["limit"]) == (4, MAX_LEVEL)
-    assert "capacity: 4 users (limit: max level; bracket 4 .. none" in log
+    assert (capacity["level"], capacity["limit"]) == (2, MAX_LEVEL)
+    assert "capacity: 2 users (limit: max level; bracket 2 .. none" in log
 
     # A 1 MB RAM budget: the first probe breaks it, and RAM is the limit reported.
     capacity = json.loads((ram_bound / "run.json").read_text())["capacity"]
@@ -154,4 +157,27 @@ def test_search_runs_headless_and_records_capacity(tiny_model: Path, tmp_path: P
     subprocess.run([sys.executable, "-m", "analysis", str(searched), "--no-charts"], cwd=REPO,
                    check=True, capture_output=True)
     report = (searched / "report.md").read_text()
-    assert "## Capacity search" in report and "**4 users**" in report
+    assert "## Capacity search" in report and "up to **2 users**" in report
+
+
+def test_web_ui_shows_the_capacity_tab_beside_the_memory_tabs(
+        environment: Environment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["locust"])  # the UI parses argv for its extra options
+    monkeypatch.chdir(tmp_path)
+    web_ui = environment.create_web_ui("127.0.0.1", 0, delayed_start=True)
+    sampler, recorder = MemorySampler(None), RequestRecorder(None)
+    MemoryTab(sampler, recorder).register(environment)
+    shape = SearchShape(Plan(settle_s=5, measure_s=10), Limits(), UsersKnob())
+    CapacitySearch(tmp_path, shape).register(environment)
+    CapacityTab(shape).register(environment)
+    shape.tick()
+    client = web_ui.app.test_client()
+
+    tables = {t["key"]: t["data"] for t in
+              client.get("/stats/requests").get_json()["extended_stats"]}
+    page = client.get("/").get_data(as_text=True)
+
+    assert {"server-memory", "request-ram", "capacity-search"} <= set(tables)
+    assert tables["capacity-search"][1]["level"] == 1
+    assert '"capacity-search"' in page and '"server-memory"' in page
+    assert environment.shape_class is shape
