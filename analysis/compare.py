@@ -50,6 +50,7 @@ HEADLINES: list[tuple[str, str, str, Callable[[Findings], Any]]] = [
     ("Max users within SLO", "users", "higher", lambda f: f.sweep and f.sweep.max_users_within_slo),
     ("Goodput", "req/s", "higher", lambda f: f.goodput and f.goodput.goodput_rps),
     ("SLO attainment", "ratio", "higher", lambda f: f.goodput and f.goodput.attainment),
+    ("Capacity (search)", "level", "higher", lambda f: f.capacity and f.capacity.level),
 ]  # fmt: skip
 
 
@@ -167,6 +168,14 @@ DEFAULT_BANDS: dict[str, tuple[str, Band]] = {
     "peak_total_pss": ("Peak total PSS", Band(0.10, 20.0)),
     "goodput": ("Goodput", Band(0.70)),  # as throughput
     "slo_attainment": ("SLO attainment", Band(0.0, 0.05)),  # absolute
+    # The capacity search's level (users): 10% or one level step, widened to the baseline's
+    # own bracket (BAND_FLOORS): a fall inside it is the search's resolution, not a regression.
+    "capacity": ("Capacity (search)", Band(0.10, 1.0)),
+}
+
+# Per metric, an absolute band floor read from the baseline run itself.
+BAND_FLOORS: dict[str, Callable[[Findings], float | None]] = {
+    "capacity": lambda f: f.capacity and f.capacity.bracket_width,
 }
 
 
@@ -223,6 +232,8 @@ def compare_runs(baseline: Findings, run: Findings,
         unit, better = spec[name]
         i = names.index(name)
         b, v = base_values[i], run_values[i]
+        floor = BAND_FLOORS[key](baseline) if key in BAND_FLOORS else None
+        band = replace(band, absolute=max(band.absolute, floor or 0.0))
         width = band.width(b) if b is not None else None
         changes.append(Change(key, name, unit, better, b, v, width, judge(b, v, band, better)))
     return changes

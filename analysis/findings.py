@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from analysis import goodput, memory, streaming, sweep, traffic, workloads
+from analysis.capacity import capacity
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
 from analysis.loadgen import load_window, loadgen_summary
@@ -16,7 +17,8 @@ from analysis.rules import evaluate, slo_verdicts
 from analysis.run import RunData
 
 # run.json keys that describe when or where, not how: left out of the settings table.
-_NOT_SETTINGS = {"started_at", "ended_at"}
+# The capacity search's result is a finding (analysis.capacity), not a setting.
+_NOT_SETTINGS = {"started_at", "ended_at", "capacity"}
 
 
 def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,6 +87,7 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     findings.workload = run.settings.get("workload")
     findings.ram_by_context = memory.ram_by_context(run.server_log)
     findings.prefix_cache = workloads.prefix_cache_hits(run.requests)
+    findings.capacity = capacity(run.settings)
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import goodput, memory, streaming, sweep, traffic, workloads
+from analysis.capacity import CapacityResult
 from analysis.config import AnalysisConfig
 from analysis.hardware import Hardware
 from analysis.loadgen import LoadGen
@@ -67,6 +68,7 @@ class Findings:
     workload: dict[str, Any] | None = None
     ram_by_context: pd.DataFrame | None = None
     prefix_cache: workloads.PrefixCacheHits | None = None
+    capacity: CapacityResult | None = None  # --shape search's result (analysis.capacity)
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -15,6 +15,8 @@ import inspect
 from collections.abc import Callable, Sequence
 
 from analysis import goodput, loadgen, memory, streaming, sweep, traffic, workloads
+from analysis.capacity import CapacityResult
+from analysis.capacity_report import capacity_section
 from analysis.document import (
     MISSING,
     Bullets,
@@ -43,6 +45,9 @@ def _intro(f: Findings) -> list[Paragraph]:
     load = (
         f"a step sweep through {' -> '.join(str(u) for u in stages)} Locust users"
         if stages
+        else f"a capacity search between {num(s.get('shape.min_level'), 0)} and "
+        f"{num(s.get('shape.max_level'), 0)} {s.get('shape.knob', 'users')}"
+        if s.get("shape.kind") == "search"
         else f"{num(s.get('users'))} Locust users (spawn rate {num(s.get('spawn_rate'))}/s)"
     )
     text = (
@@ -187,6 +192,8 @@ def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Docu
     if f.notes:
         doc.sections.append(Section("Notes on the inputs", [Bullets(list(f.notes))]))
     doc.sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
+    if (found := capacity_section(f)) is not None:  # --shape search runs only
+        doc.sections.append(found)
     doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
                      load_generator_section(f)]
     doc.sections.append(workload_section(f))
@@ -225,6 +232,7 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Goodput and SLO attainment", goodput.goodput),
     ("SLO attainment per sweep step", goodput.attainment_per_step),
     ("Load generator CPU and loop lag", loadgen.loadgen_summary),
+    ("Capacity search bracket", CapacityResult.bracket_width.fget),
 ]
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from analysis import rules_machine, rules_traffic, traffic
+from analysis import capacity_report, rules_machine, rules_traffic, traffic
 from analysis.records import WARNING, Findings, Recommendation, SloVerdict
 
 Rule = Callable[[Findings], Recommendation | None]
@@ -29,7 +29,7 @@ Rule = Callable[[Findings], Recommendation | None]
 
 def all_rules() -> list[Rule]:
     """Every rule, in the order their findings appear in the report."""
-    return [*rules_traffic.RULES, *rules_machine.RULES]
+    return [*rules_traffic.RULES, *rules_machine.RULES, *capacity_report.RULES]
 
 
 def evaluate(findings: Findings, rules: list[Rule] | None = None) -> list[Recommendation]:

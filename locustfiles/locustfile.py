@@ -7,7 +7,8 @@
         --stop-timeout 180
 
 On the master (or the only) process it writes requests.csv and memory.csv into the run
-folder, extends the web UI with server memory, and applies ``--shape steps``; Locust workers
+folder, extends the web UI with server memory, and applies ``--shape steps`` or ``--shape
+search`` (the capacity finder, locustfiles/capacity.py); Locust workers
 forward their request rows to the master. See docs/load-testing.md.
 
 ``--mix streaming|openai|all`` runs the streaming and OpenAI-API users instead of the three
@@ -28,6 +29,8 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
+from locustfiles.capacity import CapacitySearch, SearchShape, UsersKnob
+from locustfiles.capacity_tab import CapacityTab
 from locustfiles.drain import GracefulDrain
 from locustfiles.exit_code import ExitCodeCheck
 from locustfiles.final_stats import FinalCsvSnapshot
@@ -37,6 +40,7 @@ from locustfiles.memory_tab import MemoryTab
 from locustfiles.request_recorder import RequestRecorder
 from locustfiles.run_record_hook import RunRecordHook
 from locustfiles.run_options import add_options, option, resolve_run_dir
+from locustfiles.search_options import limits_from_options, plan_from_options
 from locustfiles.shapes import StepShape
 from locustfiles.stages import parse_stages
 from locustfiles.openai_users import (
@@ -90,6 +94,7 @@ def set_up_run(environment: Environment) -> None:
     sample_s = float(getattr(options, "memory_sample_s", 1.0))
     pidfile = getattr(options, "server_pidfile", "") or None
     foreign = is_openai_target(options)
+    sampler: MemorySampler | None = None
     if foreign and not (pidfile and Path(pidfile).is_file()):
         # Someone else's server, and no pidfile of it on this machine: no memory to sample.
         log.info("run folder %s (--target openai: no server memory)", run_dir)
@@ -109,3 +114,18 @@ def set_up_run(environment: Environment) -> None:
         shape = StepShape(parse_stages(options.stages), spawn_rate=options.spawn_rate or 10.0)
         shape.runner = environment.runner
         environment.shape_class = shape
+    elif getattr(options, "shape", "none") == "search":
+        set_up_search(environment, run_dir, sampler)
+
+
+def set_up_search(environment: Environment, run_dir: Path,
+                  sampler: MemorySampler | None) -> None:
+    """``--shape search``: bisect the users to the highest level within the limits."""
+    options = environment.parsed_options
+    knob = UsersKnob(spawn_rate=options.spawn_rate or 10.0)
+    limits = limits_from_options(options)
+    if sampler is None and (limits.ram_mb or limits.ram_headroom_mb):
+        log.warning("search: no server memory is sampled, so the RAM limit is not checked")
+    shape = SearchShape(plan_from_options(options, knob.quantum), limits, knob, sampler)
+    CapacitySearch(run_dir, shape).register(environment)
+    CapacityTab(shape).register(environment)

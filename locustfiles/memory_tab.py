@@ -160,7 +160,9 @@ class MemoryTab:
     def _extend_stats(self, response: Response) -> Response:
         if request.path.endswith("/stats/requests") and response.is_json:
             data = response.get_json()
-            data["extended_stats"] = self.extended_stats()
+            # Added to what other tabs put there (capacity_tab.py): Flask runs after_request
+            # hooks last-registered first.
+            data["extended_stats"] = [*data.get("extended_stats", []), *self.extended_stats()]
             response.set_data(json.dumps(data))
         return response
 

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.run_folder import new_run_dir
+from locustfiles.search_options import add_search_options
 from locustfiles.stages import DEFAULT_STAGES
 from locustfiles.user_mix import MIX_CHOICES, TARGETS
 from locustfiles.workload_options import add_workload_options
 
 if TYPE_CHECKING:
     from locust.argument_parser import LocustArgumentParser
+
+SHAPES = ["none", "steps", "search"]  # --shape: locustfiles/shapes.py, locustfiles/capacity.py
 
 
 def add_options(parser: LocustArgumentParser) -> None:
@@ -55,8 +58,9 @@ def add_options(parser: LocustArgumentParser) -> None:
                         help="folder with prompts.jsonl, articles.jsonl, qa.jsonl "
                              "(default: locustfiles/data)")
     parser.add_argument("--shape", env_var="LOCUST_SHAPE", default="none",
-                        choices=["none", "steps"],
-                        help="load shape: none (-u/-r/-t) or steps (the --stages table)")
+                        choices=SHAPES,
+                        help="load shape: none (-u/-r/-t), steps (the --stages table) or "
+                             "search (the highest load within the --search-* limits)")
     parser.add_argument("--stages", env_var="LOCUST_STAGES",
                         default=DEFAULT_STAGES,
                         help="steps shape as USERS:SECONDS,... (each stage held that long)")
@@ -79,6 +83,7 @@ def add_options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--check-ignore-refusals", env_var="LOCUST_CHECK_IGNORE_REFUSALS",
                         action="store_true", default=False,
                         help="--check-fail-ratio leaves out the server's 429/503 refusals")
+    add_search_options(parser)  # --shape search (search_options.py)
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
                         help="model name the /v1 users ask for (default: GET /v1/models)")
     add_workload_options(parser)

@@ -3,6 +3,7 @@
     python scripts/loadtest.py                       # synthetic:gpt2-large, 10 users, 300 s
     python scripts/loadtest.py --model synthetic:tiny --users 10 --duration 20 --label smoke
     python scripts/loadtest.py --shape steps --stages 1:120,10:120,25:120,50:120,100:120
+    python scripts/loadtest.py --shape search --search-slo-p95-ms 5000 --search-max 64
 
 Steps: build the synthetic model if missing; create results/<UTC timestamp>-<label>/; start
 Gunicorn on 127.0.0.1 (pidfile, request log and log in the run folder, a fresh random API
@@ -30,6 +31,12 @@ from harness.gunicorn_process import GunicornServer
 from harness.locust_process import LocustProcess, locust_env, suite_command
 from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
+from locustfiles.run_options import SHAPES
+from locustfiles.search_options import (
+    add_script_search_options,
+    plan_from_options,
+    search_arguments,
+)
 from locustfiles.stages import DEFAULT_STAGES, parse_stages
 from locustfiles.user_mix import MIX_CHOICES
 from server.config import DEFAULTS
@@ -71,9 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spawn-rate", type=float, default=2.0, help="users started per second")
     p.add_argument("--duration", type=float, default=300.0,
                    help="seconds of load (a 3 GB model on 2 cores needs minutes to settle)")
-    p.add_argument("--shape", choices=["none", "steps"], default="none")
+    p.add_argument("--shape", choices=SHAPES, default="none",
+                   help="none (--users for --duration), steps (--stages) or search (the "
+                        "highest load within the --search-* limits; stops by itself)")
     p.add_argument("--stages", default=DEFAULT_STAGES,
                    help="for --shape steps: USERS:SECONDS,...")
+    add_script_search_options(p)
     p.add_argument("--processes", type=int, default=0,
                    help="Locust worker processes (0 = one process, no master/worker)")
     p.add_argument("--label", default="loadtest")
@@ -100,6 +110,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "stop with Ctrl+C (the server is stopped and run.json written after)")
     args = p.parse_args(argv)
     args.stage_table = parse_stages(args.stages) if args.shape == "steps" else None
+    if args.shape == "search":
+        try:
+            plan_from_options(args)  # a bad --search-* value stops here, before the server
+        except ValueError as error:
+            p.error(str(error))
     return args
 
 
@@ -147,6 +162,8 @@ def locust_command(args: argparse.Namespace, run_dir: Path, server: GunicornServ
                "--mix", args.mix]
     if args.shape == "steps":
         options += ["--shape", "steps", "--stages", args.stages]
+    elif args.shape == "search":
+        options += ["--shape", "search", *search_arguments(args)]
     else:
         options += ["-u", str(args.users)]
         options += [] if args.ui else ["-t", f"{args.duration:g}s"]
