@@ -40,11 +40,15 @@ TRACKED = _tracked()
 RUNS = sorted(p.removesuffix("/run.json") for p in TRACKED if p.endswith("/run.json"))
 
 
+GENERATED = ("charts/", "report.md", "report.html")  # what the command makes (the showcase's too)
+
+
 def _copy(run: str, dest: Path) -> Path:
-    """Copy the tracked files of ``run`` into ``dest``/<its name>; return that folder."""
+    """Copy the tracked raw data of ``run`` (not what the command generates) into
+    ``dest``/<its name>; return that folder."""
     target = dest / Path(run).name
     for path in TRACKED:
-        if path.startswith(run + "/"):
+        if path.startswith(run + "/") and not path.removeprefix(run + "/").startswith(GENERATED):
             out = target / path.removeprefix(run + "/")
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(REPO / path, out)
