@@ -32,6 +32,9 @@ tpot_ms               streamed: (response_time_ms - ttft_ms) / (completion_token
 chunks                streamed: events that carried text
 max_chunk_gap_ms      streamed: longest gap between two text events, ms
 chunk_gaps_ms         streamed: every gap between text events, ms, space-separated
+cpu_ms                X-CPU-Ms: core-ms of the worker's CPU charged to it (its share of
+                      each step by tokens fed, server/engine/step_cost.py); whole
+                      answers only (a stream's headers leave before its steps)
 ====================  ==============================================================
 
 For a streamed answer response_time_ms is the end-to-end time (to the end of the stream)
@@ -62,7 +65,7 @@ COLUMNS = (
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
-    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms", "cpu_ms",
 )  # fmt: skip
 # Columns of a streamed answer, copied from the request context the streaming users fill.
 STREAM_COLUMNS = ("stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
@@ -144,6 +147,7 @@ def request_row(
         prompt_tokens,
         completion_tokens,
         *(_stream_cell(context.get(column)) for column in STREAM_COLUMNS),
+        headers.get("X-CPU-Ms", ""),
     ]
 
 

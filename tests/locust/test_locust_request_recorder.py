@@ -21,7 +21,7 @@ CONTRACT_COLUMNS = [
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
-    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms", "cpu_ms",
 ]  # fmt: skip
 
 
@@ -67,7 +67,7 @@ def test_success_row_has_client_view_server_headers_and_usage(
         "worker_uss_mb": "96.0", "worker_pss_mb": "455.3", "queue_ms": "3.0",
         "inference_ms": "120.4", "batch_size": "3", "prompt_tokens": "11",
         "completion_tokens": "5", "stream": "", "ttfb_ms": "", "ttft_ms": "", "tpot_ms": "",
-        "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "",
+        "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "", "cpu_ms": "41.25",
     }
     assert recorder.rows_written == 1
     assert recorder.workers["4242"].pss_mb == 455.3
