@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import goodput, memory, streaming, sweep, traffic
+from analysis import cost, goodput, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
 from analysis.loadgen import load_window, loadgen_summary
@@ -81,7 +81,10 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     findings.goodput = goodput.goodput(run.requests, window_s, targets(cfg), steps)
     findings.hardware = hardware(run.settings)
     host_cores = (run.settings.get("host") or {}).get("cores")
-    findings.loadgen = loadgen_summary(run.loadgen, load_window(run.requests), host_cores)
+    window = load_window(run.requests)
+    findings.loadgen = loadgen_summary(run.loadgen, window, host_cores)
+    findings.cost = cost.cost(run.server_log, run.requests, run.memory, window)
+    findings.busy = cost.busy_box(run.memory, window)
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

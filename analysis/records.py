@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis import goodput, memory, streaming, sweep, traffic
+from analysis import cost, goodput, memory, streaming, sweep, traffic
 from analysis.config import AnalysisConfig
 from analysis.hardware import Hardware
 from analysis.loadgen import LoadGen
@@ -61,6 +61,8 @@ class Findings:
     goodput: goodput.Goodput | None = None
     hardware: Hardware | None = None  # run.json host and server.kernels (analysis.hardware)
     loadgen: LoadGen | None = None  # Locust's own CPU and loop lag (analysis.loadgen)
+    cost: cost.Cost | None = None  # the server's CPU per request and token (analysis.cost)
+    busy: cost.BusyBox | None = None  # other processes' and the hypervisor's CPU share
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
-from analysis import goodput, loadgen, memory, streaming, sweep, traffic
+from analysis import cost, goodput, loadgen, memory, streaming, sweep, traffic
 from analysis.document import (
     MISSING,
     Bullets,
@@ -29,6 +29,7 @@ from analysis.document import (
 )
 from analysis.hardware import header_line
 from analysis.records import Findings
+from analysis.report_cost import cost_section
 from analysis.report_sections import hardware_section, load_generator_section, streaming_section
 from analysis.rules import all_rules
 
@@ -187,7 +188,7 @@ def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Docu
         doc.sections.append(Section("Notes on the inputs", [Bullets(list(f.notes))]))
     doc.sections += [_recommendations(f), _summary(f), _slo(f), _latency(f)]
     doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
-                     load_generator_section(f)]
+                     load_generator_section(f), cost_section(f)]
     if charts:
         doc.sections.append(Section("Charts", [Image(c, p) for c, p in charts]))
     settings = Table(["Setting", "Value"], sorted(f.settings.items()))
@@ -221,6 +222,9 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Goodput and SLO attainment", goodput.goodput),
     ("SLO attainment per sweep step", goodput.attainment_per_step),
     ("Load generator CPU and loop lag", loadgen.loadgen_summary),
+    ("Cost of a request (CPU per output token)", cost.route_costs),
+    ("Server tree CPU", cost.tree_cpu_s),
+    ("Busy box", cost.busy_box),
 ]
 
 
