@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.cost import busy_warning
 from analysis.document import MISSING, is_missing, num, table
 from analysis.hardware import hardware_note
 from analysis.records import Findings
@@ -51,6 +52,10 @@ HEADLINES: list[tuple[str, str, str, Callable[[Findings], Any]]] = [
     ("Goodput", "req/s", "higher", lambda f: f.goodput and f.goodput.goodput_rps),
     ("SLO attainment", "ratio", "higher", lambda f: f.goodput and f.goodput.attainment),
     ("Capacity (search)", "level", "higher", lambda f: f.capacity and f.capacity.level),
+    ("Server CPU per output token", "core-ms", "lower",
+     lambda f: f.cost and f.cost.cpu_ms_per_token),
+    ("Other processes' CPU share", "ratio", "lower", lambda f: f.busy and f.busy.other_cpu_share),
+    ("CPU stolen by the hypervisor", "ratio", "lower", lambda f: f.busy and f.busy.steal_share),
 ]  # fmt: skip
 
 
@@ -131,6 +136,11 @@ def render_comparison(runs: Sequence[Findings], charts: Sequence[tuple[str, str]
             [(f.label, *(_verdict(f, name) for name in SLO_COLUMNS)) for f in runs],
         )
     )
+    busy = [f"- **{f.label}**: {text}" for f in runs
+            if (text := busy_warning(f.busy, f.config)) is not None]
+    if busy:
+        sections.append("## Busy box\n\nThese runs shared their box: compare them with care."
+                        "\n\n" + "\n".join(busy))
     if charts:
         sections.append("## Charts\n\n" + "\n\n".join(f"![{t}]({p})" for t, p in charts))
     if notes:

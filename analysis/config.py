@@ -82,6 +82,11 @@ class AnalysisConfig(BaseSettings):
     loadgen_lag_p99_ms: float = 10.0
     # Rule: the load generator "competes with the server" above this share of the box's CPU.
     loadgen_cpu_share: float = 0.20
+    # Rule (busy box): warn when processes other than the server and Locust used more than
+    # this share of the box's CPU over the load window (memory.csv other_cpu_share, mean).
+    busy_other_cpu_share: float = 0.10
+    # Rule (busy box): warn when the hypervisor stole more than this share of the CPU.
+    busy_steal_share: float = 0.05
     # Rule: a precision whose decode step is this many times faster is worth switching to.
     kernel_speedup_min: float = 1.5
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import goodput, memory, streaming, sweep, traffic, workloads
+from analysis import cost, goodput, memory, streaming, sweep, traffic, workloads
 from analysis.capacity import capacity
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
@@ -83,11 +83,14 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     findings.goodput = goodput.goodput(run.requests, window_s, targets(cfg), steps)
     findings.hardware = hardware(run.settings)
     host_cores = (run.settings.get("host") or {}).get("cores")
-    findings.loadgen = loadgen_summary(run.loadgen, load_window(run.requests), host_cores)
+    window = load_window(run.requests)
+    findings.loadgen = loadgen_summary(run.loadgen, window, host_cores)
     findings.workload = run.settings.get("workload")
     findings.ram_by_context = memory.ram_by_context(run.server_log)
     findings.prefix_cache = workloads.prefix_cache_hits(run.requests)
     findings.capacity = capacity(run.settings)
+    findings.cost = cost.cost(run.server_log, run.requests, run.memory, window)
+    findings.busy = cost.busy_box(run.memory, window)
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

@@ -45,6 +45,7 @@ from analysis.compare import (
     headline_values,
 )
 from analysis.config import SLO_KEYS
+from analysis.cost import busy_warning
 from analysis.document import num, table
 from analysis.records import Findings, SloVerdict
 
@@ -57,7 +58,7 @@ class Check:
 
     suite: str  # slo | regression
     name: str
-    outcome: str  # PASS | FAIL | SKIP | UNCHANGED | IMPROVED | REGRESSED
+    outcome: str  # PASS | FAIL | SKIP | UNCHANGED | IMPROVED | REGRESSED | WARN
     message: str
 
     @property
@@ -95,9 +96,18 @@ def served_check(f: Findings) -> Check:
     return Check("slo", "requests served", "PASS", f"{t.requests} requests, {t.successes} ok")
 
 
+def busy_checks(runs: Sequence[Findings], suite: str) -> list[Check]:
+    """A WARN check per run whose box was busy (analysis.cost.busy_warning): shown in the
+    lines, the JUnit file and the summary, never failing the gate (the numbers may still
+    meet their targets; the reader must know they were measured on a shared box)."""
+    label = len(runs) > 1
+    return [Check(suite, f"busy box{', ' + f.label if label else ''}", "WARN", text)
+            for f in runs if (text := busy_warning(f.busy, f.config)) is not None]
+
+
 def slo_checks(f: Findings) -> list[Check]:
-    """The Checks of the run's traffic and of every SLO verdict of ``f``."""
-    return [served_check(f), *(slo_check(v) for v in f.slo)]
+    """The Checks of the run's traffic, of every SLO verdict of ``f``, and the busy box."""
+    return [served_check(f), *(slo_check(v) for v in f.slo), *busy_checks([f], "slo")]
 
 
 _OUTCOMES = {UNCHANGED: "UNCHANGED", IMPROVED: "IMPROVED", REGRESSED: "REGRESSED",
@@ -158,7 +168,8 @@ def slo_gate(findings: Findings, run_dir: Path, junit: Path | None = None,
 def regression_gate(baseline: Findings, run: Findings, bands: Mapping[str, float], out: Path,
                     junit: Path | None = None, summary: Path | None = None) -> int:
     """Apply the regression gate to ``run`` against ``baseline``: files in ``out``."""
-    checks = regression_checks(compare_runs(baseline, run, bands))
+    checks = [*regression_checks(compare_runs(baseline, run, bands)),
+              *busy_checks([baseline, run], "regression")]
     headline = (["Metric", f"baseline: {baseline.label}", f"run: {run.label}"],
                 _headline_rows([baseline, run]))
     return _write(checks, f"Regression gate: {run.label} vs {baseline.label}", "regression",
@@ -199,7 +210,7 @@ def read_slo_file(path: Path | str | None) -> SloFile:
 # CI-native outputs: JUnit XML and the Markdown job summary.
 
 _ICONS = {"PASS": "✅", "FAIL": "❌", "SKIP": "⏭", "UNCHANGED": "✅", "IMPROVED": "🟢",
-          "REGRESSED": "❌"}
+          "REGRESSED": "❌", "WARN": "⚠️"}
 
 
 def junit_xml(checks: Sequence[Check], suite: str) -> str:
@@ -226,6 +237,7 @@ def summary_markdown(title: str, headline: tuple[list[str], list[tuple]],
     result = f"**FAILED**: {len(bad)} of {len(checks)} checks" if bad else \
         f"**PASSED**: {len(checks)} checks"
     rows = [(f"{_ICONS.get(c.outcome, '')} {c.outcome}", c.name, c.message) for c in checks]
+    warnings = [f"**Warning** ({c.name}): {c.message}" for c in checks if c.outcome == "WARN"]
     return "\n\n".join([
-        f"## {title}", result, table(*headline),
+        f"## {title}", result, *warnings, table(*headline),
         table(["Verdict", "Check", "Detail"], rows), ""])

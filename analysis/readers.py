@@ -28,9 +28,14 @@ REQUEST_COLUMNS = [
     "stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
     # --workload requests (blank otherwise), and the server's cached prompt tokens.
     "workload_group", "turn", "context_tokens", "cached_tokens",
+    # The worker's CPU charged to the request (X-CPU-Ms; absent before issue 32).
+    "cpu_ms",
 ]  # fmt: skip
 MEMORY_COLUMNS = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",
+    # CPU of each process and the box's other load (absent before issue 32; blank when
+    # scraped from /metrics).
+    "cpu_s", "other_cpu_share", "steal_share",
 ]  # fmt: skip
 # loadgen.csv (locustfiles/loadgen_monitor.py): one row per tick of each Locust process.
 LOADGEN_COLUMNS = ["timestamp", "elapsed_s", "pid", "role", "loop_lag_ms", "cpu_s",
@@ -39,6 +44,7 @@ SERVER_LOG_COLUMNS = [
     "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
     "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
     "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
+    "cpu_ms", "cpu_ms_per_token",
 ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import goodput, memory, streaming, sweep, traffic, workloads
+from analysis import cost, goodput, memory, streaming, sweep, traffic, workloads
 from analysis.capacity import CapacityResult
 from analysis.config import AnalysisConfig
 from analysis.hardware import Hardware
@@ -69,6 +69,8 @@ class Findings:
     ram_by_context: pd.DataFrame | None = None
     prefix_cache: workloads.PrefixCacheHits | None = None
     capacity: CapacityResult | None = None  # --shape search's result (analysis.capacity)
+    cost: cost.Cost | None = None  # the server's CPU per request and token (analysis.cost)
+    busy: cost.BusyBox | None = None  # other processes' and the hypervisor's CPU share
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
-from analysis import goodput, loadgen, memory, streaming, sweep, traffic, workloads
+from analysis import cost, goodput, loadgen, memory, streaming, sweep, traffic, workloads
 from analysis.capacity import CapacityResult
 from analysis.capacity_report import capacity_section
 from analysis.document import (
@@ -31,6 +31,7 @@ from analysis.document import (
 )
 from analysis.hardware import header_line
 from analysis.records import Findings
+from analysis.report_cost import cost_section
 from analysis.report_sections import hardware_section, load_generator_section, streaming_section
 from analysis.report_workload import workload_section
 from analysis.rules import all_rules
@@ -195,7 +196,7 @@ def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Docu
     if (found := capacity_section(f)) is not None:  # --shape search runs only
         doc.sections.append(found)
     doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
-                     load_generator_section(f)]
+                     load_generator_section(f), cost_section(f)]
     doc.sections.append(workload_section(f))
     if charts:
         doc.sections.append(Section("Charts", [Image(c, p) for c, p in charts]))
@@ -233,6 +234,9 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("SLO attainment per sweep step", goodput.attainment_per_step),
     ("Load generator CPU and loop lag", loadgen.loadgen_summary),
     ("Capacity search bracket", CapacityResult.bracket_width.fget),
+    ("Cost of a request (CPU per output token)", cost.route_costs),
+    ("Server tree CPU", cost.tree_cpu_s),
+    ("Busy box", cost.busy_box),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from analysis.cost import busy_warning
 from analysis.document import num, pct
 from analysis.hardware import Hardware, KernelTiming
 from analysis.records import INFO, WARNING, Findings, Recommendation, setting
@@ -233,5 +234,18 @@ def load_generator_busy(f: Findings) -> Recommendation | None:
         "users per process."))
 
 
+def busy_box(f: Findings) -> Recommendation | None:
+    """Other processes' CPU share > busy_other_cpu_share or steal > busy_steal_share -> warning.
+
+    Means over the load window of memory.csv's other_cpu_share and steal_share (the server
+    sampled with --server-pidfile; steal alone when scraped).
+    """
+    text = busy_warning(f.busy, f.config)
+    if text is None:
+        return None
+    return Recommendation("busy_box", WARNING, text + " Run again on a quiet box, or "
+                          "somewhere no other job shares the cores.")
+
+
 RULES = [sharing_works, sharing_broken, memory_growth, memory_headroom, workers_replaced,
-         kernel_path, int8_not_measured, load_generator_busy]
+         kernel_path, int8_not_measured, load_generator_busy, busy_box]

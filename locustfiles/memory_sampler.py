@@ -29,6 +29,13 @@ sys_available_mb  MemAvailable of the host, MB (blank when scraped and not expor
                   with several hosts, the lowest of theirs)
 host              the scraped server's host:port; empty for the pidfile source and on
                   the total row
+cpu_s             the process's CPU time so far (user + system), seconds; the total
+                  row's is the tree's sum (pidfile source only: blank when scraped)
+other_cpu_share   total row: the share of the box's CPU (1.0 = every core) that
+                  processes outside the server tree and Locust used since the previous
+                  sample (pidfile source only; locustfiles/box_load.py)
+steal_share       total row: the share of the box's CPU the hypervisor stole since the
+                  previous sample (/proc/stat's steal through psutil; 0 on bare metal)
 ================  ==================================================================
 
 The sampler runs on the master (or the only) Locust process, never on Locust workers. The
@@ -44,17 +51,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+import psutil
 import requests
 from locust.env import Environment
 from locust.runners import WorkerRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from locustfiles.box_load import BoxLoad, BoxShares
 from locustfiles.server_facts import operator_headers
 from server.engine.memory import read_process_memory, system_available_mb
 from server.engine.procfs import child_pids
@@ -62,7 +71,7 @@ from server.engine.procfs import child_pids
 log = logging.getLogger(__name__)
 
 COLUMNS = ("timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb",
-           "sys_available_mb", "host")
+           "sys_available_mb", "host", "cpu_s", "other_cpu_share", "steal_share")
 _MB = 2**20
 # Per-worker gauges on the server's /metrics, mapped to our columns.
 METRIC_GAUGES = {
@@ -84,6 +93,7 @@ class ProcessMemory:
     pss_mb: float
     shared_mb: float
     host: str = ""  # host:port of a scraped server; "" for this machine's /proc
+    cpu_s: float | None = None  # user + system CPU seconds so far (pidfile source)
 
 
 @dataclass(frozen=True)
@@ -93,24 +103,45 @@ class TreeSample:
     timestamp: float
     processes: tuple[ProcessMemory, ...]
     sys_available_mb: float | None
+    box: BoxShares | None = None  # the box's other load since the previous sample
 
     @property
     def total(self) -> ProcessMemory:
         """The sums over the tree (pid 0, role "total")."""
         sums = [sum(getattr(p, f) for p in self.processes)
                 for f in ("rss_mb", "uss_mb", "pss_mb", "shared_mb")]
-        return ProcessMemory(0, "total", *sums)
+        cpu = [p.cpu_s for p in self.processes]
+        return ProcessMemory(0, "total", *sums,
+                             cpu_s=None if None in cpu else sum(cpu))  # type: ignore[arg-type]
 
     def rows(self) -> list[list[Any]]:
-        """memory.csv rows: each process, then the total."""
+        """memory.csv rows: each process, then the total (which carries the box's shares)."""
         available = "" if self.sys_available_mb is None else round(self.sys_available_mb, 1)
-        return [[round(self.timestamp, 3), p.pid, p.role, round(p.rss_mb, 1), round(p.uss_mb, 1),
-                 round(p.pss_mb, 1), round(p.shared_mb, 1), available, p.host]
+        rows = [[round(self.timestamp, 3), p.pid, p.role, round(p.rss_mb, 1), round(p.uss_mb, 1),
+                 round(p.pss_mb, 1), round(p.shared_mb, 1), available, p.host,
+                 _cell(p.cpu_s, 3), "", ""]
                 for p in (*self.processes, self.total)]
+        if self.box is not None:
+            rows[-1][-2:] = [_cell(self.box.other_cpu_share, 4), _cell(self.box.steal_share, 4)]
+        return rows
 
 
-def sample_pidfile(pidfile: Path) -> TreeSample | None:
+def _cell(value: float | None, digits: int) -> Any:
+    return "" if value is None else round(value, digits)
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far (None when it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+def sample_pidfile(pidfile: Path, box: BoxLoad | None = None) -> TreeSample | None:
     """Read the master named in ``pidfile`` and its children from /proc; None if not running.
+    With ``box``, the box's other load since the previous sample rides on the sample.
 
     Blocking (tens of ms for a big tree): call it off the event loop (``MemorySampler``).
     """
@@ -125,10 +156,15 @@ def sample_pidfile(pidfile: Path) -> TreeSample | None:
             m = read_process_memory(pid)
         except (OSError, KeyError):  # exited between listing and reading
             continue
-        processes.append(ProcessMemory(pid, role, m.rss_mb, m.uss_mb, m.pss_mb, m.shared_mb))
+        cpu_s = _cpu_s(pid)
+        if cpu_s is None:
+            continue
+        processes.append(ProcessMemory(pid, role, m.rss_mb, m.uss_mb, m.pss_mb, m.shared_mb,
+                                       cpu_s=cpu_s))
     if not processes:
         return None
-    return TreeSample(time.time(), tuple(processes), system_available_mb())
+    shares = box.shares({p.pid: p.cpu_s for p in processes}) if box is not None else None
+    return TreeSample(time.time(), tuple(processes), system_available_mb(), shares)
 
 
 def parse_metrics(text: str, timestamp: float, host: str = "") -> TreeSample | None:
@@ -203,6 +239,7 @@ class MemorySampler:
         self._file = None
         self._writer = None
         self._greenlet: gevent.Greenlet | None = None
+        self._box: BoxLoad | None = None  # the box's other load (this Locust process's box)
 
     @property
     def source(self) -> str:
@@ -219,6 +256,7 @@ class MemorySampler:
         if isinstance(environment.runner, WorkerRunner):
             return
         self._environment = environment
+        self._box = BoxLoad()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
@@ -232,12 +270,17 @@ class MemorySampler:
         """Take one sample now, record it, and return it (None when the server is not found)."""
         if self.source == "pidfile":
             # In a real OS thread: the reads release the GIL, the loop keeps serving users.
-            sample = gevent.get_hub().threadpool.spawn(sample_pidfile, self.pidfile).get()
+            sample = gevent.get_hub().threadpool.spawn(sample_pidfile, self.pidfile,
+                                                       self._box).get()
         elif self.metrics_urls:
             sample = sample_hosts(self.metrics_urls, operator_key=self.operator_key)
         else:
             host = self._environment.host if self._environment else None
             sample = sample_metrics(host, operator_key=self.operator_key) if host else None
+        if sample is not None and sample.box is None and self._box is not None \
+                and self.source != "pidfile":
+            # Scraped: the server's CPU is not known here, the box's steal still is.
+            sample = replace(sample, box=self._box.shares(None))
         if sample is not None:
             self.history.append(sample)
             if self._writer is not None:

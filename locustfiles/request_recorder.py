@@ -39,6 +39,9 @@ context_tokens        --workload: the prompt's tokens as the client counted them
                       tokenizer; message texts only, no chat template), tokens
 cached_tokens         usage.prompt_tokens_details.cached_tokens (successes only): prompt
                       tokens the server copied from its prefix cache; "" = not reported
+cpu_ms                X-CPU-Ms: core-ms of the worker's CPU charged to it (its share of
+                      each step by tokens fed, server/engine/step_cost.py); whole
+                      answers only (a stream's headers leave before its steps)
 ====================  ==============================================================
 
 For a streamed answer response_time_ms is the end-to-end time (to the end of the stream)
@@ -71,6 +74,7 @@ COLUMNS = (
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
     "workload_group", "turn", "context_tokens", "cached_tokens",
+    "cpu_ms",
 )  # fmt: skip
 # Columns of a streamed answer, copied from the request context the streaming users fill.
 STREAM_COLUMNS = ("stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
@@ -160,6 +164,7 @@ def request_row(
         *(_stream_cell(context.get(column)) for column in STREAM_COLUMNS),
         *(_stream_cell(context.get(column)) for column in WORKLOAD_COLUMNS),
         cached_tokens,
+        headers.get("X-CPU-Ms", ""),
     ]
 
 

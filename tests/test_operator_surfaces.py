@@ -16,7 +16,7 @@ from server.config import ConfigError
 from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY, server_env
 
 TELEMETRY = ["X-Worker-PID", "X-Worker-RSS-MB", "X-Worker-USS-MB", "X-Worker-PSS-MB",
-             "X-Queue-Ms", "X-Inference-Ms", "X-Batch-Size"]
+             "X-Queue-Ms", "X-Inference-Ms", "X-Batch-Size", "X-CPU-Ms"]
 BODY = {"prompt": "Hello there", "max_new_tokens": 2}
 OPERATOR = {"Authorization": f"Bearer {TEST_OPERATOR_KEY}"}
 TENANT = {"Authorization": f"Bearer {TEST_API_KEY}"}

@@ -1,5 +1,6 @@
 """The HTTP API on the Flask test client: bodies, headers, every error in the envelope."""
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,18 @@ def test_task_route_returns_the_documented_body(client, route, body) -> None:
         assert header in response.headers
     assert float(response.headers["X-Worker-PSS-MB"]) > 0
     assert int(response.headers["X-Batch-Size"]) >= 1
+
+
+def test_the_cpu_a_request_was_charged_is_in_its_header_and_log(client, request_log) -> None:
+    response = client.post(*ROUTES[0][:1], json=ROUTES[0][1])
+    [record] = [json.loads(line) for line in request_log.read_text().splitlines()
+                if json.loads(line)["request_id"] == response.headers["X-Request-ID"]]
+
+    assert response.status_code == 200
+    cpu_ms = float(response.headers["X-CPU-Ms"])
+    assert cpu_ms > 0 and record["cpu_ms"] == pytest.approx(cpu_ms, abs=0.01)
+    tokens = response.json["usage"]["completion_tokens"]
+    assert record["cpu_ms_per_token"] == pytest.approx(record["cpu_ms"] / tokens, abs=0.001)
 
 
 def test_summary_prompt_is_longer_than_its_text_by_the_tldr_cue(client) -> None:

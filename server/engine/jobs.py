@@ -34,6 +34,7 @@ class Job:
     cancelled: bool = False
     predicted_s: float = 0.0  # the scheduler's forecast at admission (server.engine.scheduler)
     cached_tokens: int = 0  # prompt tokens copied from its tenant's kept caches at joining
+    cpu_s: float = 0.0  # its share of the worker's CPU over its steps (server.engine.step_cost)
     # Set by a streaming request: receives each token id as it is generated, then None.
     stream: queue.SimpleQueue | None = None
     _done: threading.Event = field(default_factory=threading.Event, repr=False)

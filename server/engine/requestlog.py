@@ -17,6 +17,7 @@ FIELDS = (
     "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
     "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
     "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
+    "cpu_ms", "cpu_ms_per_token",  # the worker's CPU charged to it (server.engine.step_cost)
 )
 
 

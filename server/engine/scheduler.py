@@ -33,6 +33,7 @@ from server.engine.jobs import Job, QueueFull
 from server.engine.memory import HeapReleaser
 from server.engine.prefix_cache import PrefixCache, cached_tokens
 from server.engine.step import Row, StepEngine, StepReport, kv_positions
+from server.engine.step_cost import StepClock, apportion
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Scheduler:
         self._rows: list[tuple[Job, Row]] = []
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
+        self._clock = StepClock()  # the worker's CPU per step, charged to its rows' jobs
         # What one more row adds to a decode step, as a share of a one-row step: from the
         # startup kernel table (KernelChoice.row_growth). On an AVX2 CPU an 8-row fp32 step
         # costs ~3x a one-row step; learning only the average step would under-predict the
@@ -180,6 +182,7 @@ class Scheduler:
         """Start the generation thread; ``before_loop`` (warm-up) runs in it first."""
         def main() -> None:
             before_loop()
+            self._clock.reset()  # the warm-up's CPU is nobody's request
             while True:
                 try:
                     self.run_once()
@@ -203,13 +206,20 @@ class Scheduler:
             report = self.engine.step([row for _, row in self._rows],
                                       prefill=self._prefill_allowed())
         except Exception as error:  # one bad step must not kill the worker's only generator
+            self._clock.lap()  # a failed step is nobody's cost
             finished = self._deliver(self._step_each_alone(error))
         else:
+            self._charge(report)  # before any job finishes: its record reads the total
             finished = self._deliver(report.sampled)
             self._on_step(report)
             self.learn(report)
         if finished:  # hand freed KV memory back when idle, and now and then under load
             self._heap.after_batch(idle=not self._rows and self._queue.empty())
+
+    def _charge(self, report: StepReport) -> None:
+        """Charge the CPU since the previous step to this step's rows, by tokens fed."""
+        for index, cpu_s in apportion(self._clock.lap(), report.fed).items():
+            self._rows[index][0].cpu_s += cpu_s
 
     def _fail_running(self, error: Exception) -> None:
         """Fail every running row's job after an error outside a step (bookkeeping): its

@@ -65,7 +65,8 @@ class Row:
 class StepReport:
     """What one step did: phase (prefill|decode|mixed), rows, tokens fed (of them prompt
     tokens), the tokens sampled per row (row index -> token; the stop token is not
-    reported), seconds."""
+    reported), seconds, and the tokens each row fed (row index -> tokens; what its share
+    of the step's CPU follows, server.engine.step_cost)."""
 
     phase: str
     rows: int
@@ -74,6 +75,7 @@ class StepReport:
     forward_s: float
     step_s: float
     prompt_tokens: int = 0
+    fed: dict[int, int] = field(default_factory=dict)
 
 
 class StepEngine:
@@ -174,7 +176,8 @@ class StepEngine:
         return StepReport(phase, len(plan), len(ids),
                           {i: t for i, t in sampled.items() if t is not None},
                           forward_s, time.perf_counter() - started,
-                          sum(len(feed) for _, feed, prompt in plan if prompt))
+                          sum(len(feed) for _, feed, prompt in plan if prompt),
+                          {i: len(feed) for i, feed, _ in plan})
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, packed: PackedStep,
                  due: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Per-request bookkeeping: request id, timings, worker memory headers and the log record.
 
 ``X-Request-ID`` goes on every response; the telemetry headers (worker memory, queue and
-inference time, batch size) only to authenticated callers (``RequestRecord.authenticated``,
-set by ``server.web.operator_auth`` once auth let the request through): an unauthenticated
+inference time, batch size, the request's CPU time ``X-CPU-Ms``) only to authenticated
+callers (``RequestRecord.authenticated``, set by ``server.web.operator_auth`` once auth let
+the request through): an unauthenticated
 client must not watch the server's load move with other tenants' requests.
 
 A request's facts travel in one typed ``RequestRecord`` (``record()``), created here when
@@ -62,6 +63,15 @@ class RequestRecord:
         """Rows in the running batch when the generation joined it (0 without one)."""
         return self.job.batch_size if self.job else 0
 
+    @property
+    def cpu_ms(self) -> float:
+        """Core-ms of the worker's CPU its steps were charged (server.engine.step_cost)."""
+        return self.job.cpu_s * 1000.0 if self.job else 0.0
+
+    def cpu_ms_per_token(self) -> float | None:
+        """cpu_ms per output token (None without output tokens)."""
+        tokens = self.completion_tokens or 0
+        return round(self.cpu_ms / tokens, 3) if tokens > 0 else None
 
     def end(self) -> None:
         """A streamed body ended (last event sent, or the client left): log it, once."""
@@ -101,8 +111,10 @@ def _finish(response: Response) -> Response:
 
 
 def _telemetry(memory: MemorySample, rec: RequestRecord) -> dict[str, str]:
-    """The per-request telemetry headers: serving worker, its memory, queue and batch."""
-    return {
+    """The per-request telemetry headers: serving worker, its memory, queue and batch, and
+    (a whole answer only: a stream's headers leave before its steps) its CPU time."""
+    cpu = {} if rec.streamed else {"X-CPU-Ms": f"{rec.cpu_ms:.2f}"}
+    return {**cpu,
         "X-Worker-PID": str(os.getpid()),
         "X-Worker-RSS-MB": f"{memory.rss_mb:.1f}",
         "X-Worker-USS-MB": f"{memory.uss_mb:.1f}",
@@ -141,6 +153,8 @@ def _write(app: Flask, rec: RequestRecord, status: int) -> None:
         "rss_delta_mb": round(rss_end_mb - rec.rss_start_mb, 2),
         "rss_peak_mb": round(max(peak, rss_end_mb, rec.rss_start_mb), 1),
         "sys_available_mb": round(memory.sys_available_mb, 1),
+        "cpu_ms": round(rec.cpu_ms, 3),
+        "cpu_ms_per_token": rec.cpu_ms_per_token(),
     })
 
 

@@ -109,6 +109,7 @@ _HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, 
     ("X-Worker-RSS-MB", "worker resident memory"), ("X-Worker-USS-MB", "worker unique memory"),
     ("X-Worker-PSS-MB", "worker proportional memory"), ("X-Queue-Ms", "queue wait"),
     ("X-Inference-Ms", "decode time"), ("X-Batch-Size", "batch size (0: never reached model)"),
+    ("X-CPU-Ms", "worker CPU charged to it, core-ms (whole answers)"),
     ("Retry-After", "seconds to wait (429, 503)"), ("X-RateLimit-Limit", "requests allowed"),
     ("X-RateLimit-Remaining", "requests left"), ("X-RateLimit-Reset", "reset, epoch seconds"),
 ]}

@@ -25,7 +25,7 @@ from locustfiles.users import PromptUser, QAUser, SummarizeUser
 SERVER_HEADERS = {
     "X-Request-ID": "PromptUser-7-1", "X-Worker-PID": "4242", "X-Worker-RSS-MB": "812.5",
     "X-Worker-USS-MB": "96.0", "X-Worker-PSS-MB": "455.3", "X-Queue-Ms": "3.0",
-    "X-Inference-Ms": "120.4", "X-Batch-Size": "3",
+    "X-Inference-Ms": "120.4", "X-Batch-Size": "3", "X-CPU-Ms": "41.25",
 }
 
 

@@ -23,6 +23,7 @@ CONTRACT_COLUMNS = [
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
     "workload_group", "turn", "context_tokens", "cached_tokens",
+    "cpu_ms",
 ]  # fmt: skip
 
 
@@ -70,6 +71,7 @@ def test_success_row_has_client_view_server_headers_and_usage(
         "completion_tokens": "5", "stream": "", "ttfb_ms": "", "ttft_ms": "", "tpot_ms": "",
         "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "",
         "workload_group": "", "turn": "", "context_tokens": "", "cached_tokens": "",
+        "cpu_ms": "41.25",
     }
     assert recorder.rows_written == 1
     assert recorder.workers["4242"].pss_mb == 455.3
