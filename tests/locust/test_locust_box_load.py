@@ -32,8 +32,20 @@ def _cpu_s(process: psutil.Process) -> float:
     return t.user + t.system
 
 
-def test_a_hog_is_other_load_unless_it_is_the_server(hog) -> None:
-    as_other, as_server = BoxLoad(), BoxLoad()
+@pytest.fixture
+def locust_stand_in() -> Iterator[psutil.Process]:
+    """An idle process standing in for Locust: the hog is this test process's child, and a
+    BoxLoad of this process would count it as Locust's own CPU (its children are the
+    --processes workers)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield psutil.Process(proc.pid)
+    proc.kill()
+    proc.wait()
+
+
+def test_a_hog_is_other_load_unless_it_is_the_server(hog, locust_stand_in) -> None:
+    as_other = BoxLoad(locust_pid=locust_stand_in.pid)
+    as_server = BoxLoad(locust_pid=locust_stand_in.pid)
     as_other.shares({})
     as_server.shares({hog.pid: _cpu_s(hog)})
     hog_before, box_before = _cpu_s(hog), sum(psutil.cpu_times()[:8])
@@ -56,8 +68,9 @@ def test_memory_csv_carries_cpu_and_the_box_shares(environment, process_tree,  #
     pidfile, _ = process_tree
     sampler = MemorySampler(tmp_path / "memory.csv", pidfile=pidfile, interval_s=60)
     sampler.register(environment)
-    for _ in range(2):
-        sampler.sample_once()
+    sampler.sample_once()
+    time.sleep(0.3)  # CPU time passes (psutil's clock ticks every 10 ms)
+    sampler.sample_once()
     environment.events.quitting.fire(environment=environment)
 
     rows = read_rows(tmp_path / "memory.csv")
@@ -68,7 +81,9 @@ def test_memory_csv_carries_cpu_and_the_box_shares(environment, process_tree,  #
     last = totals[-1]
     assert float(last["cpu_s"]) == pytest.approx(
         sum(float(r["cpu_s"]) for r in processes[-3:]), abs=0.01)
-    # The first sample has no interval before it; the next one has both shares.
-    assert totals[0]["other_cpu_share"] == ""
+    # The first reading has no interval before it (nor has one taken before any CPU time
+    # passed: the sampler's own loop samples too, beside the test's first call); the last,
+    # 0.3 s later, has both shares.
+    assert totals[0]["other_cpu_share"] == "" and totals[0]["steal_share"] == ""
     assert 0.0 <= float(last["other_cpu_share"]) <= 1.0
     assert 0.0 <= float(last["steal_share"]) <= 1.0
