@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from analysis import goodput, memory, streaming, sweep, traffic
+from analysis.arrivals import arrival_summary
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
 from analysis.loadgen import load_window, loadgen_summary
@@ -82,6 +83,7 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     findings.hardware = hardware(run.settings)
     host_cores = (run.settings.get("host") or {}).get("cores")
     findings.loadgen = loadgen_summary(run.loadgen, load_window(run.requests), host_cores)
+    findings.arrivals = arrival_summary(run.requests, run.settings.get("arrivals"))
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

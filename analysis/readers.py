@@ -26,6 +26,8 @@ REQUEST_COLUMNS = [
     "batch_size", "prompt_tokens", "completion_tokens",
     # Streamed answers only (blank otherwise; absent in runs from before streaming).
     "stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    # Open-loop arrivals only (--arrival; blank otherwise, absent in older runs).
+    "arrival_index", "intended_ts", "dispatch_lag_ms", "pool_wait_ms", "intended_latency_ms",
 ]  # fmt: skip
 MEMORY_COLUMNS = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",

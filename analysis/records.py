@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis import goodput, memory, streaming, sweep, traffic
+from analysis.arrivals import ArrivalSummary
 from analysis.config import AnalysisConfig
 from analysis.hardware import Hardware
 from analysis.loadgen import LoadGen
@@ -61,6 +62,7 @@ class Findings:
     goodput: goodput.Goodput | None = None
     hardware: Hardware | None = None  # run.json host and server.kernels (analysis.hardware)
     loadgen: LoadGen | None = None  # Locust's own CPU and loop lag (analysis.loadgen)
+    arrivals: ArrivalSummary | None = None  # open-loop runs (analysis.arrivals)
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -26,6 +26,8 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
+from locustfiles.arrival_tab import ArrivalTab
+from locustfiles.arrivals import ArrivalHook, settings_from_options
 from locustfiles.drain import GracefulDrain
 from locustfiles.exit_code import ExitCodeCheck
 from locustfiles.final_stats import FinalCsvSnapshot
@@ -73,7 +75,10 @@ def set_up_run(environment: Environment) -> None:
     GracefulDrain().register(environment)
     options = environment.parsed_options
     tick_s = float(getattr(options, "loop_tick_s", 0.1))
+    arrivals = settings_from_options(options)  # --arrival: open-loop pool (arrivals.py)
     if isinstance(environment.runner, WorkerRunner):
+        if arrivals is not None:
+            ArrivalHook(arrivals).register(environment)
         RequestRecorder(None).register(environment)
         LoopMonitor(None, interval_s=tick_s).register(environment)
         return
@@ -82,6 +87,10 @@ def set_up_run(environment: Environment) -> None:
     ExitCodeCheck.from_options(options).register(environment)  # --check-* targets
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
+    if arrivals is not None:
+        arrival_hook = ArrivalHook(arrivals, run_dir)
+        arrival_hook.register(environment)
+        ArrivalTab(arrival_hook, recorder).register(environment)
     FinalCsvSnapshot().register(environment)
     LoopMonitor(run_dir / "loadgen.csv", interval_s=tick_s).register(environment)
     sample_s = float(getattr(options, "memory_sample_s", 1.0))

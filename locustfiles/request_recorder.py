@@ -32,7 +32,16 @@ tpot_ms               streamed: (response_time_ms - ttft_ms) / (completion_token
 chunks                streamed: events that carried text
 max_chunk_gap_ms      streamed: longest gap between two text events, ms
 chunk_gaps_ms         streamed: every gap between text events, ms, space-separated
+arrival_index         open-loop (--arrival): the request's index in the run's schedule
+intended_ts           open-loop: when the schedule said to send it, epoch seconds
+dispatch_lag_ms       open-loop: actual send (timestamp) - intended_ts, ms
+pool_wait_ms          open-loop: the part of the lag spent waiting for a free user (every
+                      user busy at intended_ts: the pool of -u users was exhausted), ms
+intended_latency_ms   open-loop: dispatch_lag_ms + response_time_ms, i.e. latency measured
+                      from the intended send time (no coordinated omission), ms
 ====================  ==============================================================
+
+The five arrival columns are blank for closed-loop users (the default).
 
 For a streamed answer response_time_ms is the end-to-end time (to the end of the stream)
 and response_bytes the text received (see locustfiles/sse.py). The extra TTFB / TTFT / TPOT
@@ -46,7 +55,7 @@ Distributed runs: each Locust worker forwards its rows to the master in a custom
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +66,16 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from locustfiles.failures import failure_reason
 
+# Open-loop arrival columns (locustfiles/arrivals.py), the last three computed here.
+ARRIVAL_COLUMNS = ("arrival_index", "intended_ts", "dispatch_lag_ms", "pool_wait_ms",
+                   "intended_latency_ms")
 COLUMNS = (
     "timestamp", "user_class", "method", "route", "status_code", "response_time_ms",
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    *ARRIVAL_COLUMNS,
 )  # fmt: skip
 # Columns of a streamed answer, copied from the request context the streaming users fill.
 STREAM_COLUMNS = ("stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
@@ -107,6 +120,18 @@ def _stream_cell(value: Any) -> Any:
     return round(value, 2) if isinstance(value, float) else value
 
 
+def arrival_cells(context: Mapping[str, Any], start_time: float | None,
+                  response_time: float | None) -> list[Any]:
+    """The ARRIVAL_COLUMNS cells of a request: blanks unless an arrival sent it."""
+    intended = context.get("intended_ts")
+    if intended is None or start_time is None:
+        return [""] * len(ARRIVAL_COLUMNS)
+    lag_ms = (start_time - intended) * 1000.0
+    total = round(lag_ms + response_time, 2) if response_time is not None else ""
+    return [context.get("arrival_index", ""), round(intended, 6), round(lag_ms, 3),
+            context.get("pool_wait_ms", ""), total]
+
+
 def is_metric_event(context: Mapping[str, Any] | None) -> bool:
     """True for the TTFB / TTFT / TPOT stats entries (not requests: no row of their own)."""
     return bool(context and context.get("metric"))
@@ -144,6 +169,7 @@ def request_row(
         prompt_tokens,
         completion_tokens,
         *(_stream_cell(context.get(column)) for column in STREAM_COLUMNS),
+        *arrival_cells(context, start_time, response_time),
     ]
 
 
@@ -168,6 +194,8 @@ class RequestRecorder:
         self.forward_interval_s = forward_interval_s
         self.rows_written = 0
         self.workers: dict[str, WorkerRam] = {}
+        # Called with each batch of rows written (e.g. the web UI's arrivals tab).
+        self.row_listeners: list[Callable[[list[list[Any]]], None]] = []
         self._file = None
         self._writer = None
         self._outbox: list[list[Any]] = []
@@ -198,6 +226,8 @@ class RequestRecorder:
         self.rows_written += len(rows)
         for row in rows:
             self._note_ram(row)
+        for listener in self.row_listeners:
+            listener(rows)
 
     def forward(self, **kwargs: Any) -> None:
         """Send the buffered rows to the master now (worker side)."""
