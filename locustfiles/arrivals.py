@@ -133,6 +133,7 @@ class ArrivalHook:
         self.settings = settings
         self.run_dir = run_dir
         self.pacer: Pacer | None = None
+        self.environment: Environment | None = None
         self.t0: float | None = None
         self.due: DueCounter | None = None
         self.stop_ts: float | None = None
@@ -142,6 +143,7 @@ class ArrivalHook:
         classes = [cls for cls in environment.user_classes if cls.weight > 0]
         kinds = [(cls.__name__, float(cls.weight)) for cls in classes]
         self.pacer = Pacer(self.settings, kinds)
+        self.environment = environment
         environment.user_classes[:] = [arrival_user_class(self.pacer, classes)]
         environment.events.test_start.add_listener(self._on_test_start)
         runner = environment.runner
@@ -171,12 +173,12 @@ class ArrivalHook:
         self.pacer.reset()
         self.t0 = self.stop_ts = None
 
-    def _on_spawned(self, environment: Environment, **kwargs: Any) -> None:
+    def _on_spawned(self, **kwargs: Any) -> None:
         if self.t0 is not None:
             return  # the web UI changed the user count: the schedule runs on
         self.t0 = round(time.time() + START_LEAD_S, 6)
         self.due = DueCounter(self.settings, self.pacer.kinds)
-        runner = environment.runner
+        runner = self.environment.runner
         if isinstance(runner, MasterRunner):
             workers = runner.clients.ready + runner.clients.spawning + runner.clients.running
             workers.sort(key=lambda w: runner.get_worker_index(w.id))

@@ -21,7 +21,8 @@ CONTRACT_COLUMNS = [
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
     "worker_rss_mb", "worker_uss_mb", "worker_pss_mb", "queue_ms", "inference_ms",
     "batch_size", "prompt_tokens", "completion_tokens", "stream", "ttfb_ms", "ttft_ms",
-    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
+    "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms", "arrival_index", "intended_ts",
+    "dispatch_lag_ms", "pool_wait_ms", "intended_latency_ms",
 ]  # fmt: skip
 
 
@@ -67,10 +68,27 @@ def test_success_row_has_client_view_server_headers_and_usage(
         "worker_uss_mb": "96.0", "worker_pss_mb": "455.3", "queue_ms": "3.0",
         "inference_ms": "120.4", "batch_size": "3", "prompt_tokens": "11",
         "completion_tokens": "5", "stream": "", "ttfb_ms": "", "ttft_ms": "", "tpot_ms": "",
-        "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "",
+        "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "", "arrival_index": "",
+        "intended_ts": "", "dispatch_lag_ms": "", "pool_wait_ms": "", "intended_latency_ms": "",
     }
     assert recorder.rows_written == 1
     assert recorder.workers["4242"].pss_mb == 455.3
+
+
+def test_an_arrival_row_has_its_lag_and_latency_from_the_intended_send(
+    environment, recorder, tmp_path, make_response, completion_body
+) -> None:
+    # Due 0.5 s before Locust's start_time; 0.2 s of that spent waiting for a free user.
+    context = {"user_class": "QAUser", "request_id": "QAUser-1-1", "arrival_index": 17,
+               "intended_ts": 1_699_999_999.75, "pool_wait_ms": 200.0}
+    fire(environment, make_response(200, completion_body), context=context)
+
+    [row] = read_rows(tmp_path / "requests.csv")
+    assert {k: row[k] for k in ("arrival_index", "intended_ts", "dispatch_lag_ms",
+                                "pool_wait_ms", "intended_latency_ms")} == {
+        "arrival_index": "17", "intended_ts": "1699999999.75", "dispatch_lag_ms": "500.0",
+        "pool_wait_ms": "200.0", "intended_latency_ms": "623.46"}
+    assert row["response_time_ms"] == "123.46"  # Locust's own time stays from the actual send
 
 
 @pytest.mark.parametrize(("status", "exception", "reason"), [
