@@ -74,7 +74,7 @@ def arrival_rows(hook: ArrivalHook, stats: ArrivalStats, now: float) -> list[dic
     achieved = f"{stats.sent / elapsed:.3f} req/s" if elapsed > 1 else ""
     pairs = [
         ("Arrival process", process),
-        ("Due so far / sent", f"{hook.scheduled_now()} / {stats.sent}"),
+        ("Due so far / sent", f"{hook.scheduled_by(now)} / {stats.sent}"),
         ("Achieved rate (sent / time since start)", achieved),
         ("Sent late: every user busy (raise -u)", str(stats.pool_delayed)),
         ("Dispatch lag p50 / p99", f"{_ms(percentile(stats.lags_ms, 50))} / "

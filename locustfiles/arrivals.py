@@ -163,11 +163,11 @@ class ArrivalHook:
                       "scheduled": self.due.due(max(0.0, stop_ts - self.t0))}
         return facts
 
-    def scheduled_now(self) -> int:
-        """Arrivals of the whole schedule due so far (0 before it starts)."""
+    def scheduled_by(self, now: float) -> int:
+        """Arrivals of the whole schedule due before epoch ``now`` (0 before it starts)."""
         if self.t0 is None:
             return 0
-        return self.due.due(max(0.0, time.time() - self.t0))
+        return self.due.due(max(0.0, now - self.t0))
 
     def _on_test_start(self, **kwargs: Any) -> None:
         self.pacer.reset()
