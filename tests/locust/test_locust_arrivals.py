@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from analysis.arrivals import arrival_summary
 from analysis.config import AnalysisConfig
@@ -21,10 +23,12 @@ from analysis.findings import build_findings
 from analysis.readers import read_requests
 from analysis.report import render_markdown
 from analysis.run import load_run
-from harness.gunicorn_process import GunicornServer
+from harness.gunicorn_process import REPO, GunicornServer
+from harness.processes import free_port, stop_process
+from harness.waiting import wait_until
 from tests.conftest import server_env
 from tests.locust.test_locust_arrival_schedule import ks_exponential
-from tests.locust_runs import USER_CLASSES, read_csv, run_headless
+from tests.locust_runs import USER_CLASSES, locust_command, locust_env, read_csv, run_headless
 
 SERVICE_S = 0.5  # the slow server answers one request at a time, each after this long
 
@@ -121,3 +125,40 @@ def test_two_locust_processes_keep_a_poisson_rate_on_one_schedule(
     sends = sorted(float(r["timestamp"]) for r in rows)
     gaps = [b - a for a, b in itertools.pairwise(sends)]
     assert ks_exponential(gaps, 3.0)[1] > 0.01
+
+
+def _arrivals_tab(url: str) -> dict[str, str]:
+    """The Arrivals tab's rows from the UI's statistics poll ({} while it has none)."""
+    try:
+        stats = requests.get(f"{url}/stats/requests", timeout=2).json()
+    except (requests.ConnectionError, ValueError):
+        return {}
+    tabs = {t["key"]: t["data"] for t in stats.get("extended_stats", [])}
+    return {row["metric"]: row["value"] for row in tabs.get("arrivals", [])}
+
+
+def test_the_web_ui_shows_the_arrivals_tab_live(slow_server: str, tmp_path: Path) -> None:
+    port = free_port()
+    cmd = locust_command(tmp_path / "run", slow_server, "--web-host", "127.0.0.1",
+                         "--web-port", str(port), "--autostart", "-u", "1", "-r", "10",
+                         "-t", "60s", "PromptUser", "--arrival", "constant", "--rate", "4",
+                         "--memory-sample-s", "0")
+    with open(tmp_path / "locust.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=locust_env(LOCUST_API_KEY="key"),
+                                stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: _arrivals_tab(url).get("Sent late: every user busy (raise -u)",
+                                                      "0") not in ("0", ""),
+                       "the Arrivals tab counts arrivals sent late", timeout_s=60,
+                       interval_s=0.5, alive=lambda: proc.poll() is None,
+                       detail=lambda: (tmp_path / "locust.log").read_text()[-3000:])
+            rows = _arrivals_tab(url)
+            assert "Arrivals" in requests.get(url, timeout=5).text  # the tab's title
+        finally:
+            stop_process(proc, 30)
+    assert rows["Arrival process"] == "constant at 4 req/s, seed 0"
+    due, sent = map(int, rows["Due so far / sent"].split(" / "))
+    assert sent >= 1 and due > sent  # one user, a 2 req/s server: the schedule runs ahead
+    actual_p50_ms = float(rows["Latency from actual send p50 / p99"].split(" ms")[0])
+    assert SERVICE_S * 1000 <= actual_p50_ms < 2 * SERVICE_S * 1000
