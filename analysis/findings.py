@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from analysis import cost, goodput, memory, streaming, sweep, traffic, workloads
+from analysis.arrivals import arrival_summary
 from analysis.capacity import capacity
 from analysis.config import AnalysisConfig
 from analysis.hardware import hardware, readable_settings
@@ -91,6 +92,7 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
     findings.capacity = capacity(run.settings)
     findings.cost = cost.cost(run.server_log, run.requests, run.memory, window)
     findings.busy = cost.busy_box(run.memory, window)
+    findings.arrivals = arrival_summary(run.requests, run.settings.get("arrivals"))
     findings.slo = slo_verdicts(findings)
     findings.recommendations = evaluate(findings)
     return findings

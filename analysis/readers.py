@@ -30,6 +30,8 @@ REQUEST_COLUMNS = [
     "workload_group", "turn", "context_tokens", "cached_tokens",
     # The worker's CPU charged to the request (X-CPU-Ms; absent before issue 32).
     "cpu_ms",
+    # Open-loop arrivals only (--arrival; blank otherwise, absent in older runs).
+    "arrival_index", "intended_ts", "dispatch_lag_ms", "pool_wait_ms", "intended_latency_ms",
 ]  # fmt: skip
 MEMORY_COLUMNS = [
     "timestamp", "pid", "role", "rss_mb", "uss_mb", "pss_mb", "shared_mb", "sys_available_mb",

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import cost, goodput, memory, streaming, sweep, traffic, workloads
+from analysis.arrivals import ArrivalSummary
 from analysis.capacity import CapacityResult
 from analysis.config import AnalysisConfig
 from analysis.hardware import Hardware
@@ -71,6 +72,7 @@ class Findings:
     capacity: CapacityResult | None = None  # --shape search's result (analysis.capacity)
     cost: cost.Cost | None = None  # the server's CPU per request and token (analysis.cost)
     busy: cost.BusyBox | None = None  # other processes' and the hypervisor's CPU share
+    arrivals: ArrivalSummary | None = None  # open-loop runs (analysis.arrivals)
 
     @property
     def overall(self) -> traffic.RouteLatency | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
-from analysis import cost, goodput, loadgen, memory, streaming, sweep, traffic, workloads
+from analysis import arrivals, cost, goodput, loadgen, memory, streaming, sweep, traffic, workloads
 from analysis.capacity import CapacityResult
 from analysis.capacity_report import capacity_section
 from analysis.document import (
@@ -32,7 +32,12 @@ from analysis.document import (
 from analysis.hardware import header_line
 from analysis.records import Findings
 from analysis.report_cost import cost_section
-from analysis.report_sections import hardware_section, load_generator_section, streaming_section
+from analysis.report_sections import (
+    arrivals_section,
+    hardware_section,
+    load_generator_section,
+    streaming_section,
+)
 from analysis.report_workload import workload_section
 from analysis.rules import all_rules
 
@@ -51,6 +56,9 @@ def _intro(f: Findings) -> list[Paragraph]:
         if s.get("shape.kind") == "search"
         else f"{num(s.get('users'))} Locust users (spawn rate {num(s.get('spawn_rate'))}/s)"
     )
+    if s.get("arrivals.process"):  # open-loop: the rate is the load, the users its pool
+        load = (f"{s['arrivals.process']} arrivals at {num(s.get('arrivals.rate_rps'), 3)} "
+                f"req/s (a pool of up to {num(s.get('users'))} users in flight)")
     text = (
         f"Model `{model}` ({s.get('dtype', MISSING)}) served by {num(s.get('workers'))} "
         f"Gunicorn worker(s) x {num(s.get('torch_threads'))} torch thread(s), batches of up to "
@@ -198,6 +206,8 @@ def report_document(f: Findings, charts: Sequence[tuple[str, str]] = ()) -> Docu
     doc.sections += [streaming_section(f), _sweep(f), hardware_section(f),
                      load_generator_section(f), cost_section(f)]
     doc.sections.append(workload_section(f))
+    if f.arrivals is not None:
+        doc.sections.append(arrivals_section(f))
     if charts:
         doc.sections.append(Section("Charts", [Image(c, p) for c, p in charts]))
     settings = Table(["Setting", "Value"], sorted(f.settings.items()))
@@ -237,6 +247,7 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Cost of a request (CPU per output token)", cost.route_costs),
     ("Server tree CPU", cost.tree_cpu_s),
     ("Busy box", cost.busy_box),
+    ("Open-loop arrivals", arrivals.arrival_summary),
 ]
 
 

@@ -159,3 +159,40 @@ def load_generator_section(f: Findings) -> Section:
     headers = ["Role", "Processes", "CPU (% of one core)", "Lag p50 ms", "Lag p99 ms",
                "Lag max ms"]
     return Section(LOADGEN_TITLE, [measured, verdict, Table(headers, rows)])
+
+
+# Open-loop arrivals: the schedule kept, and latency from the intended send time.
+
+ARRIVALS_TITLE = "Arrivals (open-loop load)"
+
+
+def arrivals_section(f: Findings) -> Section:
+    """Target vs achieved rate, dispatch lag, latency from the intended vs the actual send."""
+    a = f.arrivals
+    burst = f", burstiness {num(a.burstiness, 2)}" if a.burstiness is not None else ""
+    due = (f"{num(a.scheduled)} arrivals fell due ({num(a.scheduled_rps, 3)} req/s: the "
+           "realised schedule)" if a.scheduled is not None else "the due count was not recorded")
+    rate = Paragraph(
+        f"{a.process.capitalize()} arrivals at a target of {num(a.target_rps, 3)} req/s{burst} "
+        f"(seed {a.seed}). Over {num(a.window_s, 1)} s {due}; **{num(a.sent)} were sent: "
+        f"{num(a.achieved_rps, 3)} req/s, {pct(a.achieved_rps / a.target_rps)} of the target**."
+    )
+    rows = [
+        ("Dispatch lag (actual - intended send) p50 / p99 / max",
+         f"{num(a.lag_p50_ms, 1)} / {num(a.lag_p99_ms, 1)} / {num(a.lag_max_ms, 1)} ms"),
+        ("Sent late: every user of the pool busy", num(a.pool_delayed)),
+        ("Latency from the intended send p50 / p99",
+         f"{num(a.intended_p50_ms, 0)} / {num(a.intended_p99_ms, 0)} ms"),
+        ("Latency from the actual send p50 / p99",
+         f"{num(a.actual_p50_ms, 0)} / {num(a.actual_p99_ms, 0)} ms"),
+        ("Growth over the run, from intended / from actual send (last third - first third)",
+         f"{num(a.intended_growth_ms, 0)} / {num(a.actual_growth_ms, 0)} ms"),
+    ]
+    late = Paragraph(
+        f"**Warning**: {num(a.pool_delayed)} arrival(s) waited for a free user: the pool "
+        "(`-u`) was too small or the server too slow for this rate. Their latency from the "
+        "intended send counts the wait; the latency from the actual send hides it."
+        if a.pool_delayed else
+        "No arrival waited for a free user: the pool kept up with the schedule."
+    )
+    return Section(ARRIVALS_TITLE, [rate, Table(["Metric", "Value"], rows), late])

@@ -82,6 +82,19 @@ class SloTargets(_Open):
     attainment: float | None = None
 
 
+class ArrivalFacts(_Open):
+    """Open-loop arrivals (locustfiles/arrivals.py): the schedule and how much of it fell due."""
+
+    process: str | None = None  # constant | poisson | gamma
+    rate_rps: float | None = None
+    burstiness: float | None = None  # gamma only: squared CV of the gaps
+    seed: int | None = None
+    kinds: dict[str, float] | None = None  # user class -> weight that drew each arrival's kind
+    start_ts: float | None = None  # the schedule's t0, epoch seconds
+    stop_ts: float | None = None  # when the test began stopping (no arrival sent after)
+    scheduled: int | None = None  # arrivals due in [start_ts, stop_ts)
+
+
 class RunRecord(_Open):
     """run.json. Top-level server settings stay flat (analysis flattens dotted keys)."""
 
@@ -113,6 +126,7 @@ class RunRecord(_Open):
     # --workload's dataset manifest (locustfiles/workloads.py manifest()): kind, source,
     # seed, counts, content_sha256, tokenizer, lengths; absent for the --mix users
     workload: dict[str, Any] | None = None
+    arrivals: ArrivalFacts | None = None  # --arrival runs only
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form: the keys that were set (None included), unknown keys kept."""

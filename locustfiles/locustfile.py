@@ -31,6 +31,8 @@ from locust.runners import WorkerRunner
 
 from locustfiles.capacity import CapacitySearch, SearchShape, UsersKnob
 from locustfiles.capacity_tab import CapacityTab
+from locustfiles.arrival_tab import ArrivalTab
+from locustfiles.arrivals import ArrivalHook, settings_from_options
 from locustfiles.drain import GracefulDrain
 from locustfiles.exit_code import ExitCodeCheck
 from locustfiles.final_stats import FinalCsvSnapshot
@@ -77,18 +79,25 @@ def _set_up_run(environment: Environment, **kwargs: Any) -> None:
 def set_up_run(environment: Environment) -> None:
     """Register the run's hooks on ``environment`` (workers only forward rows)."""
     select_users(environment)  # --mix / --target openai (user_mix.py)
-    GracefulDrain().register(environment)
     options = environment.parsed_options
+    worker = isinstance(environment.runner, WorkerRunner)
+    run_dir = None if worker else resolve_run_dir(options)
+    arrivals = settings_from_options(options)  # --arrival: the open-loop pool (arrivals.py)
+    arrival_hook = ArrivalHook(arrivals, run_dir) if arrivals is not None else None
+    if arrival_hook is not None:
+        arrival_hook.register(environment)  # before the drain: it notes when stopping began
+    GracefulDrain().register(environment)
     tick_s = float(getattr(options, "loop_tick_s", 0.1))
-    if isinstance(environment.runner, WorkerRunner):
+    if worker:
         RequestRecorder(None).register(environment)
         LoopMonitor(None, interval_s=tick_s).register(environment)
         return
-    run_dir = resolve_run_dir(options)
     RunRecordHook(run_dir).register(environment)  # run.json: client and server facts
     ExitCodeCheck.from_options(options).register(environment)  # --check-* targets
     recorder = RequestRecorder(run_dir / "requests.csv")
     recorder.register(environment)
+    if arrival_hook is not None:
+        ArrivalTab(arrival_hook, recorder).register(environment)
     FinalCsvSnapshot().register(environment)
     LoopMonitor(run_dir / "loadgen.csv", interval_s=tick_s).register(environment)
     sample_s = float(getattr(options, "memory_sample_s", 1.0))

@@ -135,7 +135,7 @@ class MemoryTab:
         web_ui = environment.web_ui
         if web_ui is None:
             return
-        web_ui.template_args.update({
+        extensions = {
             "extended_tabs": [{"title": "Server memory", "key": MEMORY_TAB},
                               {"title": "Request RAM", "key": REQUEST_RAM_TAB}],
             "extended_tables": [
@@ -148,7 +148,9 @@ class MemoryTab:
                 {"href": "./memory", "title": "Server memory chart (live page)"},
                 {"href": "./memory/csv", "title": "Download server memory CSV (memory.csv)"},
             ],
-        })
+        }
+        for key, entries in extensions.items():  # kept beside other tabs (arrival_tab.py)
+            web_ui.template_args[key] = [*web_ui.template_args.get(key, []), *entries]
         web_ui.app.after_request(self._extend_stats)
         web_ui.app.register_blueprint(self._blueprint(web_ui))
 

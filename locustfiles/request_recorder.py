@@ -42,7 +42,16 @@ cached_tokens         usage.prompt_tokens_details.cached_tokens (successes only)
 cpu_ms                X-CPU-Ms: core-ms of the worker's CPU charged to it (its share of
                       each step by tokens fed, server/engine/step_cost.py); whole
                       answers only (a stream's headers leave before its steps)
+arrival_index         open-loop (--arrival): the request's index in the run's schedule
+intended_ts           open-loop: when the schedule said to send it, epoch seconds
+dispatch_lag_ms       open-loop: actual send (timestamp) - intended_ts, ms
+pool_wait_ms          open-loop: the part of the lag spent waiting for a free user (every
+                      user busy at intended_ts: the pool of -u users was exhausted), ms
+intended_latency_ms   open-loop: dispatch_lag_ms + response_time_ms, i.e. latency measured
+                      from the intended send time (no coordinated omission), ms
 ====================  ==============================================================
+
+The five arrival columns are blank for closed-loop users (the default).
 
 For a streamed answer response_time_ms is the end-to-end time (to the end of the stream)
 and response_bytes the text received (see locustfiles/sse.py). The extra TTFB / TTFT / TPOT
@@ -56,7 +65,7 @@ Distributed runs: each Locust worker forwards its rows to the master in a custom
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +76,9 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from locustfiles.failures import failure_reason
 
+# Open-loop arrival columns (locustfiles/arrivals.py), the last three computed here.
+ARRIVAL_COLUMNS = ("arrival_index", "intended_ts", "dispatch_lag_ms", "pool_wait_ms",
+                   "intended_latency_ms")
 COLUMNS = (
     "timestamp", "user_class", "method", "route", "status_code", "response_time_ms",
     "response_bytes", "success", "failure_reason", "request_id", "worker_pid",
@@ -75,6 +87,7 @@ COLUMNS = (
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
     "workload_group", "turn", "context_tokens", "cached_tokens",
     "cpu_ms",
+    *ARRIVAL_COLUMNS,
 )  # fmt: skip
 # Columns of a streamed answer, copied from the request context the streaming users fill.
 STREAM_COLUMNS = ("stream", "ttfb_ms", "ttft_ms", "tpot_ms", "chunks", "max_chunk_gap_ms",
@@ -125,6 +138,18 @@ def _stream_cell(value: Any) -> Any:
     return round(value, 2) if isinstance(value, float) else value
 
 
+def arrival_cells(context: Mapping[str, Any], start_time: float | None,
+                  response_time: float | None) -> list[Any]:
+    """The ARRIVAL_COLUMNS cells of a request: blanks unless an arrival sent it."""
+    intended = context.get("intended_ts")
+    if intended is None or start_time is None:
+        return [""] * len(ARRIVAL_COLUMNS)
+    lag_ms = (start_time - intended) * 1000.0
+    total = round(lag_ms + response_time, 2) if response_time is not None else ""
+    return [context.get("arrival_index", ""), round(intended, 6), round(lag_ms, 3),
+            context.get("pool_wait_ms", ""), total]
+
+
 def is_metric_event(context: Mapping[str, Any] | None) -> bool:
     """True for the TTFB / TTFT / TPOT stats entries (not requests: no row of their own)."""
     return bool(context and context.get("metric"))
@@ -165,6 +190,7 @@ def request_row(
         *(_stream_cell(context.get(column)) for column in WORKLOAD_COLUMNS),
         cached_tokens,
         headers.get("X-CPU-Ms", ""),
+        *arrival_cells(context, start_time, response_time),
     ]
 
 
@@ -189,6 +215,8 @@ class RequestRecorder:
         self.forward_interval_s = forward_interval_s
         self.rows_written = 0
         self.workers: dict[str, WorkerRam] = {}
+        # Called with each batch of rows written (e.g. the web UI's arrivals tab).
+        self.row_listeners: list[Callable[[list[list[Any]]], None]] = []
         self._file = None
         self._writer = None
         self._outbox: list[list[Any]] = []
@@ -219,6 +247,8 @@ class RequestRecorder:
         self.rows_written += len(rows)
         for row in rows:
             self._note_ram(row)
+        for listener in self.row_listeners:
+            listener(rows)
 
     def forward(self, **kwargs: Any) -> None:
         """Send the buffered rows to the master now (worker side)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.run_folder import new_run_dir
+from locustfiles.arrival_schedule import PROCESSES
 from locustfiles.search_options import add_search_options
 from locustfiles.stages import DEFAULT_STAGES
 from locustfiles.user_mix import MIX_CHOICES, TARGETS
@@ -84,9 +85,26 @@ def add_options(parser: LocustArgumentParser) -> None:
                         action="store_true", default=False,
                         help="--check-fail-ratio leaves out the server's 429/503 refusals")
     add_search_options(parser)  # --shape search (search_options.py)
+    add_arrival_options(parser)
     parser.add_argument("--openai-model", env_var="LOCUST_OPENAI_MODEL", default="",
                         help="model name the /v1 users ask for (default: GET /v1/models)")
     add_workload_options(parser)
+
+
+def add_arrival_options(parser: LocustArgumentParser) -> None:
+    """The open-loop options (locustfiles/arrivals.py); without --arrival, closed-loop users."""
+    parser.add_argument("--arrival", env_var="LOCUST_ARRIVAL", default="closed",
+                        choices=["closed", *PROCESSES],
+                        help="closed: users send, wait for the answer, think, repeat (default); "
+                             "constant, poisson or gamma: requests fire at --rate on one "
+                             "schedule shared by all Locust processes, -u users as the pool")
+    parser.add_argument("--rate", env_var="LOCUST_RATE", type=float, default=1.0,
+                        help="open-loop: requests per second, all processes together")
+    parser.add_argument("--burstiness", env_var="LOCUST_BURSTINESS", type=float, default=1.0,
+                        help="gamma: squared coefficient of variation of the gaps "
+                             "(gamma shape 1/burstiness): 1 = Poisson, above 1 burstier")
+    parser.add_argument("--arrival-seed", env_var="LOCUST_ARRIVAL_SEED", type=int, default=0,
+                        help="open-loop: seed of the gaps and of each arrival's user class")
 
 
 def option(options: Any, name: str, env_var: str, default: str = "") -> str:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from locust import HttpUser, between, task
 from locust.clients import ResponseContextManager
 
+from locustfiles.arrival_schedule import Ticket
 from locustfiles.failures import BadBody, failure_for_status
 from locustfiles.inputs import DATA_DIR, USERS_PER_PROCESS, Draws, load_inputs
 from locustfiles.run_options import option
@@ -57,6 +58,8 @@ class LabUser(HttpUser):
     request_timeout_s: ClassVar[float] = 180.0
     # Numbers the users of this process; combined with the worker index it is run-unique.
     _numbers: ClassVar[itertools.count] = itertools.count()
+    # The arrival being sent, when an open-loop ArrivalUser drives this user (arrivals.py).
+    arrival: Ticket | None = None
 
     def on_start(self) -> None:
         """Take a run-unique user number, load the inputs, set the API key header."""
@@ -70,8 +73,10 @@ class LabUser(HttpUser):
             self.client.headers["Authorization"] = f"Bearer {api_key}"
 
     def context(self) -> dict[str, Any]:
-        """Tag every request event with the user class (a requests.csv column)."""
-        return {"user_class": type(self).__name__}
+        """Tag every request event with the user class and, open-loop, its arrival (requests.csv
+        columns)."""
+        tags = {"user_class": type(self).__name__}
+        return tags if self.arrival is None else {**tags, **self.arrival.context()}
 
     def send(self, ref: str, body: dict[str, Any]) -> None:
         """POST ``body`` to this class's route and validate the answer."""

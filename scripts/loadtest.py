@@ -4,6 +4,7 @@
     python scripts/loadtest.py --model synthetic:tiny --users 10 --duration 20 --label smoke
     python scripts/loadtest.py --shape steps --stages 1:120,10:120,25:120,50:120,100:120
     python scripts/loadtest.py --shape search --search-slo-p95-ms 5000 --search-max 64
+    python scripts/loadtest.py --arrival poisson --rate 0.5 --users 20 --processes 2
 
 Steps: build the synthetic model if missing; create results/<UTC timestamp>-<label>/; start
 Gunicorn on 127.0.0.1 (pidfile, request log and log in the run folder, a fresh random API
@@ -31,6 +32,7 @@ from harness.gunicorn_process import GunicornServer
 from harness.locust_process import LocustProcess, locust_env, suite_command
 from harness.provenance import git_commit
 from harness.run_folder import new_run_dir, update_record
+from locustfiles.arrival_schedule import PROCESSES
 from locustfiles.run_options import SHAPES
 from locustfiles.search_options import (
     add_script_search_options,
@@ -86,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_script_search_options(p)
     p.add_argument("--processes", type=int, default=0,
                    help="Locust worker processes (0 = one process, no master/worker)")
+    p.add_argument("--arrival", choices=["closed", *PROCESSES], default="closed",
+                   help="closed: --users think and resend (default); constant, poisson or "
+                        "gamma: requests at --rate on one schedule, --users as the pool")
+    p.add_argument("--rate", type=float, default=1.0, help="open-loop requests per second")
+    p.add_argument("--burstiness", type=float, default=1.0,
+                   help="gamma: squared CV of the gaps (1 = Poisson, above 1 burstier)")
+    p.add_argument("--arrival-seed", type=int, default=0, help="open-loop schedule seed")
     p.add_argument("--label", default="loadtest")
     p.add_argument("--mix", choices=MIX_CHOICES,
                    default=os.environ.get("LOCUST_MIX", "tasks"),
@@ -169,6 +178,10 @@ def locust_command(args: argparse.Namespace, run_dir: Path, server: GunicornServ
         options += [] if args.ui else ["-t", f"{args.duration:g}s"]
     if args.processes:
         options += ["--processes", str(args.processes)]
+    if args.arrival != "closed":  # open-loop (locustfiles/arrivals.py)
+        options += ["--arrival", args.arrival, "--rate", f"{args.rate:g}",
+                    "--burstiness", f"{args.burstiness:g}", "--arrival-seed",
+                    str(args.arrival_seed)]
     # Locust's positional user class names last.
     return suite_command(args.locustfile, server.url, run_dir, args.label,
                          [*options, *args.user_classes])

@@ -24,6 +24,7 @@ CONTRACT_COLUMNS = [
     "tpot_ms", "chunks", "max_chunk_gap_ms", "chunk_gaps_ms",
     "workload_group", "turn", "context_tokens", "cached_tokens",
     "cpu_ms",
+    "arrival_index", "intended_ts", "dispatch_lag_ms", "pool_wait_ms", "intended_latency_ms",
 ]  # fmt: skip
 
 
@@ -72,9 +73,27 @@ def test_success_row_has_client_view_server_headers_and_usage(
         "chunks": "", "max_chunk_gap_ms": "", "chunk_gaps_ms": "",
         "workload_group": "", "turn": "", "context_tokens": "", "cached_tokens": "",
         "cpu_ms": "41.25",
+        "arrival_index": "", "intended_ts": "", "dispatch_lag_ms": "", "pool_wait_ms": "",
+        "intended_latency_ms": "",
     }
     assert recorder.rows_written == 1
     assert recorder.workers["4242"].pss_mb == 455.3
+
+
+def test_an_arrival_row_has_its_lag_and_latency_from_the_intended_send(
+    environment, recorder, tmp_path, make_response, completion_body
+) -> None:
+    # Due 0.5 s before Locust's start_time; 0.2 s of that spent waiting for a free user.
+    context = {"user_class": "QAUser", "request_id": "QAUser-1-1", "arrival_index": 17,
+               "intended_ts": 1_699_999_999.75, "pool_wait_ms": 200.0}
+    fire(environment, make_response(200, completion_body), context=context)
+
+    [row] = read_rows(tmp_path / "requests.csv")
+    assert {k: row[k] for k in ("arrival_index", "intended_ts", "dispatch_lag_ms",
+                                "pool_wait_ms", "intended_latency_ms")} == {
+        "arrival_index": "17", "intended_ts": "1699999999.75", "dispatch_lag_ms": "500.0",
+        "pool_wait_ms": "200.0", "intended_latency_ms": "623.46"}
+    assert row["response_time_ms"] == "123.46"  # Locust's own time stays from the actual send
 
 
 @pytest.mark.parametrize(("status", "exception", "reason"), [
