@@ -19,7 +19,7 @@
  * of the call (batch invariance, bit for bit). Threads: an OpenMP loop over groups of 16-output
  * blocks, on torch's pool (see gemm_bf16.c). Rows are taken a register tile at a time (4 rows
  * in AVX2's 16 registers, 8 in AVX-512's 32); the next tile re-reads the group's weights from
- * L2 (a group of 4 blocks of K = 5120 is 320 KB).
+ * cache (a group of K = 1280 is 120-160 KB; of K = 5120, 480-640 KB).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,9 +27,14 @@
 
 #include "simd_bf16.h"
 
+/* Fully unrolled tile loops: GCC then keeps the accumulator arrays in registers (without it,
+ * -O3 stored every accumulator to the stack on each k, a 3x slower 4-row tile). */
+#define UNROLL _Pragma("GCC unroll 16")
+
 #define INT8_FMA_LAYOUT 0  /* [N/16][K][16] */
 #define INT8_VNNI_LAYOUT 1 /* [N/16][Kq/4][16][4], Kq = K rounded up to 4, zero padded */
-#define INT8_GROUP 4       /* 16-output blocks per parallel task */
+#define FMA_GROUP 6        /* 16-output blocks per parallel task: 2 one-row tiles */
+#define VNNI_GROUP 8       /* 16-output blocks per parallel task: 1 one-row tile */
 #define VNNI_MAX_K 65536   /* |sum| <= K * 255 * 127 stays within int32 */
 
 static int padded_k(int K, int layout) { return layout == INT8_VNNI_LAYOUT ? (K + 3) / 4 * 4 : K; }
@@ -65,36 +70,38 @@ GLL_AVX2 static inline void finish8(__m256 acc, const float *scale, const float 
   GLL_AVX2 static void fma_##MR##_##NB(const float *x, int K, const int8_t *w, const float *scale, \
                                        const float *bias, float *out, int N) {                  \
     __m256 acc[MR][2 * NB];                                                                     \
-    for (int i = 0; i < MR; i++)                                                                \
-      for (int j = 0; j < 2 * NB; j++) acc[i][j] = _mm256_setzero_ps();                         \
+    UNROLL for (int i = 0; i < MR; i++)                                                                \
+      UNROLL for (int j = 0; j < 2 * NB; j++) acc[i][j] = _mm256_setzero_ps();                         \
     const size_t block = (size_t)K * 16;                                                        \
     for (int k = 0; k < K; k++) {                                                               \
       __m256 xv[MR];                                                                            \
-      for (int i = 0; i < MR; i++) xv[i] = _mm256_broadcast_ss(x + (size_t)i * K + k);          \
-      for (int j = 0; j < 2 * NB; j++) {                                                        \
-        __m256 wv = widen8(w + (j / 2) * block + (size_t)k * 16 + (j % 2) * 8);                 \
-        for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(wv, xv[i], acc[i][j]);         \
-      }                                                                                         \
+      UNROLL for (int i = 0; i < MR; i++) xv[i] = _mm256_broadcast_ss(x + (size_t)i * K + k);          \
+      __m256 wv[2 * NB];                                                                        \
+      UNROLL for (int j = 0; j < 2 * NB; j++)                                                          \
+        wv[j] = widen8(w + (j / 2) * block + (size_t)k * 16 + (j % 2) * 8);                     \
+      UNROLL for (int j = 0; j < 2 * NB; j++)                                                          \
+        UNROLL for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(wv[j], xv[i], acc[i][j]);      \
     }                                                                                           \
-    for (int i = 0; i < MR; i++)                                                                \
-      for (int j = 0; j < 2 * NB; j++)                                                          \
+    UNROLL for (int i = 0; i < MR; i++)                                                                \
+      UNROLL for (int j = 0; j < 2 * NB; j++)                                                          \
         finish8(acc[i][j], scale + 8 * j, bias ? bias + 8 * j : 0, out + (size_t)i * N + 8 * j); \
   }
 
-/* One row streams 4 blocks (enough loads in flight); more rows reuse each widened weight. */
-FMA_TILE(1, 4) FMA_TILE(2, 2) FMA_TILE(3, 1) FMA_TILE(4, 1) FMA_TILE(1, 1) FMA_TILE(2, 1)
+/* One row streams 3 blocks (6 widened weights + 6 accumulators: 4 blocks spilled one), more rows
+   reuse each widened weight. */
+FMA_TILE(1, 3) FMA_TILE(2, 2) FMA_TILE(3, 1) FMA_TILE(4, 1) FMA_TILE(1, 1) FMA_TILE(2, 1)
 
 typedef void (*fma_fn)(const float *, int, const int8_t *, const float *, const float *, float *, int);
-static const fma_fn FMA_WIDE[5] = {0, fma_1_4, fma_2_2, fma_3_1, fma_4_1};
-static const int FMA_NB[5] = {0, 4, 2, 1, 1};
+static const fma_fn FMA_WIDE[5] = {0, fma_1_3, fma_2_2, fma_3_1, fma_4_1};
+static const int FMA_NB[5] = {0, 3, 2, 1, 1};
 static const fma_fn FMA_ONE[5] = {0, fma_1_1, fma_2_1, fma_3_1, fma_4_1};
 
 GLL_AVX2 static void fma_run(const float *x, const int8_t *w, const float *scale, const float *bias,
                              float *out, int M, int N, int K, int threads) {
-  const int blocks = N / 16, tasks = (blocks + INT8_GROUP - 1) / INT8_GROUP;
+  const int blocks = N / 16, tasks = (blocks + FMA_GROUP - 1) / FMA_GROUP;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int t = 0; t < tasks; t++) {
-    const int b0 = t * INT8_GROUP, b1 = b0 + INT8_GROUP < blocks ? b0 + INT8_GROUP : blocks;
+    const int b0 = t * FMA_GROUP, b1 = b0 + FMA_GROUP < blocks ? b0 + FMA_GROUP : blocks;
     for (int m0 = 0; m0 < M; m0 += 4) {
       const int mr = M - m0 < 4 ? M - m0 : 4, nb = FMA_NB[mr];
       const float *xs = x + (size_t)m0 * K;
@@ -166,19 +173,19 @@ GLL_AVX512_VNNI static inline void finish16(__m512i acc, const int32_t *colsum, 
                                                const int32_t *colsum, const float *bias,         \
                                                float *out, int N) {                              \
     __m512i acc[MR][NB];                                                                         \
-    for (int i = 0; i < MR; i++)                                                                 \
-      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_si512();                           \
+    UNROLL for (int i = 0; i < MR; i++)                                                                 \
+      UNROLL for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_si512();                           \
     const size_t block = (size_t)kq * 16;                                                        \
     for (int p = 0; p < kq / 4; p++) {                                                           \
       __m512i wv[NB];                                                                            \
-      for (int j = 0; j < NB; j++) wv[j] = _mm512_loadu_si512(w + j * block + (size_t)p * 64);   \
-      for (int i = 0; i < MR; i++) {                                                             \
+      UNROLL for (int j = 0; j < NB; j++) wv[j] = _mm512_loadu_si512(w + j * block + (size_t)p * 64);   \
+      UNROLL for (int i = 0; i < MR; i++) {                                                             \
         __m512i xv = quad(xq + (size_t)i * kq + 4 * p);                                          \
-        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);      \
+        UNROLL for (int j = 0; j < NB; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);      \
       }                                                                                          \
     }                                                                                            \
-    for (int i = 0; i < MR; i++)                                                                 \
-      for (int j = 0; j < NB; j++)                                                               \
+    UNROLL for (int i = 0; i < MR; i++)                                                                 \
+      UNROLL for (int j = 0; j < NB; j++)                                                               \
         finish16(acc[i][j], colsum + 16 * j, xs[i], scale + 16 * j, bias ? bias + 16 * j : 0,    \
                  out + (size_t)i * N + 16 * j);                                                  \
   }
@@ -199,10 +206,10 @@ static const vnni_fn VNNI_ONE[9] = {0, vnni_1_1, vnni_2_1, vnni_3_1, vnni_4_1,
 GLL_AVX512_VNNI static void vnni_run(const uint8_t *xq, const float *xs, const int8_t *w,
                                      const float *scale, const int32_t *colsum, const float *bias,
                                      float *out, int M, int N, int kq, int threads) {
-  const int blocks = N / 16, tasks = (blocks + INT8_GROUP - 1) / INT8_GROUP;
+  const int blocks = N / 16, tasks = (blocks + VNNI_GROUP - 1) / VNNI_GROUP;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int t = 0; t < tasks; t++) {
-    const int b0 = t * INT8_GROUP, b1 = b0 + INT8_GROUP < blocks ? b0 + INT8_GROUP : blocks;
+    const int b0 = t * VNNI_GROUP, b1 = b0 + VNNI_GROUP < blocks ? b0 + VNNI_GROUP : blocks;
     for (int m0 = 0; m0 < M; m0 += 8) {
       const int mr = M - m0 < 8 ? M - m0 : 8, nb = VNNI_NB[mr];
       const uint8_t *xr = xq + (size_t)m0 * kq;
