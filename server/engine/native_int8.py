@@ -28,12 +28,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from server.config import ConfigError
 from server.engine import native_ops
 from server.engine.native_ops import BLOCK, int8_unavailable, int8_variant
 from server.engine.quantize import replace_modules
 
-__all__ = ["NativeInt8Linear", "int8_unavailable", "int8_variant",
-           "quantize_native_int8", "quantize_weight"]
+__all__ = ["NativeInt8Linear", "available", "int8_unavailable", "int8_variant",
+           "quantize_native_int8", "quantize_weight", "require"]
+
+
+def available() -> bool:
+    """True where a variant of the native int8 kernel runs here (and the library loads)."""
+    return int8_unavailable() is None
+
+
+def require() -> None:
+    """Raise ConfigError (naming the CPU features either variant needs, or the missing build)
+    unless the native int8 kernel runs here: for an explicit ``DTYPE=int8+native``."""
+    problem = int8_unavailable()
+    if problem is not None:
+        raise ConfigError(f"DTYPE=int8+native: {problem}; use DTYPE=int8 or auto")
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
