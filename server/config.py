@@ -46,9 +46,11 @@ class Settings(BaseSettings):
     # auto = time float32 (BLAS and oneDNN paths), float16 weights and bfloat16 (oneDNN and,
     # on AVX-512 BF16 CPUs, the native kernel) at startup and serve the fastest
     # (server/engine/kernels.py); or a fixed float32 | float16 | bfloat16 (both bf16 paths timed) |
-    # bfloat16+native (that kernel only) | int8. float16 = linear weights stored in fp16,
-    # computed in fp32 (server/engine/quantize.py).
-    DTYPE: Literal["auto", "float32", "float16", "bfloat16", "bfloat16+native", "int8"] = "auto"
+    # bfloat16+native (that kernel only) | int8 (torch's and, where it runs, the native int8
+    # kernel, timed) | int8+native (the project's int8 kernel only, server/engine/native_int8.py).
+    # float16 = linear weights stored in fp16, computed in fp32 (server/engine/quantize.py).
+    DTYPE: Literal["auto", "float32", "float16", "bfloat16", "bfloat16+native", "int8",
+                   "int8+native"] = "auto"
     # Let DTYPE=auto choose int8 too when it measures fastest. Off by default: int8 changes
     # the text (judge it on a real checkpoint first); on AVX2-only CPUs it is 3-9x faster.
     ALLOW_INT8: bool = False

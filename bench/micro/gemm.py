@@ -17,6 +17,8 @@ c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
     bf16-packed  the same, weights reordered once (server.engine.kernels.PackedBF16Linear)
     bf16-native  bf16 weights packed once for the project's AVX-512 BF16 kernel
               (server.engine.native_gemm.NativeBF16Linear; only where that kernel runs)
+    int8-native  int8 weights, per-channel scales, the project's int8 kernel (AVX-512 VNNI
+              or AVX2 + FMA; server.engine.native_int8.NativeInt8Linear; where one runs)
 
 Paths are interleaved and each keeps its best of two rounds of medians, so a busy machine
 slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
@@ -41,7 +43,7 @@ import torch
 from torch import nn
 
 from bench.timing import median_ms
-from server.engine import native_gemm
+from server.engine import native_gemm, native_int8
 from server.engine.kernels import PackedBF16Linear, packing_available
 from server.engine.quantize import quantize_float16, quantize_int8
 
@@ -60,6 +62,8 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
     packed = [PackedBF16Linear(layer) for layer in linears] if packing_available() else []
     native = ([native_gemm.NativeBF16Linear(layer) for layer in linears]
               if native_gemm.available() else [])
+    int8_native = ([native_int8.NativeInt8Linear(layer) for layer in linears]
+                   if native_int8.available() else [])
     bf16_in = [x.to(torch.bfloat16) for x in inputs]
     bf16_w = [(m.weight.detach().to(torch.bfloat16), m.bias.detach().to(torch.bfloat16))
               for m in linears]
@@ -77,6 +81,8 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
            if packed else {}),
         **({"bf16-native": lambda: [m(x) for x, m in zip(bf16_in, native, strict=True)]}
            if native else {}),
+        **({"int8-native": lambda: [m(x) for x, m in zip(inputs, int8_native, strict=True)]}
+           if int8_native else {}),
     }
 
 

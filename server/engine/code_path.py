@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from server.engine import gpt2_forward, native_gemm, native_gpt2
+from server.engine.native_int8 import NativeInt8Linear
 from server.engine.row_cache import attention_dtype, resolve_kv_dtype, storage_dtype
 
 NATIVE_LAYERS, LEAN_LAYERS, MODEL_FORWARD = "native_c", "gpt2_forward", "transformers"
@@ -34,7 +35,7 @@ NATIVE_ATTENTION, TORCH_ATTENTION = "native_decode", "torch_sdpa"
 PRECISIONS = {"blas_fp32": "float32", "onednn_fp32": "float32+onednn",
               "fbgemm_fp16": "float16", "onednn_packed_bf16": "bfloat16",
               "torch_bf16": "bfloat16", "native_bf16": "bfloat16+native",
-              "fbgemm_int8": "int8"}
+              "fbgemm_int8": "int8", "native_int8": "int8+native"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def _linear(model: nn.Module) -> tuple[str, str]:
     if not kinds:
         return "blas_fp32", "no linear layer"
     (kind, count), total = kinds.most_common(1)[0], sum(kinds.values())
-    return kind, f"{count} of {total} linear layers"
+    variants = sorted({m.variant for m in model.modules() if isinstance(m, NativeInt8Linear)})
+    variant = f", {'/'.join(variants)} variant" if kind == "native_int8" else ""
+    return kind, f"{count} of {total} linear layers{variant}"
 
 
 def _linear_kind(module: nn.Module) -> str | None:

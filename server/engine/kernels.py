@@ -16,6 +16,9 @@ load), batch 1 breaking ties:
     bfloat16+native  the same bf16 model computed by the project's own AVX-512 BF16 kernel
                      (server.engine.native_gemm), where the CPU has it and a C compiler built it
     int8             dynamic int8 Linear (fbgemm); changes the text, so only with ALLOW_INT8
+    int8+native      int8 weights (per-channel scales) computed by the project's own kernel,
+                     AVX-512 VNNI or AVX2 + FMA by CPU (server.engine.native_int8); like int8,
+                     only with ALLOW_INT8 (or DTYPE=int8 / int8+native)
 
 It runs in the Gunicorn master before fork with torch pinned to ONE thread (a multi-threaded
 op there would leave forked workers hanging), so the table is per-thread speed; workers
@@ -36,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from server.engine import native_gemm
+from server.engine import native_gemm, native_int8
 from server.engine.decoding import GenerationRequest
 from server.engine.quantize import quantize_float16, replace_modules
 from server.engine.step import StepEngine
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8 = (
     "float32", "float32+onednn", "float16", "bfloat16", "int8")
 BF16_NATIVE = "bfloat16+native"
+INT8_NATIVE = "int8+native"
 # A candidate whose batch-1 step is this many times the best so far is not timed at the
 # maximum batch (emulated bf16 on gpt2-large would spend ~15 s there for nothing).
 HOPELESS = 3.0
@@ -241,12 +245,15 @@ def candidates(requested: str, allow_int8: bool) -> list[str]:
     """Precisions to time for DTYPE=``requested``: auto times every allowed one."""
     fp32 = [FLOAT32, ONEDNN] if onednn_available() else [FLOAT32]
     bf16 = [BFLOAT16, BF16_NATIVE] if native_gemm.available() else [BFLOAT16]
+    int8 = [INT8, INT8_NATIVE] if native_int8.available() else [INT8]
     if requested == "auto":
-        return fp32 + [FLOAT16, *bf16] + ([INT8] if allow_int8 else [])
+        return fp32 + [FLOAT16, *bf16] + (int8 if allow_int8 else [])
     if requested == FLOAT32:
         return fp32
     if requested == BFLOAT16:
         return bf16
+    if requested == INT8:
+        return int8
     return [requested]
 
 
@@ -322,5 +329,7 @@ def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Modul
         return native_gemm.pack_native(copy.deepcopy(model))
     if name == INT8:
         return quantize(copy.deepcopy(model))
-    raise ValueError(f"unknown precision {name!r}; use one of "
-                     f"{', '.join([FLOAT32, ONEDNN, FLOAT16, BFLOAT16, BF16_NATIVE, INT8])}")
+    if name == INT8_NATIVE:
+        return native_int8.quantize_native_int8(copy.deepcopy(model))
+    names = [FLOAT32, ONEDNN, FLOAT16, BFLOAT16, BF16_NATIVE, INT8, INT8_NATIVE]
+    raise ValueError(f"unknown precision {name!r}; use one of {', '.join(names)}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine import kernels, native_gemm, synthetic
+from server.engine import kernels, native_gemm, native_int8, synthetic
 from server.engine.kernels import KernelChoice
 from server.engine.memory import release_free_heap
 from server.engine.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 INT8 = kernels.INT8  # float32 model, every linear layer as a dynamic int8 Linear
 DTYPE_CHOICES = ("auto", kernels.FLOAT32, kernels.FLOAT16, kernels.BFLOAT16,
-                 kernels.BF16_NATIVE, INT8)
+                 kernels.BF16_NATIVE, INT8, kernels.INT8_NATIVE)
 SYNTHETIC_PREFIX = "synthetic:"
 
 
@@ -84,6 +84,8 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     check_dtype(dtype)
     if dtype == kernels.BF16_NATIVE:
         native_gemm.require()  # before the weights: a CPU that cannot run it fails at once
+    if dtype == kernels.INT8_NATIVE:
+        native_int8.require()
     source = resolve_source(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
@@ -91,7 +93,8 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.engine.quantize)
     own_memory(model)  # let go of the mapped file (server.engine.quantize.own_memory)
     model, choice = kernels.choose(model, int(tokenizer.eos_token_id), dtype,
-                                   allow_int8 or dtype == INT8, max_batch, quantize_int8)
+                                   allow_int8 or dtype.startswith(INT8), max_batch,
+                                   quantize_int8)
     model.config._attn_implementation = attention  # the step engine sets its own again
     # Replaced modules and the candidates not chosen sit in reference cycles: collect them
     # now, before the master's gc.freeze() would keep them for good (int8 gpt2: 974 MB USS

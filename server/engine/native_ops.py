@@ -9,6 +9,10 @@ called only where the CPU has every feature in ``NEEDED_FLAGS`` (``library`` is 
 elsewhere, and an explicit ``DTYPE=bfloat16+native`` stops startup naming what is missing:
 ``require``).
 
+The int8 GEMM (``native/gemm_int8.c``) has its own CPU-feature variants and does not need
+AVX-512 BF16: ``int8_variant`` says which one runs here (AVX-512 VNNI, else AVX2 + FMA), and
+its operations load the library on any x86-64 that has that variant's features.
+
 Every operation checks what the C cannot: dtype (bf16), device (CPU), contiguity or strides,
 shapes against each other, and the cache geometry (layers, heads, head dim, each row's
 capacity and length), raising ValueError before the library is even looked up (so the checks
@@ -42,6 +46,12 @@ NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 BLOCK = 16  # outputs per packed weight block (one vector of fp32 lanes)
 MAX_HEAD_DIM = 256  # the attention keeps a query in 16 vectors
 _INT_MAX = 2**31 - 1
+# The int8 GEMM's variants, preferred first: name -> the CPU features it needs. A variant
+# packs its weights in its own layout (gemm_int8.c's pack_int8 ``layout``).
+INT8_VARIANTS = {"avx512_vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+                 "avx2": ("avx2", "fma")}
+_INT8_LAYOUTS = {"avx2": 0, "avx512_vnni": 1}
+VNNI_MAX_INPUTS = 65536  # int32 sums of u8 x s8 products stay exact up to this K
 _CODES = {-1: "a size outside what the kernel takes (nothing written)",
           -2: "a scratch allocation failed"}
 
@@ -108,8 +118,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2_attn_in.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_attn_out.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_decode.argtypes = [ptr, i32, ptr, ptr, i32] + [ptr] * 4
+    lib.pack_int8.argtypes = [ptr, ptr, i32, i32, i32]
+    lib.gemm_int8_fma.argtypes = [ptr] * 5 + [i32] * 4
+    lib.gemm_int8_vnni.argtypes = [ptr] * 6 + [i32] * 4
     for name in ("pack_vnni", "gemm_bf16", "attend_decode_bf16", "gpt2_attn_in",
-                 "gpt2_attn_out", "gpt2_decode"):
+                 "gpt2_attn_out", "gpt2_decode", "pack_int8", "gemm_int8_fma",
+                 "gemm_int8_vnni"):
         getattr(lib, name).restype = i32
 
 
@@ -158,6 +172,49 @@ def require() -> None:
                           "DTYPE=bfloat16 or auto")
 
 
+def int8_variant() -> str | None:
+    """The int8 GEMM variant this CPU runs (an ``INT8_VARIANTS`` key, preferred first), or
+    None where it has neither's features."""
+    flags = cpu_flags()
+    return next((name for name, needs in INT8_VARIANTS.items()
+                 if all(flag in flags for flag in needs)), None)
+
+
+def int8_missing(variant: str) -> list[str]:
+    """The CPU features ``variant`` of the int8 GEMM needs that this CPU lacks."""
+    flags = cpu_flags()
+    return [flag for flag in INT8_VARIANTS[variant] if flag not in flags]
+
+
+@functools.cache
+def _int8_loaded() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library, None) where some int8 variant runs here, else (None, why)."""
+    if int8_variant() is None:
+        wants = " or ".join(", ".join(needs) for needs in INT8_VARIANTS.values())
+        return None, f"needs {wants}, which this CPU ({cpu_facts()['cpu_model']}) lacks"
+    torch.get_num_threads()  # torch's libgomp first, as library() does
+    try:
+        return load(), None
+    except NativeError as exc:
+        return None, str(exc)
+
+
+def int8_unavailable() -> str | None:
+    """Why no native int8 GEMM runs here (None: ``int8_variant`` does)."""
+    return _int8_loaded()[1]
+
+
+def _int8_lib(variant: str) -> ctypes.CDLL:
+    missing = int8_missing(variant)
+    if missing:
+        raise NativeError(f"native int8 {variant}: needs {', '.join(missing)}, which this CPU "
+                          f"({cpu_facts()['cpu_model']}) lacks")
+    lib, problem = _int8_loaded()
+    if lib is None:
+        raise NativeError(f"native int8 GEMM: {problem}")
+    return lib
+
+
 def _lib() -> ctypes.CDLL:
     lib = library()
     if lib is None:
@@ -165,8 +222,8 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def _call(name: str, *args: object) -> None:
-    code = getattr(_lib(), name)(*args)
+def _call(name: str, *args: object, lib: ctypes.CDLL | None = None) -> None:
+    code = getattr(lib or _lib(), name)(*args)
     if code != 0:
         raise NativeError(f"native {name} failed ({code}): {_CODES.get(code, 'unknown code')}")
 
@@ -177,16 +234,27 @@ def _call(name: str, *args: object) -> None:
 def _bf16(name: str, tensor: object, shape: tuple[int, ...] | None = None,
           contiguous: bool = True) -> torch.Tensor:
     """``tensor`` if it is a CPU bf16 tensor (of ``shape``, contiguous), else ValueError."""
+    return _tensor(name, tensor, torch.bfloat16, shape, contiguous)
+
+
+def _tensor(name: str, tensor: object, dtype: torch.dtype,
+            shape: tuple[int, ...] | None = None, contiguous: bool = True) -> torch.Tensor:
+    """``tensor`` if it is a CPU tensor of ``dtype`` (of ``shape``, contiguous, its data at a
+    multiple of its element size: the kernels' unaligned loads need no more), else
+    ValueError."""
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{name}: expected a tensor, got {type(tensor).__name__}")
     if tensor.device.type != "cpu":
         raise ValueError(f"{name}: on {tensor.device}, the native kernels take CPU tensors")
-    if tensor.dtype != torch.bfloat16:
-        raise ValueError(f"{name}: dtype {tensor.dtype}, the native kernels take bfloat16")
+    if tensor.dtype != dtype:
+        raise ValueError(f"{name}: dtype {tensor.dtype}, this kernel takes {dtype}")
     if shape is not None and tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
     if contiguous and not tensor.is_contiguous():
         raise ValueError(f"{name}: not contiguous (strides {tensor.stride()})")
+    if tensor.data_ptr() % tensor.element_size():
+        raise ValueError(f"{name}: data at {tensor.data_ptr():#x}, not aligned to its "
+                         f"{tensor.element_size()}-byte elements")
     return tensor
 
 
@@ -241,6 +309,82 @@ def gemm(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> to
     _call("gemm_bf16", x.data_ptr(), packed.data_ptr(),
           None if bias is None else bias.data_ptr(), out.data_ptr(), x.shape[0], outputs, inputs,
           _threads())
+    return out
+
+
+# -- int8 GEMM ------------------------------------------------------------------------------
+
+
+def _variant(variant: str) -> str:
+    if variant not in INT8_VARIANTS:
+        raise ValueError(f"int8 variant {variant!r}: use one of {', '.join(INT8_VARIANTS)}")
+    return variant
+
+
+def int8_padded_inputs(inputs: int, variant: str) -> int:
+    """The packed weight's width for ``inputs`` (VNNI reads 4 at a time: rounded up to 4)."""
+    return -(-inputs // 4) * 4 if _variant(variant) == "avx512_vnni" else inputs
+
+
+def pack_int8(q: torch.Tensor, variant: str) -> torch.Tensor:
+    """``q`` [N, K] (int8, contiguous; N % 16 == 0) packed into ``variant``'s layout:
+    [N/16][K][16] (avx2) or [N/16][Kq/4][16][4] zero padded (avx512_vnni), returned with the
+    shape [N, Kq] (``int8_padded_inputs``)."""
+    _tensor("int8 weight", q, torch.int8)
+    if q.dim() != 2:
+        raise ValueError(f"int8 weight: {q.dim()}-D, expected [outputs, inputs]")
+    rows, cols = q.shape
+    _size("int8 weight outputs", rows, BLOCK)
+    _size("int8 weight inputs", cols)
+    packed = torch.empty(rows, int8_padded_inputs(cols, variant), dtype=torch.int8)
+    # Plain C (no SIMD): it runs wherever the library loads, whichever variant it packs for.
+    lib, problem = _int8_loaded()
+    if lib is None:
+        raise NativeError(f"native int8 GEMM: {problem}")
+    _call("pack_int8", q.data_ptr(), packed.data_ptr(), rows, cols, _INT8_LAYOUTS[variant],
+          lib=lib)
+    return packed
+
+
+def gemm_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+              colsum: torch.Tensor | None, bias: torch.Tensor | None,
+              variant: str) -> torch.Tensor:
+    """x [M, K] (float32) @ (scales[:, None] * q).T + bias in float32: ``packed`` [N, Kq] from
+    ``pack_int8(q, variant)``, ``scales`` [N] float32, ``colsum`` [N] int32 = q.sum(1)
+    (avx512_vnni only; None for avx2), ``bias`` [N] float32 or None; [M, N]."""
+    _variant(variant)
+    _tensor("packed int8 weight", packed, torch.int8)
+    if packed.dim() != 2:
+        raise ValueError(f"packed int8 weight: {packed.dim()}-D, expected [outputs, inputs]")
+    outputs = _size("packed int8 weight outputs", packed.shape[0], BLOCK)
+    _tensor("x", x, torch.float32)
+    if x.dim() != 2:
+        raise ValueError(f"x: {x.dim()}-D, expected [rows, inputs]")
+    inputs = _size("inputs", x.shape[1], most=VNNI_MAX_INPUTS if variant == "avx512_vnni"
+                   else _INT_MAX)
+    if int8_padded_inputs(inputs, variant) != packed.shape[1]:
+        raise ValueError(f"x: shape {tuple(x.shape)}, expected [rows, inputs] with the inputs "
+                         f"{variant} packs as {packed.shape[1]}")
+    _tensor("scales", scales, torch.float32, (outputs,))
+    if variant == "avx512_vnni":
+        _tensor("colsum", colsum, torch.int32, (outputs,))
+    elif colsum is not None:
+        raise ValueError("colsum: the avx2 variant takes none (it sums the weights in float)")
+    if bias is not None:
+        _tensor("bias", bias, torch.float32, (outputs,))
+    out = torch.empty(x.shape[0], outputs, dtype=torch.float32)
+    if x.shape[0] == 0:
+        return out
+    rows = _size("rows", x.shape[0])
+    lib = _int8_lib(variant)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    if variant == "avx512_vnni":
+        _call("gemm_int8_vnni", x.data_ptr(), packed.data_ptr(), scales.data_ptr(),
+              colsum.data_ptr(), bias_ptr, out.data_ptr(), rows, outputs, inputs, _threads(),
+              lib=lib)
+    else:
+        _call("gemm_int8_fma", x.data_ptr(), packed.data_ptr(), scales.data_ptr(), bias_ptr,
+              out.data_ptr(), rows, outputs, inputs, _threads(), lib=lib)
     return out
 
 

@@ -63,7 +63,8 @@ class Ready(_Strict):
         default=None,
         description="the code path decided for the model (server/engine/code_path.py): "
                     "precision, linear (blas_fp32 | onednn_fp32 | fbgemm_fp16 | "
-                    "onednn_packed_bf16 | torch_bf16 | native_bf16 | fbgemm_int8), "
+                    "onednn_packed_bf16 | torch_bf16 | native_bf16 | fbgemm_int8 | "
+                    "native_int8), "
                     "layers (native_c | gpt2_forward | transformers), attention "
                     "(native_decode | torch_sdpa), attention_dtype, kv_dtype, cache_dtype, "
                     "and linear_why, layers_why, attention_why")

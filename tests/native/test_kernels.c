@@ -11,6 +11,13 @@
  * 9, 13; widths 2, 34, 66, 98 (not multiples of 32); 3 heads. Elsewhere it exits 77 (skipped)
  * naming the missing CPU features. The Python tests (tests/test_native_ops.py) compare the
  * same kernels with torch's float math.
+ *
+ * The int8 GEMM (gemm_int8.c) has its own parts, each where the CPU has its variant's features
+ * (printing SKIP naming them elsewhere): pack_int8's layouts, then gemm_int8_fma (AVX2 + FMA)
+ * against a double-precision sum of the fp32 activations times the dequantized weight, and
+ * gemm_int8_vnni (AVX-512 VNNI) against the same sum over activations quantized per row as the
+ * kernel does, at odd shapes: rows 1-9 and 13, inputs 1, 3, 33, 98, 130, outputs 16, 48, 144.
+ * Python's tests/test_native_int8.py compares them with torch.
  */
 #include <math.h>
 #include <stdint.h>
@@ -37,6 +44,11 @@ int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                        const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
                        int layer, int heads, int dim, float scale, uint16_t *out,
                        int64_t out_stride, int threads);
+int pack_int8(const int8_t *q, int8_t *dst, int N, int K, int layout);
+int gemm_int8_fma(const float *x, const int8_t *w, const float *scale, const float *bias, float *out,
+                  int M, int N, int K, int threads);
+int gemm_int8_vnni(const float *x, const int8_t *w, const float *scale, const int32_t *colsum,
+                   const float *bias, float *out, int M, int N, int K, int threads);
 int gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows);
 int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows);
 int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
@@ -268,10 +280,124 @@ static void test_gpt2_decode(int rows) {
   free_step(&s);
 }
 
+/* -- int8 GEMM ------------------------------------------------------------------------- */
+
+static int8_t *random_int8(size_t n) {
+  int8_t *p = malloc(n);
+  if (!p) abort();
+  for (size_t i = 0; i < n; i++) p[i] = (int8_t)(uniform() * 127.5f);
+  return p;
+}
+
+static float *random_f32(size_t n, float scale) {
+  float *p = malloc(n * sizeof *p);
+  if (!p) abort();
+  for (size_t i = 0; i < n; i++) p[i] = uniform() * scale;
+  return p;
+}
+
+/* Part 1 (any x86-64): the int8 entry points' checks and pack_int8's two layouts. */
+static void test_int8_checks(void) {
+  enum { N = 32, K = 5 };
+  int8_t *q = random_int8(N * K), *fma = malloc(N * K), *vnni = malloc(N * 8);
+  float *f = random_f32(N * K, 1);
+  int32_t colsum[N] = {0};
+  CHECK(pack_int8(q, fma, 24, K, 0) == -1, "pack_int8 took 24 outputs");
+  CHECK(pack_int8(q, fma, N, K, 2) == -1, "pack_int8 took layout 2");
+  CHECK(pack_int8(q, fma, N, 0, 0) == -1, "pack_int8 took 0 inputs");
+  CHECK(pack_int8(q, fma, N, K, 0) == 0 && pack_int8(q, vnni, N, K, 1) == 0, "pack_int8 refused");
+  /* [N/16][K][16]: output 17, input 3 at block 1, k 3, lane 1. */
+  CHECK(fma[16 * K + 3 * 16 + 1] == q[17 * K + 3], "pack_int8 layout 0");
+  /* [N/16][8/4][16][4]: output 17, input 3 at block 1, quad 0, lane 1, 3; input 5.. padded 0. */
+  CHECK(vnni[16 * 8 + 1 * 4 + 3] == q[17 * K + 3], "pack_int8 layout 1");
+  CHECK(vnni[16 * 8 + 64 + 1 * 4 + 0] == q[17 * K + 4] && vnni[16 * 8 + 64 + 1 * 4 + 1] == 0,
+        "pack_int8 layout 1 padding");
+  CHECK(gemm_int8_fma(f, fma, f, NULL, f, 1, 20, K, 1) == -1, "int8 fma took 20 outputs");
+  CHECK(gemm_int8_fma(f, fma, f, NULL, f, 0, N, K, 1) == -1, "int8 fma took 0 rows");
+  CHECK(gemm_int8_fma(f, fma, NULL, NULL, f, 1, N, K, 1) == -1, "int8 fma took no scales");
+  CHECK(gemm_int8_vnni(f, vnni, f, NULL, NULL, f, 1, N, K, 1) == -1, "vnni took no colsum");
+  CHECK(gemm_int8_vnni(f, vnni, f, colsum, NULL, f, 1, N, 65537, 1) == -1, "vnni took K 65537");
+  CHECK(gemm_int8_vnni(f, vnni, f, colsum, NULL, f, 1, N, K, 0) == -1, "vnni took 0 threads");
+  free(q), free(fma), free(vnni), free(f);
+}
+
+/* Row m of x quantized as gemm_int8_vnni does (symmetric, 127 / max|x|, nearest even). */
+static float quantized_row(const float *x, int K, int8_t *xq) {
+  float amax = 0;
+  for (int k = 0; k < K; k++) amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+  float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  for (int k = 0; k < K; k++) xq[k] = (int8_t)nearbyintf(x[k] * inv);
+  return amax / 127.0f;
+}
+
+/* Part 2: out against a double-precision reference (vnni: of the quantized activations). */
+static void test_int8_gemm(int vnni, int M, int K, int N, int with_bias) {
+  float *x = random_f32((size_t)M * K, 2), *scale = random_f32(N, 0.01f);
+  float *bias = with_bias ? random_f32(N, 1) : NULL, *out = malloc((size_t)M * N * sizeof *out);
+  const int kq = vnni ? (K + 3) / 4 * 4 : K;
+  int8_t *q = random_int8((size_t)N * K), *packed = malloc((size_t)N * kq), *xq = malloc(K);
+  int32_t *colsum = calloc(N, sizeof *colsum);
+  for (int n = 0; n < N; n++)
+    for (int k = 0; k < K; k++) colsum[n] += q[(size_t)n * K + k];
+  CHECK(pack_int8(q, packed, N, K, vnni) == 0, "pack_int8 %d x %d layout %d", N, K, vnni);
+  int code = vnni ? gemm_int8_vnni(x, packed, scale, colsum, bias, out, M, N, K, 2)
+                  : gemm_int8_fma(x, packed, scale, bias, out, M, N, K, 2);
+  CHECK(code == 0, "int8 %s %d x %d x %d: %d", vnni ? "vnni" : "fma", M, K, N, code);
+  for (int m = 0; m < M; m++) {
+    float xs = vnni ? quantized_row(x + (size_t)m * K, K, xq) : 1;
+    for (int n = 0; n < N; n++) {
+      double sum = 0, size = 0;
+      for (int k = 0; k < K; k++) {
+        double a = vnni ? xq[k] : x[(size_t)m * K + k], w = q[(size_t)n * K + k];
+        sum += a * w, size += fabs(a * w);
+      }
+      double want = sum * xs * scale[n] + (bias ? bias[n] : 0);
+      float got = out[(size_t)m * N + n];
+      /* fp32 sums of K products: a few ulps of the products' magnitudes (vnni: exact, then
+         two roundings). */
+      double tolerance = 1e-6 * (1 + size * fabs(xs * scale[n])) * (K + 4) + 1e-6 * fabs(want);
+      if (fabs(got - want) > tolerance) {
+        CHECK(0, "int8 %s %dx%dx%d bias %d: out[%d,%d] = %.9g, expected %.9g", vnni ? "vnni" : "fma",
+              M, K, N, with_bias, m, n, got, want);
+        m = M;
+        break;
+      }
+    }
+  }
+  free(x), free(scale), free(bias), free(out), free(q), free(packed), free(xq), free(colsum);
+}
+
+/* Every row count 1-9 and 13, odd widths; SKIP (naming what is missing) without the features. */
+static void test_int8_variant(int vnni, const char *const *needed, const int *has, int count) {
+  int missing = 0;
+  for (int i = 0; i < count; i++)
+    if (!has[i])
+      printf("%s%s", missing++ ? ", " : (vnni ? "SKIP int8 vnni: this CPU lacks " :
+                                                "SKIP int8 fma: this CPU lacks "), needed[i]);
+  if (missing) {
+    printf("\n");
+    return;
+  }
+  const int ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13}, ks[] = {1, 3, 33, 98, 130}, ns[] = {16, 48, 144};
+  for (int i = 0; i < 10; i++)
+    for (int j = 0; j < 5; j++) {
+      test_int8_gemm(vnni, ms[i], ks[j], ns[(i + j) % 3], 1);
+      test_int8_gemm(vnni, ms[i], ks[j], ns[(i + j + 1) % 3], 0);
+    }
+  printf("int8 %s kernels: %s\n", vnni ? "vnni" : "fma", failures ? "FAILED" : "ok");
+}
+
 int main(void) {
   test_checks();
+  test_int8_checks();
   printf("checks: %s\n", failures ? "FAILED" : "ok");
   __builtin_cpu_init();
+  const char *fma[] = {"avx2", "fma"}, *vnni[] = {"avx512f", "avx512bw", "avx512vl", "avx512vnni"};
+  const int has_fma[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma")};
+  const int has_vnni[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
+                          __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni")};
+  test_int8_variant(0, fma, has_fma, 2);
+  test_int8_variant(1, vnni, has_vnni, 4);
   const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
   const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};

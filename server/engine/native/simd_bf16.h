@@ -1,6 +1,6 @@
-/* Helpers shared by the native kernels (gemm_bf16.c, attention_bf16.c, gpt2_bf16.c): the
- * target attribute of every AVX-512 function, bf16 <-> fp32 with AVX-512, and a vector e^x for
- * the softmax and the tanh of GELU. */
+/* Helpers shared by the native kernels (gemm_bf16.c, attention_bf16.c, gpt2_bf16.c,
+ * gemm_int8.c): the target attributes of their SIMD functions, bf16 <-> fp32 with AVX-512, and
+ * a vector e^x for the softmax and the tanh of GELU. */
 #ifndef GLL_SIMD_BF16_H
 #define GLL_SIMD_BF16_H
 
@@ -12,6 +12,11 @@
  * entry points' argument checks, pack_vnni) runs on any x86-64 too. Python calls a kernel only
  * where the CPU has all of these (server.engine.native_ops.missing_flags). */
 #define GLL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+/* The int8 GEMM's two variants (gemm_int8.c), each called only where the CPU has its features
+ * (server.engine.native_ops.INT8_VARIANTS): AVX2 + FMA (Zen 3 and later, Haswell and later),
+ * and AVX-512 VNNI (Zen 4, Ice Lake and later). */
+#define GLL_AVX2 __attribute__((target("avx2,fma")))
+#define GLL_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 
 /* Return codes of the entry points (server.engine.native_ops raises on any but GLL_OK). */
 #define GLL_OK 0
