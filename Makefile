@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
-.PHONY: venv model tiny test soak ci-slow lint serve loadtest loadtest-ui bench bench-reference \
+.PHONY: venv model tiny test soak ci-slow lint serve loadtest loadtest-ui bench bench-reference bench-engines \
 	llama-reference roofline scaleout native native-sanitize
 
 venv:
@@ -91,6 +91,20 @@ REF_ARGS ?=
 bench-reference:
 	$(PY) -m bench reference --preset $(REF_PRESET) --users $(REF_USERS) \
 		--duration $(REF_DURATION) $(REF_ARGS)
+
+# The engines on the same work (issue 31): a closed loop of equal lengths (ENG_PROMPT-token
+# prompts, exactly ENG_TOKENS new tokens, greedy, ENG_ROUNDS requests per stream) at c = 1, 8,
+# 32 for our server and llama-server (over HTTP, Locust) and OpenVINO GenAI (in-process), one
+# after the other; writes results/engines-<UTC timestamp>/ (table.md, engines.json,
+# commands.sh). Engines without a build are skipped with the command that builds them:
+# `make llama-reference`, `bash bench/build_openvino_reference.sh gpt2 REF_PRESET`. Never in CI.
+ENG_PROMPT ?= 64
+ENG_TOKENS ?= 128
+ENG_ROUNDS ?= 2
+ENG_ARGS ?=
+bench-engines:
+	$(PY) -m bench engines --preset $(REF_PRESET) --prompt-tokens $(ENG_PROMPT) \
+		--new-tokens $(ENG_TOKENS) --rounds $(ENG_ROUNDS) $(ENG_ARGS)
 
 # Build llama.cpp's server and the GGUFs of REF_PRESET (and gpt2) under LLAMA_DIR (default
 # /work/cache/llama, outside git) from PyPI's llama-cpp-python sdist: 20-45 min on 2 cores.

@@ -27,6 +27,8 @@ COMMANDS: dict[str, Command] = {
                       "compare under the same closed loop?", "server"),
     "reference": Command("bench.reference", "How does our server compare with llama.cpp's on "
                          "the OpenAI mix?", "server"),
+    "engines": Command("bench.engines", "Our server, llama.cpp's and OpenVINO GenAI on the "
+                       "same closed loop of equal lengths (c = 1, 8, 32)?", "server"),
     "burst": Command("bench.serving.burst", "How long do N requests at once take against one "
                      "alone; what do startup and memory cost?", "server"),
     "profile": Command("bench.serving.profile", "Where does a worker's time go under steady "
