@@ -184,3 +184,21 @@ def test_an_unknown_option_is_caught() -> None:
 @pytest.mark.parametrize(("doc", "argv"), COMMANDS, ids=[" ".join(a)[:60] for _, a in COMMANDS])
 def test_documented_command_runs_as_written(doc: str, argv: list[str]) -> None:
     check(argv)
+
+
+def test_every_server_module_is_in_the_architecture_table_and_the_readme_picture() -> None:
+    """docs/architecture.md's tables name every module of server/, and README's module
+    picture does too (a module added without a role in the docs fails here)."""
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    modules = sorted((REPO / "server").rglob("*.py"))
+    assert len(modules) > 30
+    for path in modules:
+        if path.name == "__init__.py" and path.parent.name != "server":
+            continue
+        compat = path.parent.name == "openai_compat"
+        in_table = f"`{path.name}`" in architecture or (compat and "`openai_compat/`"
+                                                          in architecture)
+        assert in_table, f"{path.relative_to(REPO)} has no row in docs/architecture.md"
+        in_picture = path.name in readme or (compat and "openai_compat/" in readme)
+        assert in_picture, f"{path.relative_to(REPO)} is not in README's module picture"
