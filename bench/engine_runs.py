@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from bench import openvino_reference as ov
+from bench.command_log import Commands
 from bench.engine_rows import EngineRow
 from bench.engine_table import EngineResult, from_driver, from_run_folder, skipped
 from bench.llama_reference import LlamaSettings, gguf_path, server_binary, server_command
@@ -23,22 +24,6 @@ from harness.processes import free_port
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = "bench/closed_loop_user.py"
 USER_CLASS = "CompletionsLoopUser"
-
-
-class Commands:
-    """commands.sh: every command that ran, in order; each is printed too."""
-
-    def __init__(self, path: Path, argv: list[str]) -> None:
-        self.path = path
-        path.write_text("#!/usr/bin/env bash\n# Commands run by python -m bench engines, in "
-                        f"order, from {REPO}.\n# Invocation: "
-                        f"{shlex.join(['python', '-m', 'bench', 'engines', *argv])}\n")
-
-    def add(self, cmd: list[str], env_note: str = "") -> None:
-        line = (f"{env_note} " if env_note else "") + shlex.join(cmd)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-        print(f"== $ {line}", flush=True)
 
 
 def locust_row(args: argparse.Namespace, row: EngineRow, run_dir: Path, url: str,

@@ -32,10 +32,12 @@ import sys
 from pathlib import Path
 
 from bench import openvino_reference as ov
+from bench.command_log import Commands
 from bench.engine_rows import parse_concurrency, plan_rows
-from bench.engine_runs import Commands, run_llama, run_openvino, run_ours
+from bench.engine_runs import run_llama, run_openvino, run_ours
 from bench.engine_table import EngineResult, render, to_json
 from bench.llama_reference import llama_dir, server_binary
+from bench.options import add_preset_options
 from bench.prompts import write_prompts
 from bench.reference_record import host_record, llama_version
 from harness.provenance import git_commit
@@ -47,9 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults: the issue's closed loop on the default heavy model)."""
     p = argparse.ArgumentParser(prog="python -m bench engines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=os.environ.get("REF_PRESET", "gpt2-large"),
-                   help="synthetic preset served by every engine")
-    p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
+    add_preset_options(p, "synthetic preset served by every engine")
     p.add_argument("--concurrency", type=parse_concurrency, default=[1, 8, 32],
                    help="streams per row, comma-separated (default 1,8,32)")
     p.add_argument("--prompt-tokens", type=int, default=64)
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or RESULTS / f"engines-{utc_stamp()}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"== engines folder {out}", flush=True)
-    commands = Commands(out / "commands.sh", sys.argv[1:] if argv is None else list(argv))
+    commands = Commands(out / "commands.sh", "engines",
+                        sys.argv[1:] if argv is None else list(argv))
     host = host_record()
     prompts, ids = write_prompt_files(args, out)
     results = run_rows(args, out, commands, prompts, ids)

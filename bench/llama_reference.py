@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.reference_builds import artifact, build_root
+
 DEFAULT_LLAMA_DIR = Path("/work/cache/llama")
 BUILD_SCRIPT = "bench/build_llama_reference.sh"
 QUANTS = ("f16", "q8_0")
@@ -36,7 +38,7 @@ class LlamaSettings:
 
 def llama_dir(value: str | os.PathLike | None = None) -> Path:
     """The reference folder: ``value``, else $LLAMA_DIR, else /work/cache/llama."""
-    return Path(value or os.environ.get("LLAMA_DIR") or DEFAULT_LLAMA_DIR)
+    return build_root(value, "LLAMA_DIR", DEFAULT_LLAMA_DIR)
 
 
 def server_binary(root: Path) -> Path:
@@ -46,9 +48,7 @@ def server_binary(root: Path) -> Path:
 
 def gguf_path(root: Path, preset: str, quant: str) -> Path:
     """The GGUF of synthetic ``preset`` at ``quant`` (f16 or q8_0) under ``root``."""
-    if quant not in QUANTS:
-        raise ValueError(f"unknown GGUF type {quant!r}; choose one of {', '.join(QUANTS)}")
-    return root / "gguf" / f"synthetic-{preset}-{quant}.gguf"
+    return artifact(root, "gguf", preset, quant, QUANTS, "GGUF type", ".gguf")
 
 
 def check_built(paths: list[Path], preset: str, root: Path) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.reference_builds import artifact, build_root
+
 DEFAULT_OV_DIR = Path("/work/cache/openvino")
 BUILD_SCRIPT = "bench/build_openvino_reference.sh"
 DRIVER = Path(__file__).resolve().parent / "openvino_driver.py"
@@ -25,7 +27,7 @@ FORMATS = ("fp16", "int8")
 
 def ov_dir(value: str | os.PathLike | None = None) -> Path:
     """The reference folder: ``value``, else $OV_DIR, else /work/cache/openvino."""
-    return Path(value or os.environ.get("OV_DIR") or DEFAULT_OV_DIR)
+    return build_root(value, "OV_DIR", DEFAULT_OV_DIR)
 
 
 def venv_python(root: Path) -> Path:
@@ -35,9 +37,7 @@ def venv_python(root: Path) -> Path:
 
 def ir_path(root: Path, preset: str, fmt: str) -> Path:
     """The IR folder of synthetic ``preset`` with ``fmt`` weights under ``root``."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return root / "ir" / f"synthetic-{preset}-{fmt}"
+    return artifact(root, "ir", preset, fmt, FORMATS, "weight format")
 
 
 def missing(root: Path, preset: str, fmt: str) -> str:

@@ -33,6 +33,7 @@ from bench.llama_reference import (
     server_binary,
     server_command,
 )
+from bench.options import add_preset_options
 from bench.reference_record import Record, render_report, utc_now
 from bench.reference_rows import Row, llama_locust_command, ours_command, parse_variant, plan_rows
 from bench.reference_table import read_row, render_rows
@@ -48,9 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults: the issue's comparison on the default heavy model)."""
     p = argparse.ArgumentParser(prog="python -m bench reference", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=os.environ.get("REF_PRESET", "gpt2-large"),
-                   help="synthetic preset served by both (its GGUFs must be built)")
-    p.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
+    add_preset_options(p, "synthetic preset served by both (its GGUFs must be built)")
     p.add_argument("--llama-dir", type=Path, default=llama_dir(),
                    help="the llama.cpp build and GGUFs ($LLAMA_DIR, default /work/cache/llama)")
     p.add_argument("--llama-server", type=Path, help="llama-server binary (default: in "

@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from bench.command_log import Commands
 from bench.llama_reference import LlamaSettings, gguf_path
 from bench.reference_rows import Row
 from harness.provenance import git_commit
@@ -77,20 +78,13 @@ class Record:
         self.host = host_record()
         self.llama_version = llama_version(binary) if any(r.quant for r in args.rows) else ""
         self.loads: dict[str, float] = {}  # row name -> 1-minute load average at its start
-        self.commands = out / "commands.sh"
-        invocation = shlex.join([Path(sys.executable).name, "-m", "bench", "reference",
-                                 *(sys.argv[1:] if argv is None else argv)])
-        self.commands.write_text(
-            "#!/usr/bin/env bash\n# Commands run by bench/reference.py, in order, from the "
-            f"repo root ({REPO}).\n# Invocation: {invocation}\n# CPU: {self.host['cpu_model']}"
-            f", {self.host['cores']} cores\n")
+        self.commands = Commands(out / "commands.sh", "reference",
+                                 sys.argv[1:] if argv is None else list(argv),
+                                 f"CPU: {self.host['cpu_model']}, {self.host['cores']} cores")
 
     def command(self, cmd: list[str], env_note: str = "") -> None:
         """Append ``cmd`` (shell-quoted) to commands.sh and print it."""
-        line = (f"{env_note} " if env_note else "") + shlex.join(cmd)
-        with open(self.commands, "a") as f:
-            f.write(line + "\n")
-        print(f"== $ {line}", flush=True)
+        self.commands.add(cmd, env_note)
 
     def row_started(self, row: Row) -> None:
         """Note the box's 1-minute load average as ``row`` starts (others' work skews rows)."""

@@ -37,7 +37,7 @@ from server.engine.native_ops import (  # the library's state, as the kernel pat
 from server.engine.quantize import replace_modules
 
 __all__ = ["BLOCK", "NEEDED_FLAGS", "NativeBF16Linear", "available", "library", "missing_flags",
-           "pack_native", "require", "unavailable"]
+           "pack_native", "pad_rows", "require", "unavailable"]
 
 
 class NativeBF16Linear(nn.Module):
@@ -52,9 +52,9 @@ class NativeBF16Linear(nn.Module):
             raise ValueError("the native kernel needs AVX-512 BF16 and an even input width")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.padded = -(-self.out_features // BLOCK) * BLOCK
-        weight = _pad_rows(linear.weight.detach().to(torch.bfloat16), self.padded)
+        weight = pad_rows(linear.weight.detach().to(torch.bfloat16), self.padded)
         self.packed = native_ops.pack_vnni(weight)
-        self.bias = None if linear.bias is None else _pad_rows(
+        self.bias = None if linear.bias is None else pad_rows(
             linear.bias.detach().to(torch.bfloat16), self.padded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,9 @@ def pack_native(model: nn.Module) -> nn.Module:
     return model
 
 
-def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor`` with zero rows appended up to ``rows`` (outputs in whole 16-wide blocks:
+    the kernels' layout), contiguous; the padded outputs are sliced off after the GEMM."""
     if tensor.shape[0] == rows:
         return tensor.contiguous()
     pad = tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])

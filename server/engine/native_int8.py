@@ -37,6 +37,7 @@ from torch import nn
 
 from server.config import ConfigError
 from server.engine import native_ops
+from server.engine.native_gemm import pad_rows
 from server.engine.native_ops import BLOCK, int8_unavailable, int8_variant
 from server.engine.quantize import replace_modules
 
@@ -82,12 +83,12 @@ class NativeInt8Linear(nn.Module):
             raise ValueError(f"the native int8 kernel does not run here: {int8_unavailable()}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.padded = -(-self.out_features // BLOCK) * BLOCK
-        q, scales = quantize_weight(_pad_rows(linear.weight.detach().float(), self.padded))
+        q, scales = quantize_weight(pad_rows(linear.weight.detach().float(), self.padded))
         self.packed = native_ops.pack_int8(q, self.variant)
         self.scales = scales
         self.colsum = (q.sum(dim=1, dtype=torch.int32) if self.variant == "avx512_vnni"
                        else None)
-        self.bias = None if linear.bias is None else _pad_rows(
+        self.bias = None if linear.bias is None else pad_rows(
             linear.bias.detach().float(), self.padded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,9 +124,3 @@ def quantize_native_int8(model: nn.Module) -> nn.Module:
     replace_modules(model, nn.Linear, NativeInt8Linear)
     return model
 
-
-def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    if tensor.shape[0] == rows:
-        return tensor.contiguous()
-    pad = tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])
-    return torch.cat([tensor, pad]).contiguous()

@@ -16,8 +16,9 @@ import pytest
 
 from bench import openvino_driver as driver
 from bench import openvino_reference as ov
+from bench.command_log import Commands
 from bench.engine_rows import EngineRow, parse_concurrency, parse_variant, plan_rows
-from bench.engine_runs import Commands, run_llama, run_openvino
+from bench.engine_runs import run_llama, run_openvino
 from bench.engine_table import (
     from_driver,
     from_requests,
@@ -156,7 +157,7 @@ def test_missing_builds_skip_their_rows_naming_the_build(tmp_path: Path) -> None
     args = argparse.Namespace(preset="gpt2", llama_dir=tmp_path / "llama",
                               ov_dir=tmp_path / "ov", prompt_tokens=64, new_tokens=128,
                               slot_ctx=0, threads=2, rounds=1, seconds=0.0)
-    commands = Commands(tmp_path / "commands.sh", [])
+    commands = Commands(tmp_path / "commands.sh", "engines", [])
     llama = run_llama(args, EngineRow("llama.cpp", "f16", 8), tmp_path / "r1", commands,
                       tmp_path / "p.jsonl")
     assert llama.skipped.startswith("llama.cpp not built")
