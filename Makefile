@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= synthetic:gpt2-large
 
-.PHONY: venv model tiny test soak ci-slow lint serve loadtest loadtest-ui bench bench-reference bench-engines \
+.PHONY: venv model tiny test soak test-tools ci-slow lint serve loadtest loadtest-ui bench bench-reference bench-engines \
 	llama-reference roofline scaleout native native-sanitize
 
 venv:
@@ -35,6 +35,11 @@ test: tiny
 # cores, ~8 on one. Kept out of `make test` so CI stays within ~30 min on a slower machine.
 soak: tiny
 	$(PY) -m pytest -q -m soak tests/test_soak.py
+
+# The measurement tool's whole-server runs on tiny (bench matrix, profile, loop-lag, burst,
+# engines: ~2.5 min), kept out of `make test` for CI's 30 minutes like the soak.
+test-tools: tiny
+	$(PY) -m pytest -q -m tool tests/bench
 
 # CI as on a slower machine: the whole of .ci/run pinned to one core (issue 18's check that
 # no test assumes a fast CPU). Run it from a fresh clone; see docs/development.md.

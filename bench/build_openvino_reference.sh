@@ -41,7 +41,8 @@ make_venv() {
     2>/dev/null && return
   "$PYTHON3" -m venv "$VENV"
   nice -n 19 "$VENV/bin/python" -m pip install -q "openvino-genai==$GENAI_VERSION" \
-    "optimum-intel[openvino]==$OPTIMUM_INTEL_VERSION" "torch==$TORCH_VERSION"
+    "optimum-intel[openvino]==$OPTIMUM_INTEL_VERSION" "torch==$TORCH_VERSION" \
+    psutil  # the driver's memory readings (PSS)
   # optimum-intel pulls torchvision from PyPI, whose wheel needs the CUDA torch: with the CPU
   # torch its operators fail to register and transformers' import of it breaks the export.
   # Nothing here needs it (text models only).

@@ -4,8 +4,8 @@
         --concurrency 8 --rounds 2 --new-tokens 128 --threads 2 --out result.json
 
 Run by OpenVINO's own venv (bench/build_openvino_reference.sh), so it imports only the
-standard library, ``openvino`` and ``openvino_genai``; ``python -m bench engines`` starts it
-as a subprocess and reads the JSON it writes (one object, keys in ``result``).
+standard library, ``psutil``, ``openvino`` and ``openvino_genai``; ``python -m bench
+engines`` starts it as a subprocess and reads the JSON it writes (one object, keys in ``result``).
 
 ``--concurrency`` streams each keep one request in flight: a stream adds its next request
 as soon as its last one finished (``--rounds`` requests each, or until ``--seconds`` passed),
@@ -30,6 +30,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 SCHEMA = "openvino-closed-loop/1"
 
@@ -79,14 +81,12 @@ def cache_gb(ir: Path, seqs: int, tokens: int) -> float:
 
 
 def memory_mb() -> dict[str, float]:
-    """This process's RSS and PSS now (smaps_rollup, MB) and its peak RSS (getrusage)."""
+    """This process's RSS and PSS now (psutil, MB) and its peak RSS (getrusage)."""
     fields = {}
     try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
-                fields[key.lower() + "_mb"] = int(rest.split()[0]) / 1024
-    except OSError:
+        full = psutil.Process().memory_full_info()
+        fields = {"rss_mb": full.rss / 2**20, "pss_mb": full.pss / 2**20}
+    except (psutil.Error, AttributeError):  # no PSS on this platform
         pass
     fields["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return fields
@@ -158,7 +158,7 @@ class Loop:
         for stream in range(self.args.concurrency):
             self.add(stream, 1)
         last_sample = 0.0
-        while self.active:
+        while self.active:  # not a wait: each pass runs one step of the pipeline
             self.pipe.step()
             now = time.perf_counter()
             for rid, req in list(self.active.items()):

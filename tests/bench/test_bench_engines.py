@@ -177,6 +177,7 @@ def test_missing_builds_skip_their_rows_naming_the_build(tmp_path: Path) -> None
     assert ov.missing(args.ov_dir, "gpt2", "int8") == ""
 
 
+@pytest.mark.tool  # a whole-server run: `make test-tools`, not `make test`
 def test_our_rows_run_on_the_tiny_model_and_the_others_are_skipped(tiny_model: Path,
                                                                      tmp_path: Path) -> None:
     out = tmp_path / "engines"

@@ -15,6 +15,9 @@ from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
 from tests.locust_runs import locust_env
 
+# A whole-server run of the measurement tool: `make test-tools`, not `make test` (CI's 30 min).
+pytestmark = pytest.mark.tool
+
 ROWS = ("naive", "batch-bf16")
 
 

@@ -7,11 +7,15 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
 from tests.locust_runs import locust_env
+
+# A whole-server run of the measurement tool: `make test-tools`, not `make test` (CI's 30 min).
+pytestmark = pytest.mark.tool
 
 
 def test_burst_times_one_request_against_n_sent_apart(tiny_model: Path, tmp_path: Path) -> None:

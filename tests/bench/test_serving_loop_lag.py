@@ -6,10 +6,15 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
 from tests.locust_runs import locust_env, read_csv
+
+# A whole-server run of the measurement tool: `make test-tools`, not `make test` (CI's 30 min).
+pytestmark = pytest.mark.tool
 
 
 def test_probe_compares_loop_lag_with_and_without_sampling(tiny_model: Path,

@@ -7,10 +7,15 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
 from tests.conftest import MODELS_DIR
 from tests.locust_runs import locust_env
+
+# A whole-server run of the measurement tool: `make test-tools`, not `make test` (CI's 30 min).
+pytestmark = pytest.mark.tool
 
 
 def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: Path) -> None:
