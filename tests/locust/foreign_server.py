@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import requests
 
@@ -57,16 +58,15 @@ class _ProxyServer(ThreadingHTTPServer):
     upstream: str
 
 
-class ForeignServer:
-    """``with ForeignServer(server.url) as foreign:`` serves the upstream on ``foreign.url``."""
+class ServedInThread:
+    """An HTTP server on 127.0.0.1 served by a thread between ``with``'s enter and exit."""
 
-    def __init__(self, upstream: str) -> None:
-        self._server = _ProxyServer(("127.0.0.1", 0), _Forward)
-        self._server.upstream = upstream.rstrip("/")
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def __init__(self, server: ThreadingHTTPServer) -> None:
+        self._server = server
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
 
-    def __enter__(self) -> ForeignServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -74,3 +74,11 @@ class ForeignServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+class ForeignServer(ServedInThread):
+    """``with ForeignServer(server.url) as foreign:`` serves the upstream on ``foreign.url``."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(_ProxyServer(("127.0.0.1", 0), _Forward))
+        self._server.upstream = upstream.rstrip("/")

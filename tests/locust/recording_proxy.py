@@ -15,6 +15,8 @@ from typing import Any
 
 import requests
 
+from tests.locust.foreign_server import ServedInThread
+
 PASSED = {"authorization", "content-type", "x-request-id"}
 
 
@@ -58,28 +60,17 @@ class _RecordingServer(ThreadingHTTPServer):
     lock: threading.Lock
 
 
-class RecordingProxy:
+class RecordingProxy(ServedInThread):
     """``with RecordingProxy(server.url) as proxy:`` serves the upstream on ``proxy.url``."""
 
     def __init__(self, upstream: str, *, strip_cached: bool = False) -> None:
-        self._server = _RecordingServer(("127.0.0.1", 0), _Record)
+        super().__init__(_RecordingServer(("127.0.0.1", 0), _Record))
         self._server.upstream = upstream.rstrip("/")
         self._server.strip_cached = strip_cached
         self._server.exchanges = []
         self._server.lock = threading.Lock()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def exchanges(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(request id, request body, answer body) of every successful POST, in order."""
         return list(self._server.exchanges)
-
-    def __enter__(self) -> RecordingProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)

@@ -25,35 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-  const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
-  const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
-} gpt2_block;
-
-typedef struct {
-  int width, hidden, heads, threads;
-  float eps, scale;
-  uint16_t *x, *qkv, *att, *inner, *y;
-} gpt2_step;
-
-int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K);
-int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
-              int N, int K, int threads);
-int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
-                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
-                       int layer, int heads, int dim, float scale, uint16_t *out,
-                       int64_t out_stride, int threads);
-int pack_int8(const int8_t *q, int8_t *dst, int N, int K, int layout);
-int gemm_int8_fma(const float *x, const int8_t *w, const float *scale, const float *bias, float *out,
-                  int M, int N, int K, int threads);
-int gemm_int8_vnni(const float *x, const int8_t *w, const float *scale, const int32_t *colsum,
-                   const float *bias, float *out, int M, int N, int K, int threads);
-int gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows);
-int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows);
-int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
-                uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
-                const int64_t *tokens);
+#include "../../server/engine/native/kernels.h"
 
 static int failures = 0;
 #define CHECK(cond, ...)                                   \

@@ -19,6 +19,7 @@
  */
 #include <math.h>
 
+#include "kernels.h"
 #include "simd_bf16.h"
 
 /* One row and head: dim is a multiple of 16 and at most 256. */

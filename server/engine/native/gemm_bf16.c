@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "simd_bf16.h"
 
 /* w: [N, K] row-major bf16 -> dst: [N/16][K/2][16][2]; N % 16 == 0, K % 2 == 0 (else

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "simd_bf16.h"
 
 /* Fully unrolled tile loops: GCC then keeps the accumulator arrays in registers (without it,

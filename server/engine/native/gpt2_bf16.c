@@ -13,34 +13,8 @@
  */
 #include <math.h>
 
+#include "kernels.h"
 #include "simd_bf16.h"
-
-int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
-              int N, int K, int threads);
-int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
-                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
-                       int layer, int heads, int dim, float scale, uint16_t *out,
-                       int64_t out_stride, int threads);
-int attend_decode_check(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                        uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
-                        const int64_t *tokens, int rows, int layer, int heads, int dim,
-                        const uint16_t *out, int threads);
-
-/* One block's weights: layer norms (weight, bias), then each linear's packed weight and bias
- * (gemm_bf16's layout; bias may be NULL). */
-typedef struct {
-  const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
-  const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
-} gpt2_block;
-
-/* The model's sizes and the step's scratch: x [rows][width], qkv [rows][3 width],
- * att [rows][width], inner [rows][hidden], y [rows][width]. */
-typedef struct {
-  int width, hidden, heads, threads;
-  float eps, scale;
-  uint16_t *x, *qkv, *att, *inner, *y;
-} gpt2_step;
 
 /* out = layer_norm(x) * w + b per row; width % 16 == 0. */
 GLL_AVX512 static void layer_norm(const uint16_t *x, const uint16_t *w, const uint16_t *b, uint16_t *out,

@@ -1,0 +1,48 @@
+/* The kernels' entry points and the structs they share: one declaration for the library's .c
+ * files (each includes this, so a definition that drifts from its declaration does not
+ * compile) and for tests/native/test_kernels.c. Python declares the same signatures for
+ * ctypes in server/engine/native_ops.py. */
+#ifndef GLL_KERNELS_H
+#define GLL_KERNELS_H
+
+#include <stdint.h>
+
+/* One block's weights: layer norms (weight, bias), then each linear's packed weight and bias
+ * (gemm_bf16's layout; bias may be NULL). */
+typedef struct {
+  const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+  const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
+} gpt2_block;
+
+/* The model's sizes and the step's scratch: x [rows][width], qkv [rows][3 width],
+ * att [rows][width], inner [rows][hidden], y [rows][width]. */
+typedef struct {
+  int width, hidden, heads, threads;
+  float eps, scale;
+  uint16_t *x, *qkv, *att, *inner, *y;
+} gpt2_step;
+
+int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K);
+int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
+              int N, int K, int threads);
+int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
+                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
+                       int layer, int heads, int dim, float scale, uint16_t *out,
+                       int64_t out_stride, int threads);
+int pack_int8(const int8_t *q, int8_t *dst, int N, int K, int layout);
+int gemm_int8_fma(const float *x, const int8_t *w, const float *scale, const float *bias, float *out,
+                  int M, int N, int K, int threads);
+int gemm_int8_vnni(const float *x, const int8_t *w, const float *scale, const int32_t *colsum,
+                   const float *bias, float *out, int M, int N, int K, int threads);
+int gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows);
+int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows);
+int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
+                uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
+                const int64_t *tokens);
+int attend_decode_check(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
+                        const int64_t *tokens, int rows, int layer, int heads, int dim,
+                        const uint16_t *out, int threads);
+
+#endif
