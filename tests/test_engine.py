@@ -271,6 +271,18 @@ def test_prediction_grows_with_the_rows_its_steps_will_carry(loaded) -> None:
     assert scheduler.step_s == pytest.approx(0.2)
 
 
+def test_prediction_prices_the_rows_the_kv_budget_runs_not_max_batch(loaded) -> None:
+    # 32 rows allowed, 30 KV positions: jobs of 14 positions run two at a time, so the
+    # steps of a job behind four others carry 2 rows (1.5 one-row steps), not 6 (3.5).
+    scheduler = Scheduler(_engine(loaded), 32, max_queue=8, timeout_s=1000.0,
+                          kv_tokens=30, row_growth=0.5)
+    scheduler.step_s = 0.1
+    for n in range(4):
+        scheduler.submit(Job(GenerationRequest(_prompt(4, 100 * n), 10)))  # 1 + 10 steps
+    job = Job(GenerationRequest(_prompt(4, 900), 10))
+    assert scheduler.predict_s(job) == pytest.approx((2 * 11 + 11) * 0.1 * 1.5)
+
+
 def test_a_row_near_its_deadline_decodes_without_waiting_for_prefill(loaded) -> None:
     # Seconds are large and deadlines set from the clock just before each step, so a slow
     # or crowded machine cannot move the outcome.

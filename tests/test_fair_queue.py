@@ -60,10 +60,18 @@ def test_a_tenants_queue_share_is_bounded_and_says_so() -> None:
 def test_forecast_lets_a_job_that_fits_start_beside_a_head_that_does_not() -> None:
     # one row runs 10 steps holding 900 of 1,000 positions; a 900-position job waits for
     # it; a 10-position job behind it fits at once
-    assert _start_step([(10, 900)], [(10, 900)], 10, max_rows=8, kv_tokens=1000) == 0
-    assert _start_step([(10, 900)], [(10, 10)], 900, max_rows=8, kv_tokens=1000) == 10
-    assert _start_step([(10, 900)], [], 900, max_rows=8, kv_tokens=1000) == 10
-    assert _start_step([(10, 5)], [(3, 5)], 5, max_rows=2, kv_tokens=0) == 3
+    assert _start_step([(10, 900)], [(10, 900)], 10, max_rows=8, kv_tokens=1000) == (0, 2)
+    assert _start_step([(10, 900)], [(10, 10)], 900, max_rows=8, kv_tokens=1000) == (10, 2)
+    assert _start_step([(10, 900)], [], 900, max_rows=8, kv_tokens=1000) == (10, 1)
+    assert _start_step([(10, 5)], [(3, 5)], 5, max_rows=2, kv_tokens=0) == (3, 2)
+
+
+def test_forecast_counts_the_rows_the_kv_budget_lets_run_together() -> None:
+    # 32 rows allowed, but 1,280 positions hold 6 jobs of 192: the 32nd job waits for
+    # five rounds and never runs beside more than 6 rows
+    joining = _start_step([], [(129, 192)] * 31, 192, max_rows=32, kv_tokens=1280)
+    assert joining.rows == 6 and joining.step == 5 * 129
+    assert _start_step([], [(129, 192)] * 31, 192, max_rows=32, kv_tokens=0).rows == 32
 
 
 def _scheduler(loaded: LoadedModel, **kwargs) -> Scheduler:
