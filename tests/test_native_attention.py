@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from server.engine import native_gemm
+from server.engine.decoding import GenerationRequest
 from server.engine.row_cache import NativeDecode, PackedStep, RowCache, Segment, packed_attention
+from server.engine.step import StepEngine
 
 needs_native = pytest.mark.skipif(not native_gemm.available(),
                                   reason=f"not run here: {native_gemm.unavailable()}")
@@ -180,3 +182,64 @@ def test_a_row_without_a_cache_yet_is_never_planned_for_the_kernel() -> None:
     """A one-token prompt's first step: its buffers are allocated by update, in torch."""
     empty = RowCache(4, "model", LAYERS)
     assert PackedStep([Segment(empty, 0, 1)]).native is None
+
+
+def _tiny_llama() -> torch.nn.Module:
+    """A seeded bf16 Llama of grouped-query attention: 6 query heads over 2 kv heads of 32,
+    2 layers (transformers' own model; RoPE applied to q and k before the attention).
+
+    Seed and weight scale chosen so that at every greedy step of ``_greedy``'s prompts the
+    best logit leads the next by >= 1.7% (several bf16 steps): the kernel's and torch's
+    attention round differently, and a near-tie would flip on that, not on a bug."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(9)
+    config = LlamaConfig(vocab_size=96, hidden_size=192, intermediate_size=320,
+                         num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                         max_position_embeddings=128, initializer_range=0.2,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config).to(torch.bfloat16).eval()
+
+
+def _greedy(model: torch.nn.Module, prompts: list[list[int]], native: bool) -> list[list[int]]:
+    """Each prompt's 10 greedy tokens: alone, then the last prompt joining the others after 4
+    steps (the step engine's decode through model(...), caches in bf16)."""
+    NativeDecode.ENABLED = native
+    try:
+        engine = StepEngine(model, 0, ignore_eos=True, prefill_chunk=8, kv_dtype="model")
+        requests_ = [GenerationRequest(prompt, 10) for prompt in prompts]
+        tokens = []
+        for request in requests_:
+            row = engine.new_row(request)
+            while row.finish_reason is None:
+                engine.step([row])
+            tokens.append(row.tokens)
+        rows = [engine.new_row(r) for r in requests_[:-1]]
+        for _ in range(4):
+            engine.step(rows)
+        rows.append(engine.new_row(requests_[-1]))
+        while any(r.finish_reason is None for r in rows):
+            engine.step(rows)
+        return [*tokens, *(row.tokens for row in rows)]
+    finally:
+        NativeDecode.ENABLED = True
+
+
+@needs_native
+def test_a_grouped_query_llama_decodes_the_same_greedy_tokens_with_the_kernel(
+        monkeypatch) -> None:
+    """transformers' Llama, 3 queries per kv head, through the step engine: the kernel attends
+    its decoding rows (counted) and the greedy tokens are torch's, alone and batched."""
+    attended = []
+    attend = NativeDecode.attend
+
+    def counted(self, *args):
+        attended.append(attend(self, *args))
+        return attended[-1]
+
+    monkeypatch.setattr(NativeDecode, "attend", counted)
+    model = _tiny_llama()
+    prompts = [list(range(5, 5 + n)) for n in (3, 17, 9)]
+    with_kernel = _greedy(model, prompts, native=True)
+    assert attended and all(attended)  # every decoding layer in the kernel, none declined
+    assert with_kernel == _greedy(model, prompts, native=False)
