@@ -18,9 +18,8 @@ shapes against each other, and the cache geometry (layers, kv heads and the quer
 serve, head dim, each row's capacity and length), raising ValueError before the library is
 even looked up (so the checks work, and are tested, on CPUs without AVX-512). The C entry
 points check their sizes once more in plain C and return a code; a code other than 0 raises
-NativeError here. Pointers need no
-alignment beyond the element's (2 bytes for bf16, which every tensor has): the kernels use
-unaligned loads.
+NativeError here. Pointers need no alignment beyond the element's (2 bytes for bf16, which
+every tensor has): the kernels use unaligned loads.
 """
 
 from __future__ import annotations
