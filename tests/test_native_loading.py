@@ -62,11 +62,17 @@ def test_the_entry_points_check_their_sizes_in_plain_c() -> None:
     caps, lens = (ctypes.c_int64 * 1)(4), (ctypes.c_int64 * 1)(4)  # full: no room
     stores, tokens = (ctypes.c_void_p * 1)(out.data_ptr()), (ctypes.c_int64 * 1)(0)
     ptr = w.data_ptr()
-    assert lib.attend_decode_bf16(ptr, ptr, ptr, 48, 16, stores, caps, lens, tokens, 1, 0, 1,
-                                  16, 0.25, ptr, 16, 1) == -1
+    qkv = ctypes.byref(native_ops.QKV(ptr, ptr, ptr, 48, 16, 48, 16, 48, 16))
+
+    def attend(heads: int, kv_heads: int, dim: int) -> int:
+        return lib.attend_decode_bf16(qkv, stores, caps, lens, tokens, 1, 0, heads, kv_heads,
+                                      dim, 0.25, ptr, 16, 1)
+
+    assert attend(1, 1, 16) == -1  # full: lens == caps
     lens[0] = 3
-    assert lib.attend_decode_bf16(ptr, ptr, ptr, 48, 16, stores, caps, lens, tokens, 1, 0, 1,
-                                  24, 0.25, ptr, 16, 1) == -1  # dim % 16
+    assert attend(1, 1, 24) == -1  # dim % 16
+    assert attend(3, 2, 16) == -1  # query heads not a multiple of the kv heads
+    assert attend(2, 0, 16) == -1  # no kv heads
     assert lib.gpt2_decode(None, 1, None, ptr, 1, stores, caps, lens, tokens) == -1
 
 

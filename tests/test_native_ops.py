@@ -1,7 +1,8 @@
 """server.engine.native_ops: every operation checks its tensors and the cache geometry before
 any C runs (these tests run on any CPU: the library is never reached), and, where the CPU has
 AVX-512 BF16, each kernel computes torch's float math on bf16 operands at odd shapes (rows 1,
-3, 7; widths not a multiple of 32; 3 heads), within bf16 rounding.
+3, 7; widths not a multiple of 32; 3 heads; grouped-query caches of 1, 2, 3 kv heads serving
+groups of 2, 4, 6 queries), within bf16 rounding.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def no_library(monkeypatch):
 
 def _store(layers: int = 2, heads: int = 3, capacity: int = 9, dim: int = 16,
            dtype: torch.dtype = BF16) -> torch.Tensor:
-    """A row cache's store, as server.engine.row_cache.RowCache allocates it."""
+    """A row cache's store, as server.engine.row_cache.RowCache allocates it (``heads``: the
+    kv heads it holds)."""
     return torch.randn(layers, 2, 1, heads, capacity, dim).to(dtype)
 
 
@@ -37,6 +39,16 @@ def _qkv(tokens: int, heads: int = 3, dim: int = 16) -> tuple[torch.Tensor, ...]
     qkv = torch.randn(1, tokens, 3 * heads * dim).to(BF16)
     return tuple(t.view(1, tokens, heads, dim).transpose(1, 2)
                  for t in qkv.split(heads * dim, dim=2))
+
+
+def _gqa(tokens: int, heads: int, kv_heads: int, dim: int) -> tuple[torch.Tensor, ...]:
+    """q [1, heads, tokens, dim] and k, v [1, kv_heads, tokens, dim] as a Llama-family layer
+    hands them to the attention: q and k rotated (RoPE makes new contiguous tensors), v a
+    view of its projection."""
+    q = torch.randn(1, heads, tokens, dim).to(BF16)
+    k = torch.randn(1, kv_heads, tokens, dim).to(BF16)
+    v = torch.randn(1, tokens, kv_heads * dim).to(BF16).view(1, tokens, kv_heads, dim)
+    return q, k, v.transpose(1, 2)
 
 
 # -- checks: raise before the library (any CPU) -------------------------------------------
@@ -71,8 +83,8 @@ def test_token_indexes_must_be_distinct_and_one_per_row(no_library) -> None:
 @pytest.mark.parametrize(("change", "says"), [
     ({"layer": 2}, "layer 2 of caches holding 2"),
     ({"layer": -1}, "layer -1"),
-    ({"heads": 4}, "the caches hold 3 heads of 16, the queries 4 of 16"),
-    ({"dim": 32}, "the queries 3 of 32"),
+    ({"heads": 4}, "the caches hold 3 kv heads of 16, the keys and values 4 of 16"),
+    ({"dim": 32}, "the keys and values 3 of 32"),
     ({"tokens": 2}, "token index 2 of 2 tokens"),
     ({"dtype": torch.float32}, "does not take these tensors"),
     ({"scale": float("nan")}, "scale nan"),
@@ -87,11 +99,26 @@ def test_attention_checks_its_tensors_against_the_caches(no_library, change, say
                                  change.get("scale", 0.25))
 
 
+@pytest.mark.parametrize(("heads", "kv_heads", "says"), [
+    (5, 3, "query heads = 5: must be a multiple of the caches' 3 kv heads"),
+    (4, 2, "the caches hold 3 kv heads of 16, the keys and values 2 of 16"),
+    (6, 6, "the caches hold 3 kv heads of 16, the keys and values 6 of 16"),
+], ids=["not-a-multiple", "fewer-kv-heads", "more-kv-heads"])
+def test_grouped_query_heads_must_fit_the_caches(no_library, heads, kv_heads, says) -> None:
+    caches = DecodeCaches([_store(), _store()], [0, 4], [0, 1])  # 3 kv heads
+    with pytest.raises(ValueError, match=says):
+        native_ops.attend_decode(*_gqa(2, heads, kv_heads, 16), caches, 0, 0.25)
+
+
 def test_attention_declines_what_the_kernel_does_not_take() -> None:
     q, k, v = _qkv(3)
     assert native_ops.attention_declines(q, k, v) is None
-    assert "strides" in native_ops.attention_declines(q.contiguous(), k, v)
+    assert native_ops.attention_declines(q.contiguous(), k, v) is None  # each its own strides
+    assert native_ops.attention_declines(*_gqa(3, 6, 2, 16)) is None  # grouped-query
+    assert "strides" in native_ops.attention_declines(q, k, torch.randn(1, 3, 3, 32)
+                                                       .to(BF16)[..., ::2])
     assert "shapes" in native_ops.attention_declines(q, k[:, :2], v)
+    assert "shapes" in native_ops.attention_declines(q, k[:, :, :2], v[:, :, :2])
     assert "head dim 24" in native_ops.attention_declines(*_qkv(3, dim=24))
 
 
@@ -138,7 +165,7 @@ def test_gpt2_operations_check_weights_scratch_and_geometry(no_library) -> None:
     hidden = torch.zeros(3, 48, dtype=BF16)
     for caches, says in [
         (DecodeCaches([_store(), _store()], [0, 0], [0, 1]), "2 cached rows"),
-        (DecodeCaches([_store(heads=4)] * 3, [0, 0, 0], [0, 1, 2]), "the caches hold 4 heads"),
+        (DecodeCaches([_store(heads=4)] * 3, [0, 0, 0], [0, 1, 2]), "the caches hold 4 kv heads"),
         (DecodeCaches([_store(layers=1)] * 3, [0, 0, 0], [0, 1, 2]), "2 layers, caches of 1"),
     ]:
         with pytest.raises(ValueError, match=says):
@@ -198,6 +225,56 @@ def test_decode_attention_is_torchs_over_the_cache_with_the_new_token(dim: int) 
         ref = functional.scaled_dot_product_attention(
             q[:, :, token:token + 1].float(), keys, values, scale=dim ** -0.5)
         _close(out[0, token], ref[0, :, 0])
+
+
+@runs_here
+@pytest.mark.parametrize(("kv_heads", "group"), [(1, 2), (1, 6), (2, 4), (3, 2), (2, 6),
+                                                 (3, 4)])
+@pytest.mark.parametrize("dim", [16, 64, 128])
+def test_grouped_query_attention_is_torchs_with_enable_gqa(kv_heads: int, group: int,
+                                                           dim: int) -> None:
+    """Query head h reads kv head h // group; the new key and value land at each row's length
+    in its kv heads, and nothing else of the store changes. Lengths cross the kernel's tiles
+    of 32 positions (0, 31, 32, 33, 77)."""
+    torch.manual_seed(kv_heads * 100 + group * 10 + dim)
+    heads, layers, layer = kv_heads * group, 3, 2
+    lens, caps, tokens = [0, 31, 32, 33, 77], [1, 33, 40, 34, 78], [4, 1, 0, 3, 5]
+    stores = [_store(layers, kv_heads, cap, dim) for cap in caps]
+    before = [s.clone() for s in stores]
+    q, k, v = _gqa(7, heads, kv_heads, dim)  # tokens 2 and 6: prompt tokens, left unwritten
+    out = native_ops.attend_decode(q, k, v, DecodeCaches(stores, lens, tokens), layer,
+                                   dim ** -0.5)
+    assert out.shape == (1, 7, heads, dim)
+    for store, old, held, token in zip(stores, before, lens, tokens, strict=True):
+        expected_store = old.clone()
+        expected_store[layer, 0, 0, :, held] = k[0, :, token]
+        expected_store[layer, 1, 0, :, held] = v[0, :, token]
+        assert torch.equal(store, expected_store)
+        ref = functional.scaled_dot_product_attention(
+            q[:, :, token:token + 1].float(), store[layer, 0, :, :, :held + 1].float(),
+            store[layer, 1, :, :, :held + 1].float(), scale=dim ** -0.5, enable_gqa=True)
+        _close(out[0, token], ref[0, :, 0])
+
+
+@runs_here
+@pytest.mark.parametrize(("kv_heads", "group", "dim"), [(1, 4, 64), (2, 6, 128), (3, 2, 80)])
+def test_a_grouped_query_is_bit_for_bit_its_query_over_a_repeated_cache(
+        kv_heads: int, group: int, dim: int) -> None:
+    """The kernel reads a kv head once for its group, yet each query's sums are those of the
+    same query over a cache with the kv head repeated (group 1, GPT-2's way)."""
+    torch.manual_seed(group * dim)
+    heads, lens, caps = kv_heads * group, [5, 40, 66], [6, 48, 67]
+    stores = [_store(2, kv_heads, cap, dim) for cap in caps]
+    repeated = [s.repeat_interleave(group, dim=3) for s in stores]
+    q, k, v = _gqa(3, heads, kv_heads, dim)
+    grouped = native_ops.attend_decode(q, k, v, DecodeCaches(stores, lens, [0, 1, 2]), 1,
+                                       dim ** -0.5)
+    k_all, v_all = (t.repeat_interleave(group, dim=1) for t in (k, v))
+    plain = native_ops.attend_decode(q, k_all, v_all, DecodeCaches(repeated, lens, [0, 1, 2]), 1,
+                                     dim ** -0.5)
+    assert torch.equal(grouped, plain)
+    for store, wide in zip(stores, repeated, strict=True):
+        assert torch.equal(store.repeat_interleave(group, dim=3), wide)
 
 
 def _gpt2_reference(weights: list[torch.Tensor], h: torch.Tensor, att: torch.Tensor,

@@ -14,12 +14,12 @@ AVX-512 BF16: ``int8_variant`` says which one runs here (AVX-512 VNNI, else AVX2
 its operations load the library on any x86-64 that has that variant's features.
 
 Every operation checks what the C cannot: dtype (bf16), device (CPU), contiguity or strides,
-shapes against each other, and the cache geometry (layers, heads, head dim, each row's
-capacity and length), raising ValueError before the library is even looked up (so the checks
-work, and are tested, on CPUs without AVX-512). The C entry points check their sizes once more
-in plain C and return a code; a code other than 0 raises NativeError here. Pointers need no
-alignment beyond the element's (2 bytes for bf16, which every tensor has): the kernels use
-unaligned loads.
+shapes against each other, and the cache geometry (layers, kv heads and the query heads they
+serve, head dim, each row's capacity and length), raising ValueError before the library is
+even looked up (so the checks work, and are tested, on CPUs without AVX-512). The C entry
+points check their sizes once more in plain C and return a code; a code other than 0 raises
+NativeError here. Pointers need no alignment beyond the element's (2 bytes for bf16, which
+every tensor has): the kernels use unaligned loads.
 """
 
 from __future__ import annotations
@@ -113,8 +113,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gll_source_digest.argtypes, lib.gll_source_digest.restype = [], ctypes.c_char_p
     lib.pack_vnni.argtypes = [ptr, ptr, i32, i32]
     lib.gemm_bf16.argtypes = [ptr] * 4 + [i32] * 4
-    lib.attend_decode_bf16.argtypes = (
-        [ptr] * 3 + [i64] * 2 + [ptr] * 4 + [i32] * 4 + [ctypes.c_float, ptr, i64, i32])
+    lib.attend_decode_bf16.argtypes = [ptr] * 5 + [i32] * 5 + [ctypes.c_float, ptr, i64, i32]
     lib.gpt2_attn_in.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_attn_out.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_decode.argtypes = [ptr, i32, ptr, ptr, i32] + [ptr] * 4
@@ -393,12 +392,16 @@ def gemm_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
 
 class DecodeCaches:
     """The caches of the rows one step decodes in C, checked once for the step (every layer's
-    call reuses them): each a bf16 row store [layers, 2, 1, heads, capacity, dim]
+    call reuses them): each a bf16 row store [layers, 2, 1, kv_heads, capacity, dim]
     (server.engine.row_cache.RowCache.store; keys then values of each layer), all of one
-    layer count, heads and head dim; ``lens[r]`` positions held, and ``new`` tokens to come,
-    so ``0 <= lens[r]`` and ``lens[r] + new <= capacity``; ``tokens[r]`` the row's (distinct)
-    index in the step's packed tokens. Holds the stores, so their memory lives while the C
-    may write it."""
+    layer count, kv heads and head dim; ``lens[r]`` positions held, and ``new`` tokens to
+    come, so ``0 <= lens[r]`` and ``lens[r] + new <= capacity``; ``tokens[r]`` the row's
+    (distinct) index in the step's packed tokens. Holds the stores, so their memory lives
+    while the C may write it.
+
+    ``kv_heads`` is what the caches hold: GPT-2's equal its query heads, a grouped-query
+    (Llama, Qwen) model's are fewer, each serving ``heads // kv_heads`` queries
+    (``attend_decode``)."""
 
     def __init__(self, stores: Sequence[torch.Tensor], lens: Sequence[int],
                  tokens: Sequence[int], new: int = 1) -> None:
@@ -409,18 +412,20 @@ class DecodeCaches:
             raise ValueError("cache geometry: the decode kernel writes one new token per row")
         first = stores[0]
         if not isinstance(first, torch.Tensor) or first.dim() != 6:
-            raise ValueError("cache geometry: a store is [layers, 2, 1, heads, capacity, dim]")
-        self.layers, _, _, self.heads, _, self.dim = first.shape
+            raise ValueError("cache geometry: a store is [layers, 2, 1, kv_heads, capacity, "
+                             "dim]")
+        self.layers, _, _, self.kv_heads, _, self.dim = first.shape
         for r, (store, held) in enumerate(zip(stores, lens, strict=True)):
             _bf16(f"row {r}'s cache store", store)
             if store.dim() != 6:
                 raise ValueError(f"cache geometry: row {r}'s store is {store.dim()}-D")
-            layers, pair, one, heads, capacity, dim = store.shape
-            if pair != 2 or one != 1 or (layers, heads, dim) != (self.layers, self.heads,
-                                                                  self.dim):
+            layers, pair, one, kv_heads, capacity, dim = store.shape
+            if pair != 2 or one != 1 or (layers, kv_heads, dim) != (self.layers, self.kv_heads,
+                                                                     self.dim):
                 raise ValueError(
                     f"cache geometry: row {r}'s store is {tuple(store.shape)}, expected "
-                    f"({self.layers}, 2, 1, {self.heads}, capacity, {self.dim})")
+                    f"({self.layers}, 2, 1, {self.kv_heads}, capacity, {self.dim}): "
+                    "[layers, 2, 1, kv_heads, capacity, dim]")
             if held < 0 or held + new > capacity:
                 raise ValueError(f"cache geometry: row {r} holds {held} of {capacity} positions"
                                  f" and {new} more do not fit (need 0 <= length < capacity)")
@@ -428,7 +433,7 @@ class DecodeCaches:
             raise ValueError(f"cache geometry: token indexes {list(tokens)} must be distinct "
                              "and non-negative")
         _size("cache layers", self.layers)
-        _size("heads", self.heads)
+        _size("cache kv heads", self.kv_heads)
         _size("head dim", self.dim, BLOCK, MAX_HEAD_DIM)
         self.stores = tuple(stores)
         self.rows = len(stores)
@@ -439,17 +444,28 @@ class DecodeCaches:
                        (ctypes.c_int64 * rows)(*lens), (ctypes.c_int64 * rows)(*tokens))
 
 
+class QKV(ctypes.Structure):
+    """attention_bf16.c's ``decode_qkv``: the new queries, keys and values, each with its own
+    (token, head) strides in elements."""
+
+    _fields_ = [("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+                *((name, ctypes.c_int64) for name in ("q_token", "q_head", "k_token", "k_head",
+                                                      "v_token", "v_head"))]
+
+
 def attention_declines(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> str | None:
-    """Why the kernel does not take these queries/keys/values [1, heads, tokens, dim] (the
-    caller then attends in torch), or None: bf16 views sharing one stride pattern (the packed
-    q/k/v projection's), unit stride in dim, dim a multiple of 16 up to 256."""
+    """Why the kernel does not take these queries [1, heads, tokens, dim] and keys/values
+    [1, kv_heads, tokens, dim] (the caller then attends in torch), or None: bf16 CPU views,
+    each with unit stride in dim (any token and head strides: GPT-2's packed c_attn views, or
+    a Llama step's rotated q and k beside its viewed v), dim a multiple of 16 up to 256.
+    Whether the heads fit the caches is geometry, checked by ``attend_decode``."""
     tensors = (query, key, value)
     if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
         return "not bf16 CPU tensors"
-    if (query.dim() != 4 or query.shape[0] != 1 or key.shape != query.shape
-            or value.shape != query.shape):
+    if (query.dim() != 4 or query.shape[0] != 1 or key.shape != value.shape
+            or key.shape[0:1] + key.shape[2:] != query.shape[0:1] + query.shape[2:]):
         return f"shapes {[tuple(t.shape) for t in tensors]}"
-    if len({t.stride() for t in tensors}) != 1 or query.stride(3) != 1:
+    if any(t.stride(3) != 1 for t in tensors):
         return f"strides {[t.stride() for t in tensors]}"
     dim = query.shape[3]
     if dim % BLOCK or dim > MAX_HEAD_DIM:
@@ -460,16 +476,24 @@ def attention_declines(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   caches: DecodeCaches, layer: int, scale: float) -> torch.Tensor:
     """One layer's attention for the decoding rows of ``caches``: writes each row's new key
-    and value (``key``/``value`` [1, heads, tokens, dim] at its token) at its length in its
-    store, attends its query over its cache, and returns [1, tokens, heads, dim] (bf16;
-    the positions of other tokens are left unwritten)."""
+    and value (``key``/``value`` [1, kv_heads, tokens, dim] at its token) at its length in its
+    store, attends its queries (``query`` [1, heads, tokens, dim]; query head h reads kv head
+    ``h // (heads // kv_heads)``, as transformers' ``repeat_kv``) over its cache, and returns
+    [1, tokens, heads, dim] (bf16; the positions of other tokens are left unwritten).
+
+    No RoPE here: the caller rotates ``query`` and ``key`` by their positions first, so the
+    caches hold rotated keys (native/attention_bf16.c says why)."""
     problem = attention_declines(query, key, value)
     if problem is not None:
         raise Declined(f"attend_decode: the kernel does not take these tensors ({problem})")
     _, heads, tokens, dim = query.shape
-    if (heads, dim) != (caches.heads, caches.dim):
-        raise ValueError(f"cache geometry: the caches hold {caches.heads} heads of "
-                         f"{caches.dim}, the queries {heads} of {dim}")
+    kv_heads = key.shape[1]
+    if (kv_heads, dim) != (caches.kv_heads, caches.dim):
+        raise ValueError(f"cache geometry: the caches hold {caches.kv_heads} kv heads of "
+                         f"{caches.dim}, the keys and values {kv_heads} of {dim}")
+    if heads % kv_heads:
+        raise ValueError(f"query heads = {heads}: must be a multiple of the caches' "
+                         f"{kv_heads} kv heads (each kv head serves a whole group of queries)")
     if not 0 <= layer < caches.layers:
         raise ValueError(f"cache geometry: layer {layer} of caches holding {caches.layers}")
     if caches.last_token >= tokens:
@@ -477,9 +501,10 @@ def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if not math.isfinite(scale):
         raise ValueError(f"attend_decode: scale {scale}")
     out = torch.empty(1, tokens, heads, dim, dtype=torch.bfloat16)
-    _call("attend_decode_bf16", query.data_ptr(), key.data_ptr(), value.data_ptr(),
-          query.stride(2), query.stride(1), *caches.arrays, caches.rows, layer, heads, dim,
-          scale, out.data_ptr(), heads * dim, _threads())
+    qkv = QKV(query.data_ptr(), key.data_ptr(), value.data_ptr(), query.stride(2),
+              query.stride(1), key.stride(2), key.stride(1), value.stride(2), value.stride(1))
+    _call("attend_decode_bf16", ctypes.byref(qkv), *caches.arrays, caches.rows, layer, heads,
+          kv_heads, dim, scale, out.data_ptr(), heads * dim, _threads())
     return out
 
 
@@ -569,9 +594,9 @@ def gpt2_decode(blocks: ctypes.Array, scratch: GPT2Scratch, hidden: torch.Tensor
     if caches.rows != scratch.tokens or caches.last_token >= scratch.tokens:
         raise ValueError(f"cache geometry: {caches.rows} cached rows (last token "
                          f"{caches.last_token}) for a step of {scratch.tokens} tokens")
-    if (caches.heads, caches.dim) != (scratch.heads, scratch.width // scratch.heads):
-        raise ValueError(f"cache geometry: the caches hold {caches.heads} heads of "
-                         f"{caches.dim}, the model {scratch.heads} of "
+    if (caches.kv_heads, caches.dim) != (scratch.heads, scratch.width // scratch.heads):
+        raise ValueError(f"cache geometry: the caches hold {caches.kv_heads} kv heads of "
+                         f"{caches.dim}, GPT-2 (one kv head per query head) {scratch.heads} of "
                          f"{scratch.width // scratch.heads}")
     if not 0 < len(blocks) <= caches.layers:
         raise ValueError(f"cache geometry: {len(blocks)} layers, caches of {caches.layers}")

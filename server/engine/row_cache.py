@@ -86,7 +86,7 @@ class RowCache:
     length: int = 0  # positions written so far (= the next token's position)
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
-    store: torch.Tensor | None = None  # [layers, 2, 1, h, capacity, d]: keys and values views
+    store: torch.Tensor | None = None  # [layers, 2, 1, kv_h, capacity, d]: keys and values
 
     def ensure(self, layer: int, like: torch.Tensor) -> None:
         """Allocate every layer's buffers on the first use, shaped after ``like`` [1, h, n, d].
@@ -251,7 +251,12 @@ class NativeDecode:
 
     Why: torch widened each row's whole bf16 cache to float32 per layer and ran its attention
     over the copy; the kernel reads the bf16 cache once, where it lies, writes the new key and
-    value itself, and attends every (row, head) pair in one OpenMP loop per layer.
+    value itself, and attends every (row, kv head) pair in one OpenMP loop per layer.
+
+    Grouped-query models (Llama, Qwen: fewer kv heads than query heads) go the same way: the
+    caches hold kv heads, the queries may have any multiple of them, and each kv head is read
+    once for its group of queries. Their keys arrive rotated (RoPE applied to q and k before
+    the attention, by transformers or the lean forward), so the caches hold rotated keys.
     ``ENABLED`` turns it off for the tests that compare it with torch's attention.
     """
 

@@ -6,9 +6,12 @@
  * a sanitizer error. Part 1 runs on any x86-64: the entry points' own checks reject bad sizes
  * and geometry (they run no AVX-512 instruction). Part 2 runs where the CPU has AVX-512 BF16:
  * pack + GEMM against a double-precision reference of the bf16 operands, the decode attention
- * against a scalar softmax over the cache (new key/value written, nothing else), and
- * gpt2_decode against its layers called one by one (bit for bit), at odd shapes: rows 1, 3, 7,
- * 9, 13; widths 2, 34, 66, 98 (not multiples of 32); 3 heads. Elsewhere it exits 77 (skipped)
+ * against a scalar softmax over the cache (new key/value written, nothing else), GPT-2's packed
+ * q/k/v and grouped-query caches (kv heads 1, 2, 3 serving groups of 2, 4, 6 queries, q, k, v
+ * each with its own strides; each query bit for bit its output over a cache with the kv head
+ * repeated), and gpt2_decode against its layers called one by one (bit for bit), at odd
+ * shapes: rows 1, 3, 7, 9, 13; widths 2, 34, 66, 98 (not multiples of 32); 3 heads; lengths
+ * across the attention's 32-position tiles. Elsewhere it exits 77 (skipped)
  * naming the missing CPU features. The Python tests (tests/test_native_ops.py) compare the
  * same kernels with torch's float math.
  *
@@ -81,16 +84,30 @@ static void test_checks(void) {
   CHECK(gemm_bf16(w, dst, NULL, dst, 1, 16, 6, 0) == -1, "gemm took 0 threads");
   int64_t caps[2] = {4, 8}, lens[2] = {3, 8}, tokens[2] = {0, 1};
   uint16_t *stores[2] = {w, dst};
-  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, 0, 1, 16, 0.25f, dst,
-                           16, 1) == -1, "attention took a full cache (lens == caps)");
+  decode_qkv in = {w, w, w, 48, 16, 48, 16, 48, 16};
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took a full cache (lens == caps)");
   lens[1] = 2;
-  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, 0, 1, 24, 0.25f, dst,
-                           16, 1) == -1, "attention took head dim 24");
-  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, -1, 1, 16, 0.25f,
-                           dst, 16, 1) == -1, "attention took layer -1");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 1, 1, 24, 0.25f, dst, 16, 1) ==
+            -1, "attention took head dim 24");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, -1, 1, 1, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took layer -1");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 6, 4, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took 6 query heads over 4 kv heads");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 2, 3, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took 2 query heads over 3 kv heads");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 4, 0, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took 0 kv heads");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 4, -2, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took -2 kv heads");
+  CHECK(attend_decode_bf16(NULL, stores, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took no q/k/v");
+  decode_qkv no_v = {w, w, NULL, 48, 16, 48, 16, 48, 16};
+  CHECK(attend_decode_bf16(&no_v, stores, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f, dst, 16,
+                           1) == -1, "attention took no values");
   tokens[1] = -1;
-  CHECK(attend_decode_bf16(w, w, w, 48, 16, stores, caps, lens, tokens, 2, 0, 1, 16, 0.25f, dst,
-                           16, 1) == -1, "attention took token -1");
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f, dst, 16, 1) ==
+            -1, "attention took token -1");
   gpt2_step s = {48, 80, 5, 1, 1e-5f, 0.25f, w, w, w, w, w};
   gpt2_block b = {0};
   CHECK(gpt2_attn_in(&b, &s, w, 1) == -1, "gpt2 took 48 wide in 5 heads");
@@ -122,37 +139,61 @@ static void test_gemm(int M, int K, int N, int with_bias) {
   free(x), free(w), free(bias), free(packed), free(out);
 }
 
-static void test_attention(int dim) {
-  enum { ROWS = 3, HEADS = 3, LAYERS = 2, TOKENS = 4, LAYER = 1 };
-  const int64_t caps[ROWS] = {1, 9, 21}, lens[ROWS] = {0, 5, 20}, tokens[ROWS] = {2, 0, 1};
-  const int64_t width = HEADS * dim, token_stride = 3 * width;
-  uint16_t *qkv = random_bf16(TOKENS * 3 * width, 1), *stores[ROWS], *before[ROWS];
+/* One layer's decode attention over caches of kv_heads heads, each serving `group` queries.
+ * packed: GPT-2's c_attn layout (q, k, v of a token side by side; group 1), else Llama's: q
+ * [token][heads][dim], k [kv head][token][dim] (rotated: a new tensor), v [token][kv][dim]. */
+static void test_attention(int kv_heads, int group, int dim, int packed) {
+  enum { ROWS = 4, LAYERS = 2, TOKENS = 5, LAYER = 1 };
+  const int64_t caps[ROWS] = {1, 33, 40, 78}, lens[ROWS] = {0, 32, 33, 77};
+  const int64_t tokens[ROWS] = {2, 0, 4, 1}; /* token 3 is a prompt token: left unwritten */
+  const int heads = kv_heads * group;
+  const int64_t width = (int64_t)heads * dim, kv_width = (int64_t)kv_heads * dim;
+  uint16_t *qkv = NULL, *q, *k, *v;
+  decode_qkv in;
+  if (packed) {
+    qkv = random_bf16(TOKENS * 3 * width, 1);
+    q = qkv, k = qkv + width, v = qkv + 2 * width;
+    in = (decode_qkv){q, k, v, 3 * width, dim, 3 * width, dim, 3 * width, dim};
+  } else {
+    q = random_bf16(TOKENS * width, 1), k = random_bf16(TOKENS * kv_width, 1);
+    v = random_bf16(TOKENS * kv_width, 1);
+    in = (decode_qkv){q, k, v, width, dim, dim, TOKENS * dim, kv_width, dim};
+  }
+  uint16_t *stores[ROWS], *before[ROWS], *wide[ROWS];
   for (int r = 0; r < ROWS; r++) {
-    size_t cells = (size_t)LAYERS * 2 * HEADS * caps[r] * dim;
+    size_t cells = (size_t)LAYERS * 2 * kv_heads * caps[r] * dim, plane = caps[r] * dim;
     stores[r] = random_bf16(cells, 1);
     before[r] = malloc(cells * 2);
     memcpy(before[r], stores[r], cells * 2);
+    wide[r] = malloc(cells * group * 2); /* every kv head repeated for each of its queries */
+    for (size_t part = 0; part < (size_t)LAYERS * 2; part++)
+      for (int h = 0; h < heads; h++)
+        memcpy(wide[r] + (part * heads + h) * plane,
+               stores[r] + (part * kv_heads + h / group) * plane, plane * 2);
   }
-  uint16_t *out = malloc(TOKENS * width * 2);
+  uint16_t *out = malloc(TOKENS * width * 2), *out_wide = malloc(TOKENS * width * 2);
   float scale = 1.0f / sqrtf((float)dim);
-  CHECK(attend_decode_bf16(qkv, qkv + width, qkv + 2 * width, token_stride, dim, stores, caps,
-                           lens, tokens, ROWS, LAYER, HEADS, dim, scale, out, width, 2) == 0,
-        "attention dim %d", dim);
-  double *p = malloc(sizeof(double) * 21);
+  CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, ROWS, LAYER, heads, kv_heads, dim,
+                           scale, out, width, 2) == 0,
+        "attention kv heads %d group %d dim %d", kv_heads, group, dim);
+  double *p = malloc(sizeof(double) * 78);
   for (int r = 0; r < ROWS; r++) {
     int64_t plane = caps[r] * dim, n = lens[r] + 1;
-    for (int h = 0; h < HEADS; h++) {
-      const uint16_t *q = qkv + tokens[r] * token_stride + h * dim;
-      const uint16_t *kn = q + width, *vn = q + 2 * width;
-      uint16_t *keys = stores[r] + ((int64_t)LAYER * 2 * HEADS + h) * plane;
-      uint16_t *values = keys + HEADS * plane;
+    for (int h = 0; h < heads; h++) {
+      int g = h / group;
+      const uint16_t *qh = q + tokens[r] * in.q_token + h * in.q_head;
+      const uint16_t *kn = k + tokens[r] * in.k_token + g * in.k_head;
+      const uint16_t *vn = v + tokens[r] * in.v_token + g * in.v_head;
+      uint16_t *keys = stores[r] + ((int64_t)LAYER * 2 * kv_heads + g) * plane;
+      uint16_t *values = keys + kv_heads * plane;
       CHECK(!memcmp(keys + lens[r] * dim, kn, dim * 2) &&
                 !memcmp(values + lens[r] * dim, vn, dim * 2),
-            "dim %d row %d head %d: new key/value not written", dim, r, h);
+            "kv %d group %d dim %d row %d kv head %d: new key/value not written", kv_heads,
+            group, dim, r, g);
       double top = -INFINITY, total = 0;
       for (int64_t t = 0; t < n; t++) {
         double s = 0;
-        for (int d = 0; d < dim; d++) s += (double)from_bf16(q[d]) * from_bf16(keys[t * dim + d]);
+        for (int d = 0; d < dim; d++) s += (double)from_bf16(qh[d]) * from_bf16(keys[t * dim + d]);
         p[t] = s * scale;
         if (p[t] > top) top = p[t];
       }
@@ -163,22 +204,43 @@ static void test_attention(int dim) {
         want /= total;
         float got = from_bf16(out[tokens[r] * width + h * dim + d]);
         if (!close_to(got, want)) {
-          CHECK(0, "attention dim %d row %d head %d: out[%d] = %g, expected %g", dim, r, h, d,
-                got, want);
+          CHECK(0, "attention kv %d group %d dim %d row %d head %d: out[%d] = %g, expected %g",
+                kv_heads, group, dim, r, h, d, got, want);
           break;
         }
       }
     }
     /* Nothing else of the store changed: restore the written slots and compare. */
-    for (int h = 0; h < 2 * HEADS; h++) {
-      size_t at = (((size_t)LAYER * 2 * HEADS + h) * caps[r] + lens[r]) * dim;
+    for (int h = 0; h < 2 * kv_heads; h++) {
+      size_t at = (((size_t)LAYER * 2 * kv_heads + h) * caps[r] + lens[r]) * dim;
       memcpy(stores[r] + at, before[r] + at, dim * 2);
     }
-    CHECK(!memcmp(stores[r], before[r], (size_t)LAYERS * 2 * HEADS * caps[r] * dim * 2),
-          "dim %d row %d: the attention wrote outside the new position", dim, r);
+    CHECK(!memcmp(stores[r], before[r], (size_t)LAYERS * 2 * kv_heads * caps[r] * dim * 2),
+          "kv %d group %d dim %d row %d: the attention wrote outside the new position",
+          kv_heads, group, dim, r);
   }
-  free(p), free(qkv), free(out);
-  for (int r = 0; r < ROWS; r++) free(stores[r]), free(before[r]);
+  if (group > 1) {
+    /* The same queries over the repeated caches (group 1: one kv head per query head, the
+     * repeated new key and value alike), bit for bit. */
+    uint16_t *k_wide = malloc(TOKENS * width * 2), *v_wide = malloc(TOKENS * width * 2);
+    for (int t = 0; t < TOKENS; t++)
+      for (int h = 0; h < heads; h++) {
+        memcpy(k_wide + t * width + h * dim, k + t * in.k_token + h / group * in.k_head, dim * 2);
+        memcpy(v_wide + t * width + h * dim, v + t * in.v_token + h / group * in.v_head, dim * 2);
+      }
+    decode_qkv flat = {q, k_wide, v_wide, width, dim, width, dim, width, dim};
+    CHECK(attend_decode_bf16(&flat, wide, caps, lens, tokens, ROWS, LAYER, heads, heads, dim,
+                             scale, out_wide, width, 2) == 0, "attention over repeated caches");
+    for (int r = 0; r < ROWS; r++)
+      CHECK(!memcmp(out + tokens[r] * width, out_wide + tokens[r] * width, width * 2),
+            "kv %d group %d dim %d row %d: not its queries over the repeated cache", kv_heads,
+            group, dim, r);
+    free(k_wide), free(v_wide);
+  }
+  free(p), free(out), free(out_wide);
+  if (packed) free(qkv);
+  else free(q), free(k), free(v);
+  for (int r = 0; r < ROWS; r++) free(stores[r]), free(before[r]), free(wide[r]);
 }
 
 typedef struct {
@@ -235,9 +297,10 @@ static void test_gpt2_decode(int rows) {
         "gpt2_decode %d rows", rows);
   for (int l = 0; l < LAYERS; l++) {
     CHECK(gpt2_attn_in(&blocks[l], &s, h2, rows) == 0, "attn_in layer %d", l);
-    CHECK(attend_decode_bf16(s.qkv, s.qkv + WIDTH, s.qkv + 2 * WIDTH, 3 * WIDTH, DIM, copies,
-                             caps, lens, tokens, rows, l, HEADS, DIM, s.scale, s.att, WIDTH,
-                             2) == 0, "attention layer %d", l);
+    decode_qkv in = {s.qkv, s.qkv + WIDTH, s.qkv + 2 * WIDTH, 3 * WIDTH, DIM, 3 * WIDTH, DIM,
+                     3 * WIDTH, DIM};
+    CHECK(attend_decode_bf16(&in, copies, caps, lens, tokens, rows, l, HEADS, HEADS, DIM,
+                             s.scale, s.att, WIDTH, 2) == 0, "attention layer %d", l);
     CHECK(gpt2_attn_out(&blocks[l], &s, h2, rows) == 0, "attn_out layer %d", l);
   }
   CHECK(!memcmp(h, h2, (size_t)rows * WIDTH * 2), "gpt2_decode %d rows != its layers", rows);
@@ -386,9 +449,13 @@ int main(void) {
       test_gemm(ms[i], ks[j], ns[j], 1);
       test_gemm(ms[i], ks[j], ns[j], 0);
     }
-  test_attention(16);
-  test_attention(48);
-  test_attention(80);
+  test_attention(3, 1, 16, 1); /* GPT-2: one kv head per query head, packed q/k/v */
+  test_attention(3, 1, 48, 1);
+  test_attention(3, 1, 80, 1);
+  const int kvs[] = {1, 2, 3}, groups[] = {2, 4, 6}, dims[] = {16, 64, 128, 80};
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 3; j++) test_attention(kvs[i], groups[j], dims[(i + j) % 4], 0);
+  test_attention(2, 4, 256, 0); /* the longest head the kernel takes */
   test_gpt2_decode(1);
   test_gpt2_decode(3);
   test_gpt2_decode(7);

@@ -116,15 +116,18 @@ int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16
   int status = step_check(blocks, s, h, rows);
   if (status != GLL_OK || layers <= 0) return GLL_BAD_SHAPE;
   int dim = s->width / s->heads;
-  status = attend_decode_check(s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, stores, caps,
-                               lens, tokens, rows, layers - 1, s->heads, dim, s->att, s->threads);
+  /* GPT-2's c_attn output, one token a row: q, k, v side by side, every head its own kv head. */
+  const int64_t wide = 3 * (int64_t)s->width;
+  const decode_qkv in = {s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, wide, dim, wide, dim,
+                         wide, dim};
+  status = attend_decode_check(&in, stores, caps, lens, tokens, rows, layers - 1, s->heads,
+                               s->heads, dim, s->att, s->threads);
   if (status != GLL_OK) return status;
   for (int l = 0; l < layers; l++) {
     status = attn_in_run(&blocks[l], s, h, rows);
     if (status == GLL_OK)
-      status = attend_decode_bf16(s->qkv, s->qkv + s->width, s->qkv + 2 * s->width,
-                                  3 * s->width, dim, stores, caps, lens, tokens, rows, l,
-                                  s->heads, dim, s->scale, s->att, s->width, s->threads);
+      status = attend_decode_bf16(&in, stores, caps, lens, tokens, rows, l, s->heads, s->heads,
+                                  dim, s->scale, s->att, s->width, s->threads);
     if (status == GLL_OK) status = attn_out_run(&blocks[l], s, h, rows);
     if (status != GLL_OK) return status;
   }

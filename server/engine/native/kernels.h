@@ -22,13 +22,22 @@ typedef struct {
   uint16_t *x, *qkv, *att, *inner, *y;
 } gpt2_step;
 
+/* A decode step's new queries, keys and values of one layer (bf16), each where its projection
+ * left it: query head h of packed token t at q + t * q_token + h * q_head, its dims contiguous;
+ * kv head g's key at k + t * k_token + g * k_head, its value likewise in v. GPT-2's packed
+ * c_attn output is one pattern for all three; a Llama-family step's rotated q and k and its
+ * v may each have their own. */
+typedef struct {
+  const uint16_t *q, *k, *v;
+  int64_t q_token, q_head, k_token, k_head, v_token, v_head;
+} decode_qkv;
+
 int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K);
 int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
               int N, int K, int threads);
-int attend_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                       int64_t token_stride, int64_t head_stride, uint16_t *const *stores,
-                       const int64_t *caps, const int64_t *lens, const int64_t *tokens, int rows,
-                       int layer, int heads, int dim, float scale, uint16_t *out,
+int attend_decode_bf16(const decode_qkv *in, uint16_t *const *stores, const int64_t *caps,
+                       const int64_t *lens, const int64_t *tokens, int rows, int layer,
+                       int heads, int kv_heads, int dim, float scale, uint16_t *out,
                        int64_t out_stride, int threads);
 int pack_int8(const int8_t *q, int8_t *dst, int N, int K, int layout);
 int gemm_int8_fma(const float *x, const int8_t *w, const float *scale, const float *bias, float *out,
@@ -40,9 +49,8 @@ int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows
 int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
                 uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
                 const int64_t *tokens);
-int attend_decode_check(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                        uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
-                        const int64_t *tokens, int rows, int layer, int heads, int dim,
-                        const uint16_t *out, int threads);
+int attend_decode_check(const decode_qkv *in, uint16_t *const *stores, const int64_t *caps,
+                        const int64_t *lens, const int64_t *tokens, int rows, int layer,
+                        int heads, int kv_heads, int dim, const uint16_t *out, int threads);
 
 #endif
