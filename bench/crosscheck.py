@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from bench.command_log import Commands
 from bench.crosscheck_compare import (
     NAN,
@@ -128,16 +130,24 @@ def run_sides(args: argparse.Namespace, out: Path, commands: Commands,
     load = Load(args.profile, args.rate, args.duration, args.prompt_tokens,
                 args.output_tokens, args.seed)
     with target(args, out, commands) as server:
-        box = BoxWindow()
+        box, reaped = BoxWindow(), reaped_cpu_s()
         ours_dir = run_ours(load, server, out / "ours", prompts, args.pool, commands)
-        ours_box, box = box_shares(box, args), BoxWindow()
+        ours_box = {**box_shares(box, args), "client_cpu_s": reaped_cpu_s() - reaped}
+        box, reaped = BoxWindow(), reaped_cpu_s()
         guidellm_json = run_guidellm(args.guidellm, load, server, tokenizer, out / "guidellm",
                                      args.guidellm_workers, commands)
-        theirs_box = box_shares(box, args)
+        theirs_box = {**box_shares(box, args), "client_cpu_s": reaped_cpu_s() - reaped}
     ours = summarize("ours (Locust)", *read_ours(ours_dir), **ours_box)
     theirs = summarize(f"guidellm {GUIDELLM_VERSION}", *read_guidellm(guidellm_json),
                        **guidellm_headline(guidellm_json), **theirs_box)
     return ours, theirs, server.model
+
+
+def reaped_cpu_s() -> float:
+    """CPU seconds of this process's children that ended and were waited for: a side's
+    load generator once it ended (our server is still running, so not in it)."""
+    times = psutil.Process().cpu_times()
+    return times.children_user + times.children_system
 
 
 def box_shares(box: BoxWindow, args: argparse.Namespace) -> dict[str, float]:

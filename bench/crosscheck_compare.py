@@ -24,6 +24,9 @@ the hypervisor stole; above ``BUSY_SHARE`` the comparison says the box was busy.
 
 guidellm's own headline numbers (``metrics.output_tokens_per_second`` mean and
 ``metrics.time_to_first_token_ms`` median) are kept beside ours as a check of the recompute.
+Its tok/s is the same formula (its rate distribution's mean is tokens in the window / the
+window); its median is the lower middle value, where pandas interpolates between the two,
+so with an even count its TTFT p50 can sit a little below the one computed here.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Side:
     # CPU used outside the bench command's process tree, and stolen by the hypervisor (0..1).
     other_cpu_share: float = NAN
     steal_share: float = NAN
+    client_cpu_s: float = NAN  # CPU time of the load generator's processes over its run
 
 
 @dataclass(frozen=True)
@@ -169,13 +173,14 @@ def render(ours: Side, theirs: Side, result: Comparison) -> str:
     rows = [[s.tool, num(s.window_s), s.sent, s.completed, s.failed, s.unfinished,
              s.output_tokens,
              num(s.output_tokens_per_s, 2), num(s.ttft_p50_ms), num(s.ttft_p95_ms),
-             num(s.own_output_tokens_per_s, 2), num(s.own_ttft_p50_ms)] for s in sides]
+             num(s.own_output_tokens_per_s, 2), num(s.own_ttft_p50_ms), num(s.client_cpu_s)]
+            for s in sides]
     rows.append(["ours / guidellm", *[""] * 6, num(result.output_tokens_per_s_ratio, 3),
-                 num(result.ttft_p50_ratio, 3), "", "", ""])
+                 num(result.ttft_p50_ratio, 3), "", "", "", ""])
     headers = ["tool", "window (s)", "sent", "completed", "failed", "unfinished",
                "output tokens",
                "output tok/s", "TTFT p50 (ms)", "TTFT p95 (ms)", "tool's own tok/s",
-               "tool's own TTFT p50 (ms)"]
+               "tool's own TTFT p50 (ms)", "client CPU (s)"]
     tps, ttft, agree = (num(ok) for ok in (result.output_tokens_per_s_within,
                                            result.ttft_p50_within, result.agree))
     return "\n".join([
