@@ -37,17 +37,8 @@ from pathlib import Path
 import psutil
 
 from bench.command_log import Commands
-from bench.crosscheck_compare import (
-    NAN,
-    Side,
-    compare,
-    guidellm_headline,
-    read_guidellm,
-    read_ours,
-    render,
-    summarize,
-    to_json,
-)
+from bench.crosscheck_compare import NAN, Side, compare, render, summarize, to_json
+from bench.crosscheck_read import guidellm_headline, read_guidellm, read_ours
 from bench.crosscheck_runs import Load, Target, run_guidellm, run_ours, served_model
 from bench.options import add_preset_options
 from bench.prompts import write_prompts
@@ -76,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="arrival schedule seed (both sides)")
     p.add_argument("--pool", type=int, default=32, help="our open-loop pool (-u): the most "
                    "requests in flight; guidellm's is unbounded")
+    p.add_argument("--memory-sample-s", type=float, default=1.0, help="our suite's server "
+                   "memory sampling (memory.csv; reads /proc each interval); 0: off, to see "
+                   "whether it costs the server time that guidellm's side does not pay")
     p.add_argument("--workers", type=int, default=1, help="our server's Gunicorn workers")
     p.add_argument("--guidellm-workers", type=int, default=1, help="guidellm's worker "
                    "processes (GUIDELLM__MAX_WORKER_PROCESSES; its default 10 would crowd a "
@@ -131,7 +125,8 @@ def run_sides(args: argparse.Namespace, out: Path, commands: Commands,
                 args.output_tokens, args.seed)
     with target(args, out, commands) as server:
         box, reaped = BoxWindow(), reaped_cpu_s()
-        ours_dir = run_ours(load, server, out / "ours", prompts, args.pool, commands)
+        ours_dir = run_ours(load, server, out / "ours", prompts, args.pool,
+                            args.memory_sample_s, commands)
         ours_box = {**box_shares(box, args), "client_cpu_s": reaped_cpu_s() - reaped}
         box, reaped = BoxWindow(), reaped_cpu_s()
         guidellm_json = run_guidellm(args.guidellm, load, server, tokenizer, out / "guidellm",

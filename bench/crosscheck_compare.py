@@ -1,8 +1,8 @@
-"""Both sides of ``python -m bench crosscheck`` as one kind of record, and their comparison.
+"""Both sides of ``python -m bench crosscheck`` summed up alike, and their comparison.
 
-Each side is read into the same per-request frame (``start_ts``, ``end_ts``, ``status``,
-``ttft_ms``, ``output_tokens``) and its measurement window, then summed up by one function,
-so the two numbers compared are computed the same way:
+Each side arrives as the same per-request frame and its measurement window
+(bench/crosscheck_read.py), and one function sums both, so the two numbers compared are
+computed the same way:
 
 * **window**: ours, the arrival schedule's start to the moment Locust stopped sending
   (run.json ``arrivals.start_ts`` .. ``stop_ts``); guidellm, its ``scheduler_metrics``
@@ -34,18 +34,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from analysis.document import num, table
-from analysis.readers import read_requests, read_run_json
 
 NAN = float("nan")
 BUSY_SHARE = 0.10  # as analysis/config.py's busy_other_cpu_share
-FRAME_COLUMNS = ["start_ts", "end_ts", "status", "ttft_ms", "output_tokens"]
-STATUSES = ("successful", "errored", "incomplete")  # guidellm's; ours has the first two
 
 
 @dataclass(frozen=True)
@@ -85,50 +81,6 @@ class Comparison:
     def agree(self) -> bool:
         """True when both figures are within the tolerance."""
         return self.ttft_p50_within and self.output_tokens_per_s_within
-
-
-def read_ours(run_dir: Path) -> tuple[pd.DataFrame, tuple[float, float]]:
-    """Our run folder's requests.csv as the common frame, and run.json's arrival window."""
-    arrivals = read_run_json(run_dir / "run.json").arrivals
-    if arrivals is None or arrivals.start_ts is None or arrivals.stop_ts is None:
-        raise ValueError(f"{run_dir / 'run.json'}: no arrivals start_ts/stop_ts (open loop?)")
-    frame = (
-        read_requests(run_dir / "requests.csv")
-        .query("method == 'POST'")
-        .assign(start_ts=lambda d: d["timestamp"],
-                end_ts=lambda d: d["timestamp"] + d["response_time_ms"] / 1000.0,
-                output_tokens=lambda d: d["completion_tokens"],
-                status=lambda d: d["success"].map({True: "successful", False: "errored"}))
-        .reindex(columns=FRAME_COLUMNS)
-    )
-    return frame, (float(arrivals.start_ts), float(arrivals.stop_ts))
-
-
-def guidellm_benchmark(path: Path) -> dict[str, Any]:
-    """The one benchmark of a guidellm JSON output (a run with one rate has one)."""
-    benchmarks = json.loads(path.read_text())["benchmarks"]
-    if len(benchmarks) != 1:
-        raise ValueError(f"{path}: {len(benchmarks)} benchmarks, expected one (one rate)")
-    return benchmarks[0]
-
-
-def read_guidellm(path: Path) -> tuple[pd.DataFrame, tuple[float, float]]:
-    """guidellm's per-request stats as the common frame, and its measurement window."""
-    bench = guidellm_benchmark(path)
-    rows = [{"start_ts": r["request_start_time"], "end_ts": r["request_end_time"],
-             "status": status, "ttft_ms": r["time_to_first_token_ms"],
-             "output_tokens": r["output_tokens"]}
-            for status in STATUSES for r in bench["requests"].get(status) or []]
-    frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
-    timing = bench["scheduler_metrics"]
-    return frame, (float(timing["measure_start_time"]), float(timing["measure_end_time"]))
-
-
-def guidellm_headline(path: Path) -> dict[str, float]:
-    """guidellm's own output tok/s (mean rate over its window) and TTFT median, ms."""
-    metrics = guidellm_benchmark(path)["metrics"]
-    return {"own_output_tokens_per_s": metrics["output_tokens_per_second"]["successful"]["mean"],
-            "own_ttft_p50_ms": metrics["time_to_first_token_ms"]["successful"]["median"]}
 
 
 def summarize(tool: str, frame: pd.DataFrame, window: tuple[float, float],

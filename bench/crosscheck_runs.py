@@ -8,7 +8,9 @@
   ``ignore_eos``, ``max_tokens`` = N, ``include_usage``), its ``synthetic_text`` prompts of P
   tokens counted by the served model's tokenizer (no hub: ``HF_HUB_OFFLINE=1``).
 
-Both send the same model name and greedy decoding (``temperature`` 0). commands.sh records
+Both send the same body but for the prompt's text: the model name, ``max_tokens`` = N,
+``ignore_eos``, greedy decoding (``temperature`` 0), ``stream`` and ``stream_options``
+(``include_usage`` and ``continuous_usage_stats``, as guidellm always sends). commands.sh records
 each command; the API key is written as ``<api-key>``, never its value.
 """
 
@@ -31,6 +33,9 @@ LOCUSTFILE = "bench/closed_loop_user.py"
 USER_CLASS = "CompletionsLoopUser"
 SPAWN_S = 2.0  # Locust's -t also covers spawning the pool; the schedule starts after it
 KEY_SHOWN = "<api-key>"
+# What guidellm's openai_http backend asks for on every streamed request; ours asks the same,
+# so the server does the same work (a usage object in every event) for both.
+GUIDELLM_STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,10 @@ def served_model(url: str, api_key: str) -> str:
 
 
 def run_ours(load: Load, target: Target, run_dir: Path, prompts: Path, pool: int,
-             commands: Commands) -> Path:
+             memory_sample_s: float, commands: Commands) -> Path:
     """Our suite at the load's rate; the run folder (raises when it wrote no requests.csv)."""
     options = ["--headless", "-u", str(pool), "-r", str(pool),
+               "--memory-sample-s", f"{memory_sample_s:g}",
                "-t", f"{load.duration_s + SPAWN_S:g}s", "--stop-timeout", "120",
                "--arrival", load.profile, "--rate", f"{load.rate_rps:g}",
                "--arrival-seed", str(load.seed)]
@@ -76,7 +82,8 @@ def run_ours(load: Load, target: Target, run_dir: Path, prompts: Path, pool: int
     cmd = suite_command(LOCUSTFILE, target.url, run_dir, "crosscheck-ours",
                         [*options, USER_CLASS])
     extra = {"LOCUST_BENCH_PROMPTS": str(prompts), "LOCUST_BENCH_TOKENS": str(load.output_tokens),
-             "LOCUST_BENCH_REQUESTS": "0", "LOCUST_LOOP_BODY": json.dumps({"model": target.model})}
+             "LOCUST_BENCH_REQUESTS": "0", "LOCUST_LOOP_BODY": json.dumps(
+                 {"model": target.model, "stream_options": GUIDELLM_STREAM_OPTIONS})}
     commands.add(cmd, " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items())
                  + f" LOCUST_API_KEY={KEY_SHOWN}")
     run_dir.mkdir(parents=True, exist_ok=True)

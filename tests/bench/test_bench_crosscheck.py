@@ -13,15 +13,8 @@ import pandas as pd
 import pytest
 
 from bench.crosscheck import GUIDELLM
-from bench.crosscheck_compare import (
-    Side,
-    compare,
-    guidellm_headline,
-    read_guidellm,
-    read_ours,
-    render,
-    summarize,
-)
+from bench.crosscheck_compare import Side, compare, render, summarize
+from bench.crosscheck_read import guidellm_headline, read_guidellm, read_ours
 from bench.crosscheck_runs import KEY_SHOWN, Load, Target, guidellm_command, guidellm_samples
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
