@@ -64,7 +64,7 @@ class Side:
     # CPU used outside the bench command's process tree, and stolen by the hypervisor (0..1).
     other_cpu_share: float = NAN
     steal_share: float = NAN
-    client_cpu_s: float = NAN  # CPU time of the load generator's processes over its run
+    client_cpu_s: float = NAN  # the load generator's CPU seconds, start-up included
 
 
 @dataclass(frozen=True)
