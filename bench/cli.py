@@ -29,6 +29,9 @@ COMMANDS: dict[str, Command] = {
                          "the OpenAI mix?", "server"),
     "engines": Command("bench.engines", "Our server, llama.cpp's and OpenVINO GenAI on the "
                        "same closed loop of equal lengths (c = 1, 8, 32)?", "server"),
+    "crosscheck": Command("bench.crosscheck", "Do our load generator and guidellm 0.8.1 agree "
+                          "on TTFT p50 and output tok/s at the same rate on one server?",
+                          "server"),
     "burst": Command("bench.serving.burst", "How long do N requests at once take against one "
                      "alone; what do startup and memory cost?", "server"),
     "profile": Command("bench.serving.profile", "Where does a worker's time go under steady "

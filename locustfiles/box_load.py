@@ -88,3 +88,35 @@ class BoxLoad:
         other = (busy - busy0) - _delta(server, server0) - _delta(locust, locust0)
         return BoxShares(max(0.0, other) / span if known else None,
                          max(0.0, steal - steal0) / span)
+
+
+class BoxWindow:
+    """The busy-box shares over one stretch of a command that runs its load as child processes
+    (``python -m bench crosscheck``: Locust, guidellm, our Gunicorn): "other" is the CPU of
+    everything but this process and its descendants, alive or already reaped.
+
+    ``BoxWindow()`` takes the first reading; ``shares()`` the second and returns the shares
+    in between. A child that ended must have been waited for (its CPU then shows in this
+    process's ``children_user`` / ``children_system``); a server outside this tree (one
+    given by URL) counts as other.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._reading()
+
+    @staticmethod
+    def _reading() -> tuple[tuple[float, float, float], float]:
+        me = psutil.Process()
+        reaped = me.cpu_times()
+        return _box_times(), (sum(_tree_cpu_s(me).values()) + reaped.children_user
+                              + reaped.children_system)
+
+    def shares(self) -> BoxShares | None:
+        """The shares since this window began (None when no CPU time passed)."""
+        (total, busy, steal), mine = self._reading()
+        (total0, busy0, steal0), mine0 = self._start
+        span = total - total0
+        if span <= 0:
+            return None
+        other = (busy - busy0) - (mine - mine0)
+        return BoxShares(max(0.0, other) / span, max(0.0, steal - steal0) / span)
