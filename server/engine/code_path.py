@@ -27,6 +27,12 @@ from torch import nn
 
 from server.engine import gpt2_forward, native_gemm, native_gpt2
 from server.engine.native_int8 import NativeInt8Linear
+from server.engine.native_ops import (
+    ATTENTION_VARIANTS,
+    attention_takers,
+    attention_variant,
+    attention_variants,
+)
 from server.engine.row_cache import attention_dtype, resolve_kv_dtype, storage_dtype
 
 NATIVE_LAYERS, LEAN_LAYERS, MODEL_FORWARD = "native_c", "gpt2_forward", "transformers"
@@ -41,18 +47,22 @@ PRECISIONS = {"blas_fp32": "float32", "onednn_fp32": "float32+onednn",
 @dataclass(frozen=True)
 class Machine:
     """What this machine can run: ``native_blocked`` says why the project's C kernels cannot
-    (e.g. "no avx512_bf16"), None when they run."""
+    (e.g. "no avx512_bf16"), None when they run; ``attention`` names the C decode
+    attention's variants that run here (server.engine.native_ops ``ATTENTION_VARIANTS`` keys,
+    preferred first; the AVX2 one needs no AVX-512)."""
 
     native_blocked: str | None
+    attention: tuple[str, ...] = ()
 
     @classmethod
     def here(cls) -> Machine:
         """This CPU, with the kernels as server.engine.native_gemm built and loaded them."""
         missing = native_gemm.missing_flags()
         if missing:
-            return cls(f"no {', '.join(missing)} on this CPU")
+            return cls(f"no {', '.join(missing)} on this CPU", attention_variants())
         return cls(None if native_gemm.library() is not None
-                   else "the native kernels did not build or load (see the startup log)")
+                   else "the native kernels did not build or load (see the startup log)",
+                   attention_variants())
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,7 @@ def decide(model: nn.Module, kv_dtype: str = "model", precision: str | None = No
     computed = _computed_dtype(model)
     cache = storage_dtype(computed, kv_dtype)
     layers, layers_why = _layers(model, linear, machine)
-    attention, attention_why = _attention(cache, machine)
+    attention, attention_why = _attention(computed, cache, machine)
     return CodePath(precision, linear, linear_why, layers, layers_why, attention,
                     attention_why, _name(attention_dtype(computed)), kv_dtype, _name(cache))
 
@@ -116,12 +126,33 @@ def _layers(model: nn.Module, linear: str, machine: Machine) -> tuple[str, str]:
     return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"
 
 
-def _attention(cache: torch.dtype, machine: Machine) -> tuple[str, str]:
-    if cache != torch.bfloat16:
-        return TORCH_ATTENTION, f"{_name(cache)} caches: the C kernel reads bf16 caches only"
-    if machine.native_blocked:
-        return TORCH_ATTENTION, machine.native_blocked
-    return NATIVE_ATTENTION, "decoding rows of bf16 caches in C; prompt chunks in torch"
+def _attention(computed: torch.dtype, cache: torch.dtype, machine: Machine) -> tuple[str, str]:
+    """The C decode attention where a variant that ``machine`` runs takes queries computed in
+    ``computed`` over ``cache`` caches (AVX-512 BF16: bf16 over bf16; AVX2 + FMA + F16C:
+    float32 or bf16 over float16 or bf16), else torch's.
+
+    Assumed, not timed at startup: the kernel reads each cache once in its 16-bit dtype, where
+    torch first widens the row's whole cache to float32 per layer (2 bytes read, 4 written and
+    4 read again per element) and makes one call per row and layer; decode attention is
+    bound by those bytes, so the kernel's advantage grows with the context and is not a close
+    call for the startup table to settle. One case it may not win: a lone row of a model with
+    fewer kv heads than threads (its OpenMP loop has fewer tasks than threads, torch's SDPA
+    splits the row across them). ``python -m bench attention`` times both side by side; if
+    a CPU shows torch ahead, measure a decode step with ``NativeDecode`` on and off in the
+    startup table (server.engine.kernels) rather than adding a rule here."""
+    takers = attention_takers(computed, cache)
+    if not takers:
+        return TORCH_ATTENTION, (f"{_name(cache)} caches read by {_name(computed)} queries: "
+                                 "no variant of the C kernel takes them")
+    variant = attention_variant(computed, cache, machine.attention)
+    if variant is None:
+        needs = "; ".join(f"{name} needs {', '.join(ATTENTION_VARIANTS[name])}"
+                          for name in takers)
+        return TORCH_ATTENTION, (f"no C decode attention for {_name(cache)} caches runs on "
+                                 f"this machine ({needs}; or the library did not build or "
+                                 "load: see the startup log)")
+    return NATIVE_ATTENTION, (f"decoding rows of {_name(cache)} caches in C ({variant}); "
+                              "prompt chunks in torch")
 
 
 def _linear(model: nn.Module) -> tuple[str, str]:

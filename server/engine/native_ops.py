@@ -9,11 +9,15 @@ called only where the CPU has every feature in ``NEEDED_FLAGS`` (``library`` is 
 elsewhere, and an explicit ``DTYPE=bfloat16+native`` stops startup naming what is missing:
 ``require``).
 
-The int8 GEMM (``native/gemm_int8.c``) has its own CPU-feature variants and does not need
-AVX-512 BF16: ``int8_variant`` says which one runs here (AVX-512 VNNI, else AVX2 + FMA), and
-its operations load the library on any x86-64 that has that variant's features.
+The int8 GEMM (``native/gemm_int8.c``) and the decode attention have their own CPU-feature
+variants (``INT8_VARIANTS``, ``ATTENTION_VARIANTS``: name -> features, preferred first; one
+rule picks among them, ``_runs_here``): ``int8_variant`` says which int8 GEMM runs here
+(AVX-512 VNNI, else AVX2 + FMA), ``attention_variant`` which decode attention takes a pair of
+query and cache dtypes here (AVX-512 BF16 over bf16 caches, else AVX2 + FMA + F16C over fp16
+or bf16 caches, ``native/attention_avx2.c``); their operations load the library on any x86-64
+that has that variant's features.
 
-Every operation checks what the C cannot: dtype (bf16), device (CPU), contiguity or strides,
+Every operation checks what the C cannot: dtypes, device (CPU), contiguity or strides,
 shapes against each other, and the cache geometry (layers, kv heads and the query heads they
 serve, head dim, each row's capacity and length), raising ValueError before the library is
 even looked up (so the checks work, and are tested, on CPUs without AVX-512). The C entry
@@ -28,9 +32,10 @@ import ctypes
 import functools
 import hashlib
 import importlib.util
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -51,6 +56,18 @@ _INT_MAX = 2**31 - 1
 INT8_VARIANTS = {"avx512_vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
                  "avx2": ("avx2", "fma")}
 _INT8_LAYOUTS = {"avx2": 0, "avx512_vnni": 1}
+# The decode attention's variants, preferred first: name -> the CPU features it needs, and the
+# (query, cache) dtype pairs it takes (the new keys and values are the query's dtype, and so is
+# the output). AVX-512 BF16: attention_bf16.c; AVX2: attention_avx2.c (Zen 3, Haswell on).
+ATTENTION_VARIANTS = {"avx512_bf16": NEEDED_FLAGS, "avx2": ("avx2", "fma", "f16c")}
+ATTENTION_DTYPES = {
+    "avx512_bf16": frozenset({(torch.bfloat16, torch.bfloat16)}),
+    "avx2": frozenset(itertools.product((torch.float32, torch.bfloat16),
+                                        (torch.float16, torch.bfloat16)))}
+_ATTENTION_ENTRIES = {"avx512_bf16": "attend_decode_bf16", "avx2": "attend_decode_avx2"}
+DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # kernels.h gll_dtype
+CACHE_DTYPES = (torch.bfloat16, torch.float16)  # what some variant reads (DecodeCaches)
+QUERY_DTYPES = (torch.bfloat16, torch.float32)  # ... and attends with (attention_declines)
 VNNI_MAX_INPUTS = 65536  # int32 sums of u8 x s8 products stay exact up to this K
 _CODES = {-1: "a size outside what the kernel takes (nothing written)",
           -2: "a scratch allocation failed"}
@@ -70,8 +87,19 @@ class Declined(ValueError):
 
 def missing_flags() -> list[str]:
     """The CPU features the native kernels need that this CPU lacks."""
+    return _lacks(NEEDED_FLAGS)
+
+
+def _lacks(needs: Sequence[str]) -> list[str]:
+    """The CPU features of ``needs`` that this CPU lacks."""
     flags = cpu_flags()
-    return [flag for flag in NEEDED_FLAGS if flag not in flags]
+    return [flag for flag in needs if flag not in flags]
+
+
+def _runs_here(variants: Mapping[str, Sequence[str]]) -> list[str]:
+    """The names of ``variants`` (name -> CPU features, preferred first) this CPU has every
+    feature of, in their order: how the int8 GEMM and the decode attention pick a variant."""
+    return [name for name, needs in variants.items() if not _lacks(needs)]
 
 
 def library_path() -> Path | None:
@@ -114,13 +142,16 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pack_vnni.argtypes = [ptr, ptr, i32, i32]
     lib.gemm_bf16.argtypes = [ptr] * 4 + [i32] * 4
     lib.attend_decode_bf16.argtypes = [ptr] * 5 + [i32] * 5 + [ctypes.c_float, ptr, i64, i32]
+    lib.attend_decode_avx2.argtypes = ([ptr, i32, ptr, i32] + [ptr] * 3 + [i32] * 5
+                                       + [ctypes.c_float, ptr, i64, i32])
     lib.gpt2_attn_in.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_attn_out.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_decode.argtypes = [ptr, i32, ptr, ptr, i32] + [ptr] * 4
     lib.pack_int8.argtypes = [ptr, ptr, i32, i32, i32]
     lib.gemm_int8_fma.argtypes = [ptr] * 5 + [i32] * 4
     lib.gemm_int8_vnni.argtypes = [ptr] * 6 + [i32] * 4
-    for name in ("pack_vnni", "gemm_bf16", "attend_decode_bf16", "gpt2_attn_in",
+    for name in ("pack_vnni", "gemm_bf16", "attend_decode_bf16", "attend_decode_avx2",
+                 "gpt2_attn_in",
                  "gpt2_attn_out", "gpt2_decode", "pack_int8", "gemm_int8_fma",
                  "gemm_int8_vnni"):
         getattr(lib, name).restype = i32
@@ -174,28 +205,38 @@ def require() -> None:
 def int8_variant() -> str | None:
     """The int8 GEMM variant this CPU runs (an ``INT8_VARIANTS`` key, preferred first), or
     None where it has neither's features."""
-    flags = cpu_flags()
-    return next((name for name, needs in INT8_VARIANTS.items()
-                 if all(flag in flags for flag in needs)), None)
+    return next(iter(_runs_here(INT8_VARIANTS)), None)
 
 
 def int8_missing(variant: str) -> list[str]:
     """The CPU features ``variant`` of the int8 GEMM needs that this CPU lacks."""
-    flags = cpu_flags()
-    return [flag for flag in INT8_VARIANTS[variant] if flag not in flags]
+    return _lacks(INT8_VARIANTS[variant])
 
 
 @functools.cache
-def _int8_loaded() -> tuple[ctypes.CDLL | None, str | None]:
-    """(the library, None) where some int8 variant runs here, else (None, why)."""
-    if int8_variant() is None:
-        wants = " or ".join(", ".join(needs) for needs in INT8_VARIANTS.values())
-        return None, f"needs {wants}, which this CPU ({cpu_facts()['cpu_model']}) lacks"
+def _loaded_anywhere() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library, None) loaded whatever this CPU runs of it, else (None, why): for the
+    variants that need no AVX-512 BF16 (each checks its own features before a call)."""
     torch.get_num_threads()  # torch's libgomp first, as library() does
     try:
         return load(), None
     except NativeError as exc:
         return None, str(exc)
+
+
+def _variants_loaded(variants: Mapping[str, Sequence[str]]) -> tuple[ctypes.CDLL | None,
+                                                                     str | None]:
+    """(the library, None) where some of ``variants`` runs here, else (None, why)."""
+    if not _runs_here(variants):
+        wants = " or ".join(", ".join(needs) for needs in variants.values())
+        return None, f"needs {wants}, which this CPU ({cpu_facts()['cpu_model']}) lacks"
+    return _loaded_anywhere()
+
+
+@functools.cache
+def _int8_loaded() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library, None) where some int8 variant runs here, else (None, why)."""
+    return _variants_loaded(INT8_VARIANTS)
 
 
 def int8_unavailable() -> str | None:
@@ -204,14 +245,54 @@ def int8_unavailable() -> str | None:
 
 
 def _int8_lib(variant: str) -> ctypes.CDLL:
-    missing = int8_missing(variant)
+    return _variant_lib(f"native int8 {variant}", INT8_VARIANTS[variant])
+
+
+def _variant_lib(what: str, needs: Sequence[str]) -> ctypes.CDLL:
+    """The library, to call the variant ``what`` needing ``needs``; NativeError naming the
+    missing features, or why the library does not load."""
+    missing = _lacks(needs)
     if missing:
-        raise NativeError(f"native int8 {variant}: needs {', '.join(missing)}, which this CPU "
+        raise NativeError(f"{what}: needs {', '.join(missing)}, which this CPU "
                           f"({cpu_facts()['cpu_model']}) lacks")
-    lib, problem = _int8_loaded()
+    lib, problem = _loaded_anywhere()
     if lib is None:
-        raise NativeError(f"native int8 GEMM: {problem}")
+        raise NativeError(f"{what}: {problem}")
     return lib
+
+
+@functools.cache
+def attention_variants() -> tuple[str, ...]:
+    """The decode attention's variants that run here (``ATTENTION_VARIANTS`` keys, preferred
+    first): this CPU has their features and the library loads. Asked once (every step's
+    plan asks it: cpuinfo is not read again)."""
+    lib, _ = _variants_loaded(ATTENTION_VARIANTS)
+    return tuple(_runs_here(ATTENTION_VARIANTS)) if lib is not None else ()
+
+
+def attention_caches() -> frozenset[torch.dtype]:
+    """The cache dtypes some decode attention variant that runs here reads."""
+    return frozenset(cache for name in attention_variants()
+                     for _, cache in ATTENTION_DTYPES[name])
+
+
+def attention_unavailable() -> str | None:
+    """Why no decode attention variant runs here (None: one does)."""
+    return _variants_loaded(ATTENTION_VARIANTS)[1]
+
+
+def attention_takers(query: torch.dtype, cache: torch.dtype) -> list[str]:
+    """The decode attention's variants (on any CPU, preferred first) that take ``query``
+    queries (and new keys, values) over ``cache`` caches."""
+    return [name for name, pairs in ATTENTION_DTYPES.items() if (query, cache) in pairs]
+
+
+def attention_variant(query: torch.dtype, cache: torch.dtype,
+                      variants: Sequence[str] | None = None) -> str | None:
+    """The first of ``variants`` (default: ``attention_variants()``, those that run here)
+    that takes ``query`` queries over ``cache`` caches, or None."""
+    here = attention_variants() if variants is None else variants
+    return next((name for name in attention_takers(query, cache) if name in here), None)
 
 
 def _lib() -> ctypes.CDLL:
@@ -392,11 +473,12 @@ def gemm_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
 
 class DecodeCaches:
     """The caches of the rows one step decodes in C, checked once for the step (every layer's
-    call reuses them): each a bf16 row store [layers, 2, 1, kv_heads, capacity, dim]
+    call reuses them): each a row store [layers, 2, 1, kv_heads, capacity, dim]
     (server.engine.row_cache.RowCache.store; keys then values of each layer), all of one
-    layer count, kv heads and head dim; ``lens[r]`` positions held, and ``new`` tokens to
-    come, so ``0 <= lens[r]`` and ``lens[r] + new <= capacity``; ``tokens[r]`` the row's
-    (distinct) index in the step's packed tokens. Holds the stores, so their memory lives
+    dtype (bf16 or fp16: ``dtype``), layer count, kv heads and head dim; ``lens[r]``
+    positions held, and ``new`` tokens to come, so ``0 <= lens[r]`` and
+    ``lens[r] + new <= capacity``; ``tokens[r]`` the row's (distinct) index in the step's
+    packed tokens. Holds the stores, so their memory lives
     while the C may write it.
 
     ``kv_heads`` is what the caches hold: GPT-2's equal its query heads, a grouped-query
@@ -415,8 +497,12 @@ class DecodeCaches:
             raise ValueError("cache geometry: a store is [layers, 2, 1, kv_heads, capacity, "
                              "dim]")
         self.layers, _, _, self.kv_heads, _, self.dim = first.shape
+        self.dtype = first.dtype
+        if self.dtype not in CACHE_DTYPES:
+            raise ValueError(f"row 0's cache store: dtype {self.dtype}, the decode attention "
+                             f"reads {' or '.join(map(str, CACHE_DTYPES))} caches")
         for r, (store, held) in enumerate(zip(stores, lens, strict=True)):
-            _bf16(f"row {r}'s cache store", store)
+            _tensor(f"row {r}'s cache store", store, self.dtype)
             if store.dim() != 6:
                 raise ValueError(f"cache geometry: row {r}'s store is {store.dim()}-D")
             layers, pair, one, kv_heads, capacity, dim = store.shape
@@ -455,13 +541,17 @@ class QKV(ctypes.Structure):
 
 def attention_declines(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> str | None:
     """Why the kernel does not take these queries [1, heads, tokens, dim] and keys/values
-    [1, kv_heads, tokens, dim] (the caller then attends in torch), or None: bf16 CPU views,
-    each with unit stride in dim (any token and head strides: GPT-2's packed c_attn views, or
-    a Llama step's rotated q and k beside its viewed v), dim a multiple of 16 up to 256.
-    Whether the heads fit the caches is geometry, checked by ``attend_decode``."""
+    [1, kv_heads, tokens, dim] (the caller then attends in torch), or None: CPU views of one
+    dtype of ``QUERY_DTYPES`` (bf16, float32), each with unit stride in dim (any token and
+    head strides: GPT-2's packed c_attn views, or a Llama step's rotated q and k beside its
+    viewed v), dim a multiple of 16 up to 256. Whether the heads fit the caches is geometry,
+    and whether a variant here takes these queries over the caches' dtype is the variant's
+    (both checked by ``attend_decode``)."""
     tensors = (query, key, value)
-    if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
-        return "not bf16 CPU tensors"
+    if (query.dtype not in QUERY_DTYPES or any(t.dtype != query.dtype for t in tensors)
+            or any(t.device.type != "cpu" for t in tensors)):
+        return (f"{[str(t.dtype) for t in tensors]} on {query.device.type}: not CPU tensors "
+                f"of one dtype of {', '.join(map(str, QUERY_DTYPES))}")
     if (query.dim() != 4 or query.shape[0] != 1 or key.shape != value.shape
             or key.shape[0:1] + key.shape[2:] != query.shape[0:1] + query.shape[2:]):
         return f"shapes {[tuple(t.shape) for t in tensors]}"
@@ -474,12 +564,18 @@ def attention_declines(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 
 def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  caches: DecodeCaches, layer: int, scale: float) -> torch.Tensor:
+                  caches: DecodeCaches, layer: int, scale: float,
+                  variant: str | None = None) -> torch.Tensor:
     """One layer's attention for the decoding rows of ``caches``: writes each row's new key
     and value (``key``/``value`` [1, kv_heads, tokens, dim] at its token) at its length in its
-    store, attends its queries (``query`` [1, heads, tokens, dim]; query head h reads kv head
-    ``h // (heads // kv_heads)``, as transformers' ``repeat_kv``) over its cache, and returns
-    [1, tokens, heads, dim] (bf16; the positions of other tokens are left unwritten).
+    store (in the store's dtype), attends its queries (``query`` [1, heads, tokens, dim];
+    query head h reads kv head ``h // (heads // kv_heads)``, as transformers' ``repeat_kv``)
+    over its cache, and returns [1, tokens, heads, dim] in the query's dtype (the positions of
+    other tokens are left unwritten).
+
+    ``variant``: an ``ATTENTION_VARIANTS`` key, or None for the first that runs here and takes
+    the query's dtype over the caches' (``attention_variant``). Declined when no variant
+    takes that pair at all; NativeError when none that does runs here.
 
     No RoPE here: the caller rotates ``query`` and ``key`` by their positions first, so the
     caches hold rotated keys (native/attention_bf16.c says why)."""
@@ -500,12 +596,50 @@ def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         raise ValueError(f"cache geometry: token index {caches.last_token} of {tokens} tokens")
     if not math.isfinite(scale):
         raise ValueError(f"attend_decode: scale {scale}")
-    out = torch.empty(1, tokens, heads, dim, dtype=torch.bfloat16)
+    variant = _attention_variant(query.dtype, caches.dtype, variant)
+    out = torch.empty(1, tokens, heads, dim, dtype=query.dtype)
     qkv = QKV(query.data_ptr(), key.data_ptr(), value.data_ptr(), query.stride(2),
               query.stride(1), key.stride(2), key.stride(1), value.stride(2), value.stride(1))
-    _call("attend_decode_bf16", ctypes.byref(qkv), *caches.arrays, caches.rows, layer, heads,
-          kv_heads, dim, scale, out.data_ptr(), heads * dim, _threads())
+    stores, caps, lens, indexes = caches.arrays
+    sizes = (caches.rows, layer, heads, kv_heads, dim, scale, out.data_ptr(), heads * dim,
+             _threads())
+    if variant == "avx512_bf16":
+        _call("attend_decode_bf16", ctypes.byref(qkv), *caches.arrays, *sizes)
+    else:
+        _call(_ATTENTION_ENTRIES[variant], ctypes.byref(qkv), DTYPE_CODES[query.dtype], stores,
+              DTYPE_CODES[caches.dtype], caps, lens, indexes, *sizes,
+              lib=_variant_lib(f"native decode attention {variant}",
+                               ATTENTION_VARIANTS[variant]))
     return out
+
+
+def _attention_variant(query: torch.dtype, cache: torch.dtype, variant: str | None) -> str:
+    """``variant`` checked to take ``query`` over ``cache`` (ValueError naming what it takes),
+    or the first here that does (Declined: no variant takes the pair; NativeError: none that
+    does runs here)."""
+    if variant is not None:
+        if variant not in ATTENTION_VARIANTS:
+            raise ValueError(f"attention variant {variant!r}: use one of "
+                             f"{', '.join(ATTENTION_VARIANTS)}")
+        if (query, cache) not in ATTENTION_DTYPES[variant]:
+            takes = ", ".join(f"{q} over {c}" for q, c in sorted(ATTENTION_DTYPES[variant],
+                                                                  key=str))
+            raise ValueError(f"attention variant {variant}: takes {takes}, not {query} "
+                             f"queries over {cache} caches")
+        return variant
+    takers = attention_takers(query, cache)
+    if not takers:
+        raise Declined(f"attend_decode: no variant takes {query} queries over {cache} caches")
+    chosen = attention_variant(query, cache)
+    if chosen is None:
+        if any(not _lacks(ATTENTION_VARIANTS[name]) for name in takers):
+            why = attention_unavailable()  # the CPU has the features: the library is missing
+        else:
+            wants = " or ".join(", ".join(ATTENTION_VARIANTS[name]) for name in takers)
+            why = f"needs {wants}, which this CPU ({cpu_facts()['cpu_model']}) lacks"
+        raise NativeError(f"native decode attention of {query} queries over {cache} caches: "
+                          f"{why}")
+    return chosen
 
 
 # -- GPT-2's layers ------------------------------------------------------------------------
@@ -600,5 +734,7 @@ def gpt2_decode(blocks: ctypes.Array, scratch: GPT2Scratch, hidden: torch.Tensor
                          f"{scratch.width // scratch.heads}")
     if not 0 < len(blocks) <= caches.layers:
         raise ValueError(f"cache geometry: {len(blocks)} layers, caches of {caches.layers}")
+    if caches.dtype != torch.bfloat16:
+        raise ValueError(f"cache dtype {caches.dtype}: GPT-2's C layers keep bf16 caches")
     _call("gpt2_decode", blocks, len(blocks), ctypes.byref(scratch.step), hidden.data_ptr(),
           scratch.tokens, *caches.arrays)

@@ -24,10 +24,12 @@ when read (``_widened``); a model that already computes in 16 bits stores what i
 The default, ``auto``, is float16 unless the weights are served in float32
 (``resolve_kv_dtype``).
 
-A bf16 cache's decoding rows (one new token each) are attended by the project's C kernel
-where server.engine.native_gemm built it (``NativeDecode``, ``native/attention_bf16.c``): one call
-per layer writes their new keys and values and reads each cache once, in place; prefill
-chunks and every other cache go through torch's ``scaled_dot_product_attention``. Whether
+A bf16 or float16 cache's decoding rows (one new token each) are attended by the project's
+C kernel where a variant of it runs on this CPU (``NativeDecode``: ``native/attention_bf16.c``
+with AVX-512 BF16, ``native/attention_avx2.c`` with AVX2 + FMA + F16C, server.engine.native_ops
+picks): one call per layer writes their new keys and values and reads each cache once, in
+place; prefill chunks and every other cache go through torch's
+``scaled_dot_product_attention``. Whether
 the kernel applies, and the dtype torch's attention computes in, are decided once per model
 by server.engine.code_path; the step engine passes them to each ``PackedStep``.
 """
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional
 
-from server.engine import native_gemm, native_ops
+from server.engine import native_ops
 
 ATTENTION_NAME = "gll_packed"
 KV_DTYPES = ("float16", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
@@ -245,13 +247,16 @@ def _segment_attention(query: torch.Tensor, seg: Segment, mask: torch.Tensor | N
 
 
 class NativeDecode:
-    """The decoding rows of one packed step whose attention runs in the native kernel
-    (``native/attention_bf16.c``): rows with one new token and a bf16 cache already
-    allocated, on CPUs where server.engine.native_gemm built the library.
+    """The decoding rows of one packed step whose attention runs in the native kernel: rows
+    with one new token and a cache already allocated in a dtype some variant running here
+    reads (``native_ops.attention_caches``: bf16 with AVX-512 BF16, ``attention_bf16.c``;
+    bf16 or float16 with AVX2 + FMA + F16C, ``attention_avx2.c``). The query's dtype picks the
+    variant per layer (``native_ops.attend_decode``); a pair none takes is declined, and torch
+    attends it.
 
-    Why: torch widened each row's whole bf16 cache to float32 per layer and ran its attention
-    over the copy; the kernel reads the bf16 cache once, where it lies, writes the new key and
-    value itself, and attends every (row, kv head) pair in one OpenMP loop per layer.
+    Why: torch widened each row's whole 16-bit cache to float32 per layer and ran its
+    attention over the copy; the kernel reads the cache once, where it lies, writes the new
+    key and value itself, and attends every (row, kv head) pair in one OpenMP loop per layer.
 
     Grouped-query models (Llama, Qwen: fewer kv heads than query heads) go the same way: the
     caches hold kv heads, the queries may have any multiple of them, and each kv head is read
@@ -278,10 +283,10 @@ class NativeDecode:
         """The native part of a step over ``segments``, or None (no row qualifies)."""
         if not cls.ENABLED:
             return None
+        readable = native_ops.attention_caches()  # empty where no variant runs here
         indexes = [i for i, seg in enumerate(segments) if seg.count == 1
-                   and seg.cache.store is not None and seg.cache.store.dtype == torch.bfloat16]
-        lib = native_gemm.library() if indexes else None
-        return cls(segments, indexes) if lib is not None else None
+                   and seg.cache.store is not None and seg.cache.store.dtype in readable]
+        return cls(segments, indexes) if indexes else None
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                layer: int, scaling: float | None) -> bool:

@@ -1,5 +1,7 @@
 /* Decode attention over bf16 KV caches, AVX-512: one new token per row, every row its own cache,
  * and grouped-query caches (GQA: kv_heads K/V heads, each read by heads / kv_heads queries).
+ * attention_avx2.c is the same contract for CPUs with AVX2 + FMA + F16C only, over bf16 or
+ * fp16 caches with bf16 or fp32 queries.
  *
  * For each decoding row r and kv head g of one layer (query heads g * group .. g * group +
  * group - 1, group = heads / kv_heads; GPT-2 has group 1):
@@ -139,9 +141,10 @@ GLL_AVX512 static int attend_run(const decode_qkv *in, uint16_t *const *stores,
       int64_t plane = caps[r] * dim; /* one kv head's keys (or values) in one layer */
       uint16_t *keys = stores[r] + ((int64_t)layer * 2 * kv_heads + g) * plane;
       uint16_t *values = keys + (int64_t)kv_heads * plane;
-      attend_group(in->q + tokens[r] * in->q_token + h * in->q_head, in->q_head,
-                   in->k + tokens[r] * in->k_token + g * in->k_head,
-                   in->v + tokens[r] * in->v_token + g * in->v_head, keys, values,
+      const uint16_t *q = in->q, *k = in->k, *v = in->v; /* bf16 here */
+      attend_group(q + tokens[r] * in->q_token + h * in->q_head, in->q_head,
+                   k + tokens[r] * in->k_token + g * in->k_head,
+                   v + tokens[r] * in->v_token + g * in->v_head, keys, values,
                    (int)lens[r], dim, group, scale, scores, stride, scores + group * stride,
                    out + tokens[r] * out_stride + (int64_t)h * dim);
     }
@@ -150,11 +153,12 @@ GLL_AVX512 static int attend_run(const decode_qkv *in, uint16_t *const *stores,
   return failed ? GLL_NO_MEMORY : GLL_OK;
 }
 
-/* The geometry attend_decode_bf16 takes (plain C: runs on any x86-64). The caller (Python:
- * server.engine.native_ops) checks the same and more before calling; this is the last line. */
+/* The geometry attend_decode_bf16 and attend_decode_avx2 take (plain C: runs on any x86-64).
+ * The caller (Python: server.engine.native_ops) checks the same and more before calling; this
+ * is the last line. */
 int attend_decode_check(const decode_qkv *in, uint16_t *const *stores, const int64_t *caps,
                         const int64_t *lens, const int64_t *tokens, int rows, int layer,
-                        int heads, int kv_heads, int dim, const uint16_t *out, int threads) {
+                        int heads, int kv_heads, int dim, const void *out, int threads) {
   if (!in || !in->q || !in->k || !in->v || !stores || !caps || !lens || !tokens || !out)
     return GLL_BAD_SHAPE;
   if (dim <= 0 || dim % 16 || dim > 256 || rows <= 0 || heads <= 0 || kv_heads <= 0 ||

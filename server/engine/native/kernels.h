@@ -22,15 +22,20 @@ typedef struct {
   uint16_t *x, *qkv, *att, *inner, *y;
 } gpt2_step;
 
-/* A decode step's new queries, keys and values of one layer (bf16), each where its projection
- * left it: query head h of packed token t at q + t * q_token + h * q_head, its dims contiguous;
- * kv head g's key at k + t * k_token + g * k_head, its value likewise in v. GPT-2's packed
- * c_attn output is one pattern for all three; a Llama-family step's rotated q and k and its
- * v may each have their own. */
+/* A decode step's new queries, keys and values of one layer, each where its projection left
+ * it: query head h of packed token t at q + t * q_token + h * q_head (strides in elements),
+ * its dims contiguous; kv head g's key at k + t * k_token + g * k_head, its value likewise in
+ * v. GPT-2's packed c_attn output is one pattern for all three; a Llama-family step's rotated
+ * q and k and its v may each have their own. The element type is the entry point's:
+ * attend_decode_bf16 reads bf16; attend_decode_avx2 the dtype it is told (gll_dtype). */
 typedef struct {
-  const uint16_t *q, *k, *v;
+  const void *q, *k, *v;
   int64_t q_token, q_head, k_token, k_head, v_token, v_head;
 } decode_qkv;
+
+/* The element types attend_decode_avx2 reads and writes, passed as int (an out-of-range value
+ * is refused, not undefined): Python's native_ops.DTYPE_CODES. */
+typedef enum { GLL_BF16 = 0, GLL_F16 = 1, GLL_F32 = 2 } gll_dtype;
 
 int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K);
 int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
@@ -51,6 +56,10 @@ int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16
                 const int64_t *tokens);
 int attend_decode_check(const decode_qkv *in, uint16_t *const *stores, const int64_t *caps,
                         const int64_t *lens, const int64_t *tokens, int rows, int layer,
-                        int heads, int kv_heads, int dim, const uint16_t *out, int threads);
+                        int heads, int kv_heads, int dim, const void *out, int threads);
+int attend_decode_avx2(const decode_qkv *in, int qkv_dtype, uint16_t *const *stores,
+                       int cache_dtype, const int64_t *caps, const int64_t *lens,
+                       const int64_t *tokens, int rows, int layer, int heads, int kv_heads,
+                       int dim, float scale, void *out, int64_t out_stride, int threads);
 
 #endif

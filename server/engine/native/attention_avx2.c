@@ -1,0 +1,289 @@
+/* Decode attention for CPUs with AVX2 + FMA + F16C and no AVX-512 BF16 (AMD Zen 3, Intel
+ * Haswell to Alder Lake): attention_bf16.c's contract over fp16 or bf16 KV caches, read where
+ * they lie and widened to fp32 in registers (fp16 by F16C's vcvtph2ps, bf16 by a 16-bit shift).
+ *
+ * For each decoding row r and kv head g of one layer (query heads g * group .. g * group +
+ * group - 1, group = heads / kv_heads):
+ *   1. the token's new key and value of head g (fp32 or bf16, where the layer's projection left
+ *      them) are written at position lens[r] of the row's cache, rounded to the cache's dtype
+ *      to nearest even (as torch's copy into the cache rounds);
+ *   2. for each query of the group (widened to fp32), s_t = scale * q . K[t], t = 0 .. lens[r];
+ *   3. softmax (max subtracted), out = sum_t p_t V[t] / sum_t p_t, in fp32, written in the
+ *      queries' dtype (fp32 as is, bf16 rounded once).
+ *
+ * The dtypes served on such a CPU (server.engine.code_path): a float16 or int8 model computes
+ * in fp32 with an fp16 cache (KV_DTYPE=auto), a bfloat16 model in bf16 with a bf16 cache. Any
+ * of the four (queries, cache) pairs is taken: the query's dtype only changes how the
+ * query is read and the output written, the cache's only how a key or value is widened.
+ *
+ * Why: torch widened each row's whole cache to fp32 per layer (server.engine.row_cache
+ * _widened: 2 bytes read, 4 written and 4 read again per element) before its attention; this
+ * reads the 2 bytes once. Tiles of TILE positions serve every query of the group while they
+ * are in L1 (a kv head is read from memory once per step, as in attention_bf16.c).
+ *
+ * With 16 vector registers (not AVX-512's 32) a query of up to 256 dims does not fit in
+ * registers: the group's queries are widened once into fp32 scratch (L1) and streamed beside
+ * the keys, four keys at a time (four sums, one horizontal reduction); the value sums are
+ * kept 64 dims (8 registers) at a time. Each score and each output element is summed in an
+ * order fixed by the row's own length and the head dim, so a row's result is the same alone or
+ * beside other rows, and a query's does not depend on its group size.
+ *
+ * Threads: one OpenMP loop over (row, kv head) pairs, as attention_bf16.c. Cache layout per
+ * row (server.engine.row_cache.RowCache.store): [layers][2][kv_heads][capacity][dim].
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "simd_bf16.h"
+
+/* Fully unrolled register loops (gemm_int8.c says why). */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* Positions per tile: 32 keys of up to 256 dims (16 bits) are 16 KB, kept in L1 while each
+ * query of the group reads them. */
+enum { TILE = 32, CHUNK = 64 /* value dims summed in registers at a time: 8 vectors */ };
+
+static int elem_size(int dtype) { return dtype == GLL_F32 ? 4 : 2; }
+
+static const void *elem_at(const void *p, int64_t i, int dtype) {
+  return (const char *)p + i * elem_size(dtype);
+}
+
+/* 8 16-bit floats widened exactly to fp32: fp16 by F16C, bf16 by a 16-bit shift. */
+GLL_AVX2_F16C static inline __m256 widen8(const uint16_t *p, int f16) {
+  __m128i h = _mm_loadu_si128((const __m128i *)p);
+  if (f16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* 8 fp32 rounded to bf16, nearest even (NaN: the quiet NaN 0x7fc0, as torch rounds). */
+GLL_AVX2_F16C static inline __m128i round_bf16(__m256 v) {
+  __m256i u = _mm256_castps_si256(v);
+  __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(
+      _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+  __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+/* 8 elements of p + i (fp32 or bf16) as fp32. */
+GLL_AVX2_F16C static inline __m256 load8(const void *p, int64_t i, int dtype) {
+  if (dtype == GLL_F32) return _mm256_loadu_ps((const float *)p + i);
+  return widen8((const uint16_t *)p + i, dtype == GLL_F16);
+}
+
+/* 8 fp32 stored at p + i in dtype (fp16 and bf16 rounded to nearest even). */
+GLL_AVX2_F16C static inline void store8(void *p, int64_t i, __m256 v, int dtype) {
+  if (dtype == GLL_F32) {
+    _mm256_storeu_ps((float *)p + i, v);
+    return;
+  }
+  __m128i h = dtype == GLL_F16 ? _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                               : round_bf16(v);
+  _mm_storeu_si128((__m128i *)((uint16_t *)p + i), h);
+}
+
+/* The 4 vectors' lane sums, each by the same tree: ((0+1)+(2+3)) + ((4+5)+(6+7)). */
+GLL_AVX2_F16C static inline __m128 sum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* e^x for x <= 0, as simd_bf16.h's exp_nonpos: 2^n * 2^f, 2^f by its degree-6 Taylor
+ * polynomial; x >= -87 keeps 2^n a normal float (n >= -126), built in its exponent bits. */
+GLL_AVX2_F16C static inline __m256 exp8_nonpos(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f));
+  __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.6931471805599453f));
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* Steps 2 and 3 for one kv head's cache (keys, values: [capacity][dim], positions 0 .. len
+ * written) and its group's queries qf [group][dim] (fp32). Scratch: scores [group][stride]
+ * (stride >= len + 2: the 1 / sum of weights goes in the last slot), sums [group][dim].
+ * Inlined into one function per cache dtype (f16 a constant), so the hot loops do not test it. */
+GLL_AVX2_F16C static inline __attribute__((always_inline)) void attend_group(
+    const float *qf, const uint16_t *keys, const uint16_t *values, int len, int dim, int group,
+    float scale, float *scores, int64_t stride, float *sums, const int f16) {
+  const int n = len + 1;
+  for (int t0 = 0; t0 < n; t0 += TILE) {
+    int t1 = t0 + TILE < n ? t0 + TILE : n;
+    for (int j = 0; j < group; j++) {
+      const float *qj = qf + (int64_t)j * dim;
+      float *s = scores + j * stride;
+      for (int t = t0; t < t1; t += 4) {
+        /* Past the tile's end a lane re-reads key t (its sum is dropped): no read beyond the
+         * written positions, and every key's sum is the same whichever lane it took. */
+        const uint16_t *k0 = keys + (int64_t)t * dim;
+        const uint16_t *k1 = t + 1 < t1 ? k0 + dim : k0, *k2 = t + 2 < t1 ? k0 + 2 * dim : k0;
+        const uint16_t *k3 = t + 3 < t1 ? k0 + 3 * dim : k0;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int i = 0; i < dim; i += 8) {
+          __m256 q = _mm256_loadu_ps(qj + i);
+          a0 = _mm256_fmadd_ps(q, widen8(k0 + i, f16), a0);
+          a1 = _mm256_fmadd_ps(q, widen8(k1 + i, f16), a1);
+          a2 = _mm256_fmadd_ps(q, widen8(k2 + i, f16), a2);
+          a3 = _mm256_fmadd_ps(q, widen8(k3 + i, f16), a3);
+        }
+        __m128 four = _mm_mul_ps(sum4(a0, a1, a2, a3), _mm_set1_ps(scale));
+        if (t + 4 <= t1) {
+          _mm_storeu_ps(s + t, four);
+        } else {
+          float lanes[4];
+          _mm_storeu_ps(lanes, four);
+          for (int l = 0; t + l < t1; l++) s[t + l] = lanes[l];
+        }
+      }
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int j = 0; j < group; j++) {
+    float *s = scores + j * stride;
+    float top = -INFINITY;
+    for (int t = 0; t < n; t++)
+      if (s[t] > top) top = s[t];
+    __m256 mx = _mm256_set1_ps(top), total = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+      __m256 p = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + t), mx));
+      _mm256_storeu_ps(s + t, p);
+      total = _mm256_add_ps(total, p);
+    }
+    if (t < n) {
+      __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - t), lane);
+      __m256 p = exp8_nonpos(_mm256_sub_ps(_mm256_maskload_ps(s + t, m), mx));
+      p = _mm256_and_ps(p, _mm256_castsi256_ps(m));
+      _mm256_maskstore_ps(s + t, m, p);
+      total = _mm256_add_ps(total, p);
+    }
+    s[stride - 1] = 1.0f / _mm_cvtss_f32(sum4(total, total, total, total));
+    for (int i = 0; i < dim; i += 8) _mm256_storeu_ps(sums + (int64_t)j * dim + i, _mm256_setzero_ps());
+  }
+  for (int t0 = 0; t0 < n; t0 += TILE) {
+    int t1 = t0 + TILE < n ? t0 + TILE : n;
+    for (int j = 0; j < group; j++) {
+      const float *s = scores + j * stride;
+      for (int c = 0; c < dim; c += CHUNK) {
+        float *sj = sums + (int64_t)j * dim + c;
+        const int w = (dim - c < CHUNK ? dim - c : CHUNK) / 8; /* 2, 4, 6 or 8 vectors */
+        __m256 acc[8];
+        UNROLL for (int i = 0; i < 8; i++) acc[i] = i < w ? _mm256_loadu_ps(sj + 8 * i) : _mm256_setzero_ps();
+        for (int t = t0; t < t1; t++) {
+          __m256 p = _mm256_set1_ps(s[t]);
+          const uint16_t *vt = values + (int64_t)t * dim + c;
+          UNROLL for (int i = 0; i < 8; i++)
+            if (i < w) acc[i] = _mm256_fmadd_ps(p, widen8(vt + 8 * i, f16), acc[i]);
+        }
+        UNROLL for (int i = 0; i < 8; i++)
+          if (i < w) _mm256_storeu_ps(sj + 8 * i, acc[i]);
+      }
+    }
+  }
+}
+
+GLL_AVX2_F16C static void attend_group_f16(const float *qf, const uint16_t *keys,
+                                           const uint16_t *values, int len, int dim, int group,
+                                           float scale, float *scores, int64_t stride,
+                                           float *sums) {
+  attend_group(qf, keys, values, len, dim, group, scale, scores, stride, sums, 1);
+}
+
+GLL_AVX2_F16C static void attend_group_bf16(const float *qf, const uint16_t *keys,
+                                            const uint16_t *values, int len, int dim, int group,
+                                            float scale, float *scores, int64_t stride,
+                                            float *sums) {
+  attend_group(qf, keys, values, len, dim, group, scale, scores, stride, sums, 0);
+}
+
+/* dim elements of src (dtype from) written at dst in dtype to (16-bit: the cache's). */
+GLL_AVX2_F16C static void put(uint16_t *dst, int to, const void *src, int from, int dim) {
+  if (from == to) {
+    memcpy(dst, src, (size_t)dim * 2); /* bf16 into bf16: as is, bit for bit */
+    return;
+  }
+  for (int i = 0; i < dim; i += 8) store8(dst, i, load8(src, i, from), to);
+}
+
+GLL_AVX2_F16C static int attend_run(const decode_qkv *in, int qkv_dtype, uint16_t *const *stores,
+                                    int cache_dtype, const int64_t *caps, const int64_t *lens,
+                                    const int64_t *tokens, int rows, int layer, int heads,
+                                    int kv_heads, int dim, float scale, void *out,
+                                    int64_t out_stride, int threads) {
+  int64_t longest = 0;
+  for (int r = 0; r < rows; r++)
+    if (lens[r] + 1 > longest) longest = lens[r] + 1;
+  const int group = heads / kv_heads, f16 = cache_dtype == GLL_F16;
+  int failed = 0;
+  /* Each query's scores, then its 1 / sum of weights in the last slot, in whole vectors. */
+  const int64_t stride = (longest + 1 + 7) / 8 * 8;
+#pragma omp parallel num_threads(threads)
+  {
+    /* This thread's scratch: scores [group][stride], queries and sums [group][dim]. */
+    float *scores = (float *)_mm_malloc(sizeof(float) * group * (stride + 2 * (int64_t)dim), 32);
+    if (!scores) {
+#pragma omp atomic write
+      failed = 1;
+    }
+    float *qf = scores ? scores + group * stride : NULL, *sums = qf ? qf + group * dim : NULL;
+#pragma omp for schedule(static)
+    for (int task = 0; task < rows * kv_heads; task++) {
+      if (!scores) continue; /* this thread's share is left undone: the call fails */
+      int r = task / kv_heads, g = task % kv_heads, h = g * group;
+      int64_t plane = caps[r] * dim; /* one kv head's keys (or values) in one layer */
+      uint16_t *keys = stores[r] + ((int64_t)layer * 2 * kv_heads + g) * plane;
+      uint16_t *values = keys + (int64_t)kv_heads * plane;
+      put(keys + lens[r] * dim, cache_dtype,
+          elem_at(in->k, tokens[r] * in->k_token + g * in->k_head, qkv_dtype), qkv_dtype, dim);
+      put(values + lens[r] * dim, cache_dtype,
+          elem_at(in->v, tokens[r] * in->v_token + g * in->v_head, qkv_dtype), qkv_dtype, dim);
+      for (int j = 0; j < group; j++) {
+        const void *q = elem_at(in->q, tokens[r] * in->q_token + (h + j) * in->q_head, qkv_dtype);
+        for (int i = 0; i < dim; i += 8) _mm256_storeu_ps(qf + j * dim + i, load8(q, i, qkv_dtype));
+      }
+      if (f16)
+        attend_group_f16(qf, keys, values, (int)lens[r], dim, group, scale, scores, stride, sums);
+      else
+        attend_group_bf16(qf, keys, values, (int)lens[r], dim, group, scale, scores, stride, sums);
+      for (int j = 0; j < group; j++) {
+        __m256 inv = _mm256_set1_ps(scores[j * stride + stride - 1]);
+        int64_t at = tokens[r] * out_stride + (int64_t)(h + j) * dim;
+        for (int i = 0; i < dim; i += 8)
+          store8(out, at + i, _mm256_mul_ps(_mm256_loadu_ps(sums + j * dim + i), inv), qkv_dtype);
+      }
+    }
+    _mm_free(scores);
+  }
+  return failed ? GLL_NO_MEMORY : GLL_OK;
+}
+
+/* One layer, every decoding row: attend_decode_bf16's contract (attention_bf16.c), with
+ *   qkv_dtype: GLL_F32 or GLL_BF16, the dtype of in's q, k, v and of out (strides in its
+ *     elements);
+ *   cache_dtype: GLL_F16 or GLL_BF16, the dtype of every row's store.
+ * Returns GLL_OK; GLL_BAD_SHAPE when a dtype or size is outside what this kernel takes
+ * (attend_decode_check; nothing written then); GLL_NO_MEMORY when a thread's scratch could not
+ * be allocated. Call only where the CPU has AVX2, FMA and F16C (server.engine.native_ops). */
+int attend_decode_avx2(const decode_qkv *in, int qkv_dtype, uint16_t *const *stores,
+                       int cache_dtype, const int64_t *caps, const int64_t *lens,
+                       const int64_t *tokens, int rows, int layer, int heads, int kv_heads,
+                       int dim, float scale, void *out, int64_t out_stride, int threads) {
+  if ((qkv_dtype != GLL_F32 && qkv_dtype != GLL_BF16) ||
+      (cache_dtype != GLL_F16 && cache_dtype != GLL_BF16))
+    return GLL_BAD_SHAPE;
+  int status = attend_decode_check(in, stores, caps, lens, tokens, rows, layer, heads, kv_heads,
+                                   dim, out, threads);
+  if (status != GLL_OK) return status;
+  return attend_run(in, qkv_dtype, stores, cache_dtype, caps, lens, tokens, rows, layer, heads,
+                    kv_heads, dim, scale, out, out_stride, threads);
+}
