@@ -3,6 +3,12 @@ any C runs (these tests run on any CPU: the library is never reached), and, wher
 AVX-512 BF16, each kernel computes torch's float math on bf16 operands at odd shapes (rows 1,
 3, 7; widths not a multiple of 32; 3 heads; grouped-query caches of 1, 2, 3 kv heads serving
 groups of 2, 4, 6 queries), within bf16 rounding.
+
+The decode attention's AVX2 variant (attention_avx2.c: AVX2 + FMA + F16C, e.g. AMD Zen 3, and
+every AVX-512 CPU too) is called by name and checked the same way over fp16 and bf16 caches
+with fp32 and bf16 queries: kv heads 1-3, groups 1-6, head dims 16-256, lengths 0, 1, odd and
+across its 32-position tiles; the new key and value rounded into the cache's dtype as torch's
+copy rounds them, and nothing else of the store touched.
 """
 
 from __future__ import annotations
@@ -14,9 +20,16 @@ from torch.nn import functional
 from server.engine import native_ops
 from server.engine.native_ops import DecodeCaches, GPT2Scratch
 
-BF16 = torch.bfloat16
+BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
 runs_here = pytest.mark.skipif(not native_ops.available(),
                                reason=f"native kernels do not run here: {native_ops.unavailable()}")
+avx2_here = pytest.mark.skipif("avx2" not in native_ops.attention_variants(),
+                               reason=f"the AVX2 decode attention does not run here: "
+                                      f"{native_ops.attention_unavailable()}")
+# (query, cache) dtypes: fp32 over fp16 (a float16 or int8 model, KV_DTYPE=auto), bf16 over
+# bf16 (a bfloat16 model) are what the server hands it; the other two pairs it takes as well.
+PAIRS = [(F32, F16), (BF16, BF16), (F32, BF16), (BF16, F16)]
+PAIR_IDS = ["fp32-fp16", "bf16-bf16", "fp32-bf16", "bf16-fp16"]
 
 
 @pytest.fixture
@@ -25,6 +38,7 @@ def no_library(monkeypatch):
     def reached() -> None:
         raise AssertionError("the library was reached before the checks failed")
     monkeypatch.setattr(native_ops, "_lib", reached)
+    monkeypatch.setattr(native_ops, "_variant_lib", reached)
 
 
 def _store(layers: int = 2, heads: int = 3, capacity: int = 9, dim: int = 16,
@@ -41,13 +55,14 @@ def _qkv(tokens: int, heads: int = 3, dim: int = 16) -> tuple[torch.Tensor, ...]
                  for t in qkv.split(heads * dim, dim=2))
 
 
-def _gqa(tokens: int, heads: int, kv_heads: int, dim: int) -> tuple[torch.Tensor, ...]:
+def _gqa(tokens: int, heads: int, kv_heads: int, dim: int,
+         dtype: torch.dtype = BF16) -> tuple[torch.Tensor, ...]:
     """q [1, heads, tokens, dim] and k, v [1, kv_heads, tokens, dim] as a Llama-family layer
     hands them to the attention: q and k rotated (RoPE makes new contiguous tensors), v a
     view of its projection."""
-    q = torch.randn(1, heads, tokens, dim).to(BF16)
-    k = torch.randn(1, kv_heads, tokens, dim).to(BF16)
-    v = torch.randn(1, tokens, kv_heads * dim).to(BF16).view(1, tokens, kv_heads, dim)
+    q = torch.randn(1, heads, tokens, dim).to(dtype)
+    k = torch.randn(1, kv_heads, tokens, dim).to(dtype)
+    v = torch.randn(1, tokens, kv_heads * dim).to(dtype).view(1, tokens, kv_heads, dim)
     return q, k, v.transpose(1, 2)
 
 
@@ -61,13 +76,16 @@ def _gqa(tokens: int, heads: int, kv_heads: int, dim: int) -> tuple[torch.Tensor
     ([_store(), _store(heads=4)], [0, 0], r"expected \(2, 2, 1, 3, capacity, 16\)"),
     ([_store(), _store(layers=1)], [0, 0], "expected"),
     ([_store(), _store(dim=32)], [0, 0], "expected"),
-    ([_store(dtype=torch.float16)], [0], "dtype torch.float16"),
+    ([_store(dtype=F32)], [0], "row 0's cache store: dtype torch.float32, the decode "
+                               "attention reads torch.bfloat16 or torch.float16 caches"),
+    ([_store(), _store(dtype=F16)], [0, 0], "row 1's cache store: dtype torch.float16, this "
+                                            "kernel takes torch.bfloat16"),
     ([_store()[:, :, :, :, :4]], [0], "not contiguous"),
     ([torch.zeros(2, 2, 3, 9, 16, dtype=BF16)], [0], "store is"),
     ([_store(dim=24)], [0], "head dim = 24"),
     ([_store(dim=272)], [0], "head dim = 272"),
-], ids=["full", "past-end", "negative", "heads", "layers", "dim", "dtype", "strided", "5-d",
-        "dim-24", "dim-272"])
+], ids=["full", "past-end", "negative", "heads", "layers", "dim", "dtype", "mixed-dtypes",
+        "strided", "5-d", "dim-24", "dim-272"])
 def test_an_out_of_bounds_cache_geometry_raises(no_library, stores, lens, says) -> None:
     with pytest.raises(ValueError, match=says):
         DecodeCaches(stores, lens, list(range(len(stores))))
@@ -86,17 +104,27 @@ def test_token_indexes_must_be_distinct_and_one_per_row(no_library) -> None:
     ({"heads": 4}, "the caches hold 3 kv heads of 16, the keys and values 4 of 16"),
     ({"dim": 32}, "the keys and values 3 of 32"),
     ({"tokens": 2}, "token index 2 of 2 tokens"),
-    ({"dtype": torch.float32}, "does not take these tensors"),
+    ({"dtype": F16}, "does not take these tensors.*not CPU tensors of one dtype of "
+                     "torch.bfloat16, torch.float32"),
+    ({"value_dtype": F32}, r"\['torch.bfloat16', 'torch.bfloat16', 'torch.float32'\]"),
     ({"scale": float("nan")}, "scale nan"),
+    ({"variant": "sse"}, "attention variant 'sse': use one of avx512_bf16, avx2"),
+    ({"variant": "avx512_bf16", "dtype": F32},
+     "attention variant avx512_bf16: takes torch.bfloat16 over torch.bfloat16, not "
+     r"torch.float32 queries over torch.(bfloat|float)16 caches"),
 ])
-def test_attention_checks_its_tensors_against_the_caches(no_library, change, says) -> None:
-    caches = DecodeCaches([_store(), _store(), _store()], [0, 4, 8], [0, 1, 2])
+@pytest.mark.parametrize("cache", [BF16, F16])
+def test_attention_checks_its_tensors_against_the_caches(no_library, change, says,
+                                                         cache: torch.dtype) -> None:
+    caches = DecodeCaches([_store(dtype=cache) for _ in range(3)], [0, 4, 8], [0, 1, 2])
     q, k, v = _qkv(change.get("tokens", 3), change.get("heads", 3), change.get("dim", 16))
     if "dtype" in change:
         q, k, v = (t.to(change["dtype"]) for t in (q, k, v))
+    if "value_dtype" in change:
+        v = v.to(change["value_dtype"])
     with pytest.raises(ValueError, match=says):
         native_ops.attend_decode(q, k, v, caches, change.get("layer", 0),
-                                 change.get("scale", 0.25))
+                                 change.get("scale", 0.25), change.get("variant"))
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "says"), [
@@ -180,6 +208,30 @@ def test_without_the_library_an_operation_names_why(monkeypatch) -> None:
             native_ops.gemm(torch.zeros(3, 8, dtype=BF16), torch.zeros(16, 8, dtype=BF16), None)
     finally:
         native_ops.library.cache_clear()
+
+
+def test_the_attention_variant_is_the_first_that_runs_here_and_takes_the_dtypes(
+        monkeypatch) -> None:
+    """AVX-512 BF16 first for bf16 over bf16, AVX2 for the pairs only it takes; on a CPU with
+    neither, a call names the features and no variant is offered."""
+    everything = ("avx512_bf16", "avx2")
+    assert native_ops.attention_variant(BF16, BF16, everything) == "avx512_bf16"
+    assert native_ops.attention_variant(F32, F16, everything) == "avx2"
+    assert native_ops.attention_variant(BF16, BF16, ("avx2",)) == "avx2"
+    assert native_ops.attention_variant(F16, F16, everything) is None  # no variant takes it
+    assert native_ops.attention_takers(F32, F32) == []
+    monkeypatch.setattr(native_ops, "cpu_flags", lambda: {"avx2", "fma"})  # no f16c
+    native_ops.attention_variants.cache_clear()
+    try:
+        assert native_ops.attention_variants() == () and not native_ops.attention_caches()
+        assert "avx2, fma, f16c" in native_ops.attention_unavailable()
+        caches = DecodeCaches([_store(dtype=F16)], [3], [0])
+        with pytest.raises(native_ops.NativeError, match="float16 caches: needs avx2, fma, f16c"):
+            native_ops.attend_decode(*_gqa(1, 3, 3, 16, F32), caches, 0, 0.25)
+        with pytest.raises(native_ops.NativeError, match="avx2: needs f16c"):
+            native_ops.attend_decode(*_gqa(1, 3, 3, 16, F32), caches, 0, 0.25, "avx2")
+    finally:
+        native_ops.attention_variants.cache_clear()
 
 
 # -- the kernels against torch (where the CPU has AVX-512 BF16) ----------------------------
@@ -336,3 +388,116 @@ def test_gpt2_decode_is_its_layers_one_by_one_bit_for_bit() -> None:
         native_ops.gpt2_attn_out(block, scratch, h_copy)
     assert torch.equal(h, h_copy)
     assert all(torch.equal(a, b) for a, b in zip(stores, copies, strict=True))
+
+
+# -- the AVX2 decode attention against torch (where the CPU has AVX2, FMA, F16C) -------------
+
+
+def _attention_reference(query: torch.Tensor, store: torch.Tensor, layer: int, held: int,
+                         token: int, scale: float) -> torch.Tensor:
+    """Query ``token``'s heads over ``store``'s layer up to and including position ``held``,
+    in float64 (query head h reads kv head h // group): [heads, dim]."""
+    keys = store[layer, 0, 0, :, :held + 1].double()
+    values = store[layer, 1, 0, :, :held + 1].double()
+    q = query[0, :, token].double()
+    group = q.shape[0] // keys.shape[0]
+    keys, values = (t.repeat_interleave(group, dim=0) for t in (keys, values))
+    weights = torch.softmax((q[:, None] * keys).sum(-1) * scale, dim=-1)
+    return (weights[:, :, None] * values).sum(1)
+
+
+def _close_in(dtype: torch.dtype, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """fp32 outputs: within fp32 sums in another order (and the exp polynomial's ~1e-7);
+    bf16 outputs: within one bf16 rounding."""
+    if dtype == F32:
+        torch.testing.assert_close(actual.double(), expected, rtol=2e-5, atol=2e-6)
+    else:
+        _close(actual, expected)
+
+
+@avx2_here
+@pytest.mark.parametrize(("query", "cache"), PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize(("kv_heads", "group", "dim"), [
+    (1, 1, 16), (3, 1, 48), (1, 6, 64), (2, 4, 80), (3, 2, 128), (2, 5, 256), (1, 3, 32),
+    (3, 6, 112)])
+def test_avx2_attention_is_the_softmax_over_the_cache_with_the_new_token(
+        query: torch.dtype, cache: torch.dtype, kv_heads: int, group: int, dim: int) -> None:
+    """Rows of lengths 0, 1, 3, 31, 32, 33 and 77 (across the 32-position tiles and the
+    four-key score blocks), tokens out of order, one prompt token left unwritten; every query
+    over its kv head's cache, the new key and value written at its length in the cache's
+    dtype (rounded as torch's copy rounds) and nothing else of any store changed."""
+    torch.manual_seed(kv_heads * 1000 + group * 100 + dim)
+    heads, layers, layer = kv_heads * group, 3, 1
+    lens, caps = [0, 1, 3, 31, 32, 33, 77], [1, 5, 4, 40, 33, 34, 90]
+    tokens = [5, 0, 7, 2, 6, 1, 3]  # token 4: a prompt token, left unwritten
+    stores = [_store(layers, kv_heads, cap, dim, cache) for cap in caps]
+    before = [s.clone() for s in stores]
+    q, k, v = _gqa(8, heads, kv_heads, dim, query)
+    out = native_ops.attend_decode(q, k, v, DecodeCaches(stores, lens, tokens), layer,
+                                   dim ** -0.5, "avx2")
+    assert out.shape == (1, 8, heads, dim) and out.dtype == query
+    for store, old, held, token in zip(stores, before, lens, tokens, strict=True):
+        expected_store = old.clone()
+        expected_store[layer, 0, 0, :, held] = k[0, :, token]  # torch's rounding into cache
+        expected_store[layer, 1, 0, :, held] = v[0, :, token]
+        assert torch.equal(store, expected_store)
+        _close_in(query, out[0, token], _attention_reference(q, store, layer, held, token,
+                                                             dim ** -0.5))
+
+
+@avx2_here
+@pytest.mark.parametrize(("query", "cache"), PAIRS, ids=PAIR_IDS)
+def test_avx2_attention_of_a_row_is_the_same_alone_and_beside_others(
+        query: torch.dtype, cache: torch.dtype) -> None:
+    torch.manual_seed(5)
+    lens, caps = [9, 120, 0], [10, 128, 3]
+    stores = [_store(2, 2, cap, 64, cache) for cap in caps]
+    q, k, v = _gqa(3, 6, 2, 64, query)
+    alone_store = stores[1].clone()
+    together = native_ops.attend_decode(q, k, v, DecodeCaches(stores, lens, [0, 1, 2]), 0,
+                                        0.125, "avx2")
+    one = tuple(t[:, :, 1:2] for t in (q, k, v))
+    alone = native_ops.attend_decode(*one, DecodeCaches([alone_store], [120], [0]), 0, 0.125,
+                                     "avx2")
+    assert torch.equal(alone[0, 0], together[0, 1])
+    assert torch.equal(alone_store, stores[1])
+
+
+@avx2_here
+@pytest.mark.parametrize(("query", "cache"), PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize(("kv_heads", "group", "dim"), [(1, 4, 64), (2, 6, 128), (3, 2, 80)])
+def test_avx2_grouped_query_is_bit_for_bit_its_query_over_a_repeated_cache(
+        query: torch.dtype, cache: torch.dtype, kv_heads: int, group: int, dim: int) -> None:
+    """A kv head read once for its group gives each query what it gets over a cache with the
+    kv head repeated (group 1)."""
+    torch.manual_seed(group * dim + kv_heads)
+    heads, lens, caps = kv_heads * group, [5, 40, 66], [6, 48, 67]
+    stores = [_store(2, kv_heads, cap, dim, cache) for cap in caps]
+    repeated = [s.repeat_interleave(group, dim=3) for s in stores]
+    q, k, v = _gqa(3, heads, kv_heads, dim, query)
+    grouped = native_ops.attend_decode(q, k, v, DecodeCaches(stores, lens, [0, 1, 2]), 1,
+                                       dim ** -0.5, "avx2")
+    k_all, v_all = (t.repeat_interleave(group, dim=1) for t in (k, v))
+    plain = native_ops.attend_decode(q, k_all, v_all, DecodeCaches(repeated, lens, [0, 1, 2]),
+                                     1, dim ** -0.5, "avx2")
+    assert torch.equal(grouped, plain)
+    for store, wide in zip(stores, repeated, strict=True):
+        assert torch.equal(store.repeat_interleave(group, dim=3), wide)
+
+
+@avx2_here
+def test_avx2_attention_takes_gpt2s_packed_views_and_is_chosen_here_for_fp16_caches() -> None:
+    """GPT-2's c_attn views (one packed tensor, fp32 as a float16 model computes them) over
+    fp16 caches: the variant chosen without a name is the AVX2 one (no other takes fp32
+    queries) and gives the same as naming it."""
+    torch.manual_seed(8)
+    qkv = torch.randn(1, 2, 3 * 3 * 32)
+    q, k, v = (t.view(1, 2, 3, 32).transpose(1, 2) for t in qkv.split(3 * 32, dim=2))
+    stores = [_store(1, 3, 20, 32, F16) for _ in range(2)]
+    copies = [s.clone() for s in stores]
+    assert native_ops.attention_variant(F32, F16) == "avx2"
+    chosen = native_ops.attend_decode(q, k, v, DecodeCaches(stores, [7, 19], [1, 0]), 0, 0.2)
+    named = native_ops.attend_decode(q, k, v, DecodeCaches(copies, [7, 19], [1, 0]), 0, 0.2,
+                                     "avx2")
+    assert torch.equal(chosen, named) and all(map(torch.equal, stores, copies))
+    _close_in(F32, chosen[0, 1], _attention_reference(q, stores[0], 0, 7, 1, 0.2))
