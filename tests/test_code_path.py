@@ -13,7 +13,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.waiting import wait_until
-from server.engine import code_path, gpt2_forward, kernels, native_gemm, row_cache
+from server.engine import code_path, gpt2_forward, kernels, native_gemm, native_ops, row_cache
 from server.engine.code_path import CodePath, Machine, decide
 from server.engine.decoding import GenerationRequest
 from server.engine.model import resolve_source
@@ -21,8 +21,11 @@ from server.engine.quantize import conv1d_to_linear, quantize_float16, quantize_
 from server.engine.step import StepEngine, generate_alone
 from tests.conftest import MODELS_DIR
 
-NATIVE_HERE = Machine(None)  # as on a CPU with AVX-512 BF16 and the kernels built
-NO_BF16 = Machine("no avx512_bf16 on this CPU")
+# As on a CPU with AVX-512 BF16 and the kernels built (Zen 4): both attention variants run.
+NATIVE_HERE = Machine(None, ("avx512_bf16", "avx2"))
+# As on an AVX2-only CPU (Zen 3): the AVX2 decode attention, no AVX-512 kernels.
+AVX2_ONLY = Machine("no avx512f, avx512bw, avx512vl, avx512_bf16 on this CPU", ("avx2",))
+NO_BF16 = Machine("no avx512_bf16 on this CPU")  # and no attention variant (no AVX2 + F16C)
 
 
 def _tiny(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -54,10 +57,14 @@ def test_a_model_that_is_not_gpt2_runs_its_own_forward(tiny_model: Path) -> None
 
 
 @pytest.mark.parametrize(("machine", "attention", "why"), [
-    (NATIVE_HERE, code_path.NATIVE_ATTENTION, "decoding rows of bf16 caches in C"),
-    (NO_BF16, code_path.TORCH_ATTENTION, "no avx512_bf16 on this CPU"),
-])
-def test_bf16_caches_are_attended_in_c_where_the_kernels_run(
+    (NATIVE_HERE, code_path.NATIVE_ATTENTION,
+     "decoding rows of bfloat16 caches in C (avx512_bf16)"),
+    (AVX2_ONLY, code_path.NATIVE_ATTENTION, "decoding rows of bfloat16 caches in C (avx2)"),
+    (NO_BF16, code_path.TORCH_ATTENTION,
+     "no C decode attention for bfloat16 caches runs on this machine (avx512_bf16 needs "
+     "avx512f, avx512bw, avx512vl, avx512_bf16; avx2 needs avx2, fma, f16c;"),
+], ids=["avx512-bf16", "avx2-only", "neither"])
+def test_bf16_caches_are_attended_in_c_where_a_variant_runs(
         tiny_model: Path, machine: Machine, attention: str, why: str) -> None:
     path = decide(_tiny(torch.bfloat16), "auto", "bfloat16", machine)
     assert path.attention == attention and path.attention_why.startswith(why)
@@ -66,13 +73,43 @@ def test_bf16_caches_are_attended_in_c_where_the_kernels_run(
     assert path.layers == code_path.LEAN_LAYERS  # plain bf16 linears: not the C layers
 
 
+@pytest.mark.parametrize(("machine", "attention", "why"), [
+    (NATIVE_HERE, code_path.NATIVE_ATTENTION, "decoding rows of float16 caches in C (avx2)"),
+    (AVX2_ONLY, code_path.NATIVE_ATTENTION, "decoding rows of float16 caches in C (avx2)"),
+    (NO_BF16, code_path.TORCH_ATTENTION,
+     "no C decode attention for float16 caches runs on this machine (avx2 needs avx2, fma, "
+     "f16c;"),
+], ids=["avx512-bf16", "avx2-only", "neither"])
+def test_a_float16_models_caches_are_attended_in_c_by_the_avx2_variant(
+        tiny_model: Path, machine: Machine, attention: str, why: str) -> None:
+    """DTYPE=float16 (fp16 weights computed in float32), KV_DTYPE=auto: float16 caches read
+    by float32 queries, which only the AVX2 variant takes (on AVX-512 CPUs too)."""
+    path = decide(quantize_float16(_tiny()), "auto", "float16", machine)
+    assert path.attention == attention and path.attention_why.startswith(why)
+    assert (path.attention_dtype, path.kv_dtype, path.cache_dtype) == \
+        ("float32", "float16", "float16")
+
+
 def test_this_cpu_names_what_it_lacks_for_the_native_path(tiny_model: Path) -> None:
     here = Machine.here()
     path = decide(_tiny(torch.bfloat16), "auto")
     if native_gemm.missing_flags():
         assert here.native_blocked.startswith("no ") and "avx512_bf16" in here.native_blocked
-        assert path.attention_why == here.native_blocked
     assert (here.native_blocked is None) == native_gemm.available()
+    assert here.attention == native_ops.attention_variants()
+    runs = native_ops.attention_variant(torch.bfloat16, torch.bfloat16) is not None
+    assert path.attention == (code_path.NATIVE_ATTENTION if runs else code_path.TORCH_ATTENTION)
+
+
+@pytest.mark.skipif("avx2" not in native_ops.attention_variants(),
+                    reason=f"no AVX2 decode attention here: {native_ops.attention_unavailable()}")
+def test_an_avx2_cpu_serves_float16_models_with_the_c_decode_attention(tiny_model: Path) -> None:
+    """On this CPU (AVX2 + FMA + F16C, e.g. Zen 3): a float16 model's engine attends its
+    decoding rows in C, over float16 caches."""
+    engine = StepEngine(quantize_float16(_tiny()), 0, kv_dtype="auto")
+    assert (engine.path.attention, engine.path.cache_dtype) == \
+        (code_path.NATIVE_ATTENTION, "float16")
+    assert engine.path.attention_why.endswith("(avx2); prompt chunks in torch")
 
 
 @pytest.mark.skipif(bool(native_gemm.missing_flags()),
