@@ -1,7 +1,8 @@
 """The native kernels' C tests (tests/native/test_kernels.c) under AddressSanitizer + UBSan:
 compiled on every machine (the same -Wall -Wextra -Werror as the install-time build), their
 plain-C argument checks run on any x86-64, and the kernels run against references at odd
-shapes where the CPU has AVX-512 BF16 (else skipped, naming the missing features).
+shapes where the CPU has AVX-512 BF16 (else skipped, naming the missing features); the
+decode attention's AVX2 variant where it has AVX2, FMA and F16C (asserted here, before a skip).
 `make native-sanitize` runs the same program.
 """
 
@@ -14,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from server.engine import native_ops
 
 HERE = Path(__file__).with_name("native")
 
@@ -34,6 +37,8 @@ def test_the_kernels_pass_their_c_tests_under_asan_and_ubsan(tmp_path: Path) -> 
                                            "UBSAN_OPTIONS": "print_stacktrace=1"})
     said = run.stdout + run.stderr
     assert "checks: ok" in run.stdout, said  # the plain-C checks ran here, under the sanitizers
+    if "avx2" in native_ops.attention_variants():  # AVX2 + FMA + F16C: the AVX2 attention ran
+        assert "attention avx2: ok" in run.stdout, said
     if run.returncode == 77:
         pytest.skip(run.stdout.strip().splitlines()[-1])  # "SKIP kernels: this CPU lacks ..."
     assert run.returncode == 0 and "kernels: ok" in run.stdout, said

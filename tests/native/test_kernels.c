@@ -21,6 +21,15 @@
  * gemm_int8_vnni (AVX-512 VNNI) against the same sum over activations quantized per row as the
  * kernel does, at odd shapes: rows 1-9 and 13, inputs 1, 3, 33, 98, 130, outputs 16, 48, 144.
  * Python's tests/test_native_int8.py compares them with torch.
+ *
+ * The decode attention's AVX2 variant (attention_avx2.c) has its own part, where the CPU has
+ * AVX2, FMA and F16C (e.g. AMD Zen 3; SKIP naming them elsewhere): fp32 and bf16 queries over
+ * fp16 and bf16 caches, kv heads 1-3 serving groups 1-6, dims 16-256, GPT-2's packed q/k/v
+ * and Llama's separate ones, lengths 0, 1, 3 and across the 32-position tiles, each row's last
+ * slot filled; against a double softmax over the cache, the new key/value written in the
+ * cache's dtype (a plain-C rounding to nearest even) and nothing else; each grouped query
+ * bit for bit its output over the cache with its kv head repeated. Its plain-C checks (dtype
+ * codes, geometry) are part 1.
  */
 #include <math.h>
 #include <stdint.h>
@@ -67,6 +76,25 @@ static uint16_t *random_bf16(size_t n, float scale) {
   return p;
 }
 
+/* fp16 <-> fp32 in plain C (the reference for F16C's conversions). */
+static float from_f16(uint16_t h) {
+  int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  float f = exp == 0 ? ldexpf((float)man, -24)
+            : exp == 31 ? (man ? NAN : INFINITY) : ldexpf((float)(man | 0x400), exp - 25);
+  return h & 0x8000 ? -f : f;
+}
+
+static uint16_t to_f16(float f) { /* round to nearest even (not NaN) */
+  uint16_t sign = signbit(f) ? 0x8000 : 0;
+  float a = fabsf(f);
+  if (a >= 65520.0f) return sign | 0x7c00; /* the tie above 65504 rounds to even: infinity */
+  if (a < ldexpf(1, -14)) return sign | (uint16_t)nearbyintf(a * 16777216.0f); /* 2^-24 steps */
+  int e;
+  float m = nearbyintf(ldexpf(frexpf(a, &e), 11)); /* 11 significant bits, nearest even */
+  if (m == 2048.0f) m = 1024.0f, e++;
+  return sign | (uint16_t)((e + 14) << 10) | (uint16_t)((int)m - 1024);
+}
+
 static int close_to(float got, double want) {
   return fabs(got - want) <= 2e-2 + 1.6e-2 * fabs(want);
 }
@@ -108,6 +136,36 @@ static void test_checks(void) {
   tokens[1] = -1;
   CHECK(attend_decode_bf16(&in, stores, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f, dst, 16, 1) ==
             -1, "attention took token -1");
+  /* The AVX2 variant: its dtype codes, then the same geometry checks (no AVX2 before them). */
+  tokens[1] = 1;
+  CHECK(attend_decode_avx2(&in, GLL_F16, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took fp16 queries");
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F32, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took fp32 caches");
+  CHECK(attend_decode_avx2(&in, 7, stores, GLL_BF16, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f,
+                           dst, 16, 1) == -1, "avx2 attention took dtype 7");
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, -1, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f,
+                           dst, 16, 1) == -1, "avx2 attention took cache dtype -1");
+  lens[1] = 8;
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took a full cache");
+  lens[1] = 2;
+  const int bad[][4] = {/* heads, kv heads, dim, layer */
+                        {1, 1, 24, 0}, {1, 1, 272, 0}, {1, 1, 0, 0}, {6, 4, 16, 0},
+                        {4, 0, 16, 0}, {2, 3, 16, 0}, {1, 1, 16, -1}};
+  for (int i = 0; i < 7; i++)
+    CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, bad[i][3],
+                             bad[i][0], bad[i][1], bad[i][2], 0.25f, dst, 16, 1) == -1,
+          "avx2 attention took heads %d kv heads %d dim %d layer %d", bad[i][0], bad[i][1],
+          bad[i][2], bad[i][3]);
+  CHECK(attend_decode_avx2(NULL, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took no q/k/v");
+  CHECK(attend_decode_avx2(&no_v, GLL_BF16, stores, GLL_BF16, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took no values");
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, NULL, 16, 1) == -1, "avx2 attention took no output");
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 0) == -1, "avx2 attention took 0 threads");
   gpt2_step s = {48, 80, 5, 1, 1e-5f, 0.25f, w, w, w, w, w};
   gpt2_block b = {0};
   CHECK(gpt2_attn_in(&b, &s, w, 1) == -1, "gpt2 took 48 wide in 5 heads");
@@ -241,6 +299,165 @@ static void test_attention(int kv_heads, int group, int dim, int packed) {
   if (packed) free(qkv);
   else free(q), free(k), free(v);
   for (int r = 0; r < ROWS; r++) free(stores[r]), free(before[r]), free(wide[r]);
+}
+
+/* -- the AVX2 decode attention --------------------------------------------------------- */
+
+static float get(const void *p, int64_t i, int dtype) {
+  if (dtype == GLL_F32) return ((const float *)p)[i];
+  uint16_t h = ((const uint16_t *)p)[i];
+  return dtype == GLL_F16 ? from_f16(h) : from_bf16(h);
+}
+
+static void *random_of(size_t n, int dtype) {
+  void *p = malloc(n * (dtype == GLL_F32 ? 4 : 2));
+  if (!p) abort();
+  for (size_t i = 0; i < n; i++) {
+    float f = uniform();
+    if (dtype == GLL_F32) ((float *)p)[i] = f;
+    else ((uint16_t *)p)[i] = dtype == GLL_F16 ? to_f16(f) : to_bf16(f);
+  }
+  return p;
+}
+
+/* An element of a new key or value (dtype qt) as the cache stores it (dtype ct). */
+static uint16_t as_cache(const void *p, int64_t i, int qt, int ct) {
+  if (qt == ct) return ((const uint16_t *)p)[i];
+  float f = get(p, i, qt);
+  return ct == GLL_F16 ? to_f16(f) : to_bf16(f);
+}
+
+/* One layer over ROWS caches of dtype ct with queries, keys, values and output of dtype qt;
+ * packed: GPT-2's c_attn layout (group 1), else Llama's (as test_attention). */
+static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct, int packed) {
+  enum { ROWS = 6, LAYERS = 2, TOKENS = 7, LAYER = 1 };
+  const int64_t caps[ROWS] = {1, 2, 4, 33, 40, 78}, lens[ROWS] = {0, 1, 3, 32, 33, 77};
+  const int64_t tokens[ROWS] = {2, 0, 4, 6, 5, 1}; /* token 3 is a prompt token */
+  const int heads = kv_heads * group, size = qt == GLL_F32 ? 4 : 2;
+  const int64_t width = (int64_t)heads * dim, kv_width = (int64_t)kv_heads * dim;
+  void *qkv = NULL, *q, *k, *v;
+  decode_qkv in;
+  if (packed) {
+    qkv = random_of(TOKENS * 3 * width, qt);
+    q = qkv, k = (char *)qkv + width * size, v = (char *)qkv + 2 * width * size;
+    in = (decode_qkv){q, k, v, 3 * width, dim, 3 * width, dim, 3 * width, dim};
+  } else {
+    q = random_of(TOKENS * width, qt), k = random_of(TOKENS * kv_width, qt);
+    v = random_of(TOKENS * kv_width, qt);
+    in = (decode_qkv){q, k, v, width, dim, dim, TOKENS * dim, kv_width, dim};
+  }
+  uint16_t *stores[ROWS], *before[ROWS], *wide[ROWS];
+  for (int r = 0; r < ROWS; r++) {
+    size_t cells = (size_t)LAYERS * 2 * kv_heads * caps[r] * dim, plane = caps[r] * dim;
+    stores[r] = random_of(cells, ct);
+    before[r] = malloc(cells * 2);
+    memcpy(before[r], stores[r], cells * 2);
+    wide[r] = malloc(cells * group * 2);
+    for (size_t part = 0; part < (size_t)LAYERS * 2; part++)
+      for (int h = 0; h < heads; h++)
+        memcpy(wide[r] + (part * heads + h) * plane,
+               stores[r] + (part * kv_heads + h / group) * plane, plane * 2);
+  }
+  void *out = malloc(TOKENS * width * size), *out_wide = malloc(TOKENS * width * size);
+  float scale = 1.0f / sqrtf((float)dim);
+  CHECK(attend_decode_avx2(&in, qt, stores, ct, caps, lens, tokens, ROWS, LAYER, heads, kv_heads,
+                           dim, scale, out, width, 2) == 0,
+        "avx2 attention kv heads %d group %d dim %d", kv_heads, group, dim);
+  double *p = malloc(sizeof(double) * 78);
+  for (int r = 0; r < ROWS; r++) {
+    int64_t plane = caps[r] * dim, n = lens[r] + 1;
+    for (int h = 0; h < heads; h++) {
+      int g = h / group, written = 1;
+      uint16_t *keys = stores[r] + ((int64_t)LAYER * 2 * kv_heads + g) * plane;
+      uint16_t *values = keys + kv_heads * plane;
+      for (int d = 0; d < dim; d++)
+        written &= keys[lens[r] * dim + d] ==
+                       as_cache(k, tokens[r] * in.k_token + g * in.k_head + d, qt, ct) &&
+                   values[lens[r] * dim + d] ==
+                       as_cache(v, tokens[r] * in.v_token + g * in.v_head + d, qt, ct);
+      CHECK(written, "avx2 q %d cache %d kv %d group %d dim %d row %d kv head %d: new key/value",
+            qt, ct, kv_heads, group, dim, r, g);
+      double top = -INFINITY, total = 0;
+      for (int64_t t = 0; t < n; t++) {
+        double s = 0;
+        for (int d = 0; d < dim; d++)
+          s += (double)get(q, tokens[r] * in.q_token + h * in.q_head + d, qt) *
+               get(keys, t * dim + d, ct);
+        p[t] = s * scale;
+        if (p[t] > top) top = p[t];
+      }
+      for (int64_t t = 0; t < n; t++) total += p[t] = exp(p[t] - top);
+      for (int d = 0; d < dim; d++) {
+        double want = 0;
+        for (int64_t t = 0; t < n; t++) want += p[t] * get(values, t * dim + d, ct);
+        want /= total;
+        float got = get(out, tokens[r] * width + h * dim + d, qt);
+        /* fp32 out: sums in another order and the exp polynomial; bf16: one rounding. */
+        int ok = qt == GLL_F32 ? fabs(got - want) <= 2e-6 + 2e-5 * fabs(want) : close_to(got, want);
+        if (!ok) {
+          CHECK(0, "avx2 q %d cache %d kv %d group %d dim %d row %d head %d: out[%d] = %.9g, "
+                "expected %.9g", qt, ct, kv_heads, group, dim, r, h, d, got, want);
+          break;
+        }
+      }
+    }
+    for (int h = 0; h < 2 * kv_heads; h++) {
+      size_t at = (((size_t)LAYER * 2 * kv_heads + h) * caps[r] + lens[r]) * dim;
+      memcpy(stores[r] + at, before[r] + at, dim * 2);
+    }
+    CHECK(!memcmp(stores[r], before[r], (size_t)LAYERS * 2 * kv_heads * caps[r] * dim * 2),
+          "avx2 kv %d group %d dim %d row %d: the attention wrote outside the new position",
+          kv_heads, group, dim, r);
+  }
+  if (group > 1) { /* the same queries over the repeated caches, bit for bit */
+    void *k_wide = malloc(TOKENS * width * size), *v_wide = malloc(TOKENS * width * size);
+    for (int t = 0; t < TOKENS; t++)
+      for (int h = 0; h < heads; h++) {
+        memcpy((char *)k_wide + (t * width + h * dim) * size,
+               (char *)k + (t * in.k_token + h / group * in.k_head) * size, dim * size);
+        memcpy((char *)v_wide + (t * width + h * dim) * size,
+               (char *)v + (t * in.v_token + h / group * in.v_head) * size, dim * size);
+      }
+    decode_qkv flat = {q, k_wide, v_wide, width, dim, width, dim, width, dim};
+    CHECK(attend_decode_avx2(&flat, qt, wide, ct, caps, lens, tokens, ROWS, LAYER, heads, heads,
+                             dim, scale, out_wide, width, 2) == 0, "avx2 over repeated caches");
+    for (int r = 0; r < ROWS; r++)
+      CHECK(!memcmp((char *)out + tokens[r] * width * size,
+                    (char *)out_wide + tokens[r] * width * size, width * size),
+            "avx2 kv %d group %d dim %d row %d: not its queries over the repeated cache",
+            kv_heads, group, dim, r);
+    free(k_wide), free(v_wide);
+  }
+  free(p), free(out), free(out_wide);
+  if (packed) free(qkv);
+  else free(q), free(k), free(v);
+  for (int r = 0; r < ROWS; r++) free(stores[r]), free(before[r]), free(wide[r]);
+}
+
+/* Every (query, cache) dtype pair at odd shapes; SKIP (naming what is missing) without the
+ * features. */
+static void test_attention_avx2_variant(void) {
+  const char *needed[] = {"avx2", "fma", "f16c"};
+  const int has[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma"),
+                     __builtin_cpu_supports("f16c")};
+  int missing = 0;
+  for (int i = 0; i < 3; i++)
+    if (!has[i]) printf("%s%s", missing++ ? ", " : "SKIP attention avx2: this CPU lacks ", needed[i]);
+  if (missing) {
+    printf("\n");
+    return;
+  }
+  const int pairs[4][2] = {{GLL_F32, GLL_F16}, {GLL_BF16, GLL_BF16}, {GLL_F32, GLL_BF16},
+                           {GLL_BF16, GLL_F16}};
+  const int shapes[][3] = {/* kv heads, group, dim */
+                           {1, 1, 16}, {3, 1, 48}, {1, 6, 64}, {2, 4, 80}, {3, 2, 128},
+                           {2, 5, 256}, {1, 3, 32}, {3, 6, 112}};
+  for (int i = 0; i < 4; i++) {
+    test_attention_avx2(3, 1, 16 * (i + 1), pairs[i][0], pairs[i][1], 1); /* GPT-2's packed */
+    for (int j = 0; j < 8; j++)
+      test_attention_avx2(shapes[j][0], shapes[j][1], shapes[j][2], pairs[i][0], pairs[i][1], 0);
+  }
+  printf("attention avx2: %s\n", failures ? "FAILED" : "ok");
 }
 
 typedef struct {
@@ -433,6 +650,7 @@ int main(void) {
                           __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512vnni")};
   test_int8_variant(0, fma, has_fma, 2);
   test_int8_variant(1, vnni, has_vnni, 4);
+  test_attention_avx2_variant();
   const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
   const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};
