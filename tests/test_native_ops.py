@@ -39,6 +39,7 @@ def no_library(monkeypatch):
         raise AssertionError("the library was reached before the checks failed")
     monkeypatch.setattr(native_ops, "_lib", reached)
     monkeypatch.setattr(native_ops, "_variant_lib", reached)
+    monkeypatch.setattr(native_ops, "_attention_lib", reached)
 
 
 def _store(layers: int = 2, heads: int = 3, capacity: int = 9, dim: int = 16,

@@ -1,54 +1,109 @@
-"""What one row's attention costs by dtype: torch's CPU scaled_dot_product_attention for one
-query (a decode step) over 70 / 300 / 900 cached positions, gpt2-large's 20 heads of 64.
+"""What one row's decode attention costs: torch's CPU scaled_dot_product_attention for one
+query (a decode step) over 70 / 300 / 900 cached positions, gpt2-large's 20 heads of 64,
+beside the project's C decode attention (server.engine.native_ops.attend_decode) on the same
+cache, each variant this CPU runs.
 
     python -m bench attention --threads 2
 
-Rows: bf16 as is (a bf16 model's own attention), and the cache widened to float32 first
-(what server.engine.row_cache.attention_dtype does for a bf16 model; the widening copy is timed
-with it). Prints microseconds per call, median of --reps (bench.timing, after 5 untimed calls).
+Rows per cache length:
+- torch: the bf16 cache as is (a bf16 model's own attention), and each 16-bit cache widened to
+  float32 first (what server.engine.row_cache does: bf16 for a bfloat16 model, float16 for a
+  float16 or int8 model under KV_DTYPE=auto; the widening copy is timed with it);
+- C: per variant here (``--variant``; default every one: avx512_bf16, avx2) and per (query,
+  cache) dtype pair it takes of the two the server hands it (bf16 over bf16, float32 over
+  float16), on the same cache; it also writes the new key and value, as in a step. The ratio
+  is torch's widened time over the kernel's (> 1: the kernel is faster).
+
+Prints microseconds per call, medians of --reps calls interleaved (bench.timing, after 5
+untimed calls of each). Run it on a quiet machine: on a shared box the figures mean little.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional
 
-from bench.timing import median_ms
+from bench.timing import interleaved, ms
+from server.engine import native_ops
 
 HEADS, HEAD_DIM = 20, 64
 POSITIONS = (70, 300, 900)
+# (query, cache) dtypes as the server pairs them: a bfloat16 model's, a float16 model's.
+PAIRS = ((torch.bfloat16, torch.bfloat16), (torch.float32, torch.float16))
 
 
-def row_attention_us(positions: int, reps: int) -> tuple[float, float]:
-    """(bf16, widened to float32) median µs of one query's attention over ``positions``."""
-    q = torch.randn(1, HEADS, 1, HEAD_DIM, dtype=torch.bfloat16)
-    k, v = (torch.randn(1, HEADS, positions, HEAD_DIM, dtype=torch.bfloat16) for _ in range(2))
+def _name(query: torch.dtype, cache: torch.dtype) -> str:
+    return f"{str(query)[6:]} over {str(cache)[6:]}"
+
+
+def calls(positions: int, variants: list[str]) -> dict[str, Callable[[], object]]:
+    """Each path's call for one query over ``positions`` cached ones (plus the new one)."""
+    held = positions - 1  # the kernel writes the new token at this length: positions in all
+    q = {dtype: torch.randn(1, HEADS, 1, HEAD_DIM).to(dtype) for dtype in (torch.bfloat16,
+                                                                         torch.float32)}
+    stores = {dtype: torch.randn(1, 2, 1, HEADS, positions, HEAD_DIM).to(dtype)
+              for dtype in (torch.bfloat16, torch.float16)}
     wide_k, wide_v = (torch.empty(1, HEADS, positions, HEAD_DIM) for _ in range(2))
 
-    def widened() -> torch.Tensor:
-        wide_k.copy_(k)
-        wide_v.copy_(v)
-        return functional.scaled_dot_product_attention(q.float(), wide_k, wide_v)
+    def widened(cache: torch.dtype) -> Callable[[], object]:
+        def run() -> torch.Tensor:
+            wide_k.copy_(stores[cache][0, 0])
+            wide_v.copy_(stores[cache][0, 1])
+            return functional.scaled_dot_product_attention(q[torch.float32], wide_k, wide_v)
+        return run
 
-    bf16 = median_ms(lambda: functional.scaled_dot_product_attention(q, k, v), reps, warmup=5)
-    return bf16 * 1000, median_ms(widened, reps, warmup=5) * 1000
+    bf16 = stores[torch.bfloat16][0]
+    paths: dict[str, Callable[[], object]] = {
+        "torch bf16": lambda: functional.scaled_dot_product_attention(
+            q[torch.bfloat16], bf16[0], bf16[1]),
+        "torch bfloat16 widened": widened(torch.bfloat16),
+        "torch float16 widened": widened(torch.float16),
+    }
+    for variant in variants:
+        for query, cache in PAIRS:
+            if (query, cache) not in native_ops.ATTENTION_DTYPES[variant]:
+                continue
+            caches = native_ops.DecodeCaches([stores[cache]], [held], [0])
+            k = v = q[query]  # a new key and value of the query's dtype, kv heads = heads
+
+            def run(variant=variant, query=query, caches=caches, k=k, v=v) -> torch.Tensor:
+                return native_ops.attend_decode(q[query], k, v, caches, 0, HEAD_DIM ** -0.5,
+                                                variant)
+            paths[f"C {variant} {_name(query, cache)}"] = run
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print one line per cache length: bf16 attention against widened float32."""
+    """Print one line per path and cache length, the kernel's beside torch's widened."""
     parser = argparse.ArgumentParser(prog="python -m bench attention",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--variant", action="append", choices=list(native_ops.ATTENTION_VARIANTS),
+                        help="a C decode attention variant to time (repeatable; default: every "
+                             "one this CPU runs)")
     args = parser.parse_args(argv)
+    here = native_ops.attention_variants()
+    variants = args.variant or list(here)
+    absent = [v for v in variants if v not in here]
+    if absent:
+        parser.error(f"--variant {', '.join(absent)}: does not run here "
+                     f"({native_ops.attention_unavailable() or 'this CPU lacks its features'})")
     torch.set_num_threads(args.threads)
     print(f"us per row-attention call, one query, {HEADS} heads of {HEAD_DIM}, "
-          f"{args.threads} thread(s), torch {torch.__version__}")
+          f"{args.threads} thread(s), torch {torch.__version__}, C variants: "
+          f"{', '.join(variants) or 'none run here'}")
     with torch.inference_mode():
         for positions in POSITIONS:
-            bf16, widened = row_attention_us(positions, args.reps)
-            print(f"{positions:>4} positions: bf16 {bf16:,.0f} us, widened to float32 "
-                  f"{widened:,.0f} us", flush=True)
+            times = {name: ms(t) * 1000 for name, t in
+                     interleaved(calls(positions, variants), args.reps, warmup=5).items()}
+            print(f"{positions:>4} positions:", flush=True)
+            for name, us in times.items():
+                cache = "bfloat16" if name.endswith("bfloat16") else "float16"
+                ratio = (f"  (torch widened / C: {times[f'torch {cache} widened'] / us:.2f}x)"
+                         if name.startswith("C ") else "")
+                print(f"  {name:<34} {us:>9,.1f} us{ratio}", flush=True)
     return 0

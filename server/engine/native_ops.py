@@ -608,9 +608,15 @@ def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     else:
         _call(_ATTENTION_ENTRIES[variant], ctypes.byref(qkv), DTYPE_CODES[query.dtype], stores,
               DTYPE_CODES[caches.dtype], caps, lens, indexes, *sizes,
-              lib=_variant_lib(f"native decode attention {variant}",
-                               ATTENTION_VARIANTS[variant]))
+              lib=_attention_lib(variant))
     return out
+
+
+def _attention_lib(variant: str) -> ctypes.CDLL:
+    """The library for ``variant``: from the cached ``attention_variants`` where it runs (a
+    layer's call must not read /proc/cpuinfo), else NativeError naming what is missing."""
+    lib = _loaded_anywhere()[0] if variant in attention_variants() else None
+    return lib or _variant_lib(f"native decode attention {variant}", ATTENTION_VARIANTS[variant])
 
 
 def _attention_variant(query: torch.dtype, cache: torch.dtype, variant: str | None) -> str:
