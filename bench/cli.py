@@ -51,7 +51,7 @@ COMMANDS: dict[str, Command] = {
     "gemm": Command("bench.micro.gemm", "Which GEMM path is fastest at a decode step's row "
                     "counts?", "micro"),
     "attention": Command("bench.micro.attention", "What does one row's decode attention cost, "
-                         "bf16 against widened float32?", "micro"),
+                         "torch's (bf16, widened float32) against the C kernel's?", "micro"),
     "step": Command("bench.micro.step", "What does one engine step cost: by batch (costs), "
                     "by forward path (paths), by weight layout (layouts), compiled (compile)?",
                     "micro"),
