@@ -38,7 +38,7 @@ def _tiny(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
 def test_a_float32_gpt2_runs_the_lean_forward_and_torch_attention(tiny_model: Path) -> None:
     path = decide(_tiny(), "auto", "float32", NATIVE_HERE)
     assert (path.precision, path.linear, path.layers, path.attention) == \
-        ("float32", "blas_fp32", code_path.LEAN_LAYERS, code_path.TORCH_ATTENTION)
+        ("float32", "blas_fp32", code_path.GPT2_LAYERS, code_path.TORCH_ATTENTION)
     assert path.layers_why == "linear layers run blas_fp32: the C layers need native_bf16"
     assert "float32 caches" in path.attention_why
     assert (path.attention_dtype, path.kv_dtype, path.cache_dtype) == \
@@ -50,7 +50,7 @@ def test_a_model_that_is_not_gpt2_runs_its_own_forward(tiny_model: Path) -> None
     model.config.model_type = "not-gpt2"
     path = decide(model, "model", machine=NATIVE_HERE)
     assert path.layers == code_path.MODEL_FORWARD
-    assert path.layers_why == "not GPT-2 (model_type not-gpt2)"
+    assert path.layers_why == "no lean forward for model_type not-gpt2"
 
 
 @pytest.mark.parametrize(("machine", "attention", "why"), [
@@ -63,7 +63,7 @@ def test_bf16_caches_are_attended_in_c_where_the_kernels_run(
     assert path.attention == attention and path.attention_why.startswith(why)
     # torch's attention (prompt chunks, or every row without the kernel) widens to float32.
     assert (path.attention_dtype, path.cache_dtype) == ("float32", "bfloat16")
-    assert path.layers == code_path.LEAN_LAYERS  # plain bf16 linears: not the C layers
+    assert path.layers == code_path.GPT2_LAYERS  # plain bf16 linears: not the C layers
 
 
 def test_this_cpu_names_what_it_lacks_for_the_native_path(tiny_model: Path) -> None:
@@ -159,7 +159,7 @@ def test_ready_and_metrics_report_the_path(client, operator_headers) -> None:
     reported = CodePath(**body["code_path"])
     assert reported.precision == body["kernels"]["chosen"]
     assert reported.kv_dtype == body["kv_dtype"]
-    assert reported.layers == code_path.LEAN_LAYERS  # synthetic:tiny is GPT-2
+    assert reported.layers == code_path.GPT2_LAYERS  # synthetic:tiny is GPT-2
     assert all(getattr(reported, f"{part}_why") for part in ("linear", "layers", "attention"))
     metrics = client.get("/metrics", headers=operator_headers).get_data(as_text=True)
     labels = [s.labels for family in text_string_to_metric_families(metrics)
