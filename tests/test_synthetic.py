@@ -1,5 +1,6 @@
 """The synthetic builder: exact GPT-2 architectures, padded tokenizer, idempotent builds."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,12 @@ def test_gpt2_fingerprint_is_unchanged_by_the_decoder_presets() -> None:
                                      "published_params": None}
     assert found["builder_version"] == 1 and found["seed"] == 1234
     assert "vocabulary_sha256" in synthetic.fingerprint("tiny-qwen")
+
+
+def test_making_a_config_leaves_the_preset_and_its_fingerprint_alone() -> None:
+    """transformers writes rope_theta into the rope_scaling dict it is given: were it the
+    preset's own, a build made in one process would look stale in the next."""
+    for name in ("llama-3.2-1b", "tiny-llama", "qwen2.5-1.5b"):
+        before = (copy.deepcopy(synthetic.PRESETS[name]), synthetic.fingerprint(name))
+        synthetic.model_config(name)
+        assert (synthetic.PRESETS[name], synthetic.fingerprint(name)) == before, name

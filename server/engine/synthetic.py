@@ -212,8 +212,10 @@ def model_config(name: str):  # -> a transformers PretrainedConfig (import kept 
         )
     words = vocabulary(name)
     specials = {token: words.regular + i for i, token in enumerate(words.specials)}
+    # A copy of the scaling: transformers writes rope_theta into the dict it is given, and
+    # the preset's own must not change (the build fingerprint holds it).
     extra = {"use_sliding_window": False, "max_window_layers": preset.layers} \
-        if preset.model_type == "qwen2" else {"rope_scaling": preset.rope_scaling}
+        if preset.model_type == "qwen2" else {"rope_scaling": dict(preset.rope_scaling)}
     return AutoConfig.for_model(
         preset.model_type,
         num_hidden_layers=preset.layers,
