@@ -167,3 +167,20 @@ def test_ready_and_metrics_report_the_path(client, operator_headers) -> None:
     assert labels == [{key: body["code_path"][key] for key in labels[0]}]
     assert set(labels[0]) == {"precision", "linear", "layers", "attention",
                               "attention_dtype", "cache_dtype"}
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen"])
+def test_ready_names_the_llama_forward_for_the_llama_family(make_app, tiny_decoders,
+                                                            operator_headers,
+                                                            preset: str) -> None:
+    client = make_app(MODEL=f"synthetic:{preset}").test_client()
+    answers = []
+
+    def ready() -> bool:
+        answers.append(client.get("/ready", headers=operator_headers))
+        return answers[-1].status_code != 503
+
+    wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
+    path = answers[-1].json["code_path"]
+    assert path["layers"] == code_path.LLAMA_LAYERS
+    assert path["layers_why"].startswith("a Llama-family decoder (model_type ")
