@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.engine import code_path, llama_forward
+from server.engine import code_path, kernels, llama_forward
 from server.engine.code_path import Machine, decide
 from server.engine.decoding import GenerationRequest
+from server.engine.quantize import quantize_int8
 from server.engine.row_cache import PackedStep, RowCache, Segment
 from server.engine.step import StepEngine, generate_alone
 from tests.conftest import TINY_DECODERS
@@ -50,6 +51,28 @@ def test_the_lean_forward_gives_transformers_logits(folder: Path, dtype: torch.d
     theirs, ours = _both(model, _rows(engine), list(range(300, 311)), llama_forward.forward)
     assert ours.shape == theirs.shape == (3, model.config.vocab_size)
     assert ours.dtype == dtype and torch.equal(ours, theirs)
+
+
+SERVED = [kernels.ONEDNN, kernels.FLOAT16, kernels.BFLOAT16, kernels.INT8,
+          kernels.BF16_NATIVE, kernels.INT8_NATIVE]
+
+
+@pytest.mark.parametrize("precision", SERVED)
+def test_every_served_precision_runs_the_lean_forward_on_its_kernels(
+        folder: Path, precision: str) -> None:
+    """The models kernels.choose builds (every linear layer on the precision's kernel, the
+    LM head included): the step engine runs llama_forward on them, with the logits
+    transformers' forward gives over the same modules, bit for bit."""
+    if precision not in kernels.candidates("auto", allow_int8=True):
+        pytest.skip(f"{precision} does not run on this CPU")
+    model = kernels._build(_load(folder), precision, quantize_int8)
+    engine = StepEngine(model, int(model.config.eos_token_id), ignore_eos=True)
+    assert engine.path.layers == code_path.LLAMA_LAYERS
+    expected = 7 * model.config.num_hidden_layers + 1  # q, k, v, o, gate, up, down; head
+    # All of one kernel (bf16 where oneDNN cannot pack: plain bf16 nn.Linear, torch_bf16).
+    assert engine.path.linear_why.startswith(f"{expected} of {expected} linear layers")
+    theirs, ours = _both(model, _rows(engine), list(range(300, 311)), llama_forward.forward)
+    assert torch.equal(ours, theirs)
 
 
 def _plain_and_lean(folder: Path, ids: list[int], rotate_keys: bool = True) -> tuple:
