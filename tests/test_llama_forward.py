@@ -185,3 +185,19 @@ def test_a_sliding_window_or_another_family_is_not_supported(folder: Path) -> No
     for other in (windowed, qwen3):
         assert not llama_forward.supports(other)
         assert decide(other, "model", machine=Machine(None)).layers == code_path.MODEL_FORWARD
+
+
+def test_a_mistral_runs_the_lean_forward_with_transformers_logits() -> None:
+    """Mistral's layer is Llama's (no biases, its own head dim): a seeded in-memory one with
+    full attention gives the same logits through llama_forward, bit for bit."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=32, sliding_window=None, eos_token_id=2)
+    model = MistralForCausalLM(config).eval()
+    engine = StepEngine(model, 2, ignore_eos=True)
+    assert engine.path.layers == code_path.LLAMA_LAYERS
+    theirs, ours = _both(model, _rows(engine), list(range(300, 311)), llama_forward.forward)
+    assert torch.equal(ours, theirs)
