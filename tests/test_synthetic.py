@@ -97,9 +97,8 @@ def test_qwen_has_qkv_biases_and_llama_none() -> None:
 
     for preset, biased in (("qwen2.5-1.5b", True), ("llama-3.2-1b", False),
                            ("tiny-qwen", True), ("tiny-llama", False)):
-        config = synthetic.model_config(preset)
         with torch.device("meta"):
-            attn = synthetic._model_class(config)(config).model.layers[0].self_attn
+            attn = synthetic.new_model(preset).model.layers[0].self_attn
         assert [p.bias is not None for p in (attn.q_proj, attn.k_proj, attn.v_proj)] == \
             [biased] * 3, preset
         assert attn.o_proj.bias is None

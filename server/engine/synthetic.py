@@ -236,19 +236,20 @@ def model_config(name: str):  # -> a transformers PretrainedConfig (import kept 
     )
 
 
-def _model_class(config):  # -> the transformers causal-LM class of ``config``
+def new_model(name: str):  # -> the preset's transformers causal LM, freshly initialised
+    """The preset's model with transformers' random init (GPT2LMHeadModel, LlamaForCausalLM,
+    Qwen2ForCausalLM: the class its config names), on torch's current device and seed."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM._model_mapping[type(config)]
+    return AutoModelForCausalLM.from_config(model_config(name))
 
 
 def count_params(name: str) -> int:
     """Count a preset's parameters on the meta device (no memory is allocated)."""
     import torch
 
-    config = model_config(name)
     with torch.device("meta"):
-        model = _model_class(config)(config)
+        model = new_model(name)
     return model.num_parameters()  # tied input/output embeddings are counted once
 
 
@@ -343,8 +344,7 @@ def _write_build(name: str, target: Path) -> None:
 
     start = time.monotonic()
     torch.manual_seed(SEED)
-    config = model_config(name)
-    model = _model_class(config)(config).eval()
+    model = new_model(name).eval()
     size_gb = model.num_parameters() * 4 / 1e9
     print(f"[synthetic] {name}: {model.num_parameters():,} params, writing {size_gb:.2f} GB "
           f"of safetensors to {target} ...", file=sys.stderr, flush=True)
