@@ -179,3 +179,18 @@ def test_making_a_config_leaves_the_preset_and_its_fingerprint_alone() -> None:
         before = (copy.deepcopy(synthetic.PRESETS[name]), synthetic.fingerprint(name))
         synthetic.model_config(name)
         assert (synthetic.PRESETS[name], synthetic.fingerprint(name)) == before, name
+
+
+def test_every_preset_encodes_text_with_the_same_corpus_bpe(tiny_model: Path,
+                                                           tiny_decoders) -> None:
+    """One BPE under every preset's specials: plain text gets the same ids from GPT-2's,
+    Llama's and Qwen's tokenizer (what Locust's token counts rely on, whichever
+    synthetic tokenizer.json they find)."""
+    from tokenizers import Tokenizer
+
+    text = (synthetic.CORPUS_DIR / sorted(p.name for p in synthetic.CORPUS_DIR.glob("*.txt"))[0]
+            ).read_text()[:2000]
+    folders = [tiny_model, *tiny_decoders.values()]
+    encoded = [Tokenizer.from_file(str(f / "tokenizer.json")).encode(
+        text, add_special_tokens=False).ids for f in folders]
+    assert len(encoded[0]) > 300 and all(ids == encoded[0] for ids in encoded)
