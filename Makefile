@@ -21,12 +21,15 @@ native:
 native-sanitize:
 	$(MAKE) -C tests/native run
 
-# Build the default heavy synthetic model (~3.1 GB, once) and the tiny test model.
+# Build the default heavy synthetic model (~3.1 GB, once) and the tiny test models (GPT-2,
+# and Llama 3 and Qwen2.5 in miniature, ~75 MB together, seconds each).
 model:
 	$(PY) -m server.engine.synthetic build $(subst synthetic:,,$(MODEL))
 
 tiny:
 	$(PY) -m server.engine.synthetic build tiny
+	$(PY) -m server.engine.synthetic build tiny-llama
+	$(PY) -m server.engine.synthetic build tiny-qwen
 
 test: tiny
 	$(PY) -m pytest -q --durations=25

@@ -34,7 +34,9 @@ mkdir -p "$LLAMA_DIR/src" "$LLAMA_DIR/gguf"
 fetch_source() {
   # The sdist, not a wheel: the wheel has no llama-server and no converter.
   [ -d "$SRC" ] && return
-  python3 -m pip download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" \
+  # --no-binary for this package only: ":all:" would also build pip's build dependencies
+  # (scikit-build-core, cmake, ...) from source, which took minutes and never finished.
+  python3 -m pip download --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" \
     -d "$LLAMA_DIR/src"
   tar -xzf "$LLAMA_DIR/src/llama_cpp_python-$VERSION.tar.gz" -C "$LLAMA_DIR/src"
 }

@@ -20,7 +20,8 @@ computed the same way:
 
 Each side also carries the busy-box check over its run: the share of the box's CPU that
 went to processes outside the bench command's tree (server, Locust, guidellm) and the share
-the hypervisor stole; above ``BUSY_SHARE`` the comparison says the box was busy.
+the hypervisor stole; past the analysis's busy-box thresholds (analysis/config.py
+``busy_other_cpu_share``, ``busy_steal_share``) the comparison says the box was busy.
 
 guidellm's own headline numbers (``metrics.output_tokens_per_second`` mean and
 ``metrics.time_to_first_token_ms`` median) are kept beside ours as a check of the recompute.
@@ -38,10 +39,10 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.config import load_config
 from analysis.document import num, table
 
 NAN = float("nan")
-BUSY_SHARE = 0.10  # as analysis/config.py's busy_other_cpu_share
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,13 @@ def render(ours: Side, theirs: Side, result: Comparison) -> str:
 
 
 def busy_note(sides: tuple[Side, ...]) -> str:
-    """One line per side on how busy the box was, with a warning past ``BUSY_SHARE``."""
+    """One line per side on how busy the box was, with a warning past the analysis's
+    busy-box thresholds (the same rule as a run's report)."""
+    limits = load_config()
     lines = []
     for s in sides:
-        busy = s.other_cpu_share > BUSY_SHARE or s.steal_share > BUSY_SHARE
+        busy = (s.other_cpu_share > limits.busy_other_cpu_share
+                or s.steal_share > limits.busy_steal_share)
         lines.append(f"- {s.tool}: other processes used {pct(s.other_cpu_share)} of the box's "
                      f"CPU, the hypervisor stole {pct(s.steal_share)}"
                      + (" -- **busy box: measure again on a quiet one**" if busy else ""))

@@ -3,7 +3,8 @@
 Locust processes must not import torch, so the tokenizer is read with the ``tokenizers``
 package from a ``tokenizer.json``: ``--tokenizer PATH`` (the file, or a model folder holding
 it), else the synthetic models' one under ``$MODELS_DIR`` (default ``models/``; every
-``synthetic:*`` preset shares one tokenizer, trained on the project's own corpus). When no
+``synthetic:*`` preset encodes text with one BPE, trained on the project's own corpus; the
+Llama-family ones add special tokens and a chat template around it). When no
 tokenizer is found (a llama.cpp server elsewhere, say) lengths are counted in words and
 run.json's manifest says so: they are then only an approximation of the server's tokens.
 

@@ -60,6 +60,16 @@ def tiny_model() -> Path:
     return synthetic.build("tiny", MODELS_DIR)
 
 
+# The Llama-family test presets (server.engine.synthetic): Llama 3 and Qwen2.5 in miniature.
+TINY_DECODERS = ("tiny-llama", "tiny-qwen")
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders() -> dict[str, Path]:
+    """Folders of the synthetic:tiny-llama and synthetic:tiny-qwen builds, by preset."""
+    return {name: synthetic.build(name, MODELS_DIR) for name in TINY_DECODERS}
+
+
 @pytest.fixture
 def request_log(tmp_path: Path) -> Path:
     """Where the app under test appends its per-request JSON lines."""

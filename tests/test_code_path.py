@@ -41,7 +41,7 @@ def _tiny(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
 def test_a_float32_gpt2_runs_the_lean_forward_and_torch_attention(tiny_model: Path) -> None:
     path = decide(_tiny(), "auto", "float32", NATIVE_HERE)
     assert (path.precision, path.linear, path.layers, path.attention) == \
-        ("float32", "blas_fp32", code_path.LEAN_LAYERS, code_path.TORCH_ATTENTION)
+        ("float32", "blas_fp32", code_path.GPT2_LAYERS, code_path.TORCH_ATTENTION)
     assert path.layers_why == "linear layers run blas_fp32: the C layers need native_bf16"
     assert "float32 caches" in path.attention_why
     assert (path.attention_dtype, path.kv_dtype, path.cache_dtype) == \
@@ -53,7 +53,7 @@ def test_a_model_that_is_not_gpt2_runs_its_own_forward(tiny_model: Path) -> None
     model.config.model_type = "not-gpt2"
     path = decide(model, "model", machine=NATIVE_HERE)
     assert path.layers == code_path.MODEL_FORWARD
-    assert path.layers_why == "not GPT-2 (model_type not-gpt2)"
+    assert path.layers_why == "no lean forward for model_type not-gpt2"
 
 
 @pytest.mark.parametrize(("machine", "attention", "why"), [
@@ -70,7 +70,7 @@ def test_bf16_caches_are_attended_in_c_where_a_variant_runs(
     assert path.attention == attention and path.attention_why.startswith(why)
     # torch's attention (prompt chunks, or every row without the kernel) widens to float32.
     assert (path.attention_dtype, path.cache_dtype) == ("float32", "bfloat16")
-    assert path.layers == code_path.LEAN_LAYERS  # plain bf16 linears: not the C layers
+    assert path.layers == code_path.GPT2_LAYERS  # plain bf16 linears: not the C layers
 
 
 @pytest.mark.parametrize(("machine", "attention", "why"), [
@@ -196,7 +196,7 @@ def test_ready_and_metrics_report_the_path(client, operator_headers) -> None:
     reported = CodePath(**body["code_path"])
     assert reported.precision == body["kernels"]["chosen"]
     assert reported.kv_dtype == body["kv_dtype"]
-    assert reported.layers == code_path.LEAN_LAYERS  # synthetic:tiny is GPT-2
+    assert reported.layers == code_path.GPT2_LAYERS  # synthetic:tiny is GPT-2
     assert all(getattr(reported, f"{part}_why") for part in ("linear", "layers", "attention"))
     metrics = client.get("/metrics", headers=operator_headers).get_data(as_text=True)
     labels = [s.labels for family in text_string_to_metric_families(metrics)
@@ -204,3 +204,20 @@ def test_ready_and_metrics_report_the_path(client, operator_headers) -> None:
     assert labels == [{key: body["code_path"][key] for key in labels[0]}]
     assert set(labels[0]) == {"precision", "linear", "layers", "attention",
                               "attention_dtype", "cache_dtype"}
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen"])
+def test_ready_names_the_llama_forward_for_the_llama_family(make_app, tiny_decoders,
+                                                            operator_headers,
+                                                            preset: str) -> None:
+    client = make_app(MODEL=f"synthetic:{preset}").test_client()
+    answers = []
+
+    def ready() -> bool:
+        answers.append(client.get("/ready", headers=operator_headers))
+        return answers[-1].status_code != 503
+
+    wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
+    path = answers[-1].json["code_path"]
+    assert path["layers"] == code_path.LLAMA_LAYERS
+    assert path["layers_why"].startswith("a Llama-family decoder (model_type ")

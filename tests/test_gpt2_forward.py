@@ -4,6 +4,7 @@ uses it for GPT-2 models."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,11 @@ def _rows(engine: StepEngine) -> list:
     return rows
 
 
-def _both(model: torch.nn.Module, rows: list, chunk: list[int]) -> tuple:
+def _both(model: torch.nn.Module, rows: list, chunk: list[int],
+          lean_forward: Callable = gpt2_forward.forward) -> tuple:
     """Logits of one step (the rows' last tokens, then a prompt ``chunk`` of a new row),
-    through transformers' forward and through gpt2_forward, on copies of the same caches."""
+    through transformers' forward and through ``lean_forward`` (gpt2_forward's), on copies
+    of the same caches."""
     results = []
     for lean in (False, True):
         caches = [row.cache for row in rows]
@@ -53,7 +56,7 @@ def _both(model: torch.nn.Module, rows: list, chunk: list[int]) -> tuple:
         due = torch.tensor([0, 1, len(ids) - 1])
         with torch.inference_mode():
             if lean:
-                results.append(gpt2_forward.forward(model, ids, positions, step, due))
+                results.append(lean_forward(model, ids, positions, step, due))
             else:
                 results.append(model(input_ids=ids[None], position_ids=positions[None],
                                      cache=step, use_cache=True, packed_step=step,

@@ -111,4 +111,4 @@ def test_a_model_with_a_torch_layer_left_is_not_taken(tiny_model: Path) -> None:
     block.mlp.c_fc = torch.nn.Linear(block.mlp.c_fc.in_features,
                                      block.mlp.c_fc.out_features).to(torch.bfloat16)
     path = code_path.decide(model)
-    assert path.layers == code_path.LEAN_LAYERS and path.layers_why.startswith("layer 1:")
+    assert path.layers == code_path.GPT2_LAYERS and path.layers_why.startswith("layer 1:")

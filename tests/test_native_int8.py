@@ -236,4 +236,4 @@ def test_it_is_a_kernel_candidate_only_where_int8_is_allowed(tiny_model: Path) -
     path = code_path.decide(quantize_native_int8(_tiny()))
     assert (path.precision, path.linear) == ("int8+native", "native_int8")
     assert f"{native_ops.int8_variant()} variant" in path.linear_why
-    assert path.layers == code_path.LEAN_LAYERS and path.attention_dtype == "float32"
+    assert path.layers == code_path.GPT2_LAYERS and path.attention_dtype == "float32"

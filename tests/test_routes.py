@@ -285,3 +285,19 @@ def test_bad_request_changes_nothing_and_is_logged(client, request_log) -> None:
     lines = request_log.read_text().splitlines()
     assert len(lines) == 2  # probes are not logged
     assert '"status":200' in lines[0] and '"status":422' in lines[1]
+
+
+def test_a_llama_serves_its_real_context_capped_by_the_kv_settings(make_app,
+                                                                  tiny_decoders) -> None:
+    """synthetic:tiny-llama keeps Llama 3's 131,072 positions in its config; what one request
+    may reserve is capped by MAX_REQUEST_KV_TOKENS (default: KV_TOKENS), and the 413 says
+    both."""
+    client = make_app(MODEL="synthetic:tiny-llama", MAX_REQUEST_KV_TOKENS=64).test_client()
+    words = " ".join(f"w{i}" for i in range(40))
+    error = _assert_envelope(
+        client.post("/generate-text", json={"prompt": words, "max_new_tokens": 8}),
+        413, "prompt_too_long")
+    assert error["details"]["context_window"] == 131_072 and error["details"]["limit"] == 64
+    assert "64 positions per request" in error["message"]
+    ok = client.post("/generate-text", json={"prompt": "w1 w2", "max_new_tokens": 8})
+    assert ok.status_code == 200

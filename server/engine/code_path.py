@@ -6,8 +6,9 @@ Four choices make a step's path, and each used to be made where it was used:
   (server.engine.kernels ``choose``), e.g. ``bfloat16+native``;
 - linear: the kernel the model's linear layers run on, read from their modules;
 - layers: the project's C layers (server.engine.native_gpt2) for a native-packed GPT-2,
-  the lean torch GPT-2 forward (server.engine.gpt2_forward) for another GPT-2, or the model's
-  own transformers forward;
+  a lean torch forward for its family (server.engine.gpt2_forward for another GPT-2,
+  server.engine.llama_forward for a Llama, Qwen2 or Mistral decoder), or the model's own
+  transformers forward; the record names the module that runs (``LEAN_FORWARDS``);
 - attention: the C decode attention over bf16 caches (row_cache.NativeDecode) or torch's
   ``scaled_dot_product_attention``, the dtype torch's attention computes in and the dtype
   the caches store.
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from server.engine import gpt2_forward, native_gemm, native_gpt2
+from server.engine import gpt2_forward, llama_forward, native_gemm, native_gpt2
 from server.engine.native_int8 import NativeInt8Linear
 from server.engine.native_ops import (
     ATTENTION_VARIANTS,
@@ -35,7 +36,10 @@ from server.engine.native_ops import (
 )
 from server.engine.row_cache import attention_dtype, resolve_kv_dtype, storage_dtype
 
-NATIVE_LAYERS, LEAN_LAYERS, MODEL_FORWARD = "native_c", "gpt2_forward", "transformers"
+NATIVE_LAYERS, MODEL_FORWARD = "native_c", "transformers"
+GPT2_LAYERS, LLAMA_LAYERS = "gpt2_forward", "llama_forward"
+# The lean torch forwards by the name ``layers`` reports: server.engine.<name>.forward runs.
+LEAN_FORWARDS = {GPT2_LAYERS: gpt2_forward, LLAMA_LAYERS: llama_forward}
 NATIVE_ATTENTION, TORCH_ATTENTION = "native_decode", "torch_sdpa"
 # Linear kernel -> the precision server.engine.kernels names that candidate.
 PRECISIONS = {"blas_fp32": "float32", "onednn_fp32": "float32+onednn",
@@ -72,7 +76,7 @@ class CodePath:
     precision: str  # kernels' choice (or read from the modules when not measured)
     linear: str  # a PRECISIONS key
     linear_why: str
-    layers: str  # NATIVE_LAYERS | LEAN_LAYERS | MODEL_FORWARD
+    layers: str  # NATIVE_LAYERS | a LEAN_FORWARDS key | MODEL_FORWARD
     layers_why: str
     attention: str  # NATIVE_ATTENTION | TORCH_ATTENTION (decoding rows; chunks: torch)
     attention_why: str
@@ -115,14 +119,16 @@ def decide(model: nn.Module, kv_dtype: str = "model", precision: str | None = No
 
 
 def _layers(model: nn.Module, linear: str, machine: Machine) -> tuple[str, str]:
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if llama_forward.supports(model):
+        return LLAMA_LAYERS, f"a Llama-family decoder (model_type {kind}); no C layers for it"
     if not gpt2_forward.supports(model):
-        kind = getattr(getattr(model, "config", None), "model_type", None)
-        return MODEL_FORWARD, f"not GPT-2 (model_type {kind})"
+        return MODEL_FORWARD, f"no lean forward for model_type {kind}"
     misfit = native_gpt2.misfit(model)
     if misfit and linear != "native_bf16":
-        return LEAN_LAYERS, f"linear layers run {linear}: the C layers need native_bf16"
+        return GPT2_LAYERS, f"linear layers run {linear}: the C layers need native_bf16"
     if misfit or machine.native_blocked:
-        return LEAN_LAYERS, misfit or machine.native_blocked
+        return GPT2_LAYERS, misfit or machine.native_blocked
     return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"
 
 

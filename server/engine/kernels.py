@@ -41,7 +41,7 @@ from torch import nn
 
 from server.engine import native_gemm, native_int8
 from server.engine.decoding import GenerationRequest
-from server.engine.quantize import quantize_float16, replace_modules
+from server.engine.quantize import quantize_float16, replace_modules, to_bfloat16
 from server.engine.step import StepEngine
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def pack_bfloat16(model: nn.Module) -> nn.Module:
     one thread; its packed copy costs the vocabulary x width in bf16 once more (gpt2-large:
     129 MB, shared by the preloaded workers).
     """
-    model = model.to(torch.bfloat16)
+    model = to_bfloat16(model)
     replace_modules(model, nn.Linear, PackedBF16Linear)
     return model
 
@@ -324,7 +324,7 @@ def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Modul
         return quantize_float16(copy.deepcopy(model))
     if name == BFLOAT16:
         bf16 = copy.deepcopy(model)
-        return pack_bfloat16(bf16) if packing_available() else bf16.to(torch.bfloat16)
+        return pack_bfloat16(bf16) if packing_available() else to_bfloat16(bf16)
     if name == BF16_NATIVE:
         return native_gemm.pack_native(copy.deepcopy(model))
     if name == INT8:

@@ -34,7 +34,7 @@ from server.engine.native_ops import (  # the library's state, as the kernel pat
     require,
     unavailable,
 )
-from server.engine.quantize import replace_modules
+from server.engine.quantize import replace_modules, to_bfloat16
 
 __all__ = ["BLOCK", "NEEDED_FLAGS", "NativeBF16Linear", "available", "library", "missing_flags",
            "pack_native", "pad_rows", "require", "unavailable"]
@@ -75,7 +75,7 @@ def pack_native(model: nn.Module) -> nn.Module:
     """``model`` in bf16 with every ``nn.Linear`` as a NativeBF16Linear (the LM head too:
     its own packed copy, as server.engine.kernels.pack_bfloat16 makes). A layer of odd input width,
     which the kernel's input pairs cannot take, stays a plain bf16 ``nn.Linear``."""
-    model = model.to(torch.bfloat16)
+    model = to_bfloat16(model)  # rotary frequencies stay float32 (server.engine.quantize)
     replace_modules(model, nn.Linear,
                     lambda layer: layer if layer.in_features % 2 else NativeBF16Linear(layer))
     return model

@@ -73,6 +73,30 @@ def own_memory(model: nn.Module) -> None:
             tensor.data = tensor.data.clone()
 
 
+# Buffers of rotary position embeddings (Llama, Qwen2, Mistral...): the frequencies of each
+# dimension pair, which ``to_bfloat16`` keeps in float32.
+ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
+def to_bfloat16(model: nn.Module) -> nn.Module:
+    """``model.to(torch.bfloat16)``, except the rotary frequencies stay float32, as
+    ``from_pretrained(dtype=torch.bfloat16)`` leaves them.
+
+    Why: rounded to bf16 (8 bits of mantissa) a frequency is off by up to 0.2% (measured
+    on Llama 3's), and the angle it gives grows with the position: at position 1,000 a
+    pair turning at 0.5 rad a token is off by a radian, and a real checkpoint's attention
+    no longer finds what it learned. The rotary module computes its cosines in float32
+    from them and rounds once, to the activations' dtype.
+    """
+    kept = [(name, buffer) for name, buffer in model.named_buffers()
+            if name.rpartition(".")[2] in ROTARY_BUFFERS]
+    model = model.to(torch.bfloat16)
+    for name, buffer in kept:
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, buffer)
+    return model
+
+
 def quantize_float16(model: nn.Module) -> nn.Module:
     """Return ``model`` (float32) with every ``nn.Linear``'s weights stored in fp16 (torch's
     dynamic fp16 Linear, computed by fbgemm in fp32)."""

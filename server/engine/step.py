@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from server.engine import code_path, gpt2_forward
+from server.engine import code_path
 from server.engine.code_path import CodePath
 from server.engine.decoding import Generation, GenerationRequest, choose_token, make_rng
 from server.engine.native_gpt2 import NativeGPT2
@@ -100,7 +100,8 @@ class StepEngine:
         self.ignore_eos = ignore_eos
         self.prefill_chunk = max(1, prefill_chunk)
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
-        self._lean = self.path.layers != code_path.MODEL_FORWARD
+        # The family's lean torch forward (server.engine.gpt2_forward, llama_forward) or None.
+        self._lean = code_path.LEAN_FORWARDS.get(self.path.layers)
         # GPT-2 served by the native bf16 kernels: its layers in C (server.engine.native_gpt2).
         self._native = NativeGPT2.build(model) \
             if self.path.layers == code_path.NATIVE_LAYERS else None
@@ -182,12 +183,13 @@ class StepEngine:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, packed: PackedStep,
                  due: torch.Tensor) -> torch.Tensor:
         """Logits of the packed indexes ``due``: a native-packed GPT-2 through
-        server.engine.native_gpt2, another GPT-2 through server.engine.gpt2_forward, any other model
-        through its own forward."""
+        server.engine.native_gpt2, another GPT-2 through server.engine.gpt2_forward, a Llama,
+        Qwen2 or Mistral decoder through server.engine.llama_forward, any other model through
+        its own forward."""
         if self._native is not None:
             return self._native.forward(ids, positions, packed, due)
-        if self._lean:
-            return gpt2_forward.forward(self.model, ids, positions, packed, due)
+        if self._lean is not None:
+            return self._lean.forward(self.model, ids, positions, packed, due)
         out = self.model(input_ids=ids[None], position_ids=positions[None], cache=packed,
                          use_cache=True, packed_step=packed, logits_to_keep=due)
         return out.logits[0]

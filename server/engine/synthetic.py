@@ -1,9 +1,17 @@
-"""Synthetic GPT-2 models: the published architectures with seeded random weights, built offline.
+"""Synthetic models: published architectures with seeded random weights, built offline.
 
-The weights are meaningless, so generated text is gibberish; the memory and compute profile
-is that of the real model, which is what a load test measures. A preset is built once into
+Two families: GPT-2 (``Preset``: tiny, gpt2, gpt2-large, gpt2-xl) and the Llama family
+(``DecoderPreset``: RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied
+embeddings; llama-3.2-1b, qwen2.5-1.5b and their tiny twins for tests). The weights are
+meaningless, so generated text is gibberish; the memory and compute profile is that of the
+real model, which is what a load test measures. A preset is built once into
 ``<models_dir>/synthetic-<preset>/`` (safetensors + tokenizer files) and then loaded by the
 ordinary ``from_pretrained`` path, exactly like a downloaded model.
+
+Every preset's tokenizer is the byte-level BPE trained on the shipped corpus, padded to the
+preset's vocabulary, with the family's special tokens at their real ids (``Vocabulary``);
+the Llama-family presets add their chat template (Llama 3's header tokens, Qwen's ChatML),
+so the task routes and ``/v1/chat/completions`` send chat messages, as to an instruct model.
 
 CLI: ``python -m server.engine.synthetic build gpt2-large`` (idempotent), ``... params``.
 """
@@ -27,7 +35,9 @@ VOCAB_SIZE = 50257  # GPT-2's vocabulary; <|endoftext|> is the last id.
 EOS_TOKEN = "<|endoftext|>"
 N_POSITIONS = 1024
 SEED = 1234
-# Bump when the build recipe changes so cached builds are rebuilt.
+# Bump when the build recipe changes so cached builds are rebuilt (every preset's: a change
+# of the Llama-family recipe alone changes its ``Vocabulary`` or ``DecoderPreset`` instead,
+# which only those presets' fingerprints hold).
 BUILDER_VERSION = 1
 CORPUS_DIR = Path(__file__).parent / "corpus"
 
@@ -42,15 +52,141 @@ class Preset:
     published_params: int | None = None
 
 
-PRESETS: dict[str, Preset] = {
+@dataclass(frozen=True)
+class DecoderPreset:
+    """A Llama-family decoder as its transformers config states it: ``model_type`` llama or
+    qwen2 (Qwen2 adds biases to the q/k/v projections), RMSNorm (``rms_eps``), rotary
+    positions (``rope_theta``, Llama 3's ``rope_scaling``), ``kv_heads`` key/value heads
+    shared by the ``heads`` query heads, a SwiGLU MLP of ``intermediate`` units, the LM head
+    tied to the token embedding (and the published parameter count)."""
+
+    model_type: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    max_positions: int
+    rope_theta: float
+    rms_eps: float
+    rope_scaling: dict | None = None
+    published_params: int | None = None
+
+
+# Llama 3.1/3.2's rotary scaling (config.json ``rope_scaling``): long wavelengths stretched 32x
+# beyond the 8,192 positions of pre-training.
+LLAMA3_ROPE_SCALING = {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+
+PRESETS: dict[str, Preset | DecoderPreset] = {
     "tiny": Preset(n_layer=2, n_embd=64, n_head=2),
     "gpt2": Preset(n_layer=12, n_embd=768, n_head=12, published_params=124_439_808),
     "gpt2-large": Preset(n_layer=36, n_embd=1280, n_head=20, published_params=774_030_080),
     "gpt2-xl": Preset(n_layer=48, n_embd=1600, n_head=25, published_params=1_557_611_200),
+    # meta-llama/Llama-3.2-1B(-Instruct) config.json.
+    "llama-3.2-1b": DecoderPreset(
+        "llama", layers=16, hidden=2048, heads=32, kv_heads=8, intermediate=8192,
+        vocab=128_256, max_positions=131_072, rope_theta=500_000.0, rms_eps=1e-5,
+        rope_scaling=LLAMA3_ROPE_SCALING, published_params=1_235_814_400),
+    # Qwen/Qwen2.5-1.5B-Instruct config.json (its context: 32,768 positions, as the model
+    # card states; sliding-window attention is off there, as here).
+    "qwen2.5-1.5b": DecoderPreset(
+        "qwen2", layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960,
+        vocab=151_936, max_positions=32_768, rope_theta=1_000_000.0, rms_eps=1e-6,
+        published_params=1_543_714_304),
+    # The same structures in miniature for tests (GQA, SwiGLU, tied embeddings, Qwen's
+    # biases, Llama 3's rotary scaling) with the real vocabularies: the tokenizers, special
+    # token ids and chat templates under test are the ones the big presets ship.
+    "tiny-llama": DecoderPreset(
+        "llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=176,
+        vocab=128_256, max_positions=131_072, rope_theta=500_000.0, rms_eps=1e-5,
+        rope_scaling=LLAMA3_ROPE_SCALING),
+    "tiny-qwen": DecoderPreset(
+        "qwen2", layers=2, hidden=64, heads=4, kv_heads=1, intermediate=160,
+        vocab=151_936, max_positions=32_768, rope_theta=1_000_000.0, rms_eps=1e-6),
 }
 
 
-def get_preset(name: str) -> Preset:
+@dataclass(frozen=True)
+class Vocabulary:
+    """A preset's tokenizer: ``size`` ids, the corpus BPE padded with filler first, then
+    ``specials`` (special tokens, in id order) at the end; which of them are the bos, eos,
+    unk and pad tokens; whether encoding prepends the bos token (Llama 3 does); the chat
+    template (None: a base model's plain prompts)."""
+
+    size: int
+    specials: tuple[str, ...]
+    eos: str
+    bos: str | None = None
+    unk: str | None = None
+    pad: str | None = None
+    prepend_bos: bool = False
+    chat_template: str | None = None
+    max_length: int = N_POSITIONS
+
+    @property
+    def regular(self) -> int:
+        """Ids before the special tokens (trained and filler BPE tokens)."""
+        return self.size - len(self.specials)
+
+
+# Meta-Llama-3-Instruct's template: a header per message, <|eot_id|> after each.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] "
+    "+ '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+# Qwen2.5-Instruct's ChatML template without tools: its default system message when the
+# conversation brings none.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+GPT2_VOCABULARY = Vocabulary(VOCAB_SIZE, (EOS_TOKEN,), eos=EOS_TOKEN, bos=EOS_TOKEN,
+                             unk=EOS_TOKEN)
+
+
+def _llama3_specials() -> tuple[str, ...]:
+    """Llama 3's 256 special tokens, ids 128000-128255, in order."""
+    named = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+             "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+             "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+             "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+    return (*named, *(f"<|reserved_special_token_{i}|>" for i in range(3, 248)))
+
+
+def _qwen2_specials(size: int) -> tuple[str, ...]:
+    """Qwen2.5's 22 special tokens from id 151643, then reserved ones to ``size``: the real
+    tokenizer leaves those embedding rows without a token; here every id decodes."""
+    named = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+             "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+             "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+             "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+             "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+             "<|repo_name|>", "<|file_sep|>"]
+    return (*named, *(f"<|extra_{i}|>" for i in range(size - 151_643 - len(named))))
+
+
+def vocabulary(name: str) -> Vocabulary:
+    """The tokenizer recipe of preset ``name``."""
+    preset = get_preset(name)
+    if isinstance(preset, Preset):
+        return GPT2_VOCABULARY
+    if preset.model_type == "llama":
+        return Vocabulary(preset.vocab, _llama3_specials(), eos="<|eot_id|>",
+                          bos="<|begin_of_text|>", prepend_bos=True,
+                          chat_template=LLAMA3_CHAT_TEMPLATE, max_length=preset.max_positions)
+    return Vocabulary(preset.vocab, _qwen2_specials(preset.vocab), eos="<|im_end|>",
+                      pad="<|endoftext|>", chat_template=QWEN_CHAT_TEMPLATE,
+                      max_length=preset.max_positions)
+
+
+def get_preset(name: str) -> Preset | DecoderPreset:
     """Return the preset called ``name`` or raise ValueError naming the valid ones."""
     try:
         return PRESETS[name]
@@ -59,29 +195,61 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown synthetic preset {name!r}; choose one of {valid}") from None
 
 
-def gpt2_config(name: str):  # -> transformers.GPT2Config (import kept lazy: torch is heavy)
-    """Build the transformers GPT2Config of a preset."""
-    from transformers import GPT2Config
+def model_config(name: str):  # -> a transformers PretrainedConfig (import kept lazy)
+    """Build the transformers config of a preset (GPT2Config, LlamaConfig, Qwen2Config)."""
+    from transformers import AutoConfig, GPT2Config
 
     preset = get_preset(name)
-    return GPT2Config(
-        n_layer=preset.n_layer,
-        n_embd=preset.n_embd,
-        n_head=preset.n_head,
-        n_positions=N_POSITIONS,
-        vocab_size=VOCAB_SIZE,
-        bos_token_id=VOCAB_SIZE - 1,
-        eos_token_id=VOCAB_SIZE - 1,
+    if isinstance(preset, Preset):
+        return GPT2Config(
+            n_layer=preset.n_layer,
+            n_embd=preset.n_embd,
+            n_head=preset.n_head,
+            n_positions=N_POSITIONS,
+            vocab_size=VOCAB_SIZE,
+            bos_token_id=VOCAB_SIZE - 1,
+            eos_token_id=VOCAB_SIZE - 1,
+        )
+    words = vocabulary(name)
+    specials = {token: words.regular + i for i, token in enumerate(words.specials)}
+    # A copy of the scaling: transformers writes rope_theta into the dict it is given, and
+    # the preset's own must not change (the build fingerprint holds it).
+    extra = {"use_sliding_window": False, "max_window_layers": preset.layers} \
+        if preset.model_type == "qwen2" else {"rope_scaling": dict(preset.rope_scaling)}
+    return AutoConfig.for_model(
+        preset.model_type,
+        num_hidden_layers=preset.layers,
+        hidden_size=preset.hidden,
+        num_attention_heads=preset.heads,
+        num_key_value_heads=preset.kv_heads,
+        intermediate_size=preset.intermediate,
+        vocab_size=preset.vocab,
+        max_position_embeddings=preset.max_positions,
+        rope_theta=preset.rope_theta,
+        rms_norm_eps=preset.rms_eps,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+        bos_token_id=specials.get(words.bos) if words.bos else None,
+        eos_token_id=specials[words.eos],
+        pad_token_id=specials.get(words.pad) if words.pad else None,
+        **extra,
     )
+
+
+def new_model(name: str):  # -> the preset's transformers causal LM, freshly initialised
+    """The preset's model with transformers' random init (GPT2LMHeadModel, LlamaForCausalLM,
+    Qwen2ForCausalLM: the class its config names), on torch's current device and seed."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(model_config(name))
 
 
 def count_params(name: str) -> int:
     """Count a preset's parameters on the meta device (no memory is allocated)."""
     import torch
-    from transformers import GPT2LMHeadModel
 
     with torch.device("meta"):
-        model = GPT2LMHeadModel(gpt2_config(name))
+        model = new_model(name)
     return model.num_parameters()  # tied input/output embeddings are counted once
 
 
@@ -97,13 +265,17 @@ def _corpus_texts() -> list[str]:
 def fingerprint(name: str) -> dict:
     """Describe a build; a cached build with a different fingerprint is rebuilt."""
     corpus = hashlib.sha256("\x00".join(_corpus_texts()).encode()).hexdigest()
-    return {
+    found = {
         "preset": name,
         "architecture": asdict(get_preset(name)),
         "seed": SEED,
         "corpus_sha256": corpus,
         "builder_version": BUILDER_VERSION,
     }
+    if isinstance(get_preset(name), DecoderPreset):  # GPT-2's stays as it was: no rebuild
+        recipe = json.dumps(asdict(vocabulary(name)), sort_keys=True).encode()
+        found["vocabulary_sha256"] = hashlib.sha256(recipe).hexdigest()
+    return found
 
 
 def _filler_tokens(taken: set[str], count: int) -> list[str]:
@@ -120,9 +292,11 @@ def _filler_tokens(taken: set[str], count: int) -> list[str]:
                         return out
 
 
-def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
-    """Train a byte-level BPE on the shipped corpus and pad it to exactly VOCAB_SIZE."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(words: Vocabulary = GPT2_VOCABULARY):  # -> PreTrainedTokenizerFast
+    """Train a byte-level BPE on the shipped corpus and pad it to exactly ``words.size`` ids:
+    ``words.regular`` BPE tokens, then the special tokens (GPT-2's: 50,256 and
+    <|endoftext|>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = _corpus_texts()
@@ -132,41 +306,50 @@ def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - 1,
+        vocab_size=words.regular,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
-    # A small corpus yields far fewer than 50256 merges: pad with entries no merge produces
-    # (encoding never emits them; decoding a sampled one gives letters, like real gibberish).
+    # A small corpus yields far fewer merges than a real vocabulary: pad with entries no
+    # merge produces (encoding never emits them; decoding a sampled one gives letters, like
+    # real gibberish).
     spec = json.loads(bpe.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
-    for token in _filler_tokens(set(vocab), VOCAB_SIZE - 1 - len(vocab)):
+    for token in _filler_tokens(set(vocab), words.regular - len(vocab)):
         vocab[token] = len(vocab)
     bpe = Tokenizer.from_str(json.dumps(spec))
-    bpe.add_special_tokens([EOS_TOKEN])
-    assert bpe.token_to_id(EOS_TOKEN) == VOCAB_SIZE - 1, "vocab padding is off by some"
-    return PreTrainedTokenizerFast(
+    bpe.add_special_tokens(list(words.specials))
+    for offset in (0, len(words.specials) - 1):
+        token = words.specials[offset]
+        assert bpe.token_to_id(token) == words.regular + offset, "vocab padding is off by some"
+    if words.prepend_bos:
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{words.bos}:0 $A:0", pair=f"{words.bos}:0 $A:0 {words.bos}:1 $B:1",
+            special_tokens=[(words.bos, bpe.token_to_id(words.bos))])
+    roles = {"bos_token": words.bos, "eos_token": words.eos, "unk_token": words.unk,
+             "pad_token": words.pad}
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
-        bos_token=EOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=EOS_TOKEN,
-        model_max_length=N_POSITIONS,
+        **{role: token for role, token in roles.items() if token is not None},
+        model_max_length=words.max_length,
     )
+    if words.chat_template is not None:
+        tokenizer.chat_template = words.chat_template
+    return tokenizer
 
 
 def _write_build(name: str, target: Path) -> None:
     import torch
-    from transformers import GPT2LMHeadModel
 
     start = time.monotonic()
     torch.manual_seed(SEED)
-    model = GPT2LMHeadModel(gpt2_config(name)).eval()
+    model = new_model(name).eval()
     size_gb = model.num_parameters() * 4 / 1e9
     print(f"[synthetic] {name}: {model.num_parameters():,} params, writing {size_gb:.2f} GB "
           f"of safetensors to {target} ...", file=sys.stderr, flush=True)
     model.save_pretrained(target, safe_serialization=True, max_shard_size="20GB")
-    build_tokenizer().save_pretrained(target)
+    build_tokenizer(vocabulary(name)).save_pretrained(target)
     (target / "build.json").write_text(json.dumps(fingerprint(name), indent=2))
     print(f"[synthetic] {name}: built in {time.monotonic() - start:.1f} s",
           file=sys.stderr, flush=True)

@@ -65,7 +65,7 @@ class Ready(_Strict):
                     "precision, linear (blas_fp32 | onednn_fp32 | fbgemm_fp16 | "
                     "onednn_packed_bf16 | torch_bf16 | native_bf16 | fbgemm_int8 | "
                     "native_int8), "
-                    "layers (native_c | gpt2_forward | transformers), attention "
+                    "layers (native_c | gpt2_forward | llama_forward | transformers), attention "
                     "(native_decode | torch_sdpa), attention_dtype, kv_dtype, cache_dtype, "
                     "and linear_why, layers_why, attention_why")
     max_batch_size: int | None = None
