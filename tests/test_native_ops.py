@@ -196,6 +196,8 @@ def test_gpt2_operations_check_weights_scratch_and_geometry(no_library) -> None:
         (DecodeCaches([_store(), _store()], [0, 0], [0, 1]), "2 cached rows"),
         (DecodeCaches([_store(heads=4)] * 3, [0, 0, 0], [0, 1, 2]), "the caches hold 4 kv heads"),
         (DecodeCaches([_store(layers=1)] * 3, [0, 0, 0], [0, 1, 2]), "2 layers, caches of 1"),
+        (DecodeCaches([_store(dtype=F16)] * 3, [0, 0, 0], [0, 1, 2]),
+         "cache dtype torch.float16: GPT-2's C layers keep bf16 caches"),
     ]:
         with pytest.raises(ValueError, match=says):
             native_ops.gpt2_decode(blocks, scratch, hidden, caches)

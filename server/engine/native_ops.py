@@ -64,7 +64,6 @@ ATTENTION_DTYPES = {
     "avx512_bf16": frozenset({(torch.bfloat16, torch.bfloat16)}),
     "avx2": frozenset(itertools.product((torch.float32, torch.bfloat16),
                                         (torch.float16, torch.bfloat16)))}
-_ATTENTION_ENTRIES = {"avx512_bf16": "attend_decode_bf16", "avx2": "attend_decode_avx2"}
 DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # kernels.h gll_dtype
 CACHE_DTYPES = (torch.bfloat16, torch.float16)  # what some variant reads (DecodeCaches)
 QUERY_DTYPES = (torch.bfloat16, torch.float32)  # ... and attends with (attention_declines)
@@ -151,8 +150,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gemm_int8_fma.argtypes = [ptr] * 5 + [i32] * 4
     lib.gemm_int8_vnni.argtypes = [ptr] * 6 + [i32] * 4
     for name in ("pack_vnni", "gemm_bf16", "attend_decode_bf16", "attend_decode_avx2",
-                 "gpt2_attn_in",
-                 "gpt2_attn_out", "gpt2_decode", "pack_int8", "gemm_int8_fma",
+                 "gpt2_attn_in", "gpt2_attn_out", "gpt2_decode", "pack_int8", "gemm_int8_fma",
                  "gemm_int8_vnni"):
         getattr(lib, name).restype = i32
 
@@ -478,8 +476,7 @@ class DecodeCaches:
     dtype (bf16 or fp16: ``dtype``), layer count, kv heads and head dim; ``lens[r]``
     positions held, and ``new`` tokens to come, so ``0 <= lens[r]`` and
     ``lens[r] + new <= capacity``; ``tokens[r]`` the row's (distinct) index in the step's
-    packed tokens. Holds the stores, so their memory lives
-    while the C may write it.
+    packed tokens. Holds the stores, so their memory lives while the C may write it.
 
     ``kv_heads`` is what the caches hold: GPT-2's equal its query heads, a grouped-query
     (Llama, Qwen) model's are fewer, each serving ``heads // kv_heads`` queries
@@ -606,7 +603,7 @@ def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if variant == "avx512_bf16":
         _call("attend_decode_bf16", ctypes.byref(qkv), *caches.arrays, *sizes)
     else:
-        _call(_ATTENTION_ENTRIES[variant], ctypes.byref(qkv), DTYPE_CODES[query.dtype], stores,
+        _call("attend_decode_avx2", ctypes.byref(qkv), DTYPE_CODES[query.dtype], stores,
               DTYPE_CODES[caches.dtype], caps, lens, indexes, *sizes,
               lib=_attention_lib(variant))
     return out
