@@ -17,7 +17,8 @@ native:
 	$(PY) -m pip install -q --no-deps -e .
 
 # The kernels' C tests under AddressSanitizer + UBSan (tests/native): compiled anywhere, the
-# plain-C checks run anywhere, the kernels where the CPU has AVX-512 BF16 (else: SKIP named).
+# plain-C checks run anywhere, each kernel where the CPU has its features (AVX-512 BF16; the
+# int8 GEMM's and the decode attention's AVX2 variants too; else: SKIP named).
 native-sanitize:
 	$(MAKE) -C tests/native run
 
