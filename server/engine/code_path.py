@@ -143,9 +143,10 @@ def _attention(computed: torch.dtype, cache: torch.dtype, machine: Machine) -> t
     bound by those bytes, so the kernel's advantage grows with the context and is not a close
     call for the startup table to settle. One case it may not win: a lone row of a model with
     fewer kv heads than threads (its OpenMP loop has fewer tasks than threads, torch's SDPA
-    splits the row across them). ``python -m bench attention`` times both side by side; if
-    a CPU shows torch ahead, measure a decode step with ``NativeDecode`` on and off in the
-    startup table (server.engine.kernels) rather than adding a rule here."""
+    splits the row across them). The startup table's decode steps (server.engine.kernels)
+    already run with it, so the precision it chooses is measured with this attention.
+    ``python -m bench attention`` times both side by side; if a CPU shows torch ahead, time
+    a step with ``NativeDecode`` on and off in that table rather than add a rule here."""
     takers = attention_takers(computed, cache)
     if not takers:
         return TORCH_ATTENTION, (f"{_name(cache)} caches read by {_name(computed)} queries: "
