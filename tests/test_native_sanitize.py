@@ -1,8 +1,8 @@
 """The native kernels' C tests (tests/native/test_kernels.c) under AddressSanitizer + UBSan:
 compiled on every machine (the same -Wall -Wextra -Werror as the install-time build), their
-plain-C argument checks run on any x86-64, and the kernels run against references at odd
-shapes where the CPU has AVX-512 BF16 (else skipped, naming the missing features); the
-decode attention's AVX2 variant where it has AVX2, FMA and F16C (asserted here, before a skip).
+plain-C argument checks run on any x86-64, the AVX2 variants (the int8 GEMM's, the decode
+attention's) where the CPU has their features, and the AVX-512 kernels against references at
+odd shapes where it has AVX-512 BF16 (else skipped, naming the missing features).
 `make native-sanitize` runs the same program.
 """
 
@@ -28,17 +28,34 @@ pytestmark = [
 ]
 
 
-def test_the_kernels_pass_their_c_tests_under_asan_and_ubsan(tmp_path: Path) -> None:
-    build = subprocess.run(["make", "-s", "-C", str(HERE), "build", f"OUT={tmp_path}"],
+@pytest.fixture(scope="module")
+def c_tests(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """tests/native/test_kernels.c built with the sanitizers and run once for this module."""
+    out = tmp_path_factory.mktemp("native")
+    build = subprocess.run(["make", "-s", "-C", str(HERE), "build", f"OUT={out}"],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
-    run = subprocess.run([str(tmp_path / "test_kernels")], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1",
-                                           "UBSAN_OPTIONS": "print_stacktrace=1"})
-    said = run.stdout + run.stderr
-    assert "checks: ok" in run.stdout, said  # the plain-C checks ran here, under the sanitizers
-    if "avx2" in native_ops.attention_variants():  # AVX2 + FMA + F16C: the AVX2 attention ran
-        assert "attention avx2: ok" in run.stdout, said
-    if run.returncode == 77:
-        pytest.skip(run.stdout.strip().splitlines()[-1])  # "SKIP kernels: this CPU lacks ..."
-    assert run.returncode == 0 and "kernels: ok" in run.stdout, said
+    return subprocess.run([str(out / "test_kernels")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1",
+                                            "UBSAN_OPTIONS": "print_stacktrace=1"})
+
+
+def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
+        c_tests: subprocess.CompletedProcess) -> None:
+    """What runs on any x86-64 (the entry points' checks), and the AVX2 variants where this
+    CPU has their features (the int8 GEMM's, the decode attention's)."""
+    said = c_tests.stdout + c_tests.stderr
+    assert c_tests.returncode in (0, 77), said
+    assert "checks: ok" in c_tests.stdout, said
+    if native_ops.int8_variant() is not None:
+        assert "int8 fma kernels: ok" in c_tests.stdout, said
+    if "avx2" in native_ops.attention_variants():
+        assert "attention avx2: ok" in c_tests.stdout, said
+
+
+def test_the_avx512_kernels_pass_their_c_tests_under_asan_and_ubsan(
+        c_tests: subprocess.CompletedProcess) -> None:
+    said = c_tests.stdout + c_tests.stderr
+    if c_tests.returncode == 77:
+        pytest.skip(c_tests.stdout.strip().splitlines()[-1])  # "SKIP kernels: this CPU lacks"
+    assert c_tests.returncode == 0 and "kernels: ok" in c_tests.stdout, said
