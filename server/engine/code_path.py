@@ -9,7 +9,8 @@ Four choices make a step's path, and each used to be made where it was used:
   a lean torch forward for its family (server.engine.gpt2_forward for another GPT-2,
   server.engine.llama_forward for a Llama, Qwen2 or Mistral decoder), or the model's own
   transformers forward; the record names the module that runs (``LEAN_FORWARDS``);
-- attention: the C decode attention over bf16 caches (row_cache.NativeDecode) or torch's
+- attention: the C decode attention over bf16 or fp16 caches (row_cache.NativeDecode; an
+  AVX-512 BF16 or an AVX2 variant, server.engine.native_ops) or torch's
   ``scaled_dot_product_attention``, the dtype torch's attention computes in and the dtype
   the caches store.
 
