@@ -67,9 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="arrival schedule seed (both sides)")
     p.add_argument("--pool", type=int, default=32, help="our open-loop pool (-u): the most "
                    "requests in flight; guidellm's is unbounded")
-    p.add_argument("--memory-sample-s", type=float, default=1.0, help="our suite's server "
-                   "memory sampling (memory.csv; reads /proc each interval); 0: off, to see "
-                   "whether it costs the server time that guidellm's side does not pay")
+    # Off by default: guidellm samples no memory, and on the 2-core Zen 3 our 1 s sampler
+    # (the server tree's PSS from smaps_rollup) cost the client 6.5 of 11.3 CPU seconds
+    # and moved our TTFT p50 to 1.23x guidellm's; off, 0.93x (results/load-generation).
+    p.add_argument("--memory-sample-s", type=float, default=0.0, help="our suite's server "
+                   "memory sampling (memory.csv; reads /proc each interval); default 0: off, "
+                   "as guidellm's side samples nothing")
     p.add_argument("--workers", type=int, default=1, help="our server's Gunicorn workers")
     p.add_argument("--guidellm-workers", type=int, default=1, help="guidellm's worker "
                    "processes (GUIDELLM__MAX_WORKER_PROCESSES; its default 10 would crowd a "
