@@ -30,7 +30,7 @@ from server.engine.hardware import cpu_facts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Bytes a decode step reads per parameter, by the server's DTYPE. int8 (server.engine.quantize):
-# the linear layers' weights are int8; the embedding stays float32 but a step reads only
+# the linear layers' weights are int8; the embedding is stored in float16 but a step reads only
 # the rows of its tokens, and the LM head is its own int8 copy.
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 # Bandwidth buffers, MiB: far above the last-level cache, small enough that the largest

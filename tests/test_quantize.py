@@ -49,19 +49,25 @@ def test_conv1d_as_linear_gives_the_same_logits() -> None:
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+def _embedding_values(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+
+
 def test_int8_weights_are_a_quarter_and_greedy_text_mostly_agrees() -> None:
     model = _small_gpt2()
     conv1d_to_linear(model)
     layers = sum(m.weight.numel() for m in model.transformer.modules()
                  if isinstance(m, nn.Linear))
+    tables = _embedding_values(model)
     fp32_bytes = weight_bytes(model)
     prompts = [GenerationRequest([5, 6, 7, 8], 8), GenerationRequest([40, 41], 8)]
     reference = _generate(model, prompts)
     quantize_int8(model)
     assert not any(type(m) is nn.Linear for m in model.modules())
     # Each layer's weights went from 4 bytes to 1; the LM head, tied to the float32
-    # embedding before, is now its own int8 copy (128 x 300 bytes more).
-    assert weight_bytes(model) == fp32_bytes - 3 * layers + 128 * 300
+    # embedding before, is now its own int8 copy (128 x 300 bytes more); the embedding
+    # tables went from 4 bytes to 2 (HalfEmbedding).
+    assert weight_bytes(model) == fp32_bytes - 3 * layers + 128 * 300 - 2 * tables
     out = _generate(model, prompts)
     assert [len(g.token_ids) for g in out] == [8, 8]
     # int8 changes the logits a little: most greedy tokens agree with float32.
@@ -78,8 +84,10 @@ def test_float16_weights_are_half_and_greedy_text_agrees() -> None:
     half = quantize_float16(copy.deepcopy(model))
     assert not any(type(m) is nn.Linear for m in half.modules())
     # Each layer's weights went from 4 bytes to 2; the LM head (tied to the float32
-    # embedding before) is now its own fp16 copy (128 x 300 x 2 bytes more).
-    assert weight_bytes(half) == weight_bytes(model) - 2 * layers + 128 * 300 * 2
+    # embedding before) is now its own fp16 copy (128 x 300 x 2 bytes more); the embedding
+    # tables went from 4 bytes to 2 (HalfEmbedding).
+    assert weight_bytes(half) == weight_bytes(model) - 2 * layers + 128 * 300 * 2 \
+        - 2 * _embedding_values(model)
     ids = torch.randint(0, 300, (2, 10))
     with torch.inference_mode():  # before the engine: it sets its own attention
         before, after = model(input_ids=ids).logits, half(input_ids=ids).logits
@@ -253,3 +261,19 @@ def test_bf16_builds_keep_the_rotary_frequencies_in_float32(tiny_decoders) -> No
         assert torch.equal(rotary.inv_freq, reference), name
         assert built.model.embed_tokens.weight.dtype == torch.bfloat16, name
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # the source is untouched
+
+
+def test_embedding_tables_are_stored_in_float16_and_looked_up_in_float32() -> None:
+    from server.engine.quantize import HalfEmbedding
+
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    table = model.transformer.wte.weight.detach().clone()
+    half = quantize_float16(copy.deepcopy(model))
+    wte = half.transformer.wte
+    assert isinstance(wte, HalfEmbedding) and wte.weight.dtype == torch.float16
+    ids = torch.tensor([0, 7, 299])
+    rows = wte(ids)
+    assert rows.dtype == torch.float32
+    assert torch.equal(rows, table[ids].half().float())  # the rounding, nothing else
+    assert half.get_input_embeddings() is wte  # what code_path reads the computed dtype from

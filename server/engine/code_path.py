@@ -192,8 +192,8 @@ def _computed_dtype(model: nn.Module) -> torch.dtype:
     token embedding's (float16 and int8 weights compute in float32)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
         else None
-    if embeddings is not None:
-        return embeddings.weight.dtype
+    if embeddings is not None:  # a float16-stored table says what it computes in
+        return getattr(embeddings, "computed_dtype", embeddings.weight.dtype)
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 

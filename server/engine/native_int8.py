@@ -39,7 +39,7 @@ from server.config import ConfigError
 from server.engine import native_ops
 from server.engine.native_gemm import pad_rows
 from server.engine.native_ops import BLOCK, int8_unavailable, int8_variant
-from server.engine.quantize import replace_modules
+from server.engine.quantize import half_embeddings, replace_modules
 
 __all__ = ["NativeInt8Linear", "available", "int8_unavailable", "int8_variant",
            "quantize_native_int8", "quantize_weight", "require"]
@@ -120,7 +120,9 @@ class NativeInt8Linear(nn.Module):
 
 def quantize_native_int8(model: nn.Module) -> nn.Module:
     """``model`` (float32) with every ``nn.Linear`` as a NativeInt8Linear (the LM head too: its
-    own int8 copy beside the float32 embedding it was tied to, as ``DTYPE=int8`` makes)."""
+    own int8 copy beside the embedding it was tied to, which is kept in float16 as
+    ``DTYPE=int8`` keeps it: server.engine.quantize.HalfEmbedding)."""
     replace_modules(model, nn.Linear, NativeInt8Linear)
+    half_embeddings(model)
     return model
 
