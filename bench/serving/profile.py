@@ -14,9 +14,12 @@
    batch, waiting for requests).
 3. With ``--py-spy S``, samples one worker for S seconds of the window with py-spy
    (``--native``: torch's C++ frames too) and prints the hottest functions.
-4. After the server stops, times the same steps (bench.timing) on a quiet process (same
-   dtype, one worker's torch threads, batch = the mean batch seen under load), so the
-   table shows what load itself costs a step.
+4. After the server stops, times the same steps through the step engine on the served
+   code path in a quiet process (same dtype, one worker's torch threads, rows = the mean
+   seen under load, context = the prompt plus half the answer), so the report shows what
+   load itself costs a step, and the closed loop's time per decode step (worker time over
+   decode steps: what a stream waits per token) against that probe step: issue 31's step
+   gap.
 
 Loopback only. py-spy must be installed for ``--py-spy`` (bench/serving/pyspy.py).
 """
@@ -35,7 +38,7 @@ import requests
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.micro.step_layouts import decode_step_times
+from bench.micro.step_engine import decoding_rows
 from bench.options import add_model_options
 from bench.prompts import write_prompts
 from bench.serving.pyspy import hottest, py_spy
@@ -44,8 +47,11 @@ from harness.gunicorn_process import GunicornServer
 from harness.locust_process import LocustProcess, locust_env, suite_command
 from harness.waiting import wait_until
 from locustfiles.inputs import DATA_DIR
+from server.engine import code_path
+from server.engine.decoding import GenerationRequest
 from server.engine.hardware import describe, host_fingerprint
 from server.engine.model import load_model
+from server.engine.step import Row, StepEngine
 
 
 @dataclass
@@ -137,18 +143,29 @@ def client_errors(run_dir: Path) -> int:
 
 
 @torch.inference_mode()
-def quiet_step_ms(args: argparse.Namespace, prefill_rows: int,
-                  decode_rows: int) -> tuple[float, float]:
-    """(best of 3 prefills of ``prefill_rows`` prompts, median decode step at
-    ``decode_rows``) in ms: the model alone in this process on one worker's torch threads."""
+def quiet_step_ms(args: argparse.Namespace, prefill_rows: int, decode_rows: int,
+                  context: int) -> tuple[float, float]:
+    """(best of 3 prefills of ``prefill_rows`` prompts, median of 24 decode steps at
+    ``decode_rows`` rows of ``context`` positions) in ms, through the step engine on the code
+    path the server serves (server.engine.code_path, KV_DTYPE auto), alone in this process on
+    one worker's torch threads: the probe the served step is held against."""
+    torch.set_num_threads(1)  # the kernel choice is timed on one thread, as in the master
+    loaded = load_model(args.model, args.dtype, args.models_dir)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.dtype, args.models_dir).model
-    ids = torch.randint(0, 50000, (prefill_rows, args.prompt_tokens))
-    prefill = repeat(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), 3,
-                     warmup=1)
-    decode = decode_step_times(model, model, decode_rows, min(args.tokens, 24), "cache",
-                               args.prompt_tokens)
+    path = code_path.decide(loaded.model, "auto", loaded.kernels.chosen)
+    engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True,
+                        prefill_chunk=prefill_rows * args.prompt_tokens, path=path)
+    prefill = repeat(lambda: engine.step(_rows(engine, prefill_rows, args.prompt_tokens, 1)),
+                     3, warmup=1)
+    rows = decoding_rows(engine, decode_rows, context, max_new_tokens=64)
+    decode = repeat(lambda: engine.step(rows), 24, warmup=2)
     return min(prefill) * 1000, sorted(decode)[len(decode) // 2] * 1000
+
+
+def _rows(engine: StepEngine, n: int, prompt_tokens: int, new_tokens: int) -> list[Row]:
+    """``n`` fresh rows with distinct ``prompt_tokens``-token prompts."""
+    return [engine.new_row(GenerationRequest(list(range(100 + i, 100 + i + prompt_tokens)),
+                                             new_tokens)) for i in range(n)]
 
 
 def report(args: argparse.Namespace, w: Window, seconds: float) -> None:
@@ -168,6 +185,14 @@ def report(args: argparse.Namespace, w: Window, seconds: float) -> None:
     print(f"decode:  {w.steps['decode']:.0f} steps, {w.mean_rows('decode'):.2f} rows each, "
           f"{w.forward_ms('decode'):.1f} ms forward and "
           f"{1000 * w.step_s['decode'] / max(w.steps['decode'], 1):.1f} ms whole per step")
+    print(f"closed loop: {served_step_ms(w, wall):.1f} ms of worker time per decode step "
+          "(the window / decode steps: what a stream waits per token, prefill included)")
+
+
+def served_step_ms(w: Window, worker_seconds: float) -> float:
+    """Worker wall time per decode step over the window (every step a stream's token
+    waited for: its decode, the prompts read between, and the time outside steps)."""
+    return 1000 * worker_seconds / max(w.steps["decode"], 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npy-spy, one worker, {args.py_spy} s:\n{hottest(spy_out)}")
     # The quiet process runs the batch sizes seen under load, rounded.
     prefill_rows, decode_rows = (max(1, round(w.mean_rows(p))) for p in ("prefill", "decode"))
-    prefill_ms, decode_ms = quiet_step_ms(args, prefill_rows, decode_rows)
+    context = args.prompt_tokens + args.tokens // 2  # a stream's mean context while decoding
+    prefill_ms, decode_ms = quiet_step_ms(args, prefill_rows, decode_rows, context)
     load_prefill, load_decode = w.forward_ms("prefill"), w.forward_ms("decode")
-    print(f"\nquiet process, {args.threads} torch thread(s): prefill of {prefill_rows} prompts "
-          f"{prefill_ms:.0f} ms (under load {load_prefill:.0f} ms, "
-          f"{load_prefill / prefill_ms:.2f}x); decode step at batch {decode_rows} "
-          f"{decode_ms:.1f} ms (under load {load_decode:.1f} ms, {load_decode / decode_ms:.2f}x)")
+    loop = served_step_ms(w, args.workers * seconds)
+    print(f"\nquiet process, step engine, {args.threads} torch thread(s): prefill of "
+          f"{prefill_rows} prompts {prefill_ms:.0f} ms (under load {load_prefill:.0f} ms, "
+          f"{load_prefill / prefill_ms:.2f}x); decode step at {decode_rows} rows, context "
+          f"{context}: {decode_ms:.1f} ms (under load {load_decode:.1f} ms forward, "
+          f"{load_decode / decode_ms:.2f}x; closed loop {loop:.1f} ms, "
+          f"{loop / decode_ms:.2f}x)")
     print(f"server folder: {workdir}")
     return 0

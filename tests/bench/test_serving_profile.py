@@ -38,4 +38,12 @@ def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: P
     # Two closed-loop users on one worker: decode steps run one or two rows.
     rows = float(re.search(r"decode:\s+\d+ steps, ([\d.]+) rows each", out)[1])
     assert 1.0 <= rows <= 2.0
-    assert re.search(r"quiet process, 1 torch thread\(s\): prefill of \d+ prompts", out)
+    # The closed loop's time per decode step holds every decode forward and more.
+    forward = float(re.search(r"decode:.* ([\d.]+) ms forward and", out)[1])
+    loop = float(re.search(r"closed loop: ([\d.]+) ms of worker time per decode step", out)[1])
+    assert loop >= forward > 0
+    quiet = re.search(r"quiet process, step engine, 1 torch thread\(s\): prefill of \d+ "
+                      r"prompts .*decode step at (\d+) rows, context 20: ([\d.]+) ms .*"
+                      r"closed loop ([\d.]+) ms, ([\d.]+)x\)", out)
+    assert quiet and 1 <= int(quiet[1]) <= 2 and float(quiet[2]) > 0
+    assert float(quiet[3]) == loop
