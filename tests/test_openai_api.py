@@ -184,7 +184,8 @@ def _stop_at_first_greedy_token(app: Flask, ids: list[int]) -> None:
     """Make the engine's stop token the one the model greedily picks first after ``ids``, so
     a plain greedy request stops at once (the tiny random model otherwise never meets it)."""
     engine = app.extensions["model_service"].scheduler.engine
-    engine.eos_id = generate_alone(engine, GenerationRequest(ids, 1)).token_ids[0]
+    first = generate_alone(engine, GenerationRequest(ids, 1)).token_ids[0]
+    engine.stop_ids = engine.stop_ids | {first}
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])

@@ -62,7 +62,7 @@ def _expected(app: Flask, text: str, new: int) -> tuple[list[int], str]:
     """The ids of the literal chat ``text`` and the greedy answer the model gives them."""
     loaded = app.extensions["model_service"].loaded
     ids = loaded.tokenizer.encode(text, add_special_tokens=False)
-    engine = StepEngine(loaded.model, loaded.eos_id)
+    engine = StepEngine(loaded.model, loaded.eos_id, stop_ids=loaded.stop_ids)
     tokens = generate_alone(engine, GenerationRequest(ids, new)).token_ids
     return ids, loaded.tokenizer.decode(tokens, skip_special_tokens=True)
 

@@ -24,8 +24,8 @@ class GenerationRequest:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
-    # vLLM's min_tokens: the stop token cannot be chosen before this many new tokens (its
-    # logit is masked, so the text stays text); ignore_eos is min_new_tokens = max_new_tokens.
+    # vLLM's min_tokens: no stop token can be chosen before this many new tokens (their
+    # logits are masked, so the text stays text); ignore_eos is min_new_tokens = max_new_tokens.
     min_new_tokens: int = 0
     # Who asked (the API key's id, "" when anonymous): the queue serves tenants fairly
     # (server.engine.fair_queue) and the prefix cache reuses a tenant's own prompts only.

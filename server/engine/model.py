@@ -48,6 +48,7 @@ class LoadedModel:
     context_window: int
     load_s: float
     weight_bytes: int
+    stop_ids: frozenset[int]  # every id that ends a generation (generation_stop_ids)
 
     @property
     def precision(self) -> str:
@@ -62,8 +63,21 @@ class LoadedModel:
 
     @property
     def eos_id(self) -> int:
-        """The id that ends a generation."""
+        """The tokenizer's eos: the one stop id where a single id is needed (an empty
+        prompt's context, the kernel timing prompts)."""
         return int(self.tokenizer.eos_token_id)
+
+
+def generation_stop_ids(model: torch.nn.Module, eos_id: int) -> frozenset[int]:
+    """The ids that end a generation: the model's generation config's ``eos_token_id`` (one
+    id or a list, as Hugging Face checkpoints state it: Llama-3.2-1B-Instruct's three,
+    Qwen2.5-Instruct's two) and the tokenizer's ``eos_id``, which always stops."""
+    stated = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if stated is None:  # no generation config (a custom model): the tokenizer's eos alone
+        stated = []
+    elif isinstance(stated, int):
+        stated = [stated]
+    return frozenset({eos_id, *(int(i) for i in stated)})
 
 
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
@@ -89,6 +103,7 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     source = resolve_source(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    stops = generation_stop_ids(model, int(tokenizer.eos_token_id))  # before any module swap
     attention = model.config._attn_implementation
     conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.engine.quantize)
     own_memory(model)  # let go of the mapped file (server.engine.quantize.own_memory)
@@ -103,7 +118,7 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     release_free_heap()
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     loaded = LoadedModel(name, model, tokenizer, choice, int(context),
-                         time.monotonic() - start, weight_bytes(model))
+                         time.monotonic() - start, weight_bytes(model), stops)
     log.info("loaded %s as %s: %.2f GB of weights in %.1f s (context %d tokens)",
              name, choice.chosen, loaded.weight_bytes / 1e9, loaded.load_s,
              loaded.context_window)

@@ -85,11 +85,15 @@ class StepEngine:
     model); None decides it here from the model and ``kv_dtype``. The engine follows it: the
     layers' forward, whether the C decode attention may run, the attention's dtype and the
     caches' KV dtype (``path.kv_dtype``, in place of ``kv_dtype``).
+
+    A row stops on any of ``stop_ids`` and on ``eos_id`` (the model's eos, also the context an
+    empty prompt is fed): a model may declare several (LoadedModel.stop_ids). ``ignore_eos``
+    ignores them all.
     """
 
     def __init__(self, model: torch.nn.Module, eos_id: int, ignore_eos: bool = False,
                  prefill_chunk: int = 128, kv_dtype: str = "model",
-                 path: CodePath | None = None) -> None:
+                 path: CodePath | None = None, *, stop_ids: Collection[int] = ()) -> None:
         register()
         self.path = path or code_path.decide(model, kv_dtype)
         self.kv_dtype = self.path.kv_dtype
@@ -97,6 +101,7 @@ class StepEngine:
         model.config._attn_implementation = ATTENTION_NAME
         self.model = model
         self.eos_id = eos_id
+        self.stop_ids = frozenset({eos_id, *stop_ids})
         self.ignore_eos = ignore_eos
         self.prefill_chunk = max(1, prefill_chunk)
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
@@ -204,12 +209,12 @@ class StepEngine:
             return None
 
     def _sample(self, row: Row, logits: torch.Tensor) -> int | None:
-        """Append the next token to ``row`` (None when it is the stop token)."""
+        """Append the next token to ``row`` (None when it is a stop token)."""
         if len(row.tokens) < row.request.min_new_tokens:
             logits = logits.clone()  # a view of the step's logits: leave the other rows'
-            logits[self.eos_id] = float("-inf")
+            logits[list(self.stop_ids)] = float("-inf")  # any one would end the row early
         token = choose_token(logits, row.request, row.rng)
-        if token == self.eos_id and not self.ignore_eos:
+        if token in self.stop_ids and not self.ignore_eos:
             row.finish_reason = "stop"
             return None
         row.tokens.append(token)

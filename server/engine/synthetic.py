@@ -11,7 +11,8 @@ ordinary ``from_pretrained`` path, exactly like a downloaded model.
 Every preset's tokenizer is the byte-level BPE trained on the shipped corpus, padded to the
 preset's vocabulary, with the family's special tokens at their real ids (``Vocabulary``);
 the Llama-family presets add their chat template (Llama 3's header tokens, Qwen's ChatML),
-so the task routes and ``/v1/chat/completions`` send chat messages, as to an instruct model.
+so the task routes and ``/v1/chat/completions`` send chat messages, as to an instruct model,
+and their instruct checkpoints' stop lists (generation_config.json's ``eos_token_id``).
 
 CLI: ``python -m server.engine.synthetic build gpt2-large`` (idempotent), ``... params``.
 """
@@ -112,12 +113,15 @@ PRESETS: dict[str, Preset | DecoderPreset] = {
 class Vocabulary:
     """A preset's tokenizer: ``size`` ids, the corpus BPE padded with filler first, then
     ``specials`` (special tokens, in id order) at the end; which of them are the bos, eos,
-    unk and pad tokens; whether encoding prepends the bos token (Llama 3 does); the chat
+    unk and pad tokens; the tokens that end a generation as the checkpoint's
+    generation_config.json lists them (``stops``; empty: the eos alone, left as the model
+    config states it); whether encoding prepends the bos token (Llama 3 does); the chat
     template (None: a base model's plain prompts)."""
 
     size: int
     specials: tuple[str, ...]
     eos: str
+    stops: tuple[str, ...] = ()
     bos: str | None = None
     unk: str | None = None
     pad: str | None = None
@@ -129,6 +133,15 @@ class Vocabulary:
     def regular(self) -> int:
         """Ids before the special tokens (trained and filler BPE tokens)."""
         return self.size - len(self.specials)
+
+    def special_id(self, token: str) -> int:
+        """The id of special token ``token`` (ValueError when it is not one)."""
+        return self.regular + self.specials.index(token)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """The ids of ``stops``, in their order (generation_config.json's eos_token_id)."""
+        return [self.special_id(token) for token in self.stops]
 
 
 # Meta-Llama-3-Instruct's template: a header per message, <|eot_id|> after each.
@@ -177,13 +190,16 @@ def vocabulary(name: str) -> Vocabulary:
     preset = get_preset(name)
     if isinstance(preset, Preset):
         return GPT2_VOCABULARY
+    # The stop lists of Llama-3.2-1B-Instruct's and Qwen2.5-Instruct's generation_config.json:
+    # an instruct model may end its answer with any of them, not only with its eos token.
     if preset.model_type == "llama":
         return Vocabulary(preset.vocab, _llama3_specials(), eos="<|eot_id|>",
+                          stops=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"),
                           bos="<|begin_of_text|>", prepend_bos=True,
                           chat_template=LLAMA3_CHAT_TEMPLATE, max_length=preset.max_positions)
     return Vocabulary(preset.vocab, _qwen2_specials(preset.vocab), eos="<|im_end|>",
-                      pad="<|endoftext|>", chat_template=QWEN_CHAT_TEMPLATE,
-                      max_length=preset.max_positions)
+                      stops=("<|im_end|>", "<|endoftext|>"), pad="<|endoftext|>",
+                      chat_template=QWEN_CHAT_TEMPLATE, max_length=preset.max_positions)
 
 
 def get_preset(name: str) -> Preset | DecoderPreset:
@@ -211,7 +227,6 @@ def model_config(name: str):  # -> a transformers PretrainedConfig (import kept 
             eos_token_id=VOCAB_SIZE - 1,
         )
     words = vocabulary(name)
-    specials = {token: words.regular + i for i, token in enumerate(words.specials)}
     # A copy of the scaling: transformers writes rope_theta into the dict it is given, and
     # the preset's own must not change (the build fingerprint holds it).
     extra = {"use_sliding_window": False, "max_window_layers": preset.layers} \
@@ -229,19 +244,27 @@ def model_config(name: str):  # -> a transformers PretrainedConfig (import kept 
         rms_norm_eps=preset.rms_eps,
         hidden_act="silu",
         tie_word_embeddings=True,
-        bos_token_id=specials.get(words.bos) if words.bos else None,
-        eos_token_id=specials[words.eos],
-        pad_token_id=specials.get(words.pad) if words.pad else None,
+        bos_token_id=words.special_id(words.bos) if words.bos else None,
+        eos_token_id=words.special_id(words.eos),
+        pad_token_id=words.special_id(words.pad) if words.pad else None,
         **extra,
     )
 
 
 def new_model(name: str):  # -> the preset's transformers causal LM, freshly initialised
     """The preset's model with transformers' random init (GPT2LMHeadModel, LlamaForCausalLM,
-    Qwen2ForCausalLM: the class its config names), on torch's current device and seed."""
-    from transformers import AutoModelForCausalLM
+    Qwen2ForCausalLM: the class its config names), on torch's current device and seed, with
+    its generation config's stop ids (saved as generation_config.json, as a checkpoint's)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    return AutoModelForCausalLM.from_config(model_config(name))
+    config = model_config(name)
+    model = AutoModelForCausalLM.from_config(config)
+    stop_ids = vocabulary(name).stop_ids
+    if stop_ids:  # GPT-2's stays derived from its config (one id): its builds do not change
+        model.generation_config = GenerationConfig(
+            bos_token_id=config.bos_token_id, eos_token_id=stop_ids,
+            pad_token_id=config.pad_token_id)
+    return model
 
 
 def count_params(name: str) -> int:

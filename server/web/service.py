@@ -70,7 +70,7 @@ class ModelService:
         log.info(path.summary())
         self.metrics.observe_code_path(path.as_dict())
         engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
-                            config["PREFILL_CHUNK"], path=path)
+                            config["PREFILL_CHUNK"], path=path, stop_ids=self.loaded.stop_ids)
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
         return Scheduler(engine, config["MAX_BATCH_SIZE"], config["MAX_QUEUE"], timeout_s,
                          on_step=self._observe_step,

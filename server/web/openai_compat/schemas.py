@@ -41,7 +41,7 @@ class _Sampling(_Strict):
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, description="accepted and ignored")
     ignore_eos: bool = Field(default=False, description="vLLM: generate exactly the requested "
-                                                        "tokens, past the stop token")
+                                                        "tokens, past every stop token")
     min_tokens: int = Field(default=0, ge=0, description="vLLM: no stop before this many tokens")
     # Sent by load generators at their neutral value (guidellm: "stop": null; vLLM bench:
     # "logprobs": null, "repetition_penalty": 1.0): accepted at that value only.
@@ -58,7 +58,7 @@ class _Sampling(_Strict):
         return self.max_tokens
 
     def min_new_tokens(self, max_new_tokens: int) -> int:
-        """Tokens to generate before the stop token may end the answer (ignore_eos: all)."""
+        """Tokens to generate before a stop token may end the answer (ignore_eos: all)."""
         return max_new_tokens if self.ignore_eos else self.min_tokens
 
     @property
