@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 
 from harness.gunicorn_process import GunicornServer
-from tests.conftest import TEST_API_KEY, server_env
+from tests.conftest import TEST_API_KEY, build_app, server_env
 
 # Gunicorn's access log line (gunicorn.conf.py access_log_format):
 # "METHOD /path HTTP/x" STATUS BYTES TIME "USER-AGENT" REQUEST-ID
@@ -62,6 +63,14 @@ def test_schemathesis_finds_no_5xx_and_every_response_matches_the_spec(
     assert "unhandled" not in fuzz_server.log_text()
 
 
+@pytest.fixture(scope="module")
+def crash_app(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    """One app for every pinned input: each is one request that leaves nothing behind, and
+    building an app (loading tiny, timing its kernels) costs more than the request."""
+    log = tmp_path_factory.mktemp("crash-inputs") / "server_requests.jsonl"
+    return build_app(log, MAX_CONTENT_LENGTH=10**6)
+
+
 @pytest.mark.parametrize(
     ("route", "raw", "status"),
     [
@@ -77,8 +86,8 @@ def test_schemathesis_finds_no_5xx_and_every_response_matches_the_spec(
         ("/generate-text", '{"prompt": "a\\u0000b", "max_new_tokens": 1}', 200),
     ],
 )
-def test_inputs_that_once_crashed_the_server(make_app, route, raw, status) -> None:
-    client = make_app(MAX_CONTENT_LENGTH=10**6).test_client()
+def test_inputs_that_once_crashed_the_server(crash_app, route, raw, status) -> None:
+    client = crash_app.test_client()
     response = client.post(route, data=raw, content_type="application/json")
     assert response.status_code == status, response.json
     assert set(response.json) == ({"error"} if status >= 400 else set(response.json) | {"text"})
