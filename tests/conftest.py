@@ -86,29 +86,44 @@ class KeyedClient(FlaskClient):
             self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
 
 
+def build_app(request_log: Path, **overrides) -> Flask:
+    """An app serving synthetic:tiny with ``overrides`` on top of the test config (a plain
+    function, so module-scoped fixtures build one too)."""
+    config = {
+        "MODEL": "synthetic:tiny",
+        "MODELS_DIR": MODELS_DIR,
+        "DTYPE": "float32",
+        "REQUEST_LOG": str(request_log),
+        "TORCH_THREADS": 1,
+        "API_KEYS": TEST_API_KEY,
+        "OPERATOR_KEYS": TEST_OPERATOR_KEY,
+        # Off unless a test sets them: other tests must not trip over a limit.
+        "RATE_LIMIT": "",
+        "GLOBAL_RATE_LIMIT": "",
+        **overrides,
+    }
+    app = create_app(config)
+    app.test_client_class = KeyedClient
+    return app
+
+
 @pytest.fixture
 def make_app(tiny_model: Path, request_log: Path) -> Callable[..., Flask]:
     """Factory: an app serving synthetic:tiny with ``overrides`` on top of the test config."""
 
     def factory(**overrides) -> Flask:
-        config = {
-            "MODEL": "synthetic:tiny",
-            "MODELS_DIR": MODELS_DIR,
-            "DTYPE": "float32",
-            "REQUEST_LOG": str(request_log),
-            "TORCH_THREADS": 1,
-            "API_KEYS": TEST_API_KEY,
-            "OPERATOR_KEYS": TEST_OPERATOR_KEY,
-            # Off unless a test sets them: other tests must not trip over a limit.
-            "RATE_LIMIT": "",
-            "GLOBAL_RATE_LIMIT": "",
-            **overrides,
-        }
-        app = create_app(config)
-        app.test_client_class = KeyedClient
-        return app
+        return build_app(request_log, **overrides)
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def module_client(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> FlaskClient:
+    """A test client (test key) of one app with the test config, shared by a module's tests
+    that only send a request and read its answer (not the request log): building an app
+    loads tiny and times its kernels, ~0.5 s, more than such a test's request."""
+    log = tmp_path_factory.mktemp("module-app") / "server_requests.jsonl"
+    return build_app(log).test_client()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from harness.waiting import wait_until
 from server import create_app
 from server.web.auth import ConfigError
-from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY
+from tests.conftest import TEST_API_KEY, TEST_OPERATOR_KEY, build_app
 
 OTHER_KEY = "other-key-fedcba9876543210"
 BODY = {"prompt": "Hello there", "max_new_tokens": 2}
@@ -20,6 +20,14 @@ BODY = {"prompt": "Hello there", "max_new_tokens": 2}
 
 def _key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+@pytest.fixture(scope="module")
+def two_key_app(tiny_model, tmp_path_factory: pytest.TempPathFactory):
+    """One app holding both keys for the whole matrix: each case is one request whose answer
+    is all it checks (its two wrong keys stay far below the failed-key throttle)."""
+    return build_app(tmp_path_factory.mktemp("auth") / "server_requests.jsonl",
+                     API_KEYS=f"{TEST_API_KEY},{OTHER_KEY}")
 
 
 @pytest.mark.parametrize(
@@ -43,8 +51,8 @@ def _key_id(key: str) -> str:
          "key-without-bearer", "key-as-basic-user", "wrong-header", "bearer", "bearer-lowercase",
          "x-api-key", "second-key"],
 )
-def test_auth_matrix(make_app, headers, status, code) -> None:
-    client = make_app(API_KEYS=f"{TEST_API_KEY},{OTHER_KEY}").test_client(api_key="")
+def test_auth_matrix(two_key_app, headers, status, code) -> None:
+    client = two_key_app.test_client(api_key="")
     response = client.post("/generate-text", json=BODY, headers=headers)
     assert response.status_code == status, response.json
     if code:

@@ -24,16 +24,29 @@ BODIES = {
 }
 
 
-@pytest.fixture
-def server(tiny_model: Path, tmp_path: Path):
-    env = server_env(tmp_path)
-    with GunicornServer(tmp_path, env, workers=2) as running:
+def _serve(workdir: Path) -> GunicornServer:
+    return GunicornServer(workdir, server_env(workdir), workers=2)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One server for the tests that only send it requests (no test here changes a worker,
+    the settings or the model); test_sigterm_stops_cleanly stops a server of its own."""
+    workdir = tmp_path_factory.mktemp("gunicorn")
+    with _serve(workdir) as running:
         yield running
 
 
-def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tmp_path,
+def _log_lines(server: GunicornServer) -> list[str]:
+    """The request log's lines so far (server_env's REQUEST_LOG, beside the pidfile)."""
+    log = server.pidfile.parent / "server_requests.jsonl"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer,
                                                       api_headers) -> None:
     routes = [list(BODIES)[i % 3] for i in range(16)]
+    logged = len(_log_lines(server))
 
     def post(route: str) -> requests.Response:
         return requests.post(server.url + route, json=BODIES[route], headers=api_headers,
@@ -49,8 +62,7 @@ def test_preloaded_workers_answer_concurrent_requests(server: GunicornServer, tm
     assert len(workers) == 2
     assert {int(r.headers["X-Worker-PID"]) for r in responses} <= workers
     assert max(int(r.headers["X-Batch-Size"]) for r in responses) > 1
-    log_lines = (tmp_path / "server_requests.jsonl").read_text().splitlines()
-    assert len(log_lines) == 16
+    assert len(_log_lines(server)) == logged + 16  # whole answers are logged before they leave
 
 
 def test_kernel_choice_is_measured_logged_and_reported(server: GunicornServer) -> None:
@@ -137,8 +149,9 @@ def test_gunicorns_own_errors_are_json_with_a_request_id(server: GunicornServer,
     assert answer["error"]["code"] == code and answer["error"]["message"]
 
 
-def test_sigterm_stops_cleanly(server: GunicornServer) -> None:
-    assert server.stop() == 0
+def test_sigterm_stops_cleanly(tiny_model: Path, tmp_path: Path) -> None:
+    with _serve(tmp_path) as server:
+        assert server.stop() == 0
 
 
 def _served(server: GunicornServer, route: str) -> float:

@@ -14,11 +14,25 @@ from server.engine.memory import system_available_mb
 from tests.conftest import server_env
 
 
+def _serve(workdir: Path) -> GunicornServer:
+    env = server_env(workdir, MEMORY_SAMPLE_S="0.1",
+                     PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
+    return GunicornServer(workdir, env, workers=2)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server for the request counts and the unsized-file scrape: neither sends requests
+    the other counts nor changes a worker."""
+    workdir = tmp_path_factory.mktemp("metrics-server")
+    with _serve(workdir) as running:
+        yield running
+
+
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path):
-    env = server_env(tmp_path, MEMORY_SAMPLE_S="0.1",
-                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
-    with GunicornServer(tmp_path, env, workers=2) as running:
+def own_server(tiny_model: Path, tmp_path: Path):
+    """A server of the test's own, for a test that kills a worker."""
+    with _serve(tmp_path) as running:
         yield running
 
 
@@ -71,7 +85,8 @@ def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) 
             <= by_phase[("gpt_step_seconds_sum", phase)]
 
 
-def test_per_worker_memory_only_for_live_workers(server: GunicornServer) -> None:
+def test_per_worker_memory_only_for_live_workers(own_server: GunicornServer) -> None:
+    server = own_server
     _until(lambda: _memory_pids(server) == set(server.worker_pids()))
     pss = {int(s.labels["pid"]): s.value
            for s in _samples(server)["gpt_worker_pss_bytes"]}
@@ -87,10 +102,10 @@ def test_per_worker_memory_only_for_live_workers(server: GunicornServer) -> None
 
 
 def test_a_starting_workers_unsized_file_does_not_break_the_scrape(
-        server: GunicornServer, tmp_path: Path) -> None:
+        server: GunicornServer) -> None:
     # What a worker leaves for an instant as it starts: its file created, not yet sized.
     # Reading it raised struct.error and /metrics answered 500 (seen under load in CI).
-    (tmp_path / "metrics" / "gauge_liveall_999999.db").touch()
+    (server.pidfile.parent / "metrics" / "gauge_liveall_999999.db").touch()
     response = requests.get(f"{server.url}/metrics", timeout=10, headers=server.operator_headers)
     assert response.status_code == 200
     assert list(text_string_to_metric_families(response.text))

@@ -255,9 +255,9 @@ def _error_code(response) -> str:
     ("a\ud800b", "invalid_fields", False),  # a lone surrogate no tokenizer can encode
     ("x" * 9000, "input_too_long", True),  # over MAX_INPUT_CHARS
 ])
-def test_text_checks_are_one_copy_on_both_route_families(client, path, invalid, prompt, code,
-                                                         too_long) -> None:
-    response = client.post(path, json={"prompt": prompt})
+def test_text_checks_are_one_copy_on_both_route_families(module_client, path, invalid, prompt,
+                                                         code, too_long) -> None:
+    response = module_client.post(path, json={"prompt": prompt})
     expected = 413 if too_long and path == "/generate-text" else invalid
     assert response.status_code == expected and _error_code(response) == code
 

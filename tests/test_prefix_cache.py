@@ -20,8 +20,10 @@ from server.engine.prefix_cache import MIN_SHARED, PrefixCache, cached_tokens
 from server.engine.row_cache import RowCache
 from server.engine.scheduler import Scheduler
 from server.engine.step import StepEngine, generate_alone
-from tests.conftest import MODELS_DIR, server_env
+from tests.conftest import MODELS_DIR, TEST_API_KEY, server_env
 from tests.logits_engine import LogitsEngine
+
+KEY_A, KEY_B = "tenant-a-0123456789abcdef", "tenant-b-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -146,24 +148,38 @@ def test_the_scheduler_copies_a_kept_prefix_and_keeps_within_the_kv_budget(loade
     assert len(scheduler.prefixes) == 1
 
 
-def test_gunicorn_workers_count_copied_prompt_tokens(tiny_model: Path, tmp_path: Path,
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One Gunicorn worker for both tests through it: their prompts share no prefix, and a
+    kept cache is reused only by its own key (which test_one_key_never_reuses... proves)."""
+    workdir = tmp_path_factory.mktemp("prefix-server")
+    env = server_env(workdir, API_KEYS=f"{TEST_API_KEY},{KEY_A},{KEY_B}")
+    with GunicornServer(workdir, env, workers=1) as running:
+        yield running
+
+
+def test_gunicorn_workers_count_copied_prompt_tokens(server: GunicornServer,
                                                       api_headers) -> None:
-    env = server_env(tmp_path)
     body = {"prompt": "The same long instruction, word for word, " * 6 + "then a question",
             "max_new_tokens": 4}
-    with GunicornServer(tmp_path, env, workers=1) as server:
-        answers = [requests.post(server.url + "/generate-text", headers=api_headers,
-                                 json=body, timeout=60) for _ in range(2)]
-        metrics = requests.get(server.url + "/metrics", timeout=10,
-                               headers=server.operator_headers).text
-        ready = requests.get(server.url + "/ready", timeout=10,
-                             headers=server.operator_headers).json()
+    before = _cached_total(server)  # the other test may have run first on this server
+    answers = [requests.post(server.url + "/generate-text", headers=api_headers,
+                             json=body, timeout=60) for _ in range(2)]
+    ready = requests.get(server.url + "/ready", timeout=10,
+                         headers=server.operator_headers).json()
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json()["text"] == answers[1].json()["text"]
+    assert _cached_total(server) - before >= MIN_SHARED
+    assert ready["prefix_cache_rows"] > 0
+
+
+def _cached_total(server: GunicornServer) -> float:
+    """/metrics' gpt_prompt_tokens_cached_total (0 before the first copied token)."""
+    metrics = requests.get(server.url + "/metrics", timeout=10,
+                           headers=server.operator_headers).text
     cached = [line for line in metrics.splitlines()
               if line.startswith("gpt_prompt_tokens_cached_total")]
-    assert cached and float(cached[0].split()[-1]) >= MIN_SHARED
-    assert ready["prefix_cache_rows"] > 0
+    return float(cached[0].split()[-1]) if cached else 0.0
 
 
 def test_kept_caches_are_reused_only_within_their_scope() -> None:
@@ -184,25 +200,21 @@ def test_kept_caches_are_reused_only_within_their_scope() -> None:
     assert kept.find([*secret, 1, 5, 6], scope=("key-a", ""))[1] == len(secret) + 1
 
 
-def test_one_key_never_reuses_another_keys_cached_prompt(tiny_model: Path,
-                                                          tmp_path: Path) -> None:
+def test_one_key_never_reuses_another_keys_cached_prompt(server: GunicornServer) -> None:
     """Issue 29: key B's lookalike of key A's prompt (a secret in it) reused 78 of A's cached
     tokens. Through real Gunicorn, each answer's usage says how many prompt tokens came from
     a cache (OpenAI's prompt_tokens_details.cached_tokens)."""
-    key_a, key_b = "tenant-a-0123456789abcdef", "tenant-b-0123456789abcdef"
-    env = server_env(tmp_path, API_KEYS=f"{key_a},{key_b}")
     secret = "Instructions for the vault: the passphrase is tangerine-4471, " * 4
 
-    def cached(server: GunicornServer, key: str, tail: str, **extra) -> int:
+    def cached(key: str, tail: str, **extra) -> int:
         answer = requests.post(server.url + "/v1/completions", timeout=60,
                                headers={"Authorization": f"Bearer {key}"},
                                json={"prompt": secret + tail, "max_tokens": 2, **extra})
         assert answer.status_code == 200, answer.text
         return answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
 
-    with GunicornServer(tmp_path, env, workers=1) as server:
-        assert cached(server, key_a, "first") == 0
-        assert cached(server, key_b, "guess") == 0  # A's prompt is not B's to reuse
-        assert cached(server, key_a, "again") >= MIN_SHARED  # A still reuses its own
-        assert cached(server, key_a, "salted", cache_salt="user-7") == 0
-        assert cached(server, key_a, "salted again", cache_salt="user-7") >= MIN_SHARED
+    assert cached(KEY_A, "first") == 0
+    assert cached(KEY_B, "guess") == 0  # A's prompt is not B's to reuse
+    assert cached(KEY_A, "again") >= MIN_SHARED  # A still reuses its own
+    assert cached(KEY_A, "salted", cache_salt="user-7") == 0
+    assert cached(KEY_A, "salted again", cache_salt="user-7") >= MIN_SHARED

@@ -137,24 +137,35 @@ def test_sigkilled_worker_is_replaced_and_only_its_requests_fail(
                for o in failed if o.request_id in records)
 
 
-def _recycling_run(tmp_path: Path, api_headers: dict,
-                   keep_alive: bool) -> tuple[list[Outcome], set[int], set[int], list[dict]]:
-    env = server_env(tmp_path, GUNICORN_ACCESSLOG="", GUNICORN_MAX_REQUESTS="20",
+@pytest.fixture(scope="module")
+def recycling_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """2 workers, each restarted after its 20th request, loaded by both connection kinds in
+    turn: a worker left from the first load is only recycled sooner in the second."""
+    workdir = tmp_path_factory.mktemp("recycling")
+    env = server_env(workdir, GUNICORN_ACCESSLOG="", GUNICORN_MAX_REQUESTS="20",
                      GUNICORN_MAX_REQUESTS_JITTER="0")
-    with GunicornServer(tmp_path, env, workers=2) as server:
-        first = set(server.worker_pids())
-        with SteadyLoad(f"{server.url}/generate-text", api_headers, _body, threads=8,
-                        max_requests=300, max_s=150, keep_alive=keep_alive) as load:
-            load.wait_for(300)
-        outcomes = load.stop()
-        last = set(server.wait_worker_pids(2))
-    return outcomes, first, last, _log_records(tmp_path / "server_requests.jsonl")
+    with GunicornServer(workdir, env, workers=2) as server:
+        yield server
+
+
+def _recycling_run(server: GunicornServer, api_headers: dict,
+                   keep_alive: bool) -> tuple[list[Outcome], set[int], set[int], list[dict]]:
+    log = server.pidfile.parent / "server_requests.jsonl"  # server_env's REQUEST_LOG
+    seen = len(_log_records(log)) if log.exists() else 0
+    first = set(server.wait_worker_pids(2))
+    with SteadyLoad(f"{server.url}/generate-text", api_headers, _body, threads=8,
+                    max_requests=300, max_s=150, keep_alive=keep_alive) as load:
+        load.wait_for(300)
+    outcomes = load.stop()
+    last = set(server.wait_worker_pids(2))
+    # This load's lines: a whole answer is logged before it leaves, and the loads take turns.
+    return outcomes, first, last, _log_records(log)[seen:]
 
 
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["new-connections", "keep-alive"])
 def test_max_requests_recycling_under_load_drops_nothing(
-        tiny_model, tmp_path, api_headers, keep_alive) -> None:
-    outcomes, first, last, records = _recycling_run(tmp_path, api_headers, keep_alive)
+        recycling_server, api_headers, keep_alive) -> None:
+    outcomes, first, last, records = _recycling_run(recycling_server, api_headers, keep_alive)
     statuses = Counter(o.status if o.status is not None else o.error for o in outcomes)
     assert statuses == {200: 300}, statuses
     served_by = Counter(o.worker_pid for o in outcomes)

@@ -126,8 +126,9 @@ def _assert_envelope(response, status: int, code: str) -> dict:
         ({}, "prompt"),
     ],
 )
-def test_invalid_fields_are_422_naming_the_field(client, body, field) -> None:
-    error = _assert_envelope(client.post("/generate-text", json=body), 422, "invalid_fields")
+def test_invalid_fields_are_422_naming_the_field(module_client, body, field) -> None:
+    error = _assert_envelope(module_client.post("/generate-text", json=body), 422,
+                             "invalid_fields")
     assert field in error["message"]
     assert [d["field"] for d in error["details"]] == [field]
 

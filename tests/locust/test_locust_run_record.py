@@ -1,19 +1,29 @@
 """Any Locust run writes a complete run.json: plain headless, --processes 2 and the web UI
-(autostarted), against a real Gunicorn on synthetic:tiny, with no script around Locust."""
+(autostarted), against one real Gunicorn on synthetic:tiny, with no script around Locust.
+The --processes 2 run also shows that a master and two workers record every request."""
 
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.gunicorn_process import REPO, GunicornServer
-from tests.conftest import server_env
-from tests.locust_runs import locust_env, run_headless
+from tests.conftest import TEST_API_KEY, server_env
+from tests.locust_runs import (
+    LOCUST_FILES,
+    USER_CLASSES,
+    locust_env,
+    locust_totals,
+    read_csv,
+    read_jsonl,
+    run_headless,
+)
 
 MODES = {
     # A p95 target no server meets: the suite's --check-* sets Locust's exit code to 3.
@@ -27,32 +37,66 @@ MODES = {
 EXIT_CODES = {"headless": 3, "processes-2": 0, "web-ui": 0}
 
 
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[GunicornServer]:
+    """2 Gunicorn workers (MAX_QUEUE 17) serving the three modes' runs, one after another:
+    each run reads the same facts from /ready and /metrics as from a server of its own."""
+    workdir = tmp_path_factory.mktemp("server")
+    with GunicornServer(workdir, server_env(workdir, MAX_QUEUE="17"), workers=2) as running:
+        yield running
+
+
+def _locust(mode: str, run_dir: Path, server: GunicornServer) -> subprocess.CompletedProcess:
+    args = ("-u", "4", "-r", "4", "-t", "8s", "--stop-timeout", "30", "--label", mode)
+    if mode == "processes-2":
+        # memory.csv's master and worker rows (the distributed test); the other modes keep
+        # reading the server's facts with no pidfile at all.
+        args = (*args, "--server-pidfile", str(server.pidfile))
+    if mode != "web-ui":
+        return run_headless(run_dir, server.url, TEST_API_KEY, *MODES[mode][1:], *args,
+                            operator_key=server.operator_key)
+    with open(run_dir / "locust.log", "wb") as log:
+        cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", "--host", server.url,
+               "--run-dir", str(run_dir), "--csv", str(run_dir / "locust"),
+               "--csv-full-history", *MODES[mode], *args]
+        env = locust_env(LOCUST_API_KEY=TEST_API_KEY, LOCUST_OPERATOR_KEY=server.operator_key)
+        return subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(server: GunicornServer, tmp_path_factory: pytest.TempPathFactory
+         ) -> Callable[[str], Path]:
+    """Factory: the run folder of one 8-second Locust run in ``mode``, made on first use.
+    The server's log lines of that run go into its folder (as a server of its own writes)."""
+    made: dict[str, Path] = {}
+    log = server.pidfile.parent / "server_requests.jsonl"  # server_env's REQUEST_LOG
+
+    def run(mode: str) -> Path:
+        if mode in made:
+            return made[mode]
+        run_dir = tmp_path_factory.mktemp(mode) / "run"
+        run_dir.mkdir()
+        seen = len(log.read_text().splitlines()) if log.exists() else 0
+        done = _locust(mode, run_dir, server)
+        # A whole answer's line is written before its response leaves (server/web/
+        # accounting.py), and the runs follow one another: these lines are this run's.
+        lines = log.read_text().splitlines()[seen:] if log.exists() else []
+        (run_dir / "server_requests.jsonl").write_text("".join(f"{x}\n" for x in lines))
+        output = (run_dir / "locust.log").read_text()
+        assert done.returncode == EXIT_CODES[mode], output[-4000:]
+        assert ("target missed: p95" in output) == (mode == "headless")
+        made[mode] = run_dir
+        return run_dir
+
+    return run
+
+
 @pytest.fixture(scope="module", params=list(MODES))
-def run(request: pytest.FixtureRequest, tiny_model: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """One 8-second Locust run in ``request.param`` mode against 2 Gunicorn workers."""
-    mode, tmp = request.param, tmp_path_factory.mktemp(request.param)
-    run_dir, api_key = tmp / "run", secrets.token_urlsafe(24)
-    env = server_env(run_dir, API_KEYS=api_key, MAX_QUEUE="17")
-    run_dir.mkdir()
-    with GunicornServer(tmp, env, workers=2) as server:
-        args = ("-u", "4", "-r", "4", "-t", "8s", "--stop-timeout", "30", "--label", mode)
-        if mode == "web-ui":
-            with open(run_dir / "locust.log", "wb") as log:
-                cmd = [sys.executable, "-m", "locust", "-f", "locustfiles", "--host", server.url,
-                       "--run-dir", str(run_dir), "--csv", str(run_dir / "locust"),
-                       "--csv-full-history", *MODES[mode], *args]
-                env = locust_env(LOCUST_API_KEY=api_key,
-                                 LOCUST_OPERATOR_KEY=server.operator_key)
-                done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, timeout=300)
-        else:
-            done = run_headless(run_dir, server.url, api_key, *MODES[mode][1:], *args,
-                                operator_key=server.operator_key)
-    log = (run_dir / "locust.log").read_text()
-    assert done.returncode == EXIT_CODES[mode], log[-4000:]
-    assert ("target missed: p95" in log) == (mode == "headless")
-    return mode, run_dir
+def run(request: pytest.FixtureRequest, runs: Callable[[str], Path]) -> tuple[str, Path]:
+    """(mode, run folder) of each mode's run."""
+    return request.param, runs(request.param)
 
 
 def test_run_json_has_the_client_facts(run: tuple[str, Path]) -> None:
@@ -99,3 +143,37 @@ def test_analysis_reports_the_settings_without_missing_notes(run: tuple[str, Pat
     settings = report.split("## Run settings")[1]
     assert "| model | synthetic:tiny |" in settings and "| server.limits.max_queue | 17 |" \
         in settings
+
+
+def test_master_and_two_workers_record_every_request(runs: Callable[[str], Path],
+                                                     server: GunicornServer) -> None:
+    # Requests are still in flight when the run time is up: without the drain
+    # (--stop-timeout), the master would quit before the workers' last rows and statistics.
+    # (server_env: rate limits off, so a burst of the slowed machine's late replies cannot
+    # turn into 429s.)
+    run_dir = runs("processes-2")
+    worker_pids = set(map(str, server.worker_pids()))
+    log = (run_dir / "locust.log").read_text()  # runs() checked its exit code
+
+    assert "2 workers connected" in log or "(index 1) reported as ready" in log, log
+    assert all((run_dir / name).is_file() for name in LOCUST_FILES), sorted(run_dir.iterdir())
+    rows = read_csv(run_dir / "requests.csv")
+    served = read_jsonl(run_dir / "server_requests.jsonl")
+    client_only = {r["request_id"] for r in rows} - {s["request_id"] for s in served}
+    assert len(rows) == len(served) == locust_totals(run_dir)[0] > 0, (
+        [r for r in rows if r["request_id"] in client_only], locust_totals(run_dir))
+    assert Counter(r["request_id"] for r in rows) == Counter(s["request_id"] for s in served)
+    assert {r["user_class"] for r in rows} == USER_CLASSES
+    assert locust_totals(run_dir)[1] == 0 and {r["success"] for r in rows} == {"1"}
+    assert {r["worker_pid"] for r in rows} <= worker_pids
+    # Users in both Locust workers took distinct numbers: request ids never repeat.
+    assert len({r["request_id"] for r in rows}) == len(rows)
+    roles = Counter(r["role"] for r in read_csv(run_dir / "memory.csv"))
+    assert roles["master"] > 5 and roles["worker"] == 2 * roles["master"] == 2 * roles["total"]
+    # Every Locust process ticks into loadgen.csv: the master's own rows, the workers' by message.
+    ticks = read_csv(run_dir / "loadgen.csv")
+    processes = {(r["role"], r["pid"]) for r in ticks}
+    assert Counter(role for role, _ in processes) == {"master": 1, "worker": 2}
+    per_process = Counter((r["role"], r["pid"]) for r in ticks)
+    # ~10 a second over the 8 s run and the drain after it (61 each in a 2 s run, on this box)
+    assert min(per_process.values()) > 50

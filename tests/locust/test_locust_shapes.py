@@ -57,7 +57,7 @@ def test_shape_option_drives_a_real_run(tiny_model: Path, tmp_path: Path) -> Non
     with GunicornServer(tmp_path, env, workers=2) as server:
         started = time.monotonic()
         result = run_headless(run_dir, server.url, api_key, "--shape", "steps", "--stages",
-                              "1:4,3:5", "-r", "10", "--stop-timeout", "30",
+                              "1:3,3:3", "-r", "10", "--stop-timeout", "30",
                               operator_key=server.operator_key)
         elapsed_s = time.monotonic() - started
 

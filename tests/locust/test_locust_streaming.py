@@ -1,4 +1,6 @@
-"""Streaming and OpenAI-API users end to end on synthetic:tiny, each run 15 s of real load.
+"""Streaming and OpenAI-API users end to end on synthetic:tiny, each run 8 s of real load
+(a user sends its first request as it starts and waits at most 5 s between requests; what
+is asserted holds per answer and per route, not over a rate).
 
 * ``--mix streaming`` through scripts/loadtest.py (the mix given as ``LOCUST_MIX``: the
   script has no flag for it): requests.csv times every streamed answer, Locust's stats get
@@ -104,12 +106,12 @@ def assert_streams_timed(rows: list[dict[str, str]], served: list[dict]) -> None
 
 @pytest.fixture(scope="module")
 def stream_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 15-second run of scripts/loadtest.py: 5 users (one per streaming class), 1 worker."""
+    """One 8-second run of scripts/loadtest.py: 5 users (one per streaming class), 1 worker."""
     run = tmp_path_factory.mktemp("streaming") / "run"
     result = run_script(
         [sys.executable, "scripts/loadtest.py", "--model", "synthetic:tiny", "--models-dir",
          MODELS_DIR, "--dtype", "float32", "--users", "5", "--spawn-rate", "5", "--duration",
-         "15", "--workers", "1", "--torch-threads", "1", "--label", "stream-e2e", "--run-dir",
+         "8", "--workers", "1", "--torch-threads", "1", "--label", "stream-e2e", "--run-dir",
          str(run), "--stop-timeout", "30", "--no-analysis"],
         cwd=REPO, env=run_env(LOCUST_MIX="streaming"))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -183,7 +185,7 @@ def test_report_streaming_section_has_the_runs_numbers(stream_run: Path) -> None
 
 @pytest.fixture(scope="module")
 def openai_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """15 s of ``--target openai`` (4 users: one per OpenAI class) through ForeignServer."""
+    """8 s of ``--target openai`` (4 users: one per OpenAI class) through ForeignServer."""
     base = tmp_path_factory.mktemp("openai-target")
     run = base / "run"
     # The server's own log stays outside the run folder: a foreign server has none.
@@ -191,7 +193,7 @@ def openai_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     with GunicornServer(base, env, workers=1) as server, ForeignServer(server.url) as foreign:
         # --mix streaming is overridden: against another server only the openai mix runs.
         result = run_headless(run, foreign.url, TEST_API_KEY, "--target", "openai", "--mix",
-                              "streaming", "-u", "4", "-r", "4", "-t", "15s",
+                              "streaming", "-u", "4", "-r", "4", "-t", "8s",
                               "--stop-timeout", "30")
     assert result.returncode == 0, (run / "locust.log").read_text()[-4000:]
     return run

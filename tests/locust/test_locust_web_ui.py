@@ -19,9 +19,13 @@ from tests.conftest import server_env
 from tests.locust_runs import locust_command, locust_env
 
 
-@pytest.fixture
-def web_ui(tiny_model: Path, tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
-    """Locust's web UI (autostarted, 4 users) against a 2-worker tiny server."""
+@pytest.fixture(scope="module")
+def web_ui(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[str, list[int]]]:
+    """Locust's web UI (autostarted, 4 users) against a 2-worker tiny server, for both page
+    tests: each only reads pages while the load runs (the sampler keeps its last 600
+    samples, so the chart still grows in the second)."""
+    tmp_path = tmp_path_factory.mktemp("web-ui")
     run_dir = tmp_path / "run"
     api_key = secrets.token_urlsafe(24)
     env = server_env(tmp_path, API_KEYS=api_key)

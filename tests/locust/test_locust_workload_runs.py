@@ -64,7 +64,7 @@ def test_chat_turns_resend_the_earlier_turns_and_answers(server: GunicornServer,
                                                          tmp_path: Path) -> None:
     with RecordingProxy(server.url) as proxy:
         run_dir = run(tmp_path / "chat", proxy.url, server, "--target", "openai",
-                      "--workload", "chat", "--chat-turns", "3", "-u", "2", "-t", "10s")
+                      "--workload", "chat", "--chat-turns", "3", "-u", "2", "-t", "6s")
         exchanges = proxy.exchanges
     rows = {r["request_id"]: r for r in read_csv(run_dir / "requests.csv")}
     by_conversation: dict[str, list[tuple[dict, dict, dict]]] = defaultdict(list)
@@ -91,7 +91,7 @@ def test_chat_turns_resend_the_earlier_turns_and_answers(server: GunicornServer,
 def test_prefix_groups_hit_the_cache_in_the_report(server: GunicornServer,
                                                     tmp_path: Path) -> None:
     run_dir = run(tmp_path / "prefix", server.url, server, "--workload", "prefix",
-                  "--prefix-groups", "2", "--prefix-tokens", "64", "-u", "3", "-t", "10s")
+                  "--prefix-groups", "2", "--prefix-tokens", "64", "-u", "3", "-t", "6s")
     rows = [r for r in read_csv(run_dir / "requests.csv") if r["method"] == "POST"]
     assert {r["workload_group"] for r in rows} == {"g0", "g1"}
     assert all(r["cached_tokens"] != "" for r in rows if r["success"] == "1")
