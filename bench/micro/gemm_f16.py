@@ -19,7 +19,7 @@ per call and the weight bytes read per second (GB/s) of each path, and fbgemm / 
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
 from collections.abc import Callable
 
 import torch
@@ -36,19 +36,20 @@ def _copies(n_in: int, n_out: int, mbytes: int) -> int:
     return max(2, -(-mbytes * 2**20 // (n_in * n_out * 2)))
 
 
-def paths(n_in: int, n_out: int, rows: int,
-          mbytes: int) -> tuple[dict[str, Callable[[], object]], int]:
-    """(one callable per path, each running every copy of the ``n_in -> n_out`` layer once;
-    how many copies)."""
+def layers(n_in: int, n_out: int, mbytes: int) -> dict[str, list[nn.Module]]:
+    """Enough copies of one ``n_in -> n_out`` layer, per path (the same weights in each)."""
     linears = nn.Sequential(*[nn.Linear(n_in, n_out) for _ in range(_copies(n_in, n_out,
                                                                               mbytes))])
-    x = torch.randn(rows, n_in)
     native = ([native_f16.NativeF16Linear(m) for m in linears] if native_f16.available()
               else [])
-    fbgemm = quantize_float16(copy.deepcopy(linears))
-    del linears  # the float32 originals: not what is timed, and they crowd the RAM
-    return ({"fbgemm": lambda: [m(x) for m in fbgemm],
-             **({"native": lambda: [m(x) for m in native]} if native else {})}, len(fbgemm))
+    return {"fbgemm": list(quantize_float16(linears)), **({"native": native} if native else {})}
+
+
+def calls(built: dict[str, list[nn.Module]], rows: int) -> dict[str, Callable[[], object]]:
+    """One callable per path, each running every copy on the same ``rows`` random rows."""
+    x = torch.randn(rows, built["fbgemm"][0].in_features)
+    return {name: functools.partial(lambda mods: [m(x) for m in mods], mods)
+            for name, mods in built.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.__version__}; native: {native_f16.unavailable() or 'runs'})")
     with torch.inference_mode():
         for n_in, n_out in SHAPES:
+            built = layers(n_in, n_out, args.mbytes)
+            copies = len(built["fbgemm"])
             for rows in (int(r) for r in args.rows.split(",")):
-                timed, copies = paths(n_in, n_out, rows, args.mbytes)
-                times = interleaved(timed, args.reps, warmup=1)
+                times = interleaved(calls(built, rows), args.reps, warmup=1)
                 each = {name: ms(t) / copies for name, t in times.items()}
                 gbps = {name: n_in * n_out * 2 / (v / 1000) / 1e9 for name, v in each.items()}
                 line = ", ".join(f"{name} {v:.3f} ms {gbps[name]:.1f} GB/s"
