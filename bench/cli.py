@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command] = {
                         "and the decode limit they set?", "micro"),
     "gemm": Command("bench.micro.gemm", "Which GEMM path is fastest at a decode step's row "
                     "counts?", "micro"),
+    "gemm-f16": Command("bench.micro.gemm_f16", "Does the project's fp16 GEMM read weights "
+                        "from DRAM faster than fbgemm's fp16, shape by shape?", "micro"),
     "attention": Command("bench.micro.attention", "What does one row's decode attention cost, "
                          "torch's (bf16, widened float32) against the C kernel's?", "micro"),
     "step": Command("bench.micro.step", "What does one engine step cost: by batch (costs), "

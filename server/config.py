@@ -48,9 +48,12 @@ class Settings(BaseSettings):
     # (server/engine/kernels.py); or a fixed float32 | float16 | bfloat16 (both bf16 paths timed) |
     # bfloat16+native (that kernel only) | int8 (torch's and, where it runs, the native int8
     # kernel, timed) | int8+native (the project's int8 kernel only, server/engine/native_int8.py).
-    # float16 = linear weights stored in fp16, computed in fp32 (server/engine/quantize.py).
-    DTYPE: Literal["auto", "float32", "float16", "bfloat16", "bfloat16+native", "int8",
-                   "int8+native"] = "auto"
+    # float16 = linear weights stored in fp16, computed in fp32 (server/engine/quantize.py);
+    # both fp16 paths timed: fbgemm's, and where the CPU has AVX2 + FMA + F16C the project's
+    # kernel, float16+native alone (server/engine/native_f16.py: a tied LM head reads the fp16
+    # embedding table, one copy).
+    DTYPE: Literal["auto", "float32", "float16", "float16+native", "bfloat16",
+                   "bfloat16+native", "int8", "int8+native"] = "auto"
     # Let DTYPE=auto choose int8 too when it measures fastest. Off by default: int8 changes
     # the text (judge it on a real checkpoint first); on AVX2-only CPUs it is 3-9x faster.
     ALLOW_INT8: bool = False

@@ -66,7 +66,8 @@ def test_defaults_serve_the_heavy_model() -> None:
     ("MAX_BATCH_SIZE", "eight", "valid integer"),
     ("IGNORE_EOS", "ture", "true/false"),  # used to read as false, silently
     ("DTYPE", "fp16",
-     "'auto', 'float32', 'float16', 'bfloat16', 'bfloat16+native', 'int8' or 'int8+native'"),
+     "'auto', 'float32', 'float16', 'float16+native', 'bfloat16', 'bfloat16+native', 'int8' "
+     "or 'int8+native'"),
     ("REQUEST_TIMEOUT_S", "", "valid number"),
 ])
 def test_a_bad_environment_value_names_the_variable(monkeypatch, name, value, says) -> None:

@@ -53,7 +53,7 @@ def test_the_lean_forward_gives_transformers_logits(folder: Path, dtype: torch.d
     assert ours.dtype == dtype and torch.equal(ours, theirs)
 
 
-SERVED = [kernels.ONEDNN, kernels.FLOAT16, kernels.BFLOAT16, kernels.INT8,
+SERVED = [kernels.ONEDNN, kernels.FLOAT16, kernels.F16_NATIVE, kernels.BFLOAT16, kernels.INT8,
           kernels.BF16_NATIVE, kernels.INT8_NATIVE]
 
 

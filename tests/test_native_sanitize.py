@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import native_ops
+from server.engine import native_f16, native_ops
 
 HERE = Path(__file__).with_name("native")
 
@@ -43,7 +43,7 @@ def c_tests(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedPro
 def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
         c_tests: subprocess.CompletedProcess) -> None:
     """What runs on any x86-64 (the entry points' checks), and the AVX2 variants where this
-    CPU has their features (the int8 GEMM's, the decode attention's)."""
+    CPU has their features (the int8 GEMM's, the decode attention's, the fp16 GEMM's)."""
     said = c_tests.stdout + c_tests.stderr
     assert c_tests.returncode in (0, 77), said
     assert "checks: ok" in c_tests.stdout, said
@@ -51,6 +51,8 @@ def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
         assert "int8 fma kernels: ok" in c_tests.stdout, said
     if "avx2" in native_ops.attention_variants():
         assert "attention avx2: ok" in c_tests.stdout, said
+    if native_f16.available():
+        assert "f16 gemm: ok" in c_tests.stdout, said
 
 
 def test_the_avx512_kernels_pass_their_c_tests_under_asan_and_ubsan(

@@ -18,7 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 from harness.gunicorn_process import GunicornServer
 from harness.script_run import run_script
-from server.engine import native_int8
+from server.engine import native_f16, native_int8
 from server.engine.decoding import GenerationRequest
 from server.engine.kernels import candidates
 from server.engine.model import check_dtype, load_model
@@ -179,13 +179,15 @@ def test_the_kernel_choice_keeps_the_row_padding_that_measured_faster(
 
 def test_auto_times_float16_weights_beside_float32_and_bfloat16() -> None:
     assert "float16" in candidates("auto", allow_int8=False)
-    assert candidates("float16", allow_int8=False) == ["float16"]
+    fp16_class = ["float16", "float16+native"] if native_f16.available() else ["float16"]
+    assert candidates("float16", allow_int8=False) == fp16_class
     assert "float16" not in candidates("float32", allow_int8=True)
 
 
 def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
     with pytest.raises(ValueError,
-                       match=r"auto, float32, float16, bfloat16, bfloat16\+native, int8"):
+                       match=r"auto, float32, float16, float16\+native, bfloat16, "
+                             r"bfloat16\+native, int8"):
         check_dtype("int4")
     loaded = load_model("synthetic:tiny", "int8", MODELS_DIR)
     # DTYPE=int8 is the precision class: torch's dynamic int8, and the project's own int8
@@ -196,7 +198,10 @@ def test_dtype_int8_loads_float32_then_quantizes(tiny_model: Path) -> None:
     fp32 = load_model("synthetic:tiny", "float32", MODELS_DIR)
     assert fp32.precision == "float32" and fp32.kernels.chosen in ("float32", "float32+onednn")
     fp16 = load_model("synthetic:tiny", "float16", MODELS_DIR)
-    assert fp16.precision == fp16.kernels.chosen == "float16"
+    # DTYPE=float16 times fbgemm's fp16 and, where it runs, the project's fp16 kernel.
+    fp16_class = ["float16", "float16+native"] if native_f16.available() else ["float16"]
+    assert [t.precision for t in fp16.kernels.table] == fp16_class
+    assert fp16.precision == "float16" and fp16.kernels.chosen in fp16_class
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])

@@ -19,6 +19,9 @@ c_fc 1280->5120, mlp c_proj 5120->1280), random float32 weights, timed through:
               (server.engine.native_gemm.NativeBF16Linear; only where that kernel runs)
     int8-native  int8 weights, per-channel scales, the project's int8 kernel (AVX-512 VNNI
               or AVX2 + FMA; server.engine.native_int8.NativeInt8Linear; where one runs)
+    float16-native  fp16 weights [outputs, inputs], the project's AVX2 + FMA + F16C kernel
+              (server.engine.native_f16.NativeF16Linear; where it runs; shape by shape
+              from DRAM: ``python -m bench gemm-f16``)
 
 Paths are interleaved and each keeps its best of two rounds of medians, so a busy machine
 slows them alike. Prints ms for all 36 blocks (one decode step's linear layers, LM head
@@ -43,7 +46,7 @@ import torch
 from torch import nn
 
 from bench.timing import median_ms
-from server.engine import native_gemm, native_int8
+from server.engine import native_f16, native_gemm, native_int8
 from server.engine.kernels import PackedBF16Linear, packing_available
 from server.engine.quantize import quantize_float16, quantize_int8
 
@@ -64,6 +67,8 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
               if native_gemm.available() else [])
     int8_native = ([native_int8.NativeInt8Linear(layer) for layer in linears]
                    if native_int8.available() else [])
+    f16_native = ([native_f16.NativeF16Linear(layer) for layer in linears]
+                  if native_f16.available() else [])
     bf16_in = [x.to(torch.bfloat16) for x in inputs]
     bf16_w = [(m.weight.detach().to(torch.bfloat16), m.bias.detach().to(torch.bfloat16))
               for m in linears]
@@ -83,6 +88,8 @@ def paths(rows: int) -> dict[str, Callable[[], object]]:
            if native else {}),
         **({"int8-native": lambda: [m(x) for x, m in zip(inputs, int8_native, strict=True)]}
            if int8_native else {}),
+        **({"float16-native": lambda: [m(x) for x, m in zip(inputs, f16_native, strict=True)]}
+           if f16_native else {}),
     }
 
 

@@ -44,7 +44,8 @@ LEAN_FORWARDS = {GPT2_LAYERS: gpt2_forward, LLAMA_LAYERS: llama_forward}
 NATIVE_ATTENTION, TORCH_ATTENTION = "native_decode", "torch_sdpa"
 # Linear kernel -> the precision server.engine.kernels names that candidate.
 PRECISIONS = {"blas_fp32": "float32", "onednn_fp32": "float32+onednn",
-              "fbgemm_fp16": "float16", "onednn_packed_bf16": "bfloat16",
+              "fbgemm_fp16": "float16", "native_f16": "float16+native",
+              "onednn_packed_bf16": "bfloat16",
               "torch_bf16": "bfloat16", "native_bf16": "bfloat16+native",
               "fbgemm_int8": "int8", "native_int8": "int8+native"}
 

@@ -10,6 +10,10 @@ load), batch 1 breaking ties:
     float32          nn.Linear -> torch's BLAS (MKL)
     float32+onednn   the same fp32 weights through oneDNN's matmul (no copy)
     float16          linear weights stored in fp16, computed in fp32 (fbgemm's fp16 GEMM)
+    float16+native   the same fp16 weights, unpacked [outputs, inputs], computed in fp32 by the
+                     project's own AVX2 + FMA + F16C kernel (server.engine.native_f16); a tied
+                     LM head reads the fp16 embedding table itself (one copy, not two); where
+                     the CPU has those features and the library is built
     bfloat16         weights and activations in bf16, each linear weight reordered once
                      into oneDNN's blocked layout (PackedBF16Linear); a step of fewer rows
                      is padded to ``min_rows`` when that measures faster (``MIN_ROWS``)
@@ -39,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from server.engine import native_gemm, native_int8
+from server.engine import native_f16, native_gemm, native_int8
 from server.engine.decoding import GenerationRequest
 from server.engine.quantize import quantize_float16, replace_modules, to_bfloat16
 from server.engine.step import StepEngine
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 FLOAT32, ONEDNN, FLOAT16, BFLOAT16, INT8 = (
     "float32", "float32+onednn", "float16", "bfloat16", "int8")
 BF16_NATIVE = "bfloat16+native"
+F16_NATIVE = "float16+native"
 INT8_NATIVE = "int8+native"
 # A candidate whose batch-1 step is this many times the best so far is not timed at the
 # maximum batch (emulated bf16 on gpt2-large would spend ~15 s there for nothing).
@@ -246,10 +251,13 @@ def candidates(requested: str, allow_int8: bool) -> list[str]:
     fp32 = [FLOAT32, ONEDNN] if onednn_available() else [FLOAT32]
     bf16 = [BFLOAT16, BF16_NATIVE] if native_gemm.available() else [BFLOAT16]
     int8 = [INT8, INT8_NATIVE] if native_int8.available() else [INT8]
+    fp16 = [FLOAT16, F16_NATIVE] if native_f16.available() else [FLOAT16]
     if requested == "auto":
-        return fp32 + [FLOAT16, *bf16] + (int8 if allow_int8 else [])
+        return fp32 + fp16 + bf16 + (int8 if allow_int8 else [])
     if requested == FLOAT32:
         return fp32
+    if requested == FLOAT16:
+        return fp16
     if requested == BFLOAT16:
         return bf16
     if requested == INT8:
@@ -322,6 +330,8 @@ def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Modul
         return model
     if name == FLOAT16:
         return quantize_float16(copy.deepcopy(model))
+    if name == F16_NATIVE:
+        return native_f16.quantize_native_float16(copy.deepcopy(model))
     if name == BFLOAT16:
         bf16 = copy.deepcopy(model)
         return pack_bfloat16(bf16) if packing_available() else to_bfloat16(bf16)
@@ -331,5 +341,5 @@ def _build(model: nn.Module, name: str, quantize: Callable[[nn.Module], nn.Modul
         return quantize(copy.deepcopy(model))
     if name == INT8_NATIVE:
         return native_int8.quantize_native_int8(copy.deepcopy(model))
-    names = [FLOAT32, ONEDNN, FLOAT16, BFLOAT16, BF16_NATIVE, INT8, INT8_NATIVE]
+    names = [FLOAT32, ONEDNN, FLOAT16, F16_NATIVE, BFLOAT16, BF16_NATIVE, INT8, INT8_NATIVE]
     raise ValueError(f"unknown precision {name!r}; use one of {', '.join(names)}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine import kernels, native_gemm, native_int8, synthetic
+from server.engine import kernels, native_f16, native_gemm, native_int8, synthetic
 from server.engine.kernels import KernelChoice
 from server.engine.memory import release_free_heap
 from server.engine.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
@@ -17,7 +17,7 @@ from server.engine.quantize import conv1d_to_linear, own_memory, quantize_int8, 
 log = logging.getLogger(__name__)
 
 INT8 = kernels.INT8  # float32 model, every linear layer as a dynamic int8 Linear
-DTYPE_CHOICES = ("auto", kernels.FLOAT32, kernels.FLOAT16, kernels.BFLOAT16,
+DTYPE_CHOICES = ("auto", kernels.FLOAT32, kernels.FLOAT16, kernels.F16_NATIVE, kernels.BFLOAT16,
                  kernels.BF16_NATIVE, INT8, kernels.INT8_NATIVE)
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -86,8 +86,9 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     precision and kernel path that ``server.engine.kernels`` measures fastest among those DTYPE
     allows (auto: every one; int8 only with ``allow_int8``).
 
-    An explicit ``DTYPE=bfloat16+native`` this machine cannot run raises ConfigError (naming
-    the missing CPU features) before any weight is read.
+    An explicit ``DTYPE=bfloat16+native`` (or ``float16+native``, ``int8+native``) this
+    machine cannot run raises ConfigError (naming the missing CPU features) before any weight
+    is read.
 
     Runs in the Gunicorn master before fork, so it must not start torch's thread pools:
     the caller pins torch to one thread first (see server.web.service).
@@ -100,6 +101,8 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
         native_gemm.require()  # before the weights: a CPU that cannot run it fails at once
     if dtype == kernels.INT8_NATIVE:
         native_int8.require()
+    if dtype == kernels.F16_NATIVE:
+        native_f16.require()
     source = resolve_source(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()

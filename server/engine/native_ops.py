@@ -15,7 +15,8 @@ rule picks among them, ``_runs_here``): ``int8_variant`` says which int8 GEMM ru
 (AVX-512 VNNI, else AVX2 + FMA), ``attention_variant`` which decode attention takes a pair of
 query and cache dtypes here (AVX-512 BF16 over bf16 caches, else AVX2 + FMA + F16C over fp16
 or bf16 caches, ``native/attention_avx2.c``); their operations load the library on any x86-64
-that has that variant's features.
+that has that variant's features. The fp16-weight GEMM (``native/gemm_f16.c``, AVX2 + FMA +
+F16C) is bound and checked in its own module, server.engine.native_f16, on the same library.
 
 Every operation checks what the C cannot: dtypes, device (CPU), contiguity or strides,
 shapes against each other, and the cache geometry (layers, kv heads and the query heads they

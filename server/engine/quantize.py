@@ -22,6 +22,8 @@ MKL's; rounding a weight to fp16 changes the logits by ~1e-4 relative (less than
 Both keep the embedding tables in float16 (``HalfEmbedding``, looked up in float32): the LM
 head is its own packed copy, so the table serves the lookup alone, and in float32 it held
 1.05 GB of Llama-3.2-1B's weights (0.93 GB of Qwen2.5-1.5B's, 0.26 GB of gpt2-large's).
+``float16+native`` (server.engine.native_f16) reads unpacked fp16 weights, so its tied LM
+head is that very table: one copy instead of two.
 """
 
 from __future__ import annotations

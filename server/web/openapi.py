@@ -62,7 +62,7 @@ class Ready(_Strict):
     code_path: dict[str, str] | None = Field(
         default=None,
         description="the code path decided for the model (server/engine/code_path.py): "
-                    "precision, linear (blas_fp32 | onednn_fp32 | fbgemm_fp16 | "
+                    "precision, linear (blas_fp32 | onednn_fp32 | fbgemm_fp16 | native_f16 | "
                     "onednn_packed_bf16 | torch_bf16 | native_bf16 | fbgemm_int8 | "
                     "native_int8), "
                     "layers (native_c | gpt2_forward | llama_forward | transformers), attention "

@@ -30,6 +30,12 @@
  * cache's dtype (a plain-C rounding to nearest even) and nothing else; each grouped query
  * bit for bit its output over the cache with its kv head repeated. Its plain-C checks (dtype
  * codes, geometry) are part 1.
+ *
+ * The fp16-weight GEMM (gemm_f16.c) has its own part, where the CPU has AVX2, FMA and F16C
+ * (SKIP naming them elsewhere): its argument checks, then rows 1-9 and 13, inputs 1, 7, 8, 9,
+ * 33, 130 (tails of K % 8 and none), outputs 1, 5, 8, 17, 67 (not multiples of the tiles),
+ * with and without bias, against a double-precision sum of the fp32 activations times the
+ * fp16 weights widened in plain C; and each row of a batch bit for bit its result alone.
  */
 #include <math.h>
 #include <stdint.h>
@@ -639,6 +645,73 @@ static void test_int8_variant(int vnni, const char *const *needed, const int *ha
   printf("int8 %s kernels: %s\n", vnni ? "vnni" : "fma", failures ? "FAILED" : "ok");
 }
 
+/* -- fp16-weight GEMM ------------------------------------------------------------------- */
+
+static void test_f16_gemm(int M, int K, int N, int with_bias) {
+  float *x = random_f32((size_t)M * K, 2), *bias = with_bias ? random_f32(N, 1) : NULL;
+  float *out = malloc((size_t)M * N * sizeof *out), *alone = malloc((size_t)N * sizeof *alone);
+  uint16_t *w = malloc((size_t)N * K * sizeof *w);
+  if (!out || !alone || !w) abort();
+  for (size_t i = 0; i < (size_t)N * K; i++) w[i] = to_f16(uniform() * 0.5f);
+  int code = gemm_f16(x, w, bias, out, M, N, K, 2);
+  CHECK(code == 0, "f16 %d x %d x %d: %d", M, K, N, code);
+  for (int m = 0; m < M; m++) {
+    for (int n = 0; n < N; n++) {
+      double sum = 0, size = 0;
+      for (int k = 0; k < K; k++) {
+        double p = (double)x[(size_t)m * K + k] * from_f16(w[(size_t)n * K + k]);
+        sum += p, size += fabs(p);
+      }
+      double want = sum + (bias ? bias[n] : 0);
+      float got = out[(size_t)m * N + n];
+      /* fp32 sums of K products: a few ulps of the products' magnitudes. */
+      if (fabs(got - want) > 1e-6 * (1 + size) * (K + 4) + 1e-6 * fabs(want)) {
+        CHECK(0, "f16 %dx%dx%d bias %d: out[%d,%d] = %.9g, expected %.9g", M, K, N, with_bias, m,
+              n, got, want);
+        m = M;
+        break;
+      }
+    }
+  }
+  /* Batch invariance: the last row alone gives its batched result, bit for bit. */
+  CHECK(gemm_f16(x + (size_t)(M - 1) * K, w, bias, alone, 1, N, K, 2) == 0, "f16 alone");
+  CHECK(memcmp(alone, out + (size_t)(M - 1) * N, (size_t)N * sizeof *alone) == 0,
+        "f16 %dx%dx%d: row %d alone differs from its batched result", M, K, N, M - 1);
+  free(x), free(bias), free(out), free(alone), free(w);
+}
+
+static void test_f16_variant(void) {
+  const char *needed[] = {"avx2", "fma", "f16c"};
+  const int has[] = {__builtin_cpu_supports("avx2"), __builtin_cpu_supports("fma"),
+                     __builtin_cpu_supports("f16c")};
+  float f[8] = {0};
+  uint16_t w[8] = {0};
+  /* Plain-C checks first (any x86-64): nothing written on a refusal. */
+  CHECK(gemm_f16(f, w, NULL, f, 0, 1, 8, 1) == -1, "f16 took 0 rows");
+  CHECK(gemm_f16(f, w, NULL, f, 1, 0, 8, 1) == -1, "f16 took 0 outputs");
+  CHECK(gemm_f16(f, w, NULL, f, 1, 1, 0, 1) == -1, "f16 took 0 inputs");
+  CHECK(gemm_f16(f, w, NULL, f, 1, 1, 8, 0) == -1, "f16 took 0 threads");
+  CHECK(gemm_f16(f, NULL, NULL, f, 1, 1, 8, 1) == -1, "f16 took no weight");
+  CHECK(gemm_f16(NULL, w, NULL, f, 1, 1, 8, 1) == -1, "f16 took no x");
+  CHECK(gemm_f16(f, w, NULL, NULL, 1, 1, 8, 1) == -1, "f16 took no out");
+  int missing = 0;
+  for (int i = 0; i < 3; i++)
+    if (!has[i]) printf("%s%s", missing++ ? ", " : "SKIP f16 gemm: this CPU lacks ", needed[i]);
+  if (missing) {
+    printf("\n");
+    return;
+  }
+  const int ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13}, ks[] = {1, 7, 8, 9, 33, 130};
+  const int ns[] = {1, 5, 8, 17, 67};
+  for (int i = 0; i < 10; i++)
+    for (int j = 0; j < 6; j++) {
+      test_f16_gemm(ms[i], ks[j], ns[(i + j) % 5], 1);
+      test_f16_gemm(ms[i], ks[j], ns[(i + j + 2) % 5], 0);
+    }
+  test_f16_gemm(3, 1280, 300, 1); /* several parallel groups of outputs */
+  printf("f16 gemm: %s\n", failures ? "FAILED" : "ok");
+}
+
 int main(void) {
   test_checks();
   test_int8_checks();
@@ -651,6 +724,7 @@ int main(void) {
   test_int8_variant(0, fma, has_fma, 2);
   test_int8_variant(1, vnni, has_vnni, 4);
   test_attention_avx2_variant();
+  test_f16_variant();
   const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
   const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};

@@ -49,6 +49,8 @@ int gemm_int8_fma(const float *x, const int8_t *w, const float *scale, const flo
                   int M, int N, int K, int threads);
 int gemm_int8_vnni(const float *x, const int8_t *w, const float *scale, const int32_t *colsum,
                    const float *bias, float *out, int M, int N, int K, int threads);
+int gemm_f16(const float *x, const uint16_t *w, const float *bias, float *out, int M, int N, int K,
+             int threads);
 int gpt2_attn_in(const gpt2_block *b, const gpt2_step *s, const uint16_t *h, int rows);
 int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows);
 int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,

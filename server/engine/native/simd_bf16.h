@@ -17,8 +17,9 @@
  * and AVX-512 VNNI (Zen 4, Ice Lake and later). */
 #define GLL_AVX2 __attribute__((target("avx2,fma")))
 #define GLL_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-/* The decode attention's AVX2 variant (attention_avx2.c): F16C converts fp16 caches in
- * registers (Zen 3, Haswell and later all have it). */
+/* The decode attention's AVX2 variant (attention_avx2.c) and the fp16-weight GEMM
+ * (gemm_f16.c): F16C converts fp16 caches and weights in registers (Zen 3, Haswell and later
+ * all have it). */
 #define GLL_AVX2_F16C __attribute__((target("avx2,fma,f16c")))
 
 /* Return codes of the entry points (server.engine.native_ops raises on any but GLL_OK). */

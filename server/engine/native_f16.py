@@ -1,0 +1,158 @@
+"""fp16-weight linear layers computed by the project's own kernel (``native/gemm_f16.c``).
+
+Why (issues 31 and 33): on the AVX2-only Zen 3 the served path is ``float16``, fbgemm's fp16
+GEMM, which read a one-row 1280 -> 5120 layer from DRAM at ~10 GB/s on one thread (notes in
+server.engine.native_int8), and keeps its own packed copy of every weight: for a model whose
+LM head is tied to its input embedding that is a second fp16 copy of the table beside the
+HalfEmbedding the lookup reads (0.13 GB of gpt2-large, 0.53 GB of Llama-3.2-1B, 0.47 GB of
+Qwen2.5-1.5B). The kernel reads the weight as torch lays it out, [outputs, inputs] fp16, so
+the tied head reads the embedding table itself: one copy.
+
+Arithmetic is fbgemm fp16's class: weights rounded to fp16 once, activations and sums in
+float32; each output summed in one fixed order whatever the rows (batch invariant, bit for
+bit). Everything else of the model stays float32 (norms, attention over fp16 caches), as with
+``DTYPE=float16``. The candidate is ``float16+native`` (server.engine.kernels), timed at
+startup with the others and served only where it measures fastest; it exists where the CPU
+has AVX2 + FMA + F16C and the library is built (``unavailable`` says why not).
+
+Rough timings on the shared 2-core Zen 3 (one thread, 12 distinct weights per shape so each
+call reads from DRAM; the two paths timed one after the other, not interleaved, the box
+busy): 1280 -> 3840 / 1280 -> 5120 / 5120 -> 1280 at one row 0.60-0.68 / 0.79-0.92 /
+0.79-0.87 ms (12-17 GB/s) against fbgemm fp16's 0.74 / 1.01-1.09 / 0.86-0.87; at 8 rows
+1.09-1.26 / 1.48-1.62 / 1.76-1.90 against 1.37-1.43 / 1.94-2.05 / 1.81-1.88. So level to
+~1.3x faster, not the DRAM floor (one thread reads ~21 GB/s here). ``python -m bench
+gemm-f16`` times both side by side; its one run so far had the box loaded (two threads
+contending with another process: most calls ~8 ms for both paths, scheduler slices), and
+only the LM head's showed through: 12.0 / 16.0 / 16.5 ms at 1 / 4 / 8 rows against fbgemm's
+19.7 / 23.1 / 32.8.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+from torch import nn
+
+from server.config import ConfigError
+from server.engine import native_ops
+from server.engine.native_ops import NativeError
+from server.engine.quantize import HalfEmbedding, half_embeddings, replace_modules
+
+__all__ = ["NEEDED_FLAGS", "NativeF16Linear", "available", "gemm_f16", "quantize_native_float16",
+           "require", "tied_head", "unavailable"]
+
+NEEDED_FLAGS = ("avx2", "fma", "f16c")  # gemm_f16.c's GLL_AVX2_F16C
+
+
+@functools.cache
+def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library with gemm_f16 declared, None) where it runs here, else (None, why)."""
+    lib, problem = native_ops._variants_loaded({"avx2": NEEDED_FLAGS})
+    if lib is not None:
+        ptr, i32 = ctypes.c_void_p, ctypes.c_int
+        lib.gemm_f16.argtypes, lib.gemm_f16.restype = [ptr] * 4 + [i32] * 4, i32
+    return lib, problem
+
+
+def unavailable() -> str | None:
+    """Why the native fp16 GEMM does not run here (CPU features or build), None if it does."""
+    return _loaded()[1]
+
+
+def available() -> bool:
+    """True where the native fp16 GEMM runs here."""
+    return unavailable() is None
+
+
+def require() -> None:
+    """Raise ConfigError (naming the missing CPU features, or the missing build) unless the
+    kernel runs here: for an explicit ``DTYPE=float16+native``."""
+    problem = unavailable()
+    if problem is not None:
+        raise ConfigError(f"DTYPE=float16+native: {problem}; use DTYPE=float16 or auto")
+
+
+def gemm_f16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] float32 @ weight.T + bias in float32: ``weight`` [N, K] float16 as torch lays
+    it out, ``bias`` [N] float32 or None; [M, N]. ValueError before any C runs on a wrong
+    dtype, shape, layout or device; NativeError where the kernel does not run here."""
+    native_ops._tensor("fp16 weight", weight, torch.float16)
+    if weight.dim() != 2:
+        raise ValueError(f"fp16 weight: {weight.dim()}-D, expected [outputs, inputs]")
+    outputs, inputs = weight.shape
+    native_ops._size("fp16 weight outputs", outputs)
+    native_ops._size("fp16 weight inputs", inputs)
+    native_ops._tensor("x", x, torch.float32)
+    if x.dim() != 2 or x.shape[1] != inputs:
+        raise ValueError(f"x: shape {tuple(x.shape)}, expected [rows, {inputs}]")
+    if bias is not None:
+        native_ops._tensor("bias", bias, torch.float32, (outputs,))
+    out = torch.empty(x.shape[0], outputs, dtype=torch.float32)
+    if x.shape[0] == 0:
+        return out
+    rows = native_ops._size("rows", x.shape[0])
+    lib, problem = _loaded()
+    if lib is None:
+        raise NativeError(f"native fp16 GEMM: {problem}")
+    native_ops._call("gemm_f16", x.data_ptr(), weight.data_ptr(),
+                     None if bias is None else bias.data_ptr(), out.data_ptr(), rows, outputs,
+                     inputs, native_ops._threads(), lib=lib)
+    return out
+
+
+class NativeF16Linear(nn.Module):
+    """``nn.Linear`` with its weight stored in fp16 [outputs, inputs], computed in float32 by
+    the native kernel. ``weight``: an fp16 Parameter to read instead of a copy of the
+    linear's (a tied LM head reads its HalfEmbedding's table)."""
+
+    linear_kernel = "native_f16"  # its name in server.engine.code_path
+
+    def __init__(self, linear: nn.Linear, weight: nn.Parameter | None = None) -> None:
+        super().__init__()
+        if not available():
+            raise ValueError(f"the native fp16 GEMM does not run here: {unavailable()}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if weight is None:
+            weight = nn.Parameter(linear.weight.detach().to(torch.float16).contiguous(),
+                                  requires_grad=False)
+        elif weight.shape != (self.out_features, self.in_features) or \
+                weight.dtype != torch.float16:
+            raise ValueError(f"weight: {weight.dtype} {tuple(weight.shape)}, expected float16 "
+                             f"({self.out_features}, {self.in_features})")
+        self.weight = weight  # a Parameter: model.parameters() counts a shared one once
+        self.bias = None if linear.bias is None else nn.Parameter(
+            linear.bias.detach().float().contiguous(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T + bias in float32, any leading dims."""
+        flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+        out = gemm_f16(flat, self.weight, self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def tied_head(model: nn.Module) -> nn.Linear | None:
+    """``model``'s LM head if it is an nn.Linear whose weight is its input embedding's
+    (transformers' ``tie_word_embeddings``: the same tensor), else None."""
+    if not (hasattr(model, "get_output_embeddings") and hasattr(model, "get_input_embeddings")):
+        return None
+    head, table = model.get_output_embeddings(), model.get_input_embeddings()
+    if type(head) is not nn.Linear or table is None or head.bias is not None:
+        return None
+    same = head.weight.data_ptr() == table.weight.data_ptr() and \
+        head.weight.shape == table.weight.shape
+    return head if same else None
+
+
+def quantize_native_float16(model: nn.Module) -> nn.Module:
+    """``model`` (float32) with its embedding tables in fp16 (HalfEmbedding) and every
+    ``nn.Linear`` as a NativeF16Linear; a tied LM head reads the input embedding's fp16 table
+    (the same tensor), so the model holds one copy of it."""
+    head = tied_head(model)
+    half_embeddings(model)
+    table = model.get_input_embeddings() if head is not None else None
+    shared = table.weight if isinstance(table, HalfEmbedding) else None
+    replace_modules(model, nn.Linear, lambda linear: NativeF16Linear(
+        linear, shared if linear is head else None))
+    return model
