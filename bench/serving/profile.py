@@ -47,6 +47,7 @@ from harness.gunicorn_process import GunicornServer
 from harness.locust_process import LocustProcess, locust_env, suite_command
 from harness.waiting import wait_until
 from locustfiles.inputs import DATA_DIR
+from server.config import DEFAULTS
 from server.engine import code_path
 from server.engine.decoding import GenerationRequest
 from server.engine.hardware import describe, host_fingerprint
@@ -88,6 +89,17 @@ def scrape(server: GunicornServer) -> dict[tuple[str, str], float]:
     return values
 
 
+def served_kernel(server: GunicornServer) -> str:
+    """The precision the server's master chose (gpt_kernel_chosen == 1), "?" if unpublished."""
+    text = requests.get(f"{server.url}/metrics", timeout=10,
+                        headers=server.operator_headers).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gpt_kernel_chosen" and sample.value == 1:
+                return sample.labels["precision"]
+    return "?"
+
+
 def window(before: dict, after: dict) -> Window:
     """The deltas between two scrapes."""
     def delta(name: str, phase: str) -> float:
@@ -105,6 +117,11 @@ def window(before: dict, after: dict) -> Window:
         tokens=delta("gpt_generated_tokens_total", ""))
 
 
+def server_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--server-env`` settings, by name."""
+    return dict(item.split("=", 1) for item in args.server_env)
+
+
 def server_env(args: argparse.Namespace, workdir: Path, api_key: str) -> dict[str, str]:
     """Gunicorn's environment: greedy fixed-length generations, no limits."""
     (workdir / "metrics").mkdir(exist_ok=True)
@@ -112,7 +129,8 @@ def server_env(args: argparse.Namespace, workdir: Path, api_key: str) -> dict[st
             "API_KEYS": api_key, "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": "",
             "GUNICORN_ACCESSLOG": "", "TORCH_THREADS": str(args.threads),
             "MAX_BATCH_SIZE": str(args.batch), "REQUEST_TIMEOUT_S": "600",
-            "MODELS_DIR": args.models_dir, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
+            "MODELS_DIR": args.models_dir, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+            **server_settings(args)}
 
 
 def closed_loop(args: argparse.Namespace, server: GunicornServer, api_key: str,
@@ -126,7 +144,8 @@ def closed_loop(args: argparse.Namespace, server: GunicornServer, api_key: str,
     cap_s = args.warmup_s + args.measure_s + max(args.py_spy, 0) + 600
     command = suite_command("locustfiles/_bench.py", server.url, run_dir, "profile", [
         "--headless", "-u", str(args.users), "-r", str(args.users), "-t", f"{cap_s:g}s",
-        "--server-pidfile", str(server.pidfile), "BenchUser"])
+        "--server-pidfile", str(server.pidfile),
+        "--memory-sample-s", f"{args.client_memory_sample_s:g}", "BenchUser"])
     env = locust_env(api_key, server.operator_key, LOCUST_BENCH_PROMPTS=str(prompts),
                      LOCUST_BENCH_TOKENS=str(args.tokens))
     return LocustProcess(command, env, log_path=run_dir / "locust.log")
@@ -144,22 +163,26 @@ def client_errors(run_dir: Path) -> int:
 
 @torch.inference_mode()
 def quiet_step_ms(args: argparse.Namespace, prefill_rows: int, decode_rows: int,
-                  context: int) -> tuple[float, float]:
-    """(best of 3 prefills of ``prefill_rows`` prompts, median of 24 decode steps at
+                  context: int) -> tuple[float, float, str]:
+    """(best of 3 steps reading ``prefill_rows`` prompts in the server's PREFILL_CHUNK (the
+    first chunk: a step under load reads no more), median of 24 decode steps at
     ``decode_rows`` rows of ``context`` positions) in ms, through the step engine on the code
     path the server serves (server.engine.code_path, KV_DTYPE auto), alone in this process on
-    one worker's torch threads: the probe the served step is held against."""
+    one worker's torch threads: the probe the served step is held against; and the kernel
+    path this process chose (it times the candidates as the server's master does, so the two
+    may differ on a noisy box: the report names both)."""
     torch.set_num_threads(1)  # the kernel choice is timed on one thread, as in the master
     loaded = load_model(args.model, args.dtype, args.models_dir)
     torch.set_num_threads(args.threads)
     path = code_path.decide(loaded.model, "auto", loaded.kernels.chosen)
     engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True,
-                        prefill_chunk=prefill_rows * args.prompt_tokens, path=path)
+                        prefill_chunk=int(server_settings(args).get(
+                            "PREFILL_CHUNK", DEFAULTS["PREFILL_CHUNK"])), path=path)
     prefill = repeat(lambda: engine.step(_rows(engine, prefill_rows, args.prompt_tokens, 1)),
                      3, warmup=1)
     rows = decoding_rows(engine, decode_rows, context, max_new_tokens=64)
     decode = repeat(lambda: engine.step(rows), 24, warmup=2)
-    return min(prefill) * 1000, sorted(decode)[len(decode) // 2] * 1000
+    return min(prefill) * 1000, sorted(decode)[len(decode) // 2] * 1000, loaded.kernels.chosen
 
 
 def _rows(engine: StepEngine, n: int, prompt_tokens: int, new_tokens: int) -> list[Row]:
@@ -207,6 +230,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--warmup-s", type=float, default=90)
     parser.add_argument("--measure-s", type=float, default=120)
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a server setting on top of the profile's (repeatable), e.g. "
+                             "MEMORY_SAMPLE_S=0 or PREFIX_CACHE_ROWS=0")
+    parser.add_argument("--client-memory-sample-s", type=float, default=1.0, metavar="S",
+                        help="Locust's server-memory sampling interval (0: none); it runs "
+                             "on the same cores as the server")
     parser.add_argument("--py-spy", type=int, default=0, metavar="S",
                         help="sample one worker with py-spy for S seconds of the window")
     return parser.parse_args(argv)
@@ -230,9 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             before, started = scrape(server), time.monotonic()
             time.sleep(args.measure_s)
             after, seconds = scrape(server), time.monotonic() - started
+            kernel = served_kernel(server)
         if spy is not None:
             spy.wait()
-    print(f"{args.model} {args.dtype}: {args.workers} workers x {args.threads} torch threads, "
+    print(f"{args.model} {args.dtype} (served {kernel}): {args.workers} workers x "
+          f"{args.threads} torch threads, "
           f"batches <= {args.batch}, {args.users} users, {args.prompt_tokens}-token prompts, "
           f"{args.tokens} new tokens; client errors {client_errors(workdir / 'locust')}")
     w = window(before, after)
@@ -242,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     # The quiet process runs the batch sizes seen under load, rounded.
     prefill_rows, decode_rows = (max(1, round(w.mean_rows(p))) for p in ("prefill", "decode"))
     context = args.prompt_tokens + args.tokens // 2  # a stream's mean context while decoding
-    prefill_ms, decode_ms = quiet_step_ms(args, prefill_rows, decode_rows, context)
+    prefill_ms, decode_ms, chosen = quiet_step_ms(args, prefill_rows, decode_rows, context)
     load_prefill, load_decode = w.forward_ms("prefill"), w.forward_ms("decode")
     loop = served_step_ms(w, args.workers * seconds)
-    print(f"\nquiet process, step engine, {args.threads} torch thread(s): prefill of "
-          f"{prefill_rows} prompts {prefill_ms:.0f} ms (under load {load_prefill:.0f} ms, "
+    print(f"\nquiet process, step engine ({chosen}), {args.threads} torch thread(s): a step "
+          f"reading {prefill_rows} prompts' first chunk {prefill_ms:.0f} ms "
+          f"(under load {load_prefill:.0f} ms, "
           f"{load_prefill / prefill_ms:.2f}x); decode step at {decode_rows} rows, context "
           f"{context}: {decode_ms:.1f} ms (under load {load_decode:.1f} ms forward, "
           f"{load_decode / decode_ms:.2f}x; closed loop {loop:.1f} ms, "

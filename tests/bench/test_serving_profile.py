@@ -42,8 +42,12 @@ def test_profile_splits_worker_time_and_compares_with_a_quiet_step(tiny_model: P
     forward = float(re.search(r"decode:.* ([\d.]+) ms forward and", out)[1])
     loop = float(re.search(r"closed loop: ([\d.]+) ms of worker time per decode step", out)[1])
     assert loop >= forward > 0
-    quiet = re.search(r"quiet process, step engine, 1 torch thread\(s\): prefill of \d+ "
-                      r"prompts .*decode step at (\d+) rows, context 20: ([\d.]+) ms .*"
+    # Both sides name the kernel path they ran (DTYPE=float32: plain or oneDNN).
+    assert re.search(r"synthetic:tiny float32 \(served float32(\+onednn)?\):", out)
+    quiet = re.search(r"quiet process, step engine \(float32(?:\+onednn)?\), 1 torch "
+                      r"thread\(s\): "
+                      r"a step reading \d+ prompts' first chunk .*"
+                      r"decode step at (\d+) rows, context 20: ([\d.]+) ms .*"
                       r"closed loop ([\d.]+) ms, ([\d.]+)x\)", out)
     assert quiet and 1 <= int(quiet[1]) <= 2 and float(quiet[2]) > 0
     assert float(quiet[3]) == loop
