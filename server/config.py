@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # One JSON line per request is appended here by every worker ("" = no log).
     REQUEST_LOG: str = "logs/server_requests.jsonl"
     # Seconds between per-worker memory samples (RSS/USS/PSS).
-    MEMORY_SAMPLE_S: float = 0.5
+    MEMORY_SAMPLE_S: PositiveFloat = 0.5  # 0 would spin the sampling thread
     # Accepted API keys, comma-separated (hashed at startup, never logged).
     API_KEYS: str = ""
     # File of API keys, one per line; "sha256:<hex>" lines keep plaintext keys off disk.

@@ -69,6 +69,7 @@ def test_defaults_serve_the_heavy_model() -> None:
      "'auto', 'float32', 'float16', 'float16+native', 'bfloat16', 'bfloat16+native', 'int8' "
      "or 'int8+native'"),
     ("REQUEST_TIMEOUT_S", "", "valid number"),
+    ("MEMORY_SAMPLE_S", "0", "greater than 0"),  # 0 used to spin the sampling thread
 ])
 def test_a_bad_environment_value_names_the_variable(monkeypatch, name, value, says) -> None:
     monkeypatch.setenv(name, value)
