@@ -52,6 +52,7 @@ def test_the_cpu_a_request_was_charged_is_in_its_header_and_log(client, request_
     assert cpu_ms > 0 and record["cpu_ms"] == pytest.approx(cpu_ms, abs=0.01)
     tokens = response.json["usage"]["completion_tokens"]
     assert record["cpu_ms_per_token"] == pytest.approx(record["cpu_ms"] / tokens, abs=0.001)
+    assert record["error"] is None  # an answer, not an error envelope
 
 
 def test_summary_prompt_is_longer_than_its_text_by_the_tldr_cue(client) -> None:
@@ -202,7 +203,14 @@ def _wait_for(condition, timeout_s: float = 300.0) -> None:
     wait_until(condition, "condition", timeout_s=timeout_s, interval_s=0.005)
 
 
-def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
+def _logged_error(request_log, response) -> str | None:
+    """The request log's "error" for ``response`` (its X-Request-ID)."""
+    [line] = [json.loads(line) for line in request_log.read_text().splitlines()
+              if json.loads(line)["request_id"] == response.headers["X-Request-ID"]]
+    return line["error"]
+
+
+def test_full_queue_is_a_fast_503_with_retry_after(make_app, request_log) -> None:
     app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
                    ADMIT_PREDICTED=False)  # the queue limit, not the prediction, refuses
     scheduler = _service(app).scheduler
@@ -219,11 +227,14 @@ def test_full_queue_is_a_fast_503_with_retry_after(make_app) -> None:
     error = _assert_envelope(response, 503, "overloaded")
     assert response.headers["Retry-After"] == "2" and error["details"]["scope"] == "server"
     assert elapsed < 0.5
+    # Which check refused it, in the answer and in the request log.
+    assert error["details"]["reason"] == "queue"
+    assert _logged_error(request_log, response) == "overloaded:queue"
     running.join(60)
     waiting.join(60)
 
 
-def test_request_predicted_past_the_timeout_is_refused_fast(make_app) -> None:
+def test_request_predicted_past_the_timeout_is_refused_fast(make_app, request_log) -> None:
     """Admission predicts the finish from the measured step time: 1,000 tokens cannot finish
     in 0.3 s, so the request is refused at once instead of admitted to time out."""
     app = make_app(REQUEST_TIMEOUT_S=0.3, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000)
@@ -236,6 +247,8 @@ def test_request_predicted_past_the_timeout_is_refused_fast(make_app) -> None:
     error = _assert_envelope(response, 503, "overloaded")
     assert "timeout" in error["message"] and response.headers["Retry-After"] == "2"
     assert elapsed < 0.3 and _service(app).scheduler.running == 0
+    assert error["details"]["reason"] == "forecast"
+    assert _logged_error(request_log, response) == "overloaded:forecast"
     short = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
     assert short.status_code == 200
 
@@ -262,6 +275,7 @@ def test_queued_request_made_late_is_refused_503_not_504(make_app) -> None:
     waiting.join(60)
     error = _assert_envelope(queued["response"], 503, "overloaded")
     assert "timeout" in error["message"] and queued["response"].headers["Retry-After"] == "2"
+    assert error["details"]["reason"] == "forecast"  # shed from the queue: the same check
     running.join(120)
 
 
@@ -286,6 +300,7 @@ def test_bad_request_changes_nothing_and_is_logged(client, request_log) -> None:
     lines = request_log.read_text().splitlines()
     assert len(lines) == 2  # probes are not logged
     assert '"status":200' in lines[0] and '"status":422' in lines[1]
+    assert [json.loads(line)["error"] for line in lines] == [None, "invalid_fields"]
 
 
 def test_a_llama_serves_its_real_context_capped_by_the_kv_settings(make_app,

@@ -18,6 +18,9 @@ FIELDS = (
     "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
     "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
     "cpu_ms", "cpu_ms_per_token",  # the worker's CPU charged to it (server.engine.step_cost)
+    # The error envelope's code answered, with its details' reason when it names one
+    # ("overloaded:forecast"); None for a success. An operator can tell which check refused.
+    "error",
 )
 
 

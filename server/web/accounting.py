@@ -101,12 +101,12 @@ def _finish(response: Response) -> Response:
         response.headers.update(_telemetry(app.extensions["model_service"].memory(), rec))
     if not routing.current().logged:
         return response
-    status = response.status_code
+    status, error = response.status_code, g.get("error_code")
     if rec.streamed:  # written when the stream ends (or is closed unstarted)
-        rec._on_end = lambda: _write(app, rec, status)
+        rec._on_end = lambda: _write(app, rec, status, error)
         response.call_on_close(rec.end)
     else:
-        _write(app, rec, status)
+        _write(app, rec, status, error)
     return response
 
 
@@ -125,7 +125,7 @@ def _telemetry(memory: MemorySample, rec: RequestRecord) -> dict[str, str]:
     }
 
 
-def _write(app: Flask, rec: RequestRecord, status: int) -> None:
+def _write(app: Flask, rec: RequestRecord, status: int, error: str | None = None) -> None:
     # Runs in or after the request context (a stream's close): uses only what it is given.
     service = app.extensions["model_service"]
     elapsed_s = time.monotonic() - rec.started_at
@@ -155,6 +155,7 @@ def _write(app: Flask, rec: RequestRecord, status: int) -> None:
         "sys_available_mb": round(memory.sys_available_mb, 1),
         "cpu_ms": round(rec.cpu_ms, 3),
         "cpu_ms_per_token": rec.cpu_ms_per_token(),
+        "error": error,
     })
 
 

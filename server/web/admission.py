@@ -80,7 +80,7 @@ def _admit() -> None:
         raise APIError(503, "overloaded",
                        f"server is at capacity ({config['MAX_IN_FLIGHT']} requests in "
                        "flight); retry later", retry_after_s=config["RETRY_AFTER_S"],
-                       details={"scope": "server"})
+                       details={"scope": "server", "reason": "in_flight"})
     g.in_flight = True
 
 

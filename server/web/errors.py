@@ -12,7 +12,7 @@ import logging
 import traceback
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from server.web import routing
@@ -76,6 +76,9 @@ def error_response(
     param: str | None = None,
 ) -> Response:
     """Build the envelope response (used by handlers and by non-view refusals)."""
+    if has_request_context():  # the request log's "error": the code and, if named, its reason
+        reason = details.get("reason") if isinstance(details, dict) else None
+        g.error_code = f"{code}:{reason}" if reason else code
     response = jsonify({"error": error_body(status, code, message, details, param)})
     response.status_code = (openai_status(status, code) if routing.current().openai
                             else status)

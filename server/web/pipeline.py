@@ -107,7 +107,7 @@ def submit(generation: GenerationRequest, stream: bool = False) -> Job:
     except QueueFull:
         raise APIError(503, "overloaded", "server is at capacity; retry later",
                        retry_after_s=config["RETRY_AFTER_S"],
-                       details={"scope": "server"}) from None
+                       details={"scope": "server", "reason": "queue"}) from None
     return job
 
 
@@ -138,7 +138,7 @@ def job_failure(error: BaseException) -> APIError:
                         f"server is busy: this request would finish in about "
                         f"{error.predicted_s:.0f} s, past the {config['REQUEST_TIMEOUT_S']:g} s "
                         "timeout; retry later", retry_after_s=config["RETRY_AFTER_S"],
-                        details={"scope": "server"})
+                        details={"scope": "server", "reason": "forecast"})
     return APIError(500, "generation_failed", "generation failed")
 
 
