@@ -78,17 +78,29 @@ def gemm_f16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     """x [M, K] float32 @ weight.T + bias in float32: ``weight`` [N, K] float16 as torch lays
     it out, ``bias`` [N] float32 or None; [M, N]. ValueError before any C runs on a wrong
     dtype, shape, layout or device; NativeError where the kernel does not run here."""
+    check_weight(weight, bias)
+    return _run(x, weight, bias)
+
+
+def check_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """ValueError unless ``weight`` is a contiguous [N, K] float16 CPU tensor and ``bias``
+    None or [N] float32: what gemm_f16 checks of its fixed operands (a layer checks them
+    once, at construction, not on every call)."""
     native_ops._tensor("fp16 weight", weight, torch.float16)
     if weight.dim() != 2:
         raise ValueError(f"fp16 weight: {weight.dim()}-D, expected [outputs, inputs]")
+    native_ops._size("fp16 weight outputs", weight.shape[0])
+    native_ops._size("fp16 weight inputs", weight.shape[1])
+    if bias is not None:
+        native_ops._tensor("bias", bias, torch.float32, (weight.shape[0],))
+
+
+def _run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """gemm_f16 on operands already checked by check_weight; ``x`` is checked here."""
     outputs, inputs = weight.shape
-    native_ops._size("fp16 weight outputs", outputs)
-    native_ops._size("fp16 weight inputs", inputs)
     native_ops._tensor("x", x, torch.float32)
     if x.dim() != 2 or x.shape[1] != inputs:
         raise ValueError(f"x: shape {tuple(x.shape)}, expected [rows, {inputs}]")
-    if bias is not None:
-        native_ops._tensor("bias", bias, torch.float32, (outputs,))
     out = torch.empty(x.shape[0], outputs, dtype=torch.float32)
     if x.shape[0] == 0:
         return out
@@ -124,11 +136,12 @@ class NativeF16Linear(nn.Module):
         self.weight = weight  # a Parameter: model.parameters() counts a shared one once
         self.bias = None if linear.bias is None else nn.Parameter(
             linear.bias.detach().float().contiguous(), requires_grad=False)
+        check_weight(self.weight, self.bias)  # once: forward runs per layer per step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ weight.T + bias in float32, any leading dims."""
         flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        out = gemm_f16(flat, self.weight, self.bias)
+        out = _run(flat, self.weight, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
