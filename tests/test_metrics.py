@@ -69,6 +69,8 @@ def test_metrics_count_requests_and_tokens(server: GunicornServer, api_headers) 
     generated = sum(s.value for s in samples["gpt_generated_tokens_total"])
     assert 0 < generated <= 12
     assert samples["gpt_model_weight_bytes"][0].value > 10e6
+    huge = samples["gpt_model_weight_huge_page_bytes"][0].value
+    assert 0 <= huge <= samples["gpt_model_weight_bytes"][0].value
     batches = [s for s in samples["gpt_batch_size_count"]]
     assert sum(s.value for s in batches) >= 3
     # Step metrics (the warm-up is not counted): each batch has one prefill step; a request's

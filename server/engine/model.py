@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from server.engine import kernels, native_f16, native_gemm, native_int8, synthetic
+from server.engine.huge_pages import collapse_weights
 from server.engine.kernels import KernelChoice
 from server.engine.memory import release_free_heap
 from server.engine.quantize import conv1d_to_linear, own_memory, quantize_int8, weight_bytes
@@ -49,6 +50,7 @@ class LoadedModel:
     load_s: float
     weight_bytes: int
     stop_ids: frozenset[int]  # every id that ends a generation (generation_stop_ids)
+    huge_page_bytes: int = 0  # weight bytes moved onto 2 MB pages (server.engine.huge_pages)
 
     @property
     def precision(self) -> str:
@@ -81,10 +83,13 @@ def generation_stop_ids(model: torch.nn.Module, eos_id: int) -> frozenset[int]:
 
 
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
-               allow_int8: bool = False, max_batch: int = 8) -> LoadedModel:
+               allow_int8: bool = False, max_batch: int = 8, huge_pages: bool = True,
+               ) -> LoadedModel:
     """Load ``name`` with the ordinary from_pretrained code in float32, then serve the
     precision and kernel path that ``server.engine.kernels`` measures fastest among those DTYPE
-    allows (auto: every one; int8 only with ``allow_int8``).
+    allows (auto: every one; int8 only with ``allow_int8``), then (``huge_pages``) move the
+    served weights onto 2 MB pages (server.engine.huge_pages; after the timing, so every
+    candidate was timed on the same pages).
 
     An explicit ``DTYPE=bfloat16+native`` (or ``float16+native``, ``int8+native``) this
     machine cannot run raises ConfigError (naming the missing CPU features) before any weight
@@ -119,9 +124,13 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     # without, 633 with), and hand the C heap they held back to the kernel.
     gc.collect()
     release_free_heap()
+    moved = collapse_weights(model) if huge_pages else None
+    if moved is not None:
+        log.info(moved.summary())
     context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     loaded = LoadedModel(name, model, tokenizer, choice, int(context),
-                         time.monotonic() - start, weight_bytes(model), stops)
+                         time.monotonic() - start, weight_bytes(model), stops,
+                         moved.collapsed_bytes if moved else 0)
     log.info("loaded %s as %s: %.2f GB of weights in %.1f s (context %d tokens)",
              name, choice.chosen, loaded.weight_bytes / 1e9, loaded.load_s,
              loaded.context_window)

@@ -109,6 +109,9 @@ class Metrics:
                                   multiprocess_mode="max", registry=r)
         self.weight_bytes = Gauge("gpt_model_weight_bytes", "Bytes of model parameters",
                                   multiprocess_mode="max", registry=r)
+        self.weight_huge_page_bytes = Gauge("gpt_model_weight_huge_page_bytes",
+                                            "Weight bytes the master moved onto 2 MB pages",
+                                            multiprocess_mode="max", registry=r)
         # Where the generation thread's time goes (python -m bench profile reads these):
         # the model forward per step, the whole step (forward + sampling + KV bookkeeping),
         # and the rows computed, each by phase (prefill | decode).

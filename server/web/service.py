@@ -50,8 +50,9 @@ class ModelService:
         torch.set_num_threads(1)  # no multi-threaded torch op before fork (see docstring)
         self.loaded = load_model(app.config["MODEL"], app.config["DTYPE"],
                                  app.config["MODELS_DIR"], app.config["ALLOW_INT8"],
-                                 app.config["MAX_BATCH_SIZE"])
+                                 app.config["MAX_BATCH_SIZE"], app.config["HUGE_PAGES"])
         self.metrics.load_seconds.set(self.loaded.load_s)
+        self.metrics.weight_huge_page_bytes.set(self.loaded.huge_page_bytes)
         self.metrics.weight_bytes.set(self.loaded.weight_bytes)
         self.metrics.observe_kernels(self.loaded.kernels)
         # Created before fork: the workers share its slots (server/engine/core_share.py).
