@@ -210,6 +210,11 @@ def _logged_error(request_log, response) -> str | None:
     return line["error"]
 
 
+def _refused(app, error: str) -> float:
+    """gpt_refusals_total{error} as the app's metrics count it."""
+    return app.extensions["metrics"].refusals.labels(error=error)._value.get()
+
+
 def test_full_queue_is_a_fast_503_with_retry_after(make_app, request_log) -> None:
     app = make_app(MAX_QUEUE=1, MAX_BATCH_SIZE=1, IGNORE_EOS=True, MAX_NEW_TOKENS_CAP=1000,
                    ADMIT_PREDICTED=False)  # the queue limit, not the prediction, refuses
@@ -230,6 +235,7 @@ def test_full_queue_is_a_fast_503_with_retry_after(make_app, request_log) -> Non
     # Which check refused it, in the answer and in the request log.
     assert error["details"]["reason"] == "queue"
     assert _logged_error(request_log, response) == "overloaded:queue"
+    assert _refused(app, "overloaded:queue") == 1  # and in /metrics, by the same name
     running.join(60)
     waiting.join(60)
 
@@ -249,6 +255,7 @@ def test_request_predicted_past_the_timeout_is_refused_fast(make_app, request_lo
     assert elapsed < 0.3 and _service(app).scheduler.running == 0
     assert error["details"]["reason"] == "forecast"
     assert _logged_error(request_log, response) == "overloaded:forecast"
+    assert _refused(app, "overloaded:forecast") == 1 and _refused(app, "overloaded:queue") == 0
     short = app.test_client().post("/generate-text", json={"prompt": "hi", "max_new_tokens": 2})
     assert short.status_code == 200
 

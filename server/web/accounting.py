@@ -130,7 +130,7 @@ def _write(app: Flask, rec: RequestRecord, status: int, error: str | None = None
     service = app.extensions["model_service"]
     elapsed_s = time.monotonic() - rec.started_at
     app.extensions["metrics"].observe_request(rec.route, status, elapsed_s,
-                                              rec.completion_tokens or 0)
+                                              rec.completion_tokens or 0, error)
     memory = service.memory()
     rss_end_mb = current_rss_mb()
     peak = service.sampler.peak_rss_mb(rec.started_at) if service.sampler else 0.0

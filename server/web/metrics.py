@@ -83,6 +83,10 @@ class Metrics:
                                 ["route", "status"], registry=r)
         self.latency = Histogram("gpt_request_duration_seconds", "Time to answer a request",
                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        # Fast refusals (429, 503) by the envelope's code and reason (errors.error_response:
+        # "overloaded:forecast", "rate_limited", ...): a fixed set, never a key or a text.
+        self.refusals = Counter("gpt_refusals", "Requests refused fast (429/503), by error",
+                                ["error"], registry=r)
         self.tokens = Counter("gpt_generated_tokens", "Completion tokens returned",
                               registry=r)
         self.batch_size = Histogram("gpt_batch_size",
@@ -174,9 +178,12 @@ class Metrics:
         """Publish the code path (``CodePath.as_dict()``) as the labels of gpt_code_path."""
         self.code_path.labels(*(path[key] for key in CODE_PATH_LABELS)).set(1)
 
-    def observe_request(self, route: str, status: int, seconds: float, tokens: int) -> None:
-        """Count one answered request."""
+    def observe_request(self, route: str, status: int, seconds: float, tokens: int,
+                        error: str | None = None) -> None:
+        """Count one answered request (a 429 or 503 also by its ``error`` code:reason)."""
         self.requests.labels(route=route, status=str(status)).inc()
+        if status in (429, 503):
+            self.refusals.labels(error=error or "unnamed").inc()
         self.latency.labels(route=route).observe(seconds)
         if tokens:
             self.tokens.inc(tokens)
