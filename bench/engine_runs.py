@@ -53,11 +53,14 @@ def run_ours(args: argparse.Namespace, rows: list[EngineRow], out: Path, command
              prompts: Path, index: dict[str, int]) -> list[EngineResult]:
     """One Gunicorn for a variant's rows (they share its environment), each row loaded."""
     key = secrets.token_urlsafe(32)
+    workdir = out / f"ours-{rows[0].variant}"
+    # The request log names each refusal's check (its "error": overloaded:forecast, ...).
     env = {"MODEL": f"synthetic:{args.preset}", "MODELS_DIR": args.models_dir,
-           "IGNORE_EOS": "1", "API_KEYS": key, "REQUEST_LOG": "", "GUNICORN_ACCESSLOG": "",
+           "IGNORE_EOS": "1", "API_KEYS": key,
+           "REQUEST_LOG": str((workdir / "server_requests.jsonl").resolve()),
+           "GUNICORN_ACCESSLOG": "",
            "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "PREFIX_CACHE_ROWS": "0",
            **dict(rows[0].env)}
-    workdir = out / f"ours-{rows[0].variant}"
     workdir.mkdir(parents=True, exist_ok=True)
     commands.add(["gunicorn", "-c", "gunicorn.conf.py", "--workers", str(args.workers)],
                  " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "API_KEYS"))
