@@ -19,7 +19,7 @@ LIMIT_TEXT = {
     "tpot": ("TPOT p95 of streamed users", "a smaller batch speeds up each token; more "
              "cores or workers add capacity"),
     "ram": ("the RAM budget", "RAM binds before latency: fewer workers, bf16/int8 weights or "
-            "a lower KV_TOKENS buy room; or raise the budget if the host has it"),
+            "a lower KV_CACHE_MB buy room; or raise the budget if the host has it"),
     "refusals": ("the refusal ceiling (429/503)", "the server's admission refuses before "
                  "latency breaks: its queue and rate limits set the capacity, not the CPU"),
     "errors": ("the error ceiling", "requests failed for other reasons: see failures by cause"),

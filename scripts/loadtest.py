@@ -46,7 +46,8 @@ from server.config import DEFAULTS
 REPO = Path(__file__).resolve().parent.parent
 # Server settings shown in run.json's server_command (never the API or operator keys).
 COMMAND_ENV = ("MODEL", "MODELS_DIR", "DTYPE", "TORCH_THREADS", "MAX_BATCH_SIZE",
-               "PREFILL_CHUNK", "KV_DTYPE", "KV_TOKENS", "PREFIX_CACHE_ROWS", "ALLOW_INT8")
+               "PREFILL_CHUNK", "KV_DTYPE", "KV_TOKENS", "KV_CACHE_MB", "PREFIX_CACHE_ROWS",
+               "ALLOW_INT8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,9 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", DEFAULTS["KV_DTYPE"]),
                    help="KV cache storage: auto (float16 unless the weights are float32), "
                         "model (as computed) or float16")
-    p.add_argument("--kv-tokens", type=int,
-                   default=int(os.environ.get("KV_TOKENS", DEFAULTS["KV_TOKENS"])),
-                   help="KV positions a worker's running rows may reserve (0: no limit)")
+    p.add_argument("--kv-tokens", type=int, default=os.environ.get("KV_TOKENS") or None,
+                   help="KV positions a worker's running rows may reserve (0: no limit; "
+                        "unset: --kv-cache-mb in the model's positions)")
+    p.add_argument("--kv-cache-mb", type=float,
+                   default=os.environ.get("KV_CACHE_MB", DEFAULTS["KV_CACHE_MB"]),
+                   help="MiB of KV cache a worker's running rows may reserve, unless "
+                        "--kv-tokens is set")
     p.add_argument("--prefix-cache-rows", type=int,
                    default=int(os.environ.get("PREFIX_CACHE_ROWS",
                                               DEFAULTS["PREFIX_CACHE_ROWS"])),
@@ -145,11 +150,13 @@ def start_server(args: argparse.Namespace, run_dir: Path, api_key: str,
            "DTYPE": args.dtype, "TORCH_THREADS": str(args.torch_threads),
            "MAX_BATCH_SIZE": str(args.max_batch_size),
            "PREFILL_CHUNK": str(args.prefill_chunk), "KV_DTYPE": args.kv_dtype,
-           "KV_TOKENS": str(args.kv_tokens),
+           "KV_CACHE_MB": f"{args.kv_cache_mb:g}",
            "PREFIX_CACHE_ROWS": str(args.prefix_cache_rows),
            "ALLOW_INT8": str(int(args.allow_int8)),
            "REQUEST_LOG": str(run_dir / "server_requests.jsonl"),
            "API_KEYS": api_key, "OPERATOR_KEYS": operator_key}
+    if args.kv_tokens is not None:  # unset: the server derives it from KV_CACHE_MB
+        env["KV_TOKENS"] = str(args.kv_tokens)
     server = GunicornServer(run_dir, env, args.workers, cap_s=args.ready_timeout)
     server.start()
     print(f"== server pid {server.proc.pid} on {server.url}; log {server.log_path}", flush=True)

@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How a boolean is written (pydantic's lax booleans), for the error message.
 _BOOLEANS = "1/0, true/false, yes/no, on/off"
+# An empty variable means "not set" for the keys whose default is derived (None).
+_Unset = BeforeValidator(lambda value: None if value == "" else value)
 
 
 class ConfigError(RuntimeError):
@@ -68,25 +70,31 @@ class Settings(BaseSettings):
     KV_DTYPE: Literal["auto", "float16", "model"] = "auto"
     # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
     # each, as llama.cpp's -c); a job that does not fit waits in the queue, first come first
-    # served, and admission's forecast counts that wait. 0 = no limit beyond MAX_BATCH_SIZE.
-    # 1,280 (a full 1,024-token context and some): 236 MB of float16 cache on gpt2-large. On
-    # the default mix it served as many requests as no limit (116 each, AMD EPYC Zen 4) with
-    # RAM per request p95 101 MB instead of 342 (docs/results.md, KV memory).
-    KV_TOKENS: NonNegativeInt = 1280
+    # served, and admission's forecast counts that wait. 0 = no limit beyond MAX_BATCH_SIZE;
+    # unset = KV_CACHE_MB in positions of the served model's cache (server/engine/kv_budget.py).
+    KV_TOKENS: Annotated[NonNegativeInt | None, _Unset] = None
+    # MiB of KV cache a worker's running rows may reserve together, when KV_TOKENS is unset:
+    # memory, not positions, is what bounds a worker, and a position's bytes differ tenfold
+    # between models (184,320 B on gpt2-large, 28,672 on qwen2.5-1.5b's 2 KV heads). 225 MiB
+    # is 1,280 positions of gpt2-large's float16 cache (a full 1,024-token context and some),
+    # the count that on the default mix served as many requests as no limit (116 each, AMD
+    # EPYC Zen 4) with RAM per request p95 101 MB instead of 342 (docs/results.md, KV memory).
+    KV_CACHE_MB: PositiveFloat = 225.0
     # Finished rows' KV caches a worker keeps so that later prompts starting the same way
     # copy those positions instead of computing them (server/engine/prefix_cache.py; llama.cpp's
-    # cache_prompt). They hold at most KV_TOKENS positions beside the running rows. 0 = none.
+    # cache_prompt). They hold at most the KV budget's positions beside the running rows
+    # (KV_TOKENS, or KV_CACHE_MB's). 0 = none.
     PREFIX_CACHE_ROWS: NonNegativeInt = 8
     # Tenancy (docs/security.md, Tenancy): each API key is a tenant. The queue serves keys
     # in turn, fewest running rows first (server/engine/fair_queue.py), and a key's share of a
-    # worker is bounded by these; 0 = the whole worker's (MAX_BATCH_SIZE, KV_TOKENS,
+    # worker is bounded by these; 0 = the whole worker's (MAX_BATCH_SIZE, KV budget,
     # MAX_QUEUE), so that one key alone, as in a load test, may still use all of it.
     # Lower them to reserve room for other keys: rows already running are not preempted.
     KEY_MAX_ROWS: NonNegativeInt = 0
     KEY_KV_TOKENS: NonNegativeInt = 0
     KEY_MAX_QUEUE: NonNegativeInt = 0
     # Most KV positions (prompt + max_new_tokens) one request may reserve; more is a 413
-    # naming the field. 0 = KV_TOKENS (a request that alone would exceed the budget is
+    # naming the field. 0 = the KV budget (a request that alone would exceed it is
     # refused instead of holding the whole worker).
     MAX_REQUEST_KV_TOKENS: NonNegativeInt = 0
     # A queued job that does not fit yet (KV room) may be overtaken by later jobs that do,
@@ -160,10 +168,6 @@ class Settings(BaseSettings):
 
 
 DEFAULTS: dict[str, Any] = {name: field.default for name, field in Settings.model_fields.items()}
-
-# An empty variable means "not set" for the Gunicorn keys whose default is derived (None).
-_Unset = BeforeValidator(lambda value: None if value == "" else value)
-
 
 class GunicornSettings(BaseSettings):
     """Every variable gunicorn.conf.py reads, with its default; the reason for each value is

@@ -62,6 +62,17 @@ def test_defaults_serve_the_heavy_model() -> None:
     assert DEFAULTS["MODEL"] == "synthetic:gpt2-large"
 
 
+@pytest.mark.parametrize(("value", "kv_tokens"), [(None, None), ("", None), ("0", 0),
+                                                  ("640", 640)])
+def test_kv_tokens_unset_or_empty_is_derived_from_kv_cache_mb(monkeypatch, value,
+                                                              kv_tokens) -> None:
+    """None: server/engine/kv_budget.py sizes it from KV_CACHE_MB and the served model."""
+    if value is not None:
+        monkeypatch.setenv("KV_TOKENS", value)
+    config = load_config()
+    assert config["KV_TOKENS"] == kv_tokens and config["KV_CACHE_MB"] == 225
+
+
 @pytest.mark.parametrize(("name", "value", "says"), [
     ("MAX_BATCH_SIZE", "eight", "valid integer"),
     ("IGNORE_EOS", "ture", "true/false"),  # used to read as false, silently
@@ -70,6 +81,9 @@ def test_defaults_serve_the_heavy_model() -> None:
      "or 'int8+native'"),
     ("REQUEST_TIMEOUT_S", "", "valid number"),
     ("MEMORY_SAMPLE_S", "0", "greater than 0"),  # 0 used to spin the sampling thread
+    ("KV_CACHE_MB", "0", "greater than 0"),
+    ("KV_CACHE_MB", "lots", "valid number"),
+    ("KV_TOKENS", "-1", "greater than or equal to 0"),
 ])
 def test_a_bad_environment_value_names_the_variable(monkeypatch, name, value, says) -> None:
     monkeypatch.setenv(name, value)

@@ -95,7 +95,8 @@ def test_health_and_ready(client, operator_headers) -> None:
     wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
     assert all(a.headers["Retry-After"] for a in answers[:-1])
     assert answers[-1].status_code == 200 and answers[-1].json["model"] == "synthetic:tiny"
-    assert answers[-1].json["kv_tokens"] == client.application.config["KV_TOKENS"]
+    # KV_CACHE_MB's 225 MiB hold 230,400 of tiny's float32 positions: capped at 8 x 1,024
+    assert answers[-1].json["kv_tokens"] == 8 * 1024
     assert answers[-1].json["prefix_cache_rows"] == \
         client.application.config["PREFIX_CACHE_ROWS"]
     assert answers[-1].json["kv_dtype"] == resolve_kv_dtype(
@@ -313,7 +314,7 @@ def test_bad_request_changes_nothing_and_is_logged(client, request_log) -> None:
 def test_a_llama_serves_its_real_context_capped_by_the_kv_settings(make_app,
                                                                   tiny_decoders) -> None:
     """synthetic:tiny-llama keeps Llama 3's 131,072 positions in its config; what one request
-    may reserve is capped by MAX_REQUEST_KV_TOKENS (default: KV_TOKENS), and the 413 says
+    may reserve is capped by MAX_REQUEST_KV_TOKENS (default: the KV budget), and the 413 says
     both."""
     client = make_app(MODEL="synthetic:tiny-llama", MAX_REQUEST_KV_TOKENS=64).test_client()
     words = " ".join(f"w{i}" for i in range(40))

@@ -138,7 +138,8 @@ def test_run_json_records_what_the_hosts_reported(run) -> None:
     assert kernels["chosen"] in {t["precision"] for t in kernels["table"]}
     assert record["torch_threads"] == 1 and record["max_batch_size"] == DEFAULTS["MAX_BATCH_SIZE"]
     assert record["prefill_chunk"] == 128 and record["host"]["cpu_model"]
-    assert record["server"]["kv_tokens"] == DEFAULTS["KV_TOKENS"]
+    # KV_CACHE_MB's 225 MiB hold 230,400 of tiny's float32 positions: capped at rows x 1,024
+    assert record["server"]["kv_tokens"] == DEFAULTS["MAX_BATCH_SIZE"] * 1024
     assert record["server"]["prefix_cache_rows"] == DEFAULTS["PREFIX_CACHE_ROWS"]
     # Read again at the run's end, summed over both hosts' workers: what the steps computed.
     assert record["server"]["prompt_tokens_computed"] > 0

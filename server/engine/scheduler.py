@@ -124,6 +124,11 @@ class Scheduler:
         return self._queue.qsize()
 
     @property
+    def kv_tokens(self) -> int:
+        """KV positions the running rows may reserve together (0: no limit)."""
+        return self._kv_tokens
+
+    @property
     def tenant_queue(self) -> int:
         """Jobs one tenant may have waiting."""
         return self._queue.tenant_max

@@ -75,7 +75,9 @@ class Ready(_Strict):
                                              "resolved): float16 (16-bit) | model (as computed)")
     kv_tokens: int | None = Field(default=None,
                                   description="KV positions a worker's running rows may "
-                                              "reserve together (0: no limit)")
+                                              "reserve together as resolved: KV_TOKENS, or "
+                                              "KV_CACHE_MB in the model's positions (0: no "
+                                              "limit)")
     prefix_cache_rows: int | None = Field(default=None,
                                           description="finished rows' KV caches a worker keeps "
                                                       "for prompts that start the same way "

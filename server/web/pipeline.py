@@ -78,9 +78,10 @@ def check_budget(prompt_tokens: int, max_new_tokens: int, context_window: int,
                      "context_window": context_window, "limit": limit}, param=param)
 
 
-def request_kv_limit(config: dict) -> int:
-    """The most KV positions one request may reserve (0: no limit)."""
-    return config["MAX_REQUEST_KV_TOKENS"] or config["KV_TOKENS"]
+def request_kv_limit(config: dict, kv_tokens: int) -> int:
+    """The most KV positions one request may reserve (0: no limit): MAX_REQUEST_KV_TOKENS,
+    else the worker's whole KV budget ``kv_tokens`` (as resolved, server.engine.kv_budget)."""
+    return config["MAX_REQUEST_KV_TOKENS"] or kv_tokens
 
 
 def submit(generation: GenerationRequest, stream: bool = False) -> Job:
@@ -121,8 +122,9 @@ def start(ids: list[int], max_new_tokens: int | None, *, param: str, stream: boo
     """
     config = current_app.config
     limit = max_new_tokens or config["DEFAULT_MAX_NEW_TOKENS"]
-    context_window = current_app.extensions["model_service"].loaded.context_window
-    check_budget(len(ids), limit, context_window, param, request_kv_limit(config))
+    service = current_app.extensions["model_service"]
+    check_budget(len(ids), limit, service.loaded.context_window, param,
+                 request_kv_limit(config, service.scheduler.kv_tokens))
     generation = GenerationRequest(ids, limit, temperature, top_p, seed,
                                    min_new_tokens=min(min_new_tokens, limit),
                                    tenant=record().key_id or "", cache_salt=cache_salt or "")

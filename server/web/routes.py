@@ -105,7 +105,7 @@ def ready() -> Response:
                     "max_batch_size": current_app.config["MAX_BATCH_SIZE"],
                     "prefill_chunk": current_app.config["PREFILL_CHUNK"],
                     "kv_dtype": service.scheduler.engine.kv_dtype,  # as resolved
-                    "kv_tokens": current_app.config["KV_TOKENS"],
+                    "kv_tokens": service.scheduler.kv_tokens,  # as resolved
                     "prefix_cache_rows": current_app.config["PREFIX_CACHE_ROWS"],
                     "torch_threads": torch.get_num_threads(),
                     "threads_shared": service.cores.sharing,

@@ -10,9 +10,10 @@ import time
 import torch
 from flask import Flask
 
-from server.engine import code_path
+from server.engine import code_path, kv_budget
 from server.engine.core_share import CoreShare
 from server.engine.decoding import GenerationRequest
+from server.engine.kv_budget import KVBudget
 from server.engine.memory import MemorySample, WorkerMemorySampler, read_process_memory
 from server.engine.model import LoadedModel, load_model
 from server.engine.requestlog import RequestLog
@@ -70,6 +71,7 @@ class ModelService:
                                 self.loaded.kernels.chosen)
         log.info(path.summary())
         self.metrics.observe_code_path(path.as_dict())
+        budget = self._resolve_kv_budget(config, path.cache_dtype)
         engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
                             config["PREFILL_CHUNK"], path=path, stop_ids=self.loaded.stop_ids)
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
@@ -77,13 +79,23 @@ class ModelService:
                          on_step=self._observe_step,
                          on_join=self.metrics.batch_size.observe,
                          row_growth=self.loaded.kernels.row_growth(),
-                         on_busy=self._share_cores, kv_tokens=config["KV_TOKENS"],
+                         on_busy=self._share_cores, kv_tokens=budget.tokens,
                          prefix_rows=config["PREFIX_CACHE_ROWS"],
                          on_cached=self.metrics.cached_prompt_tokens.inc,
                          tenant_rows=config["KEY_MAX_ROWS"],
                          tenant_kv_tokens=config["KEY_KV_TOKENS"],
                          tenant_queue=config["KEY_MAX_QUEUE"],
                          aging_s=config["QUEUE_AGING_S"])
+
+    def _resolve_kv_budget(self, config: dict, cache_dtype: str) -> KVBudget:
+        """KV_TOKENS, or KV_CACHE_MB in positions of this model's ``cache_dtype`` caches
+        (server.engine.kv_budget), logged once: before fork under preload."""
+        budget = kv_budget.resolve(self.loaded.model.config, cache_dtype,
+                                   kv_tokens=config["KV_TOKENS"],
+                                   cache_mb=config["KV_CACHE_MB"],
+                                   ceiling=config["MAX_BATCH_SIZE"] * self.loaded.context_window)
+        log.info(budget.summary())
+        return budget
 
     def _share_cores(self, busy: bool) -> None:
         """Before a step (busy) or an idle wait: use this worker's share of the cores."""
