@@ -2,6 +2,10 @@
 
     python -m bench gemm-f16                          # 1, 4, 8 rows, 2 threads
     python -m bench gemm-f16 --rows 1 --threads 1
+    python -m bench gemm-f16 --against 10e91ca        # this tree's kernel against a commit's
+    python -m bench gemm-f16 --huge-pages             # the kernel on 4 KB against 2 MB pages
+
+(The last two: bench/micro/gemm_f16_ab.py.)
 
 gpt2-large's decode shapes (c_attn 1280->3840, c_fc 1280->5120, mlp c_proj 5120->1280 and the
 LM head 1280->50257), each through:
@@ -25,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bench.micro import gemm_f16_ab
 from bench.timing import interleaved, ms
 from server.engine import native_f16
 from server.engine.quantize import quantize_float16
@@ -60,8 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mbytes", type=int, default=96, help="fp16 weight MB per shape")
+    parser.add_argument("--against", metavar="REV",
+                        help="time this tree's gemm_f16.c against REV's instead")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="time the native kernel on 4 KB against 2 MB pages instead")
+    parser.add_argument("--shapes", choices=sorted(gemm_f16_ab.SHAPES), default="qwen2.5-1.5b",
+                        help="layer shapes of --against and --huge-pages")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.against:
+        return gemm_f16_ab.against(args.against, args.shapes, args.rows, args.reps,
+                                   args.threads)
+    if args.huge_pages:
+        return gemm_f16_ab.huge_pages(args.shapes, args.rows, args.reps)
     print(f"fp16-weight GEMMs, weights from DRAM, {args.threads} thread(s) (torch "
           f"{torch.__version__}; native: {native_f16.unavailable() or 'runs'})")
     with torch.inference_mode():

@@ -167,16 +167,19 @@ def quiet_step_ms(args: argparse.Namespace, prefill_rows: int, decode_rows: int,
     """(best of 3 steps reading ``prefill_rows`` prompts in the server's PREFILL_CHUNK (the
     first chunk: a step under load reads no more), median of 24 decode steps at
     ``decode_rows`` rows of ``context`` positions) in ms, through the step engine on the code
-    path the server serves (server.engine.code_path, KV_DTYPE auto), alone in this process on
-    one worker's torch threads: the probe the served step is held against; and the kernel
-    path this process chose (it times the candidates as the server's master does, so the two
-    may differ on a noisy box: the report names both)."""
+    path the server serves (server.engine.code_path with the served KV_DTYPE: --server-env's
+    or the default), alone in this process on one worker's torch threads: the probe the
+    served step is held against; and the kernel path this process chose (it times the
+    candidates as the server's master does, so the two may differ on a noisy box: the report
+    names both)."""
     torch.set_num_threads(1)  # the kernel choice is timed on one thread, as in the master
     loaded = load_model(args.model, args.dtype, args.models_dir)
     torch.set_num_threads(args.threads)
-    path = code_path.decide(loaded.model, "auto", loaded.kernels.chosen)
+    settings = server_settings(args)  # the served KV_DTYPE decides the cache and attention
+    path = code_path.decide(loaded.model, settings.get("KV_DTYPE", DEFAULTS["KV_DTYPE"]),
+                            loaded.kernels.chosen)
     engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True,
-                        prefill_chunk=int(server_settings(args).get(
+                        prefill_chunk=int(settings.get(
                             "PREFILL_CHUNK", DEFAULTS["PREFILL_CHUNK"])), path=path)
     prefill = repeat(lambda: engine.step(_rows(engine, prefill_rows, args.prompt_tokens, 1)),
                      3, warmup=1)
