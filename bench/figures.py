@@ -34,7 +34,7 @@ TENANTS = ("results/tenants/before-fifo-zen3", "results/tenants/after-fair-zen3"
 SAMPLER = "results/profile/sampler-cost.json"
 # Issue 31's three engines on one closed loop (python -m bench engines), and the host's read
 # bandwidth measured right after it (python -m bench roofline) for the decode floor.
-ENGINES = "results/reference/engines-gpt2-large-zen3"
+ENGINES = "results/reference/engines-gpt2-large-v4-zen3"
 
 
 @dataclass(frozen=True)
