@@ -12,9 +12,9 @@ from server.engine.huge_pages import (
     Collapse,
     collapse_range,
     collapse_weights,
-    huge_bytes,
     libc,
 )
+from server.engine.procfs import anon_huge_page_bytes as huge_bytes
 
 
 def _collapsible() -> str | None:

@@ -100,21 +100,6 @@ def collapse_range(c: ctypes.CDLL | None, start: int, size: int) -> tuple[int, s
     return end - first, None
 
 
-def huge_bytes(start: int, size: int) -> int:
-    """Bytes of [start, start + size) this process holds on anonymous huge pages, from
-    /proc/self/smaps (the mappings overlapping the range, whole: a check, not a meter)."""
-    total, inside = 0, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split(None, 1)[0]
-            if "-" in head and not head.endswith(":"):
-                low, high = (int(part, 16) for part in head.split("-"))
-                inside = low < start + size and start < high
-            elif inside and head == "AnonHugePages:":
-                total += int(line.split()[1]) * 1024
-    return total
-
-
 def libc() -> ctypes.CDLL | None:
     """The C library, with errno kept for ``ctypes.get_errno`` (None where none is found)."""
     name = ctypes.util.find_library("c")

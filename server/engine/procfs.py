@@ -2,8 +2,8 @@
 
 psutil covers memory (``memory_full_info``), CPU times, status and process trees in general;
 what is left is read here: the CPU's fields, a process's one-letter state, its children
-without a scan of every pid, its environment as the kernel holds it, and this thread's
-network namespace.
+without a scan of every pid, its environment as the kernel holds it, this thread's
+network namespace, and how much of an address range lies on huge pages.
 
 Standard library only, on purpose: the engine (hardware, shared rows), harness/, deploy/,
 bench/ and the Locust suite (which must not carry torch or Flask) all import it, and it
@@ -68,3 +68,22 @@ def environ_entries(pid: int) -> list[bytes]:
 def thread_net_namespace() -> Path:
     """The handle of this thread's network namespace (open it to come back to it)."""
     return PROC / "thread-self" / "ns" / "net"
+
+
+def anon_huge_page_bytes(start: int, size: int) -> int:
+    """Bytes of [start, start + size) this process holds on anonymous huge pages, from
+    /proc/self/smaps (the mappings overlapping the range, whole: a check, not a meter; 0 where
+    there is no /proc)."""
+    total, inside = 0, False
+    try:
+        with open(PROC / "self" / "smaps") as smaps:
+            for line in smaps:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    low, high = (int(part, 16) for part in head.split("-"))
+                    inside = low < start + size and start < high
+                elif inside and head == "AnonHugePages:":
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return total
