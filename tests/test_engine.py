@@ -466,3 +466,17 @@ def test_a_job_larger_than_the_kv_budget_runs_alone_rather_than_never(loaded) ->
 def test_kv_dtype_auto_is_16_bits_unless_the_weights_are_float32(setting, precision,
                                                                    served) -> None:
     assert resolve_kv_dtype(setting, precision) == served
+
+
+def test_a_decode_step_of_many_rows_teaches_that_row_count_not_the_one_row_step(loaded) -> None:
+    # The kernel table's line says a 16-row step costs 8.5 one-row steps; the worker
+    # measures 4: the second wave of a 32-request burst is priced at what it takes.
+    scheduler = Scheduler(_engine(loaded), 16, max_queue=40, timeout_s=1000.0,
+                          row_growth=0.5)
+    scheduler.step_s = 0.1
+    scheduler.learn(StepReport("decode", 16, 16, {}, 0.4, 0.4))
+    assert scheduler.step_s == pytest.approx(0.1)  # unchanged
+    for n in range(16):
+        scheduler.submit(Job(GenerationRequest(_prompt(4, 100 * n), 10)))  # 1 + 10 steps
+    job = Job(GenerationRequest(_prompt(4, 1700), 10))
+    assert scheduler.predict_s(job) == pytest.approx((11 + 11) * 0.1 * 4.0)

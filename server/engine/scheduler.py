@@ -33,6 +33,7 @@ from server.engine.fair_queue import FairQueue
 from server.engine.jobs import Job, QueueFull
 from server.engine.memory import HeapReleaser
 from server.engine.prefix_cache import PrefixCache, cached_tokens
+from server.engine.row_curve import RowCurve
 from server.engine.step import Row, StepEngine, StepReport, kv_positions
 from server.engine.step_cost import StepClock, apportion
 
@@ -107,11 +108,12 @@ class Scheduler:
         self._heap = HeapReleaser()
         self._thread: threading.Thread | None = None
         self._clock = StepClock()  # the worker's CPU per step, charged to its rows' jobs
-        # What one more row adds to a decode step, as a share of a one-row step: from the
-        # startup kernel table (KernelChoice.row_growth). On an AVX2 CPU an 8-row fp32 step
-        # costs ~3x a one-row step; learning only the average step would under-predict the
-        # first requests of a burst by that much, and admit requests that then time out.
-        self._row_growth = row_growth
+        # What a decode step of n rows costs in one-row steps (server.engine.row_curve): the
+        # startup kernel table's line (KernelChoice.row_growth) until steps of n rows are
+        # measured. On an AVX2 CPU an 8-row fp32 step costs ~3x a one-row step; learning
+        # only the average step would under-predict the first requests of a burst by that
+        # much, and admit requests that then time out.
+        self.curve = RowCurve(row_growth)
         self.step_s = 0.0  # running average of a one-row decode step (the warm-up seeds it)
         self.token_s = 0.0  # running average of what one prompt token adds to a step
         # How much longer finished jobs took than forecast (>= 1): the requests that arrive
@@ -185,7 +187,7 @@ class Scheduler:
 
     def _row_cost(self, rows: int) -> float:
         """A decode step of ``rows`` rows, in one-row steps."""
-        return 1.0 + self._row_growth * (max(1, rows) - 1)
+        return self.curve.cost(rows)
 
     def start(self, before_loop: Callable[[], None] = lambda: None) -> None:
         """Start the generation thread; ``before_loop`` (warm-up) runs in it first."""
@@ -297,12 +299,20 @@ class Scheduler:
                 ahead.append(job)
 
     def learn(self, report: StepReport) -> None:
-        """Update the one-row decode-step and prompt-token costs from one step (also the
-        warm-up's)."""
+        """Update the one-row decode-step and prompt-token costs, and the row curve, from
+        one step (also the warm-up's).
+
+        A one-row decode step updates ``step_s``; a decode step of more rows, what that row
+        count costs in one-row steps (``curve``), so that a count is priced at what its own
+        steps took (a step of n rows updated ``step_s`` divided by the curve's guess before,
+        and a wrong guess for n then skewed the price of every count)."""
         if not report.tokens_in:
             return  # nothing ran
         decoding = report.tokens_in - report.prompt_tokens  # one token per decoding row
         if not report.prompt_tokens:
+            if decoding > 1 and self.step_s:
+                self.curve.learn(decoding, report.step_s / self.step_s)
+                return
             unit = report.step_s / self._row_cost(decoding)
             self.step_s += STEP_EWMA * (unit - self.step_s) if self.step_s else unit
             return

@@ -134,12 +134,34 @@ class ModelService:
         while row.finish_reason is None:
             # The admission's first estimates of a step and of a prompt token.
             self.scheduler.learn(self.scheduler.engine.step([row]))
+        self._warm_up_rows(request)
         elapsed_s = time.monotonic() - start
         self.ready.set()
         m = read_process_memory()  # once per worker: the per-request path reads the sampler
         log.info("worker %d warmed up in %.2f s: RSS %.0f MB, USS %.0f MB, PSS %.0f MB, "
                  "shared %.0f MB", os.getpid(), elapsed_s, m.rss_mb, m.uss_mb, m.pss_mb,
                  m.shared_mb)
+
+    def _warm_up_rows(self, request: GenerationRequest) -> None:
+        """Step MAX_BATCH_SIZE copies of the warm-up request together, and teach admission
+        what a decode step of that many rows costs on this worker's threads (the kernel
+        table timed one thread: server.engine.row_curve says why that misprices it)."""
+        engine, rows = self.scheduler.engine, self.config["MAX_BATCH_SIZE"]
+        if rows < 2:
+            return
+        batch = [engine.new_row(request) for _ in range(rows)]
+        decodes = []
+        while any(row.finish_reason is None for row in batch):
+            report = engine.step([row for row in batch if row.finish_reason is None])
+            if not report.prompt_tokens and report.rows == rows:
+                decodes.append(report)
+        for row in batch:
+            row.cache.release()
+        if decodes:  # the median: the first step at a new shape pays one-time costs
+            self.scheduler.learn(sorted(decodes, key=lambda r: r.step_s)[len(decodes) // 2])
+        log.info("worker %d: a %d-row decode step costs %.2f one-row steps of %.1f ms",
+                 os.getpid(), rows, self.scheduler.curve.cost(rows),
+                 1000 * self.scheduler.step_s)
 
     def memory(self) -> MemorySample:
         """This worker's latest memory sample (a direct read before the sampler runs)."""

@@ -1,0 +1,64 @@
+"""What a decode step of n rows costs, in one-row steps, as measured on the serving threads.
+
+A step reads the weights once whatever its rows, so its time grows with rows far slower
+than linearly while it is bandwidth-bound and about linearly once it is compute-bound. The
+startup kernel table gives a first guess, a straight line through its batch-1 and
+batch-max timings (``KernelChoice.row_growth``), but it times ONE thread in the Gunicorn
+master; a worker steps on all its threads, where a one-row step is bandwidth-bound and a
+16-row one is not. On the AMD EPYC Zen 3 (2 cores) that line priced gpt2-large's 16-row
+step ~20% above what it took, and admission refused the second wave of a 32-request burst
+that would have finished within the line (results/reference/README.md, c = 32).
+
+So the scheduler keeps the ratio each row count was measured at (the worker's warm-up
+measures one step at its maximum rows; served steps refine them) and prices a count it has
+not seen from its measured neighbours: between two, on the straight line through them;
+above the largest, along the last measured slope (never falling); with nothing measured
+above one row, along the kernel table's line.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+# Weight of the newest step in a row count's running ratio (about its last 10 steps).
+RATIO_EWMA = 0.1
+
+
+class RowCurve:
+    """A decode step's cost by row count, in one-row steps (1.0 for one row)."""
+
+    def __init__(self, growth: float = 0.0) -> None:
+        self._growth = max(0.0, growth)  # the kernel table's line: each row adds this
+        self._ratios: dict[int, float] = {}  # measured, rows >= 2
+        self._counts: list[int] = []  # the measured row counts, sorted
+
+    def cost(self, rows: int) -> float:
+        """A step of ``rows`` rows in one-row steps."""
+        rows = max(1, rows)
+        if rows == 1:
+            return 1.0
+        if rows in self._ratios:
+            return self._ratios[rows]
+        points = [(1, 1.0)] + [(n, self._ratios[n]) for n in self._counts]
+        at = bisect.bisect_left([n for n, _ in points], rows)
+        if at < len(points):  # between two measured counts
+            (n0, r0), (n1, r1) = points[at - 1], points[at]
+            return r0 + (r1 - r0) * (rows - n0) / (n1 - n0)
+        if len(points) >= 2:  # above the largest: its slope, from the count below it
+            (n0, r0), (n1, r1) = points[-2], points[-1]
+            return r1 + max(0.0, (r1 - r0) / (n1 - n0)) * (rows - n1)
+        return 1.0 + self._growth * (rows - 1)
+
+    def learn(self, rows: int, ratio: float) -> None:
+        """Fold in a decode step of ``rows`` rows that took ``ratio`` one-row steps."""
+        if rows < 2 or ratio <= 0.0:
+            return
+        if rows not in self._ratios:
+            bisect.insort(self._counts, rows)
+            self._ratios[rows] = ratio
+            return
+        self._ratios[rows] += RATIO_EWMA * (ratio - self._ratios[rows])
+
+    def measured(self) -> dict[int, float]:
+        """The measured ratios by row count (for logs and /ready)."""
+        return dict(self._ratios)
