@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from harness.processes import MARKER, descendants, kill_all, owned_processes
+from harness.waiting import wait_until
 from server import create_app
 from server.engine import synthetic
 from tests.browser import browser  # noqa: F401  (headless Chromium, shared by the page tests)
@@ -169,3 +170,15 @@ def api_headers() -> dict[str, str]:
 def operator_headers() -> dict[str, str]:
     """Headers that open a server's operator surfaces (/metrics, /ready's details)."""
     return {"Authorization": f"Bearer {TEST_OPERATOR_KEY}"}
+
+
+def ready_details(client: FlaskClient, operator_headers: dict[str, str]) -> dict:
+    """/ready's operator details once the worker has warmed up."""
+    answers = []
+
+    def ready() -> bool:
+        answers.append(client.get("/ready", headers=operator_headers))
+        return answers[-1].status_code != 503
+
+    wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
+    return answers[-1].json

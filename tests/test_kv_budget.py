@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from flask.testing import FlaskClient
 
-from harness.waiting import wait_until
 from server.config import DEFAULTS, ConfigError
 from server.engine import kv_budget, synthetic
 from server.engine.kv_budget import MIB
+from tests.conftest import ready_details
 
 TINY_CONTEXT = 1024  # synthetic:tiny's n_positions
 TINY_FLOAT32_BYTES = 2 * 2 * 64 * 4  # 2 layers x (K, V) x 64 dims x 4 bytes: DTYPE=float32
@@ -64,18 +63,6 @@ def test_a_cache_that_holds_no_position_is_a_config_error_naming_kv_cache_mb() -
         _resolve("gpt2-large", "float16", cache_mb=0.1)
 
 
-def _ready_details(client: FlaskClient, operator_headers: dict[str, str]) -> dict:
-    """/ready's operator details once the worker has warmed up."""
-    answers = []
-
-    def ready() -> bool:
-        answers.append(client.get("/ready", headers=operator_headers))
-        return answers[-1].status_code != 503
-
-    wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
-    return answers[-1].json
-
-
 @pytest.mark.parametrize(("dtype", "position_bytes"), [("float32", TINY_FLOAT32_BYTES),
                                                         ("float16", TINY_FLOAT32_BYTES // 2)])
 def test_the_served_app_keeps_reports_and_enforces_the_derived_budget(
@@ -87,7 +74,7 @@ def test_the_served_app_keeps_reports_and_enforces_the_derived_budget(
     client = app.test_client()
     assert app.extensions["model_service"].scheduler.kv_tokens == tokens
     assert f"= {tokens} positions of {position_bytes:,} B" in caplog.text
-    assert _ready_details(client, operator_headers)["kv_tokens"] == tokens
+    assert ready_details(client, operator_headers)["kv_tokens"] == tokens
     # MAX_REQUEST_KV_TOKENS=0: one request may reserve the whole derived budget, no more
     words = " ".join(f"w{i}" for i in range(40))
     refused = client.post("/generate-text", json={"prompt": words, "max_new_tokens": tokens})
@@ -100,4 +87,4 @@ def test_the_served_app_keeps_an_explicit_kv_tokens(make_app, operator_headers,
                                                     kv_tokens) -> None:
     app = make_app(KV_TOKENS=kv_tokens, KV_CACHE_MB=0.0001)  # no position: unused
     assert app.extensions["model_service"].scheduler.kv_tokens == kv_tokens
-    assert _ready_details(app.test_client(), operator_headers)["kv_tokens"] == kv_tokens
+    assert ready_details(app.test_client(), operator_headers)["kv_tokens"] == kv_tokens

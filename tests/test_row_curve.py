@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.engine.row_curve import RowCurve
+from tests.conftest import ready_details
 
 
 def test_the_kernel_tables_line_until_a_row_count_is_measured() -> None:
@@ -48,10 +49,23 @@ def test_a_counts_ratio_follows_its_newer_steps() -> None:
     assert curve.measured() == {8: pytest.approx(3.0, abs=1e-3)}
 
 
-def test_each_worker_measures_a_step_of_its_maximum_rows_before_it_is_ready(make_app) -> None:
-    service = make_app(MAX_BATCH_SIZE=3, WARMUP_TOKENS=4).extensions["model_service"]
+def test_each_worker_measures_a_step_of_its_maximum_rows_before_it_is_ready(
+        make_app, operator_headers) -> None:
+    app = make_app(MAX_BATCH_SIZE=3, WARMUP_TOKENS=4)
+    scheduler = app.extensions["model_service"].scheduler
+    forecast = ready_details(app.test_client(), operator_headers)["forecast"]
+    measured = scheduler.curve.measured()
+    assert list(measured) == [3] and measured[3] > 0
+    assert scheduler.step_s > 0 and scheduler.token_s > 0  # the prompts' price is seeded too
+    assert forecast == {"step_ms": pytest.approx(1000 * scheduler.step_s, abs=1e-3),
+                        "token_ms": pytest.approx(1000 * scheduler.token_s, abs=1e-3),
+                        "row_cost": {"3": pytest.approx(measured[3], abs=1e-3)},
+                        "bias": 1.0}
+
+
+def test_a_worker_of_one_row_seeds_its_costs_alone(make_app) -> None:
+    service = make_app(MAX_BATCH_SIZE=1, WARMUP_TOKENS=4).extensions["model_service"]
     service.start()
     assert service.ready.wait(120)
-    measured = service.scheduler.curve.measured()
-    assert list(measured) == [3] and measured[3] > 0
-    assert service.scheduler.step_s > 0
+    assert service.scheduler.curve.measured() == {}
+    assert service.scheduler.step_s > 0 and service.scheduler.token_s > 0

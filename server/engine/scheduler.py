@@ -185,6 +185,13 @@ class Scheduler:
         return self.bias * (steps * self.step_s * self._row_cost(rows_then)
                             + prompts * self.token_s)
 
+    def forecast_state(self) -> dict[str, object]:
+        """What admission prices with now (/ready's details): a one-row decode step and a
+        prompt token in ms, the row counts measured (one-row steps), the calibration."""
+        return {"step_ms": round(1000 * self.step_s, 3), "token_ms": round(1000 * self.token_s, 3),
+                "row_cost": {str(n): round(r, 3) for n, r in self.curve.measured().items()},
+                "bias": round(self.bias, 3)}
+
     def _row_cost(self, rows: int) -> float:
         """A decode step of ``rows`` rows, in one-row steps."""
         return self.curve.cost(rows)

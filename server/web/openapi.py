@@ -82,6 +82,13 @@ class Ready(_Strict):
                                           description="finished rows' KV caches a worker keeps "
                                                       "for prompts that start the same way "
                                                       "(0: none)")
+    forecast: dict[str, Any] | None = Field(
+        default=None,
+        description="what this worker's admission prices a job with now "
+                    "(server/engine/scheduler.py): step_ms (a one-row decode step), token_ms "
+                    "(what a prompt token adds), row_cost (row count -> a step of that many "
+                    "rows in one-row steps, as measured: server/engine/row_curve.py), bias "
+                    "(finished jobs' lateness against their forecast, >= 1)")
     torch_threads: int | None = Field(default=None,
                                       description="this worker's torch threads now")
     threads_shared: bool | None = Field(default=None,

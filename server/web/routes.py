@@ -107,6 +107,7 @@ def ready() -> Response:
                     "kv_dtype": service.scheduler.engine.kv_dtype,  # as resolved
                     "kv_tokens": service.scheduler.kv_tokens,  # as resolved
                     "prefix_cache_rows": current_app.config["PREFIX_CACHE_ROWS"],
+                    "forecast": service.scheduler.forecast_state(),
                     "torch_threads": torch.get_num_threads(),
                     "threads_shared": service.cores.sharing,
                     "limits": {key.lower(): current_app.config[key] for key in READY_LIMITS}})

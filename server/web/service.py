@@ -127,41 +127,51 @@ class ModelService:
         self.metrics.observe_sample(sample, self.scheduler.depth, self.scheduler.running)
 
     def _warm_up(self) -> None:
+        """Generate a few tokens alone, then with MAX_BATCH_SIZE rows, and seed admission's
+        costs from them (server.engine.scheduler): a one-row decode step, what a prompt
+        token adds, and what a step of MAX_BATCH_SIZE rows costs on this worker's threads
+        (the kernel table timed one thread in the master: server.engine.row_curve)."""
         start = time.monotonic()
         ids = self.loaded.tokenizer.encode("Warm-up: the quick brown fox")
         request = GenerationRequest(ids, max_new_tokens=self.config["WARMUP_TOKENS"])
-        row = self.scheduler.engine.new_row(request)
-        while row.finish_reason is None:
-            # The admission's first estimates of a step and of a prompt token.
-            self.scheduler.learn(self.scheduler.engine.step([row]))
-        self._warm_up_rows(request)
+        # The median decode step: a step at a new shape pays one-time costs first (oneDNN
+        # primitives, first-touch pages), and seeding from it priced every job high.
+        alone = self._run_together([request])
+        self._learn_median(alone)
+        rows = self.config["MAX_BATCH_SIZE"]
+        if rows == 1:
+            self.scheduler.learn(alone[0])  # its prompt, the decode step known
+        else:
+            reports = self._run_together([request] * rows)
+            for report in reports:  # with the decode step known: what the prompts add
+                if report.prompt_tokens:
+                    self.scheduler.learn(report)
+            self._learn_median([r for r in reports if r.rows == rows])
         elapsed_s = time.monotonic() - start
         self.ready.set()
         m = read_process_memory()  # once per worker: the per-request path reads the sampler
         log.info("worker %d warmed up in %.2f s: RSS %.0f MB, USS %.0f MB, PSS %.0f MB, "
-                 "shared %.0f MB", os.getpid(), elapsed_s, m.rss_mb, m.uss_mb, m.pss_mb,
-                 m.shared_mb)
+                 "shared %.0f MB; a decode step %.1f ms, %d rows %.2f times that, a prompt "
+                 "token %.2f ms", os.getpid(), elapsed_s, m.rss_mb, m.uss_mb, m.pss_mb,
+                 m.shared_mb, 1000 * self.scheduler.step_s, rows,
+                 self.scheduler.curve.cost(rows), 1000 * self.scheduler.token_s)
 
-    def _warm_up_rows(self, request: GenerationRequest) -> None:
-        """Step MAX_BATCH_SIZE copies of the warm-up request together, and teach admission
-        what a decode step of that many rows costs on this worker's threads (the kernel
-        table timed one thread: server.engine.row_curve says why that misprices it)."""
-        engine, rows = self.scheduler.engine, self.config["MAX_BATCH_SIZE"]
-        if rows < 2:
-            return
-        batch = [engine.new_row(request) for _ in range(rows)]
-        decodes = []
-        while any(row.finish_reason is None for row in batch):
-            report = engine.step([row for row in batch if row.finish_reason is None])
-            if not report.prompt_tokens and report.rows == rows:
-                decodes.append(report)
-        for row in batch:
+    def _run_together(self, requests: list[GenerationRequest]) -> list[StepReport]:
+        """Step rows for ``requests`` together until all finish; every step's report."""
+        engine = self.scheduler.engine
+        rows = [engine.new_row(request) for request in requests]
+        reports = []
+        while live := [row for row in rows if row.finish_reason is None]:
+            reports.append(engine.step(live))
+        for row in rows:
             row.cache.release()
-        if decodes:  # the median: the first step at a new shape pays one-time costs
-            self.scheduler.learn(sorted(decodes, key=lambda r: r.step_s)[len(decodes) // 2])
-        log.info("worker %d: a %d-row decode step costs %.2f one-row steps of %.1f ms",
-                 os.getpid(), rows, self.scheduler.curve.cost(rows),
-                 1000 * self.scheduler.step_s)
+        return reports
+
+    def _learn_median(self, reports: list[StepReport]) -> None:
+        """Teach the scheduler the median of these steps' decode-only ones."""
+        decodes = sorted((r for r in reports if not r.prompt_tokens), key=lambda r: r.step_s)
+        if decodes:
+            self.scheduler.learn(decodes[len(decodes) // 2])
 
     def memory(self) -> MemorySample:
         """This worker's latest memory sample (a direct read before the sampler runs)."""
