@@ -24,8 +24,8 @@ def _collapsible() -> str | None:
     return None if moved else f"this kernel collapses nothing ({refused})"
 
 
-needs_thp = pytest.mark.skipif(_collapsible() is not None,
-                               reason=str(_collapsible()))
+CANNOT_COLLAPSE = _collapsible()  # None where this kernel moves ranges onto 2 MB pages
+needs_thp = pytest.mark.skipif(CANNOT_COLLAPSE is not None, reason=str(CANNOT_COLLAPSE))
 
 
 @needs_thp

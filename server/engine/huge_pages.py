@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import mmap
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -107,9 +107,4 @@ def libc() -> ctypes.CDLL | None:
 
 
 def _errno_name(number: int) -> str:
-    import errno
-
     return errno.errorcode.get(number, str(number))
-
-
-assert mmap.PAGESIZE <= HUGE_PAGE  # the arithmetic above assumes small pages divide 2 MB
