@@ -171,6 +171,37 @@ def test_the_tied_head_reads_the_embedding_table_itself(tiny_model: Path, tiny_d
 
 
 @runs_here
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen"])
+def test_a_llama_layers_projections_are_fused_over_their_own_bytes(tiny_decoders,
+                                                                   preset: str) -> None:
+    """q/k/v and gate/up become one call each, over one stacked weight the parts read (the
+    model's bytes unchanged), and a fused call's outputs are the parts' own, bit for bit."""
+    model = _load(preset)
+    unfused = quantize_float16(copy.deepcopy(model))  # the same fp16 bytes, one per layer
+    native = quantize_native_float16(model)
+    layers = native.model.layers
+    attn, mlp = layers[0].self_attn, layers[0].mlp
+    assert isinstance(attn.qkv_proj, native_f16.FusedF16Linear)
+    assert isinstance(mlp.gate_up_proj, native_f16.FusedF16Linear)
+    assert sum(isinstance(m, native_f16.FusedF16Linear) for m in native.modules()) == \
+        2 * len(layers)
+    assert weight_bytes(native) == weight_bytes(unfused) - native.lm_head.weight.numel() * 2
+    stacked = attn.qkv_proj.weight
+    assert attn.k_proj.weight.data_ptr() == \
+        stacked.data_ptr() + attn.q_proj.out_features * stacked.shape[1] * 2
+    x = torch.randn(5, attn.qkv_proj.in_features)
+    for fused, parts in ((attn.qkv_proj, (attn.q_proj, attn.k_proj, attn.v_proj)),
+                         (mlp.gate_up_proj, (mlp.gate_proj, mlp.up_proj))):
+        outs = fused.split(fused(x))
+        assert all(torch.equal(out, part(x)) for out, part in zip(outs, parts, strict=True))
+    # the code path counts the layers once, and says what is fused
+    path = code_path.decide(native, "auto", "float16+native")
+    total = 7 * len(layers) + 1
+    assert path.linear_why.startswith(f"{total} of {total} linear layers; "
+                                      f"{2 * len(layers)} fused calls")
+
+
+@runs_here
 @pytest.mark.parametrize("preset", PRESETS)
 def test_logits_are_close_to_the_float16_candidates(tiny_model: Path, tiny_decoders,
                                                     preset: str) -> None:

@@ -172,7 +172,9 @@ def _linear(model: nn.Module) -> tuple[str, str]:
     (kind, count), total = kinds.most_common(1)[0], sum(kinds.values())
     variants = sorted({m.variant for m in model.modules() if isinstance(m, NativeInt8Linear)})
     variant = f", {'/'.join(variants)} variant" if kind == "native_int8" else ""
-    return kind, f"{count} of {total} linear layers{variant}"
+    fused = sum(1 for m in model.modules() if getattr(type(m), "fuses", False))
+    calls = f"; {fused} fused calls (q/k/v, gate/up)" if fused else ""
+    return kind, f"{count} of {total} linear layers{variant}{calls}"
 
 
 def _linear_kind(module: nn.Module) -> str | None:

@@ -77,8 +77,7 @@ def forward(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, step: 
         hidden = hidden + attend(block.self_attn, x, rotary, step, layer, heads, kv_heads,
                                  head_dim)
         x = rms_norm(block.post_attention_layernorm, hidden)
-        mlp = block.mlp
-        hidden = hidden + mlp.down_proj(functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+        hidden = hidden + swiglu(block.mlp, x)
     return model.lm_head(rms_norm(body.norm, hidden[due]))
 
 
@@ -107,14 +106,30 @@ def attend(attn: nn.Module, x: torch.Tensor, rotary: Rotary, step: PackedStep, l
     """One layer's attention block on the normed ``x`` [tokens, width]: rotated queries and
     keys, each row's keys/values written through ``step``, the output projection."""
     tokens = x.shape[0]
-    q = rotary.apply(attn.q_proj(x).view(tokens, heads, head_dim))
-    k = rotary.apply(attn.k_proj(x).view(tokens, kv_heads, head_dim))
-    v = attn.v_proj(x).view(tokens, kv_heads, head_dim)
+    fused = getattr(attn, "qkv_proj", None)  # server.engine.native_f16.fuse_projections
+    if fused is not None:
+        q, k, v = fused.split(fused(x))
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    q = rotary.apply(q.view(tokens, heads, head_dim))
+    k = rotary.apply(k.view(tokens, kv_heads, head_dim))
+    v = v.contiguous().view(tokens, kv_heads, head_dim)
     # [1, heads, tokens, dim] views, the layout transformers hands the attention.
     q, k, v = (t[None].transpose(1, 2) for t in (q, k, v))
     step.update(k, v, layer)
     out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling, packed_step=step)
     return attn.o_proj(out.reshape(tokens, -1))
+
+
+def swiglu(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The MLP ``down(silu(gate(x)) * up(x))``, gate and up in one call where they are fused
+    (``mlp.gate_up_proj``)."""
+    fused = getattr(mlp, "gate_up_proj", None)
+    if fused is not None:
+        gate, up = fused.split(fused(x))
+    else:
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    return mlp.down_proj(functional.silu(gate) * up)
 
 
 def rms_norm(norm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
