@@ -505,7 +505,8 @@ class DecodeCaches:
         self.dtype = first.dtype
         if self.dtype not in CACHE_DTYPES:
             raise ValueError(f"row 0's cache store: dtype {self.dtype}, the decode attention "
-                             f"reads {' or '.join(map(str, CACHE_DTYPES))} caches")
+                             f"reads {', '.join(map(str, CACHE_DTYPES[:-1]))} or "
+                             f"{CACHE_DTYPES[-1]} caches")
         for r, (store, held) in enumerate(zip(stores, lens, strict=True)):
             _tensor(f"row {r}'s cache store", store, self.dtype)
             if store.dim() != 6:
