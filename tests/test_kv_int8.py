@@ -15,7 +15,9 @@ from server.engine import kv_int8, native_ops
 from server.engine.code_path import Machine, decide
 from server.engine.decoding import GenerationRequest
 from server.engine.model import LoadedModel, load_model
+from server.engine.prefix_cache import PrefixCache, cached_tokens
 from server.engine.row_cache import NativeDecode, PackedStep, RowCache, Segment, packed_attention
+from server.engine.step import generate_alone
 from tests.conftest import MODELS_DIR, TINY_DECODERS
 from tests.logits_engine import LogitsEngine
 
@@ -259,3 +261,34 @@ def test_the_code_path_reports_int8_caches_and_keeps_them_from_the_c_gpt2_layers
     assert "int8 caches in C (avx2)" in path.attention_why
     none = decide(models["tiny"].model, "int8", machine=Machine("no avx2"))
     assert none.attention == "torch_sdpa" and none.cache_dtype == "int8"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_a_prefix_copied_from_an_int8_cache_generates_what_the_row_would_alone(
+        models, preset: str) -> None:
+    """The prefix cache over int8 caches: a prompt sharing 30 tokens with a finished row copies
+    its int8 positions and scales, computes only the rest, and its logits are those of the
+    prompt computed alone (the copied bytes are what it would have written)."""
+    loaded = models[preset]
+    engine = LogitsEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8,
+                          kv_dtype="int8")
+    first = engine.new_row(GenerationRequest(list(range(100, 140)), 4))
+    while first.finish_reason is None:
+        engine.step([first])
+    assert first.cache.store.dtype == I8
+    kept = PrefixCache(2)
+    kept.keep(cached_tokens(first.request.input_ids, first.tokens, first.cache.length),
+              first.cache)
+    request = GenerationRequest(list(range(100, 130)) + list(range(500, 512)), 6)
+    found = kept.find(request.input_ids)
+    assert found is not None and found[1] == 30
+    row = engine.new_row(request, found)
+    assert row.cache.scales is not None
+    assert torch.equal(row.cache.scales[..., :30], first.cache.scales[..., :30])
+    engine.seen.clear()
+    while row.finish_reason is None:
+        engine.step([row])
+    copied, engine.seen = engine.seen, []
+    assert row.tokens == generate_alone(engine, request).token_ids
+    for got, alone in zip(copied, engine.seen, strict=True):
+        torch.testing.assert_close(got, alone, rtol=0, atol=1e-4 * alone.abs().max().item())
