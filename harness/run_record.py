@@ -43,7 +43,7 @@ class ServerFacts(_Open):
     threads_shared: bool | None = None  # /ready: TORCH_THREADS=0 shares cores among busy workers
     max_batch_size: int | None = None
     prefill_chunk: int | None = None
-    kv_dtype: str | None = None  # /ready: KV cache storage (float16 | model)
+    kv_dtype: str | None = None  # /ready: KV cache storage (float16 | int8 | model)
     kv_tokens: int | None = None  # /ready: KV positions the running rows may reserve (0: any)
     prefix_cache_rows: int | None = None  # /ready: finished caches kept for prefix reuse
     # /metrics at the run's end: prompt tokens computed by steps / copied from kept caches

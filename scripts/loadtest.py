@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="auto, float32, float16, bfloat16 or int8 (server/engine/quantize.py)")
     p.add_argument("--kv-dtype", default=os.environ.get("KV_DTYPE", DEFAULTS["KV_DTYPE"]),
                    help="KV cache storage: auto (float16 unless the weights are float32), "
-                        "model (as computed) or float16")
+                        "model (as computed), float16 or int8")
     p.add_argument("--kv-tokens", type=int, default=os.environ.get("KV_TOKENS") or None,
                    help="KV positions a worker's running rows may reserve (0: no limit; "
                         "unset: --kv-cache-mb in the model's positions)")

@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     # computes in float32 (widened on read into a reused buffer, as llama.cpp's f16 cache);
     # auto = float16 unless the weights are served in float32 (server/engine/row_cache.py). On the
     # AMD EPYC Zen 4 a mixed 8-row decode step took the same time either way (scripts/
-    # bench memory) and the cache's memory halved.
-    KV_DTYPE: Literal["auto", "float16", "model"] = "auto"
+    # bench memory) and the cache's memory halved. int8 (opt-in) halves float16's again: int8
+    # with a float32 scale per position and head (server/engine/kv_int8.py; OpenVINO's u8 cache).
+    KV_DTYPE: Literal["auto", "float16", "int8", "model"] = "auto"
     # KV positions the running rows of a worker may reserve together (prompt + max_new_tokens
     # each, as llama.cpp's -c); a job that does not fit waits in the queue, first come first
     # served, and admission's forecast counts that wait. 0 = no limit beyond MAX_BATCH_SIZE;

@@ -90,6 +90,37 @@ def test_a_float16_models_caches_are_attended_in_c_by_the_avx2_variant(
         ("float32", "float16", "float16")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("machine", "attention", "why"), [
+    (NATIVE_HERE, code_path.NATIVE_ATTENTION, "decoding rows of int8 caches in C (avx2)"),
+    (AVX2_ONLY, code_path.NATIVE_ATTENTION, "decoding rows of int8 caches in C (avx2)"),
+    (NO_BF16, code_path.TORCH_ATTENTION,
+     "no C decode attention for int8 caches runs on this machine (avx2 needs avx2, fma, f16c;"),
+], ids=["avx512-bf16", "avx2-only", "neither"])
+def test_int8_caches_are_attended_in_c_by_the_avx2_variant_only(
+        tiny_model: Path, machine: Machine, attention: str, why: str,
+        dtype: torch.dtype) -> None:
+    """KV_DTYPE=int8 with float32 or bf16 compute: int8 caches, which only the AVX2 variant
+    reads (an AVX-512 BF16 CPU runs that one for them); torch's attention in float32."""
+    path = decide(_tiny(dtype), "int8", machine=machine)
+    assert path.attention == attention and path.attention_why.startswith(why)
+    assert (path.attention_dtype, path.kv_dtype, path.cache_dtype) == \
+        ("float32", "int8", "int8")
+
+
+def test_int8_caches_keep_a_native_packed_gpt2_on_its_torch_layers(tiny_model: Path,
+                                                                   monkeypatch) -> None:
+    """GPT-2's C layers (gpt2_bf16.c) attend bf16 caches only: with KV_DTYPE=int8 a model
+    they would take runs the lean torch forward instead (the AVX2 attention still in C)."""
+    monkeypatch.setattr(code_path.native_gpt2, "misfit", lambda model: None)  # as if packed
+    model = _tiny(torch.bfloat16)
+    assert decide(model, "auto", "bfloat16+native", NATIVE_HERE).layers == \
+        code_path.NATIVE_LAYERS
+    path = decide(model, "int8", "bfloat16+native", NATIVE_HERE)
+    assert (path.layers, path.attention) == (code_path.GPT2_LAYERS, code_path.NATIVE_ATTENTION)
+    assert path.layers_why == "int8 caches: the C layers keep bf16 caches"
+
+
 def test_this_cpu_names_what_it_lacks_for_the_native_path(tiny_model: Path) -> None:
     here = Machine.here()
     path = decide(_tiny(torch.bfloat16), "auto")
@@ -145,7 +176,7 @@ def test_packed_bf16_is_read_as_onednn_where_it_packs(tiny_model: Path) -> None:
 
 
 def test_an_unknown_kv_dtype_is_refused(tiny_model: Path) -> None:
-    with pytest.raises(ValueError, match="float16, model"):
+    with pytest.raises(ValueError, match="float16, int8, model"):
         decide(_tiny(), "int4", machine=NO_BF16)
 
 

@@ -32,6 +32,10 @@ def _resolve(preset: str, cache_dtype: str, kv_tokens: int | None = None,
     ("qwen2.5-1.5b", "float16", 28_672, 8228),  # 28 layers, 2 KV heads x 128
     ("qwen2.5-1.5b", "bfloat16", 28_672, 8228),
     ("llama-3.2-1b", "float16", 32_768, 7200),  # 16 layers, 8 KV heads x 64
+    # KV_DTYPE=int8: a byte an element and a float32 scale per (layer, k|v, KV head, position)
+    ("gpt2-large", "int8", 97_920, 2409),  # 36 x 2 x 20 x (64 + 4): 1.88x float16's
+    ("qwen2.5-1.5b", "int8", 14_784, 15958),  # 28 x 2 x 2 x (128 + 4)
+    ("llama-3.2-1b", "int8", 17_408, 13552),  # 16 x 2 x 8 x (64 + 4)
 ])
 def test_the_default_budget_is_225_mib_of_the_models_positions(preset, cache_dtype,
                                                                position_bytes, tokens) -> None:
@@ -43,6 +47,8 @@ def test_the_default_budget_is_225_mib_of_the_models_positions(preset, cache_dty
 def test_the_startup_line_says_how_the_figure_was_derived() -> None:
     assert _resolve("qwen2.5-1.5b", "float16").summary() == \
         "KV budget: 225 MiB = 8,228 positions of 28,672 B (float16 cache)"
+    assert _resolve("gpt2-large", "int8").summary() == \
+        "KV budget: 225 MiB = 2,409 positions of 97,920 B (int8 cache)"
 
 
 def test_a_tiny_models_budget_is_capped_at_its_rows_times_its_context() -> None:
@@ -88,3 +94,19 @@ def test_the_served_app_keeps_an_explicit_kv_tokens(make_app, operator_headers,
     app = make_app(KV_TOKENS=kv_tokens, KV_CACHE_MB=0.0001)  # no position: unused
     assert app.extensions["model_service"].scheduler.kv_tokens == kv_tokens
     assert ready_details(app.test_client(), operator_headers)["kv_tokens"] == kv_tokens
+
+
+def test_the_served_app_reports_an_int8_cache_and_derives_its_budget_from_it(
+        make_app, operator_headers) -> None:
+    """KV_DTYPE=int8: /ready says int8 (kv_dtype, code_path.cache_dtype), the budget is
+    KV_CACHE_MB in int8 positions (a byte an element plus a float32 scale per head), and a
+    request is served."""
+    int8_bytes = kv_budget.position_bytes(synthetic.model_config("tiny"), "int8")
+    assert int8_bytes == 2 * 2 * 2 * (32 + 4)  # tiny: 2 layers, 2 heads of 32
+    app = make_app(KV_DTYPE="int8", KV_CACHE_MB=100 * TINY_FLOAT32_BYTES / MIB)
+    client = app.test_client()
+    details = ready_details(client, operator_headers)
+    assert details["kv_dtype"] == details["code_path"]["cache_dtype"] == "int8"
+    assert details["kv_tokens"] == 100 * TINY_FLOAT32_BYTES // int8_bytes
+    answer = client.post("/generate-text", json={"prompt": "hello there", "max_new_tokens": 4})
+    assert answer.status_code == 200 and answer.json["usage"]["completion_tokens"] == 4

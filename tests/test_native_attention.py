@@ -4,9 +4,10 @@ torch's attention over the widened cache does, writes the new key and value itse
 row the same output alone or beside other rows, leaves prefill chunks to torch, and falls back
 to torch when it declines a layer's tensors; grouped-query caches (fewer kv heads than query
 heads, as Llama and Qwen have) the same way. Each runs for the dtypes the server hands it:
-bf16 queries over bf16 caches (a bfloat16 model) and fp32 queries over fp16 caches (a float16
-or int8 model, KV_DTYPE=auto); the step engine's greedy tokens are torch's with the kernel on,
-for GPT-2 and a grouped-query Llama.
+bf16 queries over bf16 caches (a bfloat16 model), fp32 queries over fp16 caches (a float16
+or int8 model, KV_DTYPE=auto), and either over int8 caches (KV_DTYPE=int8, whose new keys and
+values the kernel quantises to the bytes torch writes); the step engine's greedy tokens are
+torch's with the kernel on, for GPT-2 and a grouped-query Llama.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from server.engine import native_ops
+from server.engine import kv_int8, native_ops
 from server.engine.decoding import GenerationRequest
 from server.engine.model import resolve_source
 from server.engine.quantize import conv1d_to_linear, quantize_float16
@@ -28,9 +29,11 @@ needs_native = pytest.mark.skipif(not native_ops.attention_variants(),
                                   reason=f"not run here: {native_ops.attention_unavailable()}")
 
 HEADS, DIM, LAYERS = 4, 32, 2
-BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
-# (query, cache) dtypes as the server hands them: a bfloat16 model's, a float16 model's.
-SERVED = [pytest.param(BF16, BF16, id="bf16-bf16"), pytest.param(F32, F16, id="fp32-fp16")]
+BF16, F16, F32, I8 = torch.bfloat16, torch.float16, torch.float32, torch.int8
+# (query, cache) dtypes as the server hands them: a bfloat16 model's, a float16 model's, and
+# either with KV_DTYPE=int8.
+SERVED = [pytest.param(BF16, BF16, id="bf16-bf16"), pytest.param(F32, F16, id="fp32-fp16"),
+          pytest.param(F32, I8, id="fp32-int8"), pytest.param(BF16, I8, id="bf16-int8")]
 
 
 def _runs(query: torch.dtype, cache: torch.dtype) -> None:
@@ -45,9 +48,16 @@ def _caches(held: list[int], dtype: torch.dtype = torch.bfloat16,
     """Rows whose caches hold ``held`` positions of random keys/values, room to spare."""
     caches = []
     for n in held:
-        cache = RowCache(n + 8, "model", LAYERS)
-        cache.ensure(0, torch.empty(1, kv_heads, 1, DIM, dtype=dtype))
-        cache.store.copy_(torch.randn(cache.store.shape).to(dtype))
+        if dtype == I8:  # KV_DTYPE=int8: quantised keys and values, and their scales
+            cache = RowCache(n + 8, "int8", LAYERS)
+            cache.ensure(0, torch.empty(1, kv_heads, 1, DIM))
+            q, scale = kv_int8.quantize(torch.randn(cache.store.shape))
+            cache.store.copy_(q)
+            cache.scales.copy_(scale)
+        else:
+            cache = RowCache(n + 8, "model", LAYERS)
+            cache.ensure(0, torch.empty(1, kv_heads, 1, DIM, dtype=dtype))
+            cache.store.copy_(torch.randn(cache.store.shape).to(dtype))
         cache.length = n
         caches.append(cache)
     return caches
@@ -104,8 +114,11 @@ def _clone(caches: list[RowCache]) -> list[RowCache]:
 
 def _held(cache: RowCache, layer: int) -> list[float]:
     """A layer's keys and values up to and including the new position (the step's
-    ``advance`` is not called here)."""
-    return cache.store[layer, :, :, :, :cache.length + 1].flatten().tolist()
+    ``advance`` is not called here), an int8 cache's scales after them."""
+    held = cache.store[layer, :, :, :, :cache.length + 1].flatten().tolist()
+    if cache.scales is not None:
+        held += cache.scales[layer, :, :, :, :cache.length + 1].flatten().tolist()
+    return held
 
 
 def _same(query: torch.dtype, got: torch.Tensor, want: torch.Tensor) -> None:
@@ -210,11 +223,11 @@ def test_a_declined_layer_is_attended_by_torch_with_the_cache_written(
         assert _held(mine, 0) == _held(theirs, 0)
 
 
-@pytest.mark.parametrize("dtype", [F32, F16, BF16])
+@pytest.mark.parametrize("dtype", [F32, F16, BF16, I8])
 def test_a_cache_is_planned_for_the_kernel_only_where_a_variant_here_reads_it(
         dtype: torch.dtype) -> None:
-    """float32 caches never (no variant reads them); fp16 with the AVX2 variant (e.g. Zen 3);
-    bf16 with either."""
+    """float32 caches never (no variant reads them); fp16 and int8 with the AVX2 variant (e.g.
+    Zen 3); bf16 with either."""
     caches = _caches([4], dtype)
     planned = PackedStep([Segment(caches[0], 0, 1)]).native is not None
     assert planned == (dtype in native_ops.attention_caches())
@@ -314,12 +327,14 @@ def _all_in_the_kernel(calls: list[tuple[bool, str | None]], query: torch.dtype,
 @needs_native
 @pytest.mark.parametrize(("dtype", "kv_dtype", "cache"), [
     pytest.param(BF16, "model", BF16, id="bf16"),
-    pytest.param(F32, "float16", F16, id="fp32-fp16-cache")])
+    pytest.param(F32, "float16", F16, id="fp32-fp16-cache"),
+    pytest.param(F32, "int8", I8, id="fp32-int8-cache")])
 def test_a_grouped_query_llama_decodes_the_same_greedy_tokens_with_the_kernel(
         kernel_calls, dtype: torch.dtype, kv_dtype: str, cache: torch.dtype) -> None:
     """transformers' Llama, 3 queries per kv head, through the step engine: the kernel attends
     its decoding rows (counted) and the greedy tokens are torch's, alone and batched; a bf16
-    model over bf16 caches, and a float32 one over float16 caches (KV_DTYPE=float16)."""
+    model over bf16 caches, and a float32 one over float16 caches (KV_DTYPE=float16) or int8
+    caches (KV_DTYPE=int8)."""
     _runs(dtype, cache)
     model = _tiny_llama(dtype)
     prompts = [list(range(5, 5 + n)) for n in (3, 17, 9)]

@@ -75,14 +75,15 @@ def test_the_entry_points_check_their_sizes_in_plain_c() -> None:
     assert attend(2, 0, 16) == -1  # no kv heads
 
     def attend_avx2(qkv_dtype: int, cache_dtype: int, dim: int = 16) -> int:
-        return lib.attend_decode_avx2(qkv, qkv_dtype, stores, cache_dtype, caps, lens, tokens,
-                                      1, 0, 1, 1, dim, 0.25, ptr, 16, 1)
+        return lib.attend_decode_avx2(qkv, qkv_dtype, stores, cache_dtype, None, caps, lens,
+                                      tokens, 1, 0, 1, 1, dim, 0.25, ptr, 16, 1)
 
     codes = native_ops.DTYPE_CODES
     assert attend_avx2(codes[torch.float16], codes[torch.float16]) == -1  # fp16 queries
     assert attend_avx2(codes[torch.float32], codes[torch.float32]) == -1  # fp32 caches
     assert attend_avx2(codes[torch.float32], 9) == -1  # no such dtype
     assert attend_avx2(codes[torch.float32], codes[torch.float16], dim=24) == -1  # dim % 16
+    assert attend_avx2(codes[torch.float32], codes[torch.int8]) == -1  # int8: no scales
     assert lib.gpt2_decode(None, 1, None, ptr, 1, stores, caps, lens, tokens) == -1
 
 

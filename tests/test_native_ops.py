@@ -77,8 +77,8 @@ def _gqa(tokens: int, heads: int, kv_heads: int, dim: int,
     ([_store(), _store(heads=4)], [0, 0], r"expected \(2, 2, 1, 3, capacity, 16\)"),
     ([_store(), _store(layers=1)], [0, 0], "expected"),
     ([_store(), _store(dim=32)], [0, 0], "expected"),
-    ([_store(dtype=F32)], [0], "row 0's cache store: dtype torch.float32, the decode "
-                               "attention reads torch.bfloat16 or torch.float16 caches"),
+    ([_store(dtype=F32)], [0], "row 0's cache store: dtype torch.float32, the decode attention "
+                               "reads torch.bfloat16, torch.float16 or torch.int8 caches"),
     ([_store(), _store(dtype=F16)], [0, 0], "row 1's cache store: dtype torch.float16, this "
                                             "kernel takes torch.bfloat16"),
     ([_store()[:, :, :, :, :4]], [0], "not contiguous"),

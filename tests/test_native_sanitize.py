@@ -43,7 +43,8 @@ def c_tests(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedPro
 def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
         c_tests: subprocess.CompletedProcess) -> None:
     """What runs on any x86-64 (the entry points' checks), and the AVX2 variants where this
-    CPU has their features (the int8 GEMM's, the decode attention's, the fp16 GEMM's)."""
+    CPU has their features (the int8 GEMM's, the decode attention's over 16-bit and int8
+    caches, the fp16 GEMM's)."""
     said = c_tests.stdout + c_tests.stderr
     assert c_tests.returncode in (0, 77), said
     assert "checks: ok" in c_tests.stdout, said
@@ -51,6 +52,7 @@ def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
         assert "int8 fma kernels: ok" in c_tests.stdout, said
     if "avx2" in native_ops.attention_variants():
         assert "attention avx2: ok" in c_tests.stdout, said
+        assert "attention avx2 int8: ok" in c_tests.stdout, said  # KV_DTYPE=int8's caches
     if native_f16.available():
         assert "f16 gemm: ok" in c_tests.stdout, said
 

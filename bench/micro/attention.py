@@ -8,11 +8,13 @@ cache, each variant this CPU runs.
 Rows per cache length:
 - torch: the bf16 cache as is (a bf16 model's own attention), and each 16-bit cache widened to
   float32 first (what server.engine.row_cache does: bf16 for a bfloat16 model, float16 for a
-  float16 or int8 model under KV_DTYPE=auto; the widening copy is timed with it);
+  float16 or int8 model under KV_DTYPE=auto; the widening copy is timed with it), and an int8
+  cache (KV_DTYPE=int8) dequantised into float32 the same way (server.engine.kv_int8);
 - C: per variant here (``--variant``; default every one: avx512_bf16, avx2) and per (query,
-  cache) dtype pair it takes of the two the server hands it (bf16 over bf16, float32 over
-  float16), on the same cache; it also writes the new key and value, as in a step. The ratio
-  is torch's widened time over the kernel's (> 1: the kernel is faster).
+  cache) dtype pair it takes of those the server hands it (bf16 over bf16, float32 over
+  float16, float32 over int8), on the same cache; it also writes the new key and value (int8:
+  quantised), as in a step. The ratio is torch's widened time over the kernel's for the same
+  cache dtype (> 1: the kernel is faster).
 
 Prints microseconds per call, medians of --reps calls interleaved (bench.timing, after 5
 untimed calls of each). Run it on a quiet machine: on a shared box the figures mean little.
@@ -27,12 +29,14 @@ import torch
 from torch.nn import functional
 
 from bench.timing import interleaved, ms
-from server.engine import native_ops
+from server.engine import kv_int8, native_ops
 
 HEADS, HEAD_DIM = 20, 64
 POSITIONS = (70, 300, 900)
-# (query, cache) dtypes as the server pairs them: a bfloat16 model's, a float16 model's.
-PAIRS = ((torch.bfloat16, torch.bfloat16), (torch.float32, torch.float16))
+# (query, cache) dtypes as the server pairs them: a bfloat16 model's, a float16 model's, and
+# a float16 model's with KV_DTYPE=int8.
+PAIRS = ((torch.bfloat16, torch.bfloat16), (torch.float32, torch.float16),
+         (torch.float32, torch.int8))
 
 
 def _name(query: torch.dtype, cache: torch.dtype) -> str:
@@ -46,12 +50,18 @@ def calls(positions: int, variants: list[str]) -> dict[str, Callable[[], object]
                                                                          torch.float32)}
     stores = {dtype: torch.randn(1, 2, 1, HEADS, positions, HEAD_DIM).to(dtype)
               for dtype in (torch.bfloat16, torch.float16)}
+    stores[torch.int8], scales = kv_int8.quantize(torch.randn(1, 2, 1, HEADS, positions,
+                                                              HEAD_DIM))
     wide_k, wide_v = (torch.empty(1, HEADS, positions, HEAD_DIM) for _ in range(2))
 
     def widened(cache: torch.dtype) -> Callable[[], object]:
         def run() -> torch.Tensor:
-            wide_k.copy_(stores[cache][0, 0])
-            wide_v.copy_(stores[cache][0, 1])
+            if cache == torch.int8:  # row_cache._widened's dequantisation
+                kv_int8.dequantize_into(wide_k, stores[cache][0, 0], scales[0, 0])
+                kv_int8.dequantize_into(wide_v, stores[cache][0, 1], scales[0, 1])
+            else:
+                wide_k.copy_(stores[cache][0, 0])
+                wide_v.copy_(stores[cache][0, 1])
             return functional.scaled_dot_product_attention(q[torch.float32], wide_k, wide_v)
         return run
 
@@ -61,12 +71,14 @@ def calls(positions: int, variants: list[str]) -> dict[str, Callable[[], object]
             q[torch.bfloat16], bf16[0], bf16[1]),
         "torch bfloat16 widened": widened(torch.bfloat16),
         "torch float16 widened": widened(torch.float16),
+        "torch int8 widened": widened(torch.int8),
     }
     for variant in variants:
         for query, cache in PAIRS:
             if (query, cache) not in native_ops.ATTENTION_DTYPES[variant]:
                 continue
-            caches = native_ops.DecodeCaches([stores[cache]], [held], [0])
+            caches = native_ops.DecodeCaches(
+                [stores[cache]], [held], [0], scales=[scales] if cache == torch.int8 else None)
             k = v = q[query]  # a new key and value of the query's dtype, kv heads = heads
 
             def run(variant=variant, query=query, caches=caches, k=k, v=v) -> torch.Tensor:
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                      interleaved(calls(positions, variants), args.reps, warmup=5).items()}
             print(f"{positions:>4} positions:", flush=True)
             for name, us in times.items():
-                cache = "bfloat16" if name.endswith("bfloat16") else "float16"
+                cache = name.rsplit(" ", 1)[-1]  # a C path's cache dtype: "... over int8"
                 ratio = (f"  (torch widened / C: {times[f'torch {cache} widened'] / us:.2f}x)"
                          if name.startswith("C ") else "")
                 print(f"  {name:<34} {us:>9,.1f} us{ratio}", flush=True)

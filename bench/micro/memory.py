@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--kv-dtype", default="auto", help="KV_DTYPE: auto | model | float16")
+    parser.add_argument("--kv-dtype", default="auto",
+                        help="KV_DTYPE: auto | model | float16 | int8")
     parser.add_argument("--models-dir", default=os.environ.get("MODELS_DIR", "models"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

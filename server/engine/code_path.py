@@ -9,8 +9,8 @@ Four choices make a step's path, and each used to be made where it was used:
   a lean torch forward for its family (server.engine.gpt2_forward for another GPT-2,
   server.engine.llama_forward for a Llama, Qwen2 or Mistral decoder), or the model's own
   transformers forward; the record names the module that runs (``LEAN_FORWARDS``);
-- attention: the C decode attention over bf16 or fp16 caches (row_cache.NativeDecode; an
-  AVX-512 BF16 or an AVX2 variant, server.engine.native_ops) or torch's
+- attention: the C decode attention over bf16, fp16 or int8 caches (row_cache.NativeDecode;
+  an AVX-512 BF16 or an AVX2 variant, server.engine.native_ops) or torch's
   ``scaled_dot_product_attention``, the dtype torch's attention computes in and the dtype
   the caches store.
 
@@ -83,7 +83,7 @@ class CodePath:
     attention: str  # NATIVE_ATTENTION | TORCH_ATTENTION (decoding rows; chunks: torch)
     attention_why: str
     attention_dtype: str  # what torch's attention computes in
-    kv_dtype: str  # the KV_DTYPE policy as resolved: float16 | model
+    kv_dtype: str  # the KV_DTYPE policy as resolved: float16 | int8 | model
     cache_dtype: str  # what the caches store
 
     def as_dict(self) -> dict:
@@ -114,13 +114,14 @@ def decide(model: nn.Module, kv_dtype: str = "model", precision: str | None = No
     kv_dtype = resolve_kv_dtype(kv_dtype, precision.split("+")[0])
     computed = _computed_dtype(model)
     cache = storage_dtype(computed, kv_dtype)
-    layers, layers_why = _layers(model, linear, machine)
+    layers, layers_why = _layers(model, linear, machine, cache)
     attention, attention_why = _attention(computed, cache, machine)
     return CodePath(precision, linear, linear_why, layers, layers_why, attention,
                     attention_why, _name(attention_dtype(computed)), kv_dtype, _name(cache))
 
 
-def _layers(model: nn.Module, linear: str, machine: Machine) -> tuple[str, str]:
+def _layers(model: nn.Module, linear: str, machine: Machine,
+            cache: torch.dtype) -> tuple[str, str]:
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if llama_forward.supports(model):
         return LLAMA_LAYERS, f"a Llama-family decoder (model_type {kind}); no C layers for it"
@@ -131,6 +132,8 @@ def _layers(model: nn.Module, linear: str, machine: Machine) -> tuple[str, str]:
         return GPT2_LAYERS, f"linear layers run {linear}: the C layers need native_bf16"
     if misfit or machine.native_blocked:
         return GPT2_LAYERS, misfit or machine.native_blocked
+    if cache != torch.bfloat16:  # KV_DTYPE=int8: gpt2_bf16.c attends bf16 caches only
+        return GPT2_LAYERS, f"{_name(cache)} caches: the C layers keep bf16 caches"
     return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"
 
 

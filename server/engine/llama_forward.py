@@ -14,7 +14,7 @@ project's packed attention (server.engine.row_cache), once per step:
   the caches hold rotated keys, as transformers' do;
 - the caches hold ``kv_heads`` heads, not ``heads``, and nothing is repeated: torch's
   attention reads them with ``enable_gqa`` (``row_cache._segment_attention``), the C decode
-  attention (bf16 caches with AVX-512 BF16; fp16 or bf16 caches with AVX2 + FMA + F16C)
+  attention (bf16 caches with AVX-512 BF16; fp16, bf16 or int8 caches with AVX2 + FMA + F16C)
   reads each kv head once for its group of queries, taking q, k and v in the layout passed
   here;
 - only the ``due`` rows go through the final norm and the LM head (a 128k-152k vocabulary

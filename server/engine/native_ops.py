@@ -13,10 +13,12 @@ The int8 GEMM (``native/gemm_int8.c``) and the decode attention have their own C
 variants (``INT8_VARIANTS``, ``ATTENTION_VARIANTS``: name -> features, preferred first; one
 rule picks among them, ``_runs_here``): ``int8_variant`` says which int8 GEMM runs here
 (AVX-512 VNNI, else AVX2 + FMA), ``attention_variant`` which decode attention takes a pair of
-query and cache dtypes here (AVX-512 BF16 over bf16 caches, else AVX2 + FMA + F16C over fp16
-or bf16 caches, ``native/attention_avx2.c``); their operations load the library on any x86-64
-that has that variant's features. The fp16-weight GEMM (``native/gemm_f16.c``, AVX2 + FMA +
-F16C) is bound and checked in its own module, server.engine.native_f16, on the same library.
+query and cache dtypes here (AVX-512 BF16 over bf16 caches, else AVX2 + FMA + F16C over fp16,
+bf16 or int8 caches, ``native/attention_avx2.c``; ``ATTENTION_DTYPES`` says which variant
+reads which, so an int8 cache is never handed to the AVX-512 one); their operations load
+the library on any x86-64 that has that variant's features. The fp16-weight GEMM
+(``native/gemm_f16.c``, AVX2 + FMA + F16C) is bound and checked in its own module,
+server.engine.native_f16, on the same library.
 
 Every operation checks what the C cannot: dtypes, device (CPU), contiguity or strides,
 shapes against each other, and the cache geometry (layers, kv heads and the query heads they
@@ -60,13 +62,15 @@ _INT8_LAYOUTS = {"avx2": 0, "avx512_vnni": 1}
 # The decode attention's variants, preferred first: name -> the CPU features it needs, and the
 # (query, cache) dtype pairs it takes (the new keys and values are the query's dtype, and so is
 # the output). AVX-512 BF16: attention_bf16.c; AVX2: attention_avx2.c (Zen 3, Haswell on).
+# int8 caches (KV_DTYPE=int8, with their scales: server.engine.kv_int8): the AVX2 one only.
 ATTENTION_VARIANTS = {"avx512_bf16": NEEDED_FLAGS, "avx2": ("avx2", "fma", "f16c")}
 ATTENTION_DTYPES = {
     "avx512_bf16": frozenset({(torch.bfloat16, torch.bfloat16)}),
     "avx2": frozenset(itertools.product((torch.float32, torch.bfloat16),
-                                        (torch.float16, torch.bfloat16)))}
-DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # kernels.h gll_dtype
-CACHE_DTYPES = (torch.bfloat16, torch.float16)  # what some variant reads (DecodeCaches)
+                                        (torch.float16, torch.bfloat16, torch.int8)))}
+# kernels.h gll_dtype
+DTYPE_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2, torch.int8: 3}
+CACHE_DTYPES = (torch.bfloat16, torch.float16, torch.int8)  # what a variant reads (DecodeCaches)
 QUERY_DTYPES = (torch.bfloat16, torch.float32)  # ... and attends with (attention_declines)
 VNNI_MAX_INPUTS = 65536  # int32 sums of u8 x s8 products stay exact up to this K
 _CODES = {-1: "a size outside what the kernel takes (nothing written)",
@@ -142,7 +146,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pack_vnni.argtypes = [ptr, ptr, i32, i32]
     lib.gemm_bf16.argtypes = [ptr] * 4 + [i32] * 4
     lib.attend_decode_bf16.argtypes = [ptr] * 5 + [i32] * 5 + [ctypes.c_float, ptr, i64, i32]
-    lib.attend_decode_avx2.argtypes = ([ptr, i32, ptr, i32] + [ptr] * 3 + [i32] * 5
+    lib.attend_decode_avx2.argtypes = ([ptr, i32, ptr, i32] + [ptr] * 4 + [i32] * 5
                                        + [ctypes.c_float, ptr, i64, i32])
     lib.gpt2_attn_in.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_attn_out.argtypes = [ptr, ptr, ptr, i32]
@@ -467,14 +471,16 @@ def gemm_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     return out
 
 
-# -- decode attention over bf16 caches -----------------------------------------------------
+# -- decode attention over bf16, fp16 and int8 caches -------------------------------------
 
 
 class DecodeCaches:
     """The caches of the rows one step decodes in C, checked once for the step (every layer's
     call reuses them): each a row store [layers, 2, 1, kv_heads, capacity, dim]
     (server.engine.row_cache.RowCache.store; keys then values of each layer), all of one
-    dtype (bf16 or fp16: ``dtype``), layer count, kv heads and head dim; ``lens[r]``
+    dtype (bf16, fp16 or int8: ``dtype``), layer count, kv heads and head dim; an int8
+    store's ``scales[r]`` (RowCache.scales) [layers, 2, 1, kv_heads, capacity] float32,
+    contiguous (None for 16-bit stores); ``lens[r]``
     positions held, and ``new`` tokens to come, so ``0 <= lens[r]`` and
     ``lens[r] + new <= capacity``; ``tokens[r]`` the row's (distinct) index in the step's
     packed tokens. Holds the stores, so their memory lives while the C may write it.
@@ -484,7 +490,8 @@ class DecodeCaches:
     (``attend_decode``)."""
 
     def __init__(self, stores: Sequence[torch.Tensor], lens: Sequence[int],
-                 tokens: Sequence[int], new: int = 1) -> None:
+                 tokens: Sequence[int], new: int = 1,
+                 scales: Sequence[torch.Tensor | None] | None = None) -> None:
         if not stores or not len(stores) == len(lens) == len(tokens):
             raise ValueError(f"cache geometry: {len(stores)} stores, {len(lens)} lengths, "
                              f"{len(tokens)} token indexes (one of each per row, at least one)")
@@ -498,7 +505,8 @@ class DecodeCaches:
         self.dtype = first.dtype
         if self.dtype not in CACHE_DTYPES:
             raise ValueError(f"row 0's cache store: dtype {self.dtype}, the decode attention "
-                             f"reads {' or '.join(map(str, CACHE_DTYPES))} caches")
+                             f"reads {', '.join(map(str, CACHE_DTYPES[:-1]))} or "
+                             f"{CACHE_DTYPES[-1]} caches")
         for r, (store, held) in enumerate(zip(stores, lens, strict=True)):
             _tensor(f"row {r}'s cache store", store, self.dtype)
             if store.dim() != 6:
@@ -519,6 +527,7 @@ class DecodeCaches:
         _size("cache layers", self.layers)
         _size("cache kv heads", self.kv_heads)
         _size("head dim", self.dim, BLOCK, MAX_HEAD_DIM)
+        self.scales = _scale_stores(stores, scales, self.dtype)
         self.stores = tuple(stores)
         self.rows = len(stores)
         self.last_token = max(tokens)
@@ -526,6 +535,24 @@ class DecodeCaches:
         self.arrays = ((ctypes.c_void_p * rows)(*(s.data_ptr() for s in stores)),
                        (ctypes.c_int64 * rows)(*(s.shape[4] for s in stores)),
                        (ctypes.c_int64 * rows)(*lens), (ctypes.c_int64 * rows)(*tokens))
+        # attend_decode_avx2's scales: one pointer per row (int8 caches), else NULL.
+        self.scale_array = None if self.scales is None else \
+            (ctypes.c_void_p * rows)(*(s.data_ptr() for s in self.scales))
+
+
+def _scale_stores(stores: Sequence[torch.Tensor], scales: Sequence[torch.Tensor | None] | None,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, ...] | None:
+    """The int8 stores' scale tensors, checked (each [layers, 2, 1, kv_heads, capacity] of its
+    store, float32, contiguous); None for 16-bit stores, which take none. ValueError else."""
+    if dtype != torch.int8:
+        if scales is not None and any(s is not None for s in scales):
+            raise ValueError(f"cache scales: {dtype} caches take none (int8 caches only)")
+        return None
+    if scales is None or len(scales) != len(stores):
+        raise ValueError("cache scales: an int8 cache needs its scales, one per row")
+    for r, (store, scale) in enumerate(zip(stores, scales, strict=True)):
+        _tensor(f"row {r}'s cache scales", scale, torch.float32, tuple(store.shape[:5]))
+    return tuple(scales)
 
 
 class QKV(ctypes.Structure):
@@ -605,7 +632,7 @@ def attend_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         _call("attend_decode_bf16", ctypes.byref(qkv), *caches.arrays, *sizes)
     else:
         _call("attend_decode_avx2", ctypes.byref(qkv), DTYPE_CODES[query.dtype], stores,
-              DTYPE_CODES[caches.dtype], caps, lens, indexes, *sizes,
+              DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens, indexes, *sizes,
               lib=_attention_lib(variant))
     return out
 

@@ -22,16 +22,20 @@ them in float16 when the model computes in float32 (halving the cache, 368 -> 18
 token on gpt2-large, as llama.cpp's default f16 cache does), widened to the query's dtype
 when read (``_widened``); a model that already computes in 16 bits stores what it computes.
 The default, ``auto``, is float16 unless the weights are served in float32
-(``resolve_kv_dtype``).
+(``resolve_kv_dtype``). ``int8`` (opt-in) stores keys and values as int8 with one float32
+scale per (layer, k|v, kv head, position) (server.engine.kv_int8: symmetric, max|x| / 127),
+quantised when written (``_write``) and widened to the compute dtype, times its scale, when
+torch's attention reads them (``_widened``): 97,920 B a position on gpt2-large.
 
-A bf16 or float16 cache's decoding rows (one new token each) are attended by the project's
-C kernel where a variant of it runs on this CPU (``NativeDecode``: ``native/attention_bf16.c``
-with AVX-512 BF16, ``native/attention_avx2.c`` with AVX2 + FMA + F16C, server.engine.native_ops
-picks): one call per layer writes their new keys and values and reads each cache once, in
-place; prefill chunks and every other cache go through torch's
-``scaled_dot_product_attention``. Whether
-the kernel applies, and the dtype torch's attention computes in, are decided once per model
-by server.engine.code_path; the step engine passes them to each ``PackedStep``.
+A bf16, float16 or int8 cache's decoding rows (one new token each) are attended by the
+project's C kernel where a variant of it runs on this CPU (``NativeDecode``:
+``native/attention_bf16.c`` with AVX-512 BF16 over bf16 caches, ``native/attention_avx2.c``
+with AVX2 + FMA + F16C over any of the three, server.engine.native_ops picks): one call per
+layer writes their new keys and values (an int8 cache's quantised to the bytes ``_write``
+writes) and reads each cache once, in place; prefill chunks and every other cache go through
+torch's ``scaled_dot_product_attention``. Whether the kernel applies, and the dtype torch's
+attention computes in, are decided once per model by server.engine.code_path; the step
+engine passes them to each ``PackedStep``.
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional
 
-from server.engine import native_ops
+from server.engine import kv_int8, native_ops
 
 ATTENTION_NAME = "gll_packed"
-KV_DTYPES = ("float16", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
+KV_DTYPES = ("float16", "int8", "model")  # what a cache stores; KV_DTYPE=auto resolves to one
 
 
 def resolve_kv_dtype(kv_dtype: str, precision: str) -> str:
@@ -61,9 +65,12 @@ def resolve_kv_dtype(kv_dtype: str, precision: str) -> str:
 
 
 def storage_dtype(computed: torch.dtype, kv_dtype: str) -> torch.dtype:
-    """The dtype a cache keeps for keys/values ``computed`` in this dtype (``KV_DTYPES``)."""
+    """The dtype a cache keeps for keys/values ``computed`` in this dtype (``KV_DTYPES``;
+    int8 whatever the model computes in, with float32 scales beside, server.engine.kv_int8)."""
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"KV dtype {kv_dtype!r}: expected one of {', '.join(KV_DTYPES)}")
+    if kv_dtype == "int8":
+        return torch.int8
     if kv_dtype == "float16" and computed == torch.float32:
         return torch.float16
     return computed
@@ -80,6 +87,13 @@ class RowCache:
     cache grew USS by 468-485 MB for 347 MB of KV; one mapping per row and a reused
     widening buffer: 403-412 MB), so a worker's RSS charged requests for caches of rows
     long gone.
+
+    An int8 cache (``kv_dtype="int8"``) keeps its scales in a second mapping of its own,
+    ``scales`` [layers, 2, 1, kv_h, capacity] float32 (``key_scales``/``value_scales`` per
+    layer), unmapped the same way. Laid out by position within each (layer, k|v, head) plane
+    as the C kernel reads them; a plane of a short row (capacity x 4 B) is under a page, so
+    this mapping is resident after the first tokens, at most 4 / head_dim of the store's size
+    (6% on gpt2-large), while the store still grows with the tokens written.
     """
 
     capacity: int
@@ -89,6 +103,9 @@ class RowCache:
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     store: torch.Tensor | None = None  # [layers, 2, 1, kv_h, capacity, d]: keys and values
+    scales: torch.Tensor | None = None  # int8 store only: [layers, 2, 1, kv_h, capacity]
+    key_scales: list[torch.Tensor] = field(default_factory=list)
+    value_scales: list[torch.Tensor] = field(default_factory=list)
 
     def ensure(self, layer: int, like: torch.Tensor) -> None:
         """Allocate every layer's buffers on the first use, shaped after ``like`` [1, h, n, d].
@@ -105,24 +122,34 @@ class RowCache:
         self.store = anonymous_tensor(shape, dtype)
         self.keys = [self.store[i, 0] for i in range(self.layers)]
         self.values = [self.store[i, 1] for i in range(self.layers)]
+        if dtype == torch.int8:
+            self.scales = anonymous_tensor(shape[:-1], torch.float32)
+            self.key_scales = [self.scales[i, 0] for i in range(self.layers)]
+            self.value_scales = [self.scales[i, 1] for i in range(self.layers)]
 
     def copy_prefix(self, source: RowCache, count: int) -> None:
         """Start this (empty) cache with ``source``'s first ``count`` positions, every layer
-        (server.engine.prefix_cache: keys and values of a prefix depend on that prefix only)."""
+        (server.engine.prefix_cache: keys and values of a prefix depend on that prefix only),
+        an int8 cache's scales with them."""
         if source.store is None or self.length or count > min(source.length, self.capacity):
             raise ValueError(f"cannot copy {count} positions into this cache")
         _, _, _, heads, _, head_dim = source.store.shape
         self._allocate(heads, head_dim, source.store.dtype)
         self.store[:, :, :, :, :count] = source.store[:, :, :, :, :count]
+        if source.scales is not None:
+            self.scales[..., :count] = source.scales[..., :count]
         self.length = count
 
     def release(self) -> None:
         """Free the buffers now (the row is done); a mapping is unmapped at once."""
         self.keys, self.values, self.store = [], [], None
+        self.key_scales, self.value_scales, self.scales = [], [], None
 
     def nbytes(self) -> int:
-        """Bytes of the positions written so far, over all layers."""
+        """Bytes of the positions written so far, over all layers (an int8 cache's scales
+        included)."""
         per_position = sum(k.shape[1] * k.shape[3] * k.element_size() for k in self.keys)
+        per_position += sum(s.shape[1] * s.element_size() for s in self.key_scales)
         return 2 * per_position * self.length
 
 
@@ -181,13 +208,21 @@ class PackedStep:
 
 def _write(seg: Segment, key_states: torch.Tensor, value_states: torch.Tensor,
            layer: int) -> None:
-    """Copy one row's new keys/values ([1, h, packed, d] at seg.start) into its cache."""
-    seg.cache.ensure(layer, key_states)
-    end = seg.cache.length + seg.count
-    seg.cache.keys[layer][:, :, seg.cache.length:end] = \
-        key_states[:, :, seg.start:seg.start + seg.count]
-    seg.cache.values[layer][:, :, seg.cache.length:end] = \
-        value_states[:, :, seg.start:seg.start + seg.count]
+    """Copy one row's new keys/values ([1, h, packed, d] at seg.start) into its cache (an
+    int8 cache: quantised, server.engine.kv_int8, as the C kernel writes them)."""
+    cache = seg.cache
+    cache.ensure(layer, key_states)
+    end = cache.length + seg.count
+    new = slice(seg.start, seg.start + seg.count)
+    if cache.scales is None:
+        cache.keys[layer][:, :, cache.length:end] = key_states[:, :, new]
+        cache.values[layer][:, :, cache.length:end] = value_states[:, :, new]
+        return
+    for states, stored, scales in ((key_states, cache.keys, cache.key_scales),
+                                   (value_states, cache.values, cache.value_scales)):
+        q, scale = kv_int8.quantize(states[:, :, new])
+        stored[layer][:, :, cache.length:end] = q
+        scales[layer][:, :, cache.length:end] = scale
 
 
 def anonymous_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -240,8 +275,11 @@ def _segment_attention(query: torch.Tensor, seg: Segment, mask: torch.Tensor | N
     compute = compute or attention_dtype(query.dtype)
     total = seg.cache.length + seg.count
     q = query[:, :, seg.start:seg.start + seg.count].to(compute)
-    k = _widened(seg.cache.keys[layer], total, compute, "keys")
-    v = _widened(seg.cache.values[layer], total, compute, "values")
+    cache = seg.cache
+    k = _widened(cache.keys[layer], total, compute, "keys",
+                 cache.key_scales[layer] if cache.key_scales else None)
+    v = _widened(cache.values[layer], total, compute, "values",
+                 cache.value_scales[layer] if cache.value_scales else None)
     return functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
 
@@ -250,9 +288,9 @@ class NativeDecode:
     """The decoding rows of one packed step whose attention runs in the native kernel: rows
     with one new token and a cache already allocated in a dtype some variant running here
     reads (``native_ops.attention_caches``: bf16 with AVX-512 BF16, ``attention_bf16.c``;
-    bf16 or float16 with AVX2 + FMA + F16C, ``attention_avx2.c``). The query's dtype picks the
-    variant per layer (``native_ops.attend_decode``); a pair none takes is declined, and torch
-    attends it.
+    bf16, float16 or int8 (with its scales) with AVX2 + FMA + F16C, ``attention_avx2.c``).
+    The query's dtype picks the variant per layer (``native_ops.attend_decode``); a pair none
+    takes is declined, and torch attends it.
 
     Why: torch widened each row's whole 16-bit cache to float32 per layer and ran its
     attention over the copy; the kernel reads the cache once, where it lies, writes the new
@@ -274,7 +312,8 @@ class NativeDecode:
         # row's length below its capacity; a bad one raises here, before any C runs.
         self.caches = native_ops.DecodeCaches([s.cache.store for s in chosen],
                                               [s.cache.length for s in chosen],
-                                              [s.start for s in chosen])
+                                              [s.start for s in chosen],
+                                              scales=[s.cache.scales for s in chosen])
         self.packed = sum(seg.count for seg in segments)
         self.out = torch.empty(0)
 
@@ -314,9 +353,11 @@ def attention_dtype(computed: torch.dtype) -> torch.dtype:
 _scratch = threading.local()
 
 
-def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) -> torch.Tensor:
+def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str,
+             scales: torch.Tensor | None = None) -> torch.Tensor:
     """``stored[:, :, :total]`` in ``dtype``: the view itself when it already is, else a copy
-    into this thread's reusable ``slot`` buffer (one for keys, one for values).
+    into this thread's reusable ``slot`` buffer (one for keys, one for values); an int8 cache
+    (``scales`` [1, h, capacity] given) dequantised into it (server.engine.kv_int8).
 
     Why a reused buffer: ``.to(dtype)`` allocated a fresh tensor per row and layer (up to
     4.5 MB, 576 of them per 8-row step of gpt2-large), and a float16-cache decode step took
@@ -326,7 +367,7 @@ def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) ->
     row's copy before the next row is widened into it.
     """
     view = stored[:, :, :total]
-    if view.dtype == dtype:
+    if view.dtype == dtype and scales is None:
         return view
     buffer = getattr(_scratch, slot, None)
     if (buffer is None or buffer.dtype != dtype or buffer.shape[1] != stored.shape[1]
@@ -335,6 +376,8 @@ def _widened(stored: torch.Tensor, total: int, dtype: torch.dtype, slot: str) ->
         buffer = torch.empty(size, dtype=dtype)
         setattr(_scratch, slot, buffer)
     widened = buffer[:, :, :total]
+    if scales is not None:
+        return kv_int8.dequantize_into(widened, view, scales[:, :, :total])
     widened.copy_(view)
     return widened
 

@@ -72,7 +72,9 @@ class Ready(_Strict):
     prefill_chunk: int | None = None
     kv_dtype: str | None = Field(default=None,
                                  description="KV cache storage as served (KV_DTYPE=auto "
-                                             "resolved): float16 (16-bit) | model (as computed)")
+                                             "resolved): float16 (16-bit) | int8 (int8 with a "
+                                             "float32 scale per position and head) | model "
+                                             "(as computed)")
     kv_tokens: int | None = Field(default=None,
                                   description="KV positions a worker's running rows may "
                                               "reserve together as resolved: KV_TOKENS, or "

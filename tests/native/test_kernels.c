@@ -28,8 +28,12 @@
  * and Llama's separate ones, lengths 0, 1, 3 and across the 32-position tiles, each row's last
  * slot filled; against a double softmax over the cache, the new key/value written in the
  * cache's dtype (a plain-C rounding to nearest even) and nothing else; each grouped query
- * bit for bit its output over the cache with its kv head repeated. Its plain-C checks (dtype
- * codes, geometry) are part 1.
+ * bit for bit its output over the cache with its kv head repeated; then fp32 and bf16 queries
+ * over int8 caches (KV_DTYPE=int8) at the same shapes: the new key and value quantised to the
+ * bytes and scale of a plain-C quantiser (half to even, exact halves checked), a cached
+ * position of zeros at scale 0 read as zeros, the output against a double softmax over the dequantised cache, nothing else
+ * written, the repeated-head property. Its plain-C checks (dtype codes, geometry, missing
+ * scales) are part 1.
  *
  * The fp16-weight GEMM (gemm_f16.c) has its own part, where the CPU has AVX2, FMA and F16C
  * (SKIP naming them elsewhere): its argument checks, then rows 1-9 and 13, inputs 1, 7, 8, 9,
@@ -144,34 +148,42 @@ static void test_checks(void) {
             -1, "attention took token -1");
   /* The AVX2 variant: its dtype codes, then the same geometry checks (no AVX2 before them). */
   tokens[1] = 1;
-  CHECK(attend_decode_avx2(&in, GLL_F16, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(&in, GLL_F16, stores, GLL_F16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, dst, 16, 1) == -1, "avx2 attention took fp16 queries");
-  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F32, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F32, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, dst, 16, 1) == -1, "avx2 attention took fp32 caches");
-  CHECK(attend_decode_avx2(&in, 7, stores, GLL_BF16, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f,
+  CHECK(attend_decode_avx2(&in, 7, stores, GLL_BF16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f,
                            dst, 16, 1) == -1, "avx2 attention took dtype 7");
-  CHECK(attend_decode_avx2(&in, GLL_F32, stores, -1, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f,
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, -1, NULL, caps, lens, tokens, 2, 0, 1, 1, 16, 0.25f,
                            dst, 16, 1) == -1, "avx2 attention took cache dtype -1");
   lens[1] = 8;
-  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, dst, 16, 1) == -1, "avx2 attention took a full cache");
   lens[1] = 2;
   const int bad[][4] = {/* heads, kv heads, dim, layer */
                         {1, 1, 24, 0}, {1, 1, 272, 0}, {1, 1, 0, 0}, {6, 4, 16, 0},
                         {4, 0, 16, 0}, {2, 3, 16, 0}, {1, 1, 16, -1}};
   for (int i = 0; i < 7; i++)
-    CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, bad[i][3],
+    CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, NULL, caps, lens, tokens, 2, bad[i][3],
                              bad[i][0], bad[i][1], bad[i][2], 0.25f, dst, 16, 1) == -1,
           "avx2 attention took heads %d kv heads %d dim %d layer %d", bad[i][0], bad[i][1],
           bad[i][2], bad[i][3]);
-  CHECK(attend_decode_avx2(NULL, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(NULL, GLL_F32, stores, GLL_F16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, dst, 16, 1) == -1, "avx2 attention took no q/k/v");
-  CHECK(attend_decode_avx2(&no_v, GLL_BF16, stores, GLL_BF16, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(&no_v, GLL_BF16, stores, GLL_BF16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, dst, 16, 1) == -1, "avx2 attention took no values");
-  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, NULL, 16, 1) == -1, "avx2 attention took no output");
-  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, caps, lens, tokens, 2, 0, 1, 1, 16,
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_F16, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
                            0.25f, dst, 16, 0) == -1, "avx2 attention took 0 threads");
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_I8, NULL, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took int8 caches, no scales");
+  float scale_store[4] = {0};
+  float *one_scale[2] = {scale_store, NULL};
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, GLL_I8, one_scale, caps, lens, tokens, 2, 0, 1, 1,
+                           16, 0.25f, dst, 16, 1) == -1, "avx2 attention took row 1 without scales");
+  CHECK(attend_decode_avx2(&in, GLL_F32, stores, 4, one_scale, caps, lens, tokens, 2, 0, 1, 1, 16,
+                           0.25f, dst, 16, 1) == -1, "avx2 attention took cache dtype 4");
   gpt2_step s = {48, 80, 5, 1, 1e-5f, 0.25f, w, w, w, w, w};
   gpt2_block b = {0};
   CHECK(gpt2_attn_in(&b, &s, w, 1) == -1, "gpt2 took 48 wide in 5 heads");
@@ -366,7 +378,7 @@ static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct
   }
   void *out = malloc(TOKENS * width * size), *out_wide = malloc(TOKENS * width * size);
   float scale = 1.0f / sqrtf((float)dim);
-  CHECK(attend_decode_avx2(&in, qt, stores, ct, caps, lens, tokens, ROWS, LAYER, heads, kv_heads,
+  CHECK(attend_decode_avx2(&in, qt, stores, ct, NULL, caps, lens, tokens, ROWS, LAYER, heads, kv_heads,
                            dim, scale, out, width, 2) == 0,
         "avx2 attention kv heads %d group %d dim %d", kv_heads, group, dim);
   double *p = malloc(sizeof(double) * 78);
@@ -425,7 +437,7 @@ static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct
                (char *)v + (t * in.v_token + h / group * in.v_head) * size, dim * size);
       }
     decode_qkv flat = {q, k_wide, v_wide, width, dim, width, dim, width, dim};
-    CHECK(attend_decode_avx2(&flat, qt, wide, ct, caps, lens, tokens, ROWS, LAYER, heads, heads,
+    CHECK(attend_decode_avx2(&flat, qt, wide, ct, NULL, caps, lens, tokens, ROWS, LAYER, heads, heads,
                              dim, scale, out_wide, width, 2) == 0, "avx2 over repeated caches");
     for (int r = 0; r < ROWS; r++)
       CHECK(!memcmp((char *)out + tokens[r] * width * size,
@@ -438,6 +450,161 @@ static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct
   if (packed) free(qkv);
   else free(q), free(k), free(v);
   for (int r = 0; r < ROWS; r++) free(stores[r]), free(before[r]), free(wide[r]);
+}
+
+/* -- the AVX2 decode attention over int8 caches ------------------------------------------ */
+
+/* dim elements of x (dtype qt) quantised as server.engine.kv_int8.quantize does, in plain C:
+ * scale = max|x| / 127 in fp32, each x / scale (1 when scale is 0) rounded half to even
+ * (nearbyintf in the default rounding mode), clamped to [-127, 127]. */
+static float quantize_ref(const void *x, int64_t at, int qt, int dim, int8_t *q) {
+  float top = 0;
+  for (int d = 0; d < dim; d++) top = fmaxf(top, fabsf(get(x, at + d, qt)));
+  float scale = top / 127.0f, divisor = scale == 0.0f ? 1.0f : scale;
+  for (int d = 0; d < dim; d++) {
+    float r = nearbyintf(get(x, at + d, qt) / divisor);
+    q[d] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+  }
+  return scale;
+}
+
+/* One layer over ROWS int8 caches (random integers and positive scales, one position of row 2
+ * all zeros with scale 0) with queries, keys, values and output of dtype qt; packed: GPT-2's
+ * c_attn layout (group 1), else Llama's. Row 0's new key holds exact halves (127 and k + 0.5:
+ * scale 1), so half-to-even rounding is checked. */
+static void test_attention_avx2_i8(int kv_heads, int group, int dim, int qt, int packed) {
+  enum { ROWS = 6, LAYERS = 2, TOKENS = 7, LAYER = 1 };
+  const int64_t caps[ROWS] = {1, 2, 4, 33, 40, 78}, lens[ROWS] = {0, 1, 3, 32, 33, 77};
+  const int64_t tokens[ROWS] = {2, 0, 4, 6, 5, 1};
+  const int heads = kv_heads * group, size = qt == GLL_F32 ? 4 : 2;
+  const int64_t width = (int64_t)heads * dim, kv_width = (int64_t)kv_heads * dim;
+  void *qkv = NULL, *q, *k, *v;
+  decode_qkv in;
+  if (packed) {
+    qkv = random_of(TOKENS * 3 * width, qt);
+    q = qkv, k = (char *)qkv + width * size, v = (char *)qkv + 2 * width * size;
+    in = (decode_qkv){q, k, v, 3 * width, dim, 3 * width, dim, 3 * width, dim};
+  } else {
+    q = random_of(TOKENS * width, qt), k = random_of(TOKENS * kv_width, qt);
+    v = random_of(TOKENS * kv_width, qt);
+    in = (decode_qkv){q, k, v, width, dim, dim, TOKENS * dim, kv_width, dim};
+  }
+  for (int d = 0; d < dim; d++) { /* row 0's key of kv head 0: exact halves at scale 1 */
+    float x = d == 0 ? 127.0f : (float)(d % 8) - 4.0f + 0.5f;
+    int64_t at = tokens[0] * in.k_token + d;
+    if (qt == GLL_F32) ((float *)k)[at] = x;
+    else ((uint16_t *)k)[at] = to_bf16(x);
+  }
+  int8_t *stores[ROWS], *before[ROWS], *wide[ROWS];
+  float *scales[ROWS], *scales_before[ROWS], *scales_wide[ROWS];
+  for (int r = 0; r < ROWS; r++) {
+    size_t cells = (size_t)LAYERS * 2 * kv_heads * caps[r] * dim, plane = caps[r] * dim;
+    size_t slots = (size_t)LAYERS * 2 * kv_heads * caps[r];
+    stores[r] = malloc(cells), before[r] = malloc(cells), wide[r] = malloc(cells * group);
+    scales[r] = malloc(slots * 4), scales_before[r] = malloc(slots * 4);
+    scales_wide[r] = malloc(slots * group * 4);
+    if (!stores[r] || !before[r] || !wide[r] || !scales[r] || !scales_before[r] || !scales_wide[r])
+      abort();
+    for (size_t i = 0; i < cells; i++) stores[r][i] = (int8_t)(uniform() * 127.0f);
+    for (size_t i = 0; i < slots; i++) scales[r][i] = (uniform() + 1.5f) / 127.0f;
+    if (r == 2) { /* position 1 of every head: zeros, scale 0 */
+      for (size_t part = 0; part < (size_t)LAYERS * 2 * kv_heads; part++) {
+        memset(stores[r] + part * plane + dim, 0, dim);
+        scales[r][part * caps[r] + 1] = 0;
+      }
+    }
+    memcpy(before[r], stores[r], cells), memcpy(scales_before[r], scales[r], slots * 4);
+    for (size_t part = 0; part < (size_t)LAYERS * 2; part++)
+      for (int h = 0; h < heads; h++) {
+        memcpy(wide[r] + (part * heads + h) * plane,
+               stores[r] + (part * kv_heads + h / group) * plane, plane);
+        memcpy(scales_wide[r] + (part * heads + h) * caps[r],
+               scales[r] + (part * kv_heads + h / group) * caps[r], caps[r] * 4);
+      }
+  }
+  void *out = malloc(TOKENS * width * size), *out_wide = malloc(TOKENS * width * size);
+  float scale = 1.0f / sqrtf((float)dim);
+  CHECK(attend_decode_avx2(&in, qt, (uint16_t *const *)stores, GLL_I8, scales, caps, lens, tokens,
+                           ROWS, LAYER, heads, kv_heads, dim, scale, out, width, 2) == 0,
+        "avx2 int8 attention kv heads %d group %d dim %d", kv_heads, group, dim);
+  double *p = malloc(sizeof(double) * 78);
+  int8_t *want_q = malloc(dim);
+  for (int r = 0; r < ROWS; r++) {
+    int64_t plane = caps[r] * dim, n = lens[r] + 1;
+    for (int h = 0; h < heads; h++) {
+      int g = h / group;
+      const int8_t *keys = stores[r] + ((int64_t)LAYER * 2 * kv_heads + g) * plane;
+      const int8_t *values = keys + kv_heads * plane;
+      const float *ks = scales[r] + ((int64_t)LAYER * 2 * kv_heads + g) * caps[r];
+      const float *vs = ks + kv_heads * caps[r];
+      float sk = quantize_ref(k, tokens[r] * in.k_token + g * in.k_head, qt, dim, want_q);
+      int written = !memcmp(keys + lens[r] * dim, want_q, dim) && ks[lens[r]] == sk;
+      if (r == 0 && g == 0) written &= sk == 1.0f && want_q[1] == -2 && want_q[2] == -2 && want_q[4] == 0 && want_q[5] == 2;
+      float sv = quantize_ref(v, tokens[r] * in.v_token + g * in.v_head, qt, dim, want_q);
+      written &= !memcmp(values + lens[r] * dim, want_q, dim) && vs[lens[r]] == sv;
+      CHECK(written, "avx2 int8 q %d kv %d group %d dim %d row %d kv head %d: new key/value",
+            qt, kv_heads, group, dim, r, g);
+      double top = -INFINITY, total = 0;
+      for (int64_t t = 0; t < n; t++) {
+        double s = 0;
+        for (int d = 0; d < dim; d++)
+          s += (double)get(q, tokens[r] * in.q_token + h * in.q_head + d, qt) *
+               ((double)keys[t * dim + d] * ks[t]);
+        p[t] = s * scale;
+        if (p[t] > top) top = p[t];
+      }
+      for (int64_t t = 0; t < n; t++) total += p[t] = exp(p[t] - top);
+      for (int d = 0; d < dim; d++) {
+        double want = 0;
+        for (int64_t t = 0; t < n; t++) want += p[t] * ((double)values[t * dim + d] * vs[t]);
+        want /= total;
+        float got = get(out, tokens[r] * width + h * dim + d, qt);
+        int ok = qt == GLL_F32 ? fabs(got - want) <= 2e-6 + 2e-5 * fabs(want) : close_to(got, want);
+        if (!ok) {
+          CHECK(0, "avx2 int8 q %d kv %d group %d dim %d row %d head %d: out[%d] = %.9g, "
+                "expected %.9g", qt, kv_heads, group, dim, r, h, d, got, want);
+          break;
+        }
+      }
+    }
+    for (int h = 0; h < 2 * kv_heads; h++) {
+      size_t slot = ((size_t)LAYER * 2 * kv_heads + h) * caps[r] + lens[r];
+      memcpy(stores[r] + slot * dim, before[r] + slot * dim, dim);
+      scales[r][slot] = scales_before[r][slot];
+    }
+    size_t slots = (size_t)LAYERS * 2 * kv_heads * caps[r];
+    CHECK(!memcmp(stores[r], before[r], slots * dim) &&
+              !memcmp(scales[r], scales_before[r], slots * 4),
+          "avx2 int8 kv %d group %d dim %d row %d: the attention wrote outside the new position",
+          kv_heads, group, dim, r);
+  }
+  if (group > 1) { /* the same queries over the repeated caches, bit for bit */
+    void *k_wide = malloc(TOKENS * width * size), *v_wide = malloc(TOKENS * width * size);
+    for (int t = 0; t < TOKENS; t++)
+      for (int h = 0; h < heads; h++) {
+        memcpy((char *)k_wide + (t * width + h * dim) * size,
+               (char *)k + (t * in.k_token + h / group * in.k_head) * size, dim * size);
+        memcpy((char *)v_wide + (t * width + h * dim) * size,
+               (char *)v + (t * in.v_token + h / group * in.v_head) * size, dim * size);
+      }
+    decode_qkv flat = {q, k_wide, v_wide, width, dim, width, dim, width, dim};
+    CHECK(attend_decode_avx2(&flat, qt, (uint16_t *const *)wide, GLL_I8, scales_wide, caps, lens,
+                             tokens, ROWS, LAYER, heads, heads, dim, scale, out_wide, width,
+                             2) == 0, "avx2 int8 over repeated caches");
+    for (int r = 0; r < ROWS; r++)
+      CHECK(!memcmp((char *)out + tokens[r] * width * size,
+                    (char *)out_wide + tokens[r] * width * size, width * size),
+            "avx2 int8 kv %d group %d dim %d row %d: not its queries over the repeated cache",
+            kv_heads, group, dim, r);
+    free(k_wide), free(v_wide);
+  }
+  free(p), free(want_q), free(out), free(out_wide);
+  if (packed) free(qkv);
+  else free(q), free(k), free(v);
+  for (int r = 0; r < ROWS; r++) {
+    free(stores[r]), free(before[r]), free(wide[r]);
+    free(scales[r]), free(scales_before[r]), free(scales_wide[r]);
+  }
 }
 
 /* Every (query, cache) dtype pair at odd shapes; SKIP (naming what is missing) without the
@@ -464,6 +631,13 @@ static void test_attention_avx2_variant(void) {
       test_attention_avx2(shapes[j][0], shapes[j][1], shapes[j][2], pairs[i][0], pairs[i][1], 0);
   }
   printf("attention avx2: %s\n", failures ? "FAILED" : "ok");
+  const int queries[2] = {GLL_F32, GLL_BF16};
+  for (int i = 0; i < 2; i++) {
+    test_attention_avx2_i8(3, 1, 64, queries[i], 1); /* GPT-2's packed */
+    for (int j = 0; j < 8; j++)
+      test_attention_avx2_i8(shapes[j][0], shapes[j][1], shapes[j][2], queries[i], 0);
+  }
+  printf("attention avx2 int8: %s\n", failures ? "FAILED" : "ok");
 }
 
 typedef struct {

@@ -34,8 +34,9 @@ typedef struct {
 } decode_qkv;
 
 /* The element types attend_decode_avx2 reads and writes, passed as int (an out-of-range value
- * is refused, not undefined): Python's native_ops.DTYPE_CODES. */
-typedef enum { GLL_BF16 = 0, GLL_F16 = 1, GLL_F32 = 2 } gll_dtype;
+ * is refused, not undefined): Python's native_ops.DTYPE_CODES. GLL_I8: a cache of int8 with
+ * an fp32 scale per (layer, k|v, kv head, position) (server.engine.kv_int8). */
+typedef enum { GLL_BF16 = 0, GLL_F16 = 1, GLL_F32 = 2, GLL_I8 = 3 } gll_dtype;
 
 int pack_vnni(const uint16_t *w, uint16_t *dst, int N, int K);
 int gemm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int M,
@@ -60,8 +61,9 @@ int attend_decode_check(const decode_qkv *in, uint16_t *const *stores, const int
                         const int64_t *lens, const int64_t *tokens, int rows, int layer,
                         int heads, int kv_heads, int dim, const void *out, int threads);
 int attend_decode_avx2(const decode_qkv *in, int qkv_dtype, uint16_t *const *stores,
-                       int cache_dtype, const int64_t *caps, const int64_t *lens,
-                       const int64_t *tokens, int rows, int layer, int heads, int kv_heads,
-                       int dim, float scale, void *out, int64_t out_stride, int threads);
+                       int cache_dtype, float *const *scales, const int64_t *caps,
+                       const int64_t *lens, const int64_t *tokens, int rows, int layer,
+                       int heads, int kv_heads, int dim, float scale, void *out,
+                       int64_t out_stride, int threads);
 
 #endif
