@@ -347,6 +347,25 @@ static uint16_t as_cache(const void *p, int64_t i, int qt, int ct) {
 
 /* One layer over ROWS caches of dtype ct with queries, keys, values and output of dtype qt;
  * packed: GPT-2's c_attn layout (group 1), else Llama's (as test_attention). */
+/* The keys and values of in's tokens (kv heads of dim, elements of size bytes) with each kv
+ * head repeated for its group of queries: [tokens][heads * dim] copies in *k_wide, *v_wide,
+ * and a decode_qkv over them and q (heads of dim, the layout of width). */
+static decode_qkv repeat_kv(decode_qkv in, const void *q, int tokens, int heads, int group,
+                            int dim, size_t size, void **k_wide, void **v_wide) {
+  const int width = heads * dim;
+  *k_wide = malloc(tokens * width * size);
+  *v_wide = malloc(tokens * width * size);
+  for (int t = 0; t < tokens; t++)
+    for (int h = 0; h < heads; h++) {
+      memcpy((char *)*k_wide + (t * width + h * dim) * size,
+             (const char *)in.k + (t * in.k_token + h / group * in.k_head) * size, dim * size);
+      memcpy((char *)*v_wide + (t * width + h * dim) * size,
+             (const char *)in.v + (t * in.v_token + h / group * in.v_head) * size, dim * size);
+    }
+  decode_qkv flat = {q, *k_wide, *v_wide, width, dim, width, dim, width, dim};
+  return flat;
+}
+
 static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct, int packed) {
   enum { ROWS = 6, LAYERS = 2, TOKENS = 7, LAYER = 1 };
   const int64_t caps[ROWS] = {1, 2, 4, 33, 40, 78}, lens[ROWS] = {0, 1, 3, 32, 33, 77};
@@ -428,15 +447,8 @@ static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct
           kv_heads, group, dim, r);
   }
   if (group > 1) { /* the same queries over the repeated caches, bit for bit */
-    void *k_wide = malloc(TOKENS * width * size), *v_wide = malloc(TOKENS * width * size);
-    for (int t = 0; t < TOKENS; t++)
-      for (int h = 0; h < heads; h++) {
-        memcpy((char *)k_wide + (t * width + h * dim) * size,
-               (char *)k + (t * in.k_token + h / group * in.k_head) * size, dim * size);
-        memcpy((char *)v_wide + (t * width + h * dim) * size,
-               (char *)v + (t * in.v_token + h / group * in.v_head) * size, dim * size);
-      }
-    decode_qkv flat = {q, k_wide, v_wide, width, dim, width, dim, width, dim};
+    void *k_wide, *v_wide;
+    decode_qkv flat = repeat_kv(in, q, TOKENS, heads, group, dim, size, &k_wide, &v_wide);
     CHECK(attend_decode_avx2(&flat, qt, wide, ct, NULL, caps, lens, tokens, ROWS, LAYER, heads, heads,
                              dim, scale, out_wide, width, 2) == 0, "avx2 over repeated caches");
     for (int r = 0; r < ROWS; r++)
@@ -579,15 +591,8 @@ static void test_attention_avx2_i8(int kv_heads, int group, int dim, int qt, int
           kv_heads, group, dim, r);
   }
   if (group > 1) { /* the same queries over the repeated caches, bit for bit */
-    void *k_wide = malloc(TOKENS * width * size), *v_wide = malloc(TOKENS * width * size);
-    for (int t = 0; t < TOKENS; t++)
-      for (int h = 0; h < heads; h++) {
-        memcpy((char *)k_wide + (t * width + h * dim) * size,
-               (char *)k + (t * in.k_token + h / group * in.k_head) * size, dim * size);
-        memcpy((char *)v_wide + (t * width + h * dim) * size,
-               (char *)v + (t * in.v_token + h / group * in.v_head) * size, dim * size);
-      }
-    decode_qkv flat = {q, k_wide, v_wide, width, dim, width, dim, width, dim};
+    void *k_wide, *v_wide;
+    decode_qkv flat = repeat_kv(in, q, TOKENS, heads, group, dim, size, &k_wide, &v_wide);
     CHECK(attend_decode_avx2(&flat, qt, (uint16_t *const *)wide, GLL_I8, scales_wide, caps, lens,
                              tokens, ROWS, LAYER, heads, heads, dim, scale, out_wide, width,
                              2) == 0, "avx2 int8 over repeated caches");
