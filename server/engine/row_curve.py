@@ -5,9 +5,9 @@ than linearly while it is bandwidth-bound and about linearly once it is compute-
 startup kernel table gives a first guess, a straight line through its batch-1 and
 batch-max timings (``KernelChoice.row_growth``), but it times ONE thread in the Gunicorn
 master; a worker steps on all its threads, where a one-row step is bandwidth-bound and a
-16-row one is not. On the AMD EPYC Zen 3 (2 cores) that line priced gpt2-large's 16-row
-step ~20% above what it took, and admission refused the second wave of a 32-request burst
-that would have finished within the line (results/reference/README.md, c = 32).
+16-row one is not. On the AMD EPYC Zen 3 (2 cores) that line said an 8-row step of
+gpt2-large costs 2.18 one-row steps where the worker measured 1.51, and 3.72 at 16 rows
+(fbgemm) where the served waves implied ~3.1 (results/reference/README.md, c = 32).
 
 So the scheduler keeps the ratio each row count was measured at (the worker's warm-up
 measures one step at its maximum rows; served steps refine them) and prices a count it has
