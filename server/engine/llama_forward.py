@@ -113,7 +113,7 @@ def attend(attn: nn.Module, x: torch.Tensor, rotary: Rotary, step: PackedStep, l
         q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     q = rotary.apply(q.view(tokens, heads, head_dim))
     k = rotary.apply(k.view(tokens, kv_heads, head_dim))
-    v = v.contiguous().view(tokens, kv_heads, head_dim)
+    v = v.view(tokens, kv_heads, head_dim)  # a fused call's column view: no copy
     # [1, heads, tokens, dim] views, the layout transformers hands the attention.
     q, k, v = (t[None].transpose(1, 2) for t in (q, k, v))
     step.update(k, v, layer)

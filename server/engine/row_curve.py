@@ -30,7 +30,6 @@ class RowCurve:
     def __init__(self, growth: float = 0.0) -> None:
         self._growth = max(0.0, growth)  # the kernel table's line: each row adds this
         self._ratios: dict[int, float] = {}  # measured, rows >= 2
-        self._counts: list[int] = []  # the measured row counts, sorted
 
     def cost(self, rows: int) -> float:
         """A step of ``rows`` rows in one-row steps."""
@@ -39,7 +38,7 @@ class RowCurve:
             return 1.0
         if rows in self._ratios:
             return self._ratios[rows]
-        points = [(1, 1.0)] + [(n, self._ratios[n]) for n in self._counts]
+        points = [(1, 1.0), *sorted(self._ratios.items())]
         at = bisect.bisect_left([n for n, _ in points], rows)
         if at < len(points):  # between two measured counts
             (n0, r0), (n1, r1) = points[at - 1], points[at]
@@ -53,11 +52,8 @@ class RowCurve:
         """Fold in a decode step of ``rows`` rows that took ``ratio`` one-row steps."""
         if rows < 2 or ratio <= 0.0:
             return
-        if rows not in self._ratios:
-            bisect.insort(self._counts, rows)
-            self._ratios[rows] = ratio
-            return
-        self._ratios[rows] += RATIO_EWMA * (ratio - self._ratios[rows])
+        old = self._ratios.get(rows)
+        self._ratios[rows] = ratio if old is None else old + RATIO_EWMA * (ratio - old)
 
     def measured(self) -> dict[int, float]:
         """The measured ratios by row count (for logs and /ready)."""

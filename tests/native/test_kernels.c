@@ -347,6 +347,22 @@ static uint16_t as_cache(const void *p, int64_t i, int qt, int ct) {
 
 /* One layer over ROWS caches of dtype ct with queries, keys, values and output of dtype qt;
  * packed: GPT-2's c_attn layout (group 1), else Llama's (as test_attention). */
+/* Random new queries, keys and values of tokens (dtype qt): packed as GPT-2's c_attn leaves
+ * them (*qkv, one buffer, q | k | v per token, kv_width = width) or in three buffers, k and v
+ * head-major ([kv heads][tokens][dim]); the decode_qkv over them. */
+static decode_qkv random_qkv(int tokens, int64_t width, int64_t kv_width, int dim, int qt,
+                             int packed, void **qkv, void **q, void **k, void **v) {
+  const int size = qt == GLL_F32 ? 4 : 2;
+  if (packed) {
+    *qkv = random_of(tokens * 3 * width, qt);
+    *q = *qkv, *k = (char *)*qkv + width * size, *v = (char *)*qkv + 2 * width * size;
+    return (decode_qkv){*q, *k, *v, 3 * width, dim, 3 * width, dim, 3 * width, dim};
+  }
+  *q = random_of(tokens * width, qt), *k = random_of(tokens * kv_width, qt);
+  *v = random_of(tokens * kv_width, qt);
+  return (decode_qkv){*q, *k, *v, width, dim, dim, (int64_t)tokens * dim, kv_width, dim};
+}
+
 /* The keys and values of in's tokens (kv heads of dim, elements of size bytes) with each kv
  * head repeated for its group of queries: [tokens][heads * dim] copies in *k_wide, *v_wide,
  * and a decode_qkv over them and q (heads of dim, the layout of width). */
@@ -373,16 +389,7 @@ static void test_attention_avx2(int kv_heads, int group, int dim, int qt, int ct
   const int heads = kv_heads * group, size = qt == GLL_F32 ? 4 : 2;
   const int64_t width = (int64_t)heads * dim, kv_width = (int64_t)kv_heads * dim;
   void *qkv = NULL, *q, *k, *v;
-  decode_qkv in;
-  if (packed) {
-    qkv = random_of(TOKENS * 3 * width, qt);
-    q = qkv, k = (char *)qkv + width * size, v = (char *)qkv + 2 * width * size;
-    in = (decode_qkv){q, k, v, 3 * width, dim, 3 * width, dim, 3 * width, dim};
-  } else {
-    q = random_of(TOKENS * width, qt), k = random_of(TOKENS * kv_width, qt);
-    v = random_of(TOKENS * kv_width, qt);
-    in = (decode_qkv){q, k, v, width, dim, dim, TOKENS * dim, kv_width, dim};
-  }
+  decode_qkv in = random_qkv(TOKENS, width, kv_width, dim, qt, packed, &qkv, &q, &k, &v);
   uint16_t *stores[ROWS], *before[ROWS], *wide[ROWS];
   for (int r = 0; r < ROWS; r++) {
     size_t cells = (size_t)LAYERS * 2 * kv_heads * caps[r] * dim, plane = caps[r] * dim;
@@ -491,16 +498,7 @@ static void test_attention_avx2_i8(int kv_heads, int group, int dim, int qt, int
   const int heads = kv_heads * group, size = qt == GLL_F32 ? 4 : 2;
   const int64_t width = (int64_t)heads * dim, kv_width = (int64_t)kv_heads * dim;
   void *qkv = NULL, *q, *k, *v;
-  decode_qkv in;
-  if (packed) {
-    qkv = random_of(TOKENS * 3 * width, qt);
-    q = qkv, k = (char *)qkv + width * size, v = (char *)qkv + 2 * width * size;
-    in = (decode_qkv){q, k, v, 3 * width, dim, 3 * width, dim, 3 * width, dim};
-  } else {
-    q = random_of(TOKENS * width, qt), k = random_of(TOKENS * kv_width, qt);
-    v = random_of(TOKENS * kv_width, qt);
-    in = (decode_qkv){q, k, v, width, dim, dim, TOKENS * dim, kv_width, dim};
-  }
+  decode_qkv in = random_qkv(TOKENS, width, kv_width, dim, qt, packed, &qkv, &q, &k, &v);
   for (int d = 0; d < dim; d++) { /* row 0's key of kv head 0: exact halves at scale 1 */
     float x = d == 0 ? 127.0f : (float)(d % 8) - 4.0f + 0.5f;
     int64_t at = tokens[0] * in.k_token + d;
