@@ -5,8 +5,9 @@ Four choices make a step's path, and each used to be made where it was used:
 - precision: the number format and kernel candidate measured fastest at startup
   (server.engine.kernels ``choose``), e.g. ``bfloat16+native``;
 - linear: the kernel the model's linear layers run on, read from their modules;
-- layers: the project's C layers (server.engine.native_gpt2) for a native-packed GPT-2,
-  a lean torch forward for its family (server.engine.gpt2_forward for another GPT-2,
+- layers: the project's C layers (server.engine.native_gpt2 for a native-packed bf16 GPT-2,
+  server.engine.native_llama for a float16+native Llama-family decoder), a lean torch
+  forward for its family (server.engine.gpt2_forward for another GPT-2,
   server.engine.llama_forward for a Llama, Qwen2 or Mistral decoder), or the model's own
   transformers forward; the record names the module that runs (``LEAN_FORWARDS``);
 - attention: the C decode attention over bf16, fp16 or int8 caches (row_cache.NativeDecode;
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from server.engine import gpt2_forward, llama_forward, native_gemm, native_gpt2
+from server.engine import gpt2_forward, llama_forward, native_gemm, native_gpt2, native_llama
 from server.engine.native_int8 import NativeInt8Linear
 from server.engine.native_ops import (
     ATTENTION_VARIANTS,
@@ -124,7 +125,7 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
             cache: torch.dtype) -> tuple[str, str]:
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if llama_forward.supports(model):
-        return LLAMA_LAYERS, f"a Llama-family decoder (model_type {kind}); no C layers for it"
+        return _llama_layers(model, kind, machine)
     if not gpt2_forward.supports(model):
         return MODEL_FORWARD, f"no lean forward for model_type {kind}"
     misfit = native_gpt2.misfit(model)
@@ -135,6 +136,21 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
     if cache != torch.bfloat16:  # KV_DTYPE=int8: gpt2_bf16.c attends bf16 caches only
         return GPT2_LAYERS, f"{_name(cache)} caches: the C layers keep bf16 caches"
     return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"
+
+
+def _llama_layers(model: nn.Module, kind: str, machine: Machine) -> tuple[str, str]:
+    """llama_f16.c's C layers where they take the model and the AVX2 attention runs here, else
+    the lean torch forward, with the reason. Any cache dtype: rows whose cache the C attention
+    does not read are attended by torch between the layers' two C calls."""
+    lean = f"a Llama-family decoder (model_type {kind})"
+    misfit = native_llama.misfit(model)
+    if misfit:
+        return LLAMA_LAYERS, f"{lean}; no C layers: {misfit}"
+    if "avx2" not in machine.attention or native_llama.unavailable():
+        why = native_llama.unavailable() or "the AVX2 decode attention does not run here"
+        return LLAMA_LAYERS, f"{lean}; no C layers: {why}"
+    return NATIVE_LAYERS, (f"{lean}, every layer on the native fp16 GEMM, fused, that "
+                           "llama_f16.c takes")
 
 
 def _attention(computed: torch.dtype, cache: torch.dtype, machine: Machine) -> tuple[str, str]:

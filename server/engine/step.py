@@ -20,10 +20,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from server.engine import code_path
+from server.engine import code_path, llama_forward
 from server.engine.code_path import CodePath
 from server.engine.decoding import Generation, GenerationRequest, choose_token, make_rng
 from server.engine.native_gpt2 import NativeGPT2
+from server.engine.native_llama import NativeLlama
 from server.engine.row_cache import (
     ATTENTION_NAME,
     PackedStep,
@@ -107,9 +108,10 @@ class StepEngine:
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
         # The family's lean torch forward (server.engine.gpt2_forward, llama_forward) or None.
         self._lean = code_path.LEAN_FORWARDS.get(self.path.layers)
-        # GPT-2 served by the native bf16 kernels: its layers in C (server.engine.native_gpt2).
-        self._native = NativeGPT2.build(model) \
-            if self.path.layers == code_path.NATIVE_LAYERS else None
+        # Layers in C: a GPT-2 on the native bf16 kernels (server.engine.native_gpt2), a
+        # Llama-family decoder on the native fp16 GEMM (server.engine.native_llama).
+        self._native = (NativeLlama if llama_forward.supports(model) else NativeGPT2).build(
+            model) if self.path.layers == code_path.NATIVE_LAYERS else None
 
     def new_row(self, request: GenerationRequest,
                 prefix: tuple[RowCache, int] | None = None) -> Row:

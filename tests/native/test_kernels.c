@@ -889,6 +889,194 @@ static void test_f16_variant(void) {
   printf("f16 gemm: %s\n", failures ? "FAILED" : "ok");
 }
 
+/* -- a Llama-family layer on the fp16 GEMM (llama_f16.c) ---------------------------------- */
+
+enum { LW = 40, LQ = 48, LI = 24, LHEADS = 3, LKV = 1, LDIM = 16, LLAYERS = 2,
+       LQKV = (LHEADS + 2 * LKV) * LDIM };
+
+typedef struct {
+  float *norm1, *norm2, *qkv_b;
+  uint16_t *qkv_w, *o_w, *gate_up_w, *down_w;
+} llama_weights;
+
+static uint16_t *random_f16(size_t n, float scale) {
+  uint16_t *w = malloc(n * sizeof *w);
+  if (!w) abort();
+  for (size_t i = 0; i < n; i++) w[i] = to_f16(uniform() * scale);
+  return w;
+}
+
+static llama_block make_llama_block(llama_weights *lw) {
+  lw->norm1 = random_f32(LW, 1), lw->norm2 = random_f32(LW, 1), lw->qkv_b = random_f32(LQKV, 1);
+  lw->qkv_w = random_f16((size_t)LQKV * LW, 0.3f), lw->o_w = random_f16((size_t)LW * LQ, 0.3f);
+  lw->gate_up_w = random_f16((size_t)2 * LI * LW, 0.3f);
+  lw->down_w = random_f16((size_t)LW * LI, 0.3f);
+  llama_block b = {lw->norm1, lw->norm2, lw->qkv_b, lw->qkv_w, lw->o_w, lw->gate_up_w,
+                   lw->down_w};
+  return b;
+}
+
+static void free_llama_weights(llama_weights *lw) {
+  free(lw->norm1), free(lw->norm2), free(lw->qkv_b), free(lw->qkv_w), free(lw->o_w);
+  free(lw->gate_up_w), free(lw->down_w);
+}
+
+static llama_step make_llama_step(int rows, float *cos, float *sin) {
+  llama_step s = {LW, LI, LHEADS, LKV, LDIM, 2, 1e-5f, 0.25f, cos, sin,
+                  random_f32((size_t)rows * LW, 1), random_f32((size_t)rows * LQKV, 1),
+                  random_f32((size_t)rows * LQ, 1), random_f32((size_t)rows * 2 * LI, 1),
+                  random_f32((size_t)rows * LI, 1), random_f32((size_t)rows * LW, 1)};
+  return s;
+}
+
+static void free_llama_step(llama_step *s) {
+  free(s->x), free(s->qkv), free(s->att), free(s->inner), free(s->act), free(s->y);
+}
+
+/* x . w[n] over k inputs (w fp16 [outputs][k]), in double. */
+static double dot_f16(const double *x, const uint16_t *w, int n, int k) {
+  double sum = 0;
+  for (int i = 0; i < k; i++) sum += x[i] * from_f16(w[(size_t)n * k + i]);
+  return sum;
+}
+
+static void rms_ref(const float *h, const float *w, double *x) {
+  double ss = 0;
+  for (int i = 0; i < LW; i++) ss += (double)h[i] * h[i];
+  for (int i = 0; i < LW; i++) x[i] = w[i] * (h[i] / sqrt(ss / LW + 1e-5));
+}
+
+/* One row of llama_attn_in and llama_attn_out against a double reference: RMSNorm, the fused
+ * projection with its bias, RoPE on q and k (v untouched); then h + att Wo, RMSNorm, SiLU(gate)
+ * * up, h + act Wdown. */
+static void check_llama_row(const llama_block *b, const llama_step *s, const float *h0,
+                            const float *h1, int r, const float *cos, const float *sin) {
+  double x[LW], qkv[LQKV], h[LW], gu[2 * LI], act[LI];
+  rms_ref(h0 + (size_t)r * LW, b->norm1, x);
+  for (int n = 0; n < LQKV; n++) qkv[n] = dot_f16(x, b->qkv_w, n, LW) + b->qkv_b[n];
+  for (int n = 0; n < LQKV; n++) {
+    int head = n / LDIM, i = n % LDIM, half = LDIM / 2;
+    double want = qkv[n];
+    if (head < LHEADS + LKV) {
+      double other = qkv[head * LDIM + (i < half ? i + half : i - half)];
+      want = qkv[n] * cos[r * LDIM + i] + other * sin[r * LDIM + i];
+    }
+    float got = s->qkv[(size_t)r * LQKV + n];
+    if (fabs(got - want) > 1e-4 * (1 + fabs(want))) {
+      CHECK(0, "llama attn_in row %d: qkv[%d] = %.7g, expected %.7g", r, n, got, want);
+      return;
+    }
+  }
+  double att[LQ];
+  for (int i = 0; i < LQ; i++) att[i] = s->att[(size_t)r * LQ + i];
+  for (int n = 0; n < LW; n++) h[n] = h0[(size_t)r * LW + n] + dot_f16(att, b->o_w, n, LQ);
+  float hf[LW];
+  for (int n = 0; n < LW; n++) hf[n] = (float)h[n];
+  rms_ref(hf, b->norm2, x);
+  for (int n = 0; n < 2 * LI; n++) gu[n] = dot_f16(x, b->gate_up_w, n, LW);
+  for (int n = 0; n < LI; n++) act[n] = gu[n] / (1 + exp(-gu[n])) * gu[LI + n];
+  for (int n = 0; n < LW; n++) {
+    double want = h[n] + dot_f16(act, b->down_w, n, LI);
+    float got = h1[(size_t)r * LW + n];
+    if (fabs(got - want) > 1e-4 * (1 + fabs(want))) {
+      CHECK(0, "llama attn_out row %d: h[%d] = %.7g, expected %.7g", r, n, got, want);
+      return;
+    }
+  }
+}
+
+/* llama_decode against its layers called one by one with attend_decode_avx2 between (bit for
+ * bit, h and the caches), and the last layer's two calls against the double reference. */
+static void test_llama_decode(int rows, int cache_dtype) {
+  llama_weights lw[LLAYERS];
+  llama_block blocks[LLAYERS];
+  for (int l = 0; l < LLAYERS; l++) blocks[l] = make_llama_block(&lw[l]);
+  int64_t caps[7], lens[7], tokens[7];
+  uint16_t *stores[7], *copies[7];
+  float *scales[7], *scale_copies[7];
+  const size_t elem = cache_dtype == GLL_I8 ? 1 : 2;
+  for (int r = 0; r < rows; r++) {
+    caps[r] = 1 + 5 * r, lens[r] = 5 * r, tokens[r] = rows - 1 - r; /* rows out of token order */
+    size_t cells = (size_t)LLAYERS * 2 * LKV * caps[r] * LDIM, spots = cells / LDIM;
+    stores[r] = malloc(cells * elem), copies[r] = malloc(cells * elem);
+    for (size_t i = 0; i < cells; i++)
+      if (elem == 1) ((int8_t *)stores[r])[i] = (int8_t)(uniform() * 127);
+      else stores[r][i] = cache_dtype == GLL_F16 ? to_f16(uniform()) : to_bf16(uniform());
+    memcpy(copies[r], stores[r], cells * elem);
+    scales[r] = scale_copies[r] = NULL;
+    if (elem == 1) {
+      scales[r] = random_f32(spots, 0.02f), scale_copies[r] = malloc(spots * sizeof(float));
+      memcpy(scale_copies[r], scales[r], spots * sizeof(float));
+    }
+  }
+  float *cos = random_f32((size_t)rows * LDIM, 1), *sin = random_f32((size_t)rows * LDIM, 1);
+  float *h = random_f32((size_t)rows * LW, 2), *h2 = malloc((size_t)rows * LW * sizeof *h2);
+  float *h0 = malloc((size_t)rows * LW * sizeof *h0);
+  memcpy(h2, h, (size_t)rows * LW * sizeof *h);
+  llama_step s = make_llama_step(rows, cos, sin);
+  CHECK(llama_decode(blocks, LLAYERS, &s, h, rows, stores, cache_dtype, scales, caps, lens,
+                     tokens) == 0, "llama_decode %d rows", rows);
+  for (int l = 0; l < LLAYERS; l++) {
+    memcpy(h0, h2, (size_t)rows * LW * sizeof *h0); /* this layer's input */
+    CHECK(llama_attn_in(&blocks[l], &s, h2, rows) == 0, "llama attn_in layer %d", l);
+    decode_qkv in = {s.qkv, s.qkv + LQ, s.qkv + LQ + LKV * LDIM, LQKV, LDIM, LQKV, LDIM,
+                     LQKV, LDIM};
+    CHECK(attend_decode_avx2(&in, GLL_F32, copies, cache_dtype, scale_copies, caps, lens, tokens,
+                             rows, l, LHEADS, LKV, LDIM, s.scale, s.att, LQ, 2) == 0,
+          "llama attention layer %d", l);
+    CHECK(llama_attn_out(&blocks[l], &s, h2, rows) == 0, "llama attn_out layer %d", l);
+    if (l == LLAYERS - 1) /* s holds this layer's qkv and att: its inputs were h0 */
+      for (int r = 0; r < rows; r++) check_llama_row(&blocks[l], &s, h0, h2, r, cos, sin);
+  }
+  CHECK(!memcmp(h, h2, (size_t)rows * LW * sizeof *h), "llama_decode %d rows != its layers",
+        rows);
+  for (int r = 0; r < rows; r++) {
+    size_t cells = (size_t)LLAYERS * 2 * LKV * caps[r] * LDIM;
+    CHECK(!memcmp(stores[r], copies[r], cells * elem), "llama_decode row %d's cache", r);
+    if (elem == 1)
+      CHECK(!memcmp(scales[r], scale_copies[r], cells / LDIM * sizeof(float)),
+            "llama_decode row %d's scales", r);
+    free(stores[r]), free(copies[r]), free(scales[r]), free(scale_copies[r]);
+  }
+  for (int l = 0; l < LLAYERS; l++) free_llama_weights(&lw[l]);
+  free(cos), free(sin), free(h), free(h2), free(h0);
+  free_llama_step(&s);
+}
+
+static void test_llama_checks(void) {
+  float f[64] = {0};
+  llama_block b = {f, f, NULL, (uint16_t *)f, (uint16_t *)f, (uint16_t *)f, (uint16_t *)f};
+  llama_step s = {LW, LI, LHEADS, LKV, LDIM, 1, 1e-5f, 0.25f, f, f, f, f, f, f, f, f};
+  llama_step bad = s;
+  bad.width = 36; /* not whole vectors */
+  CHECK(llama_attn_in(&b, &bad, f, 1) == -1, "llama took width 36");
+  bad = s, bad.dim = 24;
+  CHECK(llama_attn_out(&b, &bad, f, 1) == -1, "llama took head dim 24");
+  bad = s, bad.heads = 4, bad.kv_heads = 3;
+  CHECK(llama_attn_in(&b, &bad, f, 1) == -1, "llama took 4 heads over 3");
+  bad = s, bad.act = NULL;
+  CHECK(llama_attn_out(&b, &bad, f, 1) == -1, "llama took no act buffer");
+  CHECK(llama_attn_in(&b, &s, f, 0) == -1, "llama took 0 rows");
+  CHECK(llama_decode(&b, 0, &s, f, 1, NULL, GLL_F16, NULL, NULL, NULL, NULL) == -1,
+        "llama took 0 layers");
+}
+
+static void test_llama_variant(void) {
+  test_llama_checks();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+      !__builtin_cpu_supports("f16c")) {
+    printf("SKIP llama layers: this CPU lacks avx2, fma or f16c\n");
+    return;
+  }
+  const int dtypes[] = {GLL_F16, GLL_BF16, GLL_I8};
+  for (int i = 0; i < 3; i++) {
+    test_llama_decode(1, dtypes[i]);
+    test_llama_decode(3, dtypes[i]);
+    test_llama_decode(7, dtypes[i]);
+  }
+  printf("llama layers: %s\n", failures ? "FAILED" : "ok");
+}
+
 int main(void) {
   test_checks();
   test_int8_checks();
@@ -902,6 +1090,7 @@ int main(void) {
   test_int8_variant(1, vnni, has_vnni, 4);
   test_attention_avx2_variant();
   test_f16_variant();
+  test_llama_variant();
   const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
   const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};

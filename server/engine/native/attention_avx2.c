@@ -110,24 +110,6 @@ GLL_AVX2_F16C static inline __m128 sum4(__m256 a, __m256 b, __m256 c, __m256 d) 
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
-/* e^x for x <= 0, as simd_bf16.h's exp_nonpos: 2^n * 2^f, 2^f by its degree-6 Taylor
- * polynomial; x >= -87 keeps 2^n a normal float (n >= -126), built in its exponent bits. */
-GLL_AVX2_F16C static inline __m256 exp8_nonpos(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f));
-  __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.6931471805599453f));
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 /* Steps 2 and 3 for one kv head's cache (keys, values: [capacity][dim] of the cache's dtype
  * kind, positions 0 .. len written; an int8 cache's scales ks, vs [capacity], else NULL) and its
  * group's queries qf [group][dim] (fp32). Scratch: scores [group][stride] (stride >= len + 2:

@@ -22,6 +22,26 @@ typedef struct {
   uint16_t *x, *qkv, *att, *inner, *y;
 } gpt2_step;
 
+/* One Llama-family layer's weights (llama_f16.c): RMSNorm weights [width] fp32; fp16 weights
+ * [outputs][inputs] as torch lays them out: the fused q|k|v [(heads + 2 kv_heads) dim][width]
+ * with its fp32 bias or NULL, the output projection [width][heads dim], the fused gate|up
+ * [2 inter][width] and the down projection [width][inter]. */
+typedef struct {
+  const float *norm1, *norm2, *qkv_b;
+  const uint16_t *qkv_w, *o_w, *gate_up_w, *down_w;
+} llama_block;
+
+/* A Llama-family model's sizes and one step's inputs and scratch (fp32, row-major, a row per
+ * packed token): cos, sin [rows][dim] (the step's rotary tables, the sines' first halves
+ * negated); x [rows][width], qkv [rows][(heads + 2 kv_heads) dim], att [rows][heads dim],
+ * inner [rows][2 inter], act [rows][inter], y [rows][width]. */
+typedef struct {
+  int width, inter, heads, kv_heads, dim, threads;
+  float eps, scale;
+  const float *cos, *sin;
+  float *x, *qkv, *att, *inner, *act, *y;
+} llama_step;
+
 /* A decode step's new queries, keys and values of one layer, each where its projection left
  * it: query head h of packed token t at q + t * q_token + h * q_head (strides in elements),
  * its dims contiguous; kv head g's key at k + t * k_token + g * k_head, its value likewise in
@@ -57,6 +77,11 @@ int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows
 int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
                 uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
                 const int64_t *tokens);
+int llama_attn_in(const llama_block *b, const llama_step *s, const float *h, int rows);
+int llama_attn_out(const llama_block *b, const llama_step *s, float *h, int rows);
+int llama_decode(const llama_block *blocks, int layers, const llama_step *s, float *h, int rows,
+                 uint16_t *const *stores, int cache_dtype, float *const *scales,
+                 const int64_t *caps, const int64_t *lens, const int64_t *tokens);
 int attend_decode_check(const decode_qkv *in, uint16_t *const *stores, const int64_t *caps,
                         const int64_t *lens, const int64_t *tokens, int rows, int layer,
                         int heads, int kv_heads, int dim, const void *out, int threads);

@@ -1,6 +1,7 @@
 /* Helpers shared by the native kernels (gemm_bf16.c, attention_bf16.c, gpt2_bf16.c,
- * gemm_int8.c): the target attributes of their SIMD functions, bf16 <-> fp32 with AVX-512, and
- * a vector e^x for the softmax and the tanh of GELU. */
+ * gemm_int8.c, attention_avx2.c, gemm_f16.c, llama_f16.c): the target attributes of their SIMD
+ * functions, bf16 <-> fp32 with AVX-512, and a vector e^x (AVX-512 and AVX2) for the softmaxes,
+ * the tanh of GELU and SiLU. */
 #ifndef GLL_SIMD_BF16_H
 #define GLL_SIMD_BF16_H
 
@@ -53,6 +54,25 @@ GLL_AVX512 static inline __m512 exp_nonpos(__m512 x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
+}
+
+/* e^x for x <= 0 in 8 fp32 lanes (AVX2: attention_avx2.c's softmax, llama_f16.c's SiLU), as
+ * exp_nonpos: 2^n * 2^f, 2^f by its degree-6 Taylor
+ * polynomial; x >= -87 keeps 2^n a normal float (n >= -126), built in its exponent bits. */
+GLL_AVX2_F16C static inline __m256 exp8_nonpos(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f));
+  __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.6931471805599453f));
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 #endif
