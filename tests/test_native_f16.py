@@ -225,11 +225,11 @@ def test_dtype_float16_native_serves_the_same_greedy_tokens_alone_and_batched(
     assert loaded.kernels.chosen == "float16+native" and loaded.precision == "float16"
     engine = StepEngine(loaded.model, eos_id=loaded.eos_id, ignore_eos=True, prefill_chunk=8,
                         kv_dtype="auto")
-    # The Llama family's layers run in C on this GEMM where the AVX2 attention runs
-    # (server.engine.native_llama); GPT-2's C layers are bf16's.
-    llama = code_path.NATIVE_LAYERS if "avx2" in native_ops.attention_variants() \
-        else code_path.LLAMA_LAYERS
-    layers = code_path.GPT2_LAYERS if preset == "tiny" else llama
+    # Both families' layers run in C on this GEMM where the AVX2 attention runs
+    # (server.engine.native_gpt2's NativeGPT2F16, server.engine.native_llama).
+    c_layers = "avx2" in native_ops.attention_variants()
+    lean = code_path.GPT2_LAYERS if preset == "tiny" else code_path.LLAMA_LAYERS
+    layers = code_path.NATIVE_LAYERS if c_layers else lean
     assert (engine.path.linear, engine.path.layers, engine.path.attention_dtype,
             engine.path.cache_dtype) == ("native_f16", layers, "float32", "float16")
     if "avx2" in native_ops.attention_variants():

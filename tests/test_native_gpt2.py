@@ -89,19 +89,20 @@ def test_a_decoding_row_computes_the_same_bits_with_or_without_a_prompt_chunk(
     engine = StepEngine(model, int(model.config.eos_token_id), ignore_eos=True)
     rows = _decoding(engine, (9, 23))
     calls = []
-    decode = engine._native._lib.gpt2_decode
+    lib = native_gemm.library()  # native_ops.gpt2_decode calls through this one
+    decode = lib.gpt2_decode
 
     def counted(*args):
         calls.append(1)
         return decode(*args)
 
-    engine._native._lib.gpt2_decode = counted
+    lib.gpt2_decode = counted
     try:
         alone = _logits(engine._native.forward, rows, [])
         assert calls, "the decode-only step ran all layers in one call"
         beside = _logits(engine._native.forward, rows, list(range(400, 420)))
     finally:
-        engine._native._lib.gpt2_decode = decode
+        lib.gpt2_decode = decode
     assert torch.equal(alone, beside[:2])
 
 

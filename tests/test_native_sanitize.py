@@ -56,6 +56,7 @@ def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
     if native_f16.available():
         assert "f16 gemm: ok" in c_tests.stdout, said
         assert "llama layers: ok" in c_tests.stdout, said  # llama_f16.c, on the fp16 GEMM
+        assert "gpt2 f16 layers: ok" in c_tests.stdout, said  # gpt2_f16.c, likewise
 
 
 def test_the_avx512_kernels_pass_their_c_tests_under_asan_and_ubsan(

@@ -128,9 +128,12 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
         return _llama_layers(model, kind, machine)
     if not gpt2_forward.supports(model):
         return MODEL_FORWARD, f"no lean forward for model_type {kind}"
+    if linear == "native_f16":
+        return _gpt2_f16_layers(model, machine)
     misfit = native_gpt2.misfit(model)
     if misfit and linear != "native_bf16":
-        return GPT2_LAYERS, f"linear layers run {linear}: the C layers need native_bf16"
+        return GPT2_LAYERS, (f"linear layers run {linear}: the C layers need native_bf16 or "
+                             "native_f16")
     if misfit or machine.native_blocked:
         return GPT2_LAYERS, misfit or machine.native_blocked
     if cache != torch.bfloat16:  # KV_DTYPE=int8: gpt2_bf16.c attends bf16 caches only
@@ -138,17 +141,30 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
     return NATIVE_LAYERS, "every layer native-packed bf16 GPT-2 that gpt2_bf16.c takes"
 
 
+def _gpt2_f16_layers(model: nn.Module, machine: Machine) -> tuple[str, str]:
+    """gpt2_f16.c's C layers where they take the model and the AVX2 attention runs here, else
+    gpt2_forward, with the reason (any cache dtype, as ``_llama_layers``)."""
+    misfit = native_gpt2.misfit_f16(model) or _avx2_layers_blocked(machine)
+    if misfit:
+        return GPT2_LAYERS, f"no fp16 C layers: {misfit}"
+    return NATIVE_LAYERS, "every layer native fp16 GPT-2 that gpt2_f16.c takes"
+
+
+def _avx2_layers_blocked(machine: Machine) -> str | None:
+    """Why the C layers on the fp16 GEMM cannot run on ``machine`` (None: they can)."""
+    if "avx2" not in machine.attention:
+        return "the AVX2 decode attention does not run here"
+    return native_llama.unavailable()
+
+
 def _llama_layers(model: nn.Module, kind: str, machine: Machine) -> tuple[str, str]:
     """llama_f16.c's C layers where they take the model and the AVX2 attention runs here, else
     the lean torch forward, with the reason. Any cache dtype: rows whose cache the C attention
     does not read are attended by torch between the layers' two C calls."""
     lean = f"a Llama-family decoder (model_type {kind})"
-    misfit = native_llama.misfit(model)
+    misfit = native_llama.misfit(model) or _avx2_layers_blocked(machine)
     if misfit:
         return LLAMA_LAYERS, f"{lean}; no C layers: {misfit}"
-    if "avx2" not in machine.attention or native_llama.unavailable():
-        why = native_llama.unavailable() or "the AVX2 decode attention does not run here"
-        return LLAMA_LAYERS, f"{lean}; no C layers: {why}"
     return NATIVE_LAYERS, (f"{lean}, every layer on the native fp16 GEMM, fused, that "
                            "llama_f16.c takes")
 

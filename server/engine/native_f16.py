@@ -42,7 +42,8 @@ from server.engine.native_ops import NativeError
 from server.engine.quantize import HalfEmbedding, half_embeddings, replace_modules
 
 __all__ = ["NEEDED_FLAGS", "FusedF16Linear", "NativeF16Linear", "available", "fuse_projections",
-           "gemm_f16", "quantize_native_float16", "require", "tied_head", "unavailable"]
+           "gemm_f16", "layers_library", "quantize_native_float16", "require", "tied_head",
+           "unavailable"]
 
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # gemm_f16.c's GLL_AVX2_F16C
 
@@ -54,6 +55,25 @@ def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
     if lib is not None:
         ptr, i32 = ctypes.c_void_p, ctypes.c_int
         lib.gemm_f16.argtypes, lib.gemm_f16.restype = [ptr] * 4 + [i32] * 4, i32
+    return lib, problem
+
+
+@functools.cache
+def layers_library() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library with the C layers on this GEMM declared, None) where they run here (this
+    GEMM's features, which the AVX2 decode attention they call shares), else (None, why):
+    llama_f16.c's ``llama_*`` (server.engine.native_llama) and gpt2_f16.c's ``gpt2_f16_*``
+    (server.engine.native_gpt2)."""
+    lib, problem = _loaded()
+    if lib is not None:
+        ptr, i32 = ctypes.c_void_p, ctypes.c_int
+        for prefix in ("llama", "gpt2_f16"):
+            for name in (f"{prefix}_attn_in", f"{prefix}_attn_out"):
+                getattr(lib, name).argtypes = [ptr, ptr, ptr, i32]
+            getattr(lib, f"{prefix}_decode").argtypes = [ptr, i32, ptr, ptr, i32, ptr, i32,
+                                                         *[ptr] * 4]
+            for suffix in ("attn_in", "attn_out", "decode"):
+                getattr(lib, f"{prefix}_{suffix}").restype = i32
     return lib, problem
 
 

@@ -1,4 +1,6 @@
-"""GPT-2's layers in C for a model served by the native bf16 kernels (``native/gpt2_bf16.c``).
+"""GPT-2's layers in C for a model served by the native bf16 kernels (``native/gpt2_bf16.c``),
+and by the native fp16 GEMM (``NativeGPT2F16``, ``native/gpt2_f16.c``: the same plan in float32
+on AVX2 + FMA + F16C, for CPUs without AVX-512 BF16 such as the Zen 3).
 
 server.engine.gpt2_forward runs GPT-2's layers as torch calls; with ``DTYPE=bfloat16+native`` the
 GEMMs and the decode attention already run in the project's C kernels, and what was left of
@@ -17,10 +19,13 @@ by bf16 rounding only.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import nn
 
-from server.engine import gpt2_forward, native_ops
+from server.engine import gpt2_forward, native_f16, native_ops
+from server.engine.native_f16 import NativeF16Linear
 from server.engine.native_gemm import NativeBF16Linear
 from server.engine.native_ops import Block, GPT2Scratch
 from server.engine.row_cache import PackedStep
@@ -104,4 +109,134 @@ def misfit(model: nn.Module) -> str | None:
     if not (width % 16 == 0 and hidden % 16 == 0 and dim % 16 == 0 and dim <= 256):
         return (f"widths {width}/{hidden}, head dim {dim}: not multiples of 16 "
                 f"(head dim at most 256)")
+    return None
+
+
+# -- float16+native (AVX2 + FMA + F16C): native/gpt2_f16.c ----------------------------------
+
+_F16_WEIGHTS = ("ln1_w", "ln1_b", "attn_b", "proj_b", "ln2_w", "ln2_b", "fc_b", "out_b",
+                "attn_w", "proj_w", "fc_w", "out_w")
+
+
+class F16Block(ctypes.Structure):
+    """gpt2_f16.c's ``gpt2_f16_block``: one layer's weights."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in _F16_WEIGHTS]
+
+
+class F16Step(ctypes.Structure):
+    """gpt2_f16.c's ``gpt2_f16_step``: sizes, and the step's fp32 scratch buffers."""
+
+    _fields_ = [*((name, ctypes.c_int) for name in ("width", "hidden", "heads", "threads")),
+                ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                *((name, ctypes.c_void_p) for name in ("x", "qkv", "att", "inner", "y"))]
+
+
+class NativeGPT2F16:
+    """A float16+native GPT-2's layers as C calls (native/gpt2_f16.c): NativeGPT2's plan on
+    the fp16 GEMM and the AVX2 decode attention, in float32 (any cache that attention reads:
+    float16, bf16, int8)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        problem = misfit_f16(model)
+        if problem is not None:
+            raise ValueError(f"gpt2_f16.c does not take this model: {problem}")
+        lib, why = native_f16.layers_library()
+        if lib is None:
+            raise native_ops.NativeError(f"native GPT-2 fp16 layers: {why}")
+        self._lib = lib
+        body = model.transformer
+        first = body.h[0]
+        self._model = model
+        self._attn = [block.attn for block in body.h]
+        self.width = first.attn.c_attn.in_features
+        self.hidden = first.mlp.c_fc.out_features
+        self.heads = first.attn.num_heads
+        self.eps = float(first.ln_1.eps)
+        self.scale = float(first.attn.scaling)
+        self.blocks = (F16Block * len(body.h))(*(_f16_block(block) for block in body.h))
+
+    @classmethod
+    def build(cls, model: nn.Module) -> NativeGPT2F16:
+        """The C layers for ``model`` (pointers to its weights as they are now: build after
+        quantizing), which ``misfit_f16`` found they take."""
+        return cls(model)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, step: PackedStep,
+                due: torch.Tensor) -> torch.Tensor:
+        """Logits [len(due), vocab], as server.engine.gpt2_forward.forward."""
+        body = self._model.transformer
+        hidden = (body.wte(ids) + body.wpe(positions)).to(torch.float32).contiguous()
+        widths = {"x": self.width, "qkv": 3 * self.width, "att": self.width,
+                  "inner": self.hidden, "y": self.width}
+        buffers = {name: torch.empty(hidden.shape[0], n) for name, n in widths.items()}
+        scratch = F16Step(self.width, self.hidden, self.heads, native_ops._threads(), self.eps,
+                          self.scale, *(buffers[name].data_ptr() for name in widths))
+        native = step.native
+        if native is not None and len(native.indexes) == len(step.segments):
+            self._decode(hidden, scratch, native.caches)
+        else:
+            for layer, attn in enumerate(self._attn):
+                self._call("gpt2_f16_attn_in", self.blocks[layer], scratch, hidden)
+                buffers["att"].copy_(gpt2_forward.attend(attn, buffers["qkv"], step, layer))
+                self._call("gpt2_f16_attn_out", self.blocks[layer], scratch, hidden)
+        return gpt2_forward.logits(self._model, hidden, due)
+
+    def _decode(self, hidden: torch.Tensor, scratch: F16Step,
+                caches: native_ops.DecodeCaches) -> None:
+        """Every layer in one call: each row decodes one token (token r is cached row r)."""
+        tokens, dim = hidden.shape[0], self.width // self.heads
+        if caches.rows != tokens or caches.last_token >= tokens or \
+                (caches.kv_heads, caches.dim) != (self.heads, dim) or \
+                caches.layers < len(self.blocks):
+            raise ValueError(f"cache geometry: {caches.rows} rows of {caches.layers} layers of "
+                             f"{caches.kv_heads} heads of {caches.dim} for {tokens} tokens of "
+                             f"{len(self.blocks)} layers of {self.heads} heads of {dim}")
+        stores, caps, lens, indexes = caches.arrays
+        native_ops._call("gpt2_f16_decode", self.blocks, len(self.blocks),
+                         ctypes.byref(scratch), hidden.data_ptr(), tokens, stores,
+                         native_ops.DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens,
+                         indexes, lib=self._lib)
+
+    def _call(self, name: str, block: F16Block, scratch: F16Step, hidden: torch.Tensor) -> None:
+        native_ops._call(name, ctypes.byref(block), ctypes.byref(scratch), hidden.data_ptr(),
+                         hidden.shape[0], lib=self._lib)
+
+
+def _f16_block(block: nn.Module) -> F16Block:
+    attn, mlp = block.attn, block.mlp
+    tensors = {"ln1_w": block.ln_1.weight, "ln1_b": block.ln_1.bias,
+               "attn_b": attn.c_attn.bias, "proj_b": attn.c_proj.bias,
+               "ln2_w": block.ln_2.weight, "ln2_b": block.ln_2.bias, "fc_b": mlp.c_fc.bias,
+               "out_b": mlp.c_proj.bias, "attn_w": attn.c_attn.weight,
+               "proj_w": attn.c_proj.weight, "fc_w": mlp.c_fc.weight,
+               "out_w": mlp.c_proj.weight}
+    return F16Block(*(tensors[name].data_ptr() for name in _F16_WEIGHTS))
+
+
+def misfit_f16(model: nn.Module) -> str | None:
+    """What in ``model`` gpt2_f16.c does not take (None: it takes it all): every linear layer
+    a NativeF16Linear with its float32 bias, float32 layer norms with biases, one eps and one
+    scale, gelu_new, widths in whole vectors (head dim a multiple of 16 up to 256)."""
+    blocks = list(model.transformer.h)
+    first = blocks[0]
+    width = getattr(first.attn.c_attn, "in_features", 0)
+    for layer, block in enumerate(blocks):
+        linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+        if not all(type(m) is NativeF16Linear and m.bias is not None for m in linears):
+            return f"layer {layer}: a linear layer is not native fp16 with a bias"
+        if not all(n.weight is not None and n.bias is not None
+                   and n.weight.dtype == n.bias.dtype == torch.float32
+                   and n.eps == first.ln_1.eps and tuple(n.normalized_shape) == (width,)
+                   for n in (block.ln_1, block.ln_2)):
+            return f"layer {layer}: a layer norm is not float32 with a bias, or differs"
+        if block.attn.scaling != first.attn.scaling:
+            return f"layer {layer}: an attention scale unlike layer 0's"
+        if type(block.mlp.act).__name__ != "NewGELUActivation":
+            return f"layer {layer}: activation {type(block.mlp.act).__name__}, not gelu_new"
+    hidden = first.mlp.c_fc.out_features
+    dim = width // first.attn.num_heads
+    if not (width % 8 == 0 and hidden % 8 == 0 and dim % 16 == 0 and dim <= 256):
+        return (f"widths {width}/{hidden}, head dim {dim}: not whole vectors (head dim a "
+                f"multiple of 16 up to 256)")
     return None

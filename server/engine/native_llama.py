@@ -19,7 +19,6 @@ the attention and the final norm and LM head are the same code as that path's.
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 from torch import nn
@@ -50,23 +49,9 @@ class LlamaStep(ctypes.Structure):
                                                        "inner", "act", "y"))]
 
 
-@functools.cache
-def _loaded() -> tuple[ctypes.CDLL | None, str | None]:
-    """(the library with the llama_* entry points declared, None) where they run here (the
-    fp16 GEMM's and the AVX2 attention's features), else (None, why)."""
-    lib, problem = native_ops._variants_loaded({"avx2": native_f16.NEEDED_FLAGS})
-    if lib is not None:
-        ptr, i32 = ctypes.c_void_p, ctypes.c_int
-        lib.llama_attn_in.argtypes = lib.llama_attn_out.argtypes = [ptr, ptr, ptr, i32]
-        lib.llama_decode.argtypes = [ptr, i32, ptr, ptr, i32, ptr, i32] + [ptr] * 4
-        for name in ("llama_attn_in", "llama_attn_out", "llama_decode"):
-            getattr(lib, name).restype = i32
-    return lib, problem
-
-
 def unavailable() -> str | None:
     """Why the C layers do not run here (CPU features or build), None if they do."""
-    return _loaded()[1]
+    return native_f16.layers_library()[1]
 
 
 class Sizes:
@@ -105,7 +90,7 @@ class NativeLlama:
         problem = misfit(model)
         if problem is not None:
             raise ValueError(f"llama_f16.c does not take this model: {problem}")
-        lib, why = _loaded()
+        lib, why = native_f16.layers_library()
         if lib is None:
             raise NativeError(f"native Llama layers: {why}")
         self._lib = lib

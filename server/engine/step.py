@@ -23,7 +23,7 @@ import torch
 from server.engine import code_path, llama_forward
 from server.engine.code_path import CodePath
 from server.engine.decoding import Generation, GenerationRequest, choose_token, make_rng
-from server.engine.native_gpt2 import NativeGPT2
+from server.engine.native_gpt2 import NativeGPT2, NativeGPT2F16
 from server.engine.native_llama import NativeLlama
 from server.engine.row_cache import (
     ATTENTION_NAME,
@@ -108,10 +108,10 @@ class StepEngine:
         self.layers = int(model.config.num_hidden_layers)  # every layer's cache in one mapping
         # The family's lean torch forward (server.engine.gpt2_forward, llama_forward) or None.
         self._lean = code_path.LEAN_FORWARDS.get(self.path.layers)
-        # Layers in C: a GPT-2 on the native bf16 kernels (server.engine.native_gpt2), a
-        # Llama-family decoder on the native fp16 GEMM (server.engine.native_llama).
-        self._native = (NativeLlama if llama_forward.supports(model) else NativeGPT2).build(
-            model) if self.path.layers == code_path.NATIVE_LAYERS else None
+        # Layers in C: a GPT-2 on the native bf16 kernels or fp16 GEMM
+        # (server.engine.native_gpt2), a Llama-family decoder on the fp16 GEMM (native_llama).
+        self._native = _c_layers(model, self.path) \
+            if self.path.layers == code_path.NATIVE_LAYERS else None
 
     def new_row(self, request: GenerationRequest,
                 prefix: tuple[RowCache, int] | None = None) -> Row:
@@ -223,6 +223,14 @@ class StepEngine:
         if row.steps_left <= 0:
             row.finish_reason = "length"
         return token
+
+
+def _c_layers(model: torch.nn.Module,
+              path: CodePath) -> NativeGPT2 | NativeGPT2F16 | NativeLlama:
+    """The C layers code_path chose (``NATIVE_LAYERS``) for ``model``'s family and kernel."""
+    if llama_forward.supports(model):
+        return NativeLlama.build(model)
+    return (NativeGPT2F16 if path.linear == "native_f16" else NativeGPT2).build(model)
 
 
 def kv_positions(request: GenerationRequest) -> int:

@@ -1077,6 +1077,158 @@ static void test_llama_variant(void) {
   printf("llama layers: %s\n", failures ? "FAILED" : "ok");
 }
 
+/* -- GPT-2's layers on the fp16 GEMM (gpt2_f16.c) ---------------------------------------- */
+
+enum { GW = 48, GH = 40, GHEADS = 3, GDIM = GW / GHEADS, GLAYERS = 2 };
+
+typedef struct {
+  float *f[8];    /* ln1_w, ln1_b, attn_b, proj_b, ln2_w, ln2_b, fc_b, out_b */
+  uint16_t *w[4]; /* attn_w, proj_w, fc_w, out_w */
+} gpt2_f16_weights;
+
+static gpt2_f16_block make_gpt2_f16_block(gpt2_f16_weights *gw) {
+  const int sizes[8] = {GW, GW, 3 * GW, GW, GW, GW, GH, GW};
+  for (int i = 0; i < 8; i++) gw->f[i] = random_f32(sizes[i], 1);
+  gw->w[0] = random_f16((size_t)3 * GW * GW, 0.3f), gw->w[1] = random_f16((size_t)GW * GW, 0.3f);
+  gw->w[2] = random_f16((size_t)GH * GW, 0.3f), gw->w[3] = random_f16((size_t)GW * GH, 0.3f);
+  gpt2_f16_block b = {gw->f[0], gw->f[1], gw->f[2], gw->f[3], gw->f[4], gw->f[5],
+                      gw->f[6], gw->f[7], gw->w[0], gw->w[1], gw->w[2], gw->w[3]};
+  return b;
+}
+
+static void layer_norm_ref(const float *h, const float *w, const float *b, double *x) {
+  double mean = 0, var = 0;
+  for (int i = 0; i < GW; i++) mean += h[i];
+  mean /= GW;
+  for (int i = 0; i < GW; i++) var += (h[i] - mean) * (h[i] - mean);
+  for (int i = 0; i < GW; i++) x[i] = (h[i] - mean) / sqrt(var / GW + 1e-5) * w[i] + b[i];
+}
+
+static int far(float got, double want) { return fabs(got - want) > 1e-4 * (1 + fabs(want)); }
+
+/* One row of gpt2_f16_attn_in and _attn_out against a double reference. */
+static void check_gpt2_f16_row(const gpt2_f16_block *b, const gpt2_f16_step *s, const float *h0,
+                               const float *h1, int r) {
+  double x[GW], h[GW], inner[GH], att[GW];
+  layer_norm_ref(h0 + (size_t)r * GW, b->ln1_w, b->ln1_b, x);
+  for (int n = 0; n < 3 * GW; n++) {
+    double want = dot_f16(x, b->attn_w, n, GW) + b->attn_b[n];
+    if (far(s->qkv[(size_t)r * 3 * GW + n], want)) {
+      CHECK(0, "gpt2 f16 attn_in row %d: qkv[%d] = %.7g, expected %.7g", r, n,
+            s->qkv[(size_t)r * 3 * GW + n], want);
+      return;
+    }
+  }
+  for (int i = 0; i < GW; i++) att[i] = s->att[(size_t)r * GW + i];
+  float hf[GW];
+  for (int n = 0; n < GW; n++) {
+    h[n] = h0[(size_t)r * GW + n] + dot_f16(att, b->proj_w, n, GW) + b->proj_b[n];
+    hf[n] = (float)h[n];
+  }
+  layer_norm_ref(hf, b->ln2_w, b->ln2_b, x);
+  for (int n = 0; n < GH; n++) {
+    double v = dot_f16(x, b->fc_w, n, GW) + b->fc_b[n];
+    inner[n] = 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+  }
+  for (int n = 0; n < GW; n++) {
+    double want = h[n] + dot_f16(inner, b->out_w, n, GH) + b->out_b[n];
+    if (far(h1[(size_t)r * GW + n], want)) {
+      CHECK(0, "gpt2 f16 attn_out row %d: h[%d] = %.7g, expected %.7g", r, n,
+            h1[(size_t)r * GW + n], want);
+      return;
+    }
+  }
+}
+
+/* gpt2_f16_decode against its layers one by one with attend_decode_avx2 between (bit for bit,
+ * h and the caches), and the last layer's two calls against the double reference. */
+static void test_gpt2_f16_decode(int rows, int cache_dtype) {
+  gpt2_f16_weights gw[GLAYERS];
+  gpt2_f16_block blocks[GLAYERS];
+  for (int l = 0; l < GLAYERS; l++) blocks[l] = make_gpt2_f16_block(&gw[l]);
+  int64_t caps[7], lens[7], tokens[7];
+  uint16_t *stores[7], *copies[7];
+  float *scales[7], *scale_copies[7];
+  const size_t elem = cache_dtype == GLL_I8 ? 1 : 2;
+  for (int r = 0; r < rows; r++) {
+    caps[r] = 2 + 3 * r, lens[r] = 1 + 3 * r, tokens[r] = r;
+    size_t cells = (size_t)GLAYERS * 2 * GHEADS * caps[r] * GDIM, spots = cells / GDIM;
+    stores[r] = malloc(cells * elem), copies[r] = malloc(cells * elem);
+    for (size_t i = 0; i < cells; i++)
+      if (elem == 1) ((int8_t *)stores[r])[i] = (int8_t)(uniform() * 127);
+      else stores[r][i] = cache_dtype == GLL_F16 ? to_f16(uniform()) : to_bf16(uniform());
+    memcpy(copies[r], stores[r], cells * elem);
+    scales[r] = scale_copies[r] = NULL;
+    if (elem == 1) {
+      scales[r] = random_f32(spots, 0.02f), scale_copies[r] = malloc(spots * sizeof(float));
+      memcpy(scale_copies[r], scales[r], spots * sizeof(float));
+    }
+  }
+  float *h = random_f32((size_t)rows * GW, 2), *h2 = malloc((size_t)rows * GW * sizeof *h2);
+  float *h0 = malloc((size_t)rows * GW * sizeof *h0);
+  memcpy(h2, h, (size_t)rows * GW * sizeof *h);
+  gpt2_f16_step s = {GW, GH, GHEADS, 2, 1e-5f, 0.25f, random_f32((size_t)rows * GW, 1),
+                     random_f32((size_t)rows * 3 * GW, 1), random_f32((size_t)rows * GW, 1),
+                     random_f32((size_t)rows * GH, 1), random_f32((size_t)rows * GW, 1)};
+  CHECK(gpt2_f16_decode(blocks, GLAYERS, &s, h, rows, stores, cache_dtype, scales, caps, lens,
+                        tokens) == 0, "gpt2_f16_decode %d rows", rows);
+  for (int l = 0; l < GLAYERS; l++) {
+    memcpy(h0, h2, (size_t)rows * GW * sizeof *h0);
+    CHECK(gpt2_f16_attn_in(&blocks[l], &s, h2, rows) == 0, "gpt2 f16 attn_in layer %d", l);
+    decode_qkv in = {s.qkv, s.qkv + GW, s.qkv + 2 * GW, 3 * GW, GDIM, 3 * GW, GDIM, 3 * GW,
+                     GDIM};
+    CHECK(attend_decode_avx2(&in, GLL_F32, copies, cache_dtype, scale_copies, caps, lens, tokens,
+                             rows, l, GHEADS, GHEADS, GDIM, s.scale, s.att, GW, 2) == 0,
+          "gpt2 f16 attention layer %d", l);
+    CHECK(gpt2_f16_attn_out(&blocks[l], &s, h2, rows) == 0, "gpt2 f16 attn_out layer %d", l);
+    if (l == GLAYERS - 1)
+      for (int r = 0; r < rows; r++) check_gpt2_f16_row(&blocks[l], &s, h0, h2, r);
+  }
+  CHECK(!memcmp(h, h2, (size_t)rows * GW * sizeof *h), "gpt2_f16_decode %d rows != its layers",
+        rows);
+  for (int r = 0; r < rows; r++) {
+    size_t cells = (size_t)GLAYERS * 2 * GHEADS * caps[r] * GDIM;
+    CHECK(!memcmp(stores[r], copies[r], cells * elem), "gpt2_f16_decode row %d's cache", r);
+    if (elem == 1)
+      CHECK(!memcmp(scales[r], scale_copies[r], cells / GDIM * sizeof(float)),
+            "gpt2_f16_decode row %d's scales", r);
+    free(stores[r]), free(copies[r]), free(scales[r]), free(scale_copies[r]);
+  }
+  for (int l = 0; l < GLAYERS; l++) {
+    for (int i = 0; i < 8; i++) free(gw[l].f[i]);
+    for (int i = 0; i < 4; i++) free(gw[l].w[i]);
+  }
+  free(h), free(h2), free(h0), free(s.x), free(s.qkv), free(s.att), free(s.inner), free(s.y);
+}
+
+static void test_gpt2_f16_variant(void) {
+  float f[64] = {0};
+  uint16_t *w = (uint16_t *)f;
+  gpt2_f16_block b = {f, f, f, f, f, f, f, f, w, w, w, w};
+  gpt2_f16_step s = {GW, GH, GHEADS, 1, 1e-5f, 0.25f, f, f, f, f, f};
+  gpt2_f16_step bad = s;
+  bad.heads = 5; /* 48 wide is not 5 heads */
+  CHECK(gpt2_f16_attn_in(&b, &bad, f, 1) == -1, "gpt2 f16 took 48 wide in 5 heads");
+  bad = s, bad.hidden = 36;
+  CHECK(gpt2_f16_attn_out(&b, &bad, f, 1) == -1, "gpt2 f16 took hidden 36");
+  bad = s, bad.y = NULL;
+  CHECK(gpt2_f16_attn_out(&b, &bad, f, 1) == -1, "gpt2 f16 took no y buffer");
+  CHECK(gpt2_f16_decode(&b, 0, &s, f, 1, NULL, GLL_F16, NULL, NULL, NULL, NULL) == -1,
+        "gpt2 f16 took 0 layers");
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+      !__builtin_cpu_supports("f16c")) {
+    printf("SKIP gpt2 f16 layers: this CPU lacks avx2, fma or f16c\n");
+    return;
+  }
+  const int dtypes[] = {GLL_F16, GLL_BF16, GLL_I8};
+  for (int i = 0; i < 3; i++) {
+    test_gpt2_f16_decode(1, dtypes[i]);
+    test_gpt2_f16_decode(4, dtypes[i]);
+    test_gpt2_f16_decode(7, dtypes[i]);
+  }
+  printf("gpt2 f16 layers: %s\n", failures ? "FAILED" : "ok");
+}
+
 int main(void) {
   test_checks();
   test_int8_checks();
@@ -1091,6 +1243,7 @@ int main(void) {
   test_attention_avx2_variant();
   test_f16_variant();
   test_llama_variant();
+  test_gpt2_f16_variant();
   const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
   const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};

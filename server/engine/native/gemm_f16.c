@@ -12,7 +12,8 @@
  * L2 (they compute more per byte, and later passes re-read the group); a one-row call leaves
  * that to the hardware prefetchers, which stream it faster alone (a standalone loop over
  * qwen2.5-1.5b's shapes, 2 threads, AMD EPYC Zen 3: 29-32 GB/s against 26-28 prefetched). The K % 8 tail is one more step over zero-padded copies,
- * then each accumulator is summed horizontally by one fixed function, then the bias added.
+ * then each accumulator is summed horizontally by one fixed function (simd_bf16.h's hsum8),
+ * then the bias added.
  *
  * Batch invariance: every output is summed in the same order (k in steps of 8 in order, the
  * tail, the same horizontal sum) whatever the tile, so a row's result does not depend on the
@@ -33,14 +34,6 @@
 
 GLL_AVX2_F16C static inline __m256 widen_f16(const uint16_t *p) {
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-/* The one horizontal sum every output goes through (fixed order: batch invariance). */
-GLL_AVX2_F16C static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 /* MR rows x NR outputs: MR * NR accumulators + the activations + 1 weight in 16 registers
@@ -81,7 +74,7 @@ GLL_AVX2_F16C static inline float hsum(__m256 v) {
       }                                                                                         \
     }                                                                                           \
     UNROLL for (int i = 0; i < MR; i++) UNROLL for (int j = 0; j < NR; j++)                     \
-        out[(size_t)i * N + j] = hsum(acc[i][j]) + (bias ? bias[j] : 0.0f);                     \
+        out[(size_t)i * N + j] = hsum8(acc[i][j]) + (bias ? bias[j] : 0.0f);                     \
   }
 
 F16_TILE(1, 8) F16_TILE(2, 4) F16_TILE(3, 4) F16_TILE(4, 3) F16_TILE(4, 2)

@@ -22,6 +22,22 @@ typedef struct {
   uint16_t *x, *qkv, *att, *inner, *y;
 } gpt2_step;
 
+/* One GPT-2 layer on the fp16 GEMM (gpt2_f16.c): fp32 layer norms (weight, bias) and biases,
+ * fp16 weights [outputs][inputs] as torch lays them out (c_attn [3 width][width], c_proj
+ * [width][width], c_fc [hidden][width], the MLP's c_proj [width][hidden]). */
+typedef struct {
+  const float *ln1_w, *ln1_b, *attn_b, *proj_b, *ln2_w, *ln2_b, *fc_b, *out_b;
+  const uint16_t *attn_w, *proj_w, *fc_w, *out_w;
+} gpt2_f16_block;
+
+/* gpt2_step's sizes with fp32 scratch: x [rows][width], qkv [rows][3 width], att [rows][width],
+ * inner [rows][hidden], y [rows][width]. */
+typedef struct {
+  int width, hidden, heads, threads;
+  float eps, scale;
+  float *x, *qkv, *att, *inner, *y;
+} gpt2_f16_step;
+
 /* One Llama-family layer's weights (llama_f16.c): RMSNorm weights [width] fp32; fp16 weights
  * [outputs][inputs] as torch lays them out: the fused q|k|v [(heads + 2 kv_heads) dim][width]
  * with its fp32 bias or NULL, the output projection [width][heads dim], the fused gate|up
@@ -77,6 +93,11 @@ int gpt2_attn_out(const gpt2_block *b, const gpt2_step *s, uint16_t *h, int rows
 int gpt2_decode(const gpt2_block *blocks, int layers, const gpt2_step *s, uint16_t *h, int rows,
                 uint16_t *const *stores, const int64_t *caps, const int64_t *lens,
                 const int64_t *tokens);
+int gpt2_f16_attn_in(const gpt2_f16_block *b, const gpt2_f16_step *s, const float *h, int rows);
+int gpt2_f16_attn_out(const gpt2_f16_block *b, const gpt2_f16_step *s, float *h, int rows);
+int gpt2_f16_decode(const gpt2_f16_block *blocks, int layers, const gpt2_f16_step *s, float *h,
+                    int rows, uint16_t *const *stores, int cache_dtype, float *const *scales,
+                    const int64_t *caps, const int64_t *lens, const int64_t *tokens);
 int llama_attn_in(const llama_block *b, const llama_step *s, const float *h, int rows);
 int llama_attn_out(const llama_block *b, const llama_step *s, float *h, int rows);
 int llama_decode(const llama_block *blocks, int layers, const llama_step *s, float *h, int rows,

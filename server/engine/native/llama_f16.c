@@ -35,14 +35,6 @@
 
 enum { MAX_DIM = 256, PARALLEL_ROWS = 8 /* row-wise parts run threaded from here */ };
 
-/* The fixed horizontal sum of a norm's 8 lanes (batch invariance: one order for every row). */
-GLL_AVX2_F16C static inline float lanes_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 /* out[r] = w * (x[r] / sqrt(mean(x[r]^2) + eps)); width % 8 == 0. */
 GLL_AVX2_F16C static void rms_norm(const float *x, const float *w, float *out, int rows,
                                    int width, float eps, int threads) {
@@ -55,7 +47,7 @@ GLL_AVX2_F16C static void rms_norm(const float *x, const float *w, float *out, i
       __m256 v = _mm256_loadu_ps(xr + i);
       acc = _mm256_fmadd_ps(v, v, acc);
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / sqrtf(lanes_sum(acc) / (float)width + eps));
+    const __m256 inv = _mm256_set1_ps(1.0f / sqrtf(hsum8(acc) / (float)width + eps));
     for (int i = 0; i < width; i += 8)
       _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(w + i),
                                             _mm256_mul_ps(_mm256_loadu_ps(xr + i), inv)));
@@ -104,12 +96,6 @@ GLL_AVX2_F16C static void swiglu(const float *gate_up, float *act, int rows, int
   }
 }
 
-/* h += y; n % 8 == 0. */
-GLL_AVX2_F16C static void add_into(float *h, const float *y, int64_t n) {
-  for (int64_t i = 0; i < n; i += 8)
-    _mm256_storeu_ps(h + i, _mm256_add_ps(_mm256_loadu_ps(h + i), _mm256_loadu_ps(y + i)));
-}
-
 static int qkv_width(const llama_step *s) { return (s->heads + 2 * s->kv_heads) * s->dim; }
 
 /* The sizes every entry point takes (plain C: runs on any x86-64); the caller
@@ -139,14 +125,14 @@ GLL_AVX2_F16C static int attn_out_run(const llama_block *b, const llama_step *s,
   const int64_t cells = (int64_t)rows * s->width;
   int status = gemm_f16(s->att, b->o_w, 0, s->y, rows, s->width, s->heads * s->dim, s->threads);
   if (status != GLL_OK) return status;
-  add_into(h, s->y, cells);
+  add8_into(h, s->y, cells);
   rms_norm(h, b->norm2, s->x, rows, s->width, s->eps, s->threads);
   status = gemm_f16(s->x, b->gate_up_w, 0, s->inner, rows, 2 * s->inter, s->width, s->threads);
   if (status != GLL_OK) return status;
   swiglu(s->inner, s->act, rows, s->inter, s->threads);
   status = gemm_f16(s->act, b->down_w, 0, s->y, rows, s->width, s->inter, s->threads);
   if (status != GLL_OK) return status;
-  add_into(h, s->y, cells);
+  add8_into(h, s->y, cells);
   return GLL_OK;
 }
 

@@ -75,4 +75,19 @@ GLL_AVX2_F16C static inline __m256 exp8_nonpos(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/* The fixed horizontal sum of 8 fp32 lanes, ((0+4)+(2+6)) + ((1+5)+(3+7)): the norms of
+ * llama_f16.c and gpt2_f16.c (one order for every row: batch invariance). */
+GLL_AVX2_F16C static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/* h += y in fp32 (a residual add, as torch's float32 add); n % 8 == 0. */
+GLL_AVX2_F16C static inline void add8_into(float *h, const float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_storeu_ps(h + i, _mm256_add_ps(_mm256_loadu_ps(h + i), _mm256_loadu_ps(y + i)));
+}
+
 #endif
