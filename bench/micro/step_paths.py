@@ -1,17 +1,22 @@
-"""``python -m bench step paths``: one decode step of a bf16 GPT-2 through each forward path,
-interleaved in one process.
+"""``python -m bench step paths``: one decode step through each forward path, interleaved in one
+process, for a model on the native kernels (GPT-2 on ``bfloat16+native``; GPT-2 or a Llama-family
+decoder on ``float16+native``, AVX2).
 
     python -m bench step paths --model synthetic:gpt2-large --rows 1,8 --context 200
+    python -m bench step paths --model synthetic:qwen2.5-1.5b --dtype float16+native --rows 1,8
 
-Per row count (rows decoding after a ``--context``-token prompt each), the median ms of:
+Per row count (rows decoding after a ``--context``-token prompt each, caches in the dtype the
+server's ``KV_DTYPE=auto`` keeps), the median ms of:
 
-- ``transformers``: ``model(...)`` over the packed step (the engine's path before
-  server.engine.gpt2_forward);
-- ``torch layers``: server.engine.gpt2_forward (the model's submodules in GPT-2's order);
-- ``C layers``: server.engine.native_gpt2 (every layer in one C call), with
-  ``DTYPE=bfloat16+native``;
-- ``GEMMs only``: the same native linear layers called on random rows, nothing else: what the
-  weights' reading costs, the floor under the three above;
+- ``transformers``: ``model(...)`` over the packed step (the engine's path before the lean
+  forwards);
+- ``torch layers``: the family's lean forward (server.engine.gpt2_forward or llama_forward:
+  the model's submodules in its order);
+- ``C layers``: the step engine's C layers (server.engine.native_gpt2 or native_llama: every
+  layer in one C call);
+- ``GEMMs only``: the same native linear layers called on random rows, nothing else (a fused
+  projection once, not its parts): what the weights' reading costs, the floor under the three
+  above;
 - ``attention only``: the native decode attention of every layer over these rows' caches.
 
 The variants alternate within each repetition, so the box's drift (±20% from process to
@@ -25,12 +30,15 @@ import argparse
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from bench.micro.step_engine import decoding_rows, load_engine
 from bench.options import add_model_options
 from bench.timing import interleaved, ms
-from server.engine import gpt2_forward, native_ops
+from server.engine import code_path, gpt2_forward, llama_forward, native_ops
+from server.engine.native_f16 import NativeF16Linear
 from server.engine.native_gemm import NativeBF16Linear
+from server.engine.native_gpt2 import NativeGPT2
 from server.engine.row_cache import PackedStep, Segment
 from server.engine.step import Row, StepEngine
 
@@ -57,33 +65,50 @@ def variants(engine: StepEngine, rows: list[Row]) -> dict[str, Callable[[], obje
         return model(input_ids=ids[None], position_ids=positions[None], cache=packed,
                      use_cache=True, packed_step=packed, logits_to_keep=due).logits
 
-    linears = [m for m in model.modules() if isinstance(m, NativeBF16Linear)]
-    inputs = {m.in_features: torch.randn(n, m.in_features).to(torch.bfloat16) for m in linears}
+    linears = _gemms(model)
+    dtype = torch.bfloat16 if any(isinstance(m, NativeBF16Linear) for m in linears) \
+        else torch.float32
+    inputs = {m.in_features: torch.randn(n, m.in_features).to(dtype) for m in linears}
+    lean = gpt2_forward if gpt2_forward.supports(model) else llama_forward
     found = {
         "transformers": transformers,
-        "torch layers": lambda: gpt2_forward.forward(model, *step()),
+        "torch layers": lambda: lean.forward(model, *step()),
     }
     if linears:
         found["GEMMs only"] = lambda: [m(inputs[m.in_features]) for m in linears]
-    if engine._native is not None:
+    if engine.path.layers == code_path.NATIVE_LAYERS:
         found["C layers"] = lambda: engine._native.forward(*step())
         found["attention only"] = _attention(engine, rows)
     return found
 
 
+def _gemms(model: nn.Module) -> list[nn.Module]:
+    """The model's native linear layers, each weight once: a fused projection's parts read
+    views of its stacked weight (plain attributes, not Parameters) and are left out."""
+    return [m for m in model.modules() if isinstance(m, NativeBF16Linear)
+            or (isinstance(m, NativeF16Linear) and isinstance(m.weight, nn.Parameter))]
+
+
 def _attention(engine: StepEngine, rows: list[Row]) -> Callable[[], None]:
-    """Every layer's decode attention alone (server.engine.native_ops.attend_decode), on the
-    packed q/k/v layout of GPT-2's c_attn output."""
-    native = engine._native
-    width, heads = native.width, native.heads
-    qkv = torch.randn(len(rows), 3 * width).to(torch.bfloat16)
-    q, k, v = (qkv[:, i * width:(i + 1) * width].view(len(rows), heads, width // heads)
-               .transpose(0, 1).unsqueeze(0) for i in range(3))
+    """Every layer's decode attention alone (server.engine.native_ops.attend_decode) on random
+    queries, keys and values of the model's heads, in the dtype its C layers attend in (bf16
+    for GPT-2's bf16 layers, float32 on the fp16 GEMM)."""
+    config = engine.model.config
+    if llama_forward.supports(engine.model):
+        heads, kv_heads, dim = llama_forward.shape(config)
+    else:
+        heads = kv_heads = config.n_head
+        dim = config.n_embd // heads
+    dtype = torch.bfloat16 if isinstance(engine._native, NativeGPT2) else torch.float32
+    n = len(rows)
+    q = torch.randn(1, heads, n, dim).to(dtype)
+    k, v = (torch.randn(1, kv_heads, n, dim).to(dtype) for _ in range(2))
+    scale = dim ** -0.5
 
     def run() -> None:
         packed = PackedStep([Segment(row.cache, i, 1) for i, row in enumerate(rows)])
         for layer in range(engine.layers):
-            native_ops.attend_decode(q, k, v, packed.native.caches, layer, native.scale)
+            native_ops.attend_decode(q, k, v, packed.native.caches, layer, scale)
     return run
 
 
