@@ -182,3 +182,22 @@ def ready_details(client: FlaskClient, operator_headers: dict[str, str]) -> dict
 
     wait_until(ready, "/ready says yes", timeout_s=300, interval_s=0.05)
     return answers[-1].json
+
+
+def alone_together_joined(engine, requests: list, after: int = 9) -> tuple[list, list, list]:
+    """Each request's tokens generated alone, with all started together, and with the last
+    joining after the others ran ``after`` steps (it is read in beside their decoding): the
+    three lists a batch-invariant engine makes equal."""
+    from server.engine.step import generate_alone
+
+    def finish(rows: list) -> list:
+        while any(r.finish_reason is None for r in rows):
+            engine.step(rows)
+        return [r.tokens for r in rows]
+
+    alone = [generate_alone(engine, r).token_ids for r in requests]
+    together = finish([engine.new_row(r) for r in requests])
+    early = [engine.new_row(r) for r in requests[:-1]]
+    for _ in range(after):
+        engine.step(early)
+    return alone, together, finish([*early, engine.new_row(requests[-1])])

@@ -17,7 +17,7 @@ from server.engine.decoding import GenerationRequest
 from server.engine.quantize import quantize_int8
 from server.engine.row_cache import PackedStep, RowCache, Segment
 from server.engine.step import StepEngine, generate_alone
-from tests.conftest import TINY_DECODERS
+from tests.conftest import TINY_DECODERS, alone_together_joined
 from tests.test_gpt2_forward import _both, _rows
 
 # Plain transformers (its sdpa attention over the whole sequence, no packed step) against the
@@ -135,15 +135,8 @@ def test_greedy_tokens_are_the_same_alone_batched_and_joining(folder: Path) -> N
     engine = _engine(folder)
     requests = [GenerationRequest(list(range(500 + 7 * n, 500 + 8 * n)), 10)
                 for n in (3, 37, 12)]
-    alone = [generate_alone(engine, r).token_ids for r in requests]
-    together = [engine.new_row(r) for r in requests]
-    _run(engine, together)
-    early = [engine.new_row(r) for r in requests[:-1]]
-    for _ in range(9):
-        engine.step(early)
-    joined = [*early, engine.new_row(requests[-1])]
-    _run(engine, joined)
-    assert [r.tokens for r in together] == alone and [r.tokens for r in joined] == alone
+    alone, together, joined = alone_together_joined(engine, requests)
+    assert together == alone and joined == alone
     assert len({tuple(t) for t in alone}) == 3  # different prompts, different tokens
     plain = _load(folder)
     for request, tokens in zip(requests, alone, strict=True):

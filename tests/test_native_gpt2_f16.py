@@ -19,7 +19,7 @@ from server.engine.model import resolve_source
 from server.engine.native_gpt2 import NativeGPT2F16
 from server.engine.quantize import conv1d_to_linear
 from server.engine.step import StepEngine, generate_alone
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, alone_together_joined
 from tests.test_gpt2_forward import _both, _rows
 from tests.test_native_gpt2 import _logits
 
@@ -115,17 +115,8 @@ def test_greedy_tokens_are_the_same_alone_batched_and_joining(tiny_model: Path,
     engine = _engine(model, kv_dtype)
     requests = [GenerationRequest(list(range(500 + 7 * n, 500 + 8 * n)), 10)
                 for n in (3, 37, 12)]
-    alone = [generate_alone(engine, r).token_ids for r in requests]
-    together = [engine.new_row(r) for r in requests]
-    while any(r.finish_reason is None for r in together):
-        engine.step(together)
-    early = [engine.new_row(r) for r in requests[:-1]]
-    for _ in range(9):
-        engine.step(early)
-    joined = [*early, engine.new_row(requests[-1])]
-    while any(r.finish_reason is None for r in joined):
-        engine.step(joined)
-    assert [r.tokens for r in together] == alone and [r.tokens for r in joined] == alone
+    alone, together, joined = alone_together_joined(engine, requests)
+    assert together == alone and joined == alone
     assert len({tuple(t) for t in alone}) == 3
     if kv_dtype == "float16":
         lean = replace(decide(model, kv_dtype), layers=code_path.GPT2_LAYERS)

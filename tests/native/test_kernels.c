@@ -985,44 +985,73 @@ static void check_llama_row(const llama_block *b, const llama_step *s, const flo
   }
 }
 
+/* Two copies of the decode caches of up to 7 rows (random content, of cache_dtype; an int8
+ * cache with its scales): the kernel under test writes one, its reference path the other. The
+ * caller sets caps, lens and tokens first. */
+typedef struct {
+  int rows, dtype;
+  size_t elem, row_cells[7], dim;
+  int64_t caps[7], lens[7], tokens[7];
+  uint16_t *stores[7], *copies[7];
+  float *scales[7], *scale_copies[7];
+} twin_caches;
+
+static void fill_twin_caches(twin_caches *t, int rows, int layers, int kv_heads, int dim,
+                             int cache_dtype) {
+  t->rows = rows, t->dtype = cache_dtype, t->dim = (size_t)dim;
+  t->elem = cache_dtype == GLL_I8 ? 1 : 2;
+  for (int r = 0; r < rows; r++) {
+    size_t cells = (size_t)layers * 2 * kv_heads * t->caps[r] * dim, spots = cells / dim;
+    t->row_cells[r] = cells;
+    t->stores[r] = malloc(cells * t->elem), t->copies[r] = malloc(cells * t->elem);
+    for (size_t i = 0; i < cells; i++)
+      if (t->elem == 1) ((int8_t *)t->stores[r])[i] = (int8_t)(uniform() * 127);
+      else t->stores[r][i] = cache_dtype == GLL_F16 ? to_f16(uniform()) : to_bf16(uniform());
+    memcpy(t->copies[r], t->stores[r], cells * t->elem);
+    t->scales[r] = t->scale_copies[r] = NULL;
+    if (t->elem == 1) {
+      t->scales[r] = random_f32(spots, 0.02f), t->scale_copies[r] = malloc(spots * sizeof(float));
+      memcpy(t->scale_copies[r], t->scales[r], spots * sizeof(float));
+    }
+  }
+}
+
+/* Both copies equal (caches and scales), then freed. */
+static void check_and_free_twin_caches(twin_caches *t, const char *what) {
+  for (int r = 0; r < t->rows; r++) {
+    CHECK(!memcmp(t->stores[r], t->copies[r], t->row_cells[r] * t->elem), "%s row %d's cache",
+          what, r);
+    if (t->elem == 1)
+      CHECK(!memcmp(t->scales[r], t->scale_copies[r], t->row_cells[r] / t->dim * sizeof(float)),
+            "%s row %d's scales", what, r);
+    free(t->stores[r]), free(t->copies[r]), free(t->scales[r]), free(t->scale_copies[r]);
+  }
+}
+
 /* llama_decode against its layers called one by one with attend_decode_avx2 between (bit for
  * bit, h and the caches), and the last layer's two calls against the double reference. */
 static void test_llama_decode(int rows, int cache_dtype) {
   llama_weights lw[LLAYERS];
   llama_block blocks[LLAYERS];
   for (int l = 0; l < LLAYERS; l++) blocks[l] = make_llama_block(&lw[l]);
-  int64_t caps[7], lens[7], tokens[7];
-  uint16_t *stores[7], *copies[7];
-  float *scales[7], *scale_copies[7];
-  const size_t elem = cache_dtype == GLL_I8 ? 1 : 2;
-  for (int r = 0; r < rows; r++) {
-    caps[r] = 1 + 5 * r, lens[r] = 5 * r, tokens[r] = rows - 1 - r; /* rows out of token order */
-    size_t cells = (size_t)LLAYERS * 2 * LKV * caps[r] * LDIM, spots = cells / LDIM;
-    stores[r] = malloc(cells * elem), copies[r] = malloc(cells * elem);
-    for (size_t i = 0; i < cells; i++)
-      if (elem == 1) ((int8_t *)stores[r])[i] = (int8_t)(uniform() * 127);
-      else stores[r][i] = cache_dtype == GLL_F16 ? to_f16(uniform()) : to_bf16(uniform());
-    memcpy(copies[r], stores[r], cells * elem);
-    scales[r] = scale_copies[r] = NULL;
-    if (elem == 1) {
-      scales[r] = random_f32(spots, 0.02f), scale_copies[r] = malloc(spots * sizeof(float));
-      memcpy(scale_copies[r], scales[r], spots * sizeof(float));
-    }
-  }
+  twin_caches c;
+  for (int r = 0; r < rows; r++)
+    c.caps[r] = 1 + 5 * r, c.lens[r] = 5 * r, c.tokens[r] = rows - 1 - r; /* out of token order */
+  fill_twin_caches(&c, rows, LLAYERS, LKV, LDIM, cache_dtype);
   float *cos = random_f32((size_t)rows * LDIM, 1), *sin = random_f32((size_t)rows * LDIM, 1);
   float *h = random_f32((size_t)rows * LW, 2), *h2 = malloc((size_t)rows * LW * sizeof *h2);
   float *h0 = malloc((size_t)rows * LW * sizeof *h0);
   memcpy(h2, h, (size_t)rows * LW * sizeof *h);
   llama_step s = make_llama_step(rows, cos, sin);
-  CHECK(llama_decode(blocks, LLAYERS, &s, h, rows, stores, cache_dtype, scales, caps, lens,
-                     tokens) == 0, "llama_decode %d rows", rows);
+  CHECK(llama_decode(blocks, LLAYERS, &s, h, rows, c.stores, cache_dtype, c.scales, c.caps,
+                     c.lens, c.tokens) == 0, "llama_decode %d rows", rows);
   for (int l = 0; l < LLAYERS; l++) {
     memcpy(h0, h2, (size_t)rows * LW * sizeof *h0); /* this layer's input */
     CHECK(llama_attn_in(&blocks[l], &s, h2, rows) == 0, "llama attn_in layer %d", l);
     decode_qkv in = {s.qkv, s.qkv + LQ, s.qkv + LQ + LKV * LDIM, LQKV, LDIM, LQKV, LDIM,
                      LQKV, LDIM};
-    CHECK(attend_decode_avx2(&in, GLL_F32, copies, cache_dtype, scale_copies, caps, lens, tokens,
-                             rows, l, LHEADS, LKV, LDIM, s.scale, s.att, LQ, 2) == 0,
+    CHECK(attend_decode_avx2(&in, GLL_F32, c.copies, cache_dtype, c.scale_copies, c.caps, c.lens,
+                             c.tokens, rows, l, LHEADS, LKV, LDIM, s.scale, s.att, LQ, 2) == 0,
           "llama attention layer %d", l);
     CHECK(llama_attn_out(&blocks[l], &s, h2, rows) == 0, "llama attn_out layer %d", l);
     if (l == LLAYERS - 1) /* s holds this layer's qkv and att: its inputs were h0 */
@@ -1030,14 +1059,7 @@ static void test_llama_decode(int rows, int cache_dtype) {
   }
   CHECK(!memcmp(h, h2, (size_t)rows * LW * sizeof *h), "llama_decode %d rows != its layers",
         rows);
-  for (int r = 0; r < rows; r++) {
-    size_t cells = (size_t)LLAYERS * 2 * LKV * caps[r] * LDIM;
-    CHECK(!memcmp(stores[r], copies[r], cells * elem), "llama_decode row %d's cache", r);
-    if (elem == 1)
-      CHECK(!memcmp(scales[r], scale_copies[r], cells / LDIM * sizeof(float)),
-            "llama_decode row %d's scales", r);
-    free(stores[r]), free(copies[r]), free(scales[r]), free(scale_copies[r]);
-  }
+  check_and_free_twin_caches(&c, "llama_decode");
   for (int l = 0; l < LLAYERS; l++) free_llama_weights(&lw[l]);
   free(cos), free(sin), free(h), free(h2), free(h0);
   free_llama_step(&s);
@@ -1146,39 +1168,25 @@ static void test_gpt2_f16_decode(int rows, int cache_dtype) {
   gpt2_f16_weights gw[GLAYERS];
   gpt2_f16_block blocks[GLAYERS];
   for (int l = 0; l < GLAYERS; l++) blocks[l] = make_gpt2_f16_block(&gw[l]);
-  int64_t caps[7], lens[7], tokens[7];
-  uint16_t *stores[7], *copies[7];
-  float *scales[7], *scale_copies[7];
-  const size_t elem = cache_dtype == GLL_I8 ? 1 : 2;
-  for (int r = 0; r < rows; r++) {
-    caps[r] = 2 + 3 * r, lens[r] = 1 + 3 * r, tokens[r] = r;
-    size_t cells = (size_t)GLAYERS * 2 * GHEADS * caps[r] * GDIM, spots = cells / GDIM;
-    stores[r] = malloc(cells * elem), copies[r] = malloc(cells * elem);
-    for (size_t i = 0; i < cells; i++)
-      if (elem == 1) ((int8_t *)stores[r])[i] = (int8_t)(uniform() * 127);
-      else stores[r][i] = cache_dtype == GLL_F16 ? to_f16(uniform()) : to_bf16(uniform());
-    memcpy(copies[r], stores[r], cells * elem);
-    scales[r] = scale_copies[r] = NULL;
-    if (elem == 1) {
-      scales[r] = random_f32(spots, 0.02f), scale_copies[r] = malloc(spots * sizeof(float));
-      memcpy(scale_copies[r], scales[r], spots * sizeof(float));
-    }
-  }
+  twin_caches c;
+  for (int r = 0; r < rows; r++)
+    c.caps[r] = 2 + 3 * r, c.lens[r] = 1 + 3 * r, c.tokens[r] = r;
+  fill_twin_caches(&c, rows, GLAYERS, GHEADS, GDIM, cache_dtype);
   float *h = random_f32((size_t)rows * GW, 2), *h2 = malloc((size_t)rows * GW * sizeof *h2);
   float *h0 = malloc((size_t)rows * GW * sizeof *h0);
   memcpy(h2, h, (size_t)rows * GW * sizeof *h);
   gpt2_f16_step s = {GW, GH, GHEADS, 2, 1e-5f, 0.25f, random_f32((size_t)rows * GW, 1),
                      random_f32((size_t)rows * 3 * GW, 1), random_f32((size_t)rows * GW, 1),
                      random_f32((size_t)rows * GH, 1), random_f32((size_t)rows * GW, 1)};
-  CHECK(gpt2_f16_decode(blocks, GLAYERS, &s, h, rows, stores, cache_dtype, scales, caps, lens,
-                        tokens) == 0, "gpt2_f16_decode %d rows", rows);
+  CHECK(gpt2_f16_decode(blocks, GLAYERS, &s, h, rows, c.stores, cache_dtype, c.scales, c.caps,
+                        c.lens, c.tokens) == 0, "gpt2_f16_decode %d rows", rows);
   for (int l = 0; l < GLAYERS; l++) {
     memcpy(h0, h2, (size_t)rows * GW * sizeof *h0);
     CHECK(gpt2_f16_attn_in(&blocks[l], &s, h2, rows) == 0, "gpt2 f16 attn_in layer %d", l);
     decode_qkv in = {s.qkv, s.qkv + GW, s.qkv + 2 * GW, 3 * GW, GDIM, 3 * GW, GDIM, 3 * GW,
                      GDIM};
-    CHECK(attend_decode_avx2(&in, GLL_F32, copies, cache_dtype, scale_copies, caps, lens, tokens,
-                             rows, l, GHEADS, GHEADS, GDIM, s.scale, s.att, GW, 2) == 0,
+    CHECK(attend_decode_avx2(&in, GLL_F32, c.copies, cache_dtype, c.scale_copies, c.caps, c.lens,
+                             c.tokens, rows, l, GHEADS, GHEADS, GDIM, s.scale, s.att, GW, 2) == 0,
           "gpt2 f16 attention layer %d", l);
     CHECK(gpt2_f16_attn_out(&blocks[l], &s, h2, rows) == 0, "gpt2 f16 attn_out layer %d", l);
     if (l == GLAYERS - 1)
@@ -1186,14 +1194,7 @@ static void test_gpt2_f16_decode(int rows, int cache_dtype) {
   }
   CHECK(!memcmp(h, h2, (size_t)rows * GW * sizeof *h), "gpt2_f16_decode %d rows != its layers",
         rows);
-  for (int r = 0; r < rows; r++) {
-    size_t cells = (size_t)GLAYERS * 2 * GHEADS * caps[r] * GDIM;
-    CHECK(!memcmp(stores[r], copies[r], cells * elem), "gpt2_f16_decode row %d's cache", r);
-    if (elem == 1)
-      CHECK(!memcmp(scales[r], scale_copies[r], cells / GDIM * sizeof(float)),
-            "gpt2_f16_decode row %d's scales", r);
-    free(stores[r]), free(copies[r]), free(scales[r]), free(scale_copies[r]);
-  }
+  check_and_free_twin_caches(&c, "gpt2_f16_decode");
   for (int l = 0; l < GLAYERS; l++) {
     for (int i = 0; i < 8; i++) free(gw[l].f[i]);
     for (int i = 0; i < 4; i++) free(gw[l].w[i]);
