@@ -86,4 +86,7 @@ def test_the_warm_up_prices_prompts_from_its_second_batch(make_app) -> None:
     assert len(batches) == 3  # alone, then MAX_BATCH_SIZE rows twice
     assert max(r.rows for r in batches[1]) == max(r.rows for r in batches[2]) == 3
     prompts = [r for r in learned if r.prompt_tokens]
-    assert prompts and all(any(r is s for s in batches[2]) for r in prompts)
+    second = [r for r in prompts if any(r is s for s in batches[2])]
+    # The second batch's prompts first; the first batch's only if those priced a prompt
+    # token at nothing measurable (tiny models on a fast CPU).
+    assert second and prompts[:len(second)] == second

@@ -149,9 +149,9 @@ class ModelService:
             # finished in time).
             first = self._run_together([request] * rows)
             reports = self._run_together([request] * rows)
-            for report in reports:  # with the decode step known: what the prompts add
-                if report.prompt_tokens:
-                    self.scheduler.learn(report)
+            self._learn_prompts(reports)  # with the decode step known: what the prompts add
+            if not self.scheduler.token_s:  # nothing measurable (a tiny model): the first's
+                self._learn_prompts(first)
             self._learn_median([r for r in first + reports if r.rows == rows])
         elapsed_s = time.monotonic() - start
         self.ready.set()
@@ -172,6 +172,12 @@ class ModelService:
         for row in rows:
             row.cache.release()
         return reports
+
+    def _learn_prompts(self, reports: list[StepReport]) -> None:
+        """Teach the scheduler what these steps' prompt tokens added."""
+        for report in reports:
+            if report.prompt_tokens:
+                self.scheduler.learn(report)
 
     def _learn_median(self, reports: list[StepReport]) -> None:
         """Teach the scheduler the median of these steps' decode-only ones."""
