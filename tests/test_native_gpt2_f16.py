@@ -153,5 +153,5 @@ def test_the_c_refuses_a_step_outside_its_sizes(tiny_model: Path) -> None:
     hidden = torch.randn(1, native.width)
     before = hidden.clone()
     with pytest.raises(native_gpt2.native_ops.NativeError, match="a size outside"):
-        native._call("gpt2_f16_attn_out", native.blocks[0], scratch, hidden)
+        native._half("attn_out", 0, scratch, hidden)
     assert torch.equal(hidden, before)

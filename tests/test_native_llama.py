@@ -18,6 +18,7 @@ from server.engine.code_path import Machine, decide
 from server.engine.decoding import GenerationRequest
 from server.engine.native_f16 import NativeF16Linear
 from server.engine.native_llama import NativeLlama
+from server.engine.native_ops import NativeError
 from server.engine.quantize import quantize_int8
 from server.engine.step import StepEngine, generate_alone
 from tests.conftest import TINY_DECODERS, alone_together_joined
@@ -25,8 +26,8 @@ from tests.test_gpt2_forward import _both, _rows
 from tests.test_native_gpt2 import _logits
 
 pytestmark = pytest.mark.skipif(
-    native_f16.unavailable() is not None or native_llama.unavailable() is not None,
-    reason=f"not run here: {native_f16.unavailable() or native_llama.unavailable()}")
+    native_f16.unavailable() is not None,
+    reason=f"not run here: {native_f16.unavailable()}")
 
 # The C layers against transformers' forward over the same fp16-weight modules: the same GEMMs
 # and attention, but RMSNorm's sum of squares in 8 lanes and SiLU's exponential by a
@@ -190,6 +191,6 @@ def test_the_c_refuses_a_step_outside_its_sizes(folder: Path) -> None:
     scratch.step.width = 36
     hidden = torch.randn(1, native.sizes.width)
     before = hidden.clone()
-    with pytest.raises(native_llama.NativeError, match="a size outside what the kernel takes"):
-        native._call("llama_attn_out", native.blocks[0], scratch, hidden)
+    with pytest.raises(NativeError, match="a size outside what the kernel takes"):
+        native._half("attn_out", 0, scratch.step, hidden)
     assert torch.equal(hidden, before)

@@ -28,7 +28,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from server.engine import gpt2_forward, llama_forward, native_gemm, native_gpt2, native_llama
+from server.engine import (
+    gpt2_forward,
+    llama_forward,
+    native_f16,
+    native_gemm,
+    native_gpt2,
+    native_llama,
+)
 from server.engine.native_int8 import NativeInt8Linear
 from server.engine.native_ops import (
     ATTENTION_VARIANTS,
@@ -154,7 +161,7 @@ def _avx2_layers_blocked(machine: Machine) -> str | None:
     """Why the C layers on the fp16 GEMM cannot run on ``machine`` (None: they can)."""
     if "avx2" not in machine.attention:
         return "the AVX2 decode attention does not run here"
-    return native_llama.unavailable()
+    return native_f16.unavailable()
 
 
 def _llama_layers(model: nn.Module, kind: str, machine: Machine) -> tuple[str, str]:

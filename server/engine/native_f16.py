@@ -41,9 +41,9 @@ from server.engine import native_ops
 from server.engine.native_ops import NativeError
 from server.engine.quantize import HalfEmbedding, half_embeddings, replace_modules
 
-__all__ = ["NEEDED_FLAGS", "FusedF16Linear", "NativeF16Linear", "available", "fuse_projections",
-           "gemm_f16", "layers_library", "quantize_native_float16", "require", "tied_head",
-           "unavailable"]
+__all__ = ["NEEDED_FLAGS", "F16Layers", "FusedF16Linear", "NativeF16Linear", "available",
+           "fuse_projections", "gemm_f16", "layers_library", "quantize_native_float16",
+           "require", "tied_head", "unavailable"]
 
 NEEDED_FLAGS = ("avx2", "fma", "f16c")  # gemm_f16.c's GLL_AVX2_F16C
 
@@ -75,6 +75,47 @@ def layers_library() -> tuple[ctypes.CDLL | None, str | None]:
             for suffix in ("attn_in", "attn_out", "decode"):
                 getattr(lib, f"{prefix}_{suffix}").restype = i32
     return lib, problem
+
+
+class F16Layers:
+    """What the C layer sets on this GEMM share (server.engine.native_gpt2.NativeGPT2F16 for
+    ``gpt2_f16.c``, server.engine.native_llama.NativeLlama for ``llama_f16.c``): refusing a
+    model their C does not take, the library, and the two kinds of call: half a layer
+    (``<prefix>_attn_in`` / ``_attn_out``) and every layer of a decode-only step
+    (``<prefix>_decode``), each checked at the C boundary."""
+
+    source = ""  # the C file, for messages
+    prefix = ""  # its entry points' prefix
+
+    def __init__(self, model: nn.Module, problem: str | None, blocks: ctypes.Array) -> None:
+        if problem is not None:
+            raise ValueError(f"{self.source} does not take this model: {problem}")
+        lib, why = layers_library()
+        if lib is None:
+            raise NativeError(f"{self.source}'s layers: {why}")
+        self._lib, self._model, self.blocks = lib, model, blocks
+
+    def _half(self, which: str, layer: int, step: ctypes.Structure,
+              hidden: torch.Tensor) -> None:
+        """``<prefix>_<which>`` (attn_in or attn_out) of ``layer`` over ``hidden``'s rows."""
+        native_ops._call(f"{self.prefix}_{which}", ctypes.byref(self.blocks[layer]),
+                         ctypes.byref(step), hidden.data_ptr(), hidden.shape[0], lib=self._lib)
+
+    def _every_layer(self, step: ctypes.Structure, hidden: torch.Tensor,
+                     caches: native_ops.DecodeCaches) -> None:
+        """``<prefix>_decode``: all layers in one call, each row decoding one token (token r
+        is cached row r); the caller has checked the caches' geometry against the model."""
+        if caches.rows != hidden.shape[0] or caches.last_token >= hidden.shape[0]:
+            raise ValueError(f"cache geometry: {caches.rows} cached rows (last token "
+                             f"{caches.last_token}) for a step of {hidden.shape[0]} tokens")
+        if caches.layers < len(self.blocks):
+            raise ValueError(f"cache geometry: caches of {caches.layers} layers for a model "
+                             f"of {len(self.blocks)}")
+        stores, caps, lens, tokens = caches.arrays
+        native_ops._call(f"{self.prefix}_decode", self.blocks, len(self.blocks),
+                         ctypes.byref(step), hidden.data_ptr(), hidden.shape[0], stores,
+                         native_ops.DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens,
+                         tokens, lib=self._lib)
 
 
 def unavailable() -> str | None:

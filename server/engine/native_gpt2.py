@@ -20,6 +20,7 @@ by bf16 rounding only.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -86,29 +87,38 @@ def misfit(model: nn.Module) -> str | None:
     """What in ``model`` gpt2_bf16.c does not take (None: it takes it all): every block
     native-packed, unpadded, bf16 norms with biases, one scale and one eps, gelu_new, widths
     in whole vectors."""
+    return _misfit(model, lambda m: isinstance(m, NativeBF16Linear) and m.padded == m.out_features,
+                   "native-packed bf16, or padded", torch.bfloat16, 16)
+
+
+def _misfit(model: nn.Module, linear_ok: Callable[[nn.Module], bool], linear_is: str,
+            norm_dtype: torch.dtype, vector: int) -> str | None:
+    """What in ``model`` a C layer set does not take (None: it takes it all): every linear
+    layer ``linear_ok`` (else "... is not ``linear_is``"), layer norms in ``norm_dtype`` with
+    biases and one eps, one attention scale, gelu_new, widths multiples of ``vector`` and a
+    head dim a multiple of 16 up to 256. gpt2_bf16.c and gpt2_f16.c differ only in those."""
     blocks = list(model.transformer.h)
     first = blocks[0]
     width = getattr(first.attn.c_attn, "in_features", 0)
+    norm = str(norm_dtype).removeprefix("torch.")
     for layer, block in enumerate(blocks):
         linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-        norms = (block.ln_1, block.ln_2)
-        if not all(isinstance(m, NativeBF16Linear) and m.padded == m.out_features
-                   for m in linears):
-            return f"layer {layer}: a linear layer is not native-packed bf16, or padded"
+        if not all(linear_ok(m) for m in linears):
+            return f"layer {layer}: a linear layer is not {linear_is}"
         if not all(n.weight is not None and n.bias is not None
-                   and n.weight.dtype == n.bias.dtype == torch.bfloat16
+                   and n.weight.dtype == n.bias.dtype == norm_dtype
                    and n.eps == first.ln_1.eps and tuple(n.normalized_shape) == (width,)
-                   for n in norms):
-            return f"layer {layer}: a layer norm is not bf16 with a bias, or differs"
+                   for n in (block.ln_1, block.ln_2)):
+            return f"layer {layer}: a layer norm is not {norm} with a bias, or differs"
         if block.attn.scaling != first.attn.scaling:
             return f"layer {layer}: an attention scale unlike layer 0's"
         if type(block.mlp.act).__name__ != "NewGELUActivation":
             return f"layer {layer}: activation {type(block.mlp.act).__name__}, not gelu_new"
     hidden = first.mlp.c_fc.out_features
     dim = width // first.attn.num_heads
-    if not (width % 16 == 0 and hidden % 16 == 0 and dim % 16 == 0 and dim <= 256):
-        return (f"widths {width}/{hidden}, head dim {dim}: not multiples of 16 "
-                f"(head dim at most 256)")
+    if not (width % vector == 0 and hidden % vector == 0 and dim % 16 == 0 and dim <= 256):
+        return (f"widths {width}/{hidden}, head dim {dim}: not multiples of {vector} "
+                f"(head dim a multiple of 16 up to 256)")
     return None
 
 
@@ -132,29 +142,25 @@ class F16Step(ctypes.Structure):
                 *((name, ctypes.c_void_p) for name in ("x", "qkv", "att", "inner", "y"))]
 
 
-class NativeGPT2F16:
+class NativeGPT2F16(native_f16.F16Layers):
     """A float16+native GPT-2's layers as C calls (native/gpt2_f16.c): NativeGPT2's plan on
     the fp16 GEMM and the AVX2 decode attention, in float32 (any cache that attention reads:
     float16, bf16, int8)."""
 
+    source, prefix = "gpt2_f16.c", "gpt2_f16"
+
     def __init__(self, model: nn.Module) -> None:
         problem = misfit_f16(model)
-        if problem is not None:
-            raise ValueError(f"gpt2_f16.c does not take this model: {problem}")
-        lib, why = native_f16.layers_library()
-        if lib is None:
-            raise native_ops.NativeError(f"native GPT-2 fp16 layers: {why}")
-        self._lib = lib
         body = model.transformer
+        super().__init__(model, problem, None if problem else
+                         (F16Block * len(body.h))(*(_f16_block(block) for block in body.h)))
         first = body.h[0]
-        self._model = model
         self._attn = [block.attn for block in body.h]
         self.width = first.attn.c_attn.in_features
         self.hidden = first.mlp.c_fc.out_features
         self.heads = first.attn.num_heads
         self.eps = float(first.ln_1.eps)
         self.scale = float(first.attn.scaling)
-        self.blocks = (F16Block * len(body.h))(*(_f16_block(block) for block in body.h))
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeGPT2F16:
@@ -174,33 +180,17 @@ class NativeGPT2F16:
                           self.scale, *(buffers[name].data_ptr() for name in widths))
         native = step.native
         if native is not None and len(native.indexes) == len(step.segments):
-            self._decode(hidden, scratch, native.caches)
+            caches, dim = native.caches, self.width // self.heads
+            if (caches.kv_heads, caches.dim) != (self.heads, dim):
+                raise ValueError(f"cache geometry: {caches.kv_heads} heads of {caches.dim}, "
+                                 f"the model {self.heads} of {dim}")
+            self._every_layer(scratch, hidden, caches)
         else:
             for layer, attn in enumerate(self._attn):
-                self._call("gpt2_f16_attn_in", self.blocks[layer], scratch, hidden)
+                self._half("attn_in", layer, scratch, hidden)
                 buffers["att"].copy_(gpt2_forward.attend(attn, buffers["qkv"], step, layer))
-                self._call("gpt2_f16_attn_out", self.blocks[layer], scratch, hidden)
+                self._half("attn_out", layer, scratch, hidden)
         return gpt2_forward.logits(self._model, hidden, due)
-
-    def _decode(self, hidden: torch.Tensor, scratch: F16Step,
-                caches: native_ops.DecodeCaches) -> None:
-        """Every layer in one call: each row decodes one token (token r is cached row r)."""
-        tokens, dim = hidden.shape[0], self.width // self.heads
-        if caches.rows != tokens or caches.last_token >= tokens or \
-                (caches.kv_heads, caches.dim) != (self.heads, dim) or \
-                caches.layers < len(self.blocks):
-            raise ValueError(f"cache geometry: {caches.rows} rows of {caches.layers} layers of "
-                             f"{caches.kv_heads} heads of {caches.dim} for {tokens} tokens of "
-                             f"{len(self.blocks)} layers of {self.heads} heads of {dim}")
-        stores, caps, lens, indexes = caches.arrays
-        native_ops._call("gpt2_f16_decode", self.blocks, len(self.blocks),
-                         ctypes.byref(scratch), hidden.data_ptr(), tokens, stores,
-                         native_ops.DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens,
-                         indexes, lib=self._lib)
-
-    def _call(self, name: str, block: F16Block, scratch: F16Step, hidden: torch.Tensor) -> None:
-        native_ops._call(name, ctypes.byref(block), ctypes.byref(scratch), hidden.data_ptr(),
-                         hidden.shape[0], lib=self._lib)
 
 
 def _f16_block(block: nn.Module) -> F16Block:
@@ -218,25 +208,5 @@ def misfit_f16(model: nn.Module) -> str | None:
     """What in ``model`` gpt2_f16.c does not take (None: it takes it all): every linear layer
     a NativeF16Linear with its float32 bias, float32 layer norms with biases, one eps and one
     scale, gelu_new, widths in whole vectors (head dim a multiple of 16 up to 256)."""
-    blocks = list(model.transformer.h)
-    first = blocks[0]
-    width = getattr(first.attn.c_attn, "in_features", 0)
-    for layer, block in enumerate(blocks):
-        linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-        if not all(type(m) is NativeF16Linear and m.bias is not None for m in linears):
-            return f"layer {layer}: a linear layer is not native fp16 with a bias"
-        if not all(n.weight is not None and n.bias is not None
-                   and n.weight.dtype == n.bias.dtype == torch.float32
-                   and n.eps == first.ln_1.eps and tuple(n.normalized_shape) == (width,)
-                   for n in (block.ln_1, block.ln_2)):
-            return f"layer {layer}: a layer norm is not float32 with a bias, or differs"
-        if block.attn.scaling != first.attn.scaling:
-            return f"layer {layer}: an attention scale unlike layer 0's"
-        if type(block.mlp.act).__name__ != "NewGELUActivation":
-            return f"layer {layer}: activation {type(block.mlp.act).__name__}, not gelu_new"
-    hidden = first.mlp.c_fc.out_features
-    dim = width // first.attn.num_heads
-    if not (width % 8 == 0 and hidden % 8 == 0 and dim % 16 == 0 and dim <= 256):
-        return (f"widths {width}/{hidden}, head dim {dim}: not whole vectors (head dim a "
-                f"multiple of 16 up to 256)")
-    return None
+    return _misfit(model, lambda m: type(m) is NativeF16Linear and m.bias is not None,
+                   "native fp16 with a bias", torch.float32, 8)

@@ -25,7 +25,6 @@ from torch import nn
 
 from server.engine import llama_forward, native_f16, native_ops
 from server.engine.native_f16 import FusedF16Linear, NativeF16Linear
-from server.engine.native_ops import NativeError
 from server.engine.row_cache import PackedStep, packed_attention
 
 _WEIGHTS = ("norm1", "norm2", "qkv_b", "qkv_w", "o_w", "gate_up_w", "down_w")
@@ -47,11 +46,6 @@ class LlamaStep(ctypes.Structure):
                 ("eps", ctypes.c_float), ("scale", ctypes.c_float),
                 *((name, ctypes.c_void_p) for name in ("cos", "sin", "x", "qkv", "att",
                                                        "inner", "act", "y"))]
-
-
-def unavailable() -> str | None:
-    """Why the C layers do not run here (CPU features or build), None if they do."""
-    return native_f16.layers_library()[1]
 
 
 class Sizes:
@@ -82,23 +76,19 @@ class Scratch:
                               sin.data_ptr(), *(self.buffers[n].data_ptr() for n in widths))
 
 
-class NativeLlama:
+class NativeLlama(native_f16.F16Layers):
     """A float16+native Llama-family model's layers as C calls (``build``; the step engine
     keeps one)."""
 
+    source, prefix = "llama_f16.c", "llama"
+
     def __init__(self, model: nn.Module) -> None:
         problem = misfit(model)
-        if problem is not None:
-            raise ValueError(f"llama_f16.c does not take this model: {problem}")
-        lib, why = native_f16.layers_library()
-        if lib is None:
-            raise NativeError(f"native Llama layers: {why}")
-        self._lib = lib
-        self._model = model
-        self.sizes = Sizes(model)
         layers = model.model.layers
+        super().__init__(model, problem, None if problem else
+                         (LlamaBlock * len(layers))(*(_block(layer) for layer in layers)))
+        self.sizes = Sizes(model)
         self._attn = [layer.self_attn for layer in layers]
-        self.blocks = (LlamaBlock * len(layers))(*(_block(layer) for layer in layers))
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeLlama:
@@ -117,7 +107,11 @@ class NativeLlama:
         native = step.native
         if native is not None and len(native.indexes) == len(step.segments) and \
                 native.caches.dtype in CACHES:
-            self._decode(hidden, scratch, native.caches)
+            caches, sizes = native.caches, self.sizes
+            if (caches.kv_heads, caches.dim) != (sizes.kv_heads, sizes.dim):
+                raise ValueError(f"cache geometry: {caches.kv_heads} kv heads of "
+                                 f"{caches.dim}, the model {sizes.kv_heads} of {sizes.dim}")
+            self._every_layer(scratch.step, hidden, caches)
         else:
             self._layers(hidden, step, scratch)
         return self._model.lm_head(llama_forward.rms_norm(body.norm, hidden[due]))
@@ -130,35 +124,12 @@ class NativeLlama:
                              sizes.kv_heads * sizes.dim], dim=1)
         q, k, v = (t.view(tokens, -1, sizes.dim)[None].transpose(1, 2) for t in (q, k, v))
         for layer, attn in enumerate(self._attn):
-            self._call("llama_attn_in", self.blocks[layer], scratch, hidden)
+            self._half("attn_in", layer, scratch.step, hidden)
             step.update(k, v, layer)
             out, _ = packed_attention(attn, q, k, v, None, scaling=attn.scaling,
                                       packed_step=step)
             att.copy_(out.reshape(tokens, -1))
-            self._call("llama_attn_out", self.blocks[layer], scratch, hidden)
-
-    def _decode(self, hidden: torch.Tensor, scratch: Scratch,
-                caches: native_ops.DecodeCaches) -> None:
-        """Every layer in one call: each row decodes one token (token r is cached row r)."""
-        sizes = self.sizes
-        if caches.rows != scratch.tokens or caches.last_token >= scratch.tokens:
-            raise ValueError(f"cache geometry: {caches.rows} cached rows (last token "
-                             f"{caches.last_token}) for a step of {scratch.tokens} tokens")
-        if (caches.kv_heads, caches.dim) != (sizes.kv_heads, sizes.dim) or \
-                caches.layers < len(self.blocks):
-            raise ValueError(f"cache geometry: {caches.layers} layers of {caches.kv_heads} kv "
-                             f"heads of {caches.dim}, the model {len(self.blocks)} of "
-                             f"{sizes.kv_heads} of {sizes.dim}")
-        stores, caps, lens, tokens = caches.arrays
-        native_ops._call("llama_decode", self.blocks, len(self.blocks),
-                         ctypes.byref(scratch.step), hidden.data_ptr(), scratch.tokens, stores,
-                         native_ops.DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens,
-                         tokens, lib=self._lib)
-
-    def _call(self, name: str, block: LlamaBlock, scratch: Scratch,
-              hidden: torch.Tensor) -> None:
-        native_ops._call(name, ctypes.byref(block), ctypes.byref(scratch.step),
-                         hidden.data_ptr(), scratch.tokens, lib=self._lib)
+            self._half("attn_out", layer, scratch.step, hidden)
 
 
 def _block(layer: nn.Module) -> LlamaBlock:
