@@ -480,3 +480,19 @@ def test_a_decode_step_of_many_rows_teaches_that_row_count_not_the_one_row_step(
         scheduler.submit(Job(GenerationRequest(_prompt(4, 100 * n), 10)))  # 1 + 10 steps
     job = Job(GenerationRequest(_prompt(4, 1700), 10))
     assert scheduler.predict_s(job) == pytest.approx((11 + 11) * 0.1 * 4.0)
+
+
+def test_a_prompt_price_of_nothing_measurable_is_averaged_not_replaced(loaded) -> None:
+    """A prompt step that cost no more than its decode rows prices a prompt token at 0, a real
+    sample: the next one moves the average by STEP_EWMA rather than replacing it."""
+    from server.engine.scheduler import STEP_EWMA
+    from server.engine.step import StepReport
+
+    scheduler = Scheduler(_engine(loaded, chunk=64), 2, max_queue=8, timeout_s=100.0)
+    scheduler.step_s = 0.010
+    free = StepReport("mixed", 2, 33, {}, 0.010, 0.010, prompt_tokens=32)  # as one decode row
+    costly = StepReport("mixed", 2, 33, {}, 0.042, 0.042, prompt_tokens=32)  # 1 ms a token
+    scheduler.learn(free)
+    assert scheduler.token_s == 0 and scheduler.token_samples == 1
+    scheduler.learn(costly)
+    assert scheduler.token_s == pytest.approx(STEP_EWMA * 0.001)

@@ -116,6 +116,10 @@ class Scheduler:
         self.curve = RowCurve(row_growth)
         self.step_s = 0.0  # running average of a one-row decode step (the warm-up seeds it)
         self.token_s = 0.0  # running average of what one prompt token adds to a step
+        # Prompt steps learned from: the first sets token_s, later ones move it. Counted, not
+        # read off token_s, because 0 is a real price (a tiny model's prompt adds nothing
+        # measurable to a step) and must not make the next sample replace the average.
+        self.token_samples = 0
         # How much longer finished jobs took than forecast (>= 1): the requests that arrive
         # while a job waits or runs are unknown when it is admitted, and their prompts cost it.
         self.bias = 1.0
@@ -326,7 +330,8 @@ class Scheduler:
         # A step costs at least a one-row decode step (the weights are read once per step).
         decode_s = self.step_s * self._row_cost(decoding)
         extra = max(0.0, report.step_s - decode_s) / report.prompt_tokens
-        self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_s else extra
+        self.token_s += STEP_EWMA * (extra - self.token_s) if self.token_samples else extra
+        self.token_samples += 1
 
     def _admit(self, block: bool) -> None:
         """Move jobs from the queue into the running set while rows are free (``block``:

@@ -151,6 +151,7 @@ class ModelService:
             reports = self._run_together([request] * rows)
             self._learn_prompts(reports)  # with the decode step known: what the prompts add
             if not self.scheduler.token_s:  # nothing measurable (a tiny model): the first's
+                self.scheduler.token_samples = 0  # price alone, not averaged with that 0
                 self._learn_prompts(first)
             self._learn_median([r for r in first + reports if r.rows == rows])
         elapsed_s = time.monotonic() - start
