@@ -91,8 +91,9 @@ def test_a_cpu_without_f16c_has_no_candidate_and_an_explicit_dtype_names_it(
 
 
 @runs_here
-@pytest.mark.parametrize("rows", range(1, 10))
-@pytest.mark.parametrize(("inputs", "outputs"), [(1, 1), (7, 5), (9, 17), (33, 67), (130, 300)])
+@pytest.mark.parametrize("rows", [*range(1, 10), 16, 21])  # 16+: prompt chunks
+@pytest.mark.parametrize(("inputs", "outputs"), [(1, 1), (7, 5), (9, 17), (33, 67), (130, 300),
+                                                 (777, 50)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gemm_is_torchs_float32_product_of_the_widened_weight(rows: int, inputs: int,
                                                               outputs: int, bias: bool) -> None:
@@ -110,15 +111,17 @@ def test_gemm_is_torchs_float32_product_of_the_widened_weight(rows: int, inputs:
 
 
 @runs_here
-def test_a_rows_result_is_the_same_alone_and_in_any_batch() -> None:
+@pytest.mark.parametrize("inputs", [261, 777])
+def test_a_rows_result_is_the_same_alone_and_in_any_batch(inputs: int) -> None:
     torch.manual_seed(1)
-    w, b = torch.randn(203, 261).to(F16), torch.randn(203)  # tails in both
-    x = torch.randn(19, 261)
+    w, b = torch.randn(203, inputs).to(F16), torch.randn(203)  # tails in both
+    x = torch.randn(37, inputs)
     together = gemm_f16(x, w, b)
-    for rows in range(1, 20):  # every register tile and their combinations
+    for rows in range(1, 38):  # every register tile and their combinations, blocked or not
         assert torch.equal(gemm_f16(x[:rows], w, b), together[:rows])
     seven = x[4:11].contiguous()
     assert torch.equal(gemm_f16(x[7:8], w, b), gemm_f16(seven, w, b)[3:4])
+    assert torch.equal(gemm_f16(x[30:31], w, b), together[30:31])
 
 
 @runs_here

@@ -886,6 +886,10 @@ static void test_f16_variant(void) {
       test_f16_gemm(ms[i], ks[j], ns[(i + j + 2) % 5], 0);
     }
   test_f16_gemm(3, 1280, 300, 1); /* several parallel groups of outputs */
+  /* Prompt-sized calls: 16+ rows, long and odd k. */
+  test_f16_gemm(16, 130, 67, 1);
+  test_f16_gemm(17, 777, 53, 0);
+  test_f16_gemm(21, 769, 50, 1);
   printf("f16 gemm: %s\n", failures ? "FAILED" : "ok");
 }
 
