@@ -16,7 +16,7 @@ from harness.gunicorn_process import GunicornServer
 from server.engine import kernels, native_gemm, native_ops
 from server.engine.decoding import GenerationRequest
 from server.engine.model import load_model, resolve_source
-from server.engine.quantize import conv1d_to_linear
+from server.engine.quantize import conv1d_to_linear, weight_bytes
 from server.engine.row_cache import NativeDecode
 from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR, server_env
@@ -110,6 +110,44 @@ def test_bfloat16_times_both_kernel_paths_and_serves_the_faster(tiny_model: Path
     fastest = min(table.values(), key=lambda t: (t.batch_max_ms, t.batch_1_ms))
     assert loaded.kernels.chosen == fastest.precision
     assert "bfloat16+native" in loaded.kernels.summary()
+
+
+def _tiny(preset: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_source(preset, MODELS_DIR),
+                                                 dtype=torch.float32).eval()
+    conv1d_to_linear(model)
+    return model
+
+
+@needs_native
+@pytest.mark.parametrize("preset", ["synthetic:tiny", "synthetic:tiny-llama",
+                                    "synthetic:tiny-qwen"])
+def test_a_tied_heads_table_is_held_once_and_read_bit_for_bit(preset: str,
+                                                               tiny_decoders) -> None:
+    """The packed LM head is the only copy of a tied table: the input embedding reads it
+    (PackedTableEmbedding), gives the rows the bf16 table held, and the model's weights shrink
+    by the table's bytes."""
+    model = _tiny(preset)
+    table = model.get_input_embeddings().weight.detach().to(torch.bfloat16)
+    native = native_gemm.pack_native(model)
+    embedding = native.get_input_embeddings()
+    assert isinstance(embedding, native_gemm.PackedTableEmbedding)
+    assert list(embedding.parameters()) == [] and list(embedding.buffers()) == []
+    ids = torch.tensor([[0, table.shape[0] - 1, 7], [15, 16, 17]])
+    assert torch.equal(embedding(ids), table[ids])
+    assert torch.equal(embedding(torch.arange(table.shape[0])), table)
+    untied = _tiny(preset)
+    untied.get_output_embeddings().weight = nn.Parameter(
+        untied.get_output_embeddings().weight.detach().clone())
+    two_copies = native_gemm.pack_native(untied)  # an untied head: the table stays its own
+    assert type(two_copies.get_input_embeddings()) is nn.Embedding
+    assert weight_bytes(two_copies) - weight_bytes(native) == table.numel() * 2
+    with pytest.raises(IndexError, match="outside the embedding table"):
+        embedding(torch.tensor([table.shape[0]]))
+    with pytest.raises(IndexError, match="outside the embedding table"):
+        embedding(torch.tensor([-1]))
 
 
 @needs_native

@@ -238,7 +238,8 @@ def _computed_dtype(model: nn.Module) -> torch.dtype:
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
         else None
     if embeddings is not None:  # a float16-stored table says what it computes in
-        return getattr(embeddings, "computed_dtype", embeddings.weight.dtype)
+        computed = getattr(embeddings, "computed_dtype", None)  # a table without .weight too
+        return computed if computed is not None else embeddings.weight.dtype
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 

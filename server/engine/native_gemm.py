@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from server.engine import native_ops
+from server.engine.native_f16 import tied_head
 from server.engine.native_ops import (  # the library's state, as the kernel paths ask it
     BLOCK,
     NEEDED_FLAGS,
@@ -36,8 +37,8 @@ from server.engine.native_ops import (  # the library's state, as the kernel pat
 )
 from server.engine.quantize import replace_modules, to_bfloat16
 
-__all__ = ["BLOCK", "NEEDED_FLAGS", "NativeBF16Linear", "available", "library", "missing_flags",
-           "pack_native", "pad_rows", "require", "unavailable"]
+__all__ = ["BLOCK", "NEEDED_FLAGS", "NativeBF16Linear", "PackedTableEmbedding", "available",
+           "library", "missing_flags", "pack_native", "pad_rows", "require", "unavailable"]
 
 
 class NativeBF16Linear(nn.Module):
@@ -71,13 +72,50 @@ class NativeBF16Linear(nn.Module):
         return self.packed.numel() * 2 + bias
 
 
+class PackedTableEmbedding(nn.Module):
+    """The input embedding of a model whose LM head is tied to it, read from the head's packed
+    weight: one copy of the table.
+
+    Why: packing the tied head (a NativeBF16Linear) made a second bf16 copy of the table beside
+    the ``nn.Embedding`` the lookup read: 525 MB of Llama-3.2-1B's 128,256 x 2,048, 467 MB of
+    Qwen2.5-1.5B's, 129 MB of gpt2-large's. On the AMD EPYC Zen 4 the Llama-3.2-1B server's
+    PSS was 1.18x llama-server's RSS by that much (results/reference/README.md). A token's row
+    is gathered from the [N/16][K/2][16][2] layout (block id // 16, lane id % 16), the same
+    bf16 values the table held, bit for bit.
+    """
+
+    computed_dtype = torch.bfloat16  # what server.engine.code_path reads instead of a weight
+
+    def __init__(self, head: NativeBF16Linear) -> None:
+        super().__init__()
+        # A tuple, not an attribute nn.Module registers: the head stays the model's submodule
+        # alone, and the lookup reads its packed weight as it is at call time (huge pages
+        # may have moved it, server.engine.huge_pages).
+        self._head = (head,)
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of ``ids`` (any shape), bf16; IndexError for an id outside the table."""
+        flat = ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            raise IndexError(f"token id outside the embedding table of {self.num_embeddings}")
+        blocks = self._head[0].packed.view(-1, self.embedding_dim // 2, BLOCK, 2)
+        rows = blocks[flat // BLOCK, :, flat % BLOCK, :]  # [tokens, K/2, 2]: a row in order
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+
 def pack_native(model: nn.Module) -> nn.Module:
-    """``model`` in bf16 with every ``nn.Linear`` as a NativeBF16Linear (the LM head too:
-    its own packed copy, as server.engine.kernels.pack_bfloat16 makes). A layer of odd input width,
-    which the kernel's input pairs cannot take, stays a plain bf16 ``nn.Linear``."""
+    """``model`` in bf16 with every ``nn.Linear`` as a NativeBF16Linear (the LM head too,
+    packed); a tied LM head's input embedding then reads the packed head
+    (PackedTableEmbedding), so the model holds one copy of the table. A layer of odd input
+    width, which the kernel's input pairs cannot take, stays a plain bf16 ``nn.Linear``."""
     model = to_bfloat16(model)  # rotary frequencies stay float32 (server.engine.quantize)
+    tied = tied_head(model) is not None
     replace_modules(model, nn.Linear,
                     lambda layer: layer if layer.in_features % 2 else NativeBF16Linear(layer))
+    head = model.get_output_embeddings() if tied else None
+    if isinstance(head, NativeBF16Linear):
+        model.set_input_embeddings(PackedTableEmbedding(head))
     return model
 
 
