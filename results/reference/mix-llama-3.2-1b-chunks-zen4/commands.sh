@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Commands run by python -m bench reference, in order, from /work/main.
+# Invocation: python -m bench reference --preset llama-3.2-1b --users 8 --duration 150 --quants f16 --ours defaults= --ours 'chunk64=--prefill-chunk 64' --ours 'chunk256=--prefill-chunk 256' --out /work/runs/m17/mix-llama-chunks
+# CPU: AMD EPYC, 2 cores
+/work/main/.venv/bin/python scripts/loadtest.py --model synthetic:llama-3.2-1b --models-dir models --mix openai --users 8 --spawn-rate 8 --duration 150 --stop-timeout 120 --label ours-defaults-u8 --run-dir /work/runs/m17/mix-llama-chunks/01-ours-defaults-u8
+/work/main/.venv/bin/python scripts/loadtest.py --model synthetic:llama-3.2-1b --models-dir models --mix openai --users 8 --spawn-rate 8 --duration 150 --stop-timeout 120 --label ours-chunk64-u8 --run-dir /work/runs/m17/mix-llama-chunks/02-ours-chunk64-u8 --prefill-chunk 64
+/work/main/.venv/bin/python scripts/loadtest.py --model synthetic:llama-3.2-1b --models-dir models --mix openai --users 8 --spawn-rate 8 --duration 150 --stop-timeout 120 --label ours-chunk256-u8 --run-dir /work/runs/m17/mix-llama-chunks/03-ours-chunk256-u8 --prefill-chunk 256
+LLAMA_API_KEY=<random> /work/cache/llama/build/bin/llama-server -m /work/cache/llama/gguf/synthetic-llama-3.2-1b-f16.gguf --alias synthetic-llama-3.2-1b-f16 -t 2 --parallel 8 -c 8192 --host 127.0.0.1 --port 59441
+/work/main/.venv/bin/python -m locust -f locustfiles --host http://127.0.0.1:59441 --run-dir /work/runs/m17/mix-llama-chunks/04-llama-f16-u8 --label llama-f16-u8 --csv /work/runs/m17/mix-llama-chunks/04-llama-f16-u8/locust --csv-full-history --html /work/runs/m17/mix-llama-chunks/04-llama-f16-u8/locust_report.html --headless --target openai --mix openai -u 8 -r 8 -t 150s --stop-timeout 120 --server-pidfile /work/runs/m17/mix-llama-chunks/04-llama-f16-u8/llama-server.pid
+/work/main/.venv/bin/python -m analysis /work/runs/m17/mix-llama-chunks/04-llama-f16-u8
+/work/main/.venv/bin/python -m analysis compare /work/runs/m17/mix-llama-chunks/01-ours-defaults-u8 /work/runs/m17/mix-llama-chunks/02-ours-chunk64-u8 /work/runs/m17/mix-llama-chunks/03-ours-chunk256-u8 /work/runs/m17/mix-llama-chunks/04-llama-f16-u8 --out /work/runs/m17/mix-llama-chunks/compare-u8
