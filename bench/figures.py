@@ -35,6 +35,7 @@ SAMPLER = "results/profile/sampler-cost.json"
 # Issue 31's three engines on one closed loop (python -m bench engines), and the host's read
 # bandwidth measured right after it (python -m bench roofline) for the decode floor.
 ENGINES = "results/reference/engines-gpt2-large-v4-zen3"
+ENGINES_ZEN4 = "results/reference/engines-gpt2-large-zen4"  # the same command on the Zen 4
 
 
 @dataclass(frozen=True)
@@ -193,43 +194,46 @@ def _engine_rows(data: dict) -> dict[tuple[str, str, int], dict]:
     return {(r["engine"], r["variant"], int(r["concurrency"])): r for r in data["rows"]}
 
 
-def engines(root: Path) -> Iterator[Figure]:
+def engines(root: Path, folder: str = ENGINES, prefix: str = "eng",
+            section: str = "Three engines, one closed loop (`python -m bench engines`)"
+            ) -> Iterator[Figure]:
     """Ours, llama.cpp and OpenVINO GenAI on the same closed loop (64 -> 128 tokens), with the
-    lone stream's decode floor: the fp16 weights' bytes over the measured read bandwidth."""
-    data = json.loads((root / ENGINES / "engines.json").read_text())
+    lone stream's decode floor: the fp16 weights' bytes over the measured read bandwidth; one
+    ``python -m bench engines`` folder, its keys prefixed ``prefix``."""
+    data = json.loads((root / folder / "engines.json").read_text())
     host = data["host"]
-    src = Source(ENGINES, host.get("cpu_model", "?"), int(host.get("cores", 0)),
+    src = Source(folder, host.get("cpu_model", "?"), int(host.get("cores", 0)),
                  tuple(host.get("isa", ())))
     rows = _engine_rows(data)
 
     def tok(engine: str, variant: str, c: int) -> float:
         return float(rows[(engine, variant, c)]["output_tokens_per_s"])
 
-    roof = json.loads((root / ENGINES / "roofline.json").read_text())
+    roof = json.loads((root / folder / "roofline.json").read_text())
     floor = roof["read_bandwidth_gb_s"] * 1e9 / (roof["params"] * 2)  # tokens/s, 2 B/param
     c32 = rows[("ours", "auto", 32)]
-    yield from _figures("Three engines, one closed loop (`python -m bench engines`)", [
-        ("eng_c8_ours_tok_s", "c = 8, ours (defaults), output tokens/s",
+    yield from _figures(section, [
+        (f"{prefix}_c8_ours_tok_s", "c = 8, ours (defaults), output tokens/s",
          num(tok("ours", "auto", 8), 1), src),
-        ("eng_c8_ov_tok_s", "c = 8, OpenVINO GenAI fp16 IR (in-process), output tokens/s",
+        (f"{prefix}_c8_ov_tok_s", "c = 8, OpenVINO GenAI fp16 IR (in-process), output tokens/s",
          num(tok("openvino", "fp16", 8), 1), src),
-        ("eng_c8_vs_ov", "c = 8, ours / OpenVINO fp16",
+        (f"{prefix}_c8_vs_ov", "c = 8, ours / OpenVINO fp16",
          _x(tok("ours", "auto", 8), tok("openvino", "fp16", 8)), src),
-        ("eng_c8_vs_llama", "c = 8, ours / llama.cpp f16",
+        (f"{prefix}_c8_vs_llama", "c = 8, ours / llama.cpp f16",
          _x(tok("ours", "auto", 8), tok("llama.cpp", "f16", 8)), src),
-        ("eng_int8_c1_vs_ov", "c = 1, ours int8 / OpenVINO int8",
+        (f"{prefix}_int8_c1_vs_ov", "c = 1, ours int8 / OpenVINO int8",
          _x(tok("ours", "int8", 1), tok("openvino", "int8", 1)), src),
-        ("eng_int8_c8_vs_ov", "c = 8, ours int8 / OpenVINO int8",
+        (f"{prefix}_int8_c8_vs_ov", "c = 8, ours int8 / OpenVINO int8",
          _x(tok("ours", "int8", 8), tok("openvino", "int8", 8)), src),
-        ("eng_c32_served", "c = 32, ours (defaults): requests served of 32",
+        (f"{prefix}_c32_served", "c = 32, ours (defaults): requests served of 32",
          num(c32["served"]), src),
-        ("eng_c32_vs_ov", "c = 32, ours / OpenVINO fp16",
+        (f"{prefix}_c32_vs_ov", "c = 32, ours / OpenVINO fp16",
          _x(tok("ours", "auto", 32), tok("openvino", "fp16", 32)), src),
-        ("eng_floor_tok_s", "decode floor of one stream: read bandwidth / fp16 weight bytes, "
+        (f"{prefix}_floor_tok_s", "decode floor of one stream: read bandwidth / fp16 weight bytes, "
          "tokens/s", num(floor, 1), src),
-        ("eng_c1_ours_floor", "c = 1, ours (defaults) / the floor",
+        (f"{prefix}_c1_ours_floor", "c = 1, ours (defaults) / the floor",
          num(tok("ours", "auto", 1) / floor * 100, 0) + "%", src),
-        ("eng_c1_llama_floor", "c = 1, llama.cpp f16 / the floor",
+        (f"{prefix}_c1_llama_floor", "c = 1, llama.cpp f16 / the floor",
          num(tok("llama.cpp", "f16", 1) / floor * 100, 0) + "%", src),
     ])
 
@@ -238,7 +242,9 @@ def collect(root: Path = REPO) -> list[Figure]:
     """Every headline figure, read from the committed runs under ``root``."""
     return [*reference(root, "ref_u8", REF_U8, "Ours against llama.cpp's server: 8 users"),
             *reference(root, "ref_u1", REF_U1, "Ours against llama.cpp's server: one user"),
-            *int8(root), *main_job(root), *tenants(root), *sampler(root), *engines(root)]
+            *int8(root), *main_job(root), *tenants(root), *sampler(root), *engines(root),
+            *engines(root, ENGINES_ZEN4, "eng4",
+                     "Three engines, one closed loop, on the AVX-512 BF16 Zen 4")]
 
 
 def values(figures: list[Figure]) -> dict[str, str]:
