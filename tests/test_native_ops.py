@@ -371,9 +371,10 @@ def test_gpt2_layer_is_torchs_layer_norm_gemm_and_gelu(tokens: int) -> None:
 def test_gpt2_decode_is_its_layers_one_by_one_bit_for_bit() -> None:
     torch.manual_seed(7)
     width, hidden, heads, layers, eps, scale = 48, 80, 3, 2, 1e-5, 16 ** -0.5
-    blocks = [native_ops.gpt2_block(width, hidden, [native_ops.pack_vnni(w) if w.dim() == 2
-                                                    else w for w in _gpt2_weights(width, hidden)])
-              for _ in range(layers)]
+    # The blocks hold pointers only: the weights must outlive them (gpt2_block's contract).
+    weights = [[native_ops.pack_vnni(w) if w.dim() == 2 else w
+                for w in _gpt2_weights(width, hidden)] for _ in range(layers)]
+    blocks = [native_ops.gpt2_block(width, hidden, tensors) for tensors in weights]
     stores = [_store(layers, heads, cap, 16) for cap in (4, 11, 30)]
     lens = [3, 0, 17]
     h = torch.randn(3, width).to(BF16)

@@ -264,7 +264,7 @@ def test_bf16_builds_keep_the_rotary_frequencies_in_float32(tiny_decoders) -> No
         rotary = built.model.rotary_emb
         assert rotary.inv_freq.dtype == rotary.original_inv_freq.dtype == torch.float32, name
         assert torch.equal(rotary.inv_freq, reference), name
-        assert built.model.embed_tokens.weight.dtype == torch.bfloat16, name
+        assert built.model.embed_tokens(torch.tensor([1])).dtype == torch.bfloat16, name
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # the source is untouched
 
 
