@@ -1,6 +1,6 @@
 """``python -m bench step paths``: one decode step through each forward path, interleaved in one
-process, for a model on the native kernels (GPT-2 on ``bfloat16+native``; GPT-2 or a Llama-family
-decoder on ``float16+native``, AVX2).
+process, for a model on the native kernels (GPT-2 or a Llama-family decoder, on
+``bfloat16+native`` or ``float16+native``).
 
     python -m bench step paths --model synthetic:gpt2-large --rows 1,8 --context 200
     python -m bench step paths --model synthetic:qwen2.5-1.5b --dtype float16+native --rows 1,8
@@ -12,8 +12,8 @@ server's ``KV_DTYPE=auto`` keeps), the median ms of:
   forwards);
 - ``torch layers``: the family's lean forward (server.engine.gpt2_forward or llama_forward:
   the model's submodules in its order);
-- ``C layers``: the step engine's C layers (server.engine.native_gpt2 or native_llama: every
-  layer in one C call);
+- ``C layers``: the step engine's C layers (server.engine.native_gpt2, native_llama or
+  native_llama_bf16: every layer in one C call);
 - ``GEMMs only``: the same native linear layers called on random rows, nothing else (a fused
   projection once, not its parts): what the weights' reading costs, the floor under the three
   above;
@@ -39,6 +39,7 @@ from server.engine import code_path, gpt2_forward, llama_forward, native_ops
 from server.engine.native_f16 import NativeF16Linear
 from server.engine.native_gemm import NativeBF16Linear
 from server.engine.native_gpt2 import NativeGPT2
+from server.engine.native_llama_bf16 import NativeLlamaBF16
 from server.engine.row_cache import PackedStep, Segment
 from server.engine.step import Row, StepEngine
 
@@ -92,14 +93,15 @@ def _gemms(model: nn.Module) -> list[nn.Module]:
 def _attention(engine: StepEngine, rows: list[Row]) -> Callable[[], None]:
     """Every layer's decode attention alone (server.engine.native_ops.attend_decode) on random
     queries, keys and values of the model's heads, in the dtype its C layers attend in (bf16
-    for GPT-2's bf16 layers, float32 on the fp16 GEMM)."""
+    for the bf16 layers, float32 on the fp16 GEMM)."""
     config = engine.model.config
     if llama_forward.supports(engine.model):
         heads, kv_heads, dim = llama_forward.shape(config)
     else:
         heads = kv_heads = config.n_head
         dim = config.n_embd // heads
-    dtype = torch.bfloat16 if isinstance(engine._native, NativeGPT2) else torch.float32
+    dtype = torch.bfloat16 if isinstance(engine._native, NativeGPT2 | NativeLlamaBF16) \
+        else torch.float32
     n = len(rows)
     q = torch.randn(1, heads, n, dim).to(dtype)
     k, v = (torch.randn(1, kv_heads, n, dim).to(dtype) for _ in range(2))

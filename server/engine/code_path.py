@@ -6,7 +6,8 @@ Four choices make a step's path, and each used to be made where it was used:
   (server.engine.kernels ``choose``), e.g. ``bfloat16+native``;
 - linear: the kernel the model's linear layers run on, read from their modules;
 - layers: the project's C layers (server.engine.native_gpt2 for a native-packed bf16 GPT-2,
-  server.engine.native_llama for a float16+native Llama-family decoder), a lean torch
+  server.engine.native_llama for a float16+native Llama-family decoder, native_llama_bf16
+  for a bfloat16+native one), a lean torch
   forward for its family (server.engine.gpt2_forward for another GPT-2,
   server.engine.llama_forward for a Llama, Qwen2 or Mistral decoder), or the model's own
   transformers forward; the record names the module that runs (``LEAN_FORWARDS``);
@@ -35,6 +36,7 @@ from server.engine import (
     native_gemm,
     native_gpt2,
     native_llama,
+    native_llama_bf16,
 )
 from server.engine.native_int8 import NativeInt8Linear
 from server.engine.native_ops import (
@@ -132,6 +134,8 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
             cache: torch.dtype) -> tuple[str, str]:
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if llama_forward.supports(model):
+        if linear == "native_bf16":
+            return _llama_bf16_layers(model, kind, machine, cache)
         return _llama_layers(model, kind, machine)
     if not gpt2_forward.supports(model):
         return MODEL_FORWARD, f"no lean forward for model_type {kind}"
@@ -174,6 +178,21 @@ def _llama_layers(model: nn.Module, kind: str, machine: Machine) -> tuple[str, s
         return LLAMA_LAYERS, f"{lean}; no C layers: {misfit}"
     return NATIVE_LAYERS, (f"{lean}, every layer on the native fp16 GEMM, fused, that "
                            "llama_f16.c takes")
+
+
+def _llama_bf16_layers(model: nn.Module, kind: str, machine: Machine,
+                       cache: torch.dtype) -> tuple[str, str]:
+    """llama_bf16.c's C layers where they take the model, the bf16 kernels run here and the
+    caches are bf16 (what attention_bf16.c reads), else the lean torch forward, with the
+    reason."""
+    lean = f"a Llama-family decoder (model_type {kind})"
+    misfit = native_llama_bf16.misfit(model) or machine.native_blocked
+    if misfit is None and cache != torch.bfloat16:  # KV_DTYPE=int8
+        misfit = f"{_name(cache)} caches: the bf16 C layers keep bf16 caches"
+    if misfit:
+        return LLAMA_LAYERS, f"{lean}; no C layers: {misfit}"
+    return NATIVE_LAYERS, (f"{lean}, every layer on the native bf16 GEMM, that "
+                           "llama_bf16.c takes")
 
 
 def _attention(computed: torch.dtype, cache: torch.dtype, machine: Machine) -> tuple[str, str]:

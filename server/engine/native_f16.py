@@ -79,7 +79,9 @@ def layers_library() -> tuple[ctypes.CDLL | None, str | None]:
 
 class F16Layers:
     """What the C layer sets on this GEMM share (server.engine.native_gpt2.NativeGPT2F16 for
-    ``gpt2_f16.c``, server.engine.native_llama.NativeLlama for ``llama_f16.c``): refusing a
+    ``gpt2_f16.c``, server.engine.native_llama.NativeLlama for ``llama_f16.c``; with its
+    ``library`` and ``cache_args`` the bf16 kernels' ``llama_bf16.c``,
+    server.engine.native_llama_bf16): refusing a
     model their C does not take, the library, and the two kinds of call: half a layer
     (``<prefix>_attn_in`` / ``_attn_out``) and every layer of a decode-only step
     (``<prefix>_decode``), each checked at the C boundary."""
@@ -90,10 +92,23 @@ class F16Layers:
     def __init__(self, model: nn.Module, problem: str | None, blocks: ctypes.Array) -> None:
         if problem is not None:
             raise ValueError(f"{self.source} does not take this model: {problem}")
-        lib, why = layers_library()
+        lib, why = self.library()
         if lib is None:
             raise NativeError(f"{self.source}'s layers: {why}")
         self._lib, self._model, self.blocks = lib, model, blocks
+
+    @staticmethod
+    def library() -> tuple[ctypes.CDLL | None, str | None]:
+        """(the library with these entry points declared, None), else (None, why not)."""
+        return layers_library()
+
+    @staticmethod
+    def cache_args(caches: native_ops.DecodeCaches) -> tuple:
+        """The caches as ``<prefix>_decode`` takes them: the AVX2 attention's (stores, dtype
+        code, scales, capacities, lengths, tokens)."""
+        stores, caps, lens, tokens = caches.arrays
+        return (stores, native_ops.DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens,
+                tokens)
 
     def _half(self, which: str, layer: int, step: ctypes.Structure,
               hidden: torch.Tensor) -> None:
@@ -111,11 +126,9 @@ class F16Layers:
         if caches.layers < len(self.blocks):
             raise ValueError(f"cache geometry: caches of {caches.layers} layers for a model "
                              f"of {len(self.blocks)}")
-        stores, caps, lens, tokens = caches.arrays
         native_ops._call(f"{self.prefix}_decode", self.blocks, len(self.blocks),
-                         ctypes.byref(step), hidden.data_ptr(), hidden.shape[0], stores,
-                         native_ops.DTYPE_CODES[caches.dtype], caches.scale_array, caps, lens,
-                         tokens, lib=self._lib)
+                         ctypes.byref(step), hidden.data_ptr(), hidden.shape[0],
+                         *self.cache_args(caches), lib=self._lib)
 
 
 def unavailable() -> str | None:

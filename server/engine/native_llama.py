@@ -65,30 +65,60 @@ class Scratch:
     """One step's buffers for ``tokens`` rows (llama_f16.c's ``llama_step``), holding the
     rotary tables ``cos`` and ``sin`` [tokens, dim] it is given."""
 
+    step_type, dtype = LlamaStep, torch.float32
+
     def __init__(self, sizes: Sizes, tokens: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        self.tokens = tokens
-        widths = {"x": sizes.width, "qkv": sizes.qkv, "att": sizes.heads * sizes.dim,
-                  "inner": 2 * sizes.inter, "act": sizes.inter, "y": sizes.width}
-        self.buffers = {name: torch.empty(tokens, n) for name, n in widths.items()}
+        self.tokens, self.sizes = tokens, sizes
+        widths = self.widths(sizes)
+        self.buffers = {name: torch.empty(tokens, n, dtype=self.dtype)
+                        for name, n in widths.items()}
         self.cos, self.sin = cos, sin  # kept alive while the C reads them
-        self.step = LlamaStep(sizes.width, sizes.inter, sizes.heads, sizes.kv_heads, sizes.dim,
-                              native_ops._threads(), sizes.eps, sizes.scale, cos.data_ptr(),
-                              sin.data_ptr(), *(self.buffers[n].data_ptr() for n in widths))
+        self.step = self.step_type(sizes.width, sizes.inter, sizes.heads, sizes.kv_heads,
+                                   sizes.dim, native_ops._threads(), sizes.eps, sizes.scale,
+                                   cos.data_ptr(), sin.data_ptr(),
+                                   *(self.buffers[n].data_ptr() for n in widths))
+
+    @staticmethod
+    def widths(sizes: Sizes) -> dict[str, int]:
+        """The scratch buffers' widths, in the step struct's order."""
+        return {"x": sizes.width, "qkv": sizes.qkv, "att": sizes.heads * sizes.dim,
+                "inner": 2 * sizes.inter, "act": sizes.inter, "y": sizes.width}
+
+    def qkv(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's rotated queries and keys and its values, [tokens, n] views of where the
+        C left them."""
+        sizes = self.sizes
+        return self.buffers["qkv"].split([sizes.heads * sizes.dim, sizes.kv_heads * sizes.dim,
+                                          sizes.kv_heads * sizes.dim], dim=1)
 
 
 class NativeLlama(native_f16.F16Layers):
     """A float16+native Llama-family model's layers as C calls (``build``; the step engine
-    keeps one)."""
+    keeps one). server.engine.native_llama_bf16.NativeLlamaBF16 is the same on the bf16
+    kernels: the class attributes below are what differ."""
 
     source, prefix = "llama_f16.c", "llama"
+    scratch_type = Scratch
+    hidden_dtype = torch.float32  # the residual stream the C layers update
+    caches = CACHES  # cache dtypes the one-call decode attends
 
     def __init__(self, model: nn.Module) -> None:
-        problem = misfit(model)
+        problem = self.misfit(model)
         layers = model.model.layers
         super().__init__(model, problem, None if problem else
-                         (LlamaBlock * len(layers))(*(_block(layer) for layer in layers)))
+                         self.block_array(layers))
         self.sizes = Sizes(model)
         self._attn = [layer.self_attn for layer in layers]
+
+    @staticmethod
+    def misfit(model: nn.Module) -> str | None:
+        """What in ``model`` these C layers do not take (module ``misfit``)."""
+        return misfit(model)
+
+    @staticmethod
+    def block_array(layers: nn.ModuleList) -> ctypes.Array:
+        """The C blocks: pointers to each layer's weights."""
+        return (LlamaBlock * len(layers))(*(_block(layer) for layer in layers))
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeLlama:
@@ -100,13 +130,13 @@ class NativeLlama(native_f16.F16Layers):
                 due: torch.Tensor) -> torch.Tensor:
         """Logits [len(due), vocab], as server.engine.llama_forward.forward."""
         body = self._model.model
-        hidden = body.embed_tokens(ids).to(torch.float32).contiguous()
+        hidden = body.embed_tokens(ids).to(self.hidden_dtype).contiguous()
         rotary = llama_forward.Rotary(body.rotary_emb, hidden, positions)
-        scratch = Scratch(self.sizes, hidden.shape[0], rotary.cos[:, 0].contiguous(),
-                          rotary.sin[:, 0].contiguous())
+        scratch = self.scratch_type(self.sizes, hidden.shape[0], rotary.cos[:, 0].contiguous(),
+                                    rotary.sin[:, 0].contiguous())
         native = step.native
         if native is not None and len(native.indexes) == len(step.segments) and \
-                native.caches.dtype in CACHES:
+                native.caches.dtype in self.caches:
             caches, sizes = native.caches, self.sizes
             if (caches.kv_heads, caches.dim) != (sizes.kv_heads, sizes.dim):
                 raise ValueError(f"cache geometry: {caches.kv_heads} kv heads of "
@@ -119,10 +149,8 @@ class NativeLlama(native_f16.F16Layers):
     def _layers(self, hidden: torch.Tensor, step: PackedStep, scratch: Scratch) -> None:
         """Layer by layer: C before and after, the packed attention in between."""
         sizes, tokens = self.sizes, scratch.tokens
-        qkv, att = scratch.buffers["qkv"], scratch.buffers["att"]
-        q, k, v = qkv.split([sizes.heads * sizes.dim, sizes.kv_heads * sizes.dim,
-                             sizes.kv_heads * sizes.dim], dim=1)
-        q, k, v = (t.view(tokens, -1, sizes.dim)[None].transpose(1, 2) for t in (q, k, v))
+        att = scratch.buffers["att"]
+        q, k, v = (t.view(tokens, -1, sizes.dim)[None].transpose(1, 2) for t in scratch.qkv())
         for layer, attn in enumerate(self._attn):
             self._half("attn_in", layer, scratch.step, hidden)
             step.update(k, v, layer)

@@ -151,11 +151,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.gpt2_attn_in.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_attn_out.argtypes = [ptr, ptr, ptr, i32]
     lib.gpt2_decode.argtypes = [ptr, i32, ptr, ptr, i32] + [ptr] * 4
+    lib.llama_bf16_attn_in.argtypes = [ptr, ptr, ptr, i32]
+    lib.llama_bf16_attn_out.argtypes = [ptr, ptr, ptr, i32]
+    lib.llama_bf16_decode.argtypes = [ptr, i32, ptr, ptr, i32] + [ptr] * 4
     lib.pack_int8.argtypes = [ptr, ptr, i32, i32, i32]
     lib.gemm_int8_fma.argtypes = [ptr] * 5 + [i32] * 4
     lib.gemm_int8_vnni.argtypes = [ptr] * 6 + [i32] * 4
     for name in ("pack_vnni", "gemm_bf16", "attend_decode_bf16", "attend_decode_avx2",
-                 "gpt2_attn_in", "gpt2_attn_out", "gpt2_decode", "pack_int8", "gemm_int8_fma",
+                 "gpt2_attn_in", "gpt2_attn_out", "gpt2_decode", "llama_bf16_attn_in",
+                 "llama_bf16_attn_out", "llama_bf16_decode", "pack_int8", "gemm_int8_fma",
                  "gemm_int8_vnni"):
         getattr(lib, name).restype = i32
 

@@ -25,6 +25,7 @@ from server.engine.code_path import CodePath
 from server.engine.decoding import Generation, GenerationRequest, choose_token, make_rng
 from server.engine.native_gpt2 import NativeGPT2, NativeGPT2F16
 from server.engine.native_llama import NativeLlama
+from server.engine.native_llama_bf16 import NativeLlamaBF16
 from server.engine.row_cache import (
     ATTENTION_NAME,
     PackedStep,
@@ -109,7 +110,8 @@ class StepEngine:
         # The family's lean torch forward (server.engine.gpt2_forward, llama_forward) or None.
         self._lean = code_path.LEAN_FORWARDS.get(self.path.layers)
         # Layers in C: a GPT-2 on the native bf16 kernels or fp16 GEMM
-        # (server.engine.native_gpt2), a Llama-family decoder on the fp16 GEMM (native_llama).
+        # (server.engine.native_gpt2), a Llama-family decoder on either (native_llama,
+        # native_llama_bf16).
         self._native = _c_layers(model, self.path) \
             if self.path.layers == code_path.NATIVE_LAYERS else None
 
@@ -229,7 +231,7 @@ def _c_layers(model: torch.nn.Module,
               path: CodePath) -> NativeGPT2 | NativeGPT2F16 | NativeLlama:
     """The C layers code_path chose (``NATIVE_LAYERS``) for ``model``'s family and kernel."""
     if llama_forward.supports(model):
-        return NativeLlama.build(model)
+        return (NativeLlamaBF16 if path.linear == "native_bf16" else NativeLlama).build(model)
     return (NativeGPT2F16 if path.linear == "native_f16" else NativeGPT2).build(model)
 
 

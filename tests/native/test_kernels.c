@@ -40,6 +40,12 @@
  * 33, 130 (tails of K % 8 and none), outputs 1, 5, 8, 17, 67 (not multiples of the tiles),
  * with and without bias, against a double-precision sum of the fp32 activations times the
  * fp16 weights widened in plain C; and each row of a batch bit for bit its result alone.
+ *
+ * The Llama-family layers on the bf16 GEMM (llama_bf16.c) are part of part 2: their size checks
+ * in part 1, then llama_bf16_decode at 1, 3 and 7 rows (rows out of token order, 3 query heads
+ * over 1 kv head) against its layers called one by one with attend_decode_bf16 between (bit
+ * for bit, hidden states and caches), and each row of the last layer against a double
+ * reference that makes the kernel's bf16 roundings.
  */
 #include <math.h>
 #include <stdint.h>
@@ -1234,9 +1240,175 @@ static void test_gpt2_f16_variant(void) {
   printf("gpt2 f16 layers: %s\n", failures ? "FAILED" : "ok");
 }
 
+/* -- a Llama-family layer on the bf16 GEMM (llama_bf16.c) ----------------------------------- */
+
+enum { BW = 48, BI = 32, BHEADS = 3, BKV = 1, BDIM = 16, BLAYERS = 2, BQ = BHEADS * BDIM,
+       BK = BKV * BDIM };
+
+/* norm1, norm2, q, k, v, o, gate, up, down (packed), q_b, k_b, v_b; and the unpacked weights. */
+typedef struct {
+  uint16_t *w[12], *raw[7];
+} llama_bf16_weights;
+
+static llama_bf16_block make_llama_bf16_block(llama_bf16_weights *lw) {
+  const int outs[7] = {BQ, BK, BK, BW, BI, BI, BW}, ins[7] = {BW, BW, BW, BQ, BW, BW, BI};
+  lw->w[0] = random_bf16(BW, 1), lw->w[1] = random_bf16(BW, 1);
+  for (int i = 0; i < 7; i++) {
+    lw->raw[i] = random_bf16((size_t)outs[i] * ins[i], 0.3f);
+    lw->w[2 + i] = malloc((size_t)outs[i] * ins[i] * 2);
+    CHECK(pack_vnni(lw->raw[i], lw->w[2 + i], outs[i], ins[i]) == 0, "pack llama weight %d", i);
+  }
+  lw->w[9] = random_bf16(BQ, 1), lw->w[10] = random_bf16(BK, 1), lw->w[11] = random_bf16(BK, 1);
+  llama_bf16_block b = {lw->w[0], lw->w[1], lw->w[2], lw->w[9], lw->w[3], lw->w[10],
+                        lw->w[4], lw->w[11], lw->w[5], lw->w[6], lw->w[7], lw->w[8]};
+  return b;
+}
+
+static void free_llama_bf16_weights(llama_bf16_weights *lw) {
+  for (int i = 0; i < 12; i++) free(lw->w[i]);
+  for (int i = 0; i < 7; i++) free(lw->raw[i]);
+}
+
+static llama_bf16_step make_llama_bf16_step(int rows, const uint16_t *cos, const uint16_t *sin) {
+  llama_bf16_step s = {BW, BI, BHEADS, BKV, BDIM, 2, 1e-5f, 0.25f, cos, sin,
+                       random_bf16((size_t)rows * BW, 1), random_bf16((size_t)rows * BQ, 1),
+                       random_bf16((size_t)rows * BK, 1), random_bf16((size_t)rows * BK, 1),
+                       random_bf16((size_t)rows * BQ, 1), random_bf16((size_t)rows * BI, 1),
+                       random_bf16((size_t)rows * BI, 1), random_bf16((size_t)rows * BW, 1)};
+  return s;
+}
+
+static void free_llama_bf16_step(llama_bf16_step *s) {
+  free(s->x), free(s->q), free(s->k), free(s->v), free(s->att), free(s->gate), free(s->up);
+  free(s->y);
+}
+
+static double bf(double v) { return from_bf16(to_bf16((float)v)); }
+
+/* x . w[n] over k inputs (w bf16 [outputs][k]), in double. */
+static double dot_bf16(const double *x, const uint16_t *w, int n, int k) {
+  double sum = 0;
+  for (int i = 0; i < k; i++) sum += x[i] * from_bf16(w[(size_t)n * k + i]);
+  return sum;
+}
+
+/* The kernel's RMSNorm with its roundings: bf16(w * bf16(h / rms)). */
+static void rms_bf16_ref(const double *h, const uint16_t *w, double *x) {
+  double ss = 0;
+  for (int i = 0; i < BW; i++) ss += h[i] * h[i];
+  for (int i = 0; i < BW; i++) x[i] = bf(from_bf16(w[i]) * bf(h[i] / sqrt(ss / BW + 1e-5)));
+}
+
+static int near_bf16(double got, double want) { return fabs(got - want) <= 2e-2 * (1 + fabs(want)); }
+
+/* One row of llama_bf16_attn_in and _attn_out against a double reference making the kernel's
+ * bf16 roundings (so only the sums' order and the exponential differ: a few bf16 steps at
+ * most): RMSNorm, q, k, v with biases, RoPE on q and k; then h + att Wo, RMSNorm,
+ * silu(gate) * up, h + act Wdown. */
+static void check_llama_bf16_row(const llama_bf16_block *b, const llama_bf16_weights *lw,
+                                 const llama_bf16_step *s, const uint16_t *h0, const uint16_t *h1,
+                                 int r) {
+  double h[BW], x[BW], proj[BQ + 2 * BK];
+  for (int i = 0; i < BW; i++) h[i] = from_bf16(h0[(size_t)r * BW + i]);
+  rms_bf16_ref(h, b->norm1, x);
+  const uint16_t *bias[3] = {b->q_b, b->k_b, b->v_b};
+  const int start[3] = {0, BQ, BQ + BK}, width[3] = {BQ, BK, BK};
+  for (int p = 0; p < 3; p++)
+    for (int n = 0; n < width[p]; n++)
+      proj[start[p] + n] = bf(dot_bf16(x, lw->raw[p], n, BW) + from_bf16(bias[p][n]));
+  const uint16_t *got_p[3] = {s->q, s->k, s->v};
+  const uint16_t *cos = s->cos + (size_t)r * BDIM, *sin = s->sin + (size_t)r * BDIM;
+  for (int p = 0; p < 3; p++)
+    for (int n = 0; n < width[p]; n++) {
+      double want = proj[start[p] + n];
+      if (p < 2) { /* rotated: bf16(bf16(x cos) + bf16(swap(x) sin)) */
+        int i = n % BDIM, half = BDIM / 2, base = start[p] + n - i;
+        double other = proj[base + (i < half ? i + half : i - half)];
+        want = bf(bf(want * from_bf16(cos[i])) + bf(other * from_bf16(sin[i])));
+      }
+      double got = from_bf16(got_p[p][(size_t)r * width[p] + n]);
+      if (!near_bf16(got, want)) {
+        CHECK(0, "llama bf16 attn_in row %d: part %d [%d] = %.6g, expected %.6g", r, p, n, got, want);
+        return;
+      }
+    }
+  double att[BQ], gate[BI], up[BI];
+  for (int i = 0; i < BQ; i++) att[i] = from_bf16(s->att[(size_t)r * BQ + i]);
+  for (int n = 0; n < BW; n++) h[n] = bf(h[n] + bf(dot_bf16(att, lw->raw[3], n, BQ)));
+  rms_bf16_ref(h, b->norm2, x);
+  for (int n = 0; n < BI; n++) {
+    gate[n] = bf(dot_bf16(x, lw->raw[4], n, BW)), up[n] = bf(dot_bf16(x, lw->raw[5], n, BW));
+    gate[n] = bf(bf(gate[n] / (1 + exp(-gate[n]))) * up[n]);
+  }
+  for (int n = 0; n < BW; n++) {
+    double want = bf(h[n] + bf(dot_bf16(gate, lw->raw[6], n, BI)));
+    double got = from_bf16(h1[(size_t)r * BW + n]);
+    if (!near_bf16(got, want)) {
+      CHECK(0, "llama bf16 attn_out row %d: h[%d] = %.6g, expected %.6g", r, n, got, want);
+      return;
+    }
+  }
+}
+
+/* llama_bf16_decode against its layers called one by one with attend_decode_bf16 between (bit
+ * for bit, h and the caches), and the last layer's two calls against the double reference. */
+static void test_llama_bf16_decode(int rows) {
+  llama_bf16_weights lw[BLAYERS];
+  llama_bf16_block blocks[BLAYERS];
+  for (int l = 0; l < BLAYERS; l++) blocks[l] = make_llama_bf16_block(&lw[l]);
+  twin_caches c;
+  for (int r = 0; r < rows; r++)
+    c.caps[r] = 1 + 5 * r, c.lens[r] = 5 * r, c.tokens[r] = rows - 1 - r; /* out of token order */
+  fill_twin_caches(&c, rows, BLAYERS, BKV, BDIM, GLL_BF16);
+  uint16_t *cos = random_bf16((size_t)rows * BDIM, 1), *sin = random_bf16((size_t)rows * BDIM, 1);
+  uint16_t *h = random_bf16((size_t)rows * BW, 2), *h2 = malloc((size_t)rows * BW * 2);
+  uint16_t *h0 = malloc((size_t)rows * BW * 2);
+  memcpy(h2, h, (size_t)rows * BW * 2);
+  llama_bf16_step s = make_llama_bf16_step(rows, cos, sin);
+  CHECK(llama_bf16_decode(blocks, BLAYERS, &s, h, rows, c.stores, c.caps, c.lens, c.tokens) == 0,
+        "llama_bf16_decode %d rows", rows);
+  for (int l = 0; l < BLAYERS; l++) {
+    memcpy(h0, h2, (size_t)rows * BW * 2); /* this layer's input */
+    CHECK(llama_bf16_attn_in(&blocks[l], &s, h2, rows) == 0, "llama bf16 attn_in layer %d", l);
+    decode_qkv in = {s.q, s.k, s.v, BQ, BDIM, BK, BDIM, BK, BDIM};
+    CHECK(attend_decode_bf16(&in, c.copies, c.caps, c.lens, c.tokens, rows, l, BHEADS, BKV, BDIM,
+                             s.scale, s.att, BQ, 2) == 0, "llama bf16 attention layer %d", l);
+    CHECK(llama_bf16_attn_out(&blocks[l], &s, h2, rows) == 0, "llama bf16 attn_out layer %d", l);
+    if (l == BLAYERS - 1)
+      for (int r = 0; r < rows; r++) check_llama_bf16_row(&blocks[l], &lw[l], &s, h0, h2, r);
+  }
+  CHECK(!memcmp(h, h2, (size_t)rows * BW * 2), "llama_bf16_decode %d rows != its layers", rows);
+  check_and_free_twin_caches(&c, "llama_bf16_decode");
+  for (int l = 0; l < BLAYERS; l++) free_llama_bf16_weights(&lw[l]);
+  free(cos), free(sin), free(h), free(h2), free(h0);
+  free_llama_bf16_step(&s);
+}
+
+/* The plain-C size checks (any CPU). */
+static void test_llama_bf16_checks(void) {
+  uint16_t f[128] = {0};
+  llama_bf16_block b = {f, f, f, NULL, f, NULL, f, NULL, f, f, f, f};
+  llama_bf16_step s = {BW, BI, BHEADS, BKV, BDIM, 1, 1e-5f, 0.25f, f, f, f, f, f, f, f, f, f, f};
+  llama_bf16_step bad = s;
+  bad.width = 40; /* not whole 16-lane vectors */
+  CHECK(llama_bf16_attn_in(&b, &bad, f, 1) == -1, "llama bf16 took width 40");
+  bad = s, bad.inter = 24;
+  CHECK(llama_bf16_attn_out(&b, &bad, f, 1) == -1, "llama bf16 took intermediate 24");
+  bad = s, bad.dim = 24;
+  CHECK(llama_bf16_attn_out(&b, &bad, f, 1) == -1, "llama bf16 took head dim 24");
+  bad = s, bad.heads = 4, bad.kv_heads = 3;
+  CHECK(llama_bf16_attn_in(&b, &bad, f, 1) == -1, "llama bf16 took 4 heads over 3");
+  bad = s, bad.up = NULL;
+  CHECK(llama_bf16_attn_out(&b, &bad, f, 1) == -1, "llama bf16 took no up buffer");
+  CHECK(llama_bf16_attn_in(&b, &s, f, 0) == -1, "llama bf16 took 0 rows");
+  CHECK(llama_bf16_decode(&b, 0, &s, f, 1, NULL, NULL, NULL, NULL) == -1,
+        "llama bf16 took 0 layers");
+}
+
 int main(void) {
   test_checks();
   test_int8_checks();
+  test_llama_bf16_checks();
   printf("checks: %s\n", failures ? "FAILED" : "ok");
   __builtin_cpu_init();
   const char *fma[] = {"avx2", "fma"}, *vnni[] = {"avx512f", "avx512bw", "avx512vl", "avx512vnni"};
@@ -1275,6 +1447,9 @@ int main(void) {
   test_gpt2_decode(1);
   test_gpt2_decode(3);
   test_gpt2_decode(7);
+  test_llama_bf16_decode(1);
+  test_llama_bf16_decode(3);
+  test_llama_bf16_decode(7);
   printf("kernels: %s\n", failures ? "FAILED" : "ok");
   return failures ? 1 : 0;
 }

@@ -58,6 +58,25 @@ typedef struct {
   float *x, *qkv, *att, *inner, *act, *y;
 } llama_step;
 
+/* One Llama-family layer's weights on the bf16 GEMM (llama_bf16.c): RMSNorm weights [width]
+ * bf16; each linear's weight packed as gemm_bf16 takes it (unpadded: every output count a
+ * multiple of 16), with its bf16 bias or NULL (Qwen2's q, k, v). */
+typedef struct {
+  const uint16_t *norm1, *norm2, *q_w, *q_b, *k_w, *k_b, *v_w, *v_b;
+  const uint16_t *o_w, *gate_w, *up_w, *down_w;
+} llama_bf16_block;
+
+/* llama_step's sizes with bf16 inputs and scratch (row-major, a row per packed token): cos,
+ * sin [rows][dim] (the step's bf16 rotary tables, the sines' first halves negated);
+ * x [rows][width], q [rows][heads dim], k and v [rows][kv_heads dim], att [rows][heads dim],
+ * gate and up [rows][inter], y [rows][width]. */
+typedef struct {
+  int width, inter, heads, kv_heads, dim, threads;
+  float eps, scale;
+  const uint16_t *cos, *sin;
+  uint16_t *x, *q, *k, *v, *att, *gate, *up, *y;
+} llama_bf16_step;
+
 /* A decode step's new queries, keys and values of one layer, each where its projection left
  * it: query head h of packed token t at q + t * q_token + h * q_head (strides in elements),
  * its dims contiguous; kv head g's key at k + t * k_token + g * k_head, its value likewise in
@@ -103,6 +122,13 @@ int llama_attn_out(const llama_block *b, const llama_step *s, float *h, int rows
 int llama_decode(const llama_block *blocks, int layers, const llama_step *s, float *h, int rows,
                  uint16_t *const *stores, int cache_dtype, float *const *scales,
                  const int64_t *caps, const int64_t *lens, const int64_t *tokens);
+int llama_bf16_attn_in(const llama_bf16_block *b, const llama_bf16_step *s, const uint16_t *h,
+                       int rows);
+int llama_bf16_attn_out(const llama_bf16_block *b, const llama_bf16_step *s, uint16_t *h,
+                        int rows);
+int llama_bf16_decode(const llama_bf16_block *blocks, int layers, const llama_bf16_step *s,
+                      uint16_t *h, int rows, uint16_t *const *stores, const int64_t *caps,
+                      const int64_t *lens, const int64_t *tokens);
 int attend_decode_check(const decode_qkv *in, uint16_t *const *stores, const int64_t *caps,
                         const int64_t *lens, const int64_t *tokens, int rows, int layer,
                         int heads, int kv_heads, int dim, const void *out, int threads);
