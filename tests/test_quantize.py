@@ -177,6 +177,49 @@ def test_the_kernel_choice_keeps_the_row_padding_that_measured_faster(
     assert (f"padded to {kept} rows" in choice.summary()) == (kept > 1)
 
 
+@pytest.mark.parametrize("runner_up_ms, runoff_called", [(105.0, True), (130.0, False)])
+def test_close_finalists_are_timed_again_with_their_steps_alternating(
+        monkeypatch: pytest.MonkeyPatch, runner_up_ms: float, runoff_called: bool) -> None:
+    """Two candidates within RUNOFF_MARGIN at the maximum batch: the interleaved runoff
+    decides (here for the runner-up) and is recorded; farther apart, the table decides.
+    Stand-in timings: the rule under test decides, not this box's noise."""
+    import server.engine.kernels as kernels
+
+    names = candidates("float16", allow_int8=False)
+    if len(names) < 2:
+        pytest.skip("one float16 candidate here (no AVX2 + FMA + F16C GEMM)")
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    batch_max = iter([100.0, runner_up_ms])
+    calls = []
+
+    def runoff(first: nn.Module, second: nn.Module, eos_id: int, batch: int) -> tuple:
+        calls.append(batch)
+        return 120.0, 90.0
+
+    monkeypatch.setattr(kernels, "_time_one_row", lambda variant, eos_id: (50.0, 1))
+    monkeypatch.setattr(kernels, "time_step_ms", lambda variant, eos_id, batch: next(batch_max))
+    monkeypatch.setattr(kernels, "_runoff", runoff)
+    _, choice = kernels.choose(model, 299, "float16", False, 8, quantize_int8)
+    assert (calls == [8]) == runoff_called
+    if runoff_called:
+        assert choice.chosen == names[1]
+        assert choice.runoff == {names[0]: 120.0, names[1]: 90.0}
+        assert "interleaved runoff" in choice.summary()
+    else:
+        assert choice.chosen == names[0] and choice.runoff == {}
+
+
+def test_the_runoff_times_both_candidates_for_real() -> None:
+    import server.engine.kernels as kernels
+
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    half = quantize_float16(copy.deepcopy(model))
+    first, second = kernels._runoff(model, half, 0, 2, reps=3)
+    assert first > 0 and second > 0
+
+
 def test_auto_times_float16_weights_beside_float32_and_bfloat16() -> None:
     assert "float16" in candidates("auto", allow_int8=False)
     fp16_class = ["float16", "float16+native"] if native_f16.available() else ["float16"]
