@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,12 +197,10 @@ def _engine_rows(data: dict) -> dict[tuple[str, str, int], dict]:
     return {(r["engine"], r["variant"], int(r["concurrency"])): r for r in data["rows"]}
 
 
-def engines(root: Path, folder: str = ENGINES, prefix: str = "eng",
-            section: str = "Three engines, one closed loop (`python -m bench engines`)"
-            ) -> Iterator[Figure]:
-    """Ours, llama.cpp and OpenVINO GenAI on the same closed loop (64 -> 128 tokens), with the
-    lone stream's decode floor: the fp16 weights' bytes over the measured read bandwidth; one
-    ``python -m bench engines`` folder, its keys prefixed ``prefix``."""
+def _engine_folder(root: Path, folder: str) -> tuple[Source, dict, Callable, float]:
+    """One ``python -m bench engines`` folder: its source, rows by (engine, variant, c), a
+    tokens/s reader, and the lone stream's decode floor (read bandwidth over the weights' bytes
+    at 2 B/param, tokens/s, from its roofline.json)."""
     data = json.loads((root / folder / "engines.json").read_text())
     host = data["host"]
     src = Source(folder, host.get("cpu_model", "?"), int(host.get("cores", 0)),
@@ -213,7 +211,16 @@ def engines(root: Path, folder: str = ENGINES, prefix: str = "eng",
         return float(rows[(engine, variant, c)]["output_tokens_per_s"])
 
     roof = json.loads((root / folder / "roofline.json").read_text())
-    floor = roof["read_bandwidth_gb_s"] * 1e9 / (roof["params"] * 2)  # tokens/s, 2 B/param
+    return src, rows, tok, roof["read_bandwidth_gb_s"] * 1e9 / (roof["params"] * 2)
+
+
+def engines(root: Path, folder: str = ENGINES, prefix: str = "eng",
+            section: str = "Three engines, one closed loop (`python -m bench engines`)"
+            ) -> Iterator[Figure]:
+    """Ours, llama.cpp and OpenVINO GenAI on the same closed loop (64 -> 128 tokens), with the
+    lone stream's decode floor: the fp16 weights' bytes over the measured read bandwidth; one
+    ``python -m bench engines`` folder, its keys prefixed ``prefix``."""
+    src, rows, tok, floor = _engine_folder(root, folder)
     c32 = rows[("ours", "auto", 32)]
     yield from _figures(section, [
         (f"{prefix}_c8_ours_tok_s", "c = 8, ours (defaults), output tokens/s",
@@ -245,17 +252,7 @@ def family_engines(root: Path, folder: str, prefix: str, section: str) -> Iterat
     """A Llama-family preset on the closed loop at c = 1 and 8 (issue 33's yardstick): ours
     against llama.cpp f16 and OpenVINO's fp16 and int8 IR, and the lone stream against its
     decode floor; one ``python -m bench engines`` folder, keys prefixed ``prefix``."""
-    data = json.loads((root / folder / "engines.json").read_text())
-    host = data["host"]
-    src = Source(folder, host.get("cpu_model", "?"), int(host.get("cores", 0)),
-                 tuple(host.get("isa", ())))
-    rows = _engine_rows(data)
-
-    def tok(engine: str, variant: str, c: int) -> float:
-        return float(rows[(engine, variant, c)]["output_tokens_per_s"])
-
-    roof = json.loads((root / folder / "roofline.json").read_text())
-    floor = roof["read_bandwidth_gb_s"] * 1e9 / (roof["params"] * 2)  # tokens/s, 2 B/param
+    src, _, tok, floor = _engine_folder(root, folder)
     yield from _figures(section, [
         (f"{prefix}_c1_vs_llama", "c = 1, ours (defaults) / llama.cpp f16",
          _x(tok("ours", "auto", 1), tok("llama.cpp", "f16", 1)), src),
