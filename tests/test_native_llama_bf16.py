@@ -191,3 +191,24 @@ def test_the_c_refuses_a_step_outside_its_sizes(folder: Path) -> None:
     with pytest.raises(NativeError, match="a size outside what the kernel takes"):
         native._half("attn_out", 0, scratch.step, hidden)
     assert torch.equal(hidden, before)
+
+
+def test_caches_of_another_geometry_are_refused_before_any_c_runs(folder: Path) -> None:
+    """F16Layers._every_layer (shared by every C layer set) checks the caches' kv heads and
+    head dim against the model's before the one-call decode."""
+    from server.engine.row_cache import PackedStep, Segment
+
+    engine = _engine(_served(folder))
+    native = engine._native
+    rows = _rows(engine)
+    step = PackedStep([Segment(row.cache, i, 1) for i, row in enumerate(rows)])
+    cos = torch.zeros(len(rows), native.sizes.dim, dtype=torch.bfloat16)
+    scratch = native_llama_bf16.BF16Scratch(native.sizes, len(rows), cos, cos)
+    hidden = torch.randn(len(rows), native.sizes.width).to(torch.bfloat16)
+    before = hidden.clone()
+    sizes = native.sizes
+    with pytest.raises(ValueError, match=f"cache geometry: {sizes.kv_heads} kv heads of "
+                                         f"{sizes.dim}, the model {sizes.kv_heads + 1}"):
+        native._every_layer(scratch.step, hidden, step.native.caches,
+                            (sizes.kv_heads + 1, sizes.dim))
+    assert torch.equal(hidden, before)

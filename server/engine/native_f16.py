@@ -117,9 +117,12 @@ class F16Layers:
                          ctypes.byref(step), hidden.data_ptr(), hidden.shape[0], lib=self._lib)
 
     def _every_layer(self, step: ctypes.Structure, hidden: torch.Tensor,
-                     caches: native_ops.DecodeCaches) -> None:
+                     caches: native_ops.DecodeCaches, kv: tuple[int, int]) -> None:
         """``<prefix>_decode``: all layers in one call, each row decoding one token (token r
-        is cached row r); the caller has checked the caches' geometry against the model."""
+        is cached row r) over caches of the model's ``kv`` (key/value heads, head dim)."""
+        if (caches.kv_heads, caches.dim) != kv:
+            raise ValueError(f"cache geometry: {caches.kv_heads} kv heads of {caches.dim}, "
+                             f"the model {kv[0]} of {kv[1]}")
         if caches.rows != hidden.shape[0] or caches.last_token >= hidden.shape[0]:
             raise ValueError(f"cache geometry: {caches.rows} cached rows (last token "
                              f"{caches.last_token}) for a step of {hidden.shape[0]} tokens")

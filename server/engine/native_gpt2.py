@@ -180,11 +180,8 @@ class NativeGPT2F16(native_f16.F16Layers):
                           self.scale, *(buffers[name].data_ptr() for name in widths))
         native = step.native
         if native is not None and len(native.indexes) == len(step.segments):
-            caches, dim = native.caches, self.width // self.heads
-            if (caches.kv_heads, caches.dim) != (self.heads, dim):
-                raise ValueError(f"cache geometry: {caches.kv_heads} heads of {caches.dim}, "
-                                 f"the model {self.heads} of {dim}")
-            self._every_layer(scratch, hidden, caches)
+            self._every_layer(scratch, hidden, native.caches,
+                              (self.heads, self.width // self.heads))
         else:
             for layer, attn in enumerate(self._attn):
                 self._half("attn_in", layer, scratch, hidden)

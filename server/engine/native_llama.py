@@ -137,11 +137,8 @@ class NativeLlama(native_f16.F16Layers):
         native = step.native
         if native is not None and len(native.indexes) == len(step.segments) and \
                 native.caches.dtype in self.caches:
-            caches, sizes = native.caches, self.sizes
-            if (caches.kv_heads, caches.dim) != (sizes.kv_heads, sizes.dim):
-                raise ValueError(f"cache geometry: {caches.kv_heads} kv heads of "
-                                 f"{caches.dim}, the model {sizes.kv_heads} of {sizes.dim}")
-            self._every_layer(scratch.step, hidden, caches)
+            self._every_layer(scratch.step, hidden, native.caches,
+                              (self.sizes.kv_heads, self.sizes.dim))
         else:
             self._layers(hidden, step, scratch)
         return self._model.lm_head(llama_forward.rms_norm(body.norm, hidden[due]))
