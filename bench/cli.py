@@ -29,6 +29,9 @@ COMMANDS: dict[str, Command] = {
                          "the OpenAI mix?", "server"),
     "engines": Command("bench.engines", "Our server, llama.cpp's and OpenVINO GenAI on the "
                        "same closed loop of equal lengths (c = 1, 8, 32)?", "server"),
+    "alternate": Command("bench.alternate", "One request at a time, our server and llama.cpp's "
+                         "alternating, each beside a read-rate probe: c = 1 and its floor?",
+                         "server"),
     "crosscheck": Command("bench.crosscheck", "Do our load generator and guidellm 0.8.1 agree "
                           "on TTFT p50 and output tok/s at the same rate on one server?",
                           "server"),
