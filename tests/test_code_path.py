@@ -42,8 +42,8 @@ def test_a_float32_gpt2_runs_the_lean_forward_and_torch_attention(tiny_model: Pa
     path = decide(_tiny(), "auto", "float32", NATIVE_HERE)
     assert (path.precision, path.linear, path.layers, path.attention) == \
         ("float32", "blas_fp32", code_path.GPT2_LAYERS, code_path.TORCH_ATTENTION)
-    assert path.layers_why == ("linear layers run blas_fp32: the C layers need native_bf16 or "
-                               "native_f16")
+    assert path.layers_why == ("linear layers run blas_fp32: the C layers need native_bf16, "
+                               "native_f16 or native_int8")
     assert "float32 caches" in path.attention_why
     assert (path.attention_dtype, path.kv_dtype, path.cache_dtype) == \
         ("float32", "model", "float32")  # KV_DTYPE=auto keeps float32 weights full width

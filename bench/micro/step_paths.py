@@ -1,9 +1,10 @@
 """``python -m bench step paths``: one decode step through each forward path, interleaved in one
 process, for a model on the native kernels (GPT-2 or a Llama-family decoder, on
-``bfloat16+native`` or ``float16+native``).
+``bfloat16+native`` or ``float16+native``; GPT-2 on ``int8``).
 
     python -m bench step paths --model synthetic:gpt2-large --rows 1,8 --context 200
     python -m bench step paths --model synthetic:qwen2.5-1.5b --dtype float16+native --rows 1,8
+    python -m bench step paths --model synthetic:gpt2-large --dtype int8 --rows 1,8
 
 Per row count (rows decoding after a ``--context``-token prompt each, caches in the dtype the
 server's ``KV_DTYPE=auto`` keeps), the median ms of:
@@ -39,6 +40,7 @@ from server.engine import code_path, gpt2_forward, llama_forward, native_ops
 from server.engine.native_f16 import NativeF16Linear
 from server.engine.native_gemm import NativeBF16Linear
 from server.engine.native_gpt2 import NativeGPT2
+from server.engine.native_int8 import NativeInt8Linear
 from server.engine.native_llama_bf16 import NativeLlamaBF16
 from server.engine.row_cache import PackedStep, Segment
 from server.engine.step import Row, StepEngine
@@ -86,7 +88,7 @@ def variants(engine: StepEngine, rows: list[Row]) -> dict[str, Callable[[], obje
 def _gemms(model: nn.Module) -> list[nn.Module]:
     """The model's native linear layers, each weight once: a fused projection's parts read
     views of its stacked weight (plain attributes, not Parameters) and are left out."""
-    return [m for m in model.modules() if isinstance(m, NativeBF16Linear)
+    return [m for m in model.modules() if isinstance(m, NativeBF16Linear | NativeInt8Linear)
             or (isinstance(m, NativeF16Linear) and isinstance(m.weight, nn.Parameter))]
 
 

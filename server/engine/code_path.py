@@ -5,12 +5,12 @@ Four choices make a step's path, and each used to be made where it was used:
 - precision: the number format and kernel candidate measured fastest at startup
   (server.engine.kernels ``choose``), e.g. ``bfloat16+native``;
 - linear: the kernel the model's linear layers run on, read from their modules;
-- layers: the project's C layers (server.engine.native_gpt2 for a native-packed bf16 GPT-2,
-  server.engine.native_llama for a float16+native Llama-family decoder, native_llama_bf16
-  for a bfloat16+native one), a lean torch
-  forward for its family (server.engine.gpt2_forward for another GPT-2,
-  server.engine.llama_forward for a Llama, Qwen2 or Mistral decoder), or the model's own
-  transformers forward; the record names the module that runs (``LEAN_FORWARDS``);
+- layers: the project's C layers (server.engine.native_gpt2 for a GPT-2 on the native bf16,
+  fp16 or int8 GEMMs, server.engine.native_llama for a float16+native Llama-family decoder,
+  native_llama_bf16 for a bfloat16+native one), a lean torch forward for its family
+  (server.engine.gpt2_forward for another GPT-2, server.engine.llama_forward for a Llama,
+  Qwen2 or Mistral decoder), or the model's own transformers forward; the record names the
+  module that runs (``LEAN_FORWARDS``);
 - attention: the C decode attention over bf16, fp16 or int8 caches (row_cache.NativeDecode;
   an AVX-512 BF16 or an AVX2 variant, server.engine.native_ops) or torch's
   ``scaled_dot_product_attention``, the dtype torch's attention computes in and the dtype
@@ -141,10 +141,12 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
         return MODEL_FORWARD, f"no lean forward for model_type {kind}"
     if linear == "native_f16":
         return _gpt2_f16_layers(model, machine)
+    if linear == "native_int8":
+        return _gpt2_int8_layers(model, machine)
     misfit = native_gpt2.misfit(model)
     if misfit and linear != "native_bf16":
-        return GPT2_LAYERS, (f"linear layers run {linear}: the C layers need native_bf16 or "
-                             "native_f16")
+        return GPT2_LAYERS, (f"linear layers run {linear}: the C layers need native_bf16, "
+                             "native_f16 or native_int8")
     if misfit or machine.native_blocked:
         return GPT2_LAYERS, misfit or machine.native_blocked
     if cache != torch.bfloat16:  # KV_DTYPE=int8: gpt2_bf16.c attends bf16 caches only
@@ -159,6 +161,16 @@ def _gpt2_f16_layers(model: nn.Module, machine: Machine) -> tuple[str, str]:
     if misfit:
         return GPT2_LAYERS, f"no fp16 C layers: {misfit}"
     return NATIVE_LAYERS, "every layer native fp16 GPT-2 that gpt2_f16.c takes"
+
+
+def _gpt2_int8_layers(model: nn.Module, machine: Machine) -> tuple[str, str]:
+    """gpt2_f16.c's float32 layers on the int8 GEMMs (``gpt2_int8_*``) where they take the
+    model and the AVX2 attention runs here, else gpt2_forward, with the reason (any cache
+    dtype, as the fp16 layers)."""
+    misfit = native_gpt2.misfit_int8(model) or _avx2_layers_blocked(machine)
+    if misfit:
+        return GPT2_LAYERS, f"no int8 C layers: {misfit}"
+    return NATIVE_LAYERS, "every layer native int8 GPT-2 that gpt2_f16.c's int8 entry points take"
 
 
 def _avx2_layers_blocked(machine: Machine) -> str | None:

@@ -63,11 +63,11 @@ def layers_library() -> tuple[ctypes.CDLL | None, str | None]:
     """(the library with the C layers on this GEMM declared, None) where they run here (this
     GEMM's features, which the AVX2 decode attention they call shares), else (None, why):
     llama_f16.c's ``llama_*`` (server.engine.native_llama) and gpt2_f16.c's ``gpt2_f16_*``
-    (server.engine.native_gpt2)."""
+    and ``gpt2_int8_*`` (server.engine.native_gpt2)."""
     lib, problem = _loaded()
     if lib is not None:
         ptr, i32 = ctypes.c_void_p, ctypes.c_int
-        for prefix in ("llama", "gpt2_f16"):
+        for prefix in ("llama", "gpt2_f16", "gpt2_int8"):
             for name in (f"{prefix}_attn_in", f"{prefix}_attn_out"):
                 getattr(lib, name).argtypes = [ptr, ptr, ptr, i32]
             getattr(lib, f"{prefix}_decode").argtypes = [ptr, i32, ptr, ptr, i32, ptr, i32,

@@ -28,6 +28,7 @@ from torch import nn
 from server.engine import gpt2_forward, native_f16, native_ops
 from server.engine.native_f16 import NativeF16Linear
 from server.engine.native_gemm import NativeBF16Linear
+from server.engine.native_int8 import NativeInt8Linear
 from server.engine.native_ops import Block, GPT2Scratch
 from server.engine.row_cache import PackedStep
 
@@ -154,6 +155,9 @@ class NativeGPT2F16(native_f16.F16Layers):
         body = model.transformer
         super().__init__(model, problem, None if problem else
                          (F16Block * len(body.h))(*(_f16_block(block) for block in body.h)))
+        self._init_sizes(body)
+
+    def _init_sizes(self, body: nn.Module) -> None:
         first = body.h[0]
         self._attn = [block.attn for block in body.h]
         self.width = first.attn.c_attn.in_features
@@ -207,3 +211,70 @@ def misfit_f16(model: nn.Module) -> str | None:
     scale, gelu_new, widths in whole vectors (head dim a multiple of 16 up to 256)."""
     return _misfit(model, lambda m: type(m) is NativeF16Linear and m.bias is not None,
                    "native fp16 with a bias", torch.float32, 8)
+
+
+# -- int8+native (DTYPE=int8): gpt2_f16.c's plan on the int8 GEMMs ------------------------------
+
+_INT8_VARIANTS = {"avx2": 0, "avx512_vnni": 1}  # kernels.h GLL_INT8_FMA, GLL_INT8_VNNI
+
+
+class Int8Linear(ctypes.Structure):
+    """kernels.h's ``gpt2_int8_linear``: a NativeInt8Linear's operands."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("q", "scale", "colsum", "bias")]
+
+
+class Int8Block(ctypes.Structure):
+    """kernels.h's ``gpt2_int8_block``: layer norms, the four int8 layers, their variant."""
+
+    _fields_ = [*((name, ctypes.c_void_p) for name in ("ln1_w", "ln1_b", "ln2_w", "ln2_b")),
+                ("linear", Int8Linear * 4), ("variant", ctypes.c_int)]
+
+
+class NativeGPT2Int8(NativeGPT2F16):
+    """A ``DTYPE=int8`` GPT-2's layers as C calls: gpt2_f16.c's float32 plan (layer norms,
+    GELU, residual adds, the AVX2 decode attention over any cache it reads) with the int8
+    GEMMs (``gpt2_int8_*``) where the fp16 one was.
+
+    Why (issue 31): the int8 path ran torch's float32 layers around its GEMMs. On the Zen 4
+    (gpt2-large, 2 threads, ``python -m bench step paths --dtype int8``) a decode step took
+    26.7 / 52.2 ms at 1 / 8 rows through torch's layers, 18.3 / 38.5 here, with the GEMMs
+    alone 19.7 / 27.9 (results/profile/c-layers-int8-zen4.txt)."""
+
+    source, prefix = "gpt2_f16.c", "gpt2_int8"
+
+    def __init__(self, model: nn.Module) -> None:
+        problem = misfit_int8(model)
+        body = model.transformer
+        native_f16.F16Layers.__init__(
+            self, model, problem, None if problem else
+            (Int8Block * len(body.h))(*(_int8_block(block) for block in body.h)))
+        self._init_sizes(body)
+
+
+def _int8_linear(linear: NativeInt8Linear) -> Int8Linear:
+    colsum = None if linear.colsum is None else linear.colsum.data_ptr()
+    return Int8Linear(linear.packed.data_ptr(), linear.scales.data_ptr(), colsum,
+                      linear.bias.data_ptr())
+
+
+def _int8_block(block: nn.Module) -> Int8Block:
+    attn, mlp = block.attn, block.mlp
+    linears = (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
+    return Int8Block(block.ln_1.weight.data_ptr(), block.ln_1.bias.data_ptr(),
+                     block.ln_2.weight.data_ptr(), block.ln_2.bias.data_ptr(),
+                     (Int8Linear * 4)(*(_int8_linear(m) for m in linears)),
+                     _INT8_VARIANTS[attn.c_attn.variant])
+
+
+def misfit_int8(model: nn.Module) -> str | None:
+    """What in ``model`` the int8 C layers do not take (None: they take it all): every linear
+    layer a NativeInt8Linear with its float32 bias, unpadded, all of one variant; otherwise
+    as ``misfit_f16``."""
+    variants = {getattr(m, "variant", None) for m in model.modules()
+                if isinstance(m, NativeInt8Linear)}
+    if len(variants) > 1:
+        return f"int8 layers of several variants: {sorted(map(str, variants))}"
+    return _misfit(model, lambda m: type(m) is NativeInt8Linear and m.bias is not None
+                   and m.padded == m.out_features, "native int8 with a bias, unpadded",
+                   torch.float32, 8)

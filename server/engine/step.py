@@ -23,7 +23,7 @@ import torch
 from server.engine import code_path, llama_forward
 from server.engine.code_path import CodePath
 from server.engine.decoding import Generation, GenerationRequest, choose_token, make_rng
-from server.engine.native_gpt2 import NativeGPT2, NativeGPT2F16
+from server.engine.native_gpt2 import NativeGPT2, NativeGPT2F16, NativeGPT2Int8
 from server.engine.native_llama import NativeLlama
 from server.engine.native_llama_bf16 import NativeLlamaBF16
 from server.engine.row_cache import (
@@ -232,7 +232,8 @@ def _c_layers(model: torch.nn.Module,
     """The C layers code_path chose (``NATIVE_LAYERS``) for ``model``'s family and kernel."""
     if llama_forward.supports(model):
         return (NativeLlamaBF16 if path.linear == "native_bf16" else NativeLlama).build(model)
-    return (NativeGPT2F16 if path.linear == "native_f16" else NativeGPT2).build(model)
+    kinds = {"native_f16": NativeGPT2F16, "native_int8": NativeGPT2Int8}
+    return kinds.get(path.linear, NativeGPT2).build(model)
 
 
 def kv_positions(request: GenerationRequest) -> int:

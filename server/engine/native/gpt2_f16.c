@@ -71,8 +71,7 @@ GLL_AVX2_F16C static void gelu_tanh(float *x, int rows, int64_t width, int threa
 
 /* The sizes every entry point takes (plain C: runs on any x86-64); the caller
  * (server.engine.native_gpt2) checks these and the buffers' shapes before calling. */
-static int step_check(const gpt2_f16_block *b, const gpt2_f16_step *s, const float *h,
-                      int rows) {
+static int step_check(const void *b, const gpt2_f16_step *s, const float *h, int rows) {
   if (!b || !s || !h || rows <= 0 || s->width <= 0 || s->hidden <= 0 || s->heads <= 0 ||
       s->threads <= 0 || s->width % 8 || s->hidden % 8 || s->width % s->heads ||
       (s->width / s->heads) % 16 || s->width / s->heads > 256)
@@ -81,39 +80,95 @@ static int step_check(const gpt2_f16_block *b, const gpt2_f16_step *s, const flo
   return GLL_OK;
 }
 
-GLL_AVX2_F16C static int attn_in_run(const gpt2_f16_block *b, const gpt2_f16_step *s,
-                                     const float *h, int rows) {
-  layer_norm(h, b->ln1_w, b->ln1_b, s->x, rows, s->width, s->eps, s->threads);
-  return gemm_f16(s->x, b->attn_w, b->attn_b, s->qkv, rows, 3 * s->width, s->width, s->threads);
+/* A layer as the runners below see it: its layer norms, and its four GEMMs (c_attn, c_proj,
+ * c_fc, the MLP's c_proj) behind ``gemm``: the fp16 ones of a gpt2_f16_block or the int8 ones
+ * of a gpt2_int8_block, the rest of the layer being the same code. */
+enum { QKV, PROJ, FC, OUT };
+typedef int (*layer_gemm)(const void *block, int which, const float *x, float *out, int M, int N,
+                          int K, int threads);
+typedef struct {
+  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+  const void *block;
+  layer_gemm gemm;
+} layer_plan;
+
+GLL_AVX2_F16C static int attn_in_run(const layer_plan *p, const gpt2_f16_step *s, const float *h,
+                                     int rows) {
+  layer_norm(h, p->ln1_w, p->ln1_b, s->x, rows, s->width, s->eps, s->threads);
+  return p->gemm(p->block, QKV, s->x, s->qkv, rows, 3 * s->width, s->width, s->threads);
 }
 
-GLL_AVX2_F16C static int attn_out_run(const gpt2_f16_block *b, const gpt2_f16_step *s, float *h,
+GLL_AVX2_F16C static int attn_out_run(const layer_plan *p, const gpt2_f16_step *s, float *h,
                                       int rows) {
   const int64_t cells = (int64_t)rows * s->width;
-  int status = gemm_f16(s->att, b->proj_w, b->proj_b, s->y, rows, s->width, s->width, s->threads);
+  int status = p->gemm(p->block, PROJ, s->att, s->y, rows, s->width, s->width, s->threads);
   if (status != GLL_OK) return status;
   add8_into(h, s->y, cells);
-  layer_norm(h, b->ln2_w, b->ln2_b, s->x, rows, s->width, s->eps, s->threads);
-  status = gemm_f16(s->x, b->fc_w, b->fc_b, s->inner, rows, s->hidden, s->width, s->threads);
+  layer_norm(h, p->ln2_w, p->ln2_b, s->x, rows, s->width, s->eps, s->threads);
+  status = p->gemm(p->block, FC, s->x, s->inner, rows, s->hidden, s->width, s->threads);
   if (status != GLL_OK) return status;
   gelu_tanh(s->inner, rows, s->hidden, s->threads);
-  status = gemm_f16(s->inner, b->out_w, b->out_b, s->y, rows, s->width, s->hidden, s->threads);
+  status = p->gemm(p->block, OUT, s->inner, s->y, rows, s->width, s->hidden, s->threads);
   if (status != GLL_OK) return status;
   add8_into(h, s->y, cells);
   return GLL_OK;
 }
 
+/* Every layer of a decode-only step: each layer's plan from ``plan_of``. */
+typedef layer_plan (*plan_fn)(const void *blocks, int layer);
+GLL_AVX2_F16C static int decode_run(const void *blocks, plan_fn plan_of, int layers,
+                                    const gpt2_f16_step *s, float *h, int rows,
+                                    uint16_t *const *stores, int cache_dtype,
+                                    float *const *scales, const int64_t *caps,
+                                    const int64_t *lens, const int64_t *tokens) {
+  const int dim = s->width / s->heads;
+  const int64_t wide = 3 * (int64_t)s->width;
+  const decode_qkv in = {s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, wide, dim, wide, dim,
+                         wide, dim};
+  int status = attend_decode_check(&in, stores, caps, lens, tokens, rows, layers - 1, s->heads,
+                                   s->heads, dim, s->att, s->threads);
+  if (status != GLL_OK) return status;
+  for (int l = 0; l < layers; l++) {
+    const layer_plan p = plan_of(blocks, l);
+    status = attn_in_run(&p, s, h, rows);
+    if (status == GLL_OK)
+      status = attend_decode_avx2(&in, GLL_F32, stores, cache_dtype, scales, caps, lens, tokens,
+                                  rows, l, s->heads, s->heads, dim, s->scale, s->att, s->width,
+                                  s->threads);
+    if (status == GLL_OK) status = attn_out_run(&p, s, h, rows);
+    if (status != GLL_OK) return status;
+  }
+  return GLL_OK;
+}
+
+/* -- the fp16 GEMM's layers ---------------------------------------------------------------- */
+
+static int f16_gemm(const void *block, int which, const float *x, float *out, int M, int N, int K,
+                    int threads) {
+  const gpt2_f16_block *b = block;
+  const uint16_t *w[] = {b->attn_w, b->proj_w, b->fc_w, b->out_w};
+  const float *bias[] = {b->attn_b, b->proj_b, b->fc_b, b->out_b};
+  return gemm_f16(x, w[which], bias[which], out, M, N, K, threads);
+}
+
+static layer_plan f16_plan(const void *blocks, int layer) {
+  const gpt2_f16_block *b = (const gpt2_f16_block *)blocks + layer;
+  return (layer_plan){b->ln1_w, b->ln1_b, b->ln2_w, b->ln2_b, b, f16_gemm};
+}
+
 /* Before the attention: x = ln_1(h), qkv = x W_attn + b. GLL_OK or GLL_BAD_SHAPE. */
 int gpt2_f16_attn_in(const gpt2_f16_block *b, const gpt2_f16_step *s, const float *h, int rows) {
-  int status = step_check(b, s, h, rows);
-  return status != GLL_OK ? status : attn_in_run(b, s, h, rows);
+  if (step_check(b, s, h, rows) != GLL_OK) return GLL_BAD_SHAPE;
+  const layer_plan p = f16_plan(b, 0);
+  return attn_in_run(&p, s, h, rows);
 }
 
 /* After the attention (s->att): h += att W_proj + b; h += mlp(ln_2(h)). GLL_OK or
  * GLL_BAD_SHAPE. */
 int gpt2_f16_attn_out(const gpt2_f16_block *b, const gpt2_f16_step *s, float *h, int rows) {
-  int status = step_check(b, s, h, rows);
-  return status != GLL_OK ? status : attn_out_run(b, s, h, rows);
+  if (step_check(b, s, h, rows) != GLL_OK) return GLL_BAD_SHAPE;
+  const layer_plan p = f16_plan(b, 0);
+  return attn_out_run(&p, s, h, rows);
 }
 
 /* Every layer of a step in which each of the rows decodes one token (row r is token r; its
@@ -125,21 +180,59 @@ int gpt2_f16_decode(const gpt2_f16_block *blocks, int layers, const gpt2_f16_ste
                     const int64_t *caps, const int64_t *lens, const int64_t *tokens) {
   int status = step_check(blocks, s, h, rows);
   if (status != GLL_OK || layers <= 0) return GLL_BAD_SHAPE;
-  const int dim = s->width / s->heads;
-  const int64_t wide = 3 * (int64_t)s->width;
-  const decode_qkv in = {s->qkv, s->qkv + s->width, s->qkv + 2 * s->width, wide, dim, wide, dim,
-                         wide, dim};
-  status = attend_decode_check(&in, stores, caps, lens, tokens, rows, layers - 1, s->heads,
-                               s->heads, dim, s->att, s->threads);
-  if (status != GLL_OK) return status;
-  for (int l = 0; l < layers; l++) {
-    status = attn_in_run(&blocks[l], s, h, rows);
-    if (status == GLL_OK)
-      status = attend_decode_avx2(&in, GLL_F32, stores, cache_dtype, scales, caps, lens, tokens,
-                                  rows, l, s->heads, s->heads, dim, s->scale, s->att, s->width,
-                                  s->threads);
-    if (status == GLL_OK) status = attn_out_run(&blocks[l], s, h, rows);
-    if (status != GLL_OK) return status;
-  }
+  return decode_run(blocks, f16_plan, layers, s, h, rows, stores, cache_dtype, scales, caps, lens,
+                    tokens);
+}
+
+/* -- the int8 GEMMs' layers (DTYPE=int8: weight-only int8, everything else fp32) ------------ */
+
+/* The one check the int8 layers add to step_check: a known GEMM variant, and every weight's
+ * operands present (the vnni variant's column sums too). */
+static int int8_check(const gpt2_int8_block *b) {
+  if (!b || (b->variant != GLL_INT8_FMA && b->variant != GLL_INT8_VNNI)) return GLL_BAD_SHAPE;
+  for (int i = 0; i < 4; i++)
+    if (!b->linear[i].q || !b->linear[i].scale || !b->linear[i].bias ||
+        (b->variant == GLL_INT8_VNNI && !b->linear[i].colsum))
+      return GLL_BAD_SHAPE;
   return GLL_OK;
+}
+
+static int int8_gemm(const void *block, int which, const float *x, float *out, int M, int N,
+                     int K, int threads) {
+  const gpt2_int8_block *b = block;
+  const gpt2_int8_linear *w = &b->linear[which];
+  return b->variant == GLL_INT8_VNNI
+             ? gemm_int8_vnni(x, w->q, w->scale, w->colsum, w->bias, out, M, N, K, threads)
+             : gemm_int8_fma(x, w->q, w->scale, w->bias, out, M, N, K, threads);
+}
+
+static layer_plan int8_plan(const void *blocks, int layer) {
+  const gpt2_int8_block *b = (const gpt2_int8_block *)blocks + layer;
+  return (layer_plan){b->ln1_w, b->ln1_b, b->ln2_w, b->ln2_b, b, int8_gemm};
+}
+
+/* gpt2_f16_attn_in's work on the int8 GEMMs. GLL_OK or GLL_BAD_SHAPE (nothing written). */
+int gpt2_int8_attn_in(const gpt2_int8_block *b, const gpt2_f16_step *s, const float *h,
+                      int rows) {
+  if (step_check(b, s, h, rows) != GLL_OK || int8_check(b) != GLL_OK) return GLL_BAD_SHAPE;
+  const layer_plan p = int8_plan(b, 0);
+  return attn_in_run(&p, s, h, rows);
+}
+
+/* gpt2_f16_attn_out's work on the int8 GEMMs. GLL_OK or GLL_BAD_SHAPE (nothing written). */
+int gpt2_int8_attn_out(const gpt2_int8_block *b, const gpt2_f16_step *s, float *h, int rows) {
+  if (step_check(b, s, h, rows) != GLL_OK || int8_check(b) != GLL_OK) return GLL_BAD_SHAPE;
+  const layer_plan p = int8_plan(b, 0);
+  return attn_out_run(&p, s, h, rows);
+}
+
+/* gpt2_f16_decode's work on the int8 GEMMs (every block checked before the first layer). */
+int gpt2_int8_decode(const gpt2_int8_block *blocks, int layers, const gpt2_f16_step *s, float *h,
+                     int rows, uint16_t *const *stores, int cache_dtype, float *const *scales,
+                     const int64_t *caps, const int64_t *lens, const int64_t *tokens) {
+  if (step_check(blocks, s, h, rows) != GLL_OK || layers <= 0) return GLL_BAD_SHAPE;
+  for (int l = 0; l < layers; l++)
+    if (int8_check(&blocks[l]) != GLL_OK) return GLL_BAD_SHAPE;
+  return decode_run(blocks, int8_plan, layers, s, h, rows, stores, cache_dtype, scales, caps, lens,
+                    tokens);
 }

@@ -38,6 +38,25 @@ typedef struct {
   float *x, *qkv, *att, *inner, *y;
 } gpt2_f16_step;
 
+/* One int8 linear layer as gemm_int8_fma / gemm_int8_vnni take it: the packed weight (pack_int8
+ * in the block's variant's layout), per-output fp32 scales, the vnni variant's int32 column
+ * sums (NULL for fma) and the fp32 bias. */
+typedef struct {
+  const int8_t *q;
+  const float *scale;
+  const int32_t *colsum;
+  const float *bias;
+} gpt2_int8_linear;
+
+/* One GPT-2 layer on the int8 GEMMs (gpt2_f16.c, DTYPE=int8): fp32 layer norms, then c_attn,
+ * c_proj, c_fc and the MLP's c_proj in that order, all of one variant (GLL_INT8_*). */
+enum { GLL_INT8_FMA = 0, GLL_INT8_VNNI = 1 };
+typedef struct {
+  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+  gpt2_int8_linear linear[4];
+  int variant;
+} gpt2_int8_block;
+
 /* One Llama-family layer's weights (llama_f16.c): RMSNorm weights [width] fp32; fp16 weights
  * [outputs][inputs] as torch lays them out: the fused q|k|v [(heads + 2 kv_heads) dim][width]
  * with its fp32 bias or NULL, the output projection [width][heads dim], the fused gate|up
@@ -117,6 +136,12 @@ int gpt2_f16_attn_out(const gpt2_f16_block *b, const gpt2_f16_step *s, float *h,
 int gpt2_f16_decode(const gpt2_f16_block *blocks, int layers, const gpt2_f16_step *s, float *h,
                     int rows, uint16_t *const *stores, int cache_dtype, float *const *scales,
                     const int64_t *caps, const int64_t *lens, const int64_t *tokens);
+int gpt2_int8_attn_in(const gpt2_int8_block *b, const gpt2_f16_step *s, const float *h,
+                      int rows);
+int gpt2_int8_attn_out(const gpt2_int8_block *b, const gpt2_f16_step *s, float *h, int rows);
+int gpt2_int8_decode(const gpt2_int8_block *blocks, int layers, const gpt2_f16_step *s, float *h,
+                     int rows, uint16_t *const *stores, int cache_dtype, float *const *scales,
+                     const int64_t *caps, const int64_t *lens, const int64_t *tokens);
 int llama_attn_in(const llama_block *b, const llama_step *s, const float *h, int rows);
 int llama_attn_out(const llama_block *b, const llama_step *s, float *h, int rows);
 int llama_decode(const llama_block *blocks, int layers, const llama_step *s, float *h, int rows,
