@@ -39,6 +39,12 @@ ENGINES_ZEN4 = "results/reference/engines-gpt2-large-zen4"  # the same command o
 # The Llama family on the Zen 4 with its bf16 C layers (issue 33), c = 1 and 8.
 FAMILY_ZEN4 = {"qwen": "results/reference/engines-qwen2.5-1.5b-v2-zen4",
                "llama": "results/reference/engines-llama-3.2-1b-v2-zen4"}
+# The same presets one request at a time, ours and llama.cpp alternating request by request
+# with the read rate probed after each (python -m bench alternate).
+ALTERNATE_ZEN4 = {"qwen": "results/reference/alternate-qwen2.5-1.5b-zen4",
+                  "llama": "results/reference/alternate-llama-3.2-1b-zen4"}
+# Our int8 (GPT-2's layers in C on the int8 GEMMs) against OpenVINO's int8 IR, c = 1 and 8.
+ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 
 
 @dataclass(frozen=True)
@@ -197,19 +203,27 @@ def _engine_rows(data: dict) -> dict[tuple[str, str, int], dict]:
     return {(r["engine"], r["variant"], int(r["concurrency"])): r for r in data["rows"]}
 
 
-def _engine_folder(root: Path, folder: str) -> tuple[Source, dict, Callable, float]:
-    """One ``python -m bench engines`` folder: its source, rows by (engine, variant, c), a
-    tokens/s reader, and the lone stream's decode floor (read bandwidth over the weights' bytes
-    at 2 B/param, tokens/s, from its roofline.json)."""
+def _host_source(folder: str, host: dict) -> Source:
+    return Source(folder, host.get("cpu_model", "?"), int(host.get("cores", 0)),
+                  tuple(host.get("isa", ())))
+
+
+def _engine_rows_of(root: Path, folder: str) -> tuple[Source, dict, Callable]:
+    """One ``python -m bench engines`` folder: its source, rows by (engine, variant, c) and a
+    tokens/s reader."""
     data = json.loads((root / folder / "engines.json").read_text())
-    host = data["host"]
-    src = Source(folder, host.get("cpu_model", "?"), int(host.get("cores", 0)),
-                 tuple(host.get("isa", ())))
     rows = _engine_rows(data)
 
     def tok(engine: str, variant: str, c: int) -> float:
         return float(rows[(engine, variant, c)]["output_tokens_per_s"])
 
+    return _host_source(folder, data["host"]), rows, tok
+
+
+def _engine_folder(root: Path, folder: str) -> tuple[Source, dict, Callable, float]:
+    """``_engine_rows_of``, and the lone stream's decode floor (read bandwidth over the weights'
+    bytes at 2 B/param, tokens/s, from the folder's roofline.json)."""
+    src, rows, tok = _engine_rows_of(root, folder)
     roof = json.loads((root / folder / "roofline.json").read_text())
     return src, rows, tok, roof["read_bandwidth_gb_s"] * 1e9 / (roof["params"] * 2)
 
@@ -269,6 +283,52 @@ def family_engines(root: Path, folder: str, prefix: str, section: str) -> Iterat
     ])
 
 
+def int8_engines(root: Path, folder: str = ENGINES_INT8_ZEN4) -> Iterator[Figure]:
+    """Our int8 against OpenVINO's int8 IR on the closed loop at c = 1 and 8 (issue 31's int8
+    bars: tokens/s at both, TTFT p50 at 8); one ``python -m bench engines`` folder."""
+    src, rows, tok = _engine_rows_of(root, folder)
+    ttft = {engine: float(rows[(engine, "int8", 8)]["ttft_p50_s"])
+            for engine in ("ours", "openvino")}
+    yield from _figures("Our int8 against OpenVINO's int8 IR on the Zen 4 (int8 C layers)", [
+        ("int8z4_c1_vs_ov", "c = 1, ours int8 / OpenVINO int8 IR (in-process)",
+         _x(tok("ours", "int8", 1), tok("openvino", "int8", 1)), src),
+        ("int8z4_c8_vs_ov", "c = 8, the same",
+         _x(tok("ours", "int8", 8), tok("openvino", "int8", 8)), src),
+        ("int8z4_c8_ours_tok_s", "c = 8, ours int8, output tokens/s",
+         num(tok("ours", "int8", 8), 1), src),
+        ("int8z4_c8_ov_tok_s", "c = 8, OpenVINO int8 IR, output tokens/s",
+         num(tok("openvino", "int8", 8), 1), src),
+        ("int8z4_c8_ttft_ours", "c = 8, ours int8, TTFT p50 s", num(ttft["ours"], 2), src),
+        ("int8z4_c8_ttft_ov", "c = 8, OpenVINO int8 IR, TTFT p50 s", num(ttft["openvino"], 2),
+         src),
+    ])
+
+
+def alternate(root: Path, folder: str, prefix: str, section: str) -> Iterator[Figure]:
+    """One ``python -m bench alternate`` folder: ours against llama.cpp f16 paired round by
+    round (closed-loop tok/s, decode speed), and each side's decode against the floor from
+    the read rate probed beside it; keys prefixed ``prefix``."""
+    data = json.loads((root / folder / "alternate.json").read_text())
+    src = _host_source(folder, data["host"])
+    ours, llama = data["summary"]["ours"], data["summary"]["llama.cpp f16"]
+    tok, speed = llama["base_tok_s_ratio"], llama["base_decode_speed_ratio"]
+    yield from _figures(section, [
+        (f"{prefix}_alt_c1_vs_llama", "c = 1 alternating, ours / llama.cpp f16 tok/s "
+         "(median of the rounds' ratios)", _x(tok["median"], 1.0), src),
+        (f"{prefix}_alt_c1_min", "the same, lowest round", _x(tok["min"], 1.0), src),
+        (f"{prefix}_alt_c1_max", "the same, highest round", _x(tok["max"], 1.0), src),
+        (f"{prefix}_alt_decode_vs_llama", "decode time per token, llama.cpp / ours (median)",
+         _x(speed["median"], 1.0), src),
+        (f"{prefix}_alt_ours_tok_s", "ours, tok/s (median)", num(ours["tok_s"], 1), src),
+        (f"{prefix}_alt_llama_tok_s", "llama.cpp f16, tok/s (median)", num(llama["tok_s"], 1),
+         src),
+        (f"{prefix}_alt_ours_floor", "ours, the floor beside it / decode time per token",
+         num(ours["floor_share"] * 100, 0) + "%", src),
+        (f"{prefix}_alt_llama_floor", "llama.cpp f16, the same",
+         num(llama["floor_share"] * 100, 0) + "%", src),
+    ])
+
+
 def collect(root: Path = REPO) -> list[Figure]:
     """Every headline figure, read from the committed runs under ``root``."""
     return [*reference(root, "ref_u8", REF_U8, "Ours against llama.cpp's server: 8 users"),
@@ -279,7 +339,12 @@ def collect(root: Path = REPO) -> list[Figure]:
             *family_engines(root, FAMILY_ZEN4["qwen"], "qwen4",
                             "Qwen2.5-1.5B, three engines, on the Zen 4 (bf16 C layers)"),
             *family_engines(root, FAMILY_ZEN4["llama"], "llama4",
-                            "Llama-3.2-1B, three engines, on the Zen 4 (bf16 C layers)")]
+                            "Llama-3.2-1B, three engines, on the Zen 4 (bf16 C layers)"),
+            *alternate(root, ALTERNATE_ZEN4["qwen"], "qwen4",
+                       "Qwen2.5-1.5B, one request at a time, alternating with llama.cpp"),
+            *alternate(root, ALTERNATE_ZEN4["llama"], "llama4",
+                       "Llama-3.2-1B, one request at a time, alternating with llama.cpp"),
+            *int8_engines(root)]
 
 
 def values(figures: list[Figure]) -> dict[str, str]:
