@@ -57,6 +57,7 @@ def test_the_plain_c_checks_and_the_avx2_kernels_pass_under_asan_and_ubsan(
         assert "f16 gemm: ok" in c_tests.stdout, said
         assert "llama layers: ok" in c_tests.stdout, said  # llama_f16.c, on the fp16 GEMM
         assert "gpt2 f16 layers: ok" in c_tests.stdout, said  # gpt2_f16.c, likewise
+        assert "gpt2 int8 layers: ok" in c_tests.stdout, said  # its int8 entry points
 
 
 def test_the_avx512_kernels_pass_their_c_tests_under_asan_and_ubsan(

@@ -1240,6 +1240,113 @@ static void test_gpt2_f16_variant(void) {
   printf("gpt2 f16 layers: %s\n", failures ? "FAILED" : "ok");
 }
 
+/* -- GPT-2's layers on the int8 GEMMs (gpt2_f16.c's gpt2_int8_*) ----------------------------- */
+
+enum { IH = 64 }; /* the MLP's width: the int8 GEMMs take outputs in whole 16-blocks */
+
+typedef struct {
+  float *f[4 + 4 * 2]; /* ln1_w, ln1_b, ln2_w, ln2_b; each linear's scale and bias */
+  int8_t *q[4];
+  int32_t *colsum[4];
+} gpt2_int8_weights;
+
+static gpt2_int8_block make_gpt2_int8_block(gpt2_int8_weights *gw, int vnni) {
+  const int outs[4] = {3 * GW, GW, IH, GW}, ins[4] = {GW, GW, GW, IH};
+  gpt2_int8_block b;
+  memset(&b, 0, sizeof b);
+  for (int i = 0; i < 4; i++) gw->f[i] = random_f32(GW, 1);
+  b.ln1_w = gw->f[0], b.ln1_b = gw->f[1], b.ln2_w = gw->f[2], b.ln2_b = gw->f[3];
+  for (int i = 0; i < 4; i++) {
+    const int N = outs[i], K = ins[i], kq = vnni ? (K + 3) / 4 * 4 : K;
+    int8_t *q = random_int8((size_t)N * K);
+    gw->q[i] = malloc((size_t)N * kq);
+    gw->colsum[i] = calloc(N, sizeof(int32_t));
+    for (int n = 0; n < N; n++)
+      for (int k = 0; k < K; k++) gw->colsum[i][n] += q[(size_t)n * K + k];
+    CHECK(pack_int8(q, gw->q[i], N, K, vnni) == 0, "pack_int8 %d x %d", N, K);
+    free(q);
+    gw->f[4 + 2 * i] = random_f32(N, 0.01f), gw->f[5 + 2 * i] = random_f32(N, 1);
+    b.linear[i] = (gpt2_int8_linear){gw->q[i], gw->f[4 + 2 * i], vnni ? gw->colsum[i] : NULL,
+                                     gw->f[5 + 2 * i]};
+  }
+  b.variant = vnni ? GLL_INT8_VNNI : GLL_INT8_FMA;
+  return b;
+}
+
+/* gpt2_int8_decode against its layers one by one with attend_decode_avx2 between: the same
+ * bits (h and the caches); under the sanitizers, every operand the int8 plan reads. */
+static void test_gpt2_int8_decode(int rows, int cache_dtype, int vnni) {
+  gpt2_int8_weights gw[GLAYERS];
+  gpt2_int8_block blocks[GLAYERS];
+  for (int l = 0; l < GLAYERS; l++) blocks[l] = make_gpt2_int8_block(&gw[l], vnni);
+  twin_caches c;
+  for (int r = 0; r < rows; r++)
+    c.caps[r] = 2 + 3 * r, c.lens[r] = 1 + 3 * r, c.tokens[r] = r;
+  fill_twin_caches(&c, rows, GLAYERS, GHEADS, GDIM, cache_dtype);
+  float *h = random_f32((size_t)rows * GW, 2), *h2 = malloc((size_t)rows * GW * sizeof *h2);
+  float *h_in = malloc((size_t)rows * GW * sizeof *h_in);
+  memcpy(h2, h, (size_t)rows * GW * sizeof *h);
+  memcpy(h_in, h, (size_t)rows * GW * sizeof *h);
+  gpt2_f16_step s = {GW, IH, GHEADS, 2, 1e-5f, 0.25f, random_f32((size_t)rows * GW, 1),
+                     random_f32((size_t)rows * 3 * GW, 1), random_f32((size_t)rows * GW, 1),
+                     random_f32((size_t)rows * IH, 1), random_f32((size_t)rows * GW, 1)};
+  CHECK(gpt2_int8_decode(blocks, GLAYERS, &s, h, rows, c.stores, cache_dtype, c.scales, c.caps,
+                         c.lens, c.tokens) == 0, "gpt2_int8_decode %d rows", rows);
+  for (int l = 0; l < GLAYERS; l++) {
+    CHECK(gpt2_int8_attn_in(&blocks[l], &s, h2, rows) == 0, "gpt2 int8 attn_in layer %d", l);
+    decode_qkv in = {s.qkv, s.qkv + GW, s.qkv + 2 * GW, 3 * GW, GDIM, 3 * GW, GDIM, 3 * GW,
+                     GDIM};
+    CHECK(attend_decode_avx2(&in, GLL_F32, c.copies, cache_dtype, c.scale_copies, c.caps, c.lens,
+                             c.tokens, rows, l, GHEADS, GHEADS, GDIM, s.scale, s.att, GW, 2) == 0,
+          "gpt2 int8 attention layer %d", l);
+    CHECK(gpt2_int8_attn_out(&blocks[l], &s, h2, rows) == 0, "gpt2 int8 attn_out layer %d", l);
+  }
+  CHECK(!memcmp(h, h2, (size_t)rows * GW * sizeof *h), "gpt2_int8_decode %d rows != its layers",
+        rows);
+  CHECK(memcmp(h, h_in, (size_t)rows * GW * sizeof *h), "gpt2_int8_decode left h as it was");
+  check_and_free_twin_caches(&c, "gpt2_int8_decode");
+  for (int l = 0; l < GLAYERS; l++) {
+    for (int i = 0; i < 12; i++) free(gw[l].f[i]);
+    for (int i = 0; i < 4; i++) free(gw[l].q[i]), free(gw[l].colsum[i]);
+  }
+  free(h), free(h2), free(h_in), free(s.x), free(s.qkv), free(s.att), free(s.inner), free(s.y);
+}
+
+/* The int8 entry points' own checks (any x86-64), then each variant this CPU runs. */
+static void test_gpt2_int8_variant(void) {
+  float f[64] = {0};
+  int8_t q[64] = {0};
+  int32_t cs[16] = {0};
+  gpt2_int8_block b = {f, f, f, f, {{q, f, cs, f}, {q, f, cs, f}, {q, f, cs, f}, {q, f, cs, f}},
+                       GLL_INT8_VNNI};
+  gpt2_f16_step s = {GW, IH, GHEADS, 1, 1e-5f, 0.25f, f, f, f, f, f};
+  gpt2_int8_block bad = b;
+  bad.variant = 7;
+  CHECK(gpt2_int8_attn_in(&bad, &s, f, 1) == -1, "gpt2 int8 took variant 7");
+  bad = b, bad.linear[2].q = NULL;
+  CHECK(gpt2_int8_attn_out(&bad, &s, f, 1) == -1, "gpt2 int8 took no fc weight");
+  bad = b, bad.linear[1].colsum = NULL;
+  CHECK(gpt2_int8_attn_out(&bad, &s, f, 1) == -1, "gpt2 int8 vnni took no colsum");
+  CHECK(gpt2_int8_decode(&b, 0, &s, f, 1, NULL, GLL_F16, NULL, NULL, NULL, NULL) == -1,
+        "gpt2 int8 took 0 layers");
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+      !__builtin_cpu_supports("f16c")) {
+    printf("SKIP gpt2 int8 layers: this CPU lacks avx2, fma or f16c\n");
+    return;
+  }
+  const int vnni_here = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  for (int vnni = 0; vnni < 2; vnni++) {
+    if (vnni && !vnni_here) {
+      printf("SKIP gpt2 int8 layers, vnni: this CPU lacks avx512 vnni\n");
+      continue;
+    }
+    test_gpt2_int8_decode(1, GLL_F16, vnni);
+    test_gpt2_int8_decode(5, GLL_I8, vnni);
+  }
+  printf("gpt2 int8 layers: %s\n", failures ? "FAILED" : "ok");
+}
+
 /* -- a Llama-family layer on the bf16 GEMM (llama_bf16.c) ----------------------------------- */
 
 enum { BW = 48, BI = 32, BHEADS = 3, BKV = 1, BDIM = 16, BLAYERS = 2, BQ = BHEADS * BDIM,
@@ -1421,6 +1528,7 @@ int main(void) {
   test_f16_variant();
   test_llama_variant();
   test_gpt2_f16_variant();
+  test_gpt2_int8_variant();
   const char *needed[] = {"avx512f", "avx512bw", "avx512vl", "avx512bf16"};
   const int has[] = {__builtin_cpu_supports("avx512f"), __builtin_cpu_supports("avx512bw"),
                      __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512bf16")};
