@@ -236,7 +236,7 @@ def test_it_is_a_kernel_candidate_only_where_int8_is_allowed(tiny_model: Path) -
     path = code_path.decide(quantize_native_int8(_tiny()))
     assert (path.precision, path.linear) == ("int8+native", "native_int8")
     assert f"{native_ops.int8_variant()} variant" in path.linear_why
-    # gpt2_f16.c's int8 entry points where the AVX2 layers run here (tests/test_native_gpt2_int8.py)
+    # gpt2_f16.c's int8 entry points where the AVX2 layers run here (tests/test_native_gpt2_f16.py)
     c_layers = native_f16.layers_library()[0] is not None
     assert path.layers == (code_path.NATIVE_LAYERS if c_layers else code_path.GPT2_LAYERS)
     assert path.attention_dtype == "float32"
