@@ -104,10 +104,16 @@ def test_without_the_cpu_flag_the_candidate_is_absent(monkeypatch) -> None:
 
 @needs_native
 def test_bfloat16_times_both_kernel_paths_and_serves_the_faster(tiny_model: Path) -> None:
+    """The faster in the table, or, when the two were close enough for a runoff, in the
+    runoff (on tiny they often are: this failed in CI when it read the table alone)."""
     loaded = load_model("synthetic:tiny", "bfloat16", MODELS_DIR)
     table = {t.precision: t for t in loaded.kernels.table}
     assert set(table) == {"bfloat16", "bfloat16+native"} and loaded.precision == "bfloat16"
     fastest = min(table.values(), key=lambda t: (t.batch_max_ms, t.batch_1_ms))
+    runoff = loaded.kernels.runoff  # two finalists within RUNOFF_MARGIN: timed again
+    if runoff:
+        assert set(runoff) == set(table)
+        fastest = table[min(runoff, key=runoff.get)]
     assert loaded.kernels.chosen == fastest.precision
     assert "bfloat16+native" in loaded.kernels.summary()
 

@@ -151,13 +151,10 @@ class NativeGPT2F16(native_f16.F16Layers):
     source, prefix = "gpt2_f16.c", "gpt2_f16"
 
     def __init__(self, model: nn.Module) -> None:
-        problem = misfit_f16(model)
+        problem = self.misfit(model)
         body = model.transformer
-        super().__init__(model, problem, None if problem else
-                         (F16Block * len(body.h))(*(_f16_block(block) for block in body.h)))
-        self._init_sizes(body)
-
-    def _init_sizes(self, body: nn.Module) -> None:
+        super().__init__(model, problem, None if problem else (self.block_type * len(body.h))(
+            *(self.block(block) for block in body.h)))
         first = body.h[0]
         self._attn = [block.attn for block in body.h]
         self.width = first.attn.c_attn.in_features
@@ -169,8 +166,22 @@ class NativeGPT2F16(native_f16.F16Layers):
     @classmethod
     def build(cls, model: nn.Module) -> NativeGPT2F16:
         """The C layers for ``model`` (pointers to its weights as they are now: build after
-        quantizing), which ``misfit_f16`` found they take."""
+        quantizing), which ``misfit`` found they take."""
         return cls(model)
+
+    # What differs by GEMM (NativeGPT2Int8 overrides them): the model check, one layer's
+    # C block and its ctypes type.
+    block_type: type[ctypes.Structure] = F16Block
+
+    @staticmethod
+    def misfit(model: nn.Module) -> str | None:
+        """What in ``model`` these C layers do not take (None: they take it all)."""
+        return misfit_f16(model)
+
+    @staticmethod
+    def block(block: nn.Module) -> ctypes.Structure:
+        """One transformer block's weights as the C block."""
+        return _f16_block(block)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, step: PackedStep,
                 due: torch.Tensor) -> torch.Tensor:
@@ -215,8 +226,6 @@ def misfit_f16(model: nn.Module) -> str | None:
 
 # -- int8+native (DTYPE=int8): gpt2_f16.c's plan on the int8 GEMMs ------------------------------
 
-_INT8_VARIANTS = {"avx2": 0, "avx512_vnni": 1}  # kernels.h GLL_INT8_FMA, GLL_INT8_VNNI
-
 
 class Int8Linear(ctypes.Structure):
     """kernels.h's ``gpt2_int8_linear``: a NativeInt8Linear's operands."""
@@ -242,14 +251,17 @@ class NativeGPT2Int8(NativeGPT2F16):
     alone 19.7 / 27.9 (results/profile/c-layers-int8-zen4.txt)."""
 
     source, prefix = "gpt2_f16.c", "gpt2_int8"
+    block_type = Int8Block
 
-    def __init__(self, model: nn.Module) -> None:
-        problem = misfit_int8(model)
-        body = model.transformer
-        native_f16.F16Layers.__init__(
-            self, model, problem, None if problem else
-            (Int8Block * len(body.h))(*(_int8_block(block) for block in body.h)))
-        self._init_sizes(body)
+    @staticmethod
+    def misfit(model: nn.Module) -> str | None:
+        """What in ``model`` these C layers do not take (None: they take it all)."""
+        return misfit_int8(model)
+
+    @staticmethod
+    def block(block: nn.Module) -> ctypes.Structure:
+        """One transformer block's weights as the C block."""
+        return _int8_block(block)
 
 
 def _int8_linear(linear: NativeInt8Linear) -> Int8Linear:
@@ -264,7 +276,8 @@ def _int8_block(block: nn.Module) -> Int8Block:
     return Int8Block(block.ln_1.weight.data_ptr(), block.ln_1.bias.data_ptr(),
                      block.ln_2.weight.data_ptr(), block.ln_2.bias.data_ptr(),
                      (Int8Linear * 4)(*(_int8_linear(m) for m in linears)),
-                     _INT8_VARIANTS[attn.c_attn.variant])
+                     # kernels.h's GLL_INT8_FMA / _VNNI are pack_int8's layout codes
+                     native_ops._INT8_LAYOUTS[attn.c_attn.variant])
 
 
 def misfit_int8(model: nn.Module) -> str | None:
