@@ -45,6 +45,8 @@ ALTERNATE_ZEN4 = {"qwen": "results/reference/alternate-qwen2.5-1.5b-zen4",
                   "llama": "results/reference/alternate-llama-3.2-1b-zen4"}
 # Our int8 (GPT-2's layers in C on the int8 GEMMs) against OpenVINO's int8 IR, c = 1 and 8.
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
+# Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
+INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,19 @@ def int8_engines(root: Path, folder: str = ENGINES_INT8_ZEN4) -> Iterator[Figure
     ])
 
 
+def int8_vs_default(root: Path, folder: str = INT8_VS_BF16_ZEN4) -> Iterator[Figure]:
+    """``DTYPE=int8`` against the server's default on the same closed loop, one command."""
+    src, rows, tok = _engine_rows_of(root, folder)
+    pss = {v: float(rows[("ours", v, 8)]["peak_pss_mb"]) for v in ("auto", "int8")}
+    yield from _figures("Our int8 against our default on the Zen 4, one command", [
+        ("int8bf_c1", "c = 1, ours int8 / ours default (bfloat16+native), tok/s",
+         _x(tok("ours", "int8", 1), tok("ours", "auto", 1)), src),
+        ("int8bf_c8", "c = 8, the same", _x(tok("ours", "int8", 8), tok("ours", "auto", 8)), src),
+        ("int8bf_pss_int8", "c = 8, ours int8, peak PSS MB", num(pss["int8"], 0), src),
+        ("int8bf_pss_auto", "c = 8, ours default, peak PSS MB", num(pss["auto"], 0), src),
+    ])
+
+
 def alternate(root: Path, folder: str, prefix: str, section: str) -> Iterator[Figure]:
     """One ``python -m bench alternate`` folder: ours against llama.cpp f16 paired round by
     round (closed-loop tok/s, decode speed), and each side's decode against the floor from
@@ -344,7 +359,7 @@ def collect(root: Path = REPO) -> list[Figure]:
                        "Qwen2.5-1.5B, one request at a time, alternating with llama.cpp"),
             *alternate(root, ALTERNATE_ZEN4["llama"], "llama4",
                        "Llama-3.2-1B, one request at a time, alternating with llama.cpp"),
-            *int8_engines(root)]
+            *int8_engines(root), *int8_vs_default(root)]
 
 
 def values(figures: list[Figure]) -> dict[str, str]:
