@@ -42,13 +42,13 @@ from pathlib import Path
 import requests
 
 from bench.command_log import Commands
-from bench.llama_reference import LlamaSettings, gguf_path, llama_dir, server_binary, server_command
+from bench.engine_runs import add_gunicorn, llama_command, ours_env
+from bench.llama_reference import llama_dir, server_binary
 from bench.options import add_preset_options
 from bench.prompts import write_prompts
 from bench.reference_record import host_record, llama_version
 from harness.gunicorn_process import GunicornServer
 from harness.llama_server import LlamaServer
-from harness.processes import free_port
 from harness.provenance import git_commit
 from harness.run_folder import RESULTS, utc_stamp
 from locustfiles.inputs import DATA_DIR
@@ -188,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="llama-server -t (default: every core we may use)")
     p.add_argument("--out", type=Path, help="default: results/alternate-<UTC timestamp>/")
     p.add_argument("--llama-dir", type=Path, default=llama_dir())
+    p.set_defaults(slot_ctx=0)  # engine_runs.llama_command: the slot fits prompt + answer
     args = p.parse_args(argv)
     if args.rounds < 1 or args.new_tokens < 2:
         p.error("give --rounds >= 1 and --new-tokens >= 2")
@@ -199,14 +200,10 @@ def start_ours(args: argparse.Namespace, out: Path, stack: ExitStack,
                commands: Commands) -> Side:
     """Our Gunicorn on the defaults (every prompt read: no prefix cache)."""
     key = secrets.token_urlsafe(32)
-    env = {"MODEL": f"synthetic:{args.preset}", "MODELS_DIR": args.models_dir,
-           "IGNORE_EOS": "1", "API_KEYS": key, "REQUEST_LOG": "", "GUNICORN_ACCESSLOG": "",
-           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "PREFIX_CACHE_ROWS": "0",
-           **dict(item.split("=", 1) for item in args.ours_env)}
+    env = ours_env(args, key, "", dict(item.split("=", 1) for item in args.ours_env))
     workdir = out / "ours"
     workdir.mkdir(parents=True, exist_ok=True)
-    commands.add(["gunicorn", "-c", "gunicorn.conf.py", "--workers", str(args.workers)],
-                 " ".join(f"{k}={v}" for k, v in env.items() if k != "API_KEYS"))
+    add_gunicorn(commands, args.workers, env)
     server = stack.enter_context(GunicornServer(workdir, env, args.workers))
     return Side("ours", server.url, key, {})
 
@@ -214,14 +211,10 @@ def start_ours(args: argparse.Namespace, out: Path, stack: ExitStack,
 def start_llama(args: argparse.Namespace, quant: str, out: Path, stack: ExitStack,
                 commands: Commands) -> Side | None:
     """llama-server with one slot; None (said on stdout) when this GGUF is not built."""
-    binary, gguf = server_binary(args.llama_dir), gguf_path(args.llama_dir, args.preset, quant)
-    if not (binary.is_file() and gguf.is_file()):
-        print(f"skipping llama.cpp {quant}: {binary} or {gguf} missing; build with "
-              f"bash bench/build_llama_reference.sh {args.preset}", flush=True)
+    command = llama_command(args, quant, 1)
+    if isinstance(command, str):
+        print(f"skipping llama.cpp {quant}: {command}", flush=True)
         return None
-    slot = -(-(args.prompt_tokens + args.new_tokens) // 256) * 256
-    command = server_command(binary, gguf, free_port(), f"synthetic-{args.preset}-{quant}",
-                             LlamaSettings(args.threads, 1, slot))
     key = secrets.token_urlsafe(32)
     run_dir = out / f"llama-{quant}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -49,21 +49,46 @@ def locust_row(args: argparse.Namespace, row: EngineRow, run_dir: Path, url: str
     return from_run_folder(row, run_dir, args.new_tokens)
 
 
+def ours_env(args: argparse.Namespace, key: str, request_log: str,
+             extra: dict[str, str]) -> dict[str, str]:
+    """Our server's environment for a yardstick: the preset, exact lengths (``IGNORE_EOS``),
+    one key, no rate limits, every prompt read (no prefix cache), then ``extra``."""
+    return {"MODEL": f"synthetic:{args.preset}", "MODELS_DIR": args.models_dir,
+            "IGNORE_EOS": "1", "API_KEYS": key, "REQUEST_LOG": request_log,
+            "GUNICORN_ACCESSLOG": "", "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "",
+            "PREFIX_CACHE_ROWS": "0", **extra}
+
+
+def add_gunicorn(commands: Commands, workers: int, env: dict[str, str]) -> None:
+    """Record our server's command line with its environment (the key left out)."""
+    commands.add(["gunicorn", "-c", "gunicorn.conf.py", "--workers", str(workers)],
+                 " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "API_KEYS"))
+
+
+def llama_command(args: argparse.Namespace, quant: str, parallel: int) -> list[str] | str:
+    """llama-server's command for ``quant`` with ``parallel`` slots of the prompt and answer
+    rounded up to 256 tokens (or ``--slot-ctx``), or why it cannot run (not built)."""
+    binary, gguf = server_binary(args.llama_dir), gguf_path(args.llama_dir, args.preset, quant)
+    absent = [str(p) for p in (binary, gguf) if not p.is_file()]
+    if absent:
+        return (f"llama.cpp not built (missing {', '.join(absent)}); build it with: "
+                f"LLAMA_DIR={args.llama_dir} bash bench/build_llama_reference.sh {args.preset}")
+    slot = args.slot_ctx or -(-(args.prompt_tokens + args.new_tokens) // 256) * 256
+    settings = LlamaSettings(args.threads, parallel, parallel * slot)
+    return server_command(binary, gguf, free_port(), f"synthetic-{args.preset}-{quant}",
+                          settings)
+
+
 def run_ours(args: argparse.Namespace, rows: list[EngineRow], out: Path, commands: Commands,
              prompts: Path, index: dict[str, int]) -> list[EngineResult]:
     """One Gunicorn for a variant's rows (they share its environment), each row loaded."""
     key = secrets.token_urlsafe(32)
     workdir = out / f"ours-{rows[0].variant}"
     # The request log names each refusal's check (its "error": overloaded:forecast, ...).
-    env = {"MODEL": f"synthetic:{args.preset}", "MODELS_DIR": args.models_dir,
-           "IGNORE_EOS": "1", "API_KEYS": key,
-           "REQUEST_LOG": str((workdir / "server_requests.jsonl").resolve()),
-           "GUNICORN_ACCESSLOG": "",
-           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "PREFIX_CACHE_ROWS": "0",
-           **dict(rows[0].env)}
+    env = ours_env(args, key, str((workdir / "server_requests.jsonl").resolve()),
+                   dict(rows[0].env))
     workdir.mkdir(parents=True, exist_ok=True)
-    commands.add(["gunicorn", "-c", "gunicorn.conf.py", "--workers", str(args.workers)],
-                 " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "API_KEYS"))
+    add_gunicorn(commands, args.workers, env)
     with GunicornServer(workdir, env, args.workers) as server:
         return [locust_row(args, row, out / f"{index[row.name]:02d}-{row.name}", server.url,
                            server.pidfile, key, commands, prompts) for row in rows]
@@ -72,17 +97,9 @@ def run_ours(args: argparse.Namespace, rows: list[EngineRow], out: Path, command
 def run_llama(args: argparse.Namespace, row: EngineRow, run_dir: Path, commands: Commands,
               prompts: Path) -> EngineResult:
     """llama-server with --parallel c slots, loaded by the closed-loop user."""
-    binary, gguf = server_binary(args.llama_dir), gguf_path(args.llama_dir, args.preset,
-                                                             row.variant)
-    absent = [str(p) for p in (binary, gguf) if not p.is_file()]
-    if absent:
-        return skipped(row, f"llama.cpp not built (missing {', '.join(absent)}); build it "
-                            f"with: LLAMA_DIR={args.llama_dir} bash "
-                            f"bench/build_llama_reference.sh {args.preset}")
-    slot = args.slot_ctx or -(-(args.prompt_tokens + args.new_tokens) // 256) * 256
-    settings = LlamaSettings(args.threads, row.concurrency, row.concurrency * slot)
-    command = server_command(binary, gguf, free_port(), f"synthetic-{args.preset}-"
-                             f"{row.variant}", settings)
+    command = llama_command(args, row.variant, row.concurrency)
+    if isinstance(command, str):
+        return skipped(row, command)
     run_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
     commands.add(command, "LLAMA_API_KEY=<random>")
