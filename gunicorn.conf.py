@@ -142,11 +142,15 @@ def on_starting(server):
 
 def when_ready(server):
     """Freeze the master's objects so the cycle collector does not touch (and un-share)
-    their pages in the children; trim the heap the load freed so no child inherits it."""
+    their pages in the children; trim the heap the load freed so no child inherits it; hand
+    back the library pages only the load ran (server/engine/file_pages.py): the workers
+    fault in the code they run, and the rest no longer counts in the tree's memory."""
+    from server.engine.file_pages import release_file_pages
     from server.engine.memory import release_free_heap
 
     release_free_heap()
     gc.freeze()
+    server.log.info("master: %s", release_file_pages().summary())
     # The master never samples memory: drop the zero-valued live gauges its metric objects
     # created, so /metrics lists workers only.
     from server.web.metrics import mark_worker_dead

@@ -191,23 +191,82 @@ def test_close_finalists_are_timed_again_with_their_steps_alternating(
     model = _small_gpt2()
     conv1d_to_linear(model)
     batch_max = iter([100.0, runner_up_ms])
-    calls = []
 
     def runoff(first: nn.Module, second: nn.Module, eos_id: int, batch: int) -> tuple:
-        calls.append(batch)
+        assert batch == 8
         return 120.0, 90.0
 
     monkeypatch.setattr(kernels, "_time_one_row", lambda variant, eos_id: (50.0, 1))
     monkeypatch.setattr(kernels, "time_step_ms", lambda variant, eos_id, batch: next(batch_max))
     monkeypatch.setattr(kernels, "_runoff", runoff)
     _, choice = kernels.choose(model, 299, "float16", False, 8, quantize_int8)
-    assert (calls == [8]) == runoff_called
+    assert bool(choice.runoff) == runoff_called  # (the runoff ran in the measuring child)
     if runoff_called:
         assert choice.chosen == names[1]
         assert choice.runoff == {names[0]: 120.0, names[1]: 90.0}
         assert "interleaved runoff" in choice.summary()
     else:
         assert choice.chosen == names[0] and choice.runoff == {}
+
+
+@pytest.mark.parametrize("ms, sizes, winner", [
+    ((100.0, 101.0), (1000.0, 1000.0), "a"),  # same memory: the faster
+    ((100.0, 101.0), (1500.0, 1000.0), "b"),  # heavier and not 5% faster: the lighter
+    ((100.0, 110.0), (1500.0, 1000.0), "a"),  # heavier but 10% faster: the faster
+    ((101.0, 100.0), (1000.0, 1500.0), "a"),  # the lighter was slower by 1%
+    ((100.0, 104.0), (1040.0, 1000.0), "a"),  # 4% heavier is not heavier
+])
+def test_a_heavier_finalist_must_win_the_runoff_by_the_memory_premium(
+        ms: tuple[float, float], sizes: tuple[float, float], winner: str) -> None:
+    import server.engine.kernels as kernels
+
+    assert kernels.MEMORY_PREMIUM == 0.05
+    assert kernels.runoff_winner(("a", "b"), ms, sizes) == winner
+
+
+def test_the_table_is_timed_in_a_child_and_only_the_winner_built_here(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What timing allocates must not stay in the master: the timings come from another
+    process, and this one never builds the candidate that lost."""
+    import os
+
+    import server.engine.kernels as kernels
+
+    names = candidates("float16", allow_int8=False)
+    if len(names) < 2:
+        pytest.skip("one float16 candidate here (no AVX2 + FMA + F16C GEMM)")
+    built = []
+    build = kernels._build
+
+    def counted(model: nn.Module, name: str, quantize: object) -> nn.Module:
+        built.append((os.getpid(), name))
+        return build(model, name, quantize)
+
+    monkeypatch.setattr(kernels, "_build", counted)
+    monkeypatch.setattr(kernels, "_time_one_row", lambda variant, eos_id: (os.getpid(), 1))
+    batch_max = iter([100.0, 50.0])  # the second candidate wins, by more than the margin
+    monkeypatch.setattr(kernels, "time_step_ms", lambda variant, eos_id, batch: next(batch_max))
+    model = _small_gpt2()
+    conv1d_to_linear(model)
+    served, choice = kernels.choose(model, 299, "float16", False, 8, quantize_int8)
+    assert choice.chosen == names[1] and not choice.runoff
+    assert {t.batch_1_ms for t in choice.table} != {float(os.getpid())}
+    assert len({t.batch_1_ms for t in choice.table}) == 1  # one child timed them all
+    assert built == [(os.getpid(), names[1])]  # here: the winner alone
+    assert served is not model
+
+
+def test_a_child_that_fails_is_reported_with_its_traceback() -> None:
+    import os
+    import signal
+
+    from server.engine.forked import ChildFailed, run_forked
+
+    assert run_forked(lambda: {"pid": os.getpid()})["pid"] != os.getpid()
+    with pytest.raises(ChildFailed, match=r"(?s)ValueError: no kernel.*Traceback"):
+        run_forked(lambda: (_ for _ in ()).throw(ValueError("no kernel")))
+    with pytest.raises(ChildFailed, match="killed by SIGKILL"):
+        run_forked(lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
 def test_the_runoff_times_both_candidates_for_real() -> None:

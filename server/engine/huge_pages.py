@@ -35,6 +35,9 @@ from torch import nn
 HUGE_PAGE = 2 * 1024 * 1024
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25  # Linux 6.1 (include/uapi/asm-generic/mman-common.h)
+# EAGAIN is the kernel's "no huge page free just now": right after the kernel table's child
+# exits, its ~10 GB are still being freed, and one storage of Qwen2.5-1.5B was refused once.
+COLLAPSE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,14 @@ def collapse_range(c: ctypes.CDLL | None, start: int, size: int) -> tuple[int, s
         return 0, "no libc"
     if end <= first:
         return 0, None
-    for advice in (MADV_HUGEPAGE, MADV_COLLAPSE):
-        if c.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), advice) != 0:
-            return 0, _errno_name(ctypes.get_errno())
-    return end - first, None
+    if c.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), MADV_HUGEPAGE) != 0:
+        return 0, _errno_name(ctypes.get_errno())
+    for _ in range(COLLAPSE_TRIES):
+        if c.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), MADV_COLLAPSE) == 0:
+            return end - first, None
+        if ctypes.get_errno() != errno.EAGAIN:
+            break
+    return 0, _errno_name(ctypes.get_errno())
 
 
 def libc() -> ctypes.CDLL | None:

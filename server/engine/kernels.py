@@ -6,7 +6,8 @@ fp32 GEMM with 4-16 rows (a decode step's batch) is 2-3x slower than oneDNN's or
 So ``choose`` times one decode step of the served model at batch 1 and at the maximum batch
 for each allowed candidate and keeps the fastest at the maximum batch (throughput under
 load), batch 1 breaking ties; two finalists within RUNOFF_MARGIN are timed again with their
-steps alternating, and the faster there serves:
+steps alternating, and the faster there serves (unless it holds MEMORY_PREMIUM more weight
+memory and did not win by as much):
 
     float32          nn.Linear -> torch's BLAS (MKL)
     float32+onednn   the same fp32 weights through oneDNN's matmul (no copy)
@@ -25,16 +26,17 @@ steps alternating, and the faster there serves:
                      AVX-512 VNNI or AVX2 + FMA by CPU (server.engine.native_int8); like int8,
                      only with ALLOW_INT8 (or DTYPE=int8 / int8+native)
 
-It runs in the Gunicorn master before fork with torch pinned to ONE thread (a multi-threaded
-op there would leave forked workers hanging), so the table is per-thread speed; workers
-then use their own threads.
+It runs before the Gunicorn master forks its workers, with torch pinned to ONE thread (a
+multi-threaded op there would leave forked workers hanging), so the table is per-thread speed;
+workers then use their own threads. The timing itself runs in a child forked for it
+(``choose``): every candidate's weights and what timing them allocated end with that child,
+and the master builds only the winner.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import gc
 import logging
 import statistics
 import time
@@ -46,7 +48,8 @@ from torch import nn
 
 from server.engine import native_f16, native_gemm, native_int8
 from server.engine.decoding import GenerationRequest
-from server.engine.quantize import quantize_float16, replace_modules, to_bfloat16
+from server.engine.forked import run_forked
+from server.engine.quantize import quantize_float16, replace_modules, to_bfloat16, weight_bytes
 from server.engine.step import StepEngine
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,12 @@ REPS = 3
 # (results/reference/mix-llama-3.2-1b-v2-zen4, run.json ``server.kernels``).
 RUNOFF_MARGIN = 0.15
 RUNOFF_REPS = 8
+# Of two finalists, one holding this much more weight memory than the other serves only if it
+# also won the runoff by this much: the same tied Llama-3.2-1B table served bfloat16 (oneDNN),
+# whose packed LM head is a second copy of the 525 MB embedding, at 166.3 against 168.3 ms,
+# and that run's server held 1.20x llama.cpp's RSS where the native path's held 1.00x
+# (results/reference/mix-llama-3.2-1b-v2-zen4).
+MEMORY_PREMIUM = 0.05
 # The row count a packed bf16 step with fewer rows is padded to, if its batch-1 step then
 # measures faster. oneDNN's prepacked bf16 kernel is slower at 1 row than at 4: on the
 # AMD EPYC Zen 4 (AVX-512 BF16) gpt2-large's 144 linear layers took 71 / 60 ms at 1 / 4 rows
@@ -86,6 +95,7 @@ class KernelTiming:
     batch_max_ms: float | None  # None: not timed there (hopeless at batch 1)
     max_batch: int
     min_rows: int = 1  # steps of fewer rows are padded to this many (measured, bfloat16)
+    weight_mb: float = 0.0  # the weights this candidate holds (quantize.weight_bytes)
 
 
 @dataclass
@@ -103,6 +113,11 @@ class KernelChoice:
     def as_dict(self) -> dict:
         """The JSON form (/ready, run.json ``server.kernels``)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> KernelChoice:
+        """The choice ``as_dict`` gave."""
+        return cls(**{**data, "table": [KernelTiming(**t) for t in data["table"]]})
 
     def row_growth(self) -> float:
         """What one more row adds to the served kernel's decode step, as a share of a
@@ -318,7 +333,23 @@ def _runoff(first: nn.Module, second: nn.Module, eos_id: int, batch: int,
 
 def choose(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_batch: int,
            quantize: Callable[[nn.Module], nn.Module]) -> tuple[nn.Module, KernelChoice]:
-    """Time each candidate built from the float32 ``model``; return the fastest, ready."""
+    """Time each candidate built from the float32 ``model`` in a forked child (``measure``;
+    what timing allocates ends with the child, server.engine.forked), then build the one
+    chosen here, with the row padding it was timed with; return it, ready."""
+    choice = KernelChoice.from_dict(run_forked(
+        lambda: measure(model, eos_id, requested, allow_int8, max_batch, quantize).as_dict()))
+    served = _build(model, choice.chosen, quantize)
+    set_min_rows(served, next(t.min_rows for t in choice.table if t.precision == choice.chosen))
+    log.info(choice.summary())
+    return served, choice
+
+
+def measure(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_batch: int,
+            quantize: Callable[[nn.Module], nn.Module]) -> KernelChoice:
+    """The kernel table: each candidate built from the float32 ``model`` and timed on one
+    thread, and the one to serve (``_finalists``). Leaves ``model`` as it was, but not the
+    process: run it where its leftovers do not matter (``choose`` runs it in a child)."""
+    torch.set_num_threads(1)  # the table is per-thread speed (module docstring)
     started = time.monotonic()
     choice = KernelChoice(requested, allow_int8, requested)
     variants: dict[str, nn.Module] = {}
@@ -328,20 +359,17 @@ def choose(model: nn.Module, eos_id: int, requested: str, allow_int8: bool, max_
         one, min_rows = _time_one_row(variant, eos_id)
         many = None if one > HOPELESS * best else time_step_ms(variant, eos_id, max_batch)
         choice.table.append(KernelTiming(name, round(one, 2), None if many is None
-                                         else round(many, 2), max_batch, min_rows))
+                                         else round(many, 2), max_batch, min_rows,
+                                         round(weight_bytes(variant) / 2**20, 1)))
         if name == ONEDNN:
             swap_linears(model, to_onednn=False)  # the same tensors: build it again if chosen
         else:
             variants[name] = variant
     timed = [t for t in choice.table if t.batch_max_ms is not None]
     choice.chosen = _finalists(choice, timed, variants, eos_id, max_batch)
-    served = _build(model, ONEDNN, quantize) if choice.chosen == ONEDNN \
-        else variants[choice.chosen]
     variants.clear()
-    gc.collect()
     choice.measure_s = round(time.monotonic() - started, 2)
-    log.info(choice.summary())
-    return served, choice
+    return choice
 
 
 def _finalists(choice: KernelChoice, timed: list[KernelTiming], variants: dict[str, nn.Module],
@@ -357,7 +385,19 @@ def _finalists(choice: KernelChoice, timed: list[KernelTiming], variants: dict[s
         return first
     ms = _runoff(variants[first], variants[second], eos_id, max_batch)
     choice.runoff = {first: round(ms[0], 2), second: round(ms[1], 2)}
-    return first if ms[0] <= ms[1] else second
+    return runoff_winner((first, second), ms, (ranked[0].weight_mb, ranked[1].weight_mb))
+
+
+def runoff_winner(names: tuple[str, str], ms: tuple[float, float],
+                  sizes: tuple[float, float]) -> str:
+    """The faster of two finalists in the runoff, unless it holds MEMORY_PREMIUM more weight
+    memory (``sizes``, any unit) than the other and is not MEMORY_PREMIUM faster: then the
+    smaller serves."""
+    fast, slow = (0, 1) if ms[0] <= ms[1] else (1, 0)
+    heavier = sizes[fast] > sizes[slow] * (1 + MEMORY_PREMIUM)
+    if heavier and ms[fast] * (1 + MEMORY_PREMIUM) > ms[slow]:
+        return names[slow]
+    return names[fast]
 
 
 def _time_one_row(variant: nn.Module, eos_id: int) -> tuple[float, int]:
