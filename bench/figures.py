@@ -44,6 +44,10 @@ FAMILY_ZEN4 = {"qwen": "results/reference/engines-qwen2.5-1.5b-v2-zen4",
 ALTERNATE_ZEN4 = {"qwen": "results/reference/alternate-qwen2.5-1.5b-zen4",
                   "llama": "results/reference/alternate-llama-3.2-1b-zen4"}
 # Our int8 (GPT-2's layers in C on the int8 GEMMs) against OpenVINO's int8 IR, c = 1 and 8.
+# The family presets on the OpenAI mix (python -m bench reference --preset P --users 8
+# --lone-user --quants f16), after the kernel table moved into a child process.
+FAMILY_MIX_ZEN4 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v3-zen4",
+                   "llama": "results/reference/mix-llama-3.2-1b-v3-zen4"}
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 # Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
 INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
@@ -359,7 +363,19 @@ def collect(root: Path = REPO) -> list[Figure]:
                        "Qwen2.5-1.5B, one request at a time, alternating with llama.cpp"),
             *alternate(root, ALTERNATE_ZEN4["llama"], "llama4",
                        "Llama-3.2-1B, one request at a time, alternating with llama.cpp"),
-            *int8_engines(root), *int8_vs_default(root)]
+            *int8_engines(root), *int8_vs_default(root), *family_mix(root)]
+
+
+def family_mix(root: Path) -> Iterator[Figure]:
+    """Each family preset's default server against llama.cpp f16 on the OpenAI mix, at 8
+    users and at one, from one ``python -m bench reference`` command per preset."""
+    for family, name in [("qwen", "Qwen2.5-1.5B"), ("llama", "Llama-3.2-1B")]:
+        top = FAMILY_MIX_ZEN4[family]
+        for users, ours, llama in [(8, "01-ours-defaults-u8", "02-llama-f16-u8"),
+                                   (1, "03-ours-defaults-u1", "04-llama-f16-u1")]:
+            yield from reference(root, f"{family}4_mix_u{users}", (top, ours, llama),
+                                 f"{name} on the OpenAI mix, {users} user{'s' * (users > 1)}, "
+                                 "against llama.cpp f16 (Zen 4)")
 
 
 def values(figures: list[Figure]) -> dict[str, str]:
