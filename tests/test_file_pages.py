@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import file_pages
+from server.engine import file_pages, procfs
 
 MB = 2**20
 
@@ -38,7 +38,7 @@ def _touched_file(tmp_path: Path, mb: int) -> tuple[Path, mmap.mmap]:
 
 
 def test_lists_regular_file_mappings_only() -> None:
-    ranges = file_pages.file_mappings()
+    ranges = procfs.file_mappings()
     assert ranges and all(length > 0 for _, length in ranges)
     text = Path("/proc/self/maps").read_text()
     assert len(ranges) == sum(1 for line in text.splitlines()

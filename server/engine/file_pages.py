@@ -23,6 +23,8 @@ import ctypes.util
 import errno
 from dataclasses import dataclass
 
+from server.engine.procfs import file_mappings, resident_file_mb
+
 MADV_PAGEOUT = 21  # include/uapi/asm-generic/mman-common.h (Linux 5.4)
 
 
@@ -41,31 +43,6 @@ class Released:
             return f"file pages kept ({self.refused}): {self.before_mb:,.0f} MB resident"
         return (f"released {self.before_mb - self.after_mb:,.0f} MB of file pages only this "
                 f"process mapped ({self.after_mb:,.0f} MB of file pages still resident)")
-
-
-def file_mappings(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
-    """(start, length) of every mapping of a regular file in ``maps`` (pseudo-files such as
-    [heap] or [vdso], anonymous and deleted mappings left out)."""
-    ranges = []
-    with open(maps) as lines:
-        for line in lines:
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or not fields[5].startswith("/") or "(deleted)" in fields[5]:
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            ranges.append((start, end - start))
-    return ranges
-
-
-def resident_file_mb(smaps_rollup: str = "/proc/self/smaps_rollup") -> float:
-    """Resident MB of this process's file-backed pages (Rss less Anonymous)."""
-    fields: dict[str, int] = {}
-    with open(smaps_rollup) as lines:
-        for line in lines:
-            key, _, value = line.partition(":")
-            if value.strip().endswith("kB"):
-                fields[key] = int(value.split()[0])
-    return (fields.get("Rss", 0) - fields.get("Anonymous", 0)) / 1024
 
 
 def release_file_pages() -> Released:

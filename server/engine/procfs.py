@@ -87,3 +87,36 @@ def anon_huge_page_bytes(start: int, size: int) -> int:
     except OSError:
         return 0
     return total
+
+
+def file_mappings() -> list[tuple[int, int]]:
+    """(start, length) of every mapping of a regular file in /proc/self/maps (pseudo-files
+    such as [heap] or [vdso], anonymous and deleted mappings left out; [] where there is no
+    /proc)."""
+    ranges = []
+    try:
+        with open(PROC / "self" / "maps") as lines:
+            for line in lines:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[5].startswith("/") or "(deleted)" in fields[5]:
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end - start))
+    except OSError:
+        return []
+    return ranges
+
+
+def resident_file_mb() -> float:
+    """Resident MB of this process's file-backed pages (Rss less Anonymous, from
+    /proc/self/smaps_rollup; 0 where there is none)."""
+    fields: dict[str, int] = {}
+    try:
+        with open(PROC / "self" / "smaps_rollup") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if value.strip().endswith("kB"):
+                    fields[key] = int(value.split()[0])
+    except OSError:
+        return 0.0
+    return (fields.get("Rss", 0) - fields.get("Anonymous", 0)) / 1024
