@@ -37,14 +37,20 @@ def _touched_file(tmp_path: Path, mb: int) -> tuple[Path, mmap.mmap]:
     return path, mapped
 
 
-def test_lists_regular_file_mappings_only() -> None:
-    ranges = procfs.file_mappings()
-    assert ranges and all(length > 0 for _, length in ranges)
-    text = Path("/proc/self/maps").read_text()
-    assert len(ranges) == sum(1 for line in text.splitlines()
-                              if len(line.split(maxsplit=5)) == 6
-                              and line.split(maxsplit=5)[5].startswith("/")
-                              and "(deleted)" not in line)
+def test_lists_file_mappings_and_not_anonymous_ones(tmp_path: Path) -> None:
+    path, mapped = _touched_file(tmp_path, 1)
+    anonymous = mmap.mmap(-1, 1 * MB)
+    try:
+        starts = {start for start, _ in procfs.file_mappings()}
+        lines = Path("/proc/self/maps").read_text().splitlines()
+        mine = [line for line in lines if line.endswith(str(path))]
+        assert len(mine) == 1 and int(mine[0].split("-")[0], 16) in starts
+        assert not any(int(line.split("-")[0], 16) in starts for line in lines
+                       if line.split()[-1].startswith("[") or len(line.split()) == 5)
+        assert len(anonymous) == MB  # mapped while file_mappings read maps
+    finally:
+        anonymous.close()
+        mapped.close()
 
 
 def test_reclaims_a_file_only_this_process_maps(tmp_path: Path) -> None:
@@ -63,6 +69,8 @@ def test_reclaims_a_file_only_this_process_maps(tmp_path: Path) -> None:
 def test_keeps_pages_another_process_maps(tmp_path: Path) -> None:
     """The kernel skips shared pages: what a worker also maps stays resident for it."""
     path, mapped = _touched_file(tmp_path, 16)
+    (tmp_path / "alone").mkdir()
+    alone, alone_mapped = _touched_file(tmp_path / "alone", 4)  # proves the release ran
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import mmap, sys\n"
@@ -75,9 +83,11 @@ def test_keeps_pages_another_process_maps(tmp_path: Path) -> None:
         released = file_pages.release_file_pages()
         if released.refused:
             pytest.skip(f"this kernel keeps file pages: {released.refused}")
+        assert _mapping_rss_mb(alone) < 1
         assert _mapping_rss_mb(path) > 15
         assert _mapping_rss_mb(path, holder.pid) > 15
     finally:
+        alone_mapped.close()
         holder.stdin.close()
         holder.wait(timeout=30)
         holder.stdout.close()

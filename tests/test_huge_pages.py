@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+
 import pytest
 import torch
 from torch import nn
 
 from server.config import ConfigError, load_config
 from server.engine.huge_pages import (
+    COLLAPSE_TRIES,
     HUGE_PAGE,
+    MADV_COLLAPSE,
     Collapse,
     collapse_range,
     collapse_weights,
@@ -44,6 +49,35 @@ def test_a_collapsed_range_is_on_huge_pages_with_its_bytes_unchanged() -> None:
 def test_a_range_without_an_aligned_2mb_interior_is_left_alone() -> None:
     small = torch.ones(HUGE_PAGE // 2, dtype=torch.uint8)
     assert collapse_range(libc(), small.data_ptr(), small.nbytes) == (0, None)
+
+
+class _RefusingLibc:
+    """A stand-in C library whose MADV_COLLAPSE fails with ``errors`` in turn, then works:
+    the retry rule under test decides, not this kernel's free huge pages."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors, self.collapses = list(errors), 0
+
+    def madvise(self, start: object, size: object, advice: int) -> int:
+        if advice != MADV_COLLAPSE:
+            return 0
+        self.collapses += 1
+        if self.errors:
+            ctypes.set_errno(self.errors.pop(0))
+            return -1
+        return 0
+
+
+@pytest.mark.parametrize("errors, moved, refused, calls", [
+    ((errno.EAGAIN, errno.EAGAIN), 4 * HUGE_PAGE, None, 3),  # busy twice, then collapsed
+    ((errno.EAGAIN,) * COLLAPSE_TRIES, 0, "EAGAIN", COLLAPSE_TRIES),  # busy every try
+    ((errno.EINVAL,), 0, "EINVAL", 1),  # not transient: no retry
+])
+def test_collapse_retries_only_a_busy_kernel(errors: tuple, moved: int, refused: str | None,
+                                             calls: int) -> None:
+    fake = _RefusingLibc(*errors)
+    assert collapse_range(fake, HUGE_PAGE, 4 * HUGE_PAGE) == (moved, refused)
+    assert fake.collapses == calls
 
 
 class _Held(nn.Module):

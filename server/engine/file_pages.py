@@ -19,10 +19,10 @@ warm-up. A kernel without MADV_PAGEOUT releases nothing and says so.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 from dataclasses import dataclass
 
+from server.engine.huge_pages import libc as c_library
 from server.engine.procfs import file_mappings, resident_file_mb
 
 MADV_PAGEOUT = 21  # include/uapi/asm-generic/mman-common.h (Linux 5.4)
@@ -47,10 +47,10 @@ class Released:
 
 def release_file_pages() -> Released:
     """Reclaim the file-backed pages this process alone maps (see the module docstring)."""
-    libc = _libc()
+    libc = c_library()
     before = resident_file_mb()
     if libc is None:
-        return Released(before, before, "no libc madvise")
+        return Released(before, before, "no libc")
     refused = None
     for start, length in file_mappings():
         if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT) != 0:
@@ -62,15 +62,3 @@ def release_file_pages() -> Released:
     if refused and after >= before:
         return Released(before, after, refused)
     return Released(before, after)
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name, use_errno=True) if name else None
-    except OSError:
-        return None
-    if libc is None or not hasattr(libc, "madvise"):
-        return None
-    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return libc

@@ -119,9 +119,10 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
                                    allow_int8 or dtype.startswith(INT8), max_batch,
                                    quantize_int8)
     model.config._attn_implementation = attention  # the step engine sets its own again
-    # Replaced modules and the candidates not chosen sit in reference cycles: collect them
-    # now, before the master's gc.freeze() would keep them for good (int8 gpt2: 974 MB USS
-    # without, 633 with), and hand the C heap they held back to the kernel.
+    # The modules the served path replaced (the float32 linears, GPT-2's Conv1D) sit in
+    # reference cycles: collect them now, before the master's gc.freeze() would keep them for
+    # good (int8 gpt2, when the candidates were built here too: 974 MB USS without, 633 with),
+    # and hand the C heap they held back to the kernel.
     gc.collect()
     release_free_heap()
     moved = collapse_weights(model) if huge_pages else None
