@@ -13,7 +13,7 @@ import torch
 from server.engine import gpt2_forward
 from server.engine.decoding import GenerationRequest
 from server.engine.model import resolve_source
-from server.engine.row_cache import PackedStep, Segment
+from server.engine.row_cache import ATTENTION_NAME, PackedStep, Segment, register
 from server.engine.step import StepEngine
 from tests.conftest import MODELS_DIR
 
@@ -38,7 +38,10 @@ def _both(model: torch.nn.Module, rows: list, chunk: list[int],
           lean_forward: Callable = gpt2_forward.forward) -> tuple:
     """Logits of one step (the rows' last tokens, then a prompt ``chunk`` of a new row),
     through transformers' forward and through ``lean_forward`` (gpt2_forward's), on copies
-    of the same caches."""
+    of the same caches. ``model(...)`` attends through the packed attention, registered and
+    named in its config as the step engine does for a model it serves that way."""
+    register()
+    model.config._attn_implementation = ATTENTION_NAME
     results = []
     for lean in (False, True):
         caches = [row.cache for row in rows]

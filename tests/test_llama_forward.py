@@ -14,6 +14,7 @@ import torch
 from server.engine import code_path, kernels, llama_forward
 from server.engine.code_path import Machine, decide
 from server.engine.decoding import GenerationRequest
+from server.engine.model import read_model
 from server.engine.quantize import quantize_int8
 from server.engine.row_cache import PackedStep, RowCache, Segment
 from server.engine.step import StepEngine, generate_alone
@@ -87,7 +88,6 @@ def _plain_and_lean(folder: Path, ids: list[int], rotate_keys: bool = True) -> t
     with torch.inference_mode():
         expected = plain(torch.tensor([ids])).logits[0]
     model = _load(folder)
-    StepEngine(model, 0)  # registers the packed attention, as the server does
     cache = RowCache(len(ids), "model", model.config.num_hidden_layers)
     outs = []
     for start, stop in ((0, 17), (17, len(ids))):
@@ -119,7 +119,8 @@ def test_the_tolerance_would_catch_unrotated_keys(folder: Path, monkeypatch) -> 
 
 
 def _engine(folder: Path) -> StepEngine:
-    model = _load(folder)
+    """An engine on the model as the server reads it (server.engine.llama_model's tree)."""
+    model = read_model(str(folder))
     return StepEngine(model, int(model.config.eos_token_id), ignore_eos=True, prefill_chunk=8)
 
 
@@ -131,7 +132,9 @@ def _run(engine: StepEngine, rows: list) -> None:
 def test_greedy_tokens_are_the_same_alone_batched_and_joining(folder: Path) -> None:
     """Rows of 3, 37 and 12 prompt tokens (prefilled in chunks of 8): alone, started
     together, and the 12-token row joining after the others ran 9 steps, read in beside
-    their decoding; and alone they are what transformers' own generate() gives. Robust to
+    their decoding; and alone they are what transformers' own generate() gives (the engine
+    on the tree the server reads, server.engine.llama_model; generate() on transformers'
+    model class). Robust to
     float32 rounding: the closest top-2 logits of these 30 steps are 3.5e-3 apart (tiny-llama;
     5.4e-2 tiny-qwen), the paths differ by ~2e-7."""
     engine = _engine(folder)

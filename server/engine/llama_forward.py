@@ -41,18 +41,23 @@ MODEL_TYPES = ("llama", "qwen2", "mistral")
 
 
 def supports(model: nn.Module) -> bool:
-    """True for a Llama-family causal LM this module computes exactly: ``model_type`` in
-    MODEL_TYPES, SiLU MLPs, every layer attending to the whole cache (no sliding window)."""
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in MODEL_TYPES:
-        return False
+    """True for a Llama-family causal LM this module computes exactly: a config
+    ``supports_config`` accepts, and the module tree it reads (``lm_head``, the body's
+    ``layers`` and ``rotary_emb``)."""
     body = getattr(model, "model", None)
-    return (getattr(config, "hidden_act", None) == "silu"
-            and getattr(config, "sliding_window", None) is None
-            and all(kind == "full_attention" for kind in getattr(config, "layer_types", None)
-                    or ())
+    return (supports_config(getattr(model, "config", None))
             and hasattr(model, "lm_head") and hasattr(body, "layers")
             and hasattr(body, "rotary_emb"))
+
+
+def supports_config(config: object) -> bool:
+    """True for a config this module computes exactly: ``model_type`` in MODEL_TYPES, SiLU
+    MLPs, every layer attending to the whole cache (no sliding window)."""
+    return (getattr(config, "model_type", None) in MODEL_TYPES
+            and getattr(config, "hidden_act", None) == "silu"
+            and getattr(config, "sliding_window", None) is None
+            and all(kind == "full_attention" for kind in getattr(config, "layer_types", None)
+                    or ()))
 
 
 def shape(config: object) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine import kernels, native_f16, native_gemm, native_int8, synthetic
+from server.engine import kernels, llama_model, native_f16, native_gemm, native_int8, synthetic
 from server.engine.huge_pages import collapse_weights
 from server.engine.kernels import KernelChoice
 from server.engine.memory import release_free_heap
@@ -82,10 +82,22 @@ def generation_stop_ids(model: torch.nn.Module, eos_id: int) -> frozenset[int]:
     return frozenset({eos_id, *(int(i) for i in stated)})
 
 
+def read_model(source: str) -> torch.nn.Module:
+    """The checkpoint at ``source`` in float32, eval mode: a Llama-family folder as
+    server.engine.llama_model's tree (no transformers model class imported), anything else
+    with ``from_pretrained``."""
+    model = llama_model.load(source)
+    if model is not None:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+
+
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
                allow_int8: bool = False, max_batch: int = 8, huge_pages: bool = True,
                ) -> LoadedModel:
-    """Load ``name`` with the ordinary from_pretrained code in float32, then serve the
+    """Load ``name`` in float32 (``read_model``), then serve the
     precision and kernel path that ``server.engine.kernels`` measures fastest among those DTYPE
     allows (auto: every one; int8 only with ``allow_int8``), then (``huge_pages``) move the
     served weights onto 2 MB pages (server.engine.huge_pages; after the timing, so every
@@ -98,7 +110,7 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     Runs in the Gunicorn master before fork, so it must not start torch's thread pools:
     the caller pins torch to one thread first (see server.web.service).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     start = time.monotonic()
     check_dtype(dtype)
@@ -110,7 +122,7 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
         native_f16.require()
     source = resolve_source(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    model = read_model(source)
     stops = generation_stop_ids(model, int(tokenizer.eos_token_id))  # before any module swap
     attention = model.config._attn_implementation
     conv1d_to_linear(model)  # the layout oneDNN/fbgemm are fast with (server.engine.quantize)

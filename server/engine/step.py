@@ -96,11 +96,15 @@ class StepEngine:
     def __init__(self, model: torch.nn.Module, eos_id: int, ignore_eos: bool = False,
                  prefill_chunk: int = 128, kv_dtype: str = "model",
                  path: CodePath | None = None, *, stop_ids: Collection[int] = ()) -> None:
-        register()
         self.path = path or code_path.decide(model, kv_dtype)
         self.kv_dtype = self.path.kv_dtype
         storage_dtype(torch.float32, self.kv_dtype)  # reject an unknown policy here, not mid-step
-        model.config._attn_implementation = ATTENTION_NAME
+        if self.path.layers == code_path.MODEL_FORWARD:
+            # Only ``model(...)`` looks the attention up by name, and registering it imports
+            # transformers' modeling code (~80 MB, server.engine.llama_model says why): a
+            # model served by a lean forward or the C layers never pays for it.
+            register()
+            model.config._attn_implementation = ATTENTION_NAME
         self.model = model
         self.eos_id = eos_id
         self.stop_ids = frozenset({eos_id, *stop_ids})

@@ -1,0 +1,170 @@
+"""server.engine.llama_model: the tiny Llama-family presets read without transformers' model
+classes hold the checkpoint exactly as from_pretrained loads it (names, values, the tied head,
+the rotary frequencies, the stop ids), compute the same logits, and a server on one never
+imports transformers' modeling code; what the tree does not build falls back to
+from_pretrained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from server.engine import llama_forward, llama_model
+from server.engine.model import read_model
+from server.engine.row_cache import PackedStep, RowCache, Segment
+from tests.conftest import MODELS_DIR, TINY_DECODERS
+
+REPO = Path(__file__).resolve().parent.parent
+# What importing any transformers model class brings (masking_utils imports torch._dynamo).
+MODELING = ("torch._dynamo", "transformers.masking_utils", "transformers.modeling_utils")
+
+
+def _transformers(folder: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@pytest.fixture(params=TINY_DECODERS)
+def folder(request: pytest.FixtureRequest, tiny_decoders: dict[str, Path]) -> Path:
+    """Each tiny Llama-family preset's build in turn."""
+    return tiny_decoders[request.param]
+
+
+def test_the_tree_holds_what_from_pretrained_loads(folder: Path) -> None:
+    ours, theirs = llama_model.load(str(folder)), _transformers(folder)
+    assert isinstance(ours, llama_model.CausalLM)
+    mine, hf = dict(ours.named_parameters()), dict(theirs.named_parameters())
+    assert sorted(mine) == sorted(hf)
+    for name, tensor in hf.items():
+        assert mine[name].dtype == torch.float32 and torch.equal(mine[name], tensor), name
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight  # tied, one copy
+    assert ours.get_output_embeddings() is ours.lm_head
+    assert ours.generation_config.eos_token_id == theirs.generation_config.eos_token_id
+    assert not ours.training
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_rotary_module_gives_transformers_cosines_and_sines(folder: Path,
+                                                                dtype: torch.dtype) -> None:
+    """Bit for bit at positions up to 100k: tiny-llama's Llama 3 scaling (which bends the
+    frequencies past 8,192) and tiny-qwen's plain RoPE."""
+    ours, theirs = llama_model.load(str(folder)), _transformers(folder)
+    positions = torch.arange(0, 100_000, 37)[None]
+    like = torch.zeros(1, dtype=dtype)
+    for a, b in zip(ours.model.rotary_emb(like, positions),
+                    theirs.model.rotary_emb(like, positions), strict=True):
+        assert a.dtype == dtype and torch.equal(a, b)
+
+
+def _lean_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    """llama_forward's logits at every position of ``ids``, read in two chunks."""
+    cache = RowCache(len(ids), "model", model.config.num_hidden_layers)
+    outs = []
+    for start, stop in ((0, 11), (11, len(ids))):
+        step = PackedStep([Segment(cache, 0, stop - start)], native=False)
+        with torch.inference_mode():
+            outs.append(llama_forward.forward(model, torch.tensor(ids[start:stop]),
+                                              torch.arange(start, stop), step,
+                                              torch.arange(stop - start)))
+        step.advance()
+    return torch.cat(outs)
+
+
+def test_the_lean_forward_gives_the_same_logits_on_either_tree(folder: Path) -> None:
+    """The same weights and operations: equal bit for bit (greedy tokens against
+    transformers' generate(): tests/test_llama_forward.py)."""
+    ids = list(range(900, 925))
+    ours = _lean_logits(llama_model.load(str(folder)), ids)
+    assert torch.equal(ours, _lean_logits(_transformers(folder), ids))
+
+
+def _modules_after_a_request(preset: str) -> dict[str, bool]:
+    """Which of MODELING a fresh interpreter holds after serving one chat completion on
+    ``preset`` (the app as Gunicorn's master builds it, DTYPE=float32)."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        from server import create_app
+        app = create_app({{"MODEL": "synthetic:{preset}", "MODELS_DIR": {str(MODELS_DIR)!r},
+                          "DTYPE": "float32", "TORCH_THREADS": 1, "API_KEYS": "k1",
+                          "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": ""}})
+        reply = app.test_client().post(
+            "/v1/chat/completions", headers={{"Authorization": "Bearer k1"}},
+            json={{"messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 3}})
+        assert reply.status_code == 200, reply.get_data(as_text=True)
+        print(json.dumps({{name: name in sys.modules for name in {MODELING!r}}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_server_on_a_llama_family_model_never_imports_transformers_modeling(
+        tiny_decoders: dict[str, Path], tiny_model: Path) -> None:
+    """~80 MB of the master's memory (server.engine.llama_model). The probe can tell: a
+    GPT-2, still loaded by from_pretrained, shows every module."""
+    assert _modules_after_a_request("tiny-qwen") == dict.fromkeys(MODELING, False)
+    assert _modules_after_a_request("tiny") == dict.fromkeys(MODELING, True)
+
+
+def _copy(folder: Path, tmp_path: Path, **config_changes: object) -> Path:
+    """``folder`` copied with ``config_changes`` in its config.json."""
+    target = tmp_path / folder.name
+    shutil.copytree(folder, target)
+    config = json.loads((target / "config.json").read_text())
+    config.update(config_changes)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+@pytest.mark.parametrize("change", [
+    {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 0},
+    {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},
+    {"hidden_act": "gelu"},
+])
+def test_what_the_tree_does_not_compute_is_loaded_by_from_pretrained(
+        tiny_decoders: dict[str, Path], tmp_path: Path, change: dict) -> None:
+    target = _copy(tiny_decoders["tiny-qwen"], tmp_path, **change)
+    assert llama_model.load(str(target)) is None
+    assert type(read_model(str(target))).__module__.startswith("transformers.models.")
+
+
+def test_a_hub_id_or_a_folder_without_safetensors_is_not_built_here(tmp_path: Path) -> None:
+    assert llama_model.load("Qwen/Qwen2.5-1.5B") is None  # never a download from here
+    assert llama_model.load(str(tmp_path)) is None
+
+
+def test_a_missing_tensor_is_named(tiny_decoders: dict[str, Path], tmp_path: Path) -> None:
+    target = _copy(tiny_decoders["tiny-llama"], tmp_path)
+    state = load_file(target / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, target / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['model\.layers\.1\.mlp\.up_proj\.weight'\]"):
+        llama_model.load(str(target))
+
+
+def test_a_sharded_untied_checkpoint_loads_as_from_pretrained_loads_it(
+        tiny_decoders: dict[str, Path], tmp_path: Path) -> None:
+    """Two shards and an index, and a head of its own (``tie_word_embeddings`` false)."""
+    target = _copy(tiny_decoders["tiny-qwen"], tmp_path, tie_word_embeddings=False)
+    state = load_file(target / "model.safetensors")
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].flip(0).contiguous()
+    (target / "model.safetensors").unlink()
+    names = sorted(state)
+    shards = {"a.safetensors": names[:len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    for file, keys in shards.items():
+        save_file({k: state[k] for k in keys}, target / file)
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (target / llama_model.INDEX).write_text(json.dumps(index))
+    ours, theirs = llama_model.load(str(target)), _transformers(target)
+    assert ours.lm_head.weight is not ours.model.embed_tokens.weight
+    assert torch.equal(ours.lm_head.weight, theirs.lm_head.weight)
+    assert torch.equal(ours.lm_head.weight, state["lm_head.weight"])
