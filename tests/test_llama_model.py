@@ -2,7 +2,7 @@
 classes hold the checkpoint exactly as from_pretrained loads it (names, values, the tied head,
 the rotary frequencies, the stop ids), compute the same logits, and a server on one never
 imports transformers' modeling code; what the tree does not build falls back to
-from_pretrained."""
+from_pretrained. And the served tokenizer drops the vocabulary copies it never reads."""
 
 from __future__ import annotations
 
@@ -168,3 +168,26 @@ def test_a_sharded_untied_checkpoint_loads_as_from_pretrained_loads_it(
     assert ours.lm_head.weight is not ours.model.embed_tokens.weight
     assert torch.equal(ours.lm_head.weight, theirs.lm_head.weight)
     assert torch.equal(ours.lm_head.weight, state["lm_head.weight"])
+
+
+def test_the_served_tokenizer_drops_its_vocabulary_copies_and_encodes_the_same(
+        tiny_decoders: dict[str, Path]) -> None:
+    """Qwen2Tokenizer keeps the vocabulary and merges it was built from (26 MB at 151,936
+    tokens); load_model drops them, and encoding, decoding, the vocabulary and the chat
+    template are what a tokenizer that kept them gives."""
+    from transformers import AutoTokenizer
+
+    from server.engine.model import BUILD_COPIES, load_model
+
+    served = load_model("synthetic:tiny-qwen", "float32", MODELS_DIR).tokenizer
+    fresh = AutoTokenizer.from_pretrained(tiny_decoders["tiny-qwen"])
+    assert all(hasattr(fresh, name) for name in BUILD_COPIES)
+    assert not any(hasattr(served, name) for name in BUILD_COPIES)
+    text = "It's 12,345 Ångström-wide: naïve café <|im_end|> 東京 🚀"
+    ids = fresh(text)["input_ids"]
+    assert served(text)["input_ids"] == ids
+    assert served.decode(ids) == fresh.decode(ids) == text
+    assert served.get_vocab() == fresh.get_vocab()
+    chat = [{"role": "user", "content": text}]
+    assert served.apply_chat_template(chat, tokenize=False) == \
+        fresh.apply_chat_template(chat, tokenize=False)
