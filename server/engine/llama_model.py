@@ -1,35 +1,23 @@
 """A Llama-family checkpoint as a module tree, built without transformers' model classes.
 
-Importing any of transformers' model classes costs the server ~80 MB it never uses:
-``transformers/masking_utils.py`` imports ``torch._dynamo`` unconditionally, which brings
-sympy, torch.distributed and torch.onnx with it (results/profile/master-memory-zen4.txt,
-section 3), all of it in the Gunicorn master and so in the tree's PSS. Yet the step engine
-runs these decoders through server.engine.llama_forward (or the C layers), which read only
-the module tree: the embedding, each layer's norms, projections and MLP, the final norm, the
-LM head and the rotary module.
-
-``load`` builds that tree under the names transformers gives it (``model.layers.0.self_attn
-.q_proj`` ...), so the checkpoint's state dict loads as it is and every consumer (kernels'
-module swaps, the C layers, huge pages, tests) sees the same attributes; the config and the
-generation config are transformers' own (cheap to import). The tree has no ``forward``: a
-model whose config llama_forward cannot compute exactly (``llama_forward.supports_config``),
-a RoPE that changes with the sequence length (dynamic, longrope) or a checkpoint that is not
-safetensors is not built here, and server.engine.model loads it with ``from_pretrained``.
+The step engine runs these decoders through server.engine.llama_forward (or the C layers),
+which read only the module tree: the embedding, each layer's norms, projections and MLP, the
+final norm, the LM head and the rotary module. ``load`` builds that tree under the names
+transformers gives it (``model.layers.0.self_attn.q_proj`` ...) and fills it from the
+checkpoint (server.engine.checkpoint, which says why: ~80 MB of imports the master never
+needs), so every consumer (kernels' module swaps, the C layers, huge pages, tests) sees the
+same attributes. The tree has no ``forward``. A config llama_forward cannot compute exactly
+(``llama_forward.supports_config``) or a RoPE that changes with the sequence length
+(dynamic, longrope) is not built here: server.engine.model loads it with from_pretrained.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from server.engine import llama_forward
+from server.engine import checkpoint, llama_forward
 
-WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 # RoPE variants whose frequencies depend on the sequence seen (transformers'
 # ``dynamic_rope_update``): computed once here, they would be wrong past the original length.
 DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -142,7 +130,7 @@ class CausalLM(nn.Module):
         self.config = config
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.generation_config = None  # set by load
+        self.generation_config = None  # set by checkpoint.load_tree
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
@@ -167,89 +155,16 @@ def unsupported(config: object) -> str | None:
     return None
 
 
-def weight_files(folder: Path) -> list[Path] | None:
-    """The folder's safetensors files (one, or those a sharded index names); None if none."""
-    if (folder / WEIGHTS).is_file():
-        return [folder / WEIGHTS]
-    if (folder / INDEX).is_file():
-        shards = json.loads((folder / INDEX).read_text())["weight_map"].values()
-        return [folder / name for name in sorted(set(shards))]
-    return None
-
-
 def load(source: str) -> CausalLM | None:
     """The Llama-family checkpoint in folder ``source`` as a float32 CausalLM in eval mode,
-    or None where this module does not build it (not a folder, not safetensors, not a
-    config ``unsupported`` accepts): the caller then uses ``from_pretrained``."""
-    from transformers import AutoConfig
+    or None where this module does not build it (server.engine.checkpoint ``load_tree``:
+    not a folder of safetensors, or a config ``unsupported`` refuses)."""
+    return checkpoint.load_tree(source, unsupported, build)
 
-    folder = Path(source)
-    files = weight_files(folder) if folder.is_dir() else None
-    if files is None:
-        return None
-    config = AutoConfig.from_pretrained(folder)
-    if unsupported(config) is not None:
-        return None
-    with shapes_only():  # the checkpoint's tensors are assigned below
+
+def build(config: object) -> CausalLM:
+    """The tree of ``config`` on meta tensors, the rotary frequencies computed."""
+    with checkpoint.shapes_only():
         model = CausalLM(config)
     model.model.rotary_emb = RotaryEmbedding(config)
-    assign_weights(model, read_state(files), bool(config.tie_word_embeddings))
-    model.generation_config = generation_config(folder, config)
-    config.dtype = torch.float32  # what from_pretrained(dtype=torch.float32) records
-    return model.eval()
-
-
-@contextmanager
-def shapes_only() -> Iterator[None]:
-    """Modules built in this block get meta tensors, not initialised ones: random
-    initialisation of 1.5B float32 weights would take seconds and gigabytes, and on meta
-    tensors torch runs it through its Python references, which import ``torch._dynamo``
-    (the ~70 MB this module avoids). transformers' ``no_init_weights`` does the same."""
-    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
-    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = _no_init
-    try:
-        with torch.device("meta"):
-            yield
-    finally:
-        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
-
-
-def _no_init(module: nn.Module) -> None:
-    """A reset_parameters that leaves the (meta) tensors as they are."""
-
-
-def read_state(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Every tensor of ``files``, in float32 (what ``from_pretrained(dtype=float32)`` serves
-    before server.engine.kernels converts it)."""
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        for name, tensor in load_file(path).items():
-            state[name] = tensor.float() if tensor.dtype != torch.float32 else tensor
-    return state
-
-
-def assign_weights(model: CausalLM, state: dict[str, torch.Tensor], tied: bool) -> None:
-    """Load ``state`` into the meta-built ``model`` (its tensors, not copies); a tied LM head
-    is the embedding's Parameter, as transformers ties it. Raises ValueError naming missing or
-    unexpected tensors."""
-    if tied:
-        state.pop("lm_head.weight", None)  # a tied checkpoint may store it; the tie wins
-    result = model.load_state_dict(state, strict=False, assign=True)
-    missing = [name for name in result.missing_keys if not (tied and name == "lm_head.weight")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"checkpoint does not match {model.config.model_type}: missing "
-                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    if tied:
-        model.lm_head.weight = model.model.embed_tokens.weight
-
-
-def generation_config(folder: Path, config: object) -> object:
-    """The folder's generation_config.json, else one derived from the config: what
-    from_pretrained attaches as ``model.generation_config``."""
-    from transformers import GenerationConfig
-
-    if (folder / "generation_config.json").is_file():
-        return GenerationConfig.from_pretrained(folder)
-    return GenerationConfig.from_model_config(config)
+    return model

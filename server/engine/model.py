@@ -9,7 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-from server.engine import kernels, llama_model, native_f16, native_gemm, native_int8, synthetic
+from server.engine import (
+    gpt2_model,
+    kernels,
+    llama_model,
+    native_f16,
+    native_gemm,
+    native_int8,
+    synthetic,
+)
 from server.engine.huge_pages import collapse_weights
 from server.engine.kernels import KernelChoice
 from server.engine.memory import release_free_heap
@@ -98,12 +106,13 @@ def drop_build_copies(tokenizer: object) -> None:
 
 
 def read_model(source: str) -> torch.nn.Module:
-    """The checkpoint at ``source`` in float32, eval mode: a Llama-family folder as
-    server.engine.llama_model's tree (no transformers model class imported), anything else
-    with ``from_pretrained``."""
-    model = llama_model.load(source)
-    if model is not None:
-        return model
+    """The checkpoint at ``source`` in float32, eval mode: a GPT-2 or Llama-family folder
+    of safetensors as server.engine.gpt2_model's or llama_model's tree (no transformers model
+    class imported: server.engine.checkpoint), anything else with ``from_pretrained``."""
+    for family in (gpt2_model, llama_model):
+        model = family.load(source)
+        if model is not None:
+            return model
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()

@@ -1,8 +1,9 @@
-"""server.engine.llama_model: the tiny Llama-family presets read without transformers' model
-classes hold the checkpoint exactly as from_pretrained loads it (names, values, the tied head,
-the rotary frequencies, the stop ids), compute the same logits, and a server on one never
-imports transformers' modeling code; what the tree does not build falls back to
-from_pretrained. And the served tokenizer drops the vocabulary copies it never reads."""
+"""server.engine.checkpoint, gpt2_model and llama_model: the tiny presets (GPT-2, Llama,
+Qwen2) read without transformers' model classes hold the checkpoint exactly as from_pretrained
+loads it (names, values, the tied head, the rotary frequencies, the stop ids), compute the same
+logits, and a server on one never imports transformers' modeling code; what the trees do not
+build falls back to from_pretrained. And the served tokenizer drops the vocabulary copies it
+never reads."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from server.engine import llama_forward, llama_model
+from server.engine import checkpoint, gpt2_forward, gpt2_model, llama_forward, llama_model
 from server.engine.model import read_model
+from server.engine.quantize import conv1d_to_linear
 from server.engine.row_cache import PackedStep, RowCache, Segment
 from tests.conftest import MODELS_DIR, TINY_DECODERS
+
+PRESETS = ("tiny", *TINY_DECODERS)  # GPT-2, Llama, Qwen2
 
 REPO = Path(__file__).resolve().parent.parent
 # What importing any transformers model class brings (masking_utils imports torch._dynamo).
@@ -28,9 +32,19 @@ MODELING = ("torch._dynamo", "transformers.masking_utils", "transformers.modelin
 
 
 def _transformers(folder: Path) -> torch.nn.Module:
+    """transformers' model of ``folder``, GPT-2's Conv1D as the Linear the server serves."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    conv1d_to_linear(model)
+    return model
+
+
+@pytest.fixture(params=PRESETS)
+def preset(request: pytest.FixtureRequest, tiny_decoders: dict[str, Path],
+           tiny_model: Path) -> Path:
+    """Each tiny preset's build in turn."""
+    return {"tiny": tiny_model, **tiny_decoders}[request.param]
 
 
 @pytest.fixture(params=TINY_DECODERS)
@@ -39,14 +53,14 @@ def folder(request: pytest.FixtureRequest, tiny_decoders: dict[str, Path]) -> Pa
     return tiny_decoders[request.param]
 
 
-def test_the_tree_holds_what_from_pretrained_loads(folder: Path) -> None:
-    ours, theirs = llama_model.load(str(folder)), _transformers(folder)
-    assert isinstance(ours, llama_model.CausalLM)
+def test_the_tree_holds_what_from_pretrained_loads(preset: Path) -> None:
+    ours, theirs = read_model(str(preset)), _transformers(preset)
+    assert isinstance(ours, (gpt2_model.GPT2LM, llama_model.CausalLM))
     mine, hf = dict(ours.named_parameters()), dict(theirs.named_parameters())
     assert sorted(mine) == sorted(hf)
     for name, tensor in hf.items():
         assert mine[name].dtype == torch.float32 and torch.equal(mine[name], tensor), name
-    assert ours.lm_head.weight is ours.model.embed_tokens.weight  # tied, one copy
+    assert ours.lm_head.weight is ours.get_input_embeddings().weight  # tied, one copy
     assert ours.get_output_embeddings() is ours.lm_head
     assert ours.generation_config.eos_token_id == theirs.generation_config.eos_token_id
     assert not ours.training
@@ -66,34 +80,42 @@ def test_the_rotary_module_gives_transformers_cosines_and_sines(folder: Path,
 
 
 def _lean_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
-    """llama_forward's logits at every position of ``ids``, read in two chunks."""
+    """The family's lean forward's logits at every position of ``ids``, in two chunks."""
+    lean = gpt2_forward if gpt2_forward.supports(model) else llama_forward
     cache = RowCache(len(ids), "model", model.config.num_hidden_layers)
     outs = []
     for start, stop in ((0, 11), (11, len(ids))):
         step = PackedStep([Segment(cache, 0, stop - start)], native=False)
         with torch.inference_mode():
-            outs.append(llama_forward.forward(model, torch.tensor(ids[start:stop]),
-                                              torch.arange(start, stop), step,
-                                              torch.arange(stop - start)))
+            outs.append(lean.forward(model, torch.tensor(ids[start:stop]),
+                                     torch.arange(start, stop), step,
+                                     torch.arange(stop - start)))
         step.advance()
     return torch.cat(outs)
 
 
-def test_the_lean_forward_gives_the_same_logits_on_either_tree(folder: Path) -> None:
+def test_the_lean_forward_gives_the_same_logits_on_either_tree(preset: Path) -> None:
     """The same weights and operations: equal bit for bit (greedy tokens against
-    transformers' generate(): tests/test_llama_forward.py)."""
+    transformers' generate(): tests/test_llama_forward.py, test_engine.py)."""
     ids = list(range(900, 925))
-    ours = _lean_logits(llama_model.load(str(folder)), ids)
-    assert torch.equal(ours, _lean_logits(_transformers(folder), ids))
+    ours = _lean_logits(read_model(str(preset)), ids)
+    assert torch.equal(ours, _lean_logits(_transformers(preset), ids))
 
 
-def _modules_after_a_request(preset: str) -> dict[str, bool]:
+def test_gpt2_gelu_is_transformers_to_the_bit() -> None:
+    from transformers.activations import NewGELUActivation
+
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 4
+    assert torch.equal(gpt2_model.NewGELUActivation()(x), NewGELUActivation()(x))
+
+
+def _modules_after_a_request(model: str) -> dict[str, bool]:
     """Which of MODELING a fresh interpreter holds after serving one chat completion on
-    ``preset`` (the app as Gunicorn's master builds it, DTYPE=float32)."""
+    ``model`` (the app as Gunicorn's master builds it, DTYPE=float32)."""
     script = textwrap.dedent(f"""
         import json, sys
         from server import create_app
-        app = create_app({{"MODEL": "synthetic:{preset}", "MODELS_DIR": {str(MODELS_DIR)!r},
+        app = create_app({{"MODEL": {model!r}, "MODELS_DIR": {str(MODELS_DIR)!r},
                           "DTYPE": "float32", "TORCH_THREADS": 1, "API_KEYS": "k1",
                           "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": ""}})
         reply = app.test_client().post(
@@ -107,12 +129,14 @@ def _modules_after_a_request(preset: str) -> dict[str, bool]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_server_on_a_llama_family_model_never_imports_transformers_modeling(
-        tiny_decoders: dict[str, Path], tiny_model: Path) -> None:
-    """~80 MB of the master's memory (server.engine.llama_model). The probe can tell: a
-    GPT-2, still loaded by from_pretrained, shows every module."""
-    assert _modules_after_a_request("tiny-qwen") == dict.fromkeys(MODELING, False)
-    assert _modules_after_a_request("tiny") == dict.fromkeys(MODELING, True)
+def test_a_server_never_imports_transformers_modeling(
+        tiny_decoders: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """~80 MB of the master's memory (server.engine.checkpoint), on every preset family. The
+    probe can tell: a model loaded by from_pretrained shows every module."""
+    for name in PRESETS:
+        assert _modules_after_a_request(f"synthetic:{name}") == dict.fromkeys(MODELING, False)
+    fallback = _copy(tiny_decoders["tiny-qwen"], tmp_path, hidden_act="gelu")
+    assert _modules_after_a_request(str(fallback)) == dict.fromkeys(MODELING, True)
 
 
 def _copy(folder: Path, tmp_path: Path, **config_changes: object) -> Path:
@@ -125,21 +149,42 @@ def _copy(folder: Path, tmp_path: Path, **config_changes: object) -> Path:
     return target
 
 
-@pytest.mark.parametrize("change", [
-    {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 0},
-    {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},
-    {"hidden_act": "gelu"},
+@pytest.mark.parametrize(("name", "change"), [
+    ("tiny-qwen", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 0}),
+    ("tiny-qwen", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
+                                       "rope_theta": 10000.0}}),
+    ("tiny-qwen", {"hidden_act": "gelu"}),
+    ("tiny", {"activation_function": "relu"}),
+    ("tiny", {"reorder_and_upcast_attn": True}),
 ])
-def test_what_the_tree_does_not_compute_is_loaded_by_from_pretrained(
-        tiny_decoders: dict[str, Path], tmp_path: Path, change: dict) -> None:
-    target = _copy(tiny_decoders["tiny-qwen"], tmp_path, **change)
-    assert llama_model.load(str(target)) is None
-    assert type(read_model(str(target))).__module__.startswith("transformers.models.")
+def test_what_the_trees_do_not_compute_is_loaded_by_from_pretrained(
+        tiny_decoders: dict[str, Path], tiny_model: Path, tmp_path: Path, name: str,
+        change: dict) -> None:
+    source = {"tiny": tiny_model, **tiny_decoders}[name]
+    target = str(_copy(source, tmp_path, **change))
+    assert llama_model.load(target) is None and gpt2_model.load(target) is None
+    assert type(read_model(target)).__module__.startswith("transformers.models.")
+
+
+def test_an_original_gpt2_file_loads_as_from_pretrained_loads_it(tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    """OpenAI's GPT-2 files name tensors without ``transformer.`` and store each layer's
+    causal mask (``attn.bias``), which neither loader keeps."""
+    target = _copy(tiny_model, tmp_path)
+    state = load_file(target / "model.safetensors")
+    state = {name.removeprefix("transformer."): t for name, t in state.items()}
+    state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 8, 8))
+    save_file(state, target / "model.safetensors")
+    ours, theirs = gpt2_model.load(str(target)), _transformers(target)
+    assert sorted(dict(ours.named_parameters())) == sorted(dict(theirs.named_parameters()))
+    assert all(torch.equal(p, dict(theirs.named_parameters())[n])
+               for n, p in ours.named_parameters())
 
 
 def test_a_hub_id_or_a_folder_without_safetensors_is_not_built_here(tmp_path: Path) -> None:
-    assert llama_model.load("Qwen/Qwen2.5-1.5B") is None  # never a download from here
-    assert llama_model.load(str(tmp_path)) is None
+    for family in (gpt2_model, llama_model):
+        assert family.load("Qwen/Qwen2.5-1.5B") is None  # never a download from here
+        assert family.load(str(tmp_path)) is None
 
 
 def test_a_missing_tensor_is_named(tiny_decoders: dict[str, Path], tmp_path: Path) -> None:
@@ -163,7 +208,7 @@ def test_a_sharded_untied_checkpoint_loads_as_from_pretrained_loads_it(
     for file, keys in shards.items():
         save_file({k: state[k] for k in keys}, target / file)
     index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
-    (target / llama_model.INDEX).write_text(json.dumps(index))
+    (target / checkpoint.INDEX).write_text(json.dumps(index))
     ours, theirs = llama_model.load(str(target)), _transformers(target)
     assert ours.lm_head.weight is not ours.model.embed_tokens.weight
     assert torch.equal(ours.lm_head.weight, theirs.lm_head.weight)

@@ -1,0 +1,123 @@
+"""Read a Hugging Face folder of safetensors into a module tree of the project's own.
+
+Importing any of transformers' model classes costs the server ~80 MB it never uses:
+``transformers/masking_utils.py`` imports ``torch._dynamo`` unconditionally, which brings
+sympy, torch.distributed and torch.onnx with it (results/profile/master-memory-zen4.txt,
+section 3), all of it in the Gunicorn master and so in the tree's PSS. The step engine runs
+the families it serves fast (server.engine.llama_forward, gpt2_forward and the C layers)
+from the module tree alone, so server.engine.llama_model and gpt2_model build that tree
+themselves, under the names transformers gives it; this module does what both need: find
+the weight files, build on meta tensors, assign the checkpoint's tensors (float32, as
+``from_pretrained(dtype=torch.float32)``), tie the head, attach the generation config. The
+config and generation config classes are transformers' own: cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def load_tree(source: str, unsupported: Callable[[object], str | None],
+              build: Callable[[object], nn.Module],
+              rename: Callable[[str], str | None] = str,
+              transposed: Callable[[object], frozenset[str]] = lambda config: frozenset(),
+              ) -> nn.Module | None:
+    """The checkpoint in folder ``source`` as ``build(config)``'s tree in float32, eval mode,
+    or None where it is not built here: not a folder of safetensors, or a config
+    ``unsupported`` names a reason for. ``rename`` maps a checkpoint name to the tree's (None:
+    not a weight, skipped); ``transposed(config)`` names tensors stored [in, out] (GPT-2's
+    Conv1D) that the tree's ``nn.Linear`` holds [out, in]."""
+    from transformers import AutoConfig
+
+    folder = Path(source)
+    files = weight_files(folder) if folder.is_dir() else None
+    if files is None:
+        return None
+    config = AutoConfig.from_pretrained(folder)
+    if unsupported(config) is not None:
+        return None
+    model = build(config)
+    state = {}
+    for name, tensor in read_state(files).items():
+        if (renamed := rename(name)) is not None:
+            state[renamed] = tensor
+    for name in transposed(config) & state.keys():
+        state[name] = state[name].t().contiguous()
+    assign_weights(model, state, bool(getattr(config, "tie_word_embeddings", True)))
+    model.generation_config = generation_config(folder, config)
+    config.dtype = torch.float32  # what from_pretrained(dtype=torch.float32) records
+    return model.eval()
+
+
+def weight_files(folder: Path) -> list[Path] | None:
+    """The folder's safetensors files (one, or those a sharded index names); None if none."""
+    if (folder / WEIGHTS).is_file():
+        return [folder / WEIGHTS]
+    if (folder / INDEX).is_file():
+        shards = json.loads((folder / INDEX).read_text())["weight_map"].values()
+        return [folder / name for name in sorted(set(shards))]
+    return None
+
+
+@contextmanager
+def shapes_only() -> Iterator[None]:
+    """Modules built in this block get meta tensors, not initialised ones: random
+    initialisation of 1.5B float32 weights would take seconds and gigabytes, and on meta
+    tensors torch runs it through its Python references, which import ``torch._dynamo``
+    (the ~70 MB this module avoids). transformers' ``no_init_weights`` does the same."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = _no_init
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
+
+
+def _no_init(module: nn.Module) -> None:
+    """A reset_parameters that leaves the (meta) tensors as they are."""
+
+
+def read_state(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files``, in float32 (what ``from_pretrained(dtype=float32)`` serves
+    before server.engine.kernels converts it)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        for name, tensor in load_file(path).items():
+            state[name] = tensor.float() if tensor.dtype != torch.float32 else tensor
+    return state
+
+
+def assign_weights(model: nn.Module, state: dict[str, torch.Tensor], tied: bool) -> None:
+    """Load ``state`` into the meta-built ``model`` (its tensors, not copies); a tied LM head
+    is the input embedding's Parameter, as transformers ties it. Raises ValueError naming
+    missing or unexpected tensors."""
+    if tied:
+        state.pop("lm_head.weight", None)  # a tied checkpoint may store it; the tie wins
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = [name for name in result.missing_keys if not (tied and name == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"checkpoint does not match {model.config.model_type}: missing "
+                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    if tied:
+        model.lm_head.weight = model.get_input_embeddings().weight
+
+
+def generation_config(folder: Path, config: object) -> object:
+    """The folder's generation_config.json, else one derived from the config: what
+    from_pretrained attaches as ``model.generation_config``."""
+    from transformers import GenerationConfig
+
+    if (folder / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(folder)
+    return GenerationConfig.from_model_config(config)
