@@ -9,14 +9,12 @@ process, for a model on the native kernels (GPT-2 or a Llama-family decoder, on
 Per row count (rows decoding after a ``--context``-token prompt each, caches in the dtype the
 server's ``KV_DTYPE=auto`` keeps), the median ms of:
 
-- ``transformers``: ``model(...)`` over the packed step (the engine's path before the lean
-  forwards);
 - ``torch layers``: the family's lean forward (server.engine.gpt2_forward or llama_forward:
   the model's submodules in its order);
 - ``C layers``: the step engine's C layers (server.engine.native_gpt2, native_llama or
   native_llama_bf16: every layer in one C call);
 - ``GEMMs only``: the same native linear layers called on random rows, nothing else (a fused
-  projection once, not its parts): what the weights' reading costs, the floor under the three
+  projection once, not its parts): what the weights' reading costs, the floor under the two
   above;
 - ``attention only``: the native decode attention of every layer over these rows' caches.
 
@@ -63,20 +61,15 @@ def variants(engine: StepEngine, rows: list[Row]) -> dict[str, Callable[[], obje
         return (torch.tensor([row.tokens[-1] for row in rows]),
                 torch.tensor([row.cache.length for row in rows]), packed, torch.arange(n))
 
-    def transformers() -> object:
-        ids, positions, packed, due = step()
-        return model(input_ids=ids[None], position_ids=positions[None], cache=packed,
-                     use_cache=True, packed_step=packed, logits_to_keep=due).logits
-
     linears = _gemms(model)
     dtype = torch.bfloat16 if any(isinstance(m, NativeBF16Linear) for m in linears) \
         else torch.float32
     inputs = {m.in_features: torch.randn(n, m.in_features).to(dtype) for m in linears}
     lean = gpt2_forward if gpt2_forward.supports(model) else llama_forward
-    found = {
-        "transformers": transformers,
-        "torch layers": lambda: lean.forward(model, *step()),
-    }
+    # No ``model(...)`` variant (transformers' forward, the engine's path before the lean
+    # forwards, timed here until the GPT-2 and Llama-family folders were read into trees
+    # without it: server.engine.checkpoint).
+    found = {"torch layers": lambda: lean.forward(model, *step())}
     if linears:
         found["GEMMs only"] = lambda: [m(inputs[m.in_features]) for m in linears]
     if engine.path.layers == code_path.NATIVE_LAYERS:
