@@ -48,6 +48,9 @@ ALTERNATE_ZEN4 = {"qwen": "results/reference/alternate-qwen2.5-1.5b-zen4",
 # --lone-user --quants f16), after the kernel table moved into a child process.
 FAMILY_MIX_ZEN4 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v3-zen4",
                    "llama": "results/reference/mix-llama-3.2-1b-v3-zen4"}
+# The same command on the AVX2-only Zen 3, with the trees of server.engine.checkpoint.
+FAMILY_MIX_ZEN3 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v4-zen3",
+                   "llama": "results/reference/mix-llama-3.2-1b-v4-zen3"}
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 # Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
 INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
@@ -369,13 +372,15 @@ def collect(root: Path = REPO) -> list[Figure]:
 def family_mix(root: Path) -> Iterator[Figure]:
     """Each family preset's default server against llama.cpp f16 on the OpenAI mix, at 8
     users and at one, from one ``python -m bench reference`` command per preset."""
-    for family, name in [("qwen", "Qwen2.5-1.5B"), ("llama", "Llama-3.2-1B")]:
-        top = FAMILY_MIX_ZEN4[family]
-        for users, ours, llama in [(8, "01-ours-defaults-u8", "02-llama-f16-u8"),
-                                   (1, "03-ours-defaults-u1", "04-llama-f16-u1")]:
-            yield from reference(root, f"{family}4_mix_u{users}", (top, ours, llama),
-                                 f"{name} on the OpenAI mix, {users} user{'s' * (users > 1)}, "
-                                 "against llama.cpp f16 (Zen 4)")
+    for folders, key, cpu in [(FAMILY_MIX_ZEN4, "{family}4", "Zen 4"),
+                              (FAMILY_MIX_ZEN3, "zen3_{family}", "Zen 3")]:
+        for family, name in [("qwen", "Qwen2.5-1.5B"), ("llama", "Llama-3.2-1B")]:
+            for users, ours, llama in [(8, "01-ours-defaults-u8", "02-llama-f16-u8"),
+                                       (1, "03-ours-defaults-u1", "04-llama-f16-u1")]:
+                yield from reference(root, f"{key.format(family=family)}_mix_u{users}",
+                                     (folders[family], ours, llama),
+                                     f"{name} on the OpenAI mix, {users} "
+                                     f"user{'s' * (users > 1)}, against llama.cpp f16 ({cpu})")
 
 
 def values(figures: list[Figure]) -> dict[str, str]:
