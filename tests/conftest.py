@@ -184,6 +184,27 @@ def ready_details(client: FlaskClient, operator_headers: dict[str, str]) -> dict
     return answers[-1].json
 
 
+def lean_logits(model, ids: list[int], split: int):  # -> torch.Tensor [len(ids), vocab]
+    """The model family's lean forward's logits at every position of ``ids``, read into one
+    row's cache in two chunks (``ids[:split]``, then the rest)."""
+    import torch
+
+    from server.engine import gpt2_forward, llama_forward
+    from server.engine.row_cache import PackedStep, RowCache, Segment
+
+    lean = gpt2_forward if gpt2_forward.supports(model) else llama_forward
+    cache = RowCache(len(ids), "model", model.config.num_hidden_layers)
+    outs = []
+    for start, stop in ((0, split), (split, len(ids))):
+        step = PackedStep([Segment(cache, 0, stop - start)], native=False)
+        with torch.inference_mode():
+            outs.append(lean.forward(model, torch.tensor(ids[start:stop]),
+                                     torch.arange(start, stop), step,
+                                     torch.arange(stop - start)))
+        step.advance()
+    return torch.cat(outs)
+
+
 def alone_together_joined(engine, requests: list, after: int = 9) -> tuple[list, list, list]:
     """Each request's tokens generated alone, with all started together, and with the last
     joining after the others ran ``after`` steps (it is read in beside their decoding): the

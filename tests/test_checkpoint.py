@@ -18,11 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from server.engine import checkpoint, gpt2_forward, gpt2_model, llama_forward, llama_model
+from server.engine import checkpoint, gpt2_model, llama_model
 from server.engine.model import read_model
 from server.engine.quantize import conv1d_to_linear
-from server.engine.row_cache import PackedStep, RowCache, Segment
-from tests.conftest import MODELS_DIR, TINY_DECODERS
+from tests.conftest import MODELS_DIR, TINY_DECODERS, lean_logits
 
 PRESETS = ("tiny", *TINY_DECODERS)  # GPT-2, Llama, Qwen2
 
@@ -79,27 +78,12 @@ def test_the_rotary_module_gives_transformers_cosines_and_sines(folder: Path,
         assert a.dtype == dtype and torch.equal(a, b)
 
 
-def _lean_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
-    """The family's lean forward's logits at every position of ``ids``, in two chunks."""
-    lean = gpt2_forward if gpt2_forward.supports(model) else llama_forward
-    cache = RowCache(len(ids), "model", model.config.num_hidden_layers)
-    outs = []
-    for start, stop in ((0, 11), (11, len(ids))):
-        step = PackedStep([Segment(cache, 0, stop - start)], native=False)
-        with torch.inference_mode():
-            outs.append(lean.forward(model, torch.tensor(ids[start:stop]),
-                                     torch.arange(start, stop), step,
-                                     torch.arange(stop - start)))
-        step.advance()
-    return torch.cat(outs)
-
-
 def test_the_lean_forward_gives_the_same_logits_on_either_tree(preset: Path) -> None:
     """The same weights and operations: equal bit for bit (greedy tokens against
     transformers' generate(): tests/test_llama_forward.py, test_engine.py)."""
     ids = list(range(900, 925))
-    ours = _lean_logits(read_model(str(preset)), ids)
-    assert torch.equal(ours, _lean_logits(_transformers(preset), ids))
+    ours = lean_logits(read_model(str(preset)), ids, split=11)
+    assert torch.equal(ours, lean_logits(_transformers(preset), ids, split=11))
 
 
 def test_gpt2_gelu_is_transformers_to_the_bit() -> None:
@@ -109,19 +93,20 @@ def test_gpt2_gelu_is_transformers_to_the_bit() -> None:
     assert torch.equal(gpt2_model.NewGELUActivation()(x), NewGELUActivation()(x))
 
 
-def _modules_after_a_request(model: str) -> dict[str, bool]:
-    """Which of MODELING a fresh interpreter holds after serving one chat completion on
-    ``model`` (the app as Gunicorn's master builds it, DTYPE=float32)."""
+def _modules_after_requests(models: list[str]) -> dict[str, bool]:
+    """Which of MODELING a fresh interpreter holds after serving one chat completion on each
+    of ``models`` in turn (each app as Gunicorn's master builds it, DTYPE=float32)."""
     script = textwrap.dedent(f"""
         import json, sys
         from server import create_app
-        app = create_app({{"MODEL": {model!r}, "MODELS_DIR": {str(MODELS_DIR)!r},
-                          "DTYPE": "float32", "TORCH_THREADS": 1, "API_KEYS": "k1",
-                          "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": ""}})
-        reply = app.test_client().post(
-            "/v1/chat/completions", headers={{"Authorization": "Bearer k1"}},
-            json={{"messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 3}})
-        assert reply.status_code == 200, reply.get_data(as_text=True)
+        for model in {models!r}:
+            app = create_app({{"MODEL": model, "MODELS_DIR": {str(MODELS_DIR)!r},
+                              "DTYPE": "float32", "TORCH_THREADS": 1, "API_KEYS": "k1",
+                              "RATE_LIMIT": "", "GLOBAL_RATE_LIMIT": "", "REQUEST_LOG": ""}})
+            reply = app.test_client().post(
+                "/v1/chat/completions", headers={{"Authorization": "Bearer k1"}},
+                json={{"messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 3}})
+            assert reply.status_code == 200, reply.get_data(as_text=True)
         print(json.dumps({{name: name in sys.modules for name in {MODELING!r}}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
@@ -131,12 +116,13 @@ def _modules_after_a_request(model: str) -> dict[str, bool]:
 
 def test_a_server_never_imports_transformers_modeling(
         tiny_decoders: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
-    """~80 MB of the master's memory (server.engine.checkpoint), on every preset family. The
-    probe can tell: a model loaded by from_pretrained shows every module."""
-    for name in PRESETS:
-        assert _modules_after_a_request(f"synthetic:{name}") == dict.fromkeys(MODELING, False)
+    """~80 MB of the master's memory (server.engine.checkpoint), on every preset family (one
+    interpreter serving the three in turn). The probe can tell: a model loaded by
+    from_pretrained shows every module."""
+    served = _modules_after_requests([f"synthetic:{name}" for name in PRESETS])
+    assert served == dict.fromkeys(MODELING, False)
     fallback = _copy(tiny_decoders["tiny-qwen"], tmp_path, hidden_act="gelu")
-    assert _modules_after_a_request(str(fallback)) == dict.fromkeys(MODELING, True)
+    assert _modules_after_requests([str(fallback)]) == dict.fromkeys(MODELING, True)
 
 
 def _copy(folder: Path, tmp_path: Path, **config_changes: object) -> Path:

@@ -16,9 +16,8 @@ from server.engine.code_path import Machine, decide
 from server.engine.decoding import GenerationRequest
 from server.engine.model import read_model
 from server.engine.quantize import quantize_int8
-from server.engine.row_cache import PackedStep, RowCache, Segment
 from server.engine.step import StepEngine, generate_alone
-from tests.conftest import TINY_DECODERS, alone_together_joined
+from tests.conftest import TINY_DECODERS, alone_together_joined, lean_logits
 from tests.test_gpt2_forward import _both, _rows
 
 # Plain transformers (its sdpa attention over the whole sequence, no packed step) against the
@@ -81,23 +80,14 @@ def test_every_served_precision_runs_the_lean_forward_on_its_kernels(
     assert torch.equal(ours, theirs)
 
 
-def _plain_and_lean(folder: Path, ids: list[int], rotate_keys: bool = True) -> tuple:
+def _plain_and_lean(folder: Path, ids: list[int]) -> tuple:
     """Logits at every position of ``ids``: plain transformers over the whole sequence, and
-    the lean forward reading it in two chunks into one row's cache."""
+    the lean forward on the tree the server reads (server.engine.llama_model) reading it in
+    two chunks into one row's cache."""
     plain = _load(folder)
     with torch.inference_mode():
         expected = plain(torch.tensor([ids])).logits[0]
-    model = _load(folder)
-    cache = RowCache(len(ids), "model", model.config.num_hidden_layers)
-    outs = []
-    for start, stop in ((0, 17), (17, len(ids))):
-        step = PackedStep([Segment(cache, 0, stop - start)], native=False)
-        with torch.inference_mode():
-            outs.append(llama_forward.forward(model, torch.tensor(ids[start:stop]),
-                                              torch.arange(start, stop), step,
-                                              torch.arange(stop - start)))
-        step.advance()
-    return expected, torch.cat(outs)
+    return expected, lean_logits(read_model(str(folder)), ids, split=17)
 
 
 def test_the_lean_forward_gives_plain_transformers_logits_in_fp32(folder: Path) -> None:

@@ -25,6 +25,31 @@ from torch import nn
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
+class CausalTree(nn.Module):
+    """The top of a tree: its body (the attribute ``BODY`` names), ``lm_head``, the config,
+    the generation config (set by ``load_tree``) and the embedding accessors server.engine's
+    kernels use, under transformers' names. No forward: a lean forward or the C layers run
+    it."""
+
+    BODY, EMBEDDING = "model", "embed_tokens"  # where the input embedding lives
+
+    def __init__(self, config: object, body: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        setattr(self, self.BODY, body)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.generation_config = None
+
+    def get_input_embeddings(self) -> nn.Module:
+        return getattr(getattr(self, self.BODY), self.EMBEDDING)
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        setattr(getattr(self, self.BODY), self.EMBEDDING, value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+
 def load_tree(source: str, unsupported: Callable[[object], str | None],
               build: Callable[[object], nn.Module],
               rename: Callable[[str], str | None] = str,

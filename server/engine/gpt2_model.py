@@ -86,25 +86,13 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
 
-class GPT2LM(nn.Module):
-    """``transformer`` and ``lm_head`` with the config, the generation config and the
-    embedding accessors server.engine's kernels use. No forward: gpt2_forward runs it."""
+class GPT2LM(checkpoint.CausalTree):
+    """``transformer`` and ``lm_head``: gpt2_forward runs it."""
+
+    BODY, EMBEDDING = "transformer", "wte"
 
     def __init__(self, config: object) -> None:
-        super().__init__()
-        self.config = config
-        self.transformer = Transformer(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.generation_config = None  # set by checkpoint.load_tree
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.transformer.wte
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.transformer.wte = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
+        super().__init__(config, Transformer(config))
 
 
 def unsupported(config: object) -> str | None:

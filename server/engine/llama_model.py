@@ -121,25 +121,13 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class CausalLM(nn.Module):
-    """``model`` (the Decoder) and ``lm_head``, with the config and generation config, and
-    the embedding accessors server.engine's kernels use. No forward: llama_forward runs it."""
+class CausalLM(checkpoint.CausalTree):
+    """``model`` (the Decoder) and ``lm_head``: llama_forward runs it."""
+
+    BODY, EMBEDDING = "model", "embed_tokens"
 
     def __init__(self, config: object) -> None:
-        super().__init__()
-        self.config = config
-        self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.generation_config = None  # set by checkpoint.load_tree
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
+        super().__init__(config, Decoder(config))
 
 
 def unsupported(config: object) -> str | None:

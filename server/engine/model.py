@@ -121,11 +121,11 @@ def read_model(source: str) -> torch.nn.Module:
 def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
                allow_int8: bool = False, max_batch: int = 8, huge_pages: bool = True,
                ) -> LoadedModel:
-    """Load ``name`` in float32 (``read_model``), then serve the
-    precision and kernel path that ``server.engine.kernels`` measures fastest among those DTYPE
-    allows (auto: every one; int8 only with ``allow_int8``), then (``huge_pages``) move the
-    served weights onto 2 MB pages (server.engine.huge_pages; after the timing, so every
-    candidate was timed on the same pages).
+    """Load ``name`` in float32 (``read_model``), then serve the precision and kernel path
+    that ``server.engine.kernels`` measures fastest among those DTYPE allows (auto: every
+    one; int8 only with ``allow_int8``), then (``huge_pages``) move the served weights onto
+    2 MB pages (server.engine.huge_pages; after the timing, so every candidate was timed on
+    the same pages).
 
     An explicit ``DTYPE=bfloat16+native`` (or ``float16+native``, ``int8+native``) this
     machine cannot run raises ConfigError (naming the missing CPU features) before any weight
