@@ -15,7 +15,10 @@ How it plugs into a Hugging Face model without forking its code:
 - ``packed_attention`` is registered with transformers' ``AttentionInterface`` and selected
   with ``model.config._attn_implementation``; it attends each row's queries to that row's
   buffers only (causal inside a prefill chunk) and concatenates the outputs in packed order.
-  transformers builds no mask for an attention it does not know, so none is computed.
+  transformers builds no mask for an attention it does not know, so none is computed. That
+  is the ``model(...)`` path, for models from_pretrained loaded; the lean forwards and the C
+  layers (every preset: server.engine.checkpoint) call ``packed_attention`` and the step
+  directly, and nothing is registered.
 
 ``KV_DTYPE=model`` stores keys and values as the model computes them; ``float16`` stores
 them in float16 when the model computes in float32 (halving the cache, 368 -> 184 KB a

@@ -101,7 +101,7 @@ class StepEngine:
         storage_dtype(torch.float32, self.kv_dtype)  # reject an unknown policy here, not mid-step
         if self.path.layers == code_path.MODEL_FORWARD:
             # Only ``model(...)`` looks the attention up by name, and registering it imports
-            # transformers' modeling code (~80 MB, server.engine.llama_model says why): a
+            # transformers' modeling code (~80 MB, server.engine.checkpoint says why): a
             # model served by a lean forward or the C layers never pays for it.
             register()
             model.config._attn_implementation = ATTENTION_NAME
