@@ -122,9 +122,8 @@ class Decoder(nn.Module):
 
 
 class CausalLM(checkpoint.CausalTree):
-    """``model`` (the Decoder) and ``lm_head``: llama_forward runs it."""
-
-    BODY, EMBEDDING = "model", "embed_tokens"
+    """``model`` (the Decoder) and ``lm_head`` (CausalTree's default names): llama_forward
+    runs it."""
 
     def __init__(self, config: object) -> None:
         super().__init__(config, Decoder(config))
