@@ -27,12 +27,14 @@ from locustfiles.memory_sampler import MemorySampler
 from tests.conftest import TEST_API_KEY, server_env
 from tests.locust_runs import locust_totals, read_csv, run_headless
 
-# A parent and two children holding 512 MB each: smaps_rollup of each takes ~10 ms.
+# A parent and two children holding 1 GB each, so that one sample of the tree is slow enough
+# (> 10 ms) to show on the loop if it ran there: with 512 MB each a sample took 8.8 ms on an
+# AMD EPYC Zen 2 (CI, 2026-12-07), too fast for the test to tell; 17 ms with 1 GB each.
 BIG_TREE = textwrap.dedent("""
     import os, sys, time
     for _ in range(2):
         if os.fork() == 0:
-            block = bytearray(512 * 2**20)
+            block = bytearray(2**30)
             block[::4096] = b"x" * len(block[::4096])
             time.sleep(120)
             os._exit(0)
@@ -43,16 +45,16 @@ BIG_TREE = textwrap.dedent("""
 
 @pytest.fixture
 def big_tree(tmp_path: Path) -> Iterator[Path]:
-    """Pidfile of a running parent whose two children hold 512 MB each."""
+    """Pidfile of a running parent whose two children hold 1 GB each."""
     pidfile = tmp_path / "tree.pid"
     proc = subprocess.Popen([sys.executable, "-c", BIG_TREE, str(pidfile)])
 
     def built() -> bool:
         kids = psutil.Process(proc.pid).children()
         return bool(pidfile.exists() and pidfile.read_text() and len(kids) == 2
-                    and min(k.memory_info().rss for k in kids) >= 500 * 2**20)
+                    and min(k.memory_info().rss for k in kids) >= 2**30)
 
-    wait_until(built, "the 2 x 512 MB process tree is up", interval_s=0.05,
+    wait_until(built, "the 2 x 1 GB process tree is up", interval_s=0.05,
                alive=lambda: proc.poll() is None, progress=lambda: tree_progress(proc.pid))
     children = psutil.Process(proc.pid).children()
     yield pidfile
