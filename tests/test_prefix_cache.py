@@ -125,6 +125,25 @@ def test_kept_caches_are_bounded_oldest_first_and_superseded_ones_dropped() -> N
     assert len(none) == 0 and dropped.store is None
 
 
+def test_another_answer_to_the_same_prompt_replaces_the_first() -> None:
+    kept = PrefixCache(4)
+    prompt = list(range(MIN_SHARED + 10))
+    first, second = _cache_of([*prompt, 7, 8]), _cache_of([*prompt, 9])
+    kept.keep([*prompt, 7, 8], first, prompt_length=len(prompt))
+    kept.keep([*prompt, 9], second, prompt_length=len(prompt))  # the same prompt answered again
+    assert len(kept) == 1 and first.store is None and second.store is not None
+    assert kept.find([*prompt, 5])[0] is second
+    # a prompt that only starts the same way is another entry, and so is another scope's
+    other = _cache_of([*prompt[:-1], 1, 2])
+    kept.keep([*prompt[:-1], 1, 2], other, prompt_length=len(prompt) + 1)
+    kept.keep([*prompt, 9], _cache_of([*prompt, 9]), scope=("key-b", ""),
+              prompt_length=len(prompt))
+    assert len(kept) == 3 and second.store is not None and other.store is not None
+    # without a prompt length only the entries it extends go, as before
+    kept.keep([*prompt, 4], _cache_of([*prompt, 4]))
+    assert len(kept) == 4 and second.store is not None
+
+
 def test_the_scheduler_copies_a_kept_prefix_and_keeps_within_the_kv_budget(loaded) -> None:
     cached = []
     scheduler = Scheduler(_engine(loaded), 4, max_queue=8, timeout_s=60.0, kv_tokens=120,
@@ -139,6 +158,15 @@ def test_the_scheduler_copies_a_kept_prefix_and_keeps_within_the_kv_budget(loade
     engine = StepEngine(loaded.model, loaded.eos_id, ignore_eos=True, prefill_chunk=8)
     alone = generate_alone(engine, GenerationRequest([*shared, 3, 4, 5], 5)).token_ids
     assert second.result.token_ids == alone
+    # The same prompt answered differently (sampled): this answer's cache replaces the
+    # earlier answer's (kept before the job finishes), it is not kept beside it.
+    again = scheduler.submit(Job(GenerationRequest([*shared, 3, 4, 5], 5, temperature=1.0,
+                                                   seed=7)))
+    assert again.wait(60) and again.result.token_ids[0] != second.result.token_ids[0]
+    assert cached == [40, 42] and len(scheduler.prefixes) == 2
+    # so the first prompt's entry is still there (with both answers kept, 46 + 47 + 47
+    # positions, the 120-position budget would have evicted it)
+    assert scheduler.prefixes.find([*shared, 1, 2, 0], scope=("", ""))[1] == 42
     # Its 109 cached positions beside the two kept ones (46 + 47) pass the 120-position
     # budget: the oldest are evicted.
     big = scheduler.submit(Job(GenerationRequest(list(range(600, 700)), 10)))

@@ -454,7 +454,7 @@ class Scheduler:
                 # budget.
                 self.prefixes.keep(cached_tokens(row.request.input_ids, row.tokens,
                                                  row.cache.length), row.cache,
-                                   row.request.cache_scope)
+                                   row.request.cache_scope, len(row.request.input_ids))
                 job.finish(result=row.result())
         finished, self._rows = len(self._rows) - len(keep), keep
         self._trim_prefixes()
