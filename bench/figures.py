@@ -51,6 +51,10 @@ FAMILY_MIX_ZEN4 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v3-zen4",
 # The same command on the AVX2-only Zen 3, with the trees of server.engine.checkpoint.
 FAMILY_MIX_ZEN3 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v4-zen3",
                    "llama": "results/reference/mix-llama-3.2-1b-v4-zen3"}
+# Qwen2.5-1.5B on the AVX2 Zen 2 after the prefix cache kept one entry per prompt and 32 rows:
+# 8 users with PREFIX_CACHE_ROWS=8 beside the defaults in one command, then the lone user.
+MIX_ZEN2 = {"u8": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u8",
+            "u1": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u1"}
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 # Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
 INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
@@ -366,7 +370,8 @@ def collect(root: Path = REPO) -> list[Figure]:
                        "Qwen2.5-1.5B, one request at a time, alternating with llama.cpp"),
             *alternate(root, ALTERNATE_ZEN4["llama"], "llama4",
                        "Llama-3.2-1B, one request at a time, alternating with llama.cpp"),
-            *int8_engines(root), *int8_vs_default(root), *family_mix(root)]
+            *int8_engines(root), *int8_vs_default(root), *family_mix(root),
+            *mix_zen2(root)]
 
 
 def family_mix(root: Path) -> Iterator[Figure]:
@@ -381,6 +386,25 @@ def family_mix(root: Path) -> Iterator[Figure]:
                                      (folders[family], ours, llama),
                                      f"{name} on the OpenAI mix, {users} "
                                      f"user{'s' * (users > 1)}, against llama.cpp f16 ({cpu})")
+
+
+def mix_zen2(root: Path) -> Iterator[Figure]:
+    """Qwen2.5-1.5B's defaults (32 prefix rows) and PREFIX_CACHE_ROWS=8 against llama.cpp f16
+    on the OpenAI mix (Zen 2), with the share of prompt tokens each copied from its cache."""
+    u8, u1 = MIX_ZEN2["u8"], MIX_ZEN2["u1"]
+    name = "Qwen2.5-1.5B on the OpenAI mix, {}, against llama.cpp f16 (Zen 2)"
+    for prefix, ours, what in [("zen2_qwen_mix_u8", "01-ours-defaults-u8", "8 users"),
+                               ("zen2_qwen_rows8_mix_u8", "02-ours-rows8-u8",
+                                "8 users, PREFIX_CACHE_ROWS=8")]:
+        yield from reference(root, prefix, (u8, ours, "03-llama-f16-u8"), name.format(what))
+        findings, _, src = _run(root, f"{u8}/{ours}")
+        cached = float(findings.settings["server.prompt_tokens_cached"])
+        computed = float(findings.settings["server.prompt_tokens_computed"])
+        yield from _figures(name.format(what), [
+            (f"{prefix}_cached_share", "ours, prompt tokens copied from the prefix cache / "
+             "prompt tokens", num(100 * cached / (cached + computed), 0) + "%", src)])
+    yield from reference(root, "zen2_qwen_mix_u1", (u1, "01-ours-defaults-u1", "02-llama-f16-u1"),
+                         name.format("1 user"))
 
 
 def values(figures: list[Figure]) -> dict[str, str]:

@@ -84,9 +84,10 @@ class PrefixCache:
         those sharing its whole prompt (another answer to the same prompt: every later prompt
         finds at least as much in the newer entry, up to where the answers part). So repeated
         prompts hold one entry, not one per answer, and ``max_rows`` holds distinct prompts:
-        on the OpenAI mix's prompt sequence (8 users, bench notes in docs/results.md) 8 rows
-        kept 25% of prompt tokens with this and 22% without. llama.cpp's RAM prompt cache does
-        the same: a state already contained in the cache is not saved again."""
+        on the OpenAI mix's prompt sequence (8 users, replayed:
+        results/profile/prefix-cache-policy.txt) 8 rows kept 25% of prompt tokens with this
+        and 22% without. llama.cpp's RAM prompt cache does the same: a state already
+        contained in the cache is not saved again."""
         if not self.max_rows or not tokens:
             cache.release()
             return
