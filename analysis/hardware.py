@@ -17,7 +17,8 @@ from analysis.document import num
 
 # Flattened run.json keys that describe the hardware and the kernel path (analysis.compare
 # lists them first among the settings that differ).
-HARDWARE_KEYS = ("host.cpu_model", "host.cpu_vendor", "host.isa", "host.torch_cpu_capability",
+HARDWARE_KEYS = ("host.cpu_model", "host.cpu_vendor", "host.cpu_id", "host.isa",
+                 "host.torch_cpu_capability",
                  "host.blas", "host.cores", "host.ram_gb", "server.kernels.chosen",
                  "server.kernels.allow_int8", "server.kernels.table")
 
@@ -45,6 +46,7 @@ class Hardware:
     allow_int8: bool | None
     served: str | None  # the precision the run's server reported serving (run.json dtype)
     kernels: tuple[KernelTiming, ...]
+    cpu_id: str | None = None  # x86 "family F model M" (runs from before 2026-12-07: None)
 
     def timing(self, precision: str | None) -> KernelTiming | None:
         """The kernel table row of ``precision``, if measured."""
@@ -86,6 +88,7 @@ def hardware(settings: Mapping[str, Any]) -> Hardware | None:
         allow_int8=kernels.get("allow_int8"),
         served=settings.get("dtype"),
         kernels=kernel_table(kernels.get("table")),
+        cpu_id=host.get("cpu_id") or None,
     )
 
 
@@ -93,7 +96,8 @@ def header_line(hw: Hardware | None) -> str:
     """One line naming the CPU and the precision chosen, for the top of a report."""
     if hw is None:
         return "Host CPU not recorded (run.json has no `host.cpu_model`)."
-    parts = [f"Host CPU: **{hw.cpu_model or 'unknown'}**"]
+    parts = [f"Host CPU: **{hw.cpu_model or 'unknown'}**"
+             + (f" ({hw.cpu_id})" if hw.cpu_id else "")]
     facts = [f"ISA {' '.join(hw.isa) or 'none of avx2/avx512/amx'}"]
     if hw.torch_cpu_capability:
         facts.append(f"torch kernels {hw.torch_cpu_capability}")

@@ -53,8 +53,10 @@ FAMILY_MIX_ZEN3 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v4-zen3",
                    "llama": "results/reference/mix-llama-3.2-1b-v4-zen3"}
 # Qwen2.5-1.5B on the AVX2 Zen 2 after the prefix cache kept one entry per prompt and 32 rows:
 # 8 users with PREFIX_CACHE_ROWS=8 beside the defaults in one command, then the lone user.
+# Then Llama-3.2-1B's defaults, 8 users and one, in one command.
 MIX_ZEN2 = {"u8": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u8",
-            "u1": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u1"}
+            "u1": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u1",
+            "llama": "results/reference/mix-llama-3.2-1b-v5-zen2"}
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 # Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
 INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
@@ -68,13 +70,16 @@ class Source:
     cpu_model: str
     cores: int
     isa: tuple[str, ...]
+    cpu_id: str = ""  # x86 "family F model M", where the run recorded it
 
     def cpu(self) -> str:
-        """Short label: model, cores and the widest vector ISA that matters here."""
+        """Short label: model (family and model number where recorded), cores and the widest
+        vector ISA that matters here."""
         best = next((label for flag, label in [("avx512_bf16", "AVX-512 BF16"),
                                               ("avx512f", "AVX-512"), ("avx2", "AVX2")]
                      if flag in self.isa), "no AVX2")
-        return f"{self.cpu_model}, {self.cores} core{'s' if self.cores != 1 else ''}, {best}"
+        model = f"{self.cpu_model} ({self.cpu_id})" if self.cpu_id else self.cpu_model
+        return f"{model}, {self.cores} core{'s' if self.cores != 1 else ''}, {best}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def _run(root: Path, path: str) -> tuple[Findings, ReferenceRow, Source]:
     findings, requests = read_findings(root / path)
     hw = findings.hardware
     source = Source(path, (hw and hw.cpu_model) or "?", int(findings.settings.get("host.cores", 0)),
-                    tuple(hw.isa) if hw else ())
+                    tuple(hw.isa) if hw else (), (hw and hw.cpu_id) or "")
     return findings, reference_row(findings, requests), source
 
 
@@ -101,7 +106,7 @@ def _json(root: Path, path: str) -> tuple[dict, Source]:
                       .read_text())
     host = data.get("host", {})
     return data, Source(path, host.get("cpu_model", "?"), int(host.get("cores", 0)),
-                        tuple(host.get("isa", ())))
+                        tuple(host.get("isa", ())), host.get("cpu_id") or "")
 
 
 TIMES = "\u00d7"  # the multiplication sign the docs write ratios with
@@ -121,7 +126,7 @@ def reference(root: Path, prefix: str, folders: tuple[str, str, str],
     top, ours_dir, llama_dir = folders
     f, us, src = _run(root, f"{top}/{ours_dir}")
     _, ref, ref_src = _run(root, f"{top}/{llama_dir}")
-    pair = Source(top, src.cpu_model, src.cores, src.isa)
+    pair = Source(top, src.cpu_model, src.cores, src.isa, src.cpu_id)
     yield from _figures(section, [
         (f"{prefix}_ours_tok_s", "ours, output tokens/s", num(us.output_tokens_per_s, 2), src),
         (f"{prefix}_llama_tok_s", "llama.cpp f16, output tokens/s",
@@ -158,7 +163,7 @@ def int8(root: Path) -> Iterator[Figure]:
     _, us, src = _run(root, f"{top}/{ours_dir}")
     _, f16, _ = _run(root, f"{top}/{f16_dir}")
     _, q8, _ = _run(root, f"{top}/{q8_dir}")
-    pair = Source(top, src.cpu_model, src.cores, src.isa)
+    pair = Source(top, src.cpu_model, src.cores, src.isa, src.cpu_id)
     yield from _figures("int8 against llama.cpp: 8 users, an earlier command", [
         ("int8_u8_tok_s", "ours int8, output tokens/s", num(us.output_tokens_per_s, 2), src),
         ("int8_u8_q8_ratio", "output tokens/s, int8 / llama.cpp q8_0's",
@@ -218,7 +223,7 @@ def _engine_rows(data: dict) -> dict[tuple[str, str, int], dict]:
 
 def _host_source(folder: str, host: dict) -> Source:
     return Source(folder, host.get("cpu_model", "?"), int(host.get("cores", 0)),
-                  tuple(host.get("isa", ())))
+                  tuple(host.get("isa", ())), host.get("cpu_id") or "")
 
 
 def _engine_rows_of(root: Path, folder: str) -> tuple[Source, dict, Callable]:
@@ -389,22 +394,30 @@ def family_mix(root: Path) -> Iterator[Figure]:
 
 
 def mix_zen2(root: Path) -> Iterator[Figure]:
-    """Qwen2.5-1.5B's defaults (32 prefix rows) and PREFIX_CACHE_ROWS=8 against llama.cpp f16
-    on the OpenAI mix (Zen 2), with the share of prompt tokens each copied from its cache."""
-    u8, u1 = MIX_ZEN2["u8"], MIX_ZEN2["u1"]
-    name = "Qwen2.5-1.5B on the OpenAI mix, {}, against llama.cpp f16 (Zen 2)"
-    for prefix, ours, what in [("zen2_qwen_mix_u8", "01-ours-defaults-u8", "8 users"),
-                               ("zen2_qwen_rows8_mix_u8", "02-ours-rows8-u8",
-                                "8 users, PREFIX_CACHE_ROWS=8")]:
-        yield from reference(root, prefix, (u8, ours, "03-llama-f16-u8"), name.format(what))
-        findings, _, src = _run(root, f"{u8}/{ours}")
-        cached = float(findings.settings["server.prompt_tokens_cached"])
-        computed = float(findings.settings["server.prompt_tokens_computed"])
-        yield from _figures(name.format(what), [
-            (f"{prefix}_cached_share", "ours, prompt tokens copied from the prefix cache / "
-             "prompt tokens", num(100 * cached / (cached + computed), 0) + "%", src)])
-    yield from reference(root, "zen2_qwen_mix_u1", (u1, "01-ours-defaults-u1", "02-llama-f16-u1"),
-                         name.format("1 user"))
+    """Each family preset's defaults (32 prefix rows; Qwen also with PREFIX_CACHE_ROWS=8)
+    against llama.cpp f16 on the OpenAI mix (Zen 2), with the share of prompt tokens our
+    server copied from its prefix cache at 8 users."""
+    qwen = "Qwen2.5-1.5B on the OpenAI mix, {}, against llama.cpp f16 (Zen 2)"
+    llama = "Llama-3.2-1B on the OpenAI mix, {}, against llama.cpp f16 (Zen 2)"
+    rows = [("zen2_qwen_mix_u8", MIX_ZEN2["u8"], "01-ours-defaults-u8", "03-llama-f16-u8",
+             qwen.format("8 users")),
+            ("zen2_qwen_rows8_mix_u8", MIX_ZEN2["u8"], "02-ours-rows8-u8", "03-llama-f16-u8",
+             qwen.format("8 users, PREFIX_CACHE_ROWS=8")),
+            ("zen2_qwen_mix_u1", MIX_ZEN2["u1"], "01-ours-defaults-u1", "02-llama-f16-u1",
+             qwen.format("1 user")),
+            ("zen2_llama_mix_u8", MIX_ZEN2["llama"], "01-ours-defaults-u8", "02-llama-f16-u8",
+             llama.format("8 users")),
+            ("zen2_llama_mix_u1", MIX_ZEN2["llama"], "03-ours-defaults-u1", "04-llama-f16-u1",
+             llama.format("1 user"))]
+    for prefix, top, ours, ref, section in rows:
+        yield from reference(root, prefix, (top, ours, ref), section)
+        if "_u8" in prefix:
+            findings, _, src = _run(root, f"{top}/{ours}")
+            cached = float(findings.settings["server.prompt_tokens_cached"])
+            computed = float(findings.settings["server.prompt_tokens_computed"])
+            yield from _figures(section, [
+                (f"{prefix}_cached_share", "ours, prompt tokens copied from the prefix cache / "
+                 "prompt tokens", num(100 * cached / (cached + computed), 0) + "%", src)])
 
 
 def values(figures: list[Figure]) -> dict[str, str]:

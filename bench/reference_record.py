@@ -21,7 +21,7 @@ from bench.reference_rows import Row
 from harness.provenance import git_commit
 from harness.run_folder import RUN_JSON, read_record, update_record
 from harness.run_record import HostFacts
-from server.engine.hardware import cpu_flags
+from server.engine.hardware import cpu_facts, cpu_flags
 
 REPO = Path(__file__).resolve().parent.parent
 # CPU flags that decide which kernels either server can use.
@@ -44,7 +44,8 @@ def cpu_model(lscpu_text: str) -> str:
 
 
 def host_record() -> dict[str, Any]:
-    """This host: lscpu's CPU model and vendor, cores we may use, RAM, the kernel-relevant ISA."""
+    """This host: lscpu's CPU model and vendor, x86 family and model, cores we may use, RAM,
+    the kernel-relevant ISA."""
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
@@ -53,6 +54,7 @@ def host_record() -> dict[str, Any]:
     vendor = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
                    if line.startswith("Vendor ID")), "")
     return {"cpu_model": cpu_model(lscpu), "cpu_vendor": vendor,
+            "cpu_id": cpu_facts()["cpu_id"],
             "cores": len(os.sched_getaffinity(0)),
             "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "isa": [f for f in ISA_FLAGS if f in flags]}

@@ -29,6 +29,7 @@ class HostFacts(_Open):
     ram_gb: float | None = None
     cpu_model: str | None = None
     cpu_vendor: str | None = None
+    cpu_id: str | None = None  # x86 "family F model M": tells a Zen 2 from a Zen 3 or 4
     isa: list[str] | None = None
     torch_cpu_capability: str | None = None
     blas: str | None = None

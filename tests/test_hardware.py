@@ -10,7 +10,13 @@ import pytest
 
 from harness.gunicorn_process import REPO
 from harness.script_run import run_script
-from server.engine.hardware import blas_name, cpu_facts, fingerprint_subprocess, host_fingerprint
+from server.engine.hardware import (
+    blas_name,
+    cpu_facts,
+    describe,
+    fingerprint_subprocess,
+    host_fingerprint,
+)
 
 SAPPHIRE_RAPIDS = """\
 processor\t: 0
@@ -26,19 +32,27 @@ model name\t: something else entirely
 EPYC_ZEN3 = """\
 processor\t: 0
 vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
 model name\t: AMD EPYC 7B13
 flags\t\t: fpu sse2 avx avx2 fma f16c bmi2
 """
 
 
-@pytest.mark.parametrize(("text", "model", "vendor", "isa"), [
-    (SAPPHIRE_RAPIDS, "Intel(R) Xeon(R) Platinum 8488C", "GenuineIntel",
+@pytest.mark.parametrize(("text", "model", "vendor", "cpu_id", "isa"), [
+    (SAPPHIRE_RAPIDS, "Intel(R) Xeon(R) Platinum 8488C", "GenuineIntel", "",
      ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
       "amx_tile", "fma", "f16c"]),
-    (EPYC_ZEN3, "AMD EPYC 7B13", "AuthenticAMD", ["avx2", "fma", "f16c"]),
+    (EPYC_ZEN3, "AMD EPYC 7B13", "AuthenticAMD", "family 25 model 1", ["avx2", "fma", "f16c"]),
 ])
-def test_cpu_facts_from_cpuinfo(text, model, vendor, isa) -> None:
-    assert cpu_facts(text) == {"cpu_model": model, "cpu_vendor": vendor, "isa": isa}
+def test_cpu_facts_from_cpuinfo(text, model, vendor, cpu_id, isa) -> None:
+    assert cpu_facts(text) == {"cpu_model": model, "cpu_vendor": vendor, "cpu_id": cpu_id,
+                               "isa": isa}
+
+
+def test_the_header_line_names_the_cpu_family_and_model() -> None:
+    line = describe({**cpu_facts(EPYC_ZEN3), "cores": 2, "ram_gb": 23.5})
+    assert line.startswith("AMD EPYC 7B13 (AuthenticAMD, family 25 model 1), 2 cores")
 
 
 @pytest.mark.parametrize(("config", "blas"), [

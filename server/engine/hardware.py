@@ -79,12 +79,18 @@ def _flags(info: dict[str, str]) -> set[str]:
 
 
 def cpu_facts(cpuinfo_text: str | None = None) -> dict[str, Any]:
-    """cpu_model, cpu_vendor and isa (the ISA_FLAGS this CPU has) from /proc/cpuinfo."""
+    """cpu_model, cpu_vendor, cpu_id and isa (the ISA_FLAGS this CPU has) from /proc/cpuinfo.
+
+    ``cpu_id`` is x86's "family F model M" ("" elsewhere): a cloud VM's model name is often
+    just "AMD EPYC", the same for a Zen 2 (family 23), a Zen 3 (25, model 1) and a Zen 4 (25,
+    model 17), whose kernels and speeds differ."""
     info = _cpuinfo(cpuinfo_text)
     flags = _flags(info)
+    family, model = info.get("cpu family", ""), info.get("model", "")
     return {
         "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_vendor": info.get("vendor_id") or info.get("CPU implementer", ""),
+        "cpu_id": f"family {family} model {model}" if family and model else "",
         "isa": [flag for flag in ISA_FLAGS if flag in flags],
     }
 
@@ -111,7 +117,7 @@ def torch_facts() -> dict[str, str]:
 
 
 def host_fingerprint(with_torch: bool = True) -> dict[str, Any]:
-    """cores, ram_gb, cpu_model, cpu_vendor, isa, and (``with_torch``) torch_cpu_capability
+    """cores, ram_gb, cpu_model, cpu_vendor, cpu_id, isa, and (``with_torch``) torch_cpu_capability
     and blas of this host (a fresh copy each call: the facts are read once per process).
 
     ``cores`` is the CPUs this process may run on (its affinity), which is what a load test
@@ -135,7 +141,9 @@ def _fingerprint(with_torch: bool) -> dict[str, Any]:
 
 def describe(facts: dict[str, Any]) -> str:
     """One line for a printed or Markdown header: CPU, cores, RAM, ISA, torch path, BLAS."""
-    return (f"{facts.get('cpu_model') or 'unknown CPU'} ({facts.get('cpu_vendor') or '?'}), "
+    vendor = ", ".join(part for part in (facts.get("cpu_vendor") or "?", facts.get("cpu_id"))
+                       if part)
+    return (f"{facts.get('cpu_model') or 'unknown CPU'} ({vendor}), "
             f"{facts.get('cores')} cores, {facts.get('ram_gb')} GB RAM, ISA "
             f"{' '.join(facts.get('isa') or []) or 'none of the listed'}, torch kernels "
             f"{facts.get('torch_cpu_capability') or '?'}, BLAS {facts.get('blas') or '?'}")

@@ -91,7 +91,8 @@ class PrefixCache:
         if not self.max_rows or not tokens:
             cache.release()
             return
-        prompt = len(tokens) if prompt_length is None else min(prompt_length, len(tokens))
+        # at least one token: an entry is dropped for what the new one holds, never for nothing
+        prompt = len(tokens) if prompt_length is None else max(1, min(prompt_length, len(tokens)))
         for entry in list(self._entries):
             covered = min(len(entry.tokens), prompt)
             if entry.scope == scope and \
