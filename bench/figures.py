@@ -400,21 +400,22 @@ def mix_zen2(root: Path) -> Iterator[Figure]:
     server copied from its prefix cache at 8 users."""
     qwen = "Qwen2.5-1.5B on the OpenAI mix, {}, against llama.cpp f16 (Zen 2)"
     llama = "Llama-3.2-1B on the OpenAI mix, {}, against llama.cpp f16 (Zen 2)"
+    # (key prefix, folder, our row, llama.cpp's row, section, with the cached share)
     rows = [("zen2_qwen_mix_u8", MIX_ZEN2["u8"], "01-ours-defaults-u8", "03-llama-f16-u8",
-             qwen.format("8 users")),
+             qwen.format("8 users"), True),
             ("zen2_qwen_rows8_mix_u8", MIX_ZEN2["u8"], "02-ours-rows8-u8", "03-llama-f16-u8",
-             qwen.format("8 users, PREFIX_CACHE_ROWS=8")),
+             qwen.format("8 users, PREFIX_CACHE_ROWS=8"), True),
             ("zen2_qwen_mix_u1", MIX_ZEN2["u1"], "01-ours-defaults-u1", "02-llama-f16-u1",
-             qwen.format("1 user")),
+             qwen.format("1 user"), False),
             ("zen2_llama_mix_u8", MIX_ZEN2["llama"], "01-ours-defaults-u8", "02-llama-f16-u8",
-             llama.format("8 users")),
+             llama.format("8 users"), True),
             ("zen2_llama_mix_u1", MIX_ZEN2["llama"], "03-ours-defaults-u1", "04-llama-f16-u1",
-             llama.format("1 user")),
+             llama.format("1 user"), False),
             ("zen2_llama_300s_mix_u8", MIX_ZEN2["llama_300s"], "01-ours-defaults-u8",
-             "02-llama-f16-u8", llama.format("8 users, 300 s"))]
-    for prefix, top, ours, ref, section in rows:
+             "02-llama-f16-u8", llama.format("8 users, 300 s"), True)]
+    for prefix, top, ours, ref, section, with_share in rows:
         yield from reference(root, prefix, (top, ours, ref), section)
-        if "_u8" in prefix:
+        if with_share:
             findings, _, src = _run(root, f"{top}/{ours}")
             cached = float(findings.settings["server.prompt_tokens_cached"])
             computed = float(findings.settings["server.prompt_tokens_computed"])
