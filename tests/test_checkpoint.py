@@ -28,6 +28,9 @@ PRESETS = ("tiny", *TINY_DECODERS)  # GPT-2, Llama, Qwen2
 REPO = Path(__file__).resolve().parent.parent
 # What importing any transformers model class brings (masking_utils imports torch._dynamo).
 MODELING = ("torch._dynamo", "transformers.masking_utils", "transformers.modeling_utils")
+# What transformers' Llama config class brings (checkpoint.COSTLY_CONFIGS).
+LLAMA_CONFIG = ("transformers.models.llama.configuration_llama", "transformers.activations",
+                "sympy")
 
 
 def _transformers(folder: Path) -> torch.nn.Module:
@@ -93,8 +96,9 @@ def test_gpt2_gelu_is_transformers_to_the_bit() -> None:
     assert torch.equal(gpt2_model.NewGELUActivation()(x), NewGELUActivation()(x))
 
 
-def _modules_after_requests(models: list[str]) -> dict[str, bool]:
-    """Which of MODELING a fresh interpreter holds after serving one chat completion on each
+def _modules_after_requests(models: list[str],
+                            names: tuple[str, ...] = MODELING) -> dict[str, bool]:
+    """Which of ``names`` a fresh interpreter holds after serving one chat completion on each
     of ``models`` in turn (each app as Gunicorn's master builds it, DTYPE=float32)."""
     script = textwrap.dedent(f"""
         import json, sys
@@ -107,7 +111,7 @@ def _modules_after_requests(models: list[str]) -> dict[str, bool]:
                 "/v1/chat/completions", headers={{"Authorization": "Bearer k1"}},
                 json={{"messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 3}})
             assert reply.status_code == 200, reply.get_data(as_text=True)
-        print(json.dumps({{name: name in sys.modules for name in {MODELING!r}}}))
+        print(json.dumps({{name: name in sys.modules for name in {names!r}}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                          text=True, timeout=300, check=True)
@@ -125,12 +129,62 @@ def test_a_server_never_imports_transformers_modeling(
     assert _modules_after_requests([str(fallback)]) == dict.fromkeys(MODELING, True)
 
 
-def _copy(folder: Path, tmp_path: Path, **config_changes: object) -> Path:
-    """``folder`` copied with ``config_changes`` in its config.json."""
+def test_a_llama_server_never_imports_transformers_llama_config(
+        tiny_decoders: dict[str, Path], tmp_path: Path) -> None:
+    """50 MiB of the Gunicorn tree's PSS on llama-3.2-1b (checkpoint.COSTLY_CONFIGS): neither
+    the tree nor the tokenizer reads tiny-llama's complete config through LlamaConfig. The
+    probe can tell: the same folder with a field left to its default imports it all."""
+    served = _modules_after_requests(["synthetic:tiny-llama"], LLAMA_CONFIG)
+    assert served == dict.fromkeys(LLAMA_CONFIG, False)
+    partial = _copy(tiny_decoders["tiny-llama"], tmp_path, drop=("mlp_bias",))
+    assert _modules_after_requests([str(partial)], LLAMA_CONFIG) == \
+        dict.fromkeys(LLAMA_CONFIG, True)
+
+
+def test_a_complete_llama_config_reads_as_autoconfig_reads_it(
+        tiny_decoders: dict[str, Path]) -> None:
+    """Every field LlamaConfig has, and what from_pretrained records, hold the same values;
+    COSTLY_CONFIGS names exactly the fields the class adds (a new one in a later transformers
+    fails here first)."""
+    import dataclasses
+
+    from transformers import AutoConfig, LlamaConfig, PreTrainedConfig
+
+    base = {field.name for field in dataclasses.fields(PreTrainedConfig)}
+    added = {field.name for field in dataclasses.fields(LlamaConfig)} - base
+    assert checkpoint.COSTLY_CONFIGS["llama"] == added
+    folder = tiny_decoders["tiny-llama"]
+    ours, theirs = checkpoint.read_config(folder), AutoConfig.from_pretrained(folder)
+    assert type(ours) is PreTrainedConfig and type(theirs) is LlamaConfig
+    for name in sorted(added | base | {"model_type", "name_or_path"}):
+        assert getattr(ours, name) == getattr(theirs, name), name
+
+
+@pytest.mark.parametrize("change", [
+    {"drop": ("head_dim",)},  # left to the class's default
+    {"drop": ("rope_parameters",), "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
+     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192}, "rope_theta": 500000.0},  # transformers 4's
+])
+def test_an_incomplete_llama_config_goes_through_autoconfig(
+        tiny_decoders: dict[str, Path], tmp_path: Path, change: dict) -> None:
+    from transformers import AutoConfig, LlamaConfig
+
+    target = _copy(tiny_decoders["tiny-llama"], tmp_path, **change)
+    config = checkpoint.read_config(target)
+    assert type(config) is LlamaConfig
+    assert config.to_dict() == AutoConfig.from_pretrained(target).to_dict()
+
+
+def _copy(folder: Path, tmp_path: Path, drop: tuple[str, ...] = (),
+          **config_changes: object) -> Path:
+    """``folder`` copied with ``config_changes`` in its config.json, ``drop`` removed."""
     target = tmp_path / folder.name
     shutil.copytree(folder, target)
     config = json.loads((target / "config.json").read_text())
     config.update(config_changes)
+    for name in drop:
+        del config[name]
     (target / "config.json").write_text(json.dumps(config))
     return target
 
@@ -222,3 +276,21 @@ def test_the_served_tokenizer_drops_its_vocabulary_copies_and_encodes_the_same(
     chat = [{"role": "user", "content": text}]
     assert served.apply_chat_template(chat, tokenize=False) == \
         fresh.apply_chat_template(chat, tokenize=False)
+
+
+@pytest.mark.parametrize("name", TINY_DECODERS)
+def test_the_served_tokenizer_is_the_one_autotokenizer_loads(
+        tiny_decoders: dict[str, Path], name: str) -> None:
+    """load_model hands AutoTokenizer the config the tree reads (a base PreTrainedConfig for
+    a complete Llama one): the same class, ids, special tokens and chat template."""
+    from transformers import AutoTokenizer
+
+    from server.engine.model import load_model
+
+    served = load_model(f"synthetic:{name}", "float32", MODELS_DIR).tokenizer
+    fresh = AutoTokenizer.from_pretrained(tiny_decoders[name])
+    assert type(served) is type(fresh)
+    text = "It's 12,345 Ångström-wide:\n\n  naïve café 東京 🚀"
+    assert served(text)["input_ids"] == fresh(text)["input_ids"]
+    assert served.all_special_ids == fresh.all_special_ids
+    assert served.eos_token == fresh.eos_token and served.chat_template == fresh.chat_template

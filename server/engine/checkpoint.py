@@ -7,9 +7,10 @@ section 3), all of it in the Gunicorn master and so in the tree's PSS. The step 
 the families it serves fast (server.engine.llama_forward, gpt2_forward and the C layers)
 from the module tree alone, so server.engine.llama_model and gpt2_model build that tree
 themselves, under the names transformers gives it; this module does what both need: find
-the weight files, build on meta tensors, assign the checkpoint's tensors (float32, as
-``from_pretrained(dtype=torch.float32)``), tie the head, attach the generation config. The
-config and generation config classes are transformers' own: cheap to import.
+the weight files, read the config, build on meta tensors, assign the checkpoint's tensors
+(float32, as ``from_pretrained(dtype=torch.float32)``), tie the head, attach the generation
+config. The config and generation config classes are transformers' own, and most are cheap
+to import; ``read_config`` says which is not and how it is avoided.
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
+WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
+# Config classes whose module costs memory to import, with the fields the class adds to
+# transformers' base PreTrainedConfig. transformers 5.24's configuration_llama imports
+# utils.type_validators, which imports transformers.activations and through it hub kernels,
+# the sharding utilities, torch.distributed.tensor and sympy: an idle llama-3.2-1b Gunicorn
+# tree's PSS 2,706 -> 2,656 MiB without them (results/profile/llama-config-import-zen2.txt);
+# configuration_qwen2 and configuration_gpt2 import none of it.
+COSTLY_CONFIGS = {
+    "llama": frozenset({
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "hidden_act", "max_position_embeddings",
+        "initializer_range", "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id",
+        "eos_token_id", "pretraining_tp", "tie_word_embeddings", "rope_parameters",
+        "attention_bias", "attention_dropout", "mlp_bias", "head_dim"}),
+}
 
 
 class CausalTree(nn.Module):
@@ -60,13 +75,11 @@ def load_tree(source: str, unsupported: Callable[[object], str | None],
     ``unsupported`` names a reason for. ``rename`` maps a checkpoint name to the tree's (None:
     not a weight, skipped); ``transposed(config)`` names tensors stored [in, out] (GPT-2's
     Conv1D) that the tree's ``nn.Linear`` holds [out, in]."""
-    from transformers import AutoConfig
-
     folder = Path(source)
     files = weight_files(folder) if folder.is_dir() else None
     if files is None:
         return None
-    config = AutoConfig.from_pretrained(folder)
+    config = read_config(folder)
     if unsupported(config) is not None:
         return None
     model = build(config)
@@ -80,6 +93,31 @@ def load_tree(source: str, unsupported: Callable[[object], str | None],
     model.generation_config = generation_config(folder, config)
     config.dtype = torch.float32  # what from_pretrained(dtype=torch.float32) records
     return model.eval()
+
+
+def read_config(folder: Path) -> object:
+    """The config of the checkpoint in ``folder``, as ``AutoConfig.from_pretrained`` gives it.
+
+    A ``COSTLY_CONFIGS`` model type whose config.json holds every field its class adds, and a
+    RoPE already in transformers 5's form (``rope_parameters`` naming its ``rope_type`` and
+    ``rope_theta``), is read as the base ``PreTrainedConfig`` instead: the class would default
+    nothing and standardise nothing, so every attribute comes out the same
+    (tests/test_checkpoint_config.py), without importing its module. Any other config (an
+    older file with ``rope_scaling``, a field left to its default) goes through AutoConfig."""
+    from transformers import AutoConfig, PreTrainedConfig
+
+    path = folder / CONFIG
+    values = json.loads(path.read_text()) if path.is_file() else {}
+    fields = COSTLY_CONFIGS.get(values.get("model_type"))
+    rope = values.get("rope_parameters")
+    if fields is None or not fields <= values.keys() or not isinstance(rope, dict) \
+            or not {"rope_type", "rope_theta"} <= rope.keys():
+        return AutoConfig.from_pretrained(folder)
+    config = PreTrainedConfig.from_dict(values)
+    for name in fields - vars(config).keys():  # the base class sets some aside (use_cache)
+        setattr(config, name, values[name])
+    config._name_or_path = str(folder)  # what from_pretrained records
+    return config
 
 
 def weight_files(folder: Path) -> list[Path] | None:

@@ -6,10 +6,12 @@ import gc
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from server.engine import (
+    checkpoint,
     gpt2_model,
     kernels,
     llama_model,
@@ -145,7 +147,11 @@ def load_model(name: str, dtype: str = "auto", models_dir: str = "models",
     if dtype == kernels.F16_NATIVE:
         native_f16.require()
     source = resolve_source(name, models_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    # A folder's config, read as the tree reads it: AutoTokenizer would otherwise
+    # load it through AutoConfig, whose Llama class costs 50 MiB (checkpoint.read_config).
+    folder = Path(source)
+    config = checkpoint.read_config(folder) if (folder / checkpoint.CONFIG).is_file() else None
+    tokenizer = AutoTokenizer.from_pretrained(source, config=config)
     drop_build_copies(tokenizer)
     model = read_model(source)
     stops = generation_stop_ids(model, int(tokenizer.eos_token_id))  # before any module swap
