@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from server.engine import checkpoint, gpt2_model, llama_model
+from server.engine import checkpoint, gpt2_forward, gpt2_model, llama_model
 from server.engine.model import read_model
 from server.engine.quantize import conv1d_to_linear
 from tests.conftest import MODELS_DIR, TINY_DECODERS, lean_logits
@@ -87,6 +87,12 @@ def test_the_lean_forward_gives_the_same_logits_on_either_tree(preset: Path) -> 
     ids = list(range(900, 925))
     ours = lean_logits(read_model(str(preset)), ids, split=11)
     assert torch.equal(ours, lean_logits(_transformers(preset), ids, split=11))
+
+
+def test_the_tree_builds_every_model_type_the_lean_forward_computes() -> None:
+    from server.engine import llama_forward
+
+    assert sorted(llama_model.BIASES) == sorted(llama_forward.MODEL_TYPES)
 
 
 def test_gpt2_gelu_is_transformers_to_the_bit() -> None:
@@ -203,7 +209,10 @@ def test_what_the_trees_do_not_compute_is_loaded_by_from_pretrained(
     source = {"tiny": tiny_model, **tiny_decoders}[name]
     target = str(_copy(source, tmp_path, **change))
     assert llama_model.load(target) is None and gpt2_model.load(target) is None
-    assert type(read_model(target)).__module__.startswith("transformers.models.")
+    model = read_model(target)
+    assert type(model).__module__.startswith("transformers.models.")
+    if "reorder_and_upcast_attn" in change:  # nor does the lean forward compute it
+        assert not gpt2_forward.supports(model)
 
 
 def test_an_original_gpt2_file_loads_as_from_pretrained_loads_it(tiny_model: Path,

@@ -138,7 +138,8 @@ def _layers(model: nn.Module, linear: str, machine: Machine,
             return _llama_bf16_layers(model, kind, machine, cache)
         return _llama_layers(model, kind, machine)
     if not gpt2_forward.supports(model):
-        return MODEL_FORWARD, f"no lean forward for model_type {kind}"
+        what = "this gpt2 config" if kind == "gpt2" else f"model_type {kind}"  # e.g. upcast
+        return MODEL_FORWARD, f"no lean forward for {what}"
     if linear == "native_f16":
         return _gpt2_f16_layers(model, machine)
     if linear == "native_int8":

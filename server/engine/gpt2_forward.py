@@ -29,10 +29,14 @@ from server.engine.row_cache import PackedStep, packed_attention
 
 
 def supports(model: nn.Module) -> bool:
-    """True for a GPT-2 LM (``model.transformer.h`` of GPT-2 blocks, no cross-attention)."""
+    """True for a GPT-2 LM (``model.transformer.h`` of GPT-2 blocks, no cross-attention)
+    whose attention ``attend`` computes as transformers does: not ``reorder_and_upcast_attn``
+    (scores scaled before the product and taken in float32), which from_pretrained loads
+    (server.engine.gpt2_model does not build it) and ``model(...)`` then runs."""
     config = getattr(model, "config", None)
     return (getattr(config, "model_type", None) == "gpt2"
             and not getattr(config, "add_cross_attention", False)
+            and not getattr(config, "reorder_and_upcast_attn", False)
             and hasattr(model, "transformer") and hasattr(model, "lm_head"))
 
 

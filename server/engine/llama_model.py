@@ -21,7 +21,8 @@ from server.engine import checkpoint, llama_forward
 # RoPE variants whose frequencies depend on the sequence seen (transformers'
 # ``dynamic_rope_update``): computed once here, they would be wrong past the original length.
 DYNAMIC_ROPE = ("dynamic", "longrope")
-# (q/k/v bias, o bias, MLP bias) per model_type, as transformers' classes build them.
+# (q/k/v bias, o bias, MLP bias) per model_type, as transformers' classes build them: one
+# for each type llama_forward computes (``MODEL_TYPES``; tests/test_checkpoint.py holds them equal).
 BIASES = {
     "llama": lambda c: (c.attention_bias, c.attention_bias, c.mlp_bias),
     "qwen2": lambda c: (True, False, False),
