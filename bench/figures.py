@@ -54,10 +54,12 @@ FAMILY_MIX_ZEN3 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v4-zen3",
 # Qwen2.5-1.5B on the AVX2 Zen 2 after the prefix cache kept one entry per prompt and 32 rows:
 # 8 users with PREFIX_CACHE_ROWS=8 beside the defaults in one command, then the lone user.
 # Then Llama-3.2-1B's defaults, 8 users and one, in one command; then 8 users for 300 s.
+# Then that Llama command again once the server stopped importing transformers' LlamaConfig.
 MIX_ZEN2 = {"u8": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u8",
             "u1": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u1",
             "llama": "results/reference/mix-llama-3.2-1b-v5-zen2",
-            "llama_300s": "results/reference/mix-llama-3.2-1b-v5-zen2-300s"}
+            "llama_300s": "results/reference/mix-llama-3.2-1b-v5-zen2-300s",
+            "llama_v6": "results/reference/mix-llama-3.2-1b-v6-zen2"}
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 # Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
 INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
@@ -412,7 +414,11 @@ def mix_zen2(root: Path) -> Iterator[Figure]:
             ("zen2_llama_mix_u1", MIX_ZEN2["llama"], "03-ours-defaults-u1", "04-llama-f16-u1",
              llama.format("1 user"), False),
             ("zen2_llama_300s_mix_u8", MIX_ZEN2["llama_300s"], "01-ours-defaults-u8",
-             "02-llama-f16-u8", llama.format("8 users, 300 s"), True)]
+             "02-llama-f16-u8", llama.format("8 users, 300 s"), True),
+            ("zen2v6_llama_mix_u8", MIX_ZEN2["llama_v6"], "01-ours-defaults-u8",
+             "02-llama-f16-u8", llama.format("8 users, without LlamaConfig's imports"), True),
+            ("zen2v6_llama_mix_u1", MIX_ZEN2["llama_v6"], "03-ours-defaults-u1",
+             "04-llama-f16-u1", llama.format("1 user, without LlamaConfig's imports"), False)]
     for prefix, top, ours, ref, section, with_share in rows:
         yield from reference(root, prefix, (top, ours, ref), section)
         if with_share:
