@@ -65,7 +65,8 @@ def build_findings(run: RunData, cfg: AnalysisConfig) -> Findings:
         routes=routes,
         traffic=summary,
         time_split=traffic.time_split(run.requests),
-        memory=memory.memory_summary(run.memory, cfg.warmup_s, cfg.min_slope_samples),
+        memory=memory.memory_summary(run.memory, cfg.warmup_s, cfg.min_slope_samples,
+                                     run.server_log),
         ram=memory.ram_per_request(run.server_log),
         sweep=sweep.sweep(
             run.requests,

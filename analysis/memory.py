@@ -39,6 +39,9 @@ class MemorySummary:
     slope_window_s: float
     # Standard error of that slope (None: no slope); the leak rule wants growth beyond noise.
     slope_se_mb_per_min: float | None = None
+    # How fast the workers' kept prefix caches grew over the same floors (None: the server log
+    # does not say): memory a bound stops (PREFIX_CACHE_ROWS, the KV budget), not a leak.
+    kept_kv_slope_mb_per_min: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,27 @@ def memory_slope_se(total: pd.DataFrame, warmup_s: float, min_samples: int) -> f
     return float(np.sqrt((residuals**2).sum() / (len(floors) - 2) / spread))
 
 
-def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int) -> MemorySummary | None:
-    """Summarise memory.csv.
+def kept_kv_slope(server_log: pd.DataFrame | None, floors: pd.DataFrame) -> float | None:
+    """MB per minute the workers' kept prefix caches grew while the memory floors were taken.
+
+    Formula: for each worker, the least-squares slope of ``kv_kept_mb`` (what its kept rows
+    held as each request ended, server_requests.jsonl) against elapsed minutes, over its
+    records between the first and the last floor; summed over the workers with two records or
+    more there. None without that column, two floors, or such a worker.
+    """
+    if server_log is None or len(floors) < 2 or "kv_kept_mb" not in server_log:
+        return None
+    start, end = floors["elapsed_s"].min(), floors["elapsed_s"].max()
+    log = server_log.dropna(subset=["kv_kept_mb", "elapsed_s", "worker_pid"])
+    log = log[(log["elapsed_s"] >= start) & (log["elapsed_s"] <= end)]
+    slopes = [float(np.polyfit(rows["elapsed_s"] / 60.0, rows["kv_kept_mb"], 1)[0])
+              for _, rows in log.groupby("worker_pid") if rows["elapsed_s"].nunique() >= 2]
+    return float(sum(slopes)) if slopes else None
+
+
+def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int,
+                   server_log: pd.DataFrame | None = None) -> MemorySummary | None:
+    """Summarise memory.csv (and, from ``server_log``, how much of its trend is kept caches).
 
     Formula: sharing_saving_mb = mean over samples of (summed RSS - total PSS);
     sharing_saving_share = sharing_saving_mb / mean summed RSS; rss_to_pss_ratio = mean
@@ -163,6 +185,8 @@ def memory_summary(memory: pd.DataFrame, warmup_s: float, min_samples: int) -> M
         slope_mb_per_min=slope,
         slope_window_s=window_s,
         slope_se_mb_per_min=memory_slope_se(total, warmup_s, min_samples),
+        kept_kv_slope_mb_per_min=kept_kv_slope(server_log,
+                                               memory_floors(total, warmup_s, min_samples)),
     )
 
 

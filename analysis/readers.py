@@ -45,7 +45,7 @@ LOADGEN_COLUMNS = ["timestamp", "elapsed_s", "pid", "role", "loop_lag_ms", "cpu_
 SERVER_LOG_COLUMNS = [
     "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
     "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
-    "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
+    "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "kv_kept_mb", "sys_available_mb",
     "cpu_ms", "cpu_ms_per_token",
 ]  # fmt: skip
 

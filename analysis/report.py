@@ -231,6 +231,7 @@ FORMULA_SOURCES: list[tuple[str, Callable[..., object]]] = [
     ("Memory, sharing saving", memory.memory_summary),
     ("Memory slope", memory.memory_slope),
     ("Memory slope standard error", memory.memory_slope_se),
+    ("Kept caches' growth", memory.kept_kv_slope),
     ("RAM per request", memory.ram_per_request),
     ("RAM per request by context length", memory.ram_by_context),
     ("Prefix-cache hit rate", workloads.prefix_cache_hits),

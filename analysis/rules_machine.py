@@ -48,7 +48,8 @@ def sharing_broken(f: Findings) -> Recommendation | None:
 
 def memory_growth(f: Findings) -> Recommendation | None:
     """PSS floor slope minus 3 standard errors > leak_slope_mb_per_min, not a sweep -> leak
-    warning.
+    warning; when the kept prefix caches' growth over the same floors
+    (``kept_kv_slope_mb_per_min``) accounts for it, an info that says so instead.
 
     Batch activations move total PSS by tens of MB from one sample to the next, so the trend
     is fitted to each 10 s window's lowest sample (analysis/memory.py), and over a few minutes
@@ -64,16 +65,24 @@ def memory_growth(f: Findings) -> Recommendation | None:
     noise = 3 * (m.slope_se_mb_per_min or 0.0)
     if not m.slope_mb_per_min - noise > f.config.leak_slope_mb_per_min:
         return None
+    grew = (f"Total PSS (its lowest point in each 10 s) kept growing by "
+            f"{num(m.slope_mb_per_min, 2)} MB/min over the {num(m.slope_window_s, 0)} s after "
+            f"a {num(f.config.warmup_s, 0)} s warm-up")
+    kept = m.kept_kv_slope_mb_per_min or 0.0
+    if kept > 0 and not m.slope_mb_per_min - kept - noise > f.config.leak_slope_mb_per_min:
+        return Recommendation("prefix_cache_filling", INFO, (
+            f"{grew}, and the workers' kept prefix caches grew by {num(kept, 2)} MB/min over "
+            "the same time (server_requests.jsonl kv_kept_mb): finished requests' KV kept for "
+            "prompts that start the same way, which stops at PREFIX_CACHE_ROWS rows and the "
+            "KV budget. Not a leak; a run long enough to fill them shows the floor level off."))
+    beside = f" ({num(kept, 2)} MB/min of it kept prefix caches)" if kept > 0 else ""
     return Recommendation(
         "memory_growth",
         WARNING,
         (
-            f"Total PSS (its lowest point in each 10 s) kept growing by "
-            f"{num(m.slope_mb_per_min, 2)} MB/min over the "
-            f"{num(m.slope_window_s, 0)} s after a {num(f.config.warmup_s, 0)} s warm-up "
-            f"(about {num(m.slope_mb_per_min * 60, 0)} MB per hour if it continues). That can be a "
-            "leak: run longer at steady load and watch per-worker USS; Gunicorn's max_requests "
-            "with jitter bounds the damage meanwhile."
+            f"{grew}{beside} (about {num(m.slope_mb_per_min * 60, 0)} MB per hour if it "
+            "continues). That can be a leak: run longer at steady load and watch per-worker "
+            "USS; Gunicorn's max_requests with jitter bounds the damage meanwhile."
         ),
     )
 

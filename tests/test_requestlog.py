@@ -41,3 +41,23 @@ def test_unwritable_log_is_counted_and_logged_once(tmp_path: Path, caplog) -> No
         log.write({"request_id": "r"})
     assert log.write_errors == 3 and len(errors) == 3
     assert sum("not writable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_record_says_what_the_kept_prefix_rows_hold(tmp_path: Path) -> None:
+    """kv_kept_mb: the worker's kept rows' positions x one position's bytes, in MiB; the
+    same prompt twice leaves one entry of the same length whichever keep came first."""
+    from tests.conftest import build_app
+
+    for rows in (4, 0):
+        log_path = tmp_path / f"rows{rows}.jsonl"
+        app = build_app(log_path, PREFIX_CACHE_ROWS=rows)
+        client = app.test_client()
+        for _ in range(2):
+            body = {"prompt": "The kept rows of a worker, counted in the log. " * 3,
+                    "max_new_tokens": 3}
+            assert client.post("/generate-text", json=body).status_code == 200
+        service = app.extensions["model_service"]
+        held = service.scheduler.prefixes.positions
+        last = json.loads(log_path.read_text().splitlines()[-1])
+        assert last["kv_kept_mb"] == round(held * service.position_bytes / 2**20, 2)
+        assert (held > 0 and last["kv_kept_mb"] > 0) if rows else last["kv_kept_mb"] == 0.0

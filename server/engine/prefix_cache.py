@@ -48,6 +48,9 @@ class PrefixCache:
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max(0, max_rows)
         self._entries: list[Entry] = []
+        # Kept up to date by keep and _drop, so request threads read it (the request log's
+        # kv_kept_mb) without walking the list the generation thread changes.
+        self._positions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,7 +58,7 @@ class PrefixCache:
     @property
     def positions(self) -> int:
         """KV positions the kept caches hold."""
-        return sum(len(entry.tokens) for entry in self._entries)
+        return self._positions
 
     def find(self, prompt: Sequence[int], scope: Hashable = "") -> tuple[RowCache, int] | None:
         """The kept cache of ``scope`` sharing the longest prefix with ``prompt`` and that
@@ -99,6 +102,7 @@ class PrefixCache:
                     _common_prefix(entry.tokens, tokens, covered) == covered:
                 self._drop(entry)
         self._entries.append(Entry(list(tokens), cache, scope))
+        self._positions += len(tokens)
         while len(self._entries) > self.max_rows:
             self.evict_oldest()
 
@@ -111,6 +115,7 @@ class PrefixCache:
 
     def _drop(self, entry: Entry) -> None:
         self._entries.remove(entry)
+        self._positions -= len(entry.tokens)
         entry.cache.release()
 
 

@@ -16,7 +16,11 @@ log = logging.getLogger(__name__)
 FIELDS = (
     "ts", "request_id", "route", "status", "key_id", "worker_pid", "prompt_tokens",
     "completion_tokens", "batch_size", "queue_ms", "inference_ms", "total_ms", "rss_mb",
-    "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb", "sys_available_mb",
+    "uss_mb", "pss_mb", "rss_delta_mb", "rss_peak_mb",
+    # MiB of KV the worker's kept prefix rows hold as the request ends (scheduler.prefixes):
+    # memory that grows until PREFIX_CACHE_ROWS or the KV budget bounds it, which analysis
+    # tells apart from a leak.
+    "kv_kept_mb", "sys_available_mb",
     "cpu_ms", "cpu_ms_per_token",  # the worker's CPU charged to it (server.engine.step_cost)
     # The error envelope's code answered, with its details' reason when it names one
     # ("overloaded:forecast"); None for a success. An operator can tell which check refused.

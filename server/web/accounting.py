@@ -152,6 +152,7 @@ def _write(app: Flask, rec: RequestRecord, status: int, error: str | None = None
         "pss_mb": round(memory.pss_mb, 1),
         "rss_delta_mb": round(rss_end_mb - rec.rss_start_mb, 2),
         "rss_peak_mb": round(max(peak, rss_end_mb, rec.rss_start_mb), 1),
+        "kv_kept_mb": round(service.kept_kv_mb(), 2),
         "sys_available_mb": round(memory.sys_available_mb, 1),
         "cpu_ms": round(rec.cpu_ms, 3),
         "cpu_ms_per_token": rec.cpu_ms_per_token(),

@@ -36,6 +36,7 @@ class ModelService:
     def __init__(self) -> None:
         self.loaded: LoadedModel | None = None
         self.scheduler: Scheduler | None = None
+        self.position_bytes = 0  # one KV position, every layer (set with the scheduler)
         self.cores: CoreShare | None = None
         self.sampler: WorkerMemorySampler | None = None
         self.request_log: RequestLog | None = None
@@ -72,6 +73,7 @@ class ModelService:
         log.info(path.summary())
         self.metrics.observe_code_path(path.as_dict())
         budget = self._resolve_kv_budget(config, path.cache_dtype)
+        self.position_bytes = budget.position_bytes
         engine = StepEngine(self.loaded.model, self.loaded.eos_id, config["IGNORE_EOS"],
                             config["PREFILL_CHUNK"], path=path, stop_ids=self.loaded.stop_ids)
         timeout_s = config["REQUEST_TIMEOUT_S"] if config["ADMIT_PREDICTED"] else float("inf")
@@ -185,6 +187,12 @@ class ModelService:
         decodes = sorted((r for r in reports if not r.prompt_tokens), key=lambda r: r.step_s)
         if decodes:
             self.scheduler.learn(decodes[len(decodes) // 2])
+
+    def kept_kv_mb(self) -> float:
+        """MiB of KV this worker's kept prefix rows hold (0 before the scheduler exists)."""
+        if self.scheduler is None:
+            return 0.0
+        return self.scheduler.prefixes.positions * self.position_bytes / 2**20
 
     def memory(self) -> MemorySample:
         """This worker's latest memory sample (a direct read before the sampler runs)."""

@@ -212,3 +212,21 @@ def test_sweep_keeps_only_the_stage_tables_levels(write_run) -> None:
     s = sweep.sweep(run.requests, run.history, run.settings, min_step_s=10, settle_s=2,
                     knee_fraction=0.25, slo_p95_ms=5000, slo_error_rate=0.0)  # fmt: skip
     assert s.steps["users"].tolist() == [2, 4]
+
+
+def test_kept_kv_slope_sums_each_worker_s_fit_between_the_floors() -> None:
+    """Two workers' kept caches each grow 10 MB/min between the first and the last floor;
+    records outside that span (wild values) are left out."""
+    import pandas as pd
+
+    floors = pd.DataFrame({"elapsed_s": [30.0, 90.0, 150.0], "pss_mb": [1.0, 2.0, 3.0]})
+    log = pd.DataFrame({
+        "elapsed_s": [0.0, 30.0, 60.0, 90.0, 150.0, 200.0, 30.0, 150.0],
+        "worker_pid": [1, 1, 1, 1, 1, 1, 2, 2],
+        "kv_kept_mb": [900.0, 5.0, 10.0, 15.0, 25.0, -900.0, 0.0, 20.0],
+    })
+    assert memory.kept_kv_slope(log, floors) == pytest.approx(20.0)
+    one_each = log[log["elapsed_s"].isin([0.0, 60.0, 200.0])]  # one record in the span
+    assert memory.kept_kv_slope(one_each, floors) is None
+    assert memory.kept_kv_slope(log.assign(kv_kept_mb=float("nan")), floors) is None  # older log
+    assert memory.kept_kv_slope(None, floors) is None

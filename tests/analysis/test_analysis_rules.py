@@ -12,7 +12,7 @@ from analysis import rules_machine as rm
 from analysis import rules_traffic as rt
 from analysis.config import AnalysisConfig
 from analysis.memory import MemorySummary
-from analysis.records import Findings
+from analysis.records import INFO, Findings
 from analysis.rules import all_rules, evaluate, slo_verdicts
 from analysis.sweep import Sweep
 from analysis.traffic import ALL_ROUTES, RouteLatency, TimeSplit, Traffic
@@ -129,6 +129,9 @@ CASES = [
      make(memory=mem(slope_mb_per_min=None))),
     (rm.memory_growth, make(memory=mem(slope_mb_per_min=5.0)), ["5.00 MB/min"],
      make(memory=mem(slope_mb_per_min=5.0), sweep=PLATEAU)),  # rising load, not a leak
+    # Kept prefix caches explain part of the growth: still a leak warning, saying how much.
+    (rm.memory_growth, make(memory=mem(slope_mb_per_min=5.0, kept_kv_slope_mb_per_min=2.0)),
+     ["5.00 MB/min", "(2.00 MB/min of it kept prefix caches)"], make(memory=None)),
     (rm.memory_headroom, make(memory=mem(min_sys_available_mb=1000.0)),
      ["fell to 1,000 MB, 6.1% of the host's 16,384 MB", "OOM"],
      make(memory=mem(min_sys_available_mb=1000.0), settings={"host.ram_gb": None})),
@@ -148,6 +151,21 @@ def test_rule_fires_with_its_numbers_and_is_silent_otherwise(rule, firing, quote
     for quote in quotes:
         assert quote in recommendation.text
     assert rule(silent) is None
+
+
+@pytest.mark.parametrize(("slope", "kept"), [(48.65, 48.0), (48.65, 47.9), (5.0, 6.0)])
+def test_growth_the_kept_prefix_caches_account_for_is_an_info(slope: float,
+                                                               kept: float) -> None:
+    """The loadtest of qwen2.5-1.5b with 32 prefix rows rose 48.65 MB/min while they filled:
+    within leak_slope_mb_per_min (1 MB/min) of the kept caches' own growth, not a leak."""
+    found = rm.memory_growth(make(memory=mem(slope_mb_per_min=slope,
+                                             kept_kv_slope_mb_per_min=kept)))
+    assert found is not None and found.rule == "prefix_cache_filling"
+    assert found.severity == INFO
+    assert f"{slope:.2f} MB/min" in found.text and f"{kept:.2f} MB/min" in found.text
+    beyond = rm.memory_growth(make(memory=mem(slope_mb_per_min=slope + 3.0,
+                                              kept_kv_slope_mb_per_min=kept - 0.5)))
+    assert beyond is not None and beyond.rule == "memory_growth"
 
 
 def test_healthy_run_gets_only_the_headroom_note() -> None:
