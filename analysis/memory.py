@@ -137,7 +137,7 @@ def memory_slope_se(total: pd.DataFrame, warmup_s: float, min_samples: int) -> f
 def kept_kv_slope(server_log: pd.DataFrame | None, floors: pd.DataFrame) -> float | None:
     """MB per minute the workers' kept prefix caches grew while the memory floors were taken.
 
-    Formula: for each worker, the least-squares slope of ``kv_kept_mb`` (what its kept rows
+    Formula: for each worker, the least-squares slope of kv_kept_mb (what its kept rows
     held as each request ended, server_requests.jsonl) against elapsed minutes, over its
     records between the first and the last floor; summed over the workers with two records or
     more there. None without that column, two floors, or such a worker.

@@ -109,6 +109,9 @@ def _summary(f: Findings) -> Section:
             ("Memory floor slope after warm-up", num(m.slope_mb_per_min, 2, "MB/min")),
             ("Lowest system available memory", num(m.min_sys_available_mb, 0, "MB")),
         ]
+        if m.kept_kv_slope_mb_per_min is not None:  # a server log that says (kv_kept_mb)
+            rows.insert(-1, ("Kept prefix caches' growth, same span",
+                             num(m.kept_kv_slope_mb_per_min, 2, "MB/min")))
     if ram:
         rows += [
             (

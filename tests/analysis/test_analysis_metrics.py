@@ -230,3 +230,24 @@ def test_kept_kv_slope_sums_each_worker_s_fit_between_the_floors() -> None:
     assert memory.kept_kv_slope(one_each, floors) is None
     assert memory.kept_kv_slope(log.assign(kv_kept_mb=float("nan")), floors) is None  # older log
     assert memory.kept_kv_slope(None, floors) is None
+
+
+def test_a_run_whose_kept_caches_fill_reads_as_filling_not_a_leak(write_run) -> None:
+    """Worker 101's PSS rises 30 MB/min after warm-up and its log's kv_kept_mb 29 MB/min over
+    the same span: findings carry both slopes, the report says prefix_cache_filling, and the
+    same run whose log does not say (an older server) still gets the leak warning."""
+    samples = [row for t in range(100)
+               for row in memory_rows(t, [(101, 3100, 150, 1150 + t * 0.5)])]
+    log = [{"t": float(t), "worker_pid": 101, "rss_mb": 3100, "rss_delta_mb": 0.0,
+            "rss_peak_mb": 3100, "kv_kept_mb": t * 29 / 60} for t in range(0, 100, 5)]
+    run = load_run(write_run(memory=samples, server_log=log, run={}))
+    findings = build_findings(run, AnalysisConfig())
+    assert findings.memory.slope_mb_per_min == pytest.approx(30.0)
+    assert findings.memory.kept_kv_slope_mb_per_min == pytest.approx(29.0)
+    rules = {r.rule for r in findings.recommendations}
+    assert "prefix_cache_filling" in rules and "memory_growth" not in rules
+    older = [{k: v for k, v in row.items() if k != "kv_kept_mb"} for row in log]
+    plain = build_findings(load_run(write_run("older", memory=samples, server_log=older,
+                                              run={})), AnalysisConfig())
+    assert plain.memory.kept_kv_slope_mb_per_min is None
+    assert "memory_growth" in {r.rule for r in plain.recommendations}
