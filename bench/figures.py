@@ -39,6 +39,9 @@ ENGINES_ZEN4 = "results/reference/engines-gpt2-large-zen4"  # the same command o
 # The Llama family on the Zen 4 with its bf16 C layers (issue 33), c = 1 and 8.
 FAMILY_ZEN4 = {"qwen": "results/reference/engines-qwen2.5-1.5b-v2-zen4",
                "llama": "results/reference/engines-llama-3.2-1b-v2-zen4"}
+# The same closed loop on the AVX2 Zen 2, ours and llama.cpp f16 (no OpenVINO build there).
+FAMILY_ZEN2 = {"qwen": "results/reference/engines-qwen2.5-1.5b-zen2",
+               "llama": "results/reference/engines-llama-3.2-1b-zen2"}
 # The same presets one request at a time, ours and llama.cpp alternating request by request
 # with the read rate probed after each (python -m bench alternate).
 ALTERNATE_ZEN4 = {"qwen": "results/reference/alternate-qwen2.5-1.5b-zen4",
@@ -285,19 +288,25 @@ def engines(root: Path, folder: str = ENGINES, prefix: str = "eng",
 
 def family_engines(root: Path, folder: str, prefix: str, section: str) -> Iterator[Figure]:
     """A Llama-family preset on the closed loop at c = 1 and 8 (issue 33's yardstick): ours
-    against llama.cpp f16 and OpenVINO's fp16 and int8 IR, and the lone stream against its
-    decode floor; one ``python -m bench engines`` folder, keys prefixed ``prefix``."""
-    src, _, tok, floor = _engine_folder(root, folder)
-    yield from _figures(section, [
+    against llama.cpp f16 and, where the folder has them, OpenVINO's fp16 and int8 IR, and the
+    lone stream against its decode floor; one ``python -m bench engines`` folder, keys
+    prefixed ``prefix``."""
+    src, rows, tok, floor = _engine_folder(root, folder)
+    figures = [
         (f"{prefix}_c1_vs_llama", "c = 1, ours (defaults) / llama.cpp f16",
          _x(tok("ours", "auto", 1), tok("llama.cpp", "f16", 1)), src),
         (f"{prefix}_c8_vs_llama", "c = 8, ours / llama.cpp f16",
          _x(tok("ours", "auto", 8), tok("llama.cpp", "f16", 8)), src),
-        (f"{prefix}_c8_vs_ov", "c = 8, ours / OpenVINO fp16 IR (in-process)",
-         _x(tok("ours", "auto", 8), tok("openvino", "fp16", 8)), src),
-        (f"{prefix}_c8_vs_ov_int8", "c = 8, ours / OpenVINO int8 IR (in-process)",
-         _x(tok("ours", "auto", 8), tok("openvino", "int8", 8)), src),
-        (f"{prefix}_c1_ours_floor", "c = 1, ours (defaults) / the bf16 decode floor",
+    ]
+    if ("openvino", "fp16", 8) in rows:  # a box with OpenVINO's build
+        figures += [
+            (f"{prefix}_c8_vs_ov", "c = 8, ours / OpenVINO fp16 IR (in-process)",
+             _x(tok("ours", "auto", 8), tok("openvino", "fp16", 8)), src),
+            (f"{prefix}_c8_vs_ov_int8", "c = 8, ours / OpenVINO int8 IR (in-process)",
+             _x(tok("ours", "auto", 8), tok("openvino", "int8", 8)), src)]
+    yield from _figures(section, [
+        *figures,
+        (f"{prefix}_c1_ours_floor", "c = 1, ours (defaults) / the 16-bit decode floor",
          num(tok("ours", "auto", 1) / floor * 100, 0) + "%", src),
         (f"{prefix}_c1_llama_floor", "c = 1, llama.cpp f16 / the floor",
          num(tok("llama.cpp", "f16", 1) / floor * 100, 0) + "%", src),
@@ -379,7 +388,11 @@ def collect(root: Path = REPO) -> list[Figure]:
             *alternate(root, ALTERNATE_ZEN4["llama"], "llama4",
                        "Llama-3.2-1B, one request at a time, alternating with llama.cpp"),
             *int8_engines(root), *int8_vs_default(root), *family_mix(root),
-            *mix_zen2(root)]
+            *mix_zen2(root),
+            *family_engines(root, FAMILY_ZEN2["qwen"], "zen2_qwen",
+                            "Qwen2.5-1.5B, ours and llama.cpp, on the AVX2 Zen 2 (fp16 C layers)"),
+            *family_engines(root, FAMILY_ZEN2["llama"], "zen2_llama",
+                            "Llama-3.2-1B, ours and llama.cpp, on the AVX2 Zen 2 (fp16 C layers)")]
 
 
 def family_mix(root: Path) -> Iterator[Figure]:
