@@ -102,7 +102,7 @@ def read_config(folder: Path) -> object:
     RoPE already in transformers 5's form (``rope_parameters`` naming its ``rope_type`` and
     ``rope_theta``), is read as the base ``PreTrainedConfig`` instead: the class would default
     nothing and standardise nothing, so every attribute comes out the same
-    (tests/test_checkpoint_config.py), without importing its module. Any other config (an
+    (tests/test_checkpoint.py), without importing its module. Any other config (an
     older file with ``rope_scaling``, a field left to its default) goes through AutoConfig."""
     from transformers import AutoConfig, PreTrainedConfig
 
