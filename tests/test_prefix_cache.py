@@ -253,12 +253,12 @@ def test_positions_follow_every_keep_replacement_and_eviction() -> None:
     after entries are kept, replaced (extended, same prompt), found and evicted."""
     kept = PrefixCache(3)
     steps = [(list(range(40)), 30), (list(range(50)), 40),  # extends the first: replaces it
-             (list(range(40)) + [7, 8], 40),  # the same 40-token prompt again: replaces
+             ([*range(40), 7, 8], 40),  # the same 40-token prompt again: replaces
              (list(range(100, 130)), None), (list(range(200, 220)), None),
              (list(range(300, 330)), None)]  # a fourth entry: the oldest evicted
     for tokens, prompt in steps:
         kept.keep(tokens, _cache_of(tokens), prompt_length=prompt)
-        kept.find(list(range(100, 130)) + [1])
+        kept.find([*range(100, 130), 1])
         assert kept.positions == sum(len(entry.tokens) for entry in kept._entries)
     assert len(kept) == 3 and kept.positions == 30 + 20 + 30
     while kept.evict_oldest():
