@@ -39,3 +39,21 @@ def test_busy_from_the_start_waits_one_interval() -> None:
 def test_really_releases_on_this_libc() -> None:
     """The default release is glibc's malloc_trim (no error, returns quickly)."""
     assert HeapReleaser(interval_s=0.0).after_batch(idle=False)
+
+
+def test_the_warm_up_hands_its_heap_back_before_ready(make_app, monkeypatch) -> None:
+    """The warm-up's batches leave their activations free in the generation thread's arena;
+    the worker trims before it reports ready, else an idle worker keeps them (no request
+    ends, so the loop's own trim never comes)."""
+    import threading
+
+    from server.web import service as service_module
+
+    svc = make_app(MAX_BATCH_SIZE=2, WARMUP_TOKENS=2).extensions["model_service"]
+    trims = []
+    monkeypatch.setattr(service_module, "release_free_heap",
+                        lambda: trims.append((threading.current_thread().name,
+                                              svc.ready.is_set())))
+    svc.start()
+    assert svc.ready.wait(120)
+    assert ("generation", False) in trims
