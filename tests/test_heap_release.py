@@ -57,3 +57,78 @@ def test_the_warm_up_hands_its_heap_back_before_ready(make_app, monkeypatch) -> 
     svc.start()
     assert svc.ready.wait(120)
     assert ("generation", False) in trims
+
+
+_AFTER_FREE = """
+import ctypes, sys
+from server.engine.memory import pin_mmap_threshold
+def private_kib():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup") if ":" in line)
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
+pinned = sys.argv[1] == "pin" and pin_mmap_threshold()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+def touch_and_free(size):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(ctypes.c_void_p(block))
+touch_and_free(4 << 20)  # mmapped (above 128 KiB); freed, it raises a dynamic threshold
+before = private_kib()
+touch_and_free(2 << 20)  # below the raised threshold: from the heap, left resident
+print(pinned, private_kib() - before)
+"""
+
+
+def _kept_after_free(mode: str) -> tuple[str, int]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _AFTER_FREE, mode], capture_output=True,
+                         text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    return out[0], int(out[1])
+
+
+def test_a_pinned_threshold_hands_freed_blocks_back_at_once() -> None:
+    """glibc raises its mmap threshold to each mmapped block freed, so a later 2 MiB block
+    comes from the heap and stays resident after free (the control); pinned at 1 MiB it is
+    mmapped and unmapped by free."""
+    import pytest
+
+    if _glibc_missing():
+        pytest.skip("not glibc")
+    assert _kept_after_free("dynamic") == ("False", pytest.approx(2048, abs=300))
+    pinned, kept_kib = _kept_after_free("pin")
+    assert pinned == "True" and kept_kib < 300
+
+
+def _glibc_missing() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] != "glibc"
+
+
+def test_a_users_own_threshold_is_left_alone(monkeypatch) -> None:
+    from server.engine import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_LIBC", type("Libc", (), {
+        "mallopt": staticmethod(lambda *args: calls.append(args) or 1)})())
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not memory.pin_mmap_threshold()
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    assert not memory.pin_mmap_threshold()
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert memory.pin_mmap_threshold() and calls == [(memory.M_MMAP_THRESHOLD, 1 << 20)]
+
+
+def test_a_worker_pins_the_threshold_before_its_warm_up(make_app, monkeypatch) -> None:
+    from server.web import service as service_module
+
+    svc = make_app(WARMUP_TOKENS=2).extensions["model_service"]
+    pins = []
+    monkeypatch.setattr(service_module, "pin_mmap_threshold",
+                        lambda: pins.append(svc.ready.is_set()) or True)
+    svc.start()
+    assert svc.ready.wait(120)
+    assert pins == [False]

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from server.engine.decoding import GenerationRequest
-    from server.engine.memory import release_free_heap
+    from server.engine.memory import pin_mmap_threshold, release_free_heap
     from server.engine.model import load_model
     from server.engine.row_cache import resolve_kv_dtype
     from server.engine.step import StepEngine
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     kv_dtype = resolve_kv_dtype(args.kv_dtype, loaded.precision)
     engine = StepEngine(loaded.model, int(loaded.tokenizer.eos_token_id), ignore_eos=True,
                         prefill_chunk=128, kv_dtype=kv_dtype)
+    pin_mmap_threshold()  # as a worker does (server.web.service)
     release_free_heap()
     base = peak = uss_mb()
     rng = random.Random(0)

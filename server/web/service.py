@@ -17,6 +17,7 @@ from server.engine.kv_budget import KVBudget
 from server.engine.memory import (
     MemorySample,
     WorkerMemorySampler,
+    pin_mmap_threshold,
     read_process_memory,
     release_free_heap,
 )
@@ -122,6 +123,7 @@ class ModelService:
                 return
             self._started_pid = os.getpid()
         # The first step's share (server/engine/core_share.py) replaces this unless it is fixed.
+        pin_mmap_threshold()  # before the warm-up: freed activations go back at once
         threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
         torch.set_num_threads(threads)
         self.metrics.torch_threads.set(threads)
