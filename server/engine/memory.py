@@ -128,11 +128,13 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     freed, up to 32 MiB, so after a worker's first prefill step its activations (a 128-token
     chunk's MLP is 2 MiB a tensor) came from the arena, and their pages stayed resident
     between steps until a trim. Pinned, they go back to the kernel when freed: a worker's
-    peak USS over its KV cache fell from 39-49 to 7-16 MiB on an 8-row mixed batch of
-    llama-3.2-1b and from 27-32 to 4-10 MiB on one 238-token row, prefill and decode times
-    unchanged (AMD EPYC Zen 2, results/profile/mmap-threshold-zen2.txt). 1 MiB, not 128
-    KiB: a decode step's temporaries (an 8-row MLP activation is 128-143 KiB) stay in the
-    arena instead of costing an mmap and its page faults each.
+    peak USS over its KV cache fell from 37-51 to 8-17 MiB on an 8-row mixed batch of
+    llama-3.2-1b and from 26-33 to 6-12 MiB on one 238-token row, prefill and decode times
+    unchanged (AMD EPYC Zen 2, results/profile/mmap-threshold-zen2.txt). 1 MiB, not glibc's
+    starting 128 KiB (which held 6-10 MiB less there): a decode step's per-layer
+    temporaries (an 8-row MLP activation is 128-160 KiB) then stay in the arena on every
+    preset instead of costing an mmap and its page faults each; that cost on other models
+    was not measured.
     """
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
