@@ -28,7 +28,12 @@ from bench.reference_rows import (
     parse_variant,
     plan_rows,
 )
-from bench.reference_table import ReferenceRow, generations, render_rows
+from bench.reference_table import (
+    ReferenceRow,
+    generations,
+    peak_until_answered,
+    render_rows,
+)
 
 LSCPU = """Architecture:                            x86_64
 Vendor ID:                               AuthenticAMD
@@ -210,3 +215,35 @@ def test_a_row_without_requests_stops_the_reference(tmp_path: Path) -> None:
         require_requests(row, tmp_path, 1, "gunicorn.log")
     (tmp_path / "requests.csv").write_text("timestamp\n")
     require_requests(row, tmp_path, 0, "gunicorn.log")
+
+
+def _equal_work_run(folder: Path) -> Path:
+    """A run folder: total PSS 100, 150, 300, 120, 500, 90 MB at t = 0..5 s, and three answers
+    ending at 1.5, 2.5 and 4.5 s (a /v1/models call and a failure beside them)."""
+    folder.mkdir()
+    t0 = 1_800_000_000.0
+    memory = ["timestamp,pid,role,rss_mb,uss_mb,pss_mb,shared_mb,sys_available_mb"]
+    memory += [f"{t0 + t},0,total,{2 * p},{p},{p},0,9000"
+               for t, p in enumerate((100, 150, 300, 120, 500, 90))]
+    (folder / "memory.csv").write_text("\n".join(memory) + "\n")
+    requests = ["timestamp,user_class,method,route,status_code,response_time_ms,success"]
+    requests += [f"{t0 + start},U,{method},{route},{code},{ms},{ok}" for start, method, route,
+                 code, ms, ok in ((0.0, "GET", "/v1/models", 200, 5000, True),
+                                  (0.5, "POST", "/v1/completions", 200, 1000, True),
+                                  (1.0, "POST", "/v1/completions", 200, 1500, True),
+                                  (1.2, "POST", "/v1/completions", 503, 100, False),
+                                  (3.0, "POST", "/v1/completions", 200, 1500, True))]
+    (folder / "requests.csv").write_text("\n".join(requests) + "\n")
+    return folder
+
+
+def test_peak_until_answered_stops_at_that_answers_end(tmp_path: Path) -> None:
+    """Equal work: the peak up to the end of the n-th answered generation request; /v1/models
+    and failures are not answers, and a request's end is its start plus its response time."""
+    run = _equal_work_run(tmp_path / "run")
+    assert peak_until_answered(run, 1) == 150  # ends at 1.5 s: samples at 0 and 1 s
+    assert peak_until_answered(run, 2) == 300  # 2.5 s: the 300 at 2 s, not the 500 at 4 s
+    assert peak_until_answered(run, 3) == 500
+    assert peak_until_answered(run, 3, "rss_mb") == 1000
+    assert math.isnan(peak_until_answered(run, 4))  # it answered three
+    assert math.isnan(peak_until_answered(run, 0))
