@@ -19,7 +19,13 @@ from pathlib import Path
 
 from analysis.document import num, table
 from analysis.records import Findings
-from bench.reference_table import ReferenceRow, ratio, read_findings, reference_row
+from bench.reference_table import (
+    ReferenceRow,
+    peak_until_answered,
+    ratio,
+    read_findings,
+    reference_row,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES_MD = REPO / "docs" / "figures.md"
@@ -42,6 +48,9 @@ FAMILY_ZEN4 = {"qwen": "results/reference/engines-qwen2.5-1.5b-v2-zen4",
 # The same closed loop on the AVX2 Zen 2, ours and llama.cpp f16 (no OpenVINO build there).
 FAMILY_ZEN2 = {"qwen": "results/reference/engines-qwen2.5-1.5b-zen2",
                "llama": "results/reference/engines-llama-3.2-1b-zen2"}
+# Then with OpenVINO's fp16 IR built there too, after the worker pinned its mmap threshold.
+FAMILY_ZEN2_OV = {"qwen": "results/reference/engines-qwen2.5-1.5b-ov-zen2",
+                  "llama": "results/reference/engines-llama-3.2-1b-ov-zen2"}
 # The same presets one request at a time, ours and llama.cpp alternating request by request
 # with the read rate probed after each (python -m bench alternate).
 ALTERNATE_ZEN4 = {"qwen": "results/reference/alternate-qwen2.5-1.5b-zen4",
@@ -57,12 +66,15 @@ FAMILY_MIX_ZEN3 = {"qwen": "results/reference/mix-qwen2.5-1.5b-v4-zen3",
 # Qwen2.5-1.5B on the AVX2 Zen 2 after the prefix cache kept one entry per prompt and 32 rows:
 # 8 users with PREFIX_CACHE_ROWS=8 beside the defaults in one command, then the lone user.
 # Then Llama-3.2-1B's defaults, 8 users and one, in one command; then 8 users for 300 s.
-# Then that Llama command again once the server stopped importing transformers' LlamaConfig.
+# Then that Llama command again once the server stopped importing transformers' LlamaConfig,
+# and both presets' once each worker trimmed after its warm-up and pinned its mmap threshold.
 MIX_ZEN2 = {"u8": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u8",
             "u1": "results/reference/mix-qwen2.5-1.5b-v5-zen2-u1",
             "llama": "results/reference/mix-llama-3.2-1b-v5-zen2",
             "llama_300s": "results/reference/mix-llama-3.2-1b-v5-zen2-300s",
-            "llama_v6": "results/reference/mix-llama-3.2-1b-v6-zen2"}
+            "llama_v6": "results/reference/mix-llama-3.2-1b-v6-zen2",
+            "llama_v7": "results/reference/mix-llama-3.2-1b-v7-zen2",
+            "qwen_v7": "results/reference/mix-qwen2.5-1.5b-v7-zen2"}
 ENGINES_INT8_ZEN4 = "results/reference/engines-gpt2-large-int8-zen4"
 # Our int8 against our own default (bfloat16+native) in one command, for the recommendation.
 INT8_VS_BF16_ZEN4 = "results/reference/engines-gpt2-large-int8-vs-bf16-zen4"
@@ -127,8 +139,10 @@ def _figures(section: str, rows: list[tuple[str, str, str, Source]]) -> list[Fig
 
 
 def reference(root: Path, prefix: str, folders: tuple[str, str, str],
-              section: str) -> Iterator[Figure]:
-    """Ours (defaults) against llama.cpp f16 from one ``python -m bench reference`` command."""
+              section: str, equal_work: bool = False) -> Iterator[Figure]:
+    """Ours (defaults) against llama.cpp f16 from one ``python -m bench reference`` command;
+    with ``equal_work``, also our peak PSS up to our answer numbered as many as llama.cpp
+    answered in its whole row (``bench.reference_table.peak_until_answered``)."""
     top, ours_dir, llama_dir = folders
     f, us, src = _run(root, f"{top}/{ours_dir}")
     _, ref, ref_src = _run(root, f"{top}/{llama_dir}")
@@ -152,6 +166,14 @@ def reference(root: Path, prefix: str, folders: tuple[str, str, str],
         (f"{prefix}_llama_served", "llama.cpp f16, requests served",
          num(ref.requests - ref.failures), ref_src),
     ])
+    if equal_work:
+        answered = ref.requests - ref.failures
+        peak = peak_until_answered(root / top / ours_dir, answered)
+        yield from _figures(section, [
+            (f"{prefix}_ours_pss_equal_mb", "ours, peak total PSS until as many answers as "
+             "llama.cpp gave in its whole row, MB", num(peak, 0), src),
+            (f"{prefix}_mem_ratio_equal", "that peak / llama.cpp's peak RSS (lower is better)",
+             _x(peak, ref.peak_total_rss_mb), pair)])
     if prefix == "ref_u1":  # the lone-user run's startup kernel table, ms a decode step
         for precision, name in [("bfloat16+native", "native"), ("bfloat16", "bf16"),
                                 ("float16", "fp16")]:
@@ -299,11 +321,11 @@ def family_engines(root: Path, folder: str, prefix: str, section: str) -> Iterat
          _x(tok("ours", "auto", 8), tok("llama.cpp", "f16", 8)), src),
     ]
     if ("openvino", "fp16", 8) in rows:  # a box with OpenVINO's build
-        figures += [
-            (f"{prefix}_c8_vs_ov", "c = 8, ours / OpenVINO fp16 IR (in-process)",
-             _x(tok("ours", "auto", 8), tok("openvino", "fp16", 8)), src),
-            (f"{prefix}_c8_vs_ov_int8", "c = 8, ours / OpenVINO int8 IR (in-process)",
-             _x(tok("ours", "auto", 8), tok("openvino", "int8", 8)), src)]
+        figures.append((f"{prefix}_c8_vs_ov", "c = 8, ours / OpenVINO fp16 IR (in-process)",
+                        _x(tok("ours", "auto", 8), tok("openvino", "fp16", 8)), src))
+    if ("openvino", "int8", 8) in rows:  # its int8 IR too (OV_FORMATS)
+        figures.append((f"{prefix}_c8_vs_ov_int8", "c = 8, ours / OpenVINO int8 IR (in-process)",
+                        _x(tok("ours", "auto", 8), tok("openvino", "int8", 8)), src))
     yield from _figures(section, [
         *figures,
         (f"{prefix}_c1_ours_floor", "c = 1, ours (defaults) / the 16-bit decode floor",
@@ -392,7 +414,11 @@ def collect(root: Path = REPO) -> list[Figure]:
             *family_engines(root, FAMILY_ZEN2["qwen"], "zen2_qwen",
                             "Qwen2.5-1.5B, ours and llama.cpp, on the AVX2 Zen 2 (fp16 C layers)"),
             *family_engines(root, FAMILY_ZEN2["llama"], "zen2_llama",
-                            "Llama-3.2-1B, ours and llama.cpp, on the AVX2 Zen 2 (fp16 C layers)")]
+                            "Llama-3.2-1B, ours and llama.cpp, on the AVX2 Zen 2 (fp16 C layers)"),
+            *family_engines(root, FAMILY_ZEN2_OV["qwen"], "zen2ov_qwen",
+                            "Qwen2.5-1.5B, three engines, on the AVX2 Zen 2 (fp16 C layers)"),
+            *family_engines(root, FAMILY_ZEN2_OV["llama"], "zen2ov_llama",
+                            "Llama-3.2-1B, three engines, on the AVX2 Zen 2 (fp16 C layers)")]
 
 
 def family_mix(root: Path) -> Iterator[Figure]:
@@ -431,9 +457,16 @@ def mix_zen2(root: Path) -> Iterator[Figure]:
             ("zen2v6_llama_mix_u8", MIX_ZEN2["llama_v6"], "01-ours-defaults-u8",
              "02-llama-f16-u8", llama.format("8 users, without LlamaConfig's imports"), True),
             ("zen2v6_llama_mix_u1", MIX_ZEN2["llama_v6"], "03-ours-defaults-u1",
-             "04-llama-f16-u1", llama.format("1 user, without LlamaConfig's imports"), False)]
+             "04-llama-f16-u1", llama.format("1 user, without LlamaConfig's imports"), False),
+            *[(f"zen2v7_{family}_mix_u{users}", MIX_ZEN2[f"{family}_v7"], ours, ref,
+               template.format(f"{users} user{'s' * (users > 1)}, mmap threshold pinned"),
+               users > 1)
+              for family, template in (("llama", llama), ("qwen", qwen))
+              for users, ours, ref in ((8, "01-ours-defaults-u8", "02-llama-f16-u8"),
+                                       (1, "03-ours-defaults-u1", "04-llama-f16-u1"))]]
     for prefix, top, ours, ref, section, with_share in rows:
-        yield from reference(root, prefix, (top, ours, ref), section)
+        yield from reference(root, prefix, (top, ours, ref), section,
+                             equal_work=prefix.startswith("zen2v7_"))
         if with_share:
             findings, _, src = _run(root, f"{top}/{ours}")
             cached = float(findings.settings["server.prompt_tokens_cached"])

@@ -226,8 +226,10 @@ def _equal_work_run(folder: Path) -> Path:
     memory += [f"{t0 + t},0,total,{2 * p},{p},{p},0,9000"
                for t, p in enumerate((100, 150, 300, 120, 500, 90))]
     (folder / "memory.csv").write_text("\n".join(memory) + "\n")
-    requests = ["timestamp,user_class,method,route,status_code,response_time_ms,success"]
-    requests += [f"{t0 + start},U,{method},{route},{code},{ms},{ok}" for start, method, route,
+    requests = ["timestamp,user_class,method,route,status_code,response_time_ms,success,"
+                "failure_reason"]
+    requests += [f"{t0 + start},U,{method},{route},{code},{ms},{ok},{'' if ok else 'HTTP 503'}"
+                 for start, method, route,
                  code, ms, ok in ((0.0, "GET", "/v1/models", 200, 5000, True),
                                   (0.5, "POST", "/v1/completions", 200, 1000, True),
                                   (1.0, "POST", "/v1/completions", 200, 1500, True),

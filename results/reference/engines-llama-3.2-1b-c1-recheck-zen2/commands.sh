@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Commands run by python -m bench engines, in order, from /work/main.
+# Invocation: python -m bench engines --preset llama-3.2-1b --concurrency 1 --rounds 3 --quants '' --formats '' --out /work/runs/s15/engines-llama-c1-recheck
+MODEL=synthetic:llama-3.2-1b MODELS_DIR=models IGNORE_EOS=1 REQUEST_LOG=/work/runs/s15/engines-llama-c1-recheck/ours-auto/server_requests.jsonl GUNICORN_ACCESSLOG='' RATE_LIMIT='' GLOBAL_RATE_LIMIT='' PREFIX_CACHE_ROWS=0 gunicorn -c gunicorn.conf.py --workers 1
+LOCUST_BENCH_PROMPTS=/work/runs/s15/engines-llama-c1-recheck/prompts.jsonl LOCUST_BENCH_TOKENS=128 LOCUST_BENCH_REQUESTS=3 LOCUST_LOOP_BODY='{}' /work/main/.venv/bin/python -m locust -f bench/closed_loop_user.py --host http://127.0.0.1:35827 --run-dir /work/runs/s15/engines-llama-c1-recheck/01-ours-auto-c1 --label ours-auto-c1 --csv /work/runs/s15/engines-llama-c1-recheck/01-ours-auto-c1/locust --csv-full-history --html /work/runs/s15/engines-llama-c1-recheck/01-ours-auto-c1/locust_report.html --headless -u 1 -r 1 -t 3600s --server-pidfile /work/runs/s15/engines-llama-c1-recheck/ours-auto/gunicorn.pid CompletionsLoopUser
