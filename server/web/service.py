@@ -122,8 +122,8 @@ class ModelService:
             if self._started_pid == os.getpid():
                 return
             self._started_pid = os.getpid()
-        # The first step's share (server/engine/core_share.py) replaces this unless it is fixed.
         pin_mmap_threshold()  # before the warm-up: freed activations go back at once
+        # The first step's share (server/engine/core_share.py) replaces this unless it is fixed.
         threads = torch_threads or self.config["TORCH_THREADS"] or os.cpu_count() or 1
         torch.set_num_threads(threads)
         self.metrics.torch_threads.set(threads)
