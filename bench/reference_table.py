@@ -102,29 +102,28 @@ def read_row(run_dir: Path) -> ReferenceRow:
     return reference_row(*read_findings(run_dir))
 
 
-def answer_times(requests: pd.DataFrame) -> pd.Series:
-    """When each answered generation request ended (epoch s, sorted): requests.csv's
-    successes, ``GET /v1/models`` aside (``timestamp`` is a request's start)."""
-    posts = requests[(requests["route"] != "/v1/models") & requests["success"].astype(bool)]
-    ends = posts["timestamp"] + posts["response_time_ms"] / 1000.0
-    return ends.sort_values(ignore_index=True)
+def answer_ends(requests: pd.DataFrame) -> pd.Series:
+    """When each answer of ``generations`` (a successful POST) ended, in seconds into the
+    run (the reader's ``end_elapsed_s``), sorted."""
+    answers = requests[(requests["method"] == "POST") & requests["success"]]
+    return answers["end_elapsed_s"].sort_values(ignore_index=True)
 
 
 def peak_until_answered(run_dir: Path, answers: int, column: str = "pss_mb") -> float:
     """The run's peak total ``column`` (memory.csv: ``pss_mb`` for our tree, ``rss_mb`` for
-    llama-server) from its start to the end of its ``answers``-th answered request; NaN when
-    it answered fewer.
+    llama-server) from its start to the end of its ``answers``-th answer; NaN when it
+    answered fewer.
 
     Why: over a run of fixed length the faster server answers more requests and keeps more
     prompts' caches (ours its prefix rows, llama-server its RAM prompt cache), so its peak
     covers more work. Taken up to the slower server's count of answers, both peaks cover
     the same number of requests."""
     run = load_run(run_dir)
-    ends = answer_times(run.requests) if not run.requests.empty else pd.Series(dtype=float)
+    ends = answer_ends(run.requests) if not run.requests.empty else pd.Series(dtype=float)
     if answers < 1 or len(ends) < answers:
         return NAN
     total = totals(run.memory)
-    within = total.loc[total["timestamp"] <= ends.iloc[answers - 1], column]
+    within = total.loc[total["elapsed_s"] <= ends.iloc[answers - 1], column]
     return float(within.max()) if len(within) else NAN
 
 

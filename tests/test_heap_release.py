@@ -80,11 +80,15 @@ print(pinned, private_kib() - before)
 
 
 def _kept_after_free(mode: str) -> tuple[str, int]:
+    """(whether it pinned, KiB still private after the 2 MiB block's free), in a fresh
+    interpreter without the caller's MALLOC_* or GLIBC_TUNABLES."""
     import subprocess
     import sys
+    from pathlib import Path
 
     out = subprocess.run([sys.executable, "-c", _AFTER_FREE, mode], capture_output=True,
-                         text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+                         text=True, check=True, env={"PATH": "/usr/bin:/bin"},
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
     return out[0], int(out[1])
 
 

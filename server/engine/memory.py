@@ -116,7 +116,9 @@ def release_free_heap() -> None:
 # glibc's M_MMAP_THRESHOLD (mallopt's parameter number) and the value a worker pins.
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 20
-_USER_SET = ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold")
+# Where a user sets it themselves: glibc's environment variable, and its tunable's name.
+USER_ENV = "MALLOC_MMAP_THRESHOLD_"
+USER_TUNABLE = "glibc.malloc.mmap_threshold"
 
 
 def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -138,7 +140,7 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     """
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
-    if os.environ.get(_USER_SET[0]) or _USER_SET[1] in os.environ.get("GLIBC_TUNABLES", ""):
+    if os.environ.get(USER_ENV) or USER_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, threshold))
 
