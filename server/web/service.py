@@ -165,8 +165,9 @@ class ModelService:
             self._learn_median([r for r in first + reports if r.rows == rows])
         elapsed_s = time.monotonic() - start
         # The warm-up's batches of MAX_BATCH_SIZE rows left their activations' pages in this
-        # thread's malloc arena, free but resident (21.9 of its 22.2 MB on llama-3.2-1b): the
-        # generation loop trims only after a request, so an idle worker kept them.
+        # thread's malloc arena, free but resident (21.9 of its 22.2 MB on llama-3.2-1b,
+        # results/profile/warmup-heap-zen2.txt); the generation loop trims only after a
+        # request, so an idle worker kept them.
         release_free_heap()
         self.ready.set()
         m = read_process_memory()  # once per worker: the per-request path reads the sampler
